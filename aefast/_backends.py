@@ -1,0 +1,172 @@
+"""The backend registry: which kernels each op has, which can run on a device, and which one runs.
+
+Backends (DESIGN.md): ``reference`` (plain PyTorch, any device), ``cpp`` (CPU tensors, needs the
+compiled ``aefast._C``), ``triton`` (CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1``),
+``cuda`` (CUDA tensors, needs ``aefast._C`` built with CUDA).
+
+``auto`` picks per op and device the first backend of ``AUTO_ORDER`` that can run; a fallback past
+the first choice warns once. A backend forced by name (``AEFAST_BACKEND`` or ``use_backend``) that
+cannot run raises :class:`BackendUnavailableError` saying why; it never falls back silently.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib
+import os
+import threading
+import warnings
+from typing import Callable, Iterator
+
+import torch
+
+BACKEND_NAMES = ("reference", "cpp", "triton", "cuda")
+
+# The fastest backend first, per (op, device type), as measured by benchmarks/.
+AUTO_ORDER: dict[tuple[str, str], tuple[str, ...]] = {
+    # bench_vae.py, fwd+bwd at 2^20 x 32 fp32 on the 2-core AVX-512 CI machine: cpp 3.3x eager.
+    ("reparameterize_kl", "cpu"): ("cpp", "reference"),
+    # No GPU run yet: Triton first (one kernel per pass, tuned by Triton), the CUDA kernel next.
+    ("reparameterize_kl", "cuda"): ("triton", "cuda", "reference"),
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend asked for by name cannot run the op on the given device."""
+
+
+_KERNELS: dict[str, dict[str, Callable]] = {}
+_forced_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("aefast_backend", default=None)
+_warned_fallbacks: set[tuple[str, str]] = set()
+_warn_lock = threading.Lock()
+
+
+def register_kernel(op: str, backend: str, kernel: Callable) -> None:
+    """Register ``kernel`` as ``backend``'s implementation of ``op``."""
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
+    _KERNELS.setdefault(op, {})[backend] = kernel
+
+
+def compiled_module():
+    """``aefast._C``, or None when the extension was not built."""
+    return _import_compiled()[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _import_compiled():
+    try:
+        return importlib.import_module("aefast._C"), None
+    except ImportError as error:
+        return None, f"aefast._C is not built ({error}); reinstall with `pip install -e .`"
+
+
+@functools.lru_cache(maxsize=None)
+def _backend_status(name: str) -> bool | str:
+    if name == "reference":
+        return True
+    if name == "cpp":
+        return _import_compiled()[1] or True
+    if name == "cuda":
+        module, why = _import_compiled()
+        if module is None:
+            return why
+        if not module.build_info()["cuda"]:
+            return "aefast._C was built without CUDA (no CUDA toolkit at build time, or AEFAST_CUDA=0)"
+        if not torch.cuda.is_available():
+            return "no CUDA device is available"
+        return True
+    if name == "triton":
+        try:
+            importlib.import_module("triton")
+        except ImportError as error:
+            return f"triton does not import ({error})"
+        if not torch.cuda.is_available() and not triton_interpreted():
+            return "no CUDA device, and TRITON_INTERPRET=1 is not set for the CPU interpreter"
+        return True
+    raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def available_backends() -> dict[str, bool | str]:
+    """Each backend's name mapped to True, or to a string that says why it is not available."""
+    return {name: _backend_status(name) for name in BACKEND_NAMES}
+
+
+def can_run(backend: str, device: torch.device) -> bool | str:
+    """True when ``backend`` can run on ``device``, else the reason it cannot."""
+    status = _backend_status(backend)
+    if status is not True:
+        return status
+    if backend == "cpp" and device.type != "cpu":
+        return f"cpp runs CPU tensors only, got a tensor on {device}"
+    if backend == "cuda" and device.type != "cuda":
+        return f"cuda runs CUDA tensors only, got a tensor on {device}"
+    if backend == "triton":
+        if device.type == "cpu" and not triton_interpreted():
+            return "triton runs CPU tensors only under TRITON_INTERPRET=1"
+        if device.type not in ("cpu", "cuda"):
+            return f"triton runs CUDA tensors, got a tensor on {device}"
+    return True
+
+
+def _check_name(name: str, what: str) -> str:
+    if name not in BACKEND_NAMES + ("auto",):
+        raise ValueError(f"{what} must be one of {BACKEND_NAMES + ('auto',)}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Force ``name`` (or ``"auto"``) for every op inside the ``with`` block."""
+    token = _forced_backend.set(_check_name(name, "backend"))
+    try:
+        yield
+    finally:
+        _forced_backend.reset(token)
+
+
+def requested_backend() -> str:
+    """The backend asked for: ``use_backend`` first, then ``AEFAST_BACKEND``, else ``"auto"``."""
+    forced = _forced_backend.get()
+    if forced is not None:
+        return forced
+    return _check_name(os.environ.get("AEFAST_BACKEND", "auto"), "AEFAST_BACKEND")
+
+
+def select(op: str, device: torch.device) -> tuple[str, Callable]:
+    """The backend that runs ``op`` on ``device`` now, and its kernel."""
+    kernels = _KERNELS[op]
+    requested = requested_backend()
+    if requested != "auto":
+        why = can_run(requested, device) if requested in kernels else f"it has no kernel for {op}"
+        if why is not True:
+            raise BackendUnavailableError(f"backend {requested!r} cannot run {op} on {device}: {why}")
+        return requested, kernels[requested]
+    order = AUTO_ORDER.get((op, device.type), ("reference",))
+    reasons = []
+    for name in order:
+        why = can_run(name, device) if name in kernels else f"it has no kernel for {op}"
+        if why is True:
+            if reasons:
+                _warn_fallback_once(op, device, name, reasons)
+            return name, kernels[name]
+        reasons.append(f"{name}: {why}")
+    raise BackendUnavailableError(f"no backend can run {op} on {device}: " + "; ".join(reasons))
+
+
+def _warn_fallback_once(op: str, device: torch.device, chosen: str, reasons: list[str]) -> None:
+    key = (op, device.type)
+    with _warn_lock:
+        if key in _warned_fallbacks:
+            return
+        _warned_fallbacks.add(key)
+    warnings.warn(
+        f"aefast: {op} on {device.type} falls back to the {chosen} backend ({'; '.join(reasons)})",
+        RuntimeWarning,
+        stacklevel=4,
+    )

@@ -1,0 +1,53 @@
+"""Philox4x32-10 in plain PyTorch: the reference for the stream that the C++, CUDA and Triton kernels
+share (DESIGN.md "Random numbers"): counter (offset_lo, offset_hi, 0, 0), key (seed_lo, seed_hi),
+normals by the Box-Muller of Triton's ``tl.randn``.
+
+All arithmetic runs on int64 tensors holding uint32 values; products are split into 16-bit halves
+so that no intermediate leaves int64.
+"""
+from __future__ import annotations
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+_ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
+_KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
+
+
+def _mul_hi_lo(constant: int, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32 bits of constant * value for uint32 values held in int64."""
+    c_lo, c_hi = constant & 0xFFFF, constant >> 16
+    low_part = value * c_lo  # < 2^48
+    high_part = value * c_hi  # < 2^48
+    hi = (high_part + (low_part >> 16)) >> 16
+    lo = (low_part + ((high_part & 0xFFFF) << 16)) & _MASK32
+    return hi & _MASK32, lo
+
+
+def philox4x32_10(seed: int, offsets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The four uint32 outputs (as int64) of Philox4x32-10 for each int64 offset."""
+    c0 = offsets & _MASK32
+    c1 = (offsets >> 32) & _MASK32
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    for _ in range(10):
+        hi_b, lo_b = _mul_hi_lo(_ROUND_B, c2)
+        hi_a, lo_a = _mul_hi_lo(_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0, k1 = (k0 + _KEY_A) & _MASK32, (k1 + _KEY_B) & _MASK32
+    return c0, c1, c2, c3
+
+
+def _uint_to_uniform(bits: torch.Tensor) -> torch.Tensor:
+    signed = torch.where(bits >= 2**31, bits - 2**32, bits)
+    signed = torch.where(signed < 0, -signed - 1, signed)
+    return signed.to(torch.float32) * 4.6566127342e-10
+
+
+def philox_normal(seed: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Float32 standard normals, one per int64 offset, as ``tl.randn`` computes them."""
+    x0, x1, _, _ = philox4x32_10(seed, offsets)
+    u1 = torch.clamp(_uint_to_uniform(x0), min=1.0e-7)
+    theta = 6.283185307179586 * _uint_to_uniform(x1)
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(theta)

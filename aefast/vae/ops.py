@@ -1,0 +1,148 @@
+"""torch.library custom ops of the fused reparameterize + KL, their fake (meta) implementations,
+their autograd, and the registration of every backend's kernels.
+
+``aefast::reparameterize_kl`` takes 2-D contiguous (rows, cols) tensors; the public function in
+reparameterize.py validates, reshapes and reduces. The seed is a CPU int64 scalar tensor so that a
+seed drawn from torch's generator traces under ``torch.compile(fullgraph=True)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from aefast import _backends
+from aefast._buffers import DTYPE_NAMES, cpu_buffer, current_stream, device_pointer
+from aefast.vae import reference
+from aefast.vae.reference import kl_dtype
+
+OP_NAME = "reparameterize_kl"
+
+
+@torch.library.custom_op("aefast::reparameterize_kl", mutates_args=())
+def reparameterize_kl_op(
+    mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Tensor, per_element: bool,
+    clamp_min: float, clamp_max: float,
+) -> tuple[Tensor, Tensor]:
+    _, kernel = _backends.select(OP_NAME, mu.device)
+    return kernel(mu, logvar, eps, int(seed), per_element, clamp_min, clamp_max)
+
+
+@reparameterize_kl_op.register_fake
+def _(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):
+    kl_shape = mu.shape if per_element else mu.shape[:1]
+    return torch.empty_like(mu), mu.new_empty(kl_shape, dtype=kl_dtype(mu.dtype))
+
+
+@torch.library.custom_op("aefast::reparameterize_kl_backward", mutates_args=())
+def reparameterize_kl_backward_op(
+    grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Tensor,
+    clamp_min: float, clamp_max: float,
+) -> tuple[Tensor, Tensor]:
+    name, _ = _backends.select(OP_NAME, mu.device)
+    return _BACKWARD_KERNELS[name](grad_z, grad_kl, mu, logvar, eps, int(seed), clamp_min, clamp_max)
+
+
+@reparameterize_kl_backward_op.register_fake
+def _(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max):
+    return torch.empty_like(mu), torch.empty_like(mu)
+
+
+def _setup_context(ctx, inputs, output):
+    mu, logvar, eps, seed, _, clamp_min, clamp_max = inputs
+    ctx.save_for_backward(mu, logvar, eps, seed)
+    ctx.clamp = (clamp_min, clamp_max)
+
+
+def _backward(ctx, grad_z, grad_kl):
+    mu, logvar, eps, seed = ctx.saved_tensors
+    grad_mu, grad_logvar = reparameterize_kl_backward_op(
+        grad_z.contiguous(), grad_kl.contiguous(), mu, logvar, eps, seed, *ctx.clamp
+    )
+    grad_eps = None
+    if eps is not None and ctx.needs_input_grad[2]:
+        # eps given by the caller may itself need a gradient: dz/deps = exp(logvar/2).
+        logvar_c = torch.clamp(logvar.to(kl_dtype(logvar.dtype)), *ctx.clamp)
+        grad_eps = (grad_z.to(logvar_c.dtype) * torch.exp(0.5 * logvar_c)).to(eps.dtype)
+    return grad_mu, grad_logvar, grad_eps, None, None, None, None
+
+
+reparameterize_kl_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- backend kernels: each takes 2-D contiguous tensors and a Python int seed -------------------
+
+def _empty_outputs(mu, per_element):
+    rows, cols = mu.shape
+    kl = torch.empty((rows, cols) if per_element else (rows,), dtype=kl_dtype(mu.dtype), device=mu.device)
+    return torch.empty_like(mu), kl
+
+
+def _cpp_forward(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):
+    z, kl = _empty_outputs(mu, per_element)
+    _backends.compiled_module().vae_forward_cpu(
+        cpu_buffer(mu), cpu_buffer(logvar), cpu_buffer(eps), cpu_buffer(z), cpu_buffer(kl), mu.shape[0],
+        mu.shape[1], DTYPE_NAMES[mu.dtype], seed, per_element, clamp_min, clamp_max,
+    )
+    return z, kl
+
+
+def _cpp_backward(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max):
+    grad_mu, grad_logvar = torch.empty_like(mu), torch.empty_like(mu)
+    _backends.compiled_module().vae_backward_cpu(
+        cpu_buffer(grad_z), cpu_buffer(grad_kl), cpu_buffer(mu), cpu_buffer(logvar), cpu_buffer(eps),
+        cpu_buffer(grad_mu), cpu_buffer(grad_logvar), mu.shape[0], mu.shape[1], DTYPE_NAMES[mu.dtype],
+        seed, grad_kl.dim() == 2, clamp_min, clamp_max,
+    )
+    return grad_mu, grad_logvar
+
+
+def _cuda_forward(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):
+    z, kl = _empty_outputs(mu, per_element)
+    with torch.cuda.device(mu.device):
+        _backends.compiled_module().vae_forward_cuda(
+            device_pointer(mu), device_pointer(logvar), device_pointer(eps), device_pointer(z),
+            device_pointer(kl), mu.shape[0], mu.shape[1], DTYPE_NAMES[mu.dtype], seed, per_element,
+            clamp_min, clamp_max, current_stream(mu.device),
+        )
+    return z, kl
+
+
+def _cuda_backward(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max):
+    grad_mu, grad_logvar = torch.empty_like(mu), torch.empty_like(mu)
+    with torch.cuda.device(mu.device):
+        _backends.compiled_module().vae_backward_cuda(
+            device_pointer(grad_z), device_pointer(grad_kl), device_pointer(mu), device_pointer(logvar),
+            device_pointer(eps), device_pointer(grad_mu), device_pointer(grad_logvar), mu.shape[0],
+            mu.shape[1], DTYPE_NAMES[mu.dtype], seed, grad_kl.dim() == 2, clamp_min, clamp_max,
+            current_stream(mu.device),
+        )
+    return grad_mu, grad_logvar
+
+
+def _triton_forward(*args):
+    from aefast.vae import triton_kernels
+
+    return triton_kernels.forward(*args)
+
+
+def _triton_backward(*args):
+    from aefast.vae import triton_kernels
+
+    return triton_kernels.backward(*args)
+
+
+_backends.register_kernel(OP_NAME, "reference", reference.forward)
+_backends.register_kernel(OP_NAME, "cpp", _cpp_forward)
+_backends.register_kernel(OP_NAME, "cuda", _cuda_forward)
+_backends.register_kernel(OP_NAME, "triton", _triton_forward)
+_BACKWARD_KERNELS = {
+    "reference": reference.backward,
+    "cpp": _cpp_backward,
+    "cuda": _cuda_backward,
+    "triton": _triton_backward,
+}
+
+NO_CLAMP = (-math.inf, math.inf)

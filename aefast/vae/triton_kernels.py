@@ -1,0 +1,143 @@
+"""Triton kernels of the fused reparameterize + KL: a forward kernel that writes z and the KL (per
+row or per element), and a backward kernel that regenerates eps from (seed, offset) instead of
+reading it. Imported lazily: ``TRITON_INTERPRET`` must be set before the kernels are defined."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from aefast.vae.reference import kl_dtype
+
+# Elements per program: 4096 keeps 8 warps busy on a 2^20 x 32 problem (256k programs in all).
+_BLOCK_ELEMENTS = 4096
+_MAX_BLOCK_COLS = 1024
+
+
+@triton.jit
+def philox_normal(seed, offsets):
+    """tl.randn's normal for 64-bit offsets: counter (offset_lo, offset_hi, 0, 0) on every Triton
+    version (older releases ran int64 offsets through Philox4x64 instead)."""
+    lo = offsets.to(tl.uint32)
+    hi = (offsets >> 32).to(tl.uint32)
+    zero = lo * 0
+    c0, c1, _, _ = tl.philox(seed, lo, hi, zero, zero)
+    n1, _ = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(c0), tl.uint_to_uniform_float(c1))
+    return n1
+
+
+@triton.jit
+def _clamp_keep_nan(x, lo, hi):
+    return tl.where(x < lo, lo, tl.where(x > hi, hi, x))
+
+
+@triton.jit
+def _forward_kernel(mu_ptr, logvar_ptr, eps_ptr, z_ptr, kl_ptr, rows, cols, seed, clamp_min, clamp_max,
+                    HAS_EPS: tl.constexpr, PER_ELEMENT: tl.constexpr, CLAMP: tl.constexpr,
+                    BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+    acc_dtype = kl_ptr.dtype.element_ty
+    row_ids = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    row_mask = row_ids < rows
+    row_sums = tl.zeros((BLOCK_ROWS,), dtype=acc_dtype)
+    for col0 in range(0, cols, BLOCK_COLS):
+        col_ids = col0 + tl.arange(0, BLOCK_COLS)
+        mask = row_mask[:, None] & (col_ids < cols)[None, :]
+        offsets = row_ids[:, None] * cols + col_ids[None, :]
+        mu = tl.load(mu_ptr + offsets, mask=mask, other=0.0).to(acc_dtype)
+        logvar = tl.load(logvar_ptr + offsets, mask=mask, other=0.0).to(acc_dtype)
+        if CLAMP:
+            logvar = _clamp_keep_nan(logvar, clamp_min, clamp_max)
+        if HAS_EPS:
+            noise = tl.load(eps_ptr + offsets, mask=mask, other=0.0).to(acc_dtype)
+        else:
+            noise = philox_normal(seed, offsets).to(acc_dtype)
+        sigma = tl.exp(0.5 * logvar)
+        tl.store(z_ptr + offsets, (mu + sigma * noise).to(z_ptr.dtype.element_ty), mask=mask)
+        kl = -0.5 * (1.0 + logvar - mu * mu - sigma * sigma)
+        if PER_ELEMENT:
+            tl.store(kl_ptr + offsets, kl, mask=mask)
+        else:
+            row_sums += tl.sum(tl.where(mask, kl, 0.0), axis=1)
+    if not PER_ELEMENT:
+        tl.store(kl_ptr + row_ids, row_sums, mask=row_mask)
+
+
+@triton.jit
+def _backward_kernel(grad_z_ptr, grad_kl_ptr, mu_ptr, logvar_ptr, eps_ptr, grad_mu_ptr, grad_logvar_ptr,
+                     rows, cols, seed, clamp_min, clamp_max,
+                     HAS_EPS: tl.constexpr, PER_ELEMENT: tl.constexpr, CLAMP: tl.constexpr,
+                     BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+    acc_dtype = grad_kl_ptr.dtype.element_ty
+    row_ids = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    row_mask = row_ids < rows
+    if not PER_ELEMENT:
+        grad_kl_row = tl.load(grad_kl_ptr + row_ids, mask=row_mask, other=0.0)[:, None]
+    for col0 in range(0, cols, BLOCK_COLS):
+        col_ids = col0 + tl.arange(0, BLOCK_COLS)
+        mask = row_mask[:, None] & (col_ids < cols)[None, :]
+        offsets = row_ids[:, None] * cols + col_ids[None, :]
+        mu = tl.load(mu_ptr + offsets, mask=mask, other=0.0).to(acc_dtype)
+        logvar_raw = tl.load(logvar_ptr + offsets, mask=mask, other=0.0).to(acc_dtype)
+        logvar = logvar_raw
+        if CLAMP:
+            logvar = _clamp_keep_nan(logvar_raw, clamp_min, clamp_max)
+        if HAS_EPS:
+            noise = tl.load(eps_ptr + offsets, mask=mask, other=0.0).to(acc_dtype)
+        else:
+            noise = philox_normal(seed, offsets).to(acc_dtype)
+        if PER_ELEMENT:
+            grad_kl = tl.load(grad_kl_ptr + offsets, mask=mask, other=0.0)
+        else:
+            grad_kl = grad_kl_row
+        grad_z = tl.load(grad_z_ptr + offsets, mask=mask, other=0.0).to(acc_dtype)
+        sigma = tl.exp(0.5 * logvar)
+        grad_logvar = 0.5 * (grad_z * noise * sigma + grad_kl * (sigma * sigma - 1.0))
+        if CLAMP:
+            # torch.clamp passes the gradient where lo <= x <= hi (NaN gets none).
+            grad_logvar = tl.where((logvar_raw >= clamp_min) & (logvar_raw <= clamp_max), grad_logvar, 0.0)
+        tl.store(grad_mu_ptr + offsets, (grad_z + grad_kl * mu).to(grad_mu_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_logvar_ptr + offsets, grad_logvar.to(grad_logvar_ptr.dtype.element_ty), mask=mask)
+
+
+def _launch_shape(rows: int, cols: int) -> tuple[int, int, tuple[int]]:
+    block_cols = min(triton.next_power_of_2(max(cols, 1)), _MAX_BLOCK_COLS)
+    block_rows = max(1, _BLOCK_ELEMENTS // block_cols)
+    return block_rows, block_cols, (triton.cdiv(rows, block_rows),)
+
+
+def _clamp_args(clamp_min: float, clamp_max: float) -> tuple[bool, float, float]:
+    clamped = clamp_min > float("-inf") or clamp_max < float("inf")
+    return clamped, clamp_min, clamp_max
+
+
+def forward(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):
+    rows, cols = mu.shape
+    z = torch.empty_like(mu)
+    kl = torch.empty((rows, cols) if per_element else (rows,), dtype=kl_dtype(mu.dtype), device=mu.device)
+    if mu.numel() == 0:
+        return z, kl.zero_()
+    block_rows, block_cols, grid = _launch_shape(rows, cols)
+    clamped, lo, hi = _clamp_args(clamp_min, clamp_max)
+    _forward_kernel[grid](
+        mu, logvar, eps if eps is not None else mu, z, kl, rows, cols, seed, lo, hi,
+        HAS_EPS=eps is not None, PER_ELEMENT=per_element, CLAMP=clamped,
+        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols,
+    )
+    return z, kl
+
+
+def backward(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max):
+    rows, cols = mu.shape
+    grad_mu = torch.empty_like(mu)
+    grad_logvar = torch.empty_like(mu)
+    if mu.numel() == 0:
+        return grad_mu, grad_logvar
+    block_rows, block_cols, grid = _launch_shape(rows, cols)
+    clamped, lo, hi = _clamp_args(clamp_min, clamp_max)
+    _backward_kernel[grid](
+        grad_z, grad_kl, mu, logvar, eps if eps is not None else mu, grad_mu, grad_logvar,
+        rows, cols, seed, lo, hi,
+        HAS_EPS=eps is not None, PER_ELEMENT=grad_kl.dim() == 2, CLAMP=clamped,
+        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols,
+    )
+    return grad_mu, grad_logvar

@@ -1,0 +1,22 @@
+// CPU kernel sources are compiled once per instruction set (CMakeLists.txt: generic, avx2, avx512),
+// and the entry points pick one copy at run time. Header code that those sources share sits in an
+// inline namespace named after the set, so no two copies share a symbol and the linker never hands
+// AVX-512 code to a CPU without it.
+#pragma once
+
+#ifndef AEFAST_ISA
+#define AEFAST_ISA generic
+#endif
+#define AEFAST_ISA_BEGIN namespace aefast { inline namespace AEFAST_ISA {
+#define AEFAST_ISA_END } }
+
+namespace aefast {
+
+enum class Isa { generic, avx2, avx512 };
+
+// The best set this CPU runs and this build has; AEFAST_CPU_ISA=generic|avx2 forces a lower one
+// (tests run the portable path that way on an AVX-512 machine).
+Isa selected_isa();
+const char* isa_name(Isa isa);
+
+}  // namespace aefast

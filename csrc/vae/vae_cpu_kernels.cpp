@@ -1,0 +1,186 @@
+// Fused reparameterized sample and KL term on the CPU: one OpenMP pass forward, one backward; the
+// noise is regenerated from (seed, element index) in both passes and never written to memory.
+// Compiled once per instruction set (see common/isa.h); nothing here touches Python.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "common/dtypes.h"
+#include "common/fast_math.h"
+#include "common/philox.h"
+#include "vae/vae.h"
+
+AEFAST_ISA_BEGIN
+namespace {
+
+// Elements per inner tile: noise and KL scratch (2 x 4 KiB in float) stay in L1.
+constexpr int64_t kTile = 1024;
+
+// Standard normals of Philox (seed, offset + i), as Triton's tl.randn gives them. Two loops per
+// chunk: GCC if-converts (and so vectorizes) each alone, not the clamp and the log fused in one.
+template <typename C> void fill_normals(uint64_t seed, uint64_t offset, int64_t count, C* out) {
+  constexpr int64_t kChunk = 256;
+  float radius_input[kChunk], theta[kChunk];
+  for (int64_t c0 = 0; c0 < count; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, count - c0);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const PhiloxOut bits = philox4x32_10(seed, offset + static_cast<uint64_t>(c0 + i));
+      const float u1 = uint_to_uniform(bits.x0);
+      radius_input[i] = u1 < 1.0e-7f ? 1.0e-7f : u1;
+      theta[i] = 6.283185307179586f * uint_to_uniform(bits.x1);
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      out[c0 + i] = static_cast<C>(std::sqrt(-2.0f * log_positive_f32(radius_input[i])) * cos_box_muller_f32(theta[i]));
+    }
+  }
+}
+
+// The tile's noise: the caller's eps, or normals regenerated from (seed, element index).
+template <DType D, typename C>
+void load_noise(const typename Traits<D>::storage* eps, uint64_t seed, int64_t t0, int64_t n, C* out) {
+  if (eps) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) out[i] = Traits<D>::load(eps[t0 + i]);
+  } else {
+    fill_normals(seed, static_cast<uint64_t>(t0), n, out);
+  }
+}
+
+template <typename C> inline C clamp_keep_nan(C x, C lo, C hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+bool clamp_active(double lo, double hi) { return std::isfinite(lo) || std::isfinite(hi); }
+
+// Rows are split into tasks of whole rows, so per-row KL sums need no atomics.
+struct RowTasks {
+  int64_t rows, cols, rows_per_task, count;
+  RowTasks(int64_t rows_, int64_t cols_) : rows(rows_), cols(cols_) {
+    rows_per_task = std::max<int64_t>(1, kTile / std::max<int64_t>(cols, 1));
+    count = (rows + rows_per_task - 1) / rows_per_task;
+  }
+  int64_t first_row(int64_t task) const { return task * rows_per_task; }
+  int64_t end_row(int64_t task) const { return std::min(rows, (task + 1) * rows_per_task); }
+};
+
+template <DType D> void forward(const VaeForwardArgs& a) {
+  using S = typename Traits<D>::storage;
+  using C = typename Traits<D>::compute;
+  const S* mu = static_cast<const S*>(a.mu);
+  const S* logvar = static_cast<const S*>(a.logvar);
+  const S* eps = static_cast<const S*>(a.eps);
+  S* z = static_cast<S*>(a.z);
+  C* kl = static_cast<C*>(a.kl);
+  const int64_t cols = a.cols;
+  const bool clamped = clamp_active(a.clamp_min, a.clamp_max);
+  const C lo = static_cast<C>(a.clamp_min), hi = static_cast<C>(a.clamp_max);
+  const RowTasks tasks(a.rows, cols);
+#pragma omp parallel
+  {
+    std::vector<C> noise(kTile), kl_tile(kTile), row_sums(tasks.rows_per_task);
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < tasks.count; ++task) {
+      const int64_t row0 = tasks.first_row(task);
+      const int64_t begin = row0 * cols, end = tasks.end_row(task) * cols;
+      std::fill(row_sums.begin(), row_sums.end(), C(0));
+      for (int64_t t0 = begin; t0 < end; t0 += kTile) {
+        const int64_t n = std::min(kTile, end - t0);
+        load_noise<D>(eps, a.seed, t0, n, noise.data());
+        const C* noise_tile = noise.data();
+        C* kl_out = kl_tile.data();
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t e = t0 + i;
+          const C m = Traits<D>::load(mu[e]);
+          const C lv_raw = Traits<D>::load(logvar[e]);
+          const C lv = clamped ? clamp_keep_nan(lv_raw, lo, hi) : lv_raw;
+          const C sigma = exp_c(C(0.5) * lv);
+          z[e] = Traits<D>::store(m + sigma * noise_tile[i]);
+          kl_out[i] = C(-0.5) * (C(1) + lv - m * m - sigma * sigma);
+        }
+        if (a.per_element) {
+          std::copy(kl_tile.begin(), kl_tile.begin() + n, kl + t0);
+        } else {
+          for (int64_t i = 0; i < n; ++i) row_sums[(t0 + i) / cols - row0] += kl_tile[i];
+        }
+      }
+      if (!a.per_element) std::copy(row_sums.begin(), row_sums.begin() + (tasks.end_row(task) - row0), kl + row0);
+    }
+  }
+}
+
+template <DType D> void backward(const VaeBackwardArgs& a) {
+  using S = typename Traits<D>::storage;
+  using C = typename Traits<D>::compute;
+  const S* grad_z = static_cast<const S*>(a.grad_z);
+  const C* grad_kl = static_cast<const C*>(a.grad_kl);
+  const S* mu = static_cast<const S*>(a.mu);
+  const S* logvar = static_cast<const S*>(a.logvar);
+  const S* eps = static_cast<const S*>(a.eps);
+  S* grad_mu = static_cast<S*>(a.grad_mu);
+  S* grad_logvar = static_cast<S*>(a.grad_logvar);
+  const int64_t cols = a.cols;
+  const bool clamped = clamp_active(a.clamp_min, a.clamp_max);
+  const C lo = static_cast<C>(a.clamp_min), hi = static_cast<C>(a.clamp_max);
+  const RowTasks tasks(a.rows, cols);
+#pragma omp parallel
+  {
+    std::vector<C> noise(kTile), grad_kl_tile(kTile);
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < tasks.count; ++task) {
+      const int64_t begin = tasks.first_row(task) * cols, end = tasks.end_row(task) * cols;
+      for (int64_t t0 = begin; t0 < end; t0 += kTile) {
+        const int64_t n = std::min(kTile, end - t0);
+        load_noise<D>(eps, a.seed, t0, n, noise.data());
+        for (int64_t i = 0; i < n; ++i) grad_kl_tile[i] = a.per_element ? grad_kl[t0 + i] : grad_kl[(t0 + i) / cols];
+        const C* noise_tile = noise.data();
+        const C* gkl = grad_kl_tile.data();
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t e = t0 + i;
+          const C m = Traits<D>::load(mu[e]);
+          const C lv_raw = Traits<D>::load(logvar[e]);
+          const C lv = clamped ? clamp_keep_nan(lv_raw, lo, hi) : lv_raw;
+          const C gz = Traits<D>::load(grad_z[e]);
+          const C sigma = exp_c(C(0.5) * lv);
+          const C glv = C(0.5) * (gz * noise_tile[i] * sigma + gkl[i] * (sigma * sigma - C(1)));
+          // torch.clamp passes the gradient where lo <= x <= hi (NaN gets none).
+          const bool passes = !clamped || (lv_raw >= lo && lv_raw <= hi);
+          grad_mu[e] = Traits<D>::store(gz + gkl[i] * m);
+          grad_logvar[e] = Traits<D>::store(passes ? glv : C(0));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void vae_forward(const VaeForwardArgs& args) {
+  switch (args.dtype) {
+    case DType::f32: forward<DType::f32>(args); break;
+    case DType::f64: forward<DType::f64>(args); break;
+    case DType::f16: forward<DType::f16>(args); break;
+    case DType::bf16: forward<DType::bf16>(args); break;
+  }
+}
+
+void vae_backward(const VaeBackwardArgs& args) {
+  switch (args.dtype) {
+    case DType::f32: backward<DType::f32>(args); break;
+    case DType::f64: backward<DType::f64>(args); break;
+    case DType::f16: backward<DType::f16>(args); break;
+    case DType::bf16: backward<DType::bf16>(args); break;
+  }
+}
+
+void philox_normal(uint64_t seed, uint64_t offset, int64_t count, float* out) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t0 = 0; t0 < count; t0 += kTile) {
+    fill_normals(seed, offset + static_cast<uint64_t>(t0), std::min(kTile, count - t0), out + t0);
+  }
+}
+
+AEFAST_ISA_END

@@ -1,0 +1,184 @@
+// Fused reparameterized sample and KL term on CUDA: one warp per row, the KL row sum by warp shuffle,
+// the noise regenerated from (seed, element index) in both passes and never written to memory.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <string>
+
+#include "common/checks.h"
+#include "common/philox.h"
+#include "vae/vae.h"
+
+namespace aefast {
+namespace {
+
+constexpr int kWarpsPerBlock = 8;
+
+__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ double load(const double* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float load(const __half* p, int64_t i) { return __half2float(p[i]); }
+__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void store(double* p, int64_t i, double v) { p[i] = v; }
+__device__ __forceinline__ void store(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
+__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16_rn(v); }
+
+template <typename T> struct ComputeOf { using type = float; };
+template <> struct ComputeOf<double> { using type = double; };
+
+__device__ __forceinline__ float philox_normal(uint64_t seed, uint64_t offset) {
+  const PhiloxOut bits = philox4x32_10(seed, offset);
+  const float u1 = fmaxf(1.0e-7f, uint_to_uniform(bits.x0));
+  const float theta = 6.283185307179586f * uint_to_uniform(bits.x1);
+  return sqrtf(-2.0f * logf(u1)) * cosf(theta);
+}
+
+template <typename C> __device__ __forceinline__ C clamp_keep_nan(C x, C lo, C hi) {
+  return x < lo ? lo : (x > hi ? hi : x);
+}
+
+template <typename C> __device__ __forceinline__ C warp_sum(C value) {
+  for (int shift = 16; shift > 0; shift >>= 1) value += __shfl_xor_sync(0xffffffffu, value, shift);
+  return value;
+}
+
+template <typename T>
+__global__ void forward_kernel(const T* mu, const T* logvar, const T* eps, T* z, typename ComputeOf<T>::type* kl,
+                               int64_t rows, int64_t cols, uint64_t seed, bool per_element, bool clamped,
+                               double clamp_lo, double clamp_hi) {
+  using C = typename ComputeOf<T>::type;
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const C lo = static_cast<C>(clamp_lo), hi = static_cast<C>(clamp_hi);
+  C row_sum = 0;
+  for (int64_t col = lane; col < cols; col += 32) {
+    const int64_t e = row * cols + col;
+    const C m = load(mu, e);
+    C lv = load(logvar, e);
+    lv = clamped ? clamp_keep_nan(lv, lo, hi) : lv;
+    const C noise = eps ? static_cast<C>(load(eps, e)) : static_cast<C>(philox_normal(seed, static_cast<uint64_t>(e)));
+    const C sigma = exp(C(0.5) * lv);
+    store(z, e, m + sigma * noise);
+    const C kl_e = C(-0.5) * (C(1) + lv - m * m - sigma * sigma);
+    if (per_element) kl[e] = kl_e;
+    row_sum += kl_e;
+  }
+  row_sum = warp_sum(row_sum);
+  if (!per_element && lane == 0) kl[row] = row_sum;
+}
+
+template <typename T>
+__global__ void backward_kernel(const T* grad_z, const typename ComputeOf<T>::type* grad_kl, const T* mu,
+                                const T* logvar, const T* eps, T* grad_mu, T* grad_logvar, int64_t rows,
+                                int64_t cols, uint64_t seed, bool per_element, bool clamped, double clamp_lo,
+                                double clamp_hi) {
+  using C = typename ComputeOf<T>::type;
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const C lo = static_cast<C>(clamp_lo), hi = static_cast<C>(clamp_hi);
+  for (int64_t col = lane; col < cols; col += 32) {
+    const int64_t e = row * cols + col;
+    const C m = load(mu, e);
+    const C lv_raw = load(logvar, e);
+    const C lv = clamped ? clamp_keep_nan(lv_raw, lo, hi) : lv_raw;
+    const C noise = eps ? static_cast<C>(load(eps, e)) : static_cast<C>(philox_normal(seed, static_cast<uint64_t>(e)));
+    const C gz = load(grad_z, e);
+    const C gkl = per_element ? grad_kl[e] : grad_kl[row];
+    const C sigma = exp(C(0.5) * lv);
+    C glv = C(0.5) * (gz * noise * sigma + gkl * (sigma * sigma - C(1)));
+    glv = clamped ? ((lv_raw >= lo && lv_raw <= hi) ? glv : C(0)) : glv;
+    store(grad_mu, e, gz + gkl * m);
+    store(grad_logvar, e, glv);
+  }
+}
+
+void check_cuda(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
+}
+
+// Raw pointers cannot carry sizes; at least refuse one that is not device memory.
+template <typename P> P* device_pointer(uintptr_t address, const char* name) {
+  if (address == 0) return nullptr;
+  cudaPointerAttributes attributes;
+  check_cuda(cudaPointerGetAttributes(&attributes, reinterpret_cast<void*>(address)), name);
+  if (attributes.type != cudaMemoryTypeDevice) {
+    throw py::value_error(std::string(name) + ": expected a CUDA device pointer");
+  }
+  return reinterpret_cast<P*>(address);
+}
+
+template <typename Fn> void dispatch_cuda_dtype(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::f32: fn(static_cast<float*>(nullptr)); break;
+    case DType::f64: fn(static_cast<double*>(nullptr)); break;
+    case DType::f16: fn(static_cast<__half*>(nullptr)); break;
+    case DType::bf16: fn(static_cast<__nv_bfloat16*>(nullptr)); break;
+  }
+}
+
+bool clamp_active(double lo, double hi) { return std::isfinite(lo) || std::isfinite(hi); }
+
+unsigned blocks_for(int64_t rows) {
+  const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  if (blocks > 0x7FFFFFFF) throw py::value_error("rows: too many rows for one launch");
+  return static_cast<unsigned>(blocks);
+}
+
+}  // namespace
+
+void vae_forward_cuda(uintptr_t mu, uintptr_t logvar, uintptr_t eps, uintptr_t z, uintptr_t kl, int64_t rows,
+                      int64_t cols, const std::string& dtype_name, uint64_t seed, bool per_element,
+                      double clamp_min, double clamp_max, uintptr_t stream) {
+  check_nonnegative(rows, "rows");
+  check_nonnegative(cols, "cols");
+  const DType dtype = parse_dtype(dtype_name);
+  if (rows == 0 || cols == 0) return;
+  dispatch_cuda_dtype(dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    using C = typename ComputeOf<T>::type;
+    const T* mu_p = device_pointer<const T>(mu, "mu");
+    const T* lv_p = device_pointer<const T>(logvar, "logvar");
+    const T* eps_p = device_pointer<const T>(eps, "eps");
+    T* z_p = device_pointer<T>(z, "z");
+    C* kl_p = device_pointer<C>(kl, "kl");
+    if (!mu_p || !lv_p || !z_p || !kl_p) throw py::value_error("mu, logvar, z and kl must be non-null");
+    forward_kernel<T><<<blocks_for(rows), 32 * kWarpsPerBlock, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+        mu_p, lv_p, eps_p, z_p, kl_p, rows, cols, seed, per_element, clamp_active(clamp_min, clamp_max),
+        clamp_min, clamp_max);
+    check_cuda(cudaGetLastError(), "vae forward kernel");
+  });
+}
+
+void vae_backward_cuda(uintptr_t grad_z, uintptr_t grad_kl, uintptr_t mu, uintptr_t logvar, uintptr_t eps,
+                       uintptr_t grad_mu, uintptr_t grad_logvar, int64_t rows, int64_t cols,
+                       const std::string& dtype_name, uint64_t seed, bool per_element, double clamp_min,
+                       double clamp_max, uintptr_t stream) {
+  check_nonnegative(rows, "rows");
+  check_nonnegative(cols, "cols");
+  const DType dtype = parse_dtype(dtype_name);
+  if (rows == 0 || cols == 0) return;
+  dispatch_cuda_dtype(dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    using C = typename ComputeOf<T>::type;
+    const T* gz_p = device_pointer<const T>(grad_z, "grad_z");
+    const C* gkl_p = device_pointer<const C>(grad_kl, "grad_kl");
+    const T* mu_p = device_pointer<const T>(mu, "mu");
+    const T* lv_p = device_pointer<const T>(logvar, "logvar");
+    const T* eps_p = device_pointer<const T>(eps, "eps");
+    T* gmu_p = device_pointer<T>(grad_mu, "grad_mu");
+    T* glv_p = device_pointer<T>(grad_logvar, "grad_logvar");
+    if (!gz_p || !gkl_p || !mu_p || !lv_p || !gmu_p || !glv_p) {
+      throw py::value_error("grad_z, grad_kl, mu, logvar, grad_mu and grad_logvar must be non-null");
+    }
+    backward_kernel<T><<<blocks_for(rows), 32 * kWarpsPerBlock, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+        gz_p, gkl_p, mu_p, lv_p, eps_p, gmu_p, glv_p, rows, cols, seed, per_element,
+        clamp_active(clamp_min, clamp_max), clamp_min, clamp_max);
+    check_cuda(cudaGetLastError(), "vae backward kernel");
+  });
+}
+
+}  // namespace aefast
