@@ -1,0 +1,80 @@
+"""The ``aefast`` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+
+import torch
+
+import aefast
+from aefast import _backends
+
+
+def collect_info() -> dict:
+    """Versions, devices, backends (True or why not) and build features, as plain data."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    compiled = _backends.compiled_module()
+    build = dict(compiled.build_info()) if compiled else {"cuda": False, "compiler": None}
+    cpu = dict(compiled.cpu_features()) if compiled else {}
+    devices = ["cpu"] + [
+        f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())
+    ]
+    return {
+        "versions": {
+            "aefast": aefast.__version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "triton": triton_version,
+            "cuda_runtime": torch.version.cuda,
+        },
+        "devices": devices,
+        "backends": aefast.available_backends(),
+        "build": {key: (list(value) if isinstance(value, tuple) else value) for key, value in build.items()},
+        "cpu": cpu,
+    }
+
+
+def _print_info(info: dict) -> None:
+    versions = info["versions"]
+    print(f"aefast {versions['aefast']}")
+    print(f"  python {versions['python']}, torch {versions['torch']}, triton {versions['triton'] or 'not installed'}")
+    print(f"  compiler (aefast._C): {info['build'].get('compiler') or 'extension not built'}")
+    print("devices:")
+    for device in info["devices"]:
+        print(f"  {device}")
+    print("backends:")
+    for name, status in info["backends"].items():
+        print(f"  {name:<10} {'available' if status is True else 'unavailable: ' + status}")
+    print("build features:")
+    print(f"  CUDA kernels: {'yes' if info['build'].get('cuda') else 'no'}")
+    cpu = info["cpu"]
+    if cpu:
+        flags = ", ".join(f"{name} {'yes' if cpu[name] else 'no'}" for name in ("avx2", "avx512f", "avx512vpopcntdq"))
+        print(f"  CPU: {flags}; kernel ISA in use: {cpu['kernel_isa']}; OpenMP threads: {cpu['openmp_threads']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aefast", description="Fused autoencoder kernels for PyTorch")
+    commands = parser.add_subparsers(dest="command", required=True)
+    info_parser = commands.add_parser("info", help="versions, devices, backends and build features")
+    info_parser.add_argument("--json", action="store_true", help="print the information as JSON")
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        info = collect_info()
+        if args.json:
+            json.dump(info, sys.stdout, indent=2)
+            print()
+        else:
+            _print_info(info)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

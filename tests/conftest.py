@@ -1,0 +1,60 @@
+"""Test set-up: the Triton interpreter when no GPU is present, a fixture over the backends that can
+run here, a ``gpu`` marker that skips cleanly, and a seed fixture."""
+import os
+
+import torch
+
+# Before anything imports triton: without a GPU, Triton kernels run in its CPU interpreter.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import dataclasses  # noqa: E402
+
+import pytest  # noqa: E402
+
+import aefast  # noqa: E402
+from aefast import _backends  # noqa: E402
+
+HAS_GPU = torch.cuda.is_available()
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    name: str
+    device: torch.device
+
+
+def _backend_params():
+    params = []
+    for name in _backends.BACKEND_NAMES:
+        on_gpu = name == "cuda" or (name == "triton" and HAS_GPU)
+        marks = [pytest.mark.gpu] if on_gpu else []
+        params.append(pytest.param(Backend(name, torch.device("cuda" if on_gpu else "cpu")), id=name, marks=marks))
+    return params
+
+
+@pytest.fixture(params=_backend_params())
+def backend(request):
+    """Each backend that can run here, forced for the duration of the test."""
+    chosen = request.param
+    why = _backends.can_run(chosen.name, chosen.device)
+    if why is not True:
+        pytest.skip(f"{chosen.name}: {why}")
+    with aefast.use_backend(chosen.name):
+        yield chosen
+
+
+@pytest.fixture
+def seed():
+    """A fixed seed, also applied to torch's generator so that random inputs repeat."""
+    torch.manual_seed(20261122)
+    return 20261122
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_GPU:
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)

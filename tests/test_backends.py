@@ -1,0 +1,82 @@
+"""The backend registry: what is reported, what is forced, and how a fallback behaves."""
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import aefast
+from aefast import _backends
+
+
+def test_available_backends_reports_every_backend_with_a_reason():
+    status = aefast.available_backends()
+    assert set(status) == set(_backends.BACKEND_NAMES)
+    assert status["reference"] is True
+    for name, value in status.items():
+        assert value is True or (isinstance(value, str) and value), name
+
+
+def test_cpp_backend_is_built_for_the_test_suite():
+    # CI installs the extension; a missing build must fail here, not skip every cpp test.
+    assert aefast.available_backends()["cpp"] is True
+
+
+def test_use_backend_forces_and_restores():
+    assert _backends.requested_backend() in _backends.BACKEND_NAMES + ("auto",)
+    before = _backends.requested_backend()
+    with aefast.use_backend("reference"):
+        assert _backends.requested_backend() == "reference"
+        assert _backends.select("reparameterize_kl", torch.device("cpu"))[0] == "reference"
+    assert _backends.requested_backend() == before
+
+
+def test_use_backend_rejects_unknown_name():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with aefast.use_backend("fortran"):
+            pass
+
+
+def test_forced_backend_that_cannot_run_raises_with_reason():
+    with aefast.use_backend("cuda"):
+        if torch.cuda.is_available() and aefast.available_backends()["cuda"] is True:
+            pytest.skip("cuda can run here")
+        with pytest.raises(aefast.BackendUnavailableError, match="backend 'cuda' cannot run reparameterize_kl"):
+            aefast.reparameterize_kl(torch.zeros(2, 3), torch.zeros(2, 3), seed=1)
+
+
+def test_cpp_refuses_cuda_tensors_by_reason():
+    assert "CPU tensors only" in _backends.can_run("cpp", torch.device("cuda"))
+
+
+def test_env_var_selects_backend(monkeypatch):
+    monkeypatch.setenv("AEFAST_BACKEND", "reference")
+    assert _backends.select("reparameterize_kl", torch.device("cpu"))[0] == "reference"
+    monkeypatch.setenv("AEFAST_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="AEFAST_BACKEND must be one of"):
+        _backends.select("reparameterize_kl", torch.device("cpu"))
+
+
+def test_auto_picks_cpp_on_cpu(monkeypatch):
+    monkeypatch.delenv("AEFAST_BACKEND", raising=False)
+    assert _backends.select("reparameterize_kl", torch.device("cpu"))[0] == "cpp"
+
+
+def test_auto_fallback_warns_once(monkeypatch):
+    monkeypatch.delenv("AEFAST_BACKEND", raising=False)
+    monkeypatch.setitem(_backends.AUTO_ORDER, ("reparameterize_kl", "cpu"), ("cuda", "reference"))
+    monkeypatch.setattr(_backends, "_warned_fallbacks", set())
+    with pytest.warns(RuntimeWarning, match="falls back to the reference backend"):
+        assert _backends.select("reparameterize_kl", torch.device("cpu"))[0] == "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _backends.select("reparameterize_kl", torch.device("cpu"))[0] == "reference"
+
+
+def test_triton_needs_interpreter_for_cpu_tensors():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = "import torch, aefast._backends as b; print(b.can_run('triton', torch.device('cpu')))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert "TRITON_INTERPRET=1" in out.stdout

@@ -1,0 +1,94 @@
+"""aefast._C re-checks what it is handed: wrong sizes, item sizes or layouts raise, never crash.
+Also the portable kernel copies (no AVX-512, no AVX2) agree with the reference."""
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from aefast import _backends
+from aefast._philox import philox_normal
+
+C = _backends.compiled_module()
+
+
+def buffers(rows, cols, dtype=np.float32):
+    make = lambda n: np.zeros(n, dtype)  # noqa: E731
+    return make(rows * cols), make(rows * cols), make(rows * cols), np.zeros(rows, np.float32)
+
+
+def test_forward_rejects_wrong_sizes_item_sizes_and_layouts():
+    mu, logvar, z, kl = buffers(4, 3)
+    args = dict(rows=4, cols=3, dtype="float32", seed=1, per_element=False, clamp_min=-math.inf, clamp_max=math.inf)
+    C.vae_forward_cpu(mu, logvar, None, z, kl, **args)  # well-formed: runs
+    with pytest.raises(ValueError, match="mu: expected 15 elements, got 12"):
+        C.vae_forward_cpu(mu, logvar, None, z, kl, **{**args, "rows": 5})
+    with pytest.raises(ValueError, match="kl: expected 12 elements"):
+        C.vae_forward_cpu(mu, logvar, None, z, kl, **{**args, "per_element": True})
+    with pytest.raises(TypeError, match="logvar: expected items of 4 bytes, got 8"):
+        C.vae_forward_cpu(mu, logvar.astype(np.float64), None, z, kl, **args)
+    with pytest.raises(ValueError, match="z: buffer must be C-contiguous"):
+        C.vae_forward_cpu(mu, logvar, None, np.zeros((3, 4), np.float32).T, kl, **args)
+    with pytest.raises(ValueError, match="rows must be >= 0"):
+        C.vae_forward_cpu(mu, logvar, None, z, kl, **{**args, "rows": -4})
+    with pytest.raises(TypeError, match="dtype must be"):
+        C.vae_forward_cpu(mu, logvar, None, z, kl, **{**args, "dtype": "int8"})
+    read_only = np.zeros(12, np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="[Ww]ritable|read-only"):
+        C.vae_forward_cpu(mu, logvar, None, read_only, kl, **args)
+
+
+def test_backward_rejects_wrong_grad_kl_size():
+    mu, logvar, z, kl = buffers(4, 3)
+    with pytest.raises(ValueError, match="grad_kl: expected 4 elements, got 12"):
+        C.vae_backward_cpu(z, mu, mu, logvar, None, z.copy(), z.copy(), 4, 3, "float32", 1, False,
+                           -math.inf, math.inf)
+
+
+def test_philox_offsets_are_64_bit():
+    """Offsets past 2^32 carry into the counter's second word instead of wrapping around."""
+    start = 2**32 - 8
+    out = np.zeros(16, np.float32)
+    C.philox_normal_cpu(5, start, out)
+    expected = philox_normal(5, torch.arange(start, start + 16))
+    torch.testing.assert_close(torch.from_numpy(out), expected, atol=2e-6, rtol=2e-6)
+    wrapped = philox_normal(5, torch.arange(0, 16) - 8 + 2**32 * 0)
+    assert not torch.allclose(torch.from_numpy(out[8:]), wrapped[8:])
+
+
+def test_philox_reference_matches_known_answer():
+    """Philox4x32-10 known-answer vector (Random123 kat_vectors: counter 0, key 0)."""
+    from aefast._philox import philox4x32_10
+
+    words = [int(w) for w in philox4x32_10(0, torch.zeros(1, dtype=torch.int64))]
+    assert words == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
+def test_portable_kernel_copies_match_the_reference(isa):
+    code = """
+import torch, aefast
+from aefast import _backends
+from aefast.vae import reference
+assert _backends.compiled_module().cpu_features()["kernel_isa"] == "{isa}"
+for dtype, tol in [(torch.float32, 2e-6), (torch.float64, 1e-6), (torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)]:
+    mu = torch.randn(53, 29).to(dtype); logvar = torch.randn(53, 29).to(dtype)
+    with aefast.use_backend("cpp"):
+        z, kl = aefast.reparameterize_kl(mu, logvar, seed=7)
+    noise = reference.noise(7, mu.shape, torch.float32, mu.device)
+    z_ref, kl_ref = reference.reparameterize_kl_elementwise(mu.float(), logvar.float(), noise)
+    torch.testing.assert_close(z.float(), z_ref, atol=tol, rtol=tol)
+    torch.testing.assert_close(kl.float(), kl_ref.sum(-1), atol=1e-4, rtol=1e-5)
+print("ok")
+""".replace("{isa}", isa)
+    env = {**os.environ, "AEFAST_CPU_ISA": isa}
+    cpu = C.cpu_features()
+    if isa == "avx2" and not (cpu["avx2"] and cpu["fma"]):
+        pytest.skip("this CPU has no AVX2+FMA")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -1,0 +1,295 @@
+"""reparameterize_kl on every backend against the plain PyTorch oracle (reference.py)."""
+import math
+
+import pytest
+import torch
+
+import aefast
+from aefast.vae import reference
+
+SHAPES = [(1, 1), (7, 3), (97, 123), (3, 5, 17)]
+
+# (dtype, atol, rtol) for z and the gradients. fp32: the kernels' exp/log/cos are within 2 ulp, so
+# 1e-5 leaves room for the fp32 reassociation of a sum. fp16/bf16: the kernels compute in fp32 and
+# round once, so one unit in the last place of the format (2^-10, 2^-7) bounds the error.
+DTYPES = [
+    pytest.param(torch.float32, 1e-5, 1e-5, id="float32"),
+    pytest.param(torch.float64, 1e-12, 1e-12, id="float64"),
+    pytest.param(torch.float16, 1e-5, 2.0**-10, id="float16"),
+    pytest.param(torch.bfloat16, 1e-5, 2.0**-7, id="bfloat16"),
+]
+# The KL is accumulated in fp32 (fp64) whatever the input, so its tolerance is that of the sum.
+KL_TOL = {torch.float64: (1e-10, 1e-12)}
+KL_TOL_DEFAULT = (1e-4, 1e-5)
+
+
+def make_inputs(shape, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    mu = torch.randn(shape, generator=gen).to(dtype).to(device)
+    logvar = (0.7 * torch.randn(shape, generator=gen)).to(dtype).to(device)
+    eps = torch.randn(shape, generator=gen).to(dtype).to(device)
+    return mu, logvar, eps
+
+
+def oracle(mu, logvar, eps, grad_z, grad_kl, reduction, clamp=(-math.inf, math.inf)):
+    """Outputs and gradients of the plain expression in the KL dtype, through autograd."""
+    compute = reference.kl_dtype(mu.dtype)
+    mu_c = mu.detach().to(compute).requires_grad_()
+    logvar_c = logvar.detach().to(compute).requires_grad_()
+    z, kl = reference.reparameterize_kl_elementwise(mu_c, logvar_c, eps.to(compute), *clamp)
+    kl = {"none": kl, "per_sample": kl.sum(-1), "sum": kl.sum(), "mean": kl.sum(-1).mean()}[reduction]
+    grads = torch.autograd.grad((z, kl), (mu_c, logvar_c), (grad_z.to(compute), grad_kl))
+    return z.detach(), kl.detach(), grads[0], grads[1]
+
+
+def run_backend(mu, logvar, grad_z, grad_kl, **kwargs):
+    mu = mu.detach().clone().requires_grad_()
+    logvar = logvar.detach().clone().requires_grad_()
+    z, kl = aefast.reparameterize_kl(mu, logvar, **kwargs)
+    torch.autograd.backward((z, kl), (grad_z, grad_kl))
+    return z.detach(), kl.detach(), mu.grad, logvar.grad
+
+
+def assert_close(actual, expected, atol, rtol, what):
+    torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), atol=atol, rtol=rtol, msg=what)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("reduction", ["per_sample", "none"])
+def test_matches_oracle_with_eps(backend, shape, dtype, atol, rtol, reduction):
+    mu, logvar, eps = make_inputs(shape, dtype, backend.device)
+    kl_shape = shape if reduction == "none" else shape[:-1]
+    grad_z = torch.randn(shape).to(dtype).to(backend.device)
+    grad_kl = torch.randn(kl_shape, dtype=reference.kl_dtype(dtype)).to(backend.device)
+
+    got = run_backend(mu, logvar, grad_z, grad_kl, eps=eps, reduction=reduction)
+    want = oracle(mu, logvar, eps, grad_z, grad_kl, reduction)
+
+    assert got[0].dtype == dtype and got[0].shape == shape
+    assert got[1].dtype == reference.kl_dtype(dtype) and got[1].shape == kl_shape
+    assert_close(got[0], want[0], atol, rtol, "z")
+    assert_close(got[1], want[1], *KL_TOL.get(dtype, KL_TOL_DEFAULT), "kl")
+    assert_close(got[2], want[2], atol, rtol, "grad mu")
+    assert_close(got[3], want[3], atol, rtol, "grad logvar")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_error_at_most_twice_pytorchs(backend, dtype):
+    """DESIGN.md's bar: against an fp32 reference, the kernel's error is at most twice the error of
+    the same expression run by PyTorch in the low precision."""
+    mu, logvar, eps = make_inputs((97, 123), dtype, backend.device, seed=3)
+    z, kl = aefast.reparameterize_kl(mu, logvar, eps=eps)
+    z32, kl32 = reference.reparameterize_kl_elementwise(mu.float(), logvar.float(), eps.float())
+    z_low = mu + torch.exp(0.5 * logvar) * eps
+    kl_low = (-0.5 * (1 + logvar - mu * mu - torch.exp(logvar))).sum(-1)
+    assert (z.float() - z32).abs().max() <= 2 * (z_low.float() - z32).abs().max()
+    assert (kl - kl32.sum(-1)).abs().max() <= 2 * (kl_low.float() - kl32.sum(-1)).abs().max()
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_scalar_reductions(backend, reduction):
+    mu, logvar, eps = make_inputs((3, 5, 17), torch.float32, backend.device)
+    grad_z = torch.randn(3, 5, 17).to(backend.device)
+    grad_kl = torch.tensor(0.7).to(backend.device)
+    got = run_backend(mu, logvar, grad_z, grad_kl, eps=eps, reduction=reduction)
+    want = oracle(mu, logvar, eps, grad_z, grad_kl, reduction)
+    assert got[1].shape == ()
+    for actual, expected, what in zip(got, want, ("z", "kl", "grad mu", "grad logvar")):
+        assert_close(actual, expected, 1e-5, 1e-5, what)
+
+
+@pytest.mark.parametrize("clamp", [(-1.0, 1.0), (-math.inf, 0.5), (-0.25, math.inf)], ids=str)
+def test_logvar_clamp_matches_torch_clamp(backend, clamp):
+    mu, logvar, eps = make_inputs((7, 33), torch.float32, backend.device)
+    logvar = logvar * 3
+    logvar[0, :4] = torch.tensor([-1.0, 1.0, 0.5, -0.25])  # on the bounds: torch passes the gradient
+    grad_z = torch.randn(7, 33).to(backend.device)
+    grad_kl = torch.randn(7).to(backend.device)
+    got = run_backend(mu, logvar, grad_z, grad_kl, eps=eps, logvar_clamp=clamp)
+    want = oracle(mu, logvar, eps, grad_z, grad_kl, "per_sample", clamp)
+    for actual, expected, what in zip(got, want, ("z", "kl", "grad mu", "grad logvar")):
+        assert_close(actual, expected, 1e-5, 1e-5, what)
+
+
+def test_special_values_propagate_like_the_reference(backend):
+    values = torch.tensor([0.0, 1.0, -1.0, 50.0, -50.0, 100.0, -100.0, math.inf, -math.inf, math.nan])
+    mu, logvar = torch.meshgrid(values, values, indexing="ij")
+    mu, logvar = mu.contiguous().to(backend.device), logvar.contiguous().to(backend.device)
+    eps = torch.full_like(mu, 0.5)
+    z, kl = aefast.reparameterize_kl(mu, logvar, eps=eps, reduction="none")
+    z_ref, kl_ref = reference.reparameterize_kl_elementwise(mu, logvar, eps)
+    torch.testing.assert_close(z, z_ref, equal_nan=True, rtol=1e-6, atol=0)
+    torch.testing.assert_close(kl, kl_ref, equal_nan=True, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (4, 0), (0,)], ids=str)
+def test_empty_inputs(backend, shape):
+    mu = torch.zeros(shape, device=backend.device)
+    z, kl = aefast.reparameterize_kl(mu, mu.clone(), seed=1)
+    assert z.shape == shape and kl.shape == shape[:-1]
+    assert torch.all(kl == 0)
+
+
+def test_non_contiguous_inputs(backend):
+    mu, logvar, eps = make_inputs((33, 20), torch.float32, backend.device)
+    z, kl = aefast.reparameterize_kl(mu.t(), logvar.t(), eps=eps.t())
+    z_ref, kl_ref = reference.reparameterize_kl_elementwise(mu.t(), logvar.t(), eps.t())
+    assert_close(z, z_ref, 1e-6, 1e-6, "z")
+    assert_close(kl, kl_ref.sum(-1), 1e-5, 1e-5, "kl")
+
+
+# ---- the Philox noise ---------------------------------------------------------------------------
+
+
+def test_seeded_noise_is_the_reference_stream(backend):
+    """One seed gives the same z on every backend: the reference regenerates the stream in PyTorch.
+    The kernels' own exp/log/cos differ from torch's by a few ulp: 2e-6 covers |noise| <= 6."""
+    mu, logvar, _ = make_inputs((97, 123), torch.float32, backend.device)
+    z, kl = aefast.reparameterize_kl(mu, logvar, seed=2**40 + 7)
+    noise = reference.noise(2**40 + 7, mu.shape, torch.float32, mu.device)
+    z_ref, kl_ref = reference.reparameterize_kl_elementwise(mu, logvar, noise)
+    assert_close(z, z_ref, 2e-6, 2e-6, "z")
+    assert_close(kl, kl_ref.sum(-1), 1e-4, 1e-5, "kl")
+
+
+def test_different_seeds_give_different_noise(backend):
+    mu = torch.zeros(64, 16, device=backend.device)
+    z1, _ = aefast.reparameterize_kl(mu, mu, seed=1)
+    z2, _ = aefast.reparameterize_kl(mu, mu, seed=2)
+    assert (z1 - z2).abs().min() > 0
+
+
+def test_noise_statistics_on_a_million_samples(backend):
+    """Mean 0 and variance 1 within 5 standard errors (a false alarm once in ~3.5 million runs)."""
+    n = 1_000_000
+    zeros = torch.zeros(n // 125, 125, device=backend.device)
+    z, _ = aefast.reparameterize_kl(zeros, zeros, seed=12345)
+    z = z.double().flatten()
+    assert abs(z.mean().item()) < 5 / math.sqrt(n)
+    assert abs(z.var().item() - 1) < 5 * math.sqrt(2 / n)
+    tail = (z.abs() > 2).double().mean().item()  # P(|N| > 2) = 0.0455
+    assert abs(tail - 0.0455003) < 5 * math.sqrt(0.0455 * 0.9545 / n)
+
+
+def test_backward_sees_the_forward_noise(backend):
+    """dz/dlogvar = eps * exp(logvar/2) / 2 = (z - mu) / 2: the regenerated eps is the forward's."""
+    mu, logvar, _ = make_inputs((97, 123), torch.float32, backend.device)
+    logvar = logvar.requires_grad_()
+    z, _ = aefast.reparameterize_kl(mu, logvar, seed=99)
+    (grad_logvar,) = torch.autograd.grad(z.sum(), logvar)
+    assert_close(grad_logvar, 0.5 * (z - mu), 1e-6, 1e-5, "grad logvar")
+
+
+def test_torch_manual_seed_makes_runs_repeatable(backend):
+    mu = torch.zeros(31, 7, device=backend.device)
+    torch.manual_seed(5)
+    z1, _ = aefast.reparameterize_kl(mu, mu)
+    torch.manual_seed(5)
+    z2, _ = aefast.reparameterize_kl(mu, mu)
+    z3, _ = aefast.reparameterize_kl(mu, mu)
+    assert torch.equal(z1, z2)
+    assert not torch.equal(z2, z3)
+
+
+# ---- torch.library, autograd, compile -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_eps", [True, False], ids=["eps", "seed"])
+@pytest.mark.parametrize("per_element", [False, True], ids=["per_row", "per_element"])
+def test_opcheck(backend, with_eps, per_element):
+    mu, logvar, eps = make_inputs((9, 13), torch.float32, backend.device)
+    args = (
+        mu.requires_grad_(), logvar.requires_grad_(), eps if with_eps else None,
+        torch.tensor(17), per_element, -3.0, 3.0,
+    )
+    torch.library.opcheck(torch.ops.aefast.reparameterize_kl.default, args)
+
+
+@pytest.mark.parametrize("with_eps", [True, False], ids=["eps", "seed"])
+def test_gradcheck_float64(backend, with_eps):
+    mu, logvar, eps = make_inputs((5, 7), torch.float64, backend.device)
+    mu.requires_grad_()
+    logvar.requires_grad_()
+    kwargs = {"eps": eps} if with_eps else {"seed": 3}
+    assert torch.autograd.gradcheck(lambda m, lv: aefast.reparameterize_kl(m, lv, **kwargs), (mu, logvar))
+
+
+def test_gradient_flows_to_eps_when_asked(backend):
+    mu, logvar, eps = make_inputs((6, 5), torch.float64, backend.device)
+    eps.requires_grad_()
+    (grad_eps,) = torch.autograd.grad(aefast.reparameterize_kl(mu, logvar, eps=eps)[0].sum(), eps)
+    assert_close(grad_eps, torch.exp(0.5 * logvar), 1e-12, 1e-12, "grad eps")
+
+
+def test_works_under_torch_compile_fullgraph(backend):
+    mu, logvar, eps = make_inputs((37, 19), torch.float32, backend.device)
+
+    def loss(mu, logvar, eps):
+        z_eps, kl_eps = aefast.reparameterize_kl(mu, logvar, eps=eps, reduction="mean")
+        z_seed, _ = aefast.reparameterize_kl(mu, logvar, seed=11)
+        return (z_eps * z_eps).sum() + kl_eps + z_seed.sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    leaves = [t.clone().requires_grad_() for t in (mu, logvar)]
+    eager_leaves = [t.clone().requires_grad_() for t in (mu, logvar)]
+    got = compiled(*leaves, eps)
+    want = loss(*eager_leaves, eps)
+    got.backward()
+    want.backward()
+    assert_close(got, want, 1e-4, 1e-6, "loss")
+    for a, b in zip(leaves, eager_leaves):
+        assert_close(a.grad, b.grad, 1e-5, 1e-5, "grad")
+
+
+def test_unseeded_call_traces_under_torch_compile():
+    mu = torch.zeros(8, 4)
+    z = torch.compile(lambda m: aefast.reparameterize_kl(m, m)[0], fullgraph=True, backend="aot_eager")(mu)
+    assert z.shape == (8, 4) and torch.isfinite(z).all() and z.std() > 0
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+M = torch.zeros(4, 3)
+BAD_INPUTS = [
+    (dict(mu=[[0.0]], logvar=M), TypeError, "mu must be a torch.Tensor, got list"),
+    (dict(mu=M.long(), logvar=M.long()), TypeError, "mu must be float32, float16, bfloat16 or float64, got torch.int64"),
+    (dict(mu=M, logvar=M.half()), TypeError, "logvar must have mu's dtype torch.float32, got torch.float16"),
+    (dict(mu=M, logvar=torch.zeros(4, 2)), ValueError, r"logvar must have mu's shape \(4, 3\), got \(4, 2\)"),
+    (dict(mu=M, logvar=M, eps=torch.zeros(3, 4)), ValueError, r"eps must have mu's shape \(4, 3\), got \(3, 4\)"),
+    (dict(mu=M, logvar=M, eps=M.double()), TypeError, "eps must have mu's dtype"),
+    (dict(mu=M, logvar=M, eps=M.int()), TypeError, "eps must be float32"),
+    (dict(mu=M, logvar=M, eps=M, seed=1), ValueError, "seed: give either eps or seed"),
+    (dict(mu=M, logvar=M, reduction="avg"), ValueError, "reduction must be one of .* got 'avg'"),
+    (dict(mu=M, logvar=M, seed=-1), ValueError, r"seed must be in \[0, 2\*\*63\), got -1"),
+    (dict(mu=M, logvar=M, seed=2**63), ValueError, "seed must be in"),
+    (dict(mu=M, logvar=M, seed=1.5), TypeError, "seed must be an int or None, got float"),
+    (dict(mu=M, logvar=M, seed=True), TypeError, "seed must be an int or None, got bool"),
+    (dict(mu=M, logvar=M, logvar_clamp=(2.0, 1.0)), ValueError, "logvar_clamp must be .min, max. with min <= max"),
+    (dict(mu=M, logvar=M, logvar_clamp=(math.nan, 1.0)), ValueError, "logvar_clamp must be"),
+    (dict(mu=M, logvar=M, logvar_clamp=3.0), TypeError, "logvar_clamp must be None or a .min, max. pair"),
+    (dict(mu=torch.tensor(1.0), logvar=torch.tensor(1.0)), ValueError, "mu must have at least one dimension"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, message", BAD_INPUTS, ids=[m for _, _, m in BAD_INPUTS])
+def test_bad_input_names_the_argument(kwargs, error, message):
+    kwargs = dict(kwargs)
+    with pytest.raises(error, match=message):
+        aefast.reparameterize_kl(kwargs.pop("mu"), kwargs.pop("logvar"), **kwargs)
+
+
+@pytest.mark.gpu
+def test_device_mismatch_names_the_argument():
+    with pytest.raises(ValueError, match="logvar must be on mu's device cpu, got cuda"):
+        aefast.reparameterize_kl(M, M.cuda())
+
+
+def test_works_under_inductor(backend):
+    """The default torch.compile backend (Inductor) around the opaque custom op."""
+    mu, logvar, eps = make_inputs((37, 19), torch.float32, backend.device)
+    fn = lambda m, lv, e: aefast.reparameterize_kl(m, lv, eps=e, reduction="sum")  # noqa: E731
+    got = torch.compile(fn, fullgraph=True)(mu, logvar, eps)
+    want = fn(mu, logvar, eps)
+    assert_close(got[0], want[0], 1e-6, 1e-6, "z")
+    assert_close(got[1], want[1], 1e-4, 1e-6, "kl")
