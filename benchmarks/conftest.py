@@ -1,0 +1,124 @@
+"""Shared benchmark machinery: the device and sizes, same-run hardware probes, timing that waits for
+the GPU, and a summary of ratios (speedup over eager and torch.compile, fraction of the copy probe's
+bandwidth) printed at the end and written into pytest-benchmark's JSON.
+
+Each benchmark records ``extra_info``: ``component``, ``case``, ``role`` (aefast / eager / compile /
+probe), ``bytes`` it moves, and the environment. Ratios are taken between medians of one run.
+"""
+import os
+import platform
+
+import pytest
+import torch
+
+import aefast
+
+
+def bench_device() -> torch.device:
+    name = os.environ.get("AEFAST_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def quick() -> bool:
+    """AEFAST_BENCH_QUICK=1: tiny sizes, for the smoke test that every benchmark file still runs."""
+    return os.environ.get("AEFAST_BENCH_QUICK", "0") == "1"
+
+
+def environment(device: torch.device) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {
+        "device": device.type,
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "aefast": aefast.__version__,
+        "cpu_threads": torch.get_num_threads(),
+    }
+
+
+def synchronized(fn, device: torch.device):
+    """fn, then wait for the device: wall-clock timing must include the GPU's work."""
+    if device.type != "cuda":
+        return fn
+
+    def run():
+        result = fn()
+        torch.cuda.synchronize(device)
+        return result
+
+    return run
+
+
+def run_benchmark(benchmark, fn, device, *, component, case, role, nbytes, rounds, extra=None):
+    """Time fn with pytest-benchmark's pedantic mode (fixed rounds: the CPU cases take seconds)."""
+    benchmark.group = f"{component}: {case}"
+    benchmark.extra_info.update(
+        component=component, case=case, role=role, bytes=nbytes, **environment(device), **(extra or {})
+    )
+    fn = synchronized(fn, device)
+    fn()  # warm-up: compilation, autotuning, first-touch allocation
+    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+
+
+def copy_probe(benchmark, device, nbytes, *, component, case, rounds):
+    """The bandwidth limit measured in the same run: one large tensor copy (reads and writes nbytes/2)."""
+    numel = max(1, nbytes // 8)
+    src = torch.empty(numel, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    run_benchmark(benchmark, lambda: dst.copy_(src), device, component=component, case=case,
+                  role="copy probe", nbytes=2 * numel * 4, rounds=rounds)
+
+
+def _summary_rows(benchmarks):
+    """Per (component, case): aefast against eager, compile and the copy probe of the same group."""
+    by_case = {}
+    for bench in benchmarks:
+        info = bench["extra_info"] if isinstance(bench, dict) else bench.extra_info
+        stats = bench["stats"] if isinstance(bench, dict) else bench.stats
+        median = stats["median"] if isinstance(stats, dict) else stats.median
+        by_case.setdefault((info["component"], info["case"]), {})[info["role"]] = (median, info)
+    rows = []
+    for (component, case), roles in sorted(by_case.items()):
+        if "aefast" not in roles:
+            continue
+        t_fused, info = roles["aefast"]
+        row = {"component": component, "case": case, "backend": info.get("backend"),
+               "device_name": info["device_name"], "aefast_s": t_fused}
+        if "eager" in roles:
+            row["eager_s"] = roles["eager"][0]
+            row["speedup"] = roles["eager"][0] / t_fused
+        if "compile" in roles:
+            row["compile_s"] = roles["compile"][0]
+            row["speedup_vs_compile"] = roles["compile"][0] / t_fused
+        if "copy probe" in roles:
+            copy_time, copy_info = roles["copy probe"]
+            row["fraction_of_copy_bandwidth"] = (info["bytes"] / t_fused) / (copy_info["bytes"] / copy_time)
+        rows.append(row)
+    return rows
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json["aefast_summary"] = _summary_rows(output_json["benchmarks"])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or not session.benchmarks:
+        return
+    rows = _summary_rows([b for b in session.benchmarks if b.stats is not None])
+    if not rows:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write("aefast summary (medians of one run)")
+    write(f"{'component':<10} {'case':<34} {'backend':<8} {'aefast ms':>10} {'x eager':>8} {'x compile':>9} {'of copy BW':>10}")
+    for row in rows:
+        fmt = lambda key, spec: format(row[key], spec) if key in row else "-"  # noqa: E731
+        write(f"{row['component']:<10} {row['case']:<34} {row['backend'] or '-':<8} {row['aefast_s'] * 1e3:>10.2f} "
+              f"{fmt('speedup', '>8.2f')} {fmt('speedup_vs_compile', '>9.2f')} {fmt('fraction_of_copy_bandwidth', '>10.0%')}")
