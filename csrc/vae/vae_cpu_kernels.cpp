@@ -65,6 +65,23 @@ struct RowTasks {
   int64_t end_row(int64_t task) const { return std::min(rows, (task + 1) * rows_per_task); }
 };
 
+template <DType D>
+void store_tile(const typename Traits<D>::compute* in, int64_t n, typename Traits<D>::storage* out) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = Traits<D>::store(in[i]);
+}
+
+// Calls fn(row, i0, i1) for each row's share [i0, i1) of the tile of elements [t0, t0 + n): one
+// division per row rather than one per element.
+template <typename Fn> void for_each_row_segment(int64_t t0, int64_t n, int64_t cols, Fn&& fn) {
+  for (int64_t e = t0; e < t0 + n;) {
+    const int64_t row = e / cols;
+    const int64_t segment_end = std::min((row + 1) * cols, t0 + n);
+    fn(row, e - t0, segment_end - t0);
+    e = segment_end;
+  }
+}
+
 template <DType D> void forward(const VaeForwardArgs& a) {
   using S = typename Traits<D>::storage;
   using C = typename Traits<D>::compute;
@@ -103,7 +120,11 @@ template <DType D> void forward(const VaeForwardArgs& a) {
         if (a.per_element) {
           std::copy(kl_tile.begin(), kl_tile.begin() + n, kl + t0);
         } else {
-          for (int64_t i = 0; i < n; ++i) row_sums[(t0 + i) / cols - row0] += kl_tile[i];
+          for_each_row_segment(t0, n, cols, [&](int64_t row, int64_t i0, int64_t i1) {
+            C sum = 0;
+            for (int64_t i = i0; i < i1; ++i) sum += kl_out[i];
+            row_sums[row - row0] += sum;
+          });
         }
       }
       if (!a.per_element) std::copy(row_sums.begin(), row_sums.begin() + (tasks.end_row(task) - row0), kl + row0);
@@ -127,16 +148,24 @@ template <DType D> void backward(const VaeBackwardArgs& a) {
   const RowTasks tasks(a.rows, cols);
 #pragma omp parallel
   {
-    std::vector<C> noise(kTile), grad_kl_tile(kTile);
+    std::vector<C> noise(kTile), grad_kl_tile(kTile), grad_mu_tile(kTile), grad_logvar_tile(kTile);
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks.count; ++task) {
       const int64_t begin = tasks.first_row(task) * cols, end = tasks.end_row(task) * cols;
       for (int64_t t0 = begin; t0 < end; t0 += kTile) {
         const int64_t n = std::min(kTile, end - t0);
         load_noise<D>(eps, a.seed, t0, n, noise.data());
-        for (int64_t i = 0; i < n; ++i) grad_kl_tile[i] = a.per_element ? grad_kl[t0 + i] : grad_kl[(t0 + i) / cols];
+        if (a.per_element) {
+          std::copy(grad_kl + t0, grad_kl + t0 + n, grad_kl_tile.begin());
+        } else {
+          for_each_row_segment(t0, n, cols, [&](int64_t row, int64_t i0, int64_t i1) {
+            std::fill(grad_kl_tile.begin() + i0, grad_kl_tile.begin() + i1, grad_kl[row]);
+          });
+        }
         const C* noise_tile = noise.data();
         const C* gkl = grad_kl_tile.data();
+        C* grad_mu_out = grad_mu_tile.data();
+        C* grad_logvar_out = grad_logvar_tile.data();
 #pragma omp simd
         for (int64_t i = 0; i < n; ++i) {
           const int64_t e = t0 + i;
@@ -148,9 +177,13 @@ template <DType D> void backward(const VaeBackwardArgs& a) {
           const C glv = C(0.5) * (gz * noise_tile[i] * sigma + gkl[i] * (sigma * sigma - C(1)));
           // torch.clamp passes the gradient where lo <= x <= hi (NaN gets none).
           const bool passes = !clamped || (lv_raw >= lo && lv_raw <= hi);
-          grad_mu[e] = Traits<D>::store(gz + gkl[i] * m);
-          grad_logvar[e] = Traits<D>::store(passes ? glv : C(0));
+          grad_mu_out[i] = gz + gkl[i] * m;
+          grad_logvar_out[i] = passes ? glv : C(0);
         }
+        // Stored in a loop of their own: with two half-precision conversions in the loop above, GCC
+        // no longer vectorizes it (fp16 backward 3.6x slower on AVX-512).
+        store_tile<D>(grad_mu_out, n, grad_mu + t0);
+        store_tile<D>(grad_logvar_out, n, grad_logvar + t0);
       }
     }
   }
