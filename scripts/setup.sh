@@ -24,4 +24,8 @@ if [ "$(cat .venv/aefast-build-stamp 2>/dev/null)" != "$stamp" ] || ! .venv/bin/
   pip install -q -e ".[test]"
   echo "$stamp" > .venv/aefast-build-stamp
 fi
-.venv/bin/python -c "import aefast, torch; print(f'aefast {aefast.__version__} ready (torch {torch.__version__})')"
+.venv/bin/python -c "
+import aefast, torch
+from aefast import _backends
+cuda = _backends.compiled_module().build_info()['cuda']
+print(f'aefast {aefast.__version__} ready: torch {torch.__version__}, CUDA kernels built: {cuda}')"

@@ -19,4 +19,13 @@ enum class Isa { generic, avx2, avx512 };
 Isa selected_isa();
 const char* isa_name(Isa isa);
 
+// The copy of a kernel for the selected set: by_isa(generic::f, avx2::f, avx512::f)(args...).
+template <typename Fn> Fn by_isa(Fn generic_fn, Fn avx2_fn, Fn avx512_fn) {
+  switch (selected_isa()) {
+    case Isa::avx512: return avx512_fn;
+    case Isa::avx2: return avx2_fn;
+    default: return generic_fn;
+  }
+}
+
 }  // namespace aefast

@@ -33,11 +33,7 @@ void vae_forward_cpu(const py::buffer& mu, const py::buffer& logvar, const py::o
       rows, cols, dtype, seed, per_element, clamp_min, clamp_max,
   };
   py::gil_scoped_release release;
-  switch (selected_isa()) {
-    case Isa::avx512: avx512::vae_forward(args); break;
-    case Isa::avx2: avx2::vae_forward(args); break;
-    case Isa::generic: generic::vae_forward(args); break;
-  }
+  by_isa(generic::vae_forward, avx2::vae_forward, avx512::vae_forward)(args);
 }
 
 void vae_backward_cpu(const py::buffer& grad_z, const py::buffer& grad_kl, const py::buffer& mu,
@@ -59,22 +55,14 @@ void vae_backward_cpu(const py::buffer& grad_z, const py::buffer& grad_kl, const
       rows, cols, dtype, seed, per_element, clamp_min, clamp_max,
   };
   py::gil_scoped_release release;
-  switch (selected_isa()) {
-    case Isa::avx512: avx512::vae_backward(args); break;
-    case Isa::avx2: avx2::vae_backward(args); break;
-    case Isa::generic: generic::vae_backward(args); break;
-  }
+  by_isa(generic::vae_backward, avx2::vae_backward, avx512::vae_backward)(args);
 }
 
 void philox_normal_cpu(uint64_t seed, uint64_t offset, const py::buffer& out) {
   const py::ssize_t count = out.request().size;
   float* out_p = static_cast<float*>(checked_buffer(out, "out", count, sizeof(float), true));
   py::gil_scoped_release release;
-  switch (selected_isa()) {
-    case Isa::avx512: avx512::philox_normal(seed, offset, count, out_p); break;
-    case Isa::avx2: avx2::philox_normal(seed, offset, count, out_p); break;
-    case Isa::generic: generic::philox_normal(seed, offset, count, out_p); break;
-  }
+  by_isa(generic::philox_normal, avx2::philox_normal, avx512::philox_normal)(seed, offset, count, out_p);
 }
 
 }  // namespace aefast
