@@ -6,8 +6,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+outer_python=${PYTHON:-python3}
+site_of() { "$1" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"; }
 if [ ! -x .venv/bin/python ]; then
-  "${PYTHON:-python3}" -m venv --system-site-packages .venv
+  "$outer_python" -m venv --system-site-packages .venv
+  # A torch in the environment .venv is made from (an active virtualenv or conda env: a GPU user's
+  # own build) stays in use: that environment's packages go on .venv's path, after its own.
+  if "$outer_python" -c "import torch" 2>/dev/null && [ "$(site_of "$outer_python")" != "$(site_of .venv/bin/python)" ]; then
+    site_of "$outer_python" > "$(site_of .venv/bin/python)/aefast-outer-environment.pth"
+  fi
 fi
 pip() { .venv/bin/python -m pip --disable-pip-version-check "$@"; }
 
