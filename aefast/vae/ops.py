@@ -19,6 +19,7 @@ from aefast.vae import reference
 from aefast.vae.reference import kl_dtype
 
 OP_NAME = "reparameterize_kl"
+NO_CLAMP = (-math.inf, math.inf)  # clamp bounds that mean "no clamp"
 
 
 @torch.library.custom_op("aefast::reparameterize_kl", mutates_args=())
@@ -144,5 +145,3 @@ _BACKWARD_KERNELS = {
     "cuda": _cuda_backward,
     "triton": _triton_backward,
 }
-
-NO_CLAMP = (-math.inf, math.inf)
