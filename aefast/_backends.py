@@ -25,7 +25,7 @@ BACKEND_NAMES = ("reference", "cpp", "triton", "cuda")
 
 # The fastest backend first, per (op, device type), as measured by benchmarks/.
 AUTO_ORDER: dict[tuple[str, str], tuple[str, ...]] = {
-    # bench_vae.py, fwd+bwd at 2^20 x 32 fp32, 2-core AVX-512 AMD EPYC: cpp 4.3x eager, 2.6x torch.compile.
+    # bench_vae.py, fwd+bwd at 2^20 x 32 fp32, 2-core AVX-512 AMD EPYC: cpp 3.95x eager, 2.69x torch.compile.
     ("reparameterize_kl", "cpu"): ("cpp", "reference"),
     # No GPU run yet: Triton first (one kernel per pass, tuned by Triton), the CUDA kernel next.
     ("reparameterize_kl", "cuda"): ("triton", "cuda", "reference"),
