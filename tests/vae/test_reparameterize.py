@@ -74,6 +74,23 @@ def test_matches_oracle_with_eps(backend, shape, dtype, atol, rtol, reduction):
     assert_close(got[3], want[3], atol, rtol, "grad logvar")
 
 
+@pytest.mark.parametrize("shape", [(5, 1025), (2, 2500)], ids=str)
+@pytest.mark.parametrize("reduction", ["per_sample", "none"])
+def test_rows_wider_than_one_kernel_tile(backend, shape, reduction):
+    """Rows longer than the C++ tile (1024) and the Triton column block (1024): a row's KL sum and
+    its noise offsets continue across tiles."""
+    mu, logvar, _ = make_inputs(shape, torch.float32, backend.device)
+    grad_z = torch.randn(shape).to(backend.device)
+    grad_kl = torch.randn(shape if reduction == "none" else shape[:-1]).to(backend.device)
+    got = run_backend(mu, logvar, grad_z, grad_kl, seed=77, reduction=reduction)
+    noise = reference.noise(77, mu.shape, torch.float32, mu.device)
+    want = oracle(mu, logvar, noise, grad_z, grad_kl, reduction)
+    assert_close(got[0], want[0], 2e-6, 2e-6, "z")
+    assert_close(got[1], want[1], 1e-3, 1e-5, "kl")
+    assert_close(got[2], want[2], 1e-5, 1e-5, "grad mu")
+    assert_close(got[3], want[3], 2e-6, 2e-5, "grad logvar")
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_error_at_most_twice_pytorchs(backend, dtype):
     """DESIGN.md's bar: against an fp32 reference, the kernel's error is at most twice the error of
