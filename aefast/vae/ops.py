@@ -27,6 +27,7 @@ def reparameterize_kl_op(
     mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Tensor, per_element: bool,
     clamp_min: float, clamp_max: float,
 ) -> tuple[Tensor, Tensor]:
+    _check_kernel_inputs(mu, logvar=logvar, eps=eps)
     _, kernel = _backends.select(OP_NAME, mu.device)
     return kernel(mu, logvar, eps, int(seed), per_element, clamp_min, clamp_max)
 
@@ -42,6 +43,13 @@ def reparameterize_kl_backward_op(
     grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Tensor,
     clamp_min: float, clamp_max: float,
 ) -> tuple[Tensor, Tensor]:
+    _check_kernel_inputs(mu, logvar=logvar, eps=eps, grad_z=grad_z)
+    rows, cols = mu.shape
+    expected_dtype = kl_dtype(mu.dtype)
+    if (grad_kl.shape not in ((rows,), (rows, cols)) or grad_kl.dtype != expected_dtype
+            or grad_kl.device != mu.device or not grad_kl.is_contiguous()):
+        raise ValueError(f"grad_kl must be contiguous ({rows},) or ({rows}, {cols}), {expected_dtype} on "
+                         f"{mu.device}, got {tuple(grad_kl.shape)}, {grad_kl.dtype} on {grad_kl.device}")
     name, _ = _backends.select(OP_NAME, mu.device)
     return _BACKWARD_KERNELS[name](grad_z, grad_kl, mu, logvar, eps, int(seed), clamp_min, clamp_max)
 
@@ -49,6 +57,21 @@ def reparameterize_kl_backward_op(
 @reparameterize_kl_backward_op.register_fake
 def _(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max):
     return torch.empty_like(mu), torch.empty_like(mu)
+
+
+def _check_kernel_inputs(mu, **others):
+    """The kernels' contract, checked again at the op boundary: the ops are callable directly through
+    torch.ops, and the GPU kernels take raw pointers, so a mismatch must raise before any launch."""
+    if mu.dim() != 2 or not mu.is_contiguous():
+        raise ValueError(f"mu must be a contiguous 2-D (rows, cols) tensor, got shape {tuple(mu.shape)}")
+    for name, tensor in others.items():
+        if tensor is None:
+            continue
+        if tensor.shape != mu.shape or tensor.dtype != mu.dtype or tensor.device != mu.device:
+            raise ValueError(f"{name} must match mu ({tuple(mu.shape)}, {mu.dtype}, {mu.device}), "
+                             f"got ({tuple(tensor.shape)}, {tensor.dtype}, {tensor.device})")
+        if not tensor.is_contiguous():
+            raise ValueError(f"{name} must be contiguous")
 
 
 def _setup_context(ctx, inputs, output):

@@ -95,3 +95,22 @@ print("ok")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_direct_op_calls_are_checked_before_any_kernel():
+    """torch.ops.aefast.* are reachable from Python; mismatched tensors raise instead of reaching a
+    kernel that takes raw pointers."""
+    op = torch.ops.aefast.reparameterize_kl
+    good = torch.zeros(4, 3)
+    seed = torch.tensor(1)
+    with pytest.raises(ValueError, match="logvar must match mu"):
+        op(good, torch.zeros(4, 2), None, seed, False, -math.inf, math.inf)
+    with pytest.raises(ValueError, match="eps must match mu"):
+        op(good, good, torch.zeros(4, 3, dtype=torch.float64), seed, False, -math.inf, math.inf)
+    with pytest.raises(ValueError, match="mu must be a contiguous 2-D"):
+        op(torch.zeros(3, 4).t(), good, None, seed, False, -math.inf, math.inf)
+    backward = torch.ops.aefast.reparameterize_kl_backward
+    with pytest.raises(ValueError, match="grad_kl must be contiguous"):
+        backward(good, torch.zeros(5), good, good, None, seed, -math.inf, math.inf)
+    with pytest.raises(ValueError, match="grad_z must match mu"):
+        backward(torch.zeros(2, 2), torch.zeros(4), good, good, None, seed, -math.inf, math.inf)
