@@ -87,13 +87,12 @@ def copy_probe(benchmark, device, nbytes, *, component, case, rounds):
 
 
 def _summary_rows(benchmarks):
-    """Per (component, case): aefast against eager, compile and the copy probe of the same group."""
+    """Per (component, case): aefast against eager, compile and the copy probe of the same group.
+    ``benchmarks`` are pytest-benchmark's JSON records (dicts with ``extra_info`` and ``stats``)."""
     by_case = {}
     for bench in benchmarks:
-        info = bench["extra_info"] if isinstance(bench, dict) else bench.extra_info
-        stats = bench["stats"] if isinstance(bench, dict) else bench.stats
-        median = stats["median"] if isinstance(stats, dict) else stats.median
-        by_case.setdefault((info["component"], info["case"]), {})[info["role"]] = (median, info)
+        info = bench["extra_info"]
+        by_case.setdefault((info["component"], info["case"]), {})[info["role"]] = (bench["stats"]["median"], info)
     rows = []
     for (component, case), roles in sorted(by_case.items()):
         if "aefast" not in roles:
@@ -122,7 +121,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     session = getattr(config, "_benchmarksession", None)
     if session is None or not session.benchmarks:
         return
-    rows = _summary_rows([b for b in session.benchmarks if b.stats is not None])
+    rows = _summary_rows([b.as_dict(include_data=False) for b in session.benchmarks if b.stats is not None])
     if not rows:
         return
     write = terminalreporter.write_line

@@ -26,7 +26,8 @@ if ! .venv/bin/python -c "import triton" 2>/dev/null; then
   pip install -q "triton>=3.0"
 fi
 
-stamp=$(cat setup.py pyproject.toml CMakeLists.txt $(find csrc aefast -name '*.py' -o -name '*.cpp' -o -name '*.h' -o -name '*.cu' | sort) | sha256sum | cut -c1-16)
+# The extension's build inputs; Python edits need no reinstall (the install is editable).
+stamp=$(cat setup.py pyproject.toml CMakeLists.txt $(find csrc -type f | sort) | sha256sum | cut -c1-16)
 if [ "$(cat .venv/aefast-build-stamp 2>/dev/null)" != "$stamp" ] || ! .venv/bin/python -c "import aefast._C" 2>/dev/null; then
   pip install -q -e ".[test]"
   echo "$stamp" > .venv/aefast-build-stamp

@@ -23,6 +23,11 @@ def kl_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def clamp_active(clamp_min: float, clamp_max: float) -> bool:
+    """Bounds of -inf and +inf mean no clamp."""
+    return math.isfinite(clamp_min) or math.isfinite(clamp_max)
+
+
 def noise(seed: int, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The standard normals the fused kernels regenerate for ``seed``, offsets in row-major order."""
     numel = math.prod(shape)
@@ -39,7 +44,7 @@ def reparameterize_kl_elementwise(mu, logvar, eps, clamp_min=-math.inf, clamp_ma
     in the KL dtype (fp32 accumulation), differentiable by autograd."""
     compute = kl_dtype(mu.dtype)
     mu_c, logvar_c, eps_c = mu.to(compute), logvar.to(compute), eps.to(compute)
-    if math.isfinite(clamp_min) or math.isfinite(clamp_max):
+    if clamp_active(clamp_min, clamp_max):
         logvar_c = torch.clamp(logvar_c, clamp_min, clamp_max)
     z = mu_c + torch.exp(0.5 * logvar_c) * eps_c
     kl = -0.5 * (1.0 + logvar_c - mu_c * mu_c - torch.exp(logvar_c))
@@ -61,7 +66,7 @@ def backward(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max):
     compute = kl_dtype(mu.dtype)
     noise_c = _noise_or_eps(mu, eps, seed).to(compute)
     mu_c, logvar_raw = mu.to(compute), logvar.to(compute)
-    clamped = math.isfinite(clamp_min) or math.isfinite(clamp_max)
+    clamped = clamp_active(clamp_min, clamp_max)
     logvar_c = torch.clamp(logvar_raw, clamp_min, clamp_max) if clamped else logvar_raw
     grad_kl_e = grad_kl if grad_kl.dim() == 2 else grad_kl[:, None]
     grad_z_c = grad_z.to(compute)

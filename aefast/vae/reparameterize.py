@@ -45,7 +45,7 @@ def reparameterize_kl(mu, logvar, *, eps=None, seed=None, reduction="per_sample"
     seed_tensor = _seed_tensor(seed)
 
     cols = mu.shape[-1]
-    rows = mu.numel() // cols if cols else math.prod(mu.shape[:-1])
+    rows = math.prod(mu.shape[:-1])
     z, kl = reparameterize_kl_op(
         mu.reshape(rows, cols).contiguous(),
         logvar.reshape(rows, cols).contiguous(),

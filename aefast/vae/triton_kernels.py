@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from aefast.vae.reference import kl_dtype
+from aefast.vae.reference import clamp_active, kl_dtype
 
 # Elements per program: 4096 keeps 8 warps busy on a 2^20 x 32 problem (256k programs in all).
 _BLOCK_ELEMENTS = 4096
@@ -105,11 +105,6 @@ def _launch_shape(rows: int, cols: int) -> tuple[int, int, tuple[int]]:
     return block_rows, block_cols, (triton.cdiv(rows, block_rows),)
 
 
-def _clamp_args(clamp_min: float, clamp_max: float) -> tuple[bool, float, float]:
-    clamped = clamp_min > float("-inf") or clamp_max < float("inf")
-    return clamped, clamp_min, clamp_max
-
-
 def forward(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):
     rows, cols = mu.shape
     z = torch.empty_like(mu)
@@ -117,10 +112,9 @@ def forward(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):
     if mu.numel() == 0:
         return z, kl.zero_()
     block_rows, block_cols, grid = _launch_shape(rows, cols)
-    clamped, lo, hi = _clamp_args(clamp_min, clamp_max)
     _forward_kernel[grid](
-        mu, logvar, eps if eps is not None else mu, z, kl, rows, cols, seed, lo, hi,
-        HAS_EPS=eps is not None, PER_ELEMENT=per_element, CLAMP=clamped,
+        mu, logvar, eps if eps is not None else mu, z, kl, rows, cols, seed, clamp_min, clamp_max,
+        HAS_EPS=eps is not None, PER_ELEMENT=per_element, CLAMP=clamp_active(clamp_min, clamp_max),
         BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols,
     )
     return z, kl
@@ -133,11 +127,10 @@ def backward(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max):
     if mu.numel() == 0:
         return grad_mu, grad_logvar
     block_rows, block_cols, grid = _launch_shape(rows, cols)
-    clamped, lo, hi = _clamp_args(clamp_min, clamp_max)
     _backward_kernel[grid](
         grad_z, grad_kl, mu, logvar, eps if eps is not None else mu, grad_mu, grad_logvar,
-        rows, cols, seed, lo, hi,
-        HAS_EPS=eps is not None, PER_ELEMENT=grad_kl.dim() == 2, CLAMP=clamped,
+        rows, cols, seed, clamp_min, clamp_max,
+        HAS_EPS=eps is not None, PER_ELEMENT=grad_kl.dim() == 2, CLAMP=clamp_active(clamp_min, clamp_max),
         BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols,
     )
     return grad_mu, grad_logvar

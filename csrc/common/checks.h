@@ -1,7 +1,6 @@
 // Checks on what Python passes to the C++ entry points. The Python layer validates first and names
 // the user's argument; these run again so that no call from Python can read or write out of bounds.
 #pragma once
-#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cstdint>

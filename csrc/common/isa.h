@@ -10,6 +10,13 @@
 #define AEFAST_ISA_BEGIN namespace aefast { inline namespace AEFAST_ISA {
 #define AEFAST_ISA_END } }
 
+// Functions shared by the C++ and the CUDA kernels.
+#if defined(__CUDACC__)
+#define AEFAST_HD __host__ __device__ __forceinline__
+#else
+#define AEFAST_HD inline
+#endif
+
 namespace aefast {
 
 enum class Isa { generic, avx2, avx512 };

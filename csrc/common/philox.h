@@ -6,12 +6,6 @@
 
 #include "common/isa.h"
 
-#if defined(__CUDACC__)
-#define AEFAST_HD __host__ __device__ __forceinline__
-#else
-#define AEFAST_HD inline
-#endif
-
 AEFAST_ISA_BEGIN
 
 struct PhiloxOut {
@@ -26,7 +20,11 @@ AEFAST_HD PhiloxOut philox4x32_10(uint64_t seed, uint64_t offset) {
   uint32_t c0 = static_cast<uint32_t>(offset), c1 = static_cast<uint32_t>(offset >> 32);
   uint32_t c2 = 0, c3 = 0;
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+#if defined(__CUDACC__)
+#pragma unroll
+#else
 #pragma GCC unroll 10
+#endif
   for (int round = 0; round < 10; ++round) {
     const uint32_t a0 = c0, a2 = c2;
     c0 = mulhi32(0xCD9E8D57u, a2) ^ c1 ^ k0;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "common/clamp.h"
 #include "common/dtypes.h"
 #include "common/fast_math.h"
 #include "common/philox.h"
@@ -49,10 +50,6 @@ void load_noise(const typename Traits<D>::storage* eps, uint64_t seed, int64_t t
     fill_normals(seed, static_cast<uint64_t>(t0), n, out);
   }
 }
-
-template <typename C> inline C clamp_keep_nan(C x, C lo, C hi) { return x < lo ? lo : (x > hi ? hi : x); }
-
-bool clamp_active(double lo, double hi) { return std::isfinite(lo) || std::isfinite(hi); }
 
 // Rows are split into tasks of whole rows, so per-row KL sums need no atomics.
 struct RowTasks {
@@ -175,8 +172,7 @@ template <DType D> void backward(const VaeBackwardArgs& a) {
           const C gz = Traits<D>::load(grad_z[e]);
           const C sigma = exp_c(C(0.5) * lv);
           const C glv = C(0.5) * (gz * noise_tile[i] * sigma + gkl[i] * (sigma * sigma - C(1)));
-          // torch.clamp passes the gradient where lo <= x <= hi (NaN gets none).
-          const bool passes = !clamped || (lv_raw >= lo && lv_raw <= hi);
+          const bool passes = !clamped || clamp_passes_gradient(lv_raw, lo, hi);
           grad_mu_out[i] = gz + gkl[i] * m;
           grad_logvar_out[i] = passes ? glv : C(0);
         }

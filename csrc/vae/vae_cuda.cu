@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/checks.h"
+#include "common/clamp.h"
 #include "common/philox.h"
 #include "vae/vae.h"
 
@@ -33,10 +34,6 @@ __device__ __forceinline__ float philox_normal(uint64_t seed, uint64_t offset) {
   const float u1 = fmaxf(1.0e-7f, uint_to_uniform(bits.x0));
   const float theta = 6.283185307179586f * uint_to_uniform(bits.x1);
   return sqrtf(-2.0f * logf(u1)) * cosf(theta);
-}
-
-template <typename C> __device__ __forceinline__ C clamp_keep_nan(C x, C lo, C hi) {
-  return x < lo ? lo : (x > hi ? hi : x);
 }
 
 template <typename C> __device__ __forceinline__ C warp_sum(C value) {
@@ -90,7 +87,7 @@ __global__ void backward_kernel(const T* grad_z, const typename ComputeOf<T>::ty
     const C gkl = per_element ? grad_kl[e] : grad_kl[row];
     const C sigma = exp(C(0.5) * lv);
     C glv = C(0.5) * (gz * noise * sigma + gkl * (sigma * sigma - C(1)));
-    glv = clamped ? ((lv_raw >= lo && lv_raw <= hi) ? glv : C(0)) : glv;
+    glv = (!clamped || clamp_passes_gradient(lv_raw, lo, hi)) ? glv : C(0);
     store(grad_mu, e, gz + gkl * m);
     store(grad_logvar, e, glv);
   }
@@ -119,8 +116,6 @@ template <typename Fn> void dispatch_cuda_dtype(DType dtype, Fn&& fn) {
     case DType::bf16: fn(static_cast<__nv_bfloat16*>(nullptr)); break;
   }
 }
-
-bool clamp_active(double lo, double hi) { return std::isfinite(lo) || std::isfinite(hi); }
 
 unsigned blocks_for(int64_t rows) {
   const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
