@@ -29,6 +29,10 @@ AUTO_ORDER: dict[tuple[str, str], tuple[str, ...]] = {
     ("reparameterize_kl", "cpu"): ("cpp", "reference"),
     # No GPU run yet: Triton first (one kernel per pass, tuned by Triton), the CUDA kernel next.
     ("reparameterize_kl", "cuda"): ("triton", "cuda", "reference"),
+    # bench_willshaw.py at n = 2^16, M = 14, loaded to capacity, same CPU: see WILLSHAW_CPU_FIGURES.
+    **{(op, "cpu"): ("cpp", "reference") for op in (
+        "willshaw_store", "willshaw_sums", "willshaw_retrieve", "willshaw_retrieve_indices",
+        "willshaw_check_patterns", "willshaw_count_ones")},
 }
 
 

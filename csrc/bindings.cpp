@@ -3,7 +3,9 @@
 #include <pybind11/pybind11.h>
 
 #include "common/cpu_features.h"
+#include "common/huge_pages.h"
 #include "vae/vae.h"
+#include "willshaw/willshaw.h"
 
 namespace py = pybind11;
 using namespace pybind11::literals;
@@ -12,6 +14,8 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "aefast compiled kernels";
   m.def("cpu_features", &aefast::cpu_features, "Instruction sets of this CPU that the kernels use");
   m.def("build_info", &aefast::build_info, "Compiler and features of this build");
+  m.def("advise_huge_pages", &aefast::advise_huge_pages, "buffer"_a,
+        "Ask Linux to back the buffer with transparent huge pages (call before its first touch)");
 
   m.def("vae_forward_cpu", &aefast::vae_forward_cpu, "mu"_a, "logvar"_a, "eps"_a, "z"_a, "kl"_a, "rows"_a,
         "cols"_a, "dtype"_a, "seed"_a, "per_element"_a, "clamp_min"_a, "clamp_max"_a);
@@ -20,6 +24,18 @@ PYBIND11_MODULE(_C, m) {
         "clamp_max"_a);
   m.def("philox_normal_cpu", &aefast::philox_normal_cpu, "seed"_a, "offset"_a, "out"_a,
         "Fill a float32 buffer with the normals of Philox (seed, offset + i)");
+
+  m.def("willshaw_check_patterns", &aefast::willshaw_check_patterns, "values"_a, "offsets"_a, "rows"_a, "units"_a,
+        "name"_a, "Raise ValueError naming `name` for an index outside [0, units) or listed twice in a row");
+  m.def("willshaw_store_cpu", &aefast::willshaw_store_cpu, "matrix"_a, "n_in"_a, "n_out"_a, "x_values"_a,
+        "x_offsets"_a, "y_values"_a, "y_offsets"_a, "rows"_a);
+  m.def("willshaw_sums_cpu", &aefast::willshaw_sums_cpu, "matrix"_a, "n_in"_a, "n_out"_a, "cue_values"_a,
+        "cue_offsets"_a, "rows"_a, "sums"_a);
+  m.def("willshaw_retrieve_cpu", &aefast::willshaw_retrieve_cpu, "matrix"_a, "n_in"_a, "n_out"_a, "cue_values"_a,
+        "cue_offsets"_a, "rows"_a, "threshold"_a, "value"_a, "answer_bits"_a, "answer_bool"_a);
+  m.def("willshaw_bits_to_indices", &aefast::willshaw_bits_to_indices, "bits"_a, "rows"_a, "words"_a,
+        "The set positions of each row of packed bits, as (values, offsets)");
+  m.def("willshaw_count_ones_cpu", &aefast::willshaw_count_ones_cpu, "matrix"_a, "count"_a);
 #ifdef AEFAST_WITH_CUDA
   m.def("vae_forward_cuda", &aefast::vae_forward_cuda, "mu"_a, "logvar"_a, "eps"_a, "z"_a, "kl"_a, "rows"_a,
         "cols"_a, "dtype"_a, "seed"_a, "per_element"_a, "clamp_min"_a, "clamp_max"_a, "stream"_a);

@@ -9,6 +9,9 @@
 #endif
 #define AEFAST_ISA_BEGIN namespace aefast { inline namespace AEFAST_ISA {
 #define AEFAST_ISA_END } }
+// This unit's copy is opened first as inline, so headers may then declare every copy by name.
+AEFAST_ISA_BEGIN
+AEFAST_ISA_END
 
 // Functions shared by the C++ and the CUDA kernels.
 #if defined(__CUDACC__)

@@ -1,0 +1,6 @@
+"""The bit-packed Willshaw associative memory: ``WillshawMemory`` and its storage analysis, ``theory``."""
+from aefast.willshaw import theory
+from aefast.willshaw.memory import MAX_UNITS, WillshawMemory
+from aefast.willshaw.memory_file import WillshawFileError
+
+__all__ = ["MAX_UNITS", "WillshawFileError", "WillshawMemory", "theory"]

@@ -1,0 +1,85 @@
+"""The file format of a saved WillshawMemory: safetensors with one tensor, ``matrix`` (the packed bits),
+and metadata: format name, format version, sizes, pairs stored, and the SHA-256 of the matrix bytes.
+
+A save writes a temporary file beside the target and renames it over the target, so a crash leaves
+either the old file or the new one. A load checks the format, the version, the sizes against the
+matrix, and the checksum, and raises :class:`WillshawFileError` on any mismatch.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+FORMAT_NAME = "aefast.willshaw"
+FORMAT_VERSION = 1
+_FIELDS = ("n_in", "n_out", "n_stored")
+
+
+class WillshawFileError(ValueError):
+    """A file that is not a WillshawMemory this version can read: damaged, truncated, or another format."""
+
+
+def matrix_checksum(matrix: torch.Tensor) -> str:
+    return hashlib.sha256(memoryview(np.ascontiguousarray(matrix.numpy()))).hexdigest()
+
+
+def write(path: str | os.PathLike, matrix: torch.Tensor, n_in: int, n_out: int, n_stored: int) -> None:
+    path = Path(path)
+    matrix = matrix.detach().cpu().contiguous()
+    metadata = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "n_in": str(n_in), "n_out": str(n_out),
+                "n_stored": str(n_stored), "sha256": matrix_checksum(matrix)}
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(descriptor)
+    try:
+        save_file({"matrix": matrix}, temporary, metadata=metadata)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def read(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, int]]:
+    """The matrix (on the CPU) and the sizes of a saved memory."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no Willshaw memory file at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            _check_metadata(path, metadata)
+            if list(handle.keys()) != ["matrix"]:
+                raise WillshawFileError(f"{path}: expected one tensor 'matrix', found {list(handle.keys())}")
+            matrix = handle.get_tensor("matrix")
+    except SafetensorError as error:
+        raise WillshawFileError(f"{path} is not a readable safetensors file (truncated or damaged?): {error}") from None
+    sizes = {field: int(metadata[field]) for field in _FIELDS}
+    words = (sizes["n_out"] + 63) // 64
+    if matrix.dtype != torch.int64 or tuple(matrix.shape) != (sizes["n_in"], words):
+        raise WillshawFileError(f"{path}: the matrix is {tuple(matrix.shape)} {matrix.dtype}, but the sizes say "
+                                f"({sizes['n_in']}, {words}) int64")
+    if matrix_checksum(matrix) != metadata["sha256"]:
+        raise WillshawFileError(f"{path}: checksum mismatch, the stored bits are damaged")
+    return matrix, sizes
+
+
+def _check_metadata(path: Path, metadata: dict[str, str]) -> None:
+    if metadata.get("format") != FORMAT_NAME:
+        raise WillshawFileError(f"{path} is not a saved WillshawMemory (format {metadata.get('format')!r})")
+    if metadata.get("version") != str(FORMAT_VERSION):
+        raise WillshawFileError(f"{path} has format version {metadata.get('version')!r}; this aefast reads "
+                                f"version {FORMAT_VERSION}")
+    for field in _FIELDS:
+        value = metadata.get(field, "")
+        if not value.isdigit():
+            raise WillshawFileError(f"{path}: metadata field {field!r} must be a non-negative integer, got {value!r}")
+    if "sha256" not in metadata:
+        raise WillshawFileError(f"{path}: the checksum is missing")

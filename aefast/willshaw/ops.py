@@ -1,0 +1,194 @@
+"""torch.library custom ops of the Willshaw memory, their fake (meta) implementations, and the
+registration of every backend's kernels.
+
+Every op takes the packed matrix (int64, n_in x ceil(n_out / 64), see reference.py) and patterns as
+rows of active positions (int64 ``values`` and ``offsets``). WillshawMemory validates and converts the
+user's patterns; the ops check the contract again because torch.ops.aefast.* is reachable directly.
+A GPU backend joins by registering its kernels here (``_backends.register_kernel``), not by changing
+the class.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from aefast import _backends
+from aefast._buffers import cpu_buffer
+from aefast.willshaw import reference
+
+STORE, SUMS, RETRIEVE, RETRIEVE_INDICES = "willshaw_store", "willshaw_sums", "willshaw_retrieve", "willshaw_retrieve_indices"
+CHECK_PATTERNS, COUNT_ONES = "willshaw_check_patterns", "willshaw_count_ones"
+
+
+@torch.library.custom_op("aefast::willshaw_store", mutates_args=("matrix",))
+def willshaw_store_op(matrix: Tensor, n_out: int, x_values: Tensor, x_offsets: Tensor, y_values: Tensor,
+                      y_offsets: Tensor) -> None:
+    _check_matrix(matrix, n_out)
+    _check_rows(matrix, x_values, x_offsets, "x")
+    _check_rows(matrix, y_values, y_offsets, "y")
+    if x_offsets.numel() != y_offsets.numel():
+        raise ValueError(f"x and y must hold the same number of patterns, got {x_offsets.numel() - 1} and "
+                         f"{y_offsets.numel() - 1}")
+    _, kernel = _backends.select(STORE, matrix.device)
+    kernel(matrix, n_out, x_values, x_offsets, y_values, y_offsets)
+
+
+@willshaw_store_op.register_fake
+def _(matrix, n_out, x_values, x_offsets, y_values, y_offsets):
+    return None
+
+
+@torch.library.custom_op("aefast::willshaw_sums", mutates_args=())
+def willshaw_sums_op(matrix: Tensor, n_out: int, cue_values: Tensor, cue_offsets: Tensor) -> Tensor:
+    _check_matrix(matrix, n_out)
+    _check_rows(matrix, cue_values, cue_offsets, "cue")
+    _, kernel = _backends.select(SUMS, matrix.device)
+    return kernel(matrix, n_out, cue_values, cue_offsets)
+
+
+@willshaw_sums_op.register_fake
+def _(matrix, n_out, cue_values, cue_offsets):
+    return matrix.new_empty((cue_offsets.shape[0] - 1, n_out), dtype=torch.int32)
+
+
+@torch.library.custom_op("aefast::willshaw_retrieve", mutates_args=())
+def willshaw_retrieve_op(matrix: Tensor, n_out: int, cue_values: Tensor, cue_offsets: Tensor, threshold: int,
+                         value: int) -> Tensor:
+    _check_matrix(matrix, n_out)
+    _check_rows(matrix, cue_values, cue_offsets, "cue")
+    _check_threshold(threshold, value, n_out)
+    _, kernel = _backends.select(RETRIEVE, matrix.device)
+    return kernel(matrix, n_out, cue_values, cue_offsets, threshold, value)
+
+
+@willshaw_retrieve_op.register_fake
+def _(matrix, n_out, cue_values, cue_offsets, threshold, value):
+    return matrix.new_empty((cue_offsets.shape[0] - 1, n_out), dtype=torch.bool)
+
+
+@torch.library.custom_op("aefast::willshaw_retrieve_indices", mutates_args=())
+def willshaw_retrieve_indices_op(matrix: Tensor, n_out: int, cue_values: Tensor, cue_offsets: Tensor,
+                                 threshold: int, value: int) -> tuple[Tensor, Tensor]:
+    """The answer as rows of active positions: (values, offsets)."""
+    _check_matrix(matrix, n_out)
+    _check_rows(matrix, cue_values, cue_offsets, "cue")
+    _check_threshold(threshold, value, n_out)
+    _, kernel = _backends.select(RETRIEVE_INDICES, matrix.device)
+    return kernel(matrix, n_out, cue_values, cue_offsets, threshold, value)
+
+
+@willshaw_retrieve_indices_op.register_fake
+def _(matrix, n_out, cue_values, cue_offsets, threshold, value):
+    count = torch.library.get_ctx().new_dynamic_size()
+    return matrix.new_empty((count,), dtype=torch.int64), cue_offsets.new_empty(cue_offsets.shape)
+
+
+def check_patterns(values: Tensor, offsets: Tensor, units: int, name: str) -> None:
+    """ValueError naming ``name`` for an index outside [0, units) or listed twice in one row."""
+    _, kernel = _backends.select(CHECK_PATTERNS, values.device)
+    kernel(values, offsets, units, name)
+
+
+def count_ones(matrix: Tensor) -> int:
+    _, kernel = _backends.select(COUNT_ONES, matrix.device)
+    return kernel(matrix)
+
+
+def _check_matrix(matrix: Tensor, n_out: int) -> None:
+    if matrix.dtype != torch.int64 or matrix.dim() != 2 or not matrix.is_contiguous():
+        raise ValueError(f"matrix must be a contiguous 2-D int64 tensor, got {tuple(matrix.shape)} {matrix.dtype}")
+    if n_out < 1 or matrix.shape[1] != reference.words_per_row(n_out):
+        raise ValueError(f"matrix must have ceil(n_out / 64) = {reference.words_per_row(max(n_out, 1))} words per "
+                         f"row for n_out={n_out}, got {matrix.shape[1]}")
+
+
+def _check_rows(matrix: Tensor, values: Tensor, offsets: Tensor, name: str) -> None:
+    for what, tensor in ((f"{name}_values", values), (f"{name}_offsets", offsets)):
+        if tensor.dtype != torch.int64 or tensor.dim() != 1 or not tensor.is_contiguous():
+            raise ValueError(f"{what} must be a contiguous 1-D int64 tensor, got {tuple(tensor.shape)} {tensor.dtype}")
+        if tensor.device != matrix.device:
+            raise ValueError(f"{what} must be on the matrix's device {matrix.device}, got {tensor.device}")
+    if offsets.numel() < 1:
+        raise ValueError(f"{name}_offsets must hold rows + 1 entries, got none")
+
+
+def _check_threshold(threshold: int, value: int, n_out: int) -> None:
+    if threshold not in (reference.HARD, reference.SOFT, reference.FIXED, reference.TOPK):
+        raise ValueError(f"threshold must be 0 (hard), 1 (soft), 2 (fixed) or 3 (topk), got {threshold}")
+    if threshold == reference.FIXED and value < 0:
+        raise ValueError(f"a fixed threshold must be >= 0, got {value}")
+    if threshold == reference.TOPK and not 1 <= value <= n_out:
+        raise ValueError(f"k must be in [1, n_out={n_out}], got {value}")
+
+
+# --- reference kernels: they index with the patterns, so they check them first -------------------------
+
+def _reference_store(matrix, n_out, x_values, x_offsets, y_values, y_offsets):
+    reference.check_patterns(x_values, x_offsets, matrix.shape[0], "x")
+    reference.check_patterns(y_values, y_offsets, n_out, "y")
+    reference.store(matrix, n_out, x_values, x_offsets, y_values, y_offsets)
+
+
+def _reference_query(kernel):
+    def run(matrix, n_out, cue_values, cue_offsets, *args):
+        reference.check_patterns(cue_values, cue_offsets, matrix.shape[0], "cue")
+        return kernel(matrix, n_out, cue_values, cue_offsets, *args)
+    return run
+
+
+# --- cpp kernels: numpy views of the CPU tensors, the GIL released inside ---------------------------
+
+def _cpp_store(matrix, n_out, x_values, x_offsets, y_values, y_offsets):
+    _backends.compiled_module().willshaw_store_cpu(
+        cpu_buffer(matrix), matrix.shape[0], n_out, cpu_buffer(x_values), cpu_buffer(x_offsets),
+        cpu_buffer(y_values), cpu_buffer(y_offsets), x_offsets.numel() - 1)
+
+
+def _cpp_sums(matrix, n_out, cue_values, cue_offsets):
+    out = torch.empty(cue_offsets.numel() - 1, n_out, dtype=torch.int32)
+    _backends.compiled_module().willshaw_sums_cpu(
+        cpu_buffer(matrix), matrix.shape[0], n_out, cpu_buffer(cue_values), cpu_buffer(cue_offsets),
+        cue_offsets.numel() - 1, cpu_buffer(out))
+    return out
+
+
+def _cpp_answer_bits(matrix, n_out, cue_values, cue_offsets, threshold, value, answer_bool):
+    rows = cue_offsets.numel() - 1
+    bits = torch.empty(rows, matrix.shape[1], dtype=torch.int64)
+    _backends.compiled_module().willshaw_retrieve_cpu(
+        cpu_buffer(matrix), matrix.shape[0], n_out, cpu_buffer(cue_values), cpu_buffer(cue_offsets), rows,
+        threshold, value, cpu_buffer(bits), cpu_buffer(answer_bool))
+    return bits
+
+
+def _cpp_retrieve(matrix, n_out, cue_values, cue_offsets, threshold, value):
+    answer = torch.empty(cue_offsets.numel() - 1, n_out, dtype=torch.bool)
+    _cpp_answer_bits(matrix, n_out, cue_values, cue_offsets, threshold, value, answer)
+    return answer
+
+
+def _cpp_retrieve_indices(matrix, n_out, cue_values, cue_offsets, threshold, value):
+    bits = _cpp_answer_bits(matrix, n_out, cue_values, cue_offsets, threshold, value, None)
+    values, offsets = _backends.compiled_module().willshaw_bits_to_indices(cpu_buffer(bits), *bits.shape)
+    return torch.from_numpy(values), torch.from_numpy(offsets)
+
+
+def _cpp_check_patterns(values, offsets, units, name):
+    _backends.compiled_module().willshaw_check_patterns(
+        cpu_buffer(values), cpu_buffer(offsets), offsets.numel() - 1, units, name)
+
+
+def _cpp_count_ones(matrix):
+    return _backends.compiled_module().willshaw_count_ones_cpu(cpu_buffer(matrix), matrix.numel())
+
+
+for _op, _reference_kernel, _cpp_kernel in (
+    (STORE, _reference_store, _cpp_store),
+    (SUMS, _reference_query(reference.sums), _cpp_sums),
+    (RETRIEVE, _reference_query(reference.retrieve), _cpp_retrieve),
+    (RETRIEVE_INDICES, _reference_query(reference.retrieve_indices), _cpp_retrieve_indices),
+    (CHECK_PATTERNS, reference.check_patterns, _cpp_check_patterns),
+    (COUNT_ONES, reference.count_ones, _cpp_count_ones),
+):
+    _backends.register_kernel(_op, "reference", _reference_kernel)
+    _backends.register_kernel(_op, "cpp", _cpp_kernel)

@@ -1,0 +1,91 @@
+"""What users pass as patterns, turned into what the kernels take: rows of active positions.
+
+Dense patterns are 0/1 tensors (bool or integer) of shape (B, n), or (n,) for one pattern. Index
+patterns are (B, M) or (M,) integer tensors, or a list of 1-D tensors (or lists of ints) when rows
+have different numbers of ones. Values of index patterns are checked by the backend's
+``check_patterns`` kernel (range and repeats), in one pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import torch
+from torch import Tensor
+
+IndexPatterns = Union[Tensor, Sequence[Union[Tensor, Sequence[int]]]]
+
+
+@dataclass(frozen=True)
+class PatternRows:
+    """Row b's active positions are ``values[offsets[b]:offsets[b + 1]]``; ``single`` when the user
+    passed one pattern without a batch dimension (the answer drops it too)."""
+    values: Tensor
+    offsets: Tensor
+    single: bool
+
+    @property
+    def rows(self) -> int:
+        return self.offsets.numel() - 1
+
+
+def _offsets_from_counts(counts: Tensor) -> Tensor:
+    return torch.nn.functional.pad(counts.to(torch.int64).cumsum(0), (1, 0))
+
+
+def from_dense(x, width: int, name: str, device: torch.device) -> PatternRows:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of 0/1 values, got {type(x).__name__}")
+    if x.dtype.is_floating_point or x.dtype.is_complex:
+        raise TypeError(f"{name} must be a bool or integer tensor of 0/1 values, got {x.dtype}")
+    if x.dim() not in (1, 2):
+        raise ValueError(f"{name} must have shape (B, {width}) or ({width},), got {tuple(x.shape)}")
+    if x.shape[-1] != width:
+        raise ValueError(f"{name} must have {width} columns, got shape {tuple(x.shape)}")
+    if x.device != device:
+        raise ValueError(f"{name} must be on the memory's device {device}, got {x.device}")
+    single = x.dim() == 1
+    x = x.reshape(-1, width)
+    if x.dtype != torch.bool:
+        outside = (x != 0) & (x != 1)
+        if outside.any():
+            raise ValueError(f"{name} must hold only 0 and 1, found {x[outside][0].item()}")
+        x = x != 0
+    positions = x.nonzero()
+    return PatternRows(positions[:, 1].contiguous(), _offsets_from_counts(x.sum(1)), single)
+
+
+def from_indices(x_idx: IndexPatterns, name: str, device: torch.device) -> PatternRows:
+    if isinstance(x_idx, Tensor):
+        _check_index_tensor(x_idx, name, (1, 2))
+        if x_idx.device != device:
+            raise ValueError(f"{name} must be on the memory's device {device}, got {x_idx.device}")
+        single = x_idx.dim() == 1
+        rows = x_idx.unsqueeze(0) if single else x_idx
+        counts = torch.full((rows.shape[0],), rows.shape[1], dtype=torch.int64, device=device)
+        return PatternRows(rows.to(torch.int64).flatten().contiguous(), _offsets_from_counts(counts), single)
+    if isinstance(x_idx, (list, tuple)):
+        rows = []
+        for b, row in enumerate(x_idx):
+            if not isinstance(row, Tensor):
+                if not isinstance(row, (list, tuple)):
+                    raise TypeError(f"{name}[{b}] must be a 1-D integer tensor or a list of ints, "
+                                    f"got {type(row).__name__}")
+                row = torch.tensor(row, dtype=torch.int64, device=device) if row else \
+                    torch.zeros(0, dtype=torch.int64, device=device)
+            _check_index_tensor(row, f"{name}[{b}]", (1,))
+            if row.device != device:
+                raise ValueError(f"{name}[{b}] must be on the memory's device {device}, got {row.device}")
+            rows.append(row.to(torch.int64))
+        counts = torch.tensor([row.numel() for row in rows], dtype=torch.int64, device=device)
+        values = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64, device=device)
+        return PatternRows(values.contiguous(), _offsets_from_counts(counts), False)
+    raise TypeError(f"{name} must be an integer tensor (B, M) or a list of 1-D integer tensors, "
+                    f"got {type(x_idx).__name__}")
+
+
+def _check_index_tensor(tensor: Tensor, name: str, dims: tuple[int, ...]) -> None:
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer indices, got {tensor.dtype}")
+    if tensor.dim() not in dims:
+        raise ValueError(f"{name} must be {' or '.join(f'{d}-D' for d in dims)}, got shape {tuple(tensor.shape)}")

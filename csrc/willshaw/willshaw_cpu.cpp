@@ -1,0 +1,187 @@
+// Python entry points of the CPU Willshaw kernels: check every buffer and pattern index (so no call
+// from Python reads or writes out of bounds), release the GIL, and run the copy of the kernels built
+// for the best instruction set this CPU has.
+#include "willshaw/willshaw.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/isa.h"
+
+namespace aefast {
+namespace {
+
+int64_t words_per_row(int64_t n_out) { return (n_out + 63) / 64; }
+
+WillshawMatrix checked_matrix(const py::buffer& matrix, int64_t n_in, int64_t n_out, bool writable) {
+  if (n_in < 1 || n_out < 1) {
+    throw py::value_error("n_in and n_out must be >= 1, got " + std::to_string(n_in) + " and " + std::to_string(n_out));
+  }
+  const int64_t words = words_per_row(n_out);
+  auto* data = static_cast<uint64_t*>(checked_buffer(matrix, "matrix", n_in * words, sizeof(uint64_t), writable));
+  return WillshawMatrix{data, n_in, n_out, words};
+}
+
+// The first problem found in a batch of pattern rows, reported once the GIL is held again (nothing
+// inside the parallel loop allocates, so nothing there can throw).
+struct RowProblem {
+  enum Kind { none, out_of_range, listed_twice } kind = none;
+  int64_t row = std::numeric_limits<int64_t>::max();
+  int64_t value = 0;
+};
+
+// Offsets that start at 0, never decrease and end at the number of values; every value in [0, units);
+// and, when asked, no row that lists a unit twice.
+PatternRows checked_rows(const py::buffer& values, const py::buffer& offsets, int64_t rows, int64_t units,
+                         const std::string& name, bool check_duplicates) {
+  check_nonnegative(rows, "rows");
+  py::buffer_info values_info = values.request();
+  const auto* offsets_p =
+      static_cast<const int64_t*>(checked_buffer(offsets, (name + " offsets").c_str(), rows + 1, 8, false));
+  const auto* values_p = static_cast<const int64_t*>(
+      checked_buffer(values, (name + " values").c_str(), values_info.size, 8, false));
+  if (offsets_p[0] != 0 || offsets_p[rows] != values_info.size) {
+    throw py::value_error(name + ": offsets must run from 0 to the number of values (" +
+                          std::to_string(values_info.size) + ")");
+  }
+  for (int64_t b = 0; b < rows; ++b) {
+    if (offsets_p[b + 1] < offsets_p[b]) throw py::value_error(name + ": offsets must not decrease");
+  }
+  RowProblem problem;
+  {
+    const int64_t words = words_per_row(units);
+    std::vector<std::vector<uint64_t>> seen(check_duplicates ? omp_get_max_threads() : 0);
+    for (auto& bits : seen) bits.assign(static_cast<size_t>(words), 0);
+    py::gil_scoped_release release;
+#pragma omp parallel for schedule(dynamic, 256)
+    for (int64_t b = 0; b < rows; ++b) {
+      RowProblem found;
+      for (int64_t e = offsets_p[b]; e < offsets_p[b + 1]; ++e) {
+        if (values_p[e] < 0 || values_p[e] >= units) {
+          found = RowProblem{RowProblem::out_of_range, b, values_p[e]};
+          break;
+        }
+      }
+      if (found.kind == RowProblem::none && check_duplicates) {
+        std::vector<uint64_t>& bits = seen[omp_get_thread_num()];
+        for (int64_t e = offsets_p[b]; e < offsets_p[b + 1]; ++e) {
+          const int64_t v = values_p[e];
+          const uint64_t bit = uint64_t{1} << (v & 63);
+          if ((bits[v >> 6] & bit) && found.kind == RowProblem::none) found = RowProblem{RowProblem::listed_twice, b, v};
+          bits[v >> 6] |= bit;
+        }
+        for (int64_t e = offsets_p[b]; e < offsets_p[b + 1]; ++e) bits[values_p[e] >> 6] = 0;
+      }
+      if (found.kind != RowProblem::none) {
+#pragma omp critical(aefast_willshaw_row_problem)
+        if (found.row < problem.row) problem = found;
+      }
+    }
+  }
+  if (problem.kind == RowProblem::out_of_range) {
+    throw py::value_error(name + ": row " + std::to_string(problem.row) + ": index " + std::to_string(problem.value) +
+                          " is outside [0, " + std::to_string(units) + ")");
+  }
+  if (problem.kind == RowProblem::listed_twice) {
+    throw py::value_error(name + ": row " + std::to_string(problem.row) + " lists index " +
+                          std::to_string(problem.value) + " more than once");
+  }
+  return PatternRows{values_p, offsets_p, rows};
+}
+
+}  // namespace
+
+void willshaw_check_patterns(const py::buffer& values, const py::buffer& offsets, int64_t rows, int64_t units,
+                             const std::string& name) {
+  checked_rows(values, offsets, rows, units, name, true);
+}
+
+void willshaw_store_cpu(const py::buffer& matrix, int64_t n_in, int64_t n_out, const py::buffer& x_values,
+                        const py::buffer& x_offsets, const py::buffer& y_values, const py::buffer& y_offsets,
+                        int64_t rows) {
+  const WillshawMatrix m = checked_matrix(matrix, n_in, n_out, true);
+  const PatternRows x = checked_rows(x_values, x_offsets, rows, n_in, "x", false);
+  const PatternRows y = checked_rows(y_values, y_offsets, rows, n_out, "y", false);
+  py::gil_scoped_release release;
+  by_isa(generic::willshaw_store, avx2::willshaw_store, avx512::willshaw_store)(m, x, y);
+}
+
+void willshaw_sums_cpu(const py::buffer& matrix, int64_t n_in, int64_t n_out, const py::buffer& cue_values,
+                       const py::buffer& cue_offsets, int64_t rows, const py::buffer& sums) {
+  const WillshawMatrix m = checked_matrix(matrix, n_in, n_out, false);
+  const PatternRows cue = checked_rows(cue_values, cue_offsets, rows, n_in, "cue", false);
+  auto* sums_p = static_cast<int32_t*>(checked_buffer(sums, "sums", rows * n_out, sizeof(int32_t), true));
+  py::gil_scoped_release release;
+  by_isa(generic::willshaw_sums, avx2::willshaw_sums, avx512::willshaw_sums)(m, cue, sums_p);
+}
+
+void willshaw_retrieve_cpu(const py::buffer& matrix, int64_t n_in, int64_t n_out, const py::buffer& cue_values,
+                           const py::buffer& cue_offsets, int64_t rows, int threshold, int64_t value,
+                           const py::buffer& answer_bits, const py::object& answer_bool) {
+  const WillshawMatrix m = checked_matrix(matrix, n_in, n_out, false);
+  const PatternRows cue = checked_rows(cue_values, cue_offsets, rows, n_in, "cue", false);
+  if (threshold < static_cast<int>(Threshold::hard) || threshold > static_cast<int>(Threshold::topk)) {
+    throw py::value_error("threshold must be 0 (hard), 1 (soft), 2 (fixed) or 3 (topk), got " + std::to_string(threshold));
+  }
+  const auto mode = static_cast<Threshold>(threshold);
+  if (mode == Threshold::fixed && value < 0) throw py::value_error("a fixed threshold must be >= 0");
+  if (mode == Threshold::topk && (value < 1 || value > n_out)) {
+    throw py::value_error("k must be in [1, n_out=" + std::to_string(n_out) + "], got " + std::to_string(value));
+  }
+  auto* bits_p = static_cast<uint64_t*>(
+      checked_buffer(answer_bits, "answer_bits", rows * m.words_per_row, sizeof(uint64_t), true));
+  uint8_t* bool_p = nullptr;
+  if (!answer_bool.is_none()) {
+    bool_p = static_cast<uint8_t*>(checked_buffer(answer_bool.cast<py::buffer>(), "answer_bool", rows * n_out, 1, true));
+  }
+  py::gil_scoped_release release;
+  by_isa(generic::willshaw_retrieve, avx2::willshaw_retrieve, avx512::willshaw_retrieve)(m, cue, mode, value, bits_p,
+                                                                                         bool_p);
+}
+
+py::tuple willshaw_bits_to_indices(const py::buffer& bits, int64_t rows, int64_t words) {
+  check_nonnegative(rows, "rows");
+  check_nonnegative(words, "words");
+  const auto* bits_p = static_cast<const uint64_t*>(checked_buffer(bits, "bits", rows * words, sizeof(uint64_t), false));
+  py::array_t<int64_t> offsets(rows + 1);
+  int64_t* offsets_p = offsets.mutable_data();
+  offsets_p[0] = 0;
+  {
+    py::gil_scoped_release release;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < rows; ++b) {
+      int64_t count = 0;
+      for (int64_t w = 0; w < words; ++w) count += __builtin_popcountll(bits_p[b * words + w]);
+      offsets_p[b + 1] = count;
+    }
+    for (int64_t b = 0; b < rows; ++b) offsets_p[b + 1] += offsets_p[b];
+  }
+  py::array_t<int64_t> values(offsets_p[rows]);
+  int64_t* values_p = values.mutable_data();
+  {
+    py::gil_scoped_release release;
+#pragma omp parallel for schedule(dynamic, 64)
+    for (int64_t b = 0; b < rows; ++b) {
+      int64_t* out = values_p + offsets_p[b];
+      for (int64_t w = 0; w < words; ++w) {
+        for (uint64_t word = bits_p[b * words + w]; word != 0; word &= word - 1) {
+          *out++ = w * 64 + __builtin_ctzll(word);
+        }
+      }
+    }
+  }
+  return py::make_tuple(values, offsets);
+}
+
+uint64_t willshaw_count_ones_cpu(const py::buffer& matrix, int64_t count) {
+  check_nonnegative(count, "count");
+  const auto* words = static_cast<const uint64_t*>(checked_buffer(matrix, "matrix", count, sizeof(uint64_t), false));
+  py::gil_scoped_release release;
+  return by_isa(generic::count_ones, avx2::count_ones, avx512::count_ones)(words, count);
+}
+
+}  // namespace aefast

@@ -1,0 +1,354 @@
+// Willshaw memory kernels on the CPU: grouped storage, bit-sliced dendritic sums and thresholds that
+// work on packed words. Compiled once per instruction set (common/isa.h); with AVX-512 VPOPCNTDQ the
+// popcounts are vpopcntq, with AVX2 the popcnt instruction, and portable code otherwise. Nothing here
+// touches Python: the entry points (willshaw_cpu.cpp) check every argument first.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#if defined(__AVX512VPOPCNTDQ__) && defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "common/isa.h"
+#include "willshaw/willshaw.h"
+
+AEFAST_ISA_BEGIN
+namespace {
+
+// Words of a row handled per pass when summing: the counter planes of a block (a few x 4 KiB) stay in L1.
+constexpr int64_t kBlockWords = 512;
+// Cue entries grouped per storage chunk. Each chunk sweeps the rows it touches once, so a chunk
+// takes at least 1/32 entry per matrix byte; the counting sort's buffer (4 bytes an entry) stays
+// at most 64 MiB.
+constexpr int64_t kMinChunkEntries = int64_t{1} << 20;
+constexpr int64_t kMaxChunkEntries = int64_t{1} << 24;
+// Entries ahead whose answers storage fetches early.
+constexpr int64_t kPrefetchEntries = 16;
+
+inline int bit_width(uint64_t value) { return value == 0 ? 0 : 64 - __builtin_clzll(value); }
+
+inline uint64_t popcount_words(const uint64_t* words, int64_t count) {
+  uint64_t total = 0;
+  int64_t w = 0;
+#if defined(__AVX512VPOPCNTDQ__) && defined(__AVX512F__)
+  __m512i sum = _mm512_setzero_si512();
+  for (; w + 8 <= count; w += 8) sum = _mm512_add_epi64(sum, _mm512_popcnt_epi64(_mm512_loadu_si512(words + w)));
+  total = static_cast<uint64_t>(_mm512_reduce_add_epi64(sum));
+#endif
+  for (; w < count; ++w) total += static_cast<uint64_t>(__builtin_popcountll(words[w]));
+  return total;
+}
+
+inline uint64_t last_word_mask(int64_t n_out) {
+  const int tail = static_cast<int>(n_out & 63);
+  return tail == 0 ? ~uint64_t{0} : (uint64_t{1} << tail) - 1;
+}
+
+// Every output unit of the memory on.
+void fill_valid(uint64_t* out, int64_t words, int64_t n_out) {
+  std::fill(out, out + words, ~uint64_t{0});
+  out[words - 1] = last_word_mask(n_out);
+}
+
+// Rows sit at random places in a matrix far larger than the caches, and the hardware prefetcher stops
+// at each 4 KiB page. Reading four rows at once keeps enough misses in flight: the hard threshold at
+// n = 2^16 went from 13-15 to 21 GB/s of rows on a 2-core AMD EPYC (sequential read: 35-50 GB/s).
+constexpr int64_t kRowsInFlight = 4;
+
+// The AND of the cue's rows: the units whose sum equals the number of ones (hard threshold).
+void and_rows(const WillshawMatrix& m, const int64_t* cue, int64_t ones, uint64_t* out) {
+  const int64_t words = m.words_per_row;
+  for (int64_t r0 = 0; r0 < ones; r0 += kRowsInFlight) {
+    // A short last group repeats its last row, which is then in cache.
+    const uint64_t* a = m.row(cue[r0]);
+    const uint64_t* b = m.row(cue[std::min(r0 + 1, ones - 1)]);
+    const uint64_t* c = m.row(cue[std::min(r0 + 2, ones - 1)]);
+    const uint64_t* d = m.row(cue[std::min(r0 + 3, ones - 1)]);
+    if (r0 == 0) {
+#pragma omp simd
+      for (int64_t w = 0; w < words; ++w) out[w] = a[w] & b[w] & c[w] & d[w];
+    } else {
+#pragma omp simd
+      for (int64_t w = 0; w < words; ++w) out[w] &= a[w] & b[w] & c[w] & d[w];
+    }
+  }
+}
+
+inline void prefetch_words(const uint64_t* words, int64_t count) {
+  for (int64_t w = 0; w < count; w += 8) __builtin_prefetch(words + w, 0, 3);
+}
+
+// Bit-sliced counters: plane p holds bit p of each output unit's dendritic sum. Each row is added with
+// a ripple of half adders over the planes, a word (64 units) at a time, without unpacking.
+void count_into_planes(const WillshawMatrix& m, const int64_t* cue, int64_t ones, int planes,
+                       uint64_t* plane_words, uint64_t* carry) {
+  const int64_t words = m.words_per_row;
+  for (int p = 0; p < planes; ++p) std::fill(plane_words + p * words, plane_words + (p + 1) * words, 0);
+  for (int64_t w0 = 0; w0 < words; w0 += kBlockWords) {
+    const int64_t n = std::min(kBlockWords, words - w0);
+    for (int64_t r = 0; r < ones; ++r) {
+      if (r + 1 < ones) prefetch_words(m.row(cue[r + 1]) + w0, n);
+      std::memcpy(carry, m.row(cue[r]) + w0, static_cast<size_t>(n) * sizeof(uint64_t));
+      // Sums never pass `ones` < 2^planes, so the last carry is always zero.
+      for (int p = 0; p < planes; ++p) {
+        uint64_t* plane = plane_words + p * words + w0;
+#pragma omp simd
+        for (int64_t w = 0; w < n; ++w) {
+          const uint64_t both = plane[w] & carry[w];
+          plane[w] ^= carry[w];
+          carry[w] = both;
+        }
+      }
+    }
+  }
+}
+
+// The units whose sum is >= threshold, compared bit-plane by bit-plane from the top.
+void at_least(const uint64_t* plane_words, int planes, int64_t words, int64_t n_out, uint64_t threshold,
+              uint64_t* out, uint64_t* equal) {
+  if (threshold == 0) return fill_valid(out, words, n_out);
+  if (bit_width(threshold) > planes) return static_cast<void>(std::fill(out, out + words, 0));
+  std::fill(out, out + words, 0);  // out: greater so far; equal: equal so far
+  std::fill(equal, equal + words, ~uint64_t{0});
+  for (int p = planes - 1; p >= 0; --p) {
+    const uint64_t* plane = plane_words + p * words;
+    if ((threshold >> p) & 1) {
+#pragma omp simd
+      for (int64_t w = 0; w < words; ++w) equal[w] &= plane[w];
+    } else {
+#pragma omp simd
+      for (int64_t w = 0; w < words; ++w) {
+        out[w] |= equal[w] & plane[w];
+        equal[w] &= ~plane[w];
+      }
+    }
+  }
+#pragma omp simd
+  for (int64_t w = 0; w < words; ++w) out[w] |= equal[w];
+}
+
+// Per-thread scratch of one query.
+struct QueryScratch {
+  std::vector<uint64_t> planes, carry, work_a, work_b;
+  QueryScratch(int max_planes, int64_t words)
+      : planes(static_cast<size_t>(std::max(max_planes, 1) * words)), carry(kBlockWords), work_a(words),
+        work_b(words) {}
+};
+
+// The soft threshold: the units at the largest sum, or nothing when that is 0.
+void soft_threshold(const WillshawMatrix& m, const int64_t* cue, int64_t ones, QueryScratch& s, uint64_t* out) {
+  const int64_t words = m.words_per_row;
+  and_rows(m, cue, ones, out);
+  // A stored complete cue reaches the largest possible sum, `ones`: then the AND is the answer.
+  if (popcount_words(out, words) > 0) return;
+  const int planes = bit_width(static_cast<uint64_t>(ones));
+  count_into_planes(m, cue, ones, planes, s.planes.data(), s.carry.data());
+  fill_valid(out, words, m.n_out);  // the units that reach the best sum found so far
+  bool found = false;
+  for (int p = planes - 1; p >= 0; --p) {
+    const uint64_t* plane = s.planes.data() + p * words;
+    uint64_t any = 0;
+    for (int64_t w = 0; w < words; ++w) any |= out[w] & plane[w];
+    if (any == 0) continue;
+    found = true;
+#pragma omp simd
+    for (int64_t w = 0; w < words; ++w) out[w] &= plane[w];
+  }
+  if (!found) std::fill(out, out + words, 0);
+}
+
+// The k largest sums, ties to the lower index: the largest T with at least k sums >= T, all units
+// above T, then units at exactly T in index order until there are k.
+void topk_threshold(const WillshawMatrix& m, const int64_t* cue, int64_t ones, int64_t k, QueryScratch& s,
+                    uint64_t* out) {
+  const int64_t words = m.words_per_row;
+  const int planes = bit_width(static_cast<uint64_t>(ones));
+  count_into_planes(m, cue, ones, planes, s.planes.data(), s.carry.data());
+  auto count_at_least = [&](uint64_t t) {
+    at_least(s.planes.data(), planes, words, m.n_out, t, s.work_a.data(), s.work_b.data());
+    return static_cast<int64_t>(popcount_words(s.work_a.data(), words));
+  };
+  uint64_t low = 0, high = static_cast<uint64_t>(ones);
+  while (low < high) {
+    const uint64_t mid = (low + high + 1) / 2;
+    if (count_at_least(mid) >= k) low = mid; else high = mid - 1;
+  }
+  at_least(s.planes.data(), planes, words, m.n_out, low + 1, out, s.work_b.data());
+  int64_t need = k - static_cast<int64_t>(popcount_words(out, words));
+  at_least(s.planes.data(), planes, words, m.n_out, low, s.work_a.data(), s.work_b.data());
+  for (int64_t w = 0; w < words && need > 0; ++w) {
+    uint64_t tied = s.work_a[w] & ~out[w];
+    while (tied != 0 && need > 0) {
+      const uint64_t lowest = tied & (~tied + 1);
+      out[w] |= lowest;
+      tied ^= lowest;
+      --need;
+    }
+  }
+}
+
+void unpack_bits(const uint64_t* bits, int64_t n_out, uint8_t* out) {
+  for (int64_t i0 = 0; i0 < n_out; i0 += 64) {
+    const uint64_t word = bits[i0 >> 6];
+    const int64_t n = std::min<int64_t>(64, n_out - i0);
+#pragma omp simd
+    for (int64_t b = 0; b < n; ++b) out[i0 + b] = static_cast<uint8_t>((word >> b) & 1);
+  }
+}
+
+int max_planes(const PatternRows& cue) {
+  int64_t most = 0;
+  for (int64_t b = 0; b < cue.rows; ++b) most = std::max(most, cue.count(b));
+  return bit_width(static_cast<uint64_t>(most));
+}
+
+std::vector<QueryScratch> scratch_per_thread(const PatternRows& cue, int64_t words) {
+  const int planes = max_planes(cue);
+  return std::vector<QueryScratch>(static_cast<size_t>(omp_get_max_threads()), QueryScratch(planes, words));
+}
+
+}  // namespace
+
+void willshaw_store(const WillshawMatrix& m, const PatternRows& x, const PatternRows& y) {
+  // The pairs go in chunks. Each thread owns a contiguous range of input rows; per chunk it sorts the
+  // chunk's cue entries that fall in its range by row (a counting sort) and then ORs every pair's
+  // answer into each row in turn, so a row is fetched once per chunk instead of once per bit.
+  const int64_t chunk_entries = std::clamp<int64_t>(m.n_in * m.words_per_row / 4, kMinChunkEntries, kMaxChunkEntries);
+  std::vector<int64_t> chunk_starts{0};
+  int64_t largest_chunk = 0;
+  while (chunk_starts.back() < x.rows) {
+    const int64_t p0 = chunk_starts.back();
+    int64_t p1 = std::upper_bound(x.offsets + p0 + 1, x.offsets + x.rows + 1, x.offsets[p0] + chunk_entries) -
+                 x.offsets - 1;
+    p1 = std::min(std::max(p1, p0 + 1), p0 + (int64_t{1} << 30));  // pair ids within a chunk fit int32
+    largest_chunk = std::max(largest_chunk, x.offsets[p1] - x.offsets[p0]);
+    chunk_starts.push_back(p1);
+  }
+  const int threads = omp_get_max_threads();
+  // Allocated before the first write, so a failed allocation leaves the memory unchanged.
+  std::unique_ptr<int32_t[]> bucket(new int32_t[static_cast<size_t>(largest_chunk)]);
+  std::vector<int64_t> thread_entries(static_cast<size_t>(threads) + 1);
+  std::vector<std::vector<int64_t>> row_starts(static_cast<size_t>(threads)), row_cursor(static_cast<size_t>(threads));
+  for (int t = 0; t < threads; ++t) {
+    row_starts[t].resize(static_cast<size_t>(m.n_in * (t + 1) / threads - m.n_in * t / threads + 1));
+    row_cursor[t].resize(row_starts[t].size());
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num();
+    const int64_t row_begin = m.n_in * t / threads, row_end = m.n_in * (t + 1) / threads;
+    std::vector<int64_t>& starts = row_starts[t];
+    std::vector<int64_t>& cursor = row_cursor[t];
+    for (size_t c = 0; c + 1 < chunk_starts.size(); ++c) {
+      const int64_t p0 = chunk_starts[c], p1 = chunk_starts[c + 1];
+      std::fill(starts.begin(), starts.end(), 0);
+      for (int64_t p = p0; p < p1; ++p) {
+        for (const int64_t* j = x.begin(p); j != x.begin(p) + x.count(p); ++j) {
+          if (*j >= row_begin && *j < row_end) ++starts[*j - row_begin + 1];
+        }
+      }
+      for (size_t r = 1; r < starts.size(); ++r) starts[r] += starts[r - 1];
+      thread_entries[t + 1] = starts.back();
+#pragma omp barrier
+      int64_t base = 0;  // this thread's region of the shared bucket
+      for (int u = 0; u < t; ++u) base += thread_entries[u + 1];
+      std::copy(starts.begin(), starts.end(), cursor.begin());
+      for (int64_t p = p0; p < p1; ++p) {
+        for (const int64_t* j = x.begin(p); j != x.begin(p) + x.count(p); ++j) {
+          if (*j >= row_begin && *j < row_end) bucket[base + cursor[*j - row_begin]++] =
+                                                        static_cast<int32_t>(p - p0);
+        }
+      }
+      // The answers of the pairs are scattered over y: fetch those a few entries ahead (their offsets
+      // further ahead still), or every entry waits for memory: 2^20 pairs at n = 2^16, M = 14 went
+      // from 2.1 s to 0.74 s (2-core AMD EPYC), and fetching the next row early to 0.65 s.
+      const int32_t* mine = bucket.get() + base;
+      const int64_t total = starts.back();
+      int64_t e = 0;
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        uint64_t* row = m.words + r * m.words_per_row;
+        if (r + 1 < row_end && starts[r - row_begin + 2] > starts[r - row_begin + 1]) {
+          for (int64_t w = 0; w < m.words_per_row; w += 8) __builtin_prefetch(row + m.words_per_row + w, 1, 3);
+        }
+        for (const int64_t end = starts[r - row_begin + 1]; e < end; ++e) {
+          if (e + 2 * kPrefetchEntries < total) __builtin_prefetch(y.offsets + p0 + mine[e + 2 * kPrefetchEntries]);
+          if (e + kPrefetchEntries < total) {
+            const int64_t* ahead = y.begin(p0 + mine[e + kPrefetchEntries]);
+            __builtin_prefetch(ahead);
+            __builtin_prefetch(ahead + 8);
+          }
+          const int64_t p = p0 + mine[e];
+          const int64_t* units = y.begin(p);
+          const int64_t count = y.count(p);
+          for (int64_t u = 0; u < count; ++u) row[units[u] >> 6] |= uint64_t{1} << (units[u] & 63);
+        }
+      }
+#pragma omp barrier
+    }
+  }
+}
+
+void willshaw_sums(const WillshawMatrix& m, const PatternRows& cue, int32_t* sums) {
+  std::vector<QueryScratch> scratch = scratch_per_thread(cue, m.words_per_row);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t b = 0; b < cue.rows; ++b) {
+    QueryScratch& s = scratch[omp_get_thread_num()];
+    const int64_t ones = cue.count(b);
+    const int planes = bit_width(static_cast<uint64_t>(ones));
+    int32_t* out = sums + b * m.n_out;
+    count_into_planes(m, cue.begin(b), ones, planes, s.planes.data(), s.carry.data());
+    for (int64_t i0 = 0; i0 < m.n_out; i0 += 64) {
+      int32_t unit_sums[64] = {};
+      for (int p = 0; p < planes; ++p) {
+        const uint64_t word = s.planes[p * m.words_per_row + (i0 >> 6)];
+#pragma omp simd
+        for (int b2 = 0; b2 < 64; ++b2) unit_sums[b2] |= static_cast<int32_t>((word >> b2) & 1) << p;
+      }
+      std::memcpy(out + i0, unit_sums, static_cast<size_t>(std::min<int64_t>(64, m.n_out - i0)) * sizeof(int32_t));
+    }
+  }
+}
+
+void willshaw_retrieve(const WillshawMatrix& m, const PatternRows& cue, Threshold threshold, int64_t value,
+                       uint64_t* answer_bits, uint8_t* answer_bool) {
+  const int64_t words = m.words_per_row;
+  std::vector<QueryScratch> scratch = scratch_per_thread(cue, words);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t b = 0; b < cue.rows; ++b) {
+    QueryScratch& s = scratch[omp_get_thread_num()];
+    const int64_t* rows = cue.begin(b);
+    const int64_t ones = cue.count(b);
+    uint64_t* out = answer_bits + b * words;
+    const int64_t fixed_t = threshold == Threshold::hard ? ones : value;
+    if (threshold == Threshold::topk) {
+      topk_threshold(m, rows, ones, value, s, out);
+    } else if (threshold == Threshold::soft) {
+      if (ones == 0) std::fill(out, out + words, 0); else soft_threshold(m, rows, ones, s, out);
+    } else if (threshold == Threshold::hard && ones == 0) {
+      std::fill(out, out + words, 0);
+    } else if (fixed_t > ones) {
+      std::fill(out, out + words, 0);
+    } else if (fixed_t == ones && ones > 0) {
+      and_rows(m, rows, ones, out);  // no counting needed: every row must have the bit
+    } else {
+      const int planes = bit_width(static_cast<uint64_t>(ones));
+      count_into_planes(m, rows, ones, planes, s.planes.data(), s.carry.data());
+      at_least(s.planes.data(), planes, words, m.n_out, static_cast<uint64_t>(fixed_t), out, s.work_a.data());
+    }
+    if (answer_bool != nullptr) unpack_bits(out, m.n_out, answer_bool + b * m.n_out);
+  }
+}
+
+uint64_t count_ones(const uint64_t* words, int64_t count) {
+  constexpr int64_t kChunk = int64_t{1} << 16;
+  uint64_t total = 0;
+#pragma omp parallel for reduction(+ : total) schedule(static)
+  for (int64_t c = 0; c < count; c += kChunk) total += popcount_words(words + c, std::min(kChunk, count - c));
+  return total;
+}
+
+AEFAST_ISA_END
