@@ -53,6 +53,10 @@ def register_kernel(op: str, backend: str, kernel: Callable) -> None:
     _KERNELS.setdefault(op, {})[backend] = kernel
 
 
+def has_kernel(op: str, backend: str) -> bool:
+    return backend in _KERNELS.get(op, {})
+
+
 def compiled_module():
     """``aefast._C``, or None when the extension was not built."""
     return _import_compiled()[0]

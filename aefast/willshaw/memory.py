@@ -42,7 +42,8 @@ class WillshawMemory:
         if backend is not None:
             if backend not in _backends.BACKEND_NAMES:
                 raise ValueError(f"backend must be one of {_backends.BACKEND_NAMES} or None, got {backend!r}")
-            why = _backends.can_run(backend, device)
+            why = _backends.can_run(backend, device) if _backends.has_kernel(ops.STORE, backend) else \
+                "it has no Willshaw kernels"
             if why is not True:
                 raise _backends.BackendUnavailableError(f"backend {backend!r} cannot hold a memory on {device}: {why}")
         needed = n_in * reference.words_per_row(n_out) * 8

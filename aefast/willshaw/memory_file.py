@@ -1,5 +1,6 @@
 """The file format of a saved WillshawMemory: safetensors with one tensor, ``matrix`` (the packed bits),
-and metadata: format name, format version, sizes, pairs stored, and the SHA-256 of the matrix bytes.
+and metadata: format name, format version, sizes, pairs stored, and a SHA-256 over the sizes and
+the matrix bytes.
 
 A save writes a temporary file beside the target and renames it over the target, so a crash leaves
 either the old file or the new one. A load checks the format, the version, the sizes against the
@@ -26,15 +27,18 @@ class WillshawFileError(ValueError):
     """A file that is not a WillshawMemory this version can read: damaged, truncated, or another format."""
 
 
-def matrix_checksum(matrix: torch.Tensor) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(matrix.numpy()))).hexdigest()
+def checksum(matrix: torch.Tensor, sizes: dict[str, int]) -> str:
+    digest = hashlib.sha256(" ".join(f"{field}={sizes[field]}" for field in _FIELDS).encode())
+    digest.update(memoryview(np.ascontiguousarray(matrix.numpy())))
+    return digest.hexdigest()
 
 
 def write(path: str | os.PathLike, matrix: torch.Tensor, n_in: int, n_out: int, n_stored: int) -> None:
     path = Path(path)
     matrix = matrix.detach().cpu().contiguous()
-    metadata = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "n_in": str(n_in), "n_out": str(n_out),
-                "n_stored": str(n_stored), "sha256": matrix_checksum(matrix)}
+    sizes = {"n_in": n_in, "n_out": n_out, "n_stored": n_stored}
+    metadata = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), **{k: str(v) for k, v in sizes.items()},
+                "sha256": checksum(matrix, sizes)}
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(descriptor)
     try:
@@ -66,8 +70,8 @@ def read(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, int]]:
     if matrix.dtype != torch.int64 or tuple(matrix.shape) != (sizes["n_in"], words):
         raise WillshawFileError(f"{path}: the matrix is {tuple(matrix.shape)} {matrix.dtype}, but the sizes say "
                                 f"({sizes['n_in']}, {words}) int64")
-    if matrix_checksum(matrix) != metadata["sha256"]:
-        raise WillshawFileError(f"{path}: checksum mismatch, the stored bits are damaged")
+    if checksum(matrix, sizes) != metadata["sha256"]:
+        raise WillshawFileError(f"{path}: checksum mismatch, the stored bits or sizes are damaged")
     return matrix, sizes
 
 

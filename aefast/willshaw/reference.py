@@ -113,7 +113,7 @@ def retrieve(matrix: Tensor, n_out: int, cue_values: Tensor, cue_offsets: Tensor
 def retrieve_indices(matrix, n_out, cue_values, cue_offsets, mode, value) -> tuple[Tensor, Tensor]:
     answer = retrieve(matrix, n_out, cue_values, cue_offsets, mode, value)
     offsets = torch.nn.functional.pad(answer.sum(1).cumsum(0), (1, 0))
-    return answer.nonzero()[:, 1].contiguous(), offsets
+    return answer.nonzero()[:, 1].clone(memory_format=torch.contiguous_format), offsets
 
 
 def count_ones(matrix: Tensor) -> int:

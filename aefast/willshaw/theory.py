@@ -49,11 +49,10 @@ def false_ones(n: int, M: int, L: int, *, cue_ones: Optional[int] = None, n_out:
     if form != "exact":
         raise ValueError(f"form must be 'textbook' or 'exact', got {form!r}")
     pi = M_out / n_out
-    log_choose_n = math.lgamma(n + 1) - math.lgamma(n - M + 1)
     total = 0.0
     for s in range(c + 1):
-        # r_s = C(n - s, M) / C(n, M) = (n - s)! (n - M)! / ((n - s - M)! n!)
-        r = 0.0 if n - s < M else math.exp(math.lgamma(n - s + 1) - math.lgamma(n - s - M + 1) - log_choose_n)
+        # r_s = C(n - s, M) / C(n, M) = prod_t (n - s - t) / (n - t), a product that keeps 1 - r_s precise.
+        r = math.prod((n - s - t) / (n - t) for t in range(M))
         total += (-1) ** s * math.comb(c, s) * math.exp((L - 1) * math.log1p(-pi * (1 - r)))
     return (n_out - M_out) * max(total, 0.0)
 

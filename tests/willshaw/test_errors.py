@@ -1,0 +1,127 @@
+"""Bad input to WillshawMemory raises an error that names the argument, and a failed store leaves the
+memory unchanged. The ops check their contract too, since torch.ops.aefast.* is reachable directly."""
+import pytest
+import torch
+
+import aefast
+from aefast.willshaw import MAX_UNITS, WillshawMemory
+
+
+@pytest.fixture
+def memory(willshaw_backend):
+    memory = WillshawMemory(100, 80)
+    memory.store_indices(torch.tensor([[1, 2, 3]]), torch.tensor([[4, 5, 6]]))
+    return memory
+
+
+@pytest.mark.parametrize("n_in,n_out,error,match", [
+    (0, None, ValueError, "n_in must be in"),
+    (-5, None, ValueError, "n_in must be in"),
+    (2**40, 1, ValueError, "n_in must be in"),
+    (10, 0, ValueError, "n_out must be in"),
+    (True, None, TypeError, "n_in must be an int"),
+    (10.0, None, TypeError, "n_in must be an int"),
+])
+def test_sizes_are_checked(n_in, n_out, error, match):
+    with pytest.raises(error, match=match):
+        WillshawMemory(n_in, n_out)
+
+
+def test_a_matrix_larger_than_memory_is_refused_before_allocating():
+    with pytest.raises(MemoryError, match=r"needs 576460752034988032 bytes \(536870911\.75 GiB\)"):
+        WillshawMemory(MAX_UNITS, MAX_UNITS)
+
+
+def test_a_backend_without_willshaw_kernels_is_refused():
+    with pytest.raises(aefast.BackendUnavailableError, match="no Willshaw kernels"):
+        WillshawMemory(10, backend="cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        WillshawMemory(10, backend="fortran")
+
+
+DENSE_CASES = [
+    (lambda: torch.zeros(2, 100), TypeError, "x must be a bool or integer tensor"),
+    (lambda: torch.full((2, 100), 2), ValueError, "x must hold only 0 and 1, found 2"),
+    (lambda: -torch.ones(2, 100, dtype=torch.int8), ValueError, "x must hold only 0 and 1, found -1"),
+    (lambda: torch.zeros(2, 99, dtype=torch.bool), ValueError, "x must have 100 columns"),
+    (lambda: torch.zeros(2, 2, 100, dtype=torch.bool), ValueError, r"x must have shape \(B, 100\)"),
+    (lambda: [[0, 1]], TypeError, "x must be a torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("make_x,error,match", DENSE_CASES)
+def test_bad_dense_patterns(memory, make_x, error, match):
+    before = memory.packed_matrix()
+    with pytest.raises(error, match=match):
+        memory.store(make_x(), torch.zeros(2, 80, dtype=torch.bool))
+    with pytest.raises(error, match=match):
+        memory.retrieve(make_x())
+    with pytest.raises(error, match=match):
+        memory.sums(make_x())
+    assert torch.equal(memory.packed_matrix(), before) and memory.n_stored == 1
+
+
+INDEX_CASES = [
+    (lambda: torch.tensor([[1, 100]]), ValueError, r"x_idx: row 0: index 100 is outside \[0, 100\)"),
+    (lambda: torch.tensor([[1, 2], [3, -1]]), ValueError, r"x_idx: row 1: index -1 is outside \[0, 100\)"),
+    (lambda: torch.tensor([[7, 7]]), ValueError, "x_idx: row 0 lists index 7 more than once"),
+    (lambda: torch.tensor([[1.0, 2.0]]), TypeError, "x_idx must hold integer indices"),
+    (lambda: [[1, 2], "ab"], TypeError, r"x_idx\[1\] must be a 1-D integer tensor or a list of ints"),
+    (lambda: [torch.tensor([[1]])], ValueError, r"x_idx\[0\] must be 1-D"),
+    (lambda: "12", TypeError, "x_idx must be an integer tensor"),
+]
+
+
+@pytest.mark.parametrize("make_x,error,match", INDEX_CASES)
+def test_bad_index_patterns(memory, make_x, error, match):
+    before = memory.packed_matrix()
+    with pytest.raises(error, match=match):
+        memory.store_indices(make_x(), torch.tensor([[0, 1]]))
+    with pytest.raises(error, match=match):
+        memory.retrieve_indices(make_x())
+    assert torch.equal(memory.packed_matrix(), before) and memory.n_stored == 1
+
+
+def test_a_store_that_fails_on_y_changes_nothing(memory):
+    before = memory.packed_matrix()
+    with pytest.raises(ValueError, match=r"y_idx: row 1: index 80 is outside \[0, 80\)"):
+        memory.store_indices(torch.tensor([[1, 2], [3, 4]]), torch.tensor([[5, 6], [7, 80]]))
+    with pytest.raises(ValueError, match="x_idx and y_idx must hold the same number of patterns, got 2 and 1"):
+        memory.store_indices(torch.tensor([[1, 2], [3, 4]]), torch.tensor([[5, 6]]))
+    with pytest.raises(ValueError, match="y is required: this memory is hetero-associative"):
+        memory.store(torch.ones(1, 100, dtype=torch.bool))
+    assert torch.equal(memory.packed_matrix(), before) and memory.n_stored == 1
+
+
+@pytest.mark.parametrize("threshold,k,error,match", [
+    ("medium", None, ValueError, "threshold must be 'hard', 'soft', 'topk' or an int"),
+    (-1, None, ValueError, "threshold must be >= 0"),
+    (True, None, TypeError, "got a bool"),
+    ("topk", None, TypeError, "threshold='topk' needs k"),
+    ("topk", 0, ValueError, r"k must be in \[1, n_out=80\]"),
+    ("topk", 81, ValueError, r"k must be in \[1, n_out=80\]"),
+    ("hard", 3, ValueError, "k goes with threshold='topk' only"),
+])
+def test_bad_thresholds(memory, threshold, k, error, match):
+    with pytest.raises(error, match=match):
+        memory.retrieve_indices(torch.tensor([[1, 2]]), threshold, k=k)
+
+
+def test_direct_op_calls_with_broken_rows_raise(willshaw_backend):
+    matrix = torch.zeros(100, 2, dtype=torch.int64)
+    values, offsets = torch.tensor([1, 2, 3]), torch.tensor([0, 2, 3])
+    with pytest.raises(ValueError, match="offsets must run from 0 to the number of values"):
+        torch.ops.aefast.willshaw_sums(matrix, 80, values, torch.tensor([0, 2, 5]))
+    with pytest.raises(ValueError, match="offsets must"):
+        torch.ops.aefast.willshaw_sums(matrix, 80, values, torch.tensor([0, 3, 2, 3]))
+    with pytest.raises(ValueError, match="outside"):
+        torch.ops.aefast.willshaw_store(matrix, 80, torch.tensor([1, 2, 300]), offsets, values, offsets)
+    with pytest.raises(ValueError, match="words per row"):
+        torch.ops.aefast.willshaw_sums(matrix, 200, values, offsets)
+    with pytest.raises(ValueError, match="must be a contiguous 1-D int64 tensor"):
+        torch.ops.aefast.willshaw_sums(matrix, 80, values.int(), offsets)
+    with pytest.raises(ValueError, match="the same number of patterns"):
+        torch.ops.aefast.willshaw_store(matrix, 80, values, offsets, values, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="k must be in"):
+        torch.ops.aefast.willshaw_retrieve(matrix, 80, values, offsets, 3, 0)
+    assert not matrix.any()

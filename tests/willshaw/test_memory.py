@@ -1,0 +1,193 @@
+"""WillshawMemory on every backend against the rule and the threshold definitions written out densely,
+and the cpp backend against the reference: identical matrices, sums and answers."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from aefast.willshaw import WillshawMemory
+from tests.willshaw.conftest import dense_from_indices, hebb_matrix, random_patterns
+
+N_IN, N_OUT, ONES, PAIRS = 1000, 777, 9, 700
+
+
+@pytest.fixture
+def hetero_pairs():
+    generator = torch.Generator().manual_seed(3)
+    return random_patterns(PAIRS, N_IN, ONES, generator), random_patterns(PAIRS, N_OUT, ONES, generator)
+
+
+def cues(x_idx: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Complete, incomplete (the first 5 of the ones) and noisy (3 extra ones) dense cues."""
+    complete = dense_from_indices(x_idx, N_IN)
+    incomplete = dense_from_indices(x_idx[:, :5], N_IN)
+    noisy = complete.clone()
+    noisy[torch.arange(len(x_idx)).unsqueeze(1), torch.randint(0, N_IN, (len(x_idx), 3), generator=generator)] = True
+    return {"complete": complete, "incomplete": incomplete, "noisy": noisy}
+
+
+def expected_answer(sums: torch.Tensor, cue: torch.Tensor, threshold, k=None) -> torch.Tensor:
+    """The threshold definitions of WillshawMemory.retrieve, one row at a time."""
+    rows = []
+    for row_sums, row_cue in zip(sums.tolist(), cue.sum(1).tolist()):
+        if threshold == "hard":
+            row = [row_cue > 0 and s >= row_cue for s in row_sums]
+        elif threshold == "soft":
+            best = max(row_sums)
+            row = [best > 0 and s == best for s in row_sums]
+        elif threshold == "topk":
+            chosen = set(sorted(range(len(row_sums)), key=lambda i: (-row_sums[i], i))[:k])
+            row = [i in chosen for i in range(len(row_sums))]
+        else:
+            row = [s >= threshold for s in row_sums]
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.bool)
+
+
+def test_store_and_sums_follow_the_hebb_rule(willshaw_backend, hetero_pairs):
+    x_idx, y_idx = hetero_pairs
+    memory = WillshawMemory(N_IN, N_OUT)
+    memory.store_indices(x_idx, y_idx)
+    weights = hebb_matrix(dense_from_indices(x_idx, N_IN), dense_from_indices(y_idx, N_OUT))
+    cue = cues(x_idx[:60], torch.Generator().manual_seed(4))["noisy"]
+    assert torch.equal(memory.sums(cue), (cue.double() @ weights.T.double()).int())
+    assert memory.n_stored == PAIRS
+    assert memory.density == pytest.approx(weights.double().mean().item(), abs=0)
+    assert memory.nbytes == N_IN * ((N_OUT + 63) // 64) * 8
+
+
+@pytest.mark.parametrize("kind", ["complete", "incomplete", "noisy"])
+@pytest.mark.parametrize("threshold,k", [("hard", None), ("soft", None), (0, None), (4, None), (ONES, None),
+                                         ("topk", 1), ("topk", 12), ("topk", N_OUT)])
+def test_retrieve_follows_the_threshold_definitions(willshaw_backend, hetero_pairs, kind, threshold, k):
+    x_idx, y_idx = hetero_pairs
+    memory = WillshawMemory(N_IN, N_OUT)
+    memory.store(dense_from_indices(x_idx, N_IN), dense_from_indices(y_idx, N_OUT))
+    cue = cues(x_idx[:40], torch.Generator().manual_seed(5))[kind]
+    answer = memory.retrieve(cue, threshold, k=k)
+    assert torch.equal(answer, expected_answer(memory.sums(cue), cue, threshold, k))
+    by_index = memory.retrieve_indices([row.nonzero().flatten() for row in cue], threshold, k=k)
+    assert [row.tolist() for row in by_index] == [row.nonzero().flatten().tolist() for row in answer]
+
+
+def test_complete_cues_below_capacity_recall_their_answers(willshaw_backend, hetero_pairs):
+    x_idx, y_idx = hetero_pairs
+    memory = WillshawMemory(N_IN, N_OUT)
+    memory.store_indices(x_idx, y_idx)
+    # 700 pairs of 9 ones load only 1 - (1 - 81 / 777000)^700 = 7% of the synapses: recall is exact.
+    answers = memory.retrieve_indices(x_idx[:100], "soft")
+    assert [a.tolist() for a in answers] == y_idx[:100].tolist()
+
+
+def test_cpp_and_reference_agree_everywhere(hetero_pairs):
+    x_idx, y_idx = hetero_pairs
+    memories = {name: WillshawMemory(N_IN, N_OUT, backend=name) for name in ("cpp", "reference")}
+    for memory in memories.values():
+        memory.store_indices(x_idx, y_idx)
+    assert torch.equal(memories["cpp"].packed_matrix(), memories["reference"].packed_matrix())
+    for cue in cues(x_idx[:50], torch.Generator().manual_seed(6)).values():
+        assert torch.equal(memories["cpp"].sums(cue), memories["reference"].sums(cue))
+        for threshold, k in (("hard", None), ("soft", None), (2, None), ("topk", 7)):
+            assert torch.equal(memories["cpp"].retrieve(cue, threshold, k=k),
+                               memories["reference"].retrieve(cue, threshold, k=k))
+
+
+def test_auto_association_and_ragged_rows(willshaw_backend):
+    generator = torch.Generator().manual_seed(7)
+    rows = [random_patterns(1, 301, count, generator)[0] for count in (1, 5, 0, 17, 3)]
+    memory = WillshawMemory(301)
+    memory.store_indices(rows)
+    weights = torch.zeros(301, 301, dtype=torch.bool)
+    for row in rows:
+        dense_row = dense_from_indices(row.unsqueeze(0), 301)
+        weights |= hebb_matrix(dense_row, dense_row)
+    cue = torch.zeros(4, 301, dtype=torch.int64)
+    cue[0, rows[3][:6]] = 1
+    cue[1, rows[1]] = 1
+    cue[3, 300] = 1
+    assert torch.equal(memory.sums(cue), (cue.double() @ weights.T.double()).int())
+    answers = memory.retrieve_indices([rows[3][:6], rows[1].tolist(), [], [300]])
+    assert answers[0].tolist() == rows[3].tolist()
+    assert answers[1].tolist() == rows[1].tolist()
+    assert answers[2].tolist() == []  # an empty cue retrieves nothing under the hard threshold
+    assert answers[3].tolist() == []
+    assert memory.n_stored == 5
+
+
+def test_single_patterns_drop_the_batch_dimension(willshaw_backend):
+    memory = WillshawMemory(130, 70)
+    memory.store_indices(torch.tensor([0, 64, 129]), torch.tensor([1, 69]))
+    x = torch.zeros(130, dtype=torch.bool)
+    x[[0, 64, 129]] = True
+    assert memory.retrieve(x).nonzero().flatten().tolist() == [1, 69]
+    assert memory.sums(x).shape == (70,)
+    assert memory.retrieve_indices(torch.tensor([0, 64]), "soft").tolist() == [1, 69]
+
+
+def test_topk_breaks_ties_toward_the_lower_index(willshaw_backend):
+    memory = WillshawMemory(10, 200)
+    memory.store_indices([[0, 1]], [[5, 150, 199]])
+    memory.store_indices([[0]], [[3, 7, 140]])
+    # Sums of the cue {0, 1}: 2 at 5, 150, 199; 1 at 3, 7, 140; 0 elsewhere.
+    assert memory.retrieve_indices([[0, 1]], "topk", k=4)[0].tolist() == [3, 5, 150, 199]
+    assert memory.retrieve_indices([[0, 1]], "topk", k=8)[0].tolist() == [0, 1, 3, 5, 7, 140, 150, 199]
+
+
+def test_clear_forgets_everything(willshaw_backend, hetero_pairs):
+    memory = WillshawMemory(N_IN, N_OUT)
+    memory.store_indices(*hetero_pairs)
+    memory.clear()
+    assert memory.density == 0 and memory.n_stored == 0
+    assert not memory.retrieve_indices(hetero_pairs[0][:3], threshold=1)[0].numel()
+
+
+def test_storage_in_several_chunks_matches_the_reference():
+    # 2^18 pairs x 5 ones = 1.3M cue entries: more than one of the C++ store's chunks (2^20 entries).
+    generator = torch.Generator().manual_seed(8)
+    x_idx, y_idx = random_patterns(1 << 18, 70, 5, generator), random_patterns(1 << 18, 130, 3, generator)
+    memories = {name: WillshawMemory(70, 130, backend=name) for name in ("cpp", "reference")}
+    for memory in memories.values():
+        memory.store_indices(x_idx, y_idx)
+    assert torch.equal(memories["cpp"].packed_matrix(), memories["reference"].packed_matrix())
+
+
+SCRIPT = """
+import torch
+from aefast.willshaw import WillshawMemory
+from tests.willshaw.conftest import random_patterns, dense_from_indices
+generator = torch.Generator().manual_seed(9)
+x_idx, y_idx = random_patterns(500, 900, 8, generator), random_patterns(500, 333, 8, generator)
+cue = dense_from_indices(x_idx[:64, :6], 900)
+results = {}
+for name in ("cpp", "reference"):
+    memory = WillshawMemory(900, 333, backend=name)
+    memory.store_indices(x_idx, y_idx)
+    results[name] = [memory.packed_matrix(), memory.sums(cue), memory.density]
+    results[name] += [memory.retrieve(cue, t, k=k) for t, k in (("hard", None), ("soft", None), (3, None), ("topk", 9))]
+for a, b in zip(results["cpp"], results["reference"]):
+    assert (a == b) if isinstance(a, float) else torch.equal(a, b)
+import aefast._C
+print(aefast._C.cpu_features()["kernel_isa"])
+"""
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
+def test_portable_kernel_copies_agree_with_the_reference(isa):
+    import os
+    env = dict(os.environ, AEFAST_CPU_ISA=isa)
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == isa
+
+
+@pytest.mark.gpu
+def test_a_memory_on_the_gpu_matches_the_cpu(hetero_pairs):
+    x_idx, y_idx = hetero_pairs
+    on_cpu, on_gpu = WillshawMemory(N_IN, N_OUT), WillshawMemory(N_IN, N_OUT, device="cuda")
+    on_cpu.store_indices(x_idx, y_idx)
+    on_gpu.store_indices(x_idx.cuda(), y_idx.cuda())
+    assert torch.equal(on_gpu.packed_matrix().cpu(), on_cpu.packed_matrix())
+    cue = dense_from_indices(x_idx[:30, :6], N_IN)
+    for threshold in ("hard", "soft", 3):
+        assert torch.equal(on_gpu.retrieve(cue.cuda(), threshold).cpu(), on_cpu.retrieve(cue, threshold))

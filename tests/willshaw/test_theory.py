@@ -1,0 +1,86 @@
+"""The storage analysis against its formulas and against a simulation of the seeds' example."""
+import math
+
+import pytest
+import torch
+
+from aefast.willshaw import WillshawMemory, theory
+from tests.willshaw.conftest import random_patterns
+
+
+def test_formulas_of_the_notes():
+    assert theory.optimal_ones(4 * 2**18) == pytest.approx(18)
+    assert theory.capacity(1_000_000, 18) == pytest.approx(math.log(2) * 1e12 / 324)
+    assert theory.memory_load(2000, 2000, 10, 10, 20000) == pytest.approx(1 - (1 - 100 / 4e6) ** 20000, rel=1e-12)
+    # At the asymptotic capacity half the synapses are set.
+    assert theory.memory_load(2**16, 2**16, 14, 14, theory.capacity(2**16, 14)) == pytest.approx(0.5, abs=1e-4)
+    p1 = theory.memory_load(2000, 2000, 10, 10, 20000)
+    assert theory.false_ones(2000, 10, 20000) == pytest.approx(1990 * p1**10, rel=1e-12)
+    assert theory.false_ones(2000, 10, 20000) == pytest.approx(0.177, abs=5e-4)
+    assert theory.false_ones(2000, 10, 20000, form="exact") == pytest.approx(0.222, abs=5e-4)
+
+
+def test_capacity_with_a_false_ones_budget_meets_the_budget():
+    pairs = theory.capacity(2000, 10, false_ones_budget=0.1)
+    assert theory.false_ones(2000, 10, pairs) == pytest.approx(0.1, rel=1e-9)
+    assert pairs < theory.capacity(2000, 10, false_ones_budget=0.2)
+
+
+def test_exact_form_reduces_to_the_textbook_form_for_one_cue_unit():
+    # With one cue unit there is no spread to account for: both forms are (n - M) p1, up to using L - 1.
+    exact = theory.false_ones(5000, 8, 30000, cue_ones=1, form="exact")
+    assert exact == pytest.approx(theory.false_ones(5000, 8, 29999, cue_ones=1), rel=1e-9)
+
+
+def test_bits_per_synapse():
+    n, ones = 2**16, 14
+    pairs = theory.capacity(n, ones)
+    stored = pairs * (math.lgamma(n + 1) - math.lgamma(ones + 1) - math.lgamma(n - ones + 1)) / math.log(2)
+    assert theory.bits_per_synapse(n, ones, pairs) == pytest.approx(stored / n**2, rel=1e-12)
+    assert 0.6 < theory.bits_per_synapse(n, ones, pairs) < math.log(2)
+    assert theory.bits_per_synapse(n, ones, pairs, false_ones=1.0) < theory.bits_per_synapse(n, ones, pairs)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: theory.optimal_ones(0), "n must be > 0"),
+    (lambda: theory.false_ones(100, 10, 5, cue_ones=11), "cue_ones <= M"),
+    (lambda: theory.false_ones(100, 10, 5, form="rough"), "form must be"),
+    (lambda: theory.capacity(100, 5, false_ones_budget=0), "false_ones_budget must be > 0"),
+    (lambda: theory.memory_load(10, 10, 20, 20, 1), "M_in \\* M_out"),
+    (lambda: theory.bits_per_synapse(100, 5, 10, false_ones=-1), "false_ones must be >= 0"),
+])
+def test_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.fixture(scope="module")
+def seeds_example():
+    """The seeds' figure: 20000 pairs of 10 ones in 2000 units."""
+    generator = torch.Generator().manual_seed(12)
+    x_idx, y_idx = random_patterns(20000, 2000, 10, generator), random_patterns(20000, 2000, 10, generator)
+    memory = WillshawMemory(2000)
+    memory.store_indices(x_idx, y_idx)
+    return memory, x_idx, y_idx
+
+
+def test_simulated_density_matches_the_memory_load(seeds_example):
+    memory, _, _ = seeds_example
+    assert memory.density == pytest.approx(0.3935, abs=0.01)
+
+
+@pytest.mark.parametrize("cue_ones", [10, 8, 6])
+def test_simulated_false_ones_match_the_exact_form(seeds_example, cue_ones):
+    memory, x_idx, y_idx = seeds_example
+    # Every stored pair recalled once: the standard error of the mean is about 1% of it here.
+    answers = memory.retrieve(_dense(x_idx[:, :cue_ones]))
+    targets = _dense(y_idx)
+    assert not (targets & ~answers).any()  # the hard threshold never misses a stored one
+    false_ones = (answers & ~targets).sum(1).double().mean().item()
+    assert false_ones == pytest.approx(theory.false_ones(2000, 10, 20000, cue_ones=cue_ones, form="exact"), rel=0.10)
+
+
+def _dense(indices):
+    out = torch.zeros(indices.shape[0], 2000, dtype=torch.bool)
+    out[torch.arange(indices.shape[0]).unsqueeze(1), indices] = True
+    return out
