@@ -32,7 +32,7 @@ AUTO_ORDER: dict[tuple[str, str], tuple[str, ...]] = {
     # bench_willshaw.py at n = 2^16, M = 14, loaded to capacity, same CPU: see WILLSHAW_CPU_FIGURES.
     **{(op, "cpu"): ("cpp", "reference") for op in (
         "willshaw_store", "willshaw_sums", "willshaw_retrieve", "willshaw_retrieve_indices",
-        "willshaw_check_patterns", "willshaw_count_ones")},
+        "willshaw_check_patterns", "willshaw_count_ones", "willshaw_dense_to_rows")},
 }
 
 

@@ -3,7 +3,9 @@ the GPU, and a summary of ratios (speedup over eager and torch.compile, fraction
 bandwidth) printed at the end and written into pytest-benchmark's JSON.
 
 Each benchmark records ``extra_info``: ``component``, ``case``, ``role`` (aefast / eager / compile /
-probe), ``bytes`` it moves, and the environment. Ratios are taken between medians of one run.
+copy probe / read probe), ``bytes`` it moves, ``items`` of work it does (pairs, queries; 1 when the
+roles of a case do the same work) and the environment. Ratios are taken between medians of one run,
+per item.
 """
 import os
 import platform
@@ -66,11 +68,14 @@ def synchronized(fn, device: torch.device):
     return run
 
 
-def run_benchmark(benchmark, fn, device, *, component, case, role, nbytes, rounds, extra=None):
-    """Time fn with pytest-benchmark's pedantic mode (fixed rounds: the CPU cases take seconds)."""
+def run_benchmark(benchmark, fn, device, *, component, case, role, nbytes, rounds, items=1, unit=None,
+                  extra=None):
+    """Time fn with pytest-benchmark's pedantic mode (fixed rounds: the CPU cases take seconds).
+    ``items``: units of work per call (``unit`` names them), for roles that run different amounts."""
     benchmark.group = f"{component}: {case}"
     benchmark.extra_info.update(
-        component=component, case=case, role=role, bytes=nbytes, **environment(device), **(extra or {})
+        component=component, case=case, role=role, bytes=nbytes, items=items, unit=unit, **environment(device),
+        **(extra or {})
     )
     fn = synchronized(fn, device)
     fn()  # warm-up: compilation, autotuning, first-touch allocation
@@ -86,9 +91,16 @@ def copy_probe(benchmark, device, nbytes, *, component, case, rounds):
                   role="copy probe", nbytes=2 * numel * 4, rounds=rounds)
 
 
+def read_probe(benchmark, device, nbytes, *, component, case, rounds):
+    """The read bandwidth measured in the same run: the sum of one large tensor (reads nbytes)."""
+    probe = torch.empty(max(1, nbytes // 4), dtype=torch.float32, device=device).uniform_()
+    run_benchmark(benchmark, probe.sum, device, component=component, case=case, role="read probe",
+                  nbytes=probe.numel() * 4, rounds=rounds)
+
+
 def _summary_rows(benchmarks):
-    """Per (component, case): aefast against eager, compile and the copy probe of the same group.
-    ``benchmarks`` are pytest-benchmark's JSON records (dicts with ``extra_info`` and ``stats``)."""
+    """Per (component, case): aefast against eager, compile and the bandwidth probe of the same group,
+    per item of work. ``benchmarks`` are pytest-benchmark's JSON records (``extra_info``, ``stats``)."""
     by_case = {}
     for bench in benchmarks:
         info = bench["extra_info"]
@@ -98,17 +110,19 @@ def _summary_rows(benchmarks):
         if "aefast" not in roles:
             continue
         t_fused, info = roles["aefast"]
+        per_item = lambda role: roles[role][0] / roles[role][1].get("items", 1)  # noqa: E731
         row = {"component": component, "case": case, "backend": info.get("backend"),
                "device_name": info["device_name"], "aefast_s": t_fused}
-        if "eager" in roles:
-            row["eager_s"] = roles["eager"][0]
-            row["speedup"] = roles["eager"][0] / t_fused
-        if "compile" in roles:
-            row["compile_s"] = roles["compile"][0]
-            row["speedup_vs_compile"] = roles["compile"][0] / t_fused
-        if "copy probe" in roles:
-            copy_time, copy_info = roles["copy probe"]
-            row["fraction_of_copy_bandwidth"] = (info["bytes"] / t_fused) / (copy_info["bytes"] / copy_time)
+        if info.get("unit"):
+            row[f"{info['unit']}_per_s"] = info["items"] / t_fused
+        for role, time_key, ratio_key in (("eager", "eager_s", "speedup"), ("compile", "compile_s", "speedup_vs_compile")):
+            if role in roles:
+                row[time_key] = roles[role][0]
+                row[ratio_key] = per_item(role) / per_item("aefast")
+        for role, key in (("copy probe", "fraction_of_copy_bandwidth"), ("read probe", "fraction_of_read_bandwidth")):
+            if role in roles:
+                probe_time, probe_info = roles[role]
+                row[key] = (info["bytes"] / t_fused) / (probe_info["bytes"] / probe_time)
         rows.append(row)
     return rows
 
@@ -127,8 +141,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     write = terminalreporter.write_line
     write("")
     write("aefast summary (medians of one run)")
-    write(f"{'component':<10} {'case':<34} {'backend':<8} {'aefast ms':>10} {'x eager':>8} {'x compile':>9} {'of copy BW':>10}")
+    write(f"{'component':<10} {'case':<44} {'backend':<8} {'aefast ms':>10} {'x eager':>9} {'x compile':>9} "
+          f"{'of BW':>12}  rate")
     for row in rows:
         fmt = lambda key, spec: format(row[key], spec) if key in row else "-"  # noqa: E731
-        write(f"{row['component']:<10} {row['case']:<34} {row['backend'] or '-':<8} {row['aefast_s'] * 1e3:>10.2f} "
-              f"{fmt('speedup', '>8.2f')} {fmt('speedup_vs_compile', '>9.2f')} {fmt('fraction_of_copy_bandwidth', '>10.0%')}")
+        if "fraction_of_copy_bandwidth" in row:
+            bandwidth = f"{row['fraction_of_copy_bandwidth']:.0%} copy"
+        elif "fraction_of_read_bandwidth" in row:
+            bandwidth = f"{row['fraction_of_read_bandwidth']:.0%} read"
+        else:
+            bandwidth = "-"
+        rate = " ".join(f"{value:.3g} {key[:-6]}/s" for key, value in row.items() if key.endswith("_per_s"))
+        write(f"{row['component']:<10} {row['case']:<44} {row['backend'] or '-':<8} {row['aefast_s'] * 1e3:>10.2f} "
+              f"{fmt('speedup', '>9.1f')} {fmt('speedup_vs_compile', '>9.1f')} {bandwidth:>12}  {rate}")

@@ -32,9 +32,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("willshaw_sums_cpu", &aefast::willshaw_sums_cpu, "matrix"_a, "n_in"_a, "n_out"_a, "cue_values"_a,
         "cue_offsets"_a, "rows"_a, "sums"_a);
   m.def("willshaw_retrieve_cpu", &aefast::willshaw_retrieve_cpu, "matrix"_a, "n_in"_a, "n_out"_a, "cue_values"_a,
-        "cue_offsets"_a, "rows"_a, "threshold"_a, "value"_a, "answer_bits"_a, "answer_bool"_a);
-  m.def("willshaw_bits_to_indices", &aefast::willshaw_bits_to_indices, "bits"_a, "rows"_a, "words"_a,
-        "The set positions of each row of packed bits, as (values, offsets)");
+        "cue_offsets"_a, "rows"_a, "threshold"_a, "value"_a, "answer"_a, "Answers as 0/1 bytes (rows x n_out)");
+  m.def("willshaw_retrieve_indices_cpu", &aefast::willshaw_retrieve_indices_cpu, "matrix"_a, "n_in"_a, "n_out"_a,
+        "cue_values"_a, "cue_offsets"_a, "rows"_a, "threshold"_a, "value"_a,
+        "Answers as the active positions of each row: (values, offsets)");
+  m.def("willshaw_dense_to_rows", &aefast::willshaw_dense_to_rows, "dense"_a, "rows"_a, "width"_a,
+        "The nonzero positions of each row of a (rows x width) byte matrix, as (values, offsets)");
   m.def("willshaw_count_ones_cpu", &aefast::willshaw_count_ones_cpu, "matrix"_a, "count"_a);
 #ifdef AEFAST_WITH_CUDA
   m.def("vae_forward_cuda", &aefast::vae_forward_cuda, "mu"_a, "logvar"_a, "eps"_a, "z"_a, "kl"_a, "rows"_a,

@@ -2,5 +2,6 @@
 from aefast.willshaw import theory
 from aefast.willshaw.memory import MAX_UNITS, WillshawMemory
 from aefast.willshaw.memory_file import WillshawFileError
+from aefast.willshaw.patterns import random_patterns
 
-__all__ = ["MAX_UNITS", "WillshawFileError", "WillshawMemory", "theory"]
+__all__ = ["MAX_UNITS", "WillshawFileError", "WillshawMemory", "random_patterns", "theory"]

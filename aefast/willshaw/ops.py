@@ -17,7 +17,7 @@ from aefast._buffers import cpu_buffer
 from aefast.willshaw import reference
 
 STORE, SUMS, RETRIEVE, RETRIEVE_INDICES = "willshaw_store", "willshaw_sums", "willshaw_retrieve", "willshaw_retrieve_indices"
-CHECK_PATTERNS, COUNT_ONES = "willshaw_check_patterns", "willshaw_count_ones"
+CHECK_PATTERNS, COUNT_ONES, DENSE_TO_ROWS = "willshaw_check_patterns", "willshaw_count_ones", "willshaw_dense_to_rows"
 
 
 @torch.library.custom_op("aefast::willshaw_store", mutates_args=("matrix",))
@@ -89,6 +89,12 @@ def check_patterns(values: Tensor, offsets: Tensor, units: int, name: str) -> No
     kernel(values, offsets, units, name)
 
 
+def dense_to_rows(dense: Tensor) -> tuple[Tensor, Tensor]:
+    """The active positions of each row of a (rows, n) bool tensor: (values, offsets)."""
+    _, kernel = _backends.select(DENSE_TO_ROWS, dense.device)
+    return kernel(dense)
+
+
 def count_ones(matrix: Tensor) -> int:
     _, kernel = _backends.select(COUNT_ONES, matrix.device)
     return kernel(matrix)
@@ -152,30 +158,29 @@ def _cpp_sums(matrix, n_out, cue_values, cue_offsets):
     return out
 
 
-def _cpp_answer_bits(matrix, n_out, cue_values, cue_offsets, threshold, value, answer_bool):
-    rows = cue_offsets.numel() - 1
-    bits = torch.empty(rows, matrix.shape[1], dtype=torch.int64)
-    _backends.compiled_module().willshaw_retrieve_cpu(
-        cpu_buffer(matrix), matrix.shape[0], n_out, cpu_buffer(cue_values), cpu_buffer(cue_offsets), rows,
-        threshold, value, cpu_buffer(bits), cpu_buffer(answer_bool))
-    return bits
-
-
 def _cpp_retrieve(matrix, n_out, cue_values, cue_offsets, threshold, value):
     answer = torch.empty(cue_offsets.numel() - 1, n_out, dtype=torch.bool)
-    _cpp_answer_bits(matrix, n_out, cue_values, cue_offsets, threshold, value, answer)
+    _backends.compiled_module().willshaw_retrieve_cpu(
+        cpu_buffer(matrix), matrix.shape[0], n_out, cpu_buffer(cue_values), cpu_buffer(cue_offsets),
+        cue_offsets.numel() - 1, threshold, value, cpu_buffer(answer))
     return answer
 
 
 def _cpp_retrieve_indices(matrix, n_out, cue_values, cue_offsets, threshold, value):
-    bits = _cpp_answer_bits(matrix, n_out, cue_values, cue_offsets, threshold, value, None)
-    values, offsets = _backends.compiled_module().willshaw_bits_to_indices(cpu_buffer(bits), *bits.shape)
+    values, offsets = _backends.compiled_module().willshaw_retrieve_indices_cpu(
+        cpu_buffer(matrix), matrix.shape[0], n_out, cpu_buffer(cue_values), cpu_buffer(cue_offsets),
+        cue_offsets.numel() - 1, threshold, value)
     return torch.from_numpy(values), torch.from_numpy(offsets)
 
 
 def _cpp_check_patterns(values, offsets, units, name):
     _backends.compiled_module().willshaw_check_patterns(
         cpu_buffer(values), cpu_buffer(offsets), offsets.numel() - 1, units, name)
+
+
+def _cpp_dense_to_rows(dense):
+    values, offsets = _backends.compiled_module().willshaw_dense_to_rows(cpu_buffer(dense.view(torch.uint8)), *dense.shape)
+    return torch.from_numpy(values), torch.from_numpy(offsets)
 
 
 def _cpp_count_ones(matrix):
@@ -189,6 +194,7 @@ for _op, _reference_kernel, _cpp_kernel in (
     (RETRIEVE_INDICES, _reference_query(reference.retrieve_indices), _cpp_retrieve_indices),
     (CHECK_PATTERNS, reference.check_patterns, _cpp_check_patterns),
     (COUNT_ONES, reference.count_ones, _cpp_count_ones),
+    (DENSE_TO_ROWS, reference.dense_to_rows, _cpp_dense_to_rows),
 ):
     _backends.register_kernel(_op, "reference", _reference_kernel)
     _backends.register_kernel(_op, "cpp", _cpp_kernel)

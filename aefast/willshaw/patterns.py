@@ -13,6 +13,8 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
+from aefast.willshaw import ops
+
 IndexPatterns = Union[Tensor, Sequence[Union[Tensor, Sequence[int]]]]
 
 
@@ -51,8 +53,8 @@ def from_dense(x, width: int, name: str, device: torch.device) -> PatternRows:
         if outside.any():
             raise ValueError(f"{name} must hold only 0 and 1, found {x[outside][0].item()}")
         x = x != 0
-    positions = x.nonzero()
-    return PatternRows(positions[:, 1].contiguous(), _offsets_from_counts(x.sum(1)), single)
+    values, offsets = ops.dense_to_rows(x.contiguous())
+    return PatternRows(values, offsets, single)
 
 
 def from_indices(x_idx: IndexPatterns, name: str, device: torch.device) -> PatternRows:
@@ -89,3 +91,21 @@ def _check_index_tensor(tensor: Tensor, name: str, dims: tuple[int, ...]) -> Non
         raise TypeError(f"{name} must hold integer indices, got {tensor.dtype}")
     if tensor.dim() not in dims:
         raise ValueError(f"{name} must be {' or '.join(f'{d}-D' for d in dims)}, got shape {tuple(tensor.shape)}")
+
+
+def random_patterns(count: int, n: int, ones: int, *, generator: torch.Generator | None = None,
+                    device: str | torch.device = "cpu") -> Tensor:
+    """(count, ones) int64: ``ones`` distinct positions in [0, n) per row, uniformly at random, sorted.
+    Rows drawn with a repeat are drawn again (rare for sparse patterns, so this costs one pass)."""
+    if not 0 <= ones <= n:
+        raise ValueError(f"ones must be in [0, n={n}], got {ones}")
+    if 2 * ones > n:  # dense patterns: a random permutation per row is cheaper than redrawing
+        keys = torch.rand(count, n, generator=generator, device=device)
+        return keys.topk(ones, dim=1).indices.sort(1).values
+    patterns = torch.randint(0, n, (count, ones), generator=generator, device=device).sort(1).values
+    while True:
+        repeated = (patterns[:, 1:] == patterns[:, :-1]).any(1).nonzero().flatten()
+        if repeated.numel() == 0:
+            return patterns
+        redrawn = torch.randint(0, n, (repeated.numel(), ones), generator=generator, device=device)
+        patterns[repeated] = redrawn.sort(1).values

@@ -46,6 +46,13 @@ def dense(values: Tensor, offsets: Tensor, n: int) -> Tensor:
     return out
 
 
+def dense_to_rows(dense: Tensor) -> tuple[Tensor, Tensor]:
+    """(rows, n) bool -> the active positions of each row: (values, offsets)."""
+    positions = dense.nonzero()
+    counts = torch.bincount(positions[:, 0], minlength=dense.shape[0])
+    return positions[:, 1].clone(memory_format=torch.contiguous_format), torch.nn.functional.pad(counts.cumsum(0), (1, 0))
+
+
 def check_patterns(values: Tensor, offsets: Tensor, units: int, name: str) -> None:
     """ValueError naming ``name`` for offsets that do not delimit ``values``, an index outside [0, units),
     or an index listed twice in one row."""

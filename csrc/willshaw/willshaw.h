@@ -43,7 +43,8 @@ enum class Threshold : int {
   void willshaw_store(const WillshawMatrix& matrix, const PatternRows& x, const PatternRows& y);       \
   void willshaw_sums(const WillshawMatrix& matrix, const PatternRows& cue, int32_t* sums);             \
   void willshaw_retrieve(const WillshawMatrix& matrix, const PatternRows& cue, Threshold threshold,    \
-                         int64_t value, uint64_t* answer_bits, uint8_t* answer_bool);                 \
+                         int64_t value, uint64_t* answer_bits, uint8_t* answer_bool,                  \
+                         int64_t* answer_counts);                                                     \
   uint64_t count_ones(const uint64_t* words, int64_t count);                                          \
   }
 AEFAST_DECLARE_WILLSHAW_KERNELS(generic)
@@ -62,8 +63,11 @@ void willshaw_sums_cpu(const py::buffer& matrix, int64_t n_in, int64_t n_out, co
                        const py::buffer& cue_offsets, int64_t rows, const py::buffer& sums);
 void willshaw_retrieve_cpu(const py::buffer& matrix, int64_t n_in, int64_t n_out, const py::buffer& cue_values,
                            const py::buffer& cue_offsets, int64_t rows, int threshold, int64_t value,
-                           const py::buffer& answer_bits, const py::object& answer_bool);
-py::tuple willshaw_bits_to_indices(const py::buffer& bits, int64_t rows, int64_t words);
+                           const py::buffer& answer);
+py::tuple willshaw_retrieve_indices_cpu(const py::buffer& matrix, int64_t n_in, int64_t n_out,
+                                        const py::buffer& cue_values, const py::buffer& cue_offsets, int64_t rows,
+                                        int threshold, int64_t value);
+py::tuple willshaw_dense_to_rows(const py::buffer& dense, int64_t rows, int64_t width);
 uint64_t willshaw_count_ones_cpu(const py::buffer& matrix, int64_t count);
 
 }  // namespace aefast

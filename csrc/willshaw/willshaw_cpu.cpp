@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -119,9 +120,21 @@ void willshaw_sums_cpu(const py::buffer& matrix, int64_t n_in, int64_t n_out, co
   by_isa(generic::willshaw_sums, avx2::willshaw_sums, avx512::willshaw_sums)(m, cue, sums_p);
 }
 
-void willshaw_retrieve_cpu(const py::buffer& matrix, int64_t n_in, int64_t n_out, const py::buffer& cue_values,
-                           const py::buffer& cue_offsets, int64_t rows, int threshold, int64_t value,
-                           const py::buffer& answer_bits, const py::object& answer_bool) {
+namespace {
+
+// Queries answered per pass: their answer bits (256 x 8 KiB at n = 2^16) stay in cache between the
+// kernel that writes them and the pass that turns them into the caller's form.
+constexpr int64_t kQueryBlock = 256;
+
+struct RetrieveRequest {
+  WillshawMatrix matrix;
+  PatternRows cue;
+  Threshold threshold;
+  int64_t value;
+};
+
+RetrieveRequest checked_request(const py::buffer& matrix, int64_t n_in, int64_t n_out, const py::buffer& cue_values,
+                                const py::buffer& cue_offsets, int64_t rows, int threshold, int64_t value) {
   const WillshawMatrix m = checked_matrix(matrix, n_in, n_out, false);
   const PatternRows cue = checked_rows(cue_values, cue_offsets, rows, n_in, "cue", false);
   if (threshold < static_cast<int>(Threshold::hard) || threshold > static_cast<int>(Threshold::topk)) {
@@ -132,46 +145,97 @@ void willshaw_retrieve_cpu(const py::buffer& matrix, int64_t n_in, int64_t n_out
   if (mode == Threshold::topk && (value < 1 || value > n_out)) {
     throw py::value_error("k must be in [1, n_out=" + std::to_string(n_out) + "], got " + std::to_string(value));
   }
-  auto* bits_p = static_cast<uint64_t*>(
-      checked_buffer(answer_bits, "answer_bits", rows * m.words_per_row, sizeof(uint64_t), true));
-  uint8_t* bool_p = nullptr;
-  if (!answer_bool.is_none()) {
-    bool_p = static_cast<uint8_t*>(checked_buffer(answer_bool.cast<py::buffer>(), "answer_bool", rows * n_out, 1, true));
-  }
-  py::gil_scoped_release release;
-  by_isa(generic::willshaw_retrieve, avx2::willshaw_retrieve, avx512::willshaw_retrieve)(m, cue, mode, value, bits_p,
-                                                                                         bool_p);
+  return RetrieveRequest{m, cue, mode, value};
 }
 
-py::tuple willshaw_bits_to_indices(const py::buffer& bits, int64_t rows, int64_t words) {
-  check_nonnegative(rows, "rows");
-  check_nonnegative(words, "words");
-  const auto* bits_p = static_cast<const uint64_t*>(checked_buffer(bits, "bits", rows * words, sizeof(uint64_t), false));
+decltype(&generic::willshaw_retrieve) retrieve_kernel() {
+  return by_isa(generic::willshaw_retrieve, avx2::willshaw_retrieve, avx512::willshaw_retrieve);
+}
+
+}  // namespace
+
+void willshaw_retrieve_cpu(const py::buffer& matrix, int64_t n_in, int64_t n_out, const py::buffer& cue_values,
+                           const py::buffer& cue_offsets, int64_t rows, int threshold, int64_t value,
+                           const py::buffer& answer) {
+  const RetrieveRequest r = checked_request(matrix, n_in, n_out, cue_values, cue_offsets, rows, threshold, value);
+  auto* answer_p = static_cast<uint8_t*>(checked_buffer(answer, "answer", rows * n_out, 1, true));
+  std::vector<uint64_t> bits(static_cast<size_t>(std::min(rows, kQueryBlock) * r.matrix.words_per_row));
+  py::gil_scoped_release release;
+  for (int64_t b0 = 0; b0 < rows; b0 += kQueryBlock) {
+    const PatternRows block{r.cue.values, r.cue.offsets + b0, std::min(kQueryBlock, rows - b0)};
+    retrieve_kernel()(r.matrix, block, r.threshold, r.value, bits.data(), answer_p + b0 * n_out, nullptr);
+  }
+}
+
+py::tuple willshaw_retrieve_indices_cpu(const py::buffer& matrix, int64_t n_in, int64_t n_out,
+                                        const py::buffer& cue_values, const py::buffer& cue_offsets, int64_t rows,
+                                        int threshold, int64_t value) {
+  const RetrieveRequest r = checked_request(matrix, n_in, n_out, cue_values, cue_offsets, rows, threshold, value);
+  const int64_t words = r.matrix.words_per_row;
   py::array_t<int64_t> offsets(rows + 1);
   int64_t* offsets_p = offsets.mutable_data();
   offsets_p[0] = 0;
+  std::vector<int64_t> values;
+  {
+    std::vector<uint64_t> bits(static_cast<size_t>(std::min(rows, kQueryBlock) * words));
+    py::gil_scoped_release release;
+    for (int64_t b0 = 0; b0 < rows; b0 += kQueryBlock) {
+      const int64_t count = std::min(kQueryBlock, rows - b0);
+      const PatternRows block{r.cue.values, r.cue.offsets + b0, count};
+      retrieve_kernel()(r.matrix, block, r.threshold, r.value, bits.data(), nullptr, offsets_p + b0 + 1);
+      for (int64_t b = b0; b < b0 + count; ++b) offsets_p[b + 1] += offsets_p[b];
+      values.resize(static_cast<size_t>(offsets_p[b0 + count]));
+#pragma omp parallel for schedule(dynamic, 16)
+      for (int64_t b = 0; b < count; ++b) {
+        int64_t* out = values.data() + offsets_p[b0 + b];
+        for (int64_t w = 0; w < words; ++w) {
+          for (uint64_t word = bits[b * words + w]; word != 0; word &= word - 1) *out++ = w * 64 + __builtin_ctzll(word);
+        }
+      }
+    }
+  }
+  py::array_t<int64_t> values_array(static_cast<py::ssize_t>(values.size()));
+  std::copy(values.begin(), values.end(), values_array.mutable_data());
+  return py::make_tuple(values_array, offsets);
+}
+
+py::tuple willshaw_dense_to_rows(const py::buffer& dense, int64_t rows, int64_t width) {
+  check_nonnegative(rows, "rows");
+  check_nonnegative(width, "width");
+  const auto* dense_p = static_cast<const uint8_t*>(checked_buffer(dense, "dense", rows * width, 1, false));
+  py::array_t<int64_t> offsets(rows + 1);
+  int64_t* offsets_p = offsets.mutable_data();
+  offsets_p[0] = 0;
+  // Patterns are sparse: test eight bytes at a time and look closer only at words that hold a one.
+  auto for_each_one = [&](int64_t b, auto&& visit) {
+    const uint8_t* row = dense_p + b * width;
+    int64_t i = 0;
+    for (; i + 8 <= width; i += 8) {
+      uint64_t word;
+      std::memcpy(&word, row + i, sizeof(word));
+      if (word == 0) continue;
+      for (int64_t k = i; k < i + 8; ++k) if (row[k]) visit(k);
+    }
+    for (; i < width; ++i) if (row[i]) visit(i);
+  };
   {
     py::gil_scoped_release release;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 16)
     for (int64_t b = 0; b < rows; ++b) {
       int64_t count = 0;
-      for (int64_t w = 0; w < words; ++w) count += __builtin_popcountll(bits_p[b * words + w]);
+      for_each_one(b, [&](int64_t) { ++count; });
       offsets_p[b + 1] = count;
     }
     for (int64_t b = 0; b < rows; ++b) offsets_p[b + 1] += offsets_p[b];
   }
-  py::array_t<int64_t> values(offsets_p[rows]);
+  py::array_t<int64_t> values(static_cast<py::ssize_t>(offsets_p[rows]));
   int64_t* values_p = values.mutable_data();
   {
     py::gil_scoped_release release;
-#pragma omp parallel for schedule(dynamic, 64)
+#pragma omp parallel for schedule(dynamic, 16)
     for (int64_t b = 0; b < rows; ++b) {
       int64_t* out = values_p + offsets_p[b];
-      for (int64_t w = 0; w < words; ++w) {
-        for (uint64_t word = bits_p[b * words + w]; word != 0; word &= word - 1) {
-          *out++ = w * 64 + __builtin_ctzll(word);
-        }
-      }
+      for_each_one(b, [&](int64_t i) { *out++ = i; });
     }
   }
   return py::make_tuple(values, offsets);
