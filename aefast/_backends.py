@@ -29,7 +29,8 @@ AUTO_ORDER: dict[tuple[str, str], tuple[str, ...]] = {
     ("reparameterize_kl", "cpu"): ("cpp", "reference"),
     # No GPU run yet: Triton first (one kernel per pass, tuned by Triton), the CUDA kernel next.
     ("reparameterize_kl", "cuda"): ("triton", "cuda", "reference"),
-    # bench_willshaw.py at n = 2^16, M = 14, loaded to capacity, same CPU: see WILLSHAW_CPU_FIGURES.
+    # bench_willshaw.py at n = 2^16, M = 14 loaded to capacity, same CPU: cpp retrieves 1260x and stores
+    # 36000x faster per item than the reference; on CUDA only the reference has Willshaw kernels yet.
     **{(op, "cpu"): ("cpp", "reference") for op in (
         "willshaw_store", "willshaw_sums", "willshaw_retrieve", "willshaw_retrieve_indices",
         "willshaw_check_patterns", "willshaw_count_ones", "willshaw_dense_to_rows")},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from safetensors.torch import save_file
 FORMAT_NAME = "aefast.willshaw"
 FORMAT_VERSION = 1
 _FIELDS = ("n_in", "n_out", "n_stored")
+_umask_lock = threading.Lock()
 
 
 class WillshawFileError(ValueError):
@@ -45,10 +47,19 @@ def write(path: str | os.PathLike, matrix: torch.Tensor, n_in: int, n_out: int, 
         save_file({"matrix": matrix}, temporary, metadata=metadata)
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
+        # mkstemp makes the file private; give it the mode a plain open() would.
+        os.chmod(temporary, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def _umask() -> int:
+    with _umask_lock:  # os.umask can only be read by setting it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def read(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, int]]:

@@ -54,11 +54,7 @@ def _(matrix, n_out, cue_values, cue_offsets):
 @torch.library.custom_op("aefast::willshaw_retrieve", mutates_args=())
 def willshaw_retrieve_op(matrix: Tensor, n_out: int, cue_values: Tensor, cue_offsets: Tensor, threshold: int,
                          value: int) -> Tensor:
-    _check_matrix(matrix, n_out)
-    _check_rows(matrix, cue_values, cue_offsets, "cue")
-    _check_threshold(threshold, value, n_out)
-    _, kernel = _backends.select(RETRIEVE, matrix.device)
-    return kernel(matrix, n_out, cue_values, cue_offsets, threshold, value)
+    return _run_retrieval(RETRIEVE, matrix, n_out, cue_values, cue_offsets, threshold, value)
 
 
 @willshaw_retrieve_op.register_fake
@@ -70,17 +66,21 @@ def _(matrix, n_out, cue_values, cue_offsets, threshold, value):
 def willshaw_retrieve_indices_op(matrix: Tensor, n_out: int, cue_values: Tensor, cue_offsets: Tensor,
                                  threshold: int, value: int) -> tuple[Tensor, Tensor]:
     """The answer as rows of active positions: (values, offsets)."""
-    _check_matrix(matrix, n_out)
-    _check_rows(matrix, cue_values, cue_offsets, "cue")
-    _check_threshold(threshold, value, n_out)
-    _, kernel = _backends.select(RETRIEVE_INDICES, matrix.device)
-    return kernel(matrix, n_out, cue_values, cue_offsets, threshold, value)
+    return _run_retrieval(RETRIEVE_INDICES, matrix, n_out, cue_values, cue_offsets, threshold, value)
 
 
 @willshaw_retrieve_indices_op.register_fake
 def _(matrix, n_out, cue_values, cue_offsets, threshold, value):
     count = torch.library.get_ctx().new_dynamic_size()
     return matrix.new_empty((count,), dtype=torch.int64), cue_offsets.new_empty(cue_offsets.shape)
+
+
+def _run_retrieval(op, matrix, n_out, cue_values, cue_offsets, threshold, value):
+    _check_matrix(matrix, n_out)
+    _check_rows(matrix, cue_values, cue_offsets, "cue")
+    _check_threshold(threshold, value, n_out)
+    _, kernel = _backends.select(op, matrix.device)
+    return kernel(matrix, n_out, cue_values, cue_offsets, threshold, value)
 
 
 def check_patterns(values: Tensor, offsets: Tensor, units: int, name: str) -> None:

@@ -38,6 +38,13 @@ def test_save_replaces_an_existing_file_and_leaves_no_temporary(saved, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["memory.safetensors"]
 
 
+def test_a_saved_file_gets_the_mode_of_a_plain_open(saved, tmp_path):
+    _, path = saved
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
 def _damage(path, offset_from_end=None, offset=None, xor=0x01):
     data = bytearray(path.read_bytes())
     position = len(data) - offset_from_end if offset_from_end is not None else offset
