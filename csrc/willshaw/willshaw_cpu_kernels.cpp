@@ -61,6 +61,19 @@ void fill_valid(uint64_t* out, int64_t words, int64_t n_out) {
 // plus the prefetches); a sequential read runs at 31-50 GB/s there.
 constexpr int64_t kRowsInFlight = 4;
 
+// out[w0 + k] = (first ? all ones : out[w0 + k]) & the four rows, for k < kWords.
+template <int kWords>
+inline void and_line(const uint64_t* const* rows, int64_t w0, bool first, uint64_t* out) {
+  uint64_t line[kWords];
+#pragma omp simd
+  for (int k = 0; k < kWords; ++k) line[k] = rows[0][w0 + k] & rows[1][w0 + k] & rows[2][w0 + k] & rows[3][w0 + k];
+  if (first) {
+    for (int k = 0; k < kWords; ++k) out[w0 + k] = line[k];
+  } else {
+    for (int k = 0; k < kWords; ++k) out[w0 + k] &= line[k];
+  }
+}
+
 // The cue a thread answers next, whose first rows the last rows of this one prefetch.
 struct NextCue {
   const int64_t* rows = nullptr;
@@ -85,19 +98,15 @@ void and_rows(const WillshawMatrix& m, const int64_t* cue, int64_t ones, uint64_
     } else if (has_next) {
       group_rows(next_cue.rows, next_cue.ones, 0, next);
     }
-    for (int64_t w0 = 0; w0 < words; w0 += 8) {
+    const bool first = r0 == 0;
+    int64_t w0 = 0;
+    for (; w0 + 8 <= words; w0 += 8) {  // one cache line of each row; a fixed 8 so that it vectorizes
       if (has_next) {
         for (int64_t s = 0; s < kRowsInFlight; ++s) __builtin_prefetch(next[s] + w0, 0, 0);
       }
-      const int64_t end = std::min(w0 + 8, words);
-      if (r0 == 0) {
-#pragma omp simd
-        for (int64_t w = w0; w < end; ++w) out[w] = rows[0][w] & rows[1][w] & rows[2][w] & rows[3][w];
-      } else {
-#pragma omp simd
-        for (int64_t w = w0; w < end; ++w) out[w] &= rows[0][w] & rows[1][w] & rows[2][w] & rows[3][w];
-      }
+      and_line<8>(rows, w0, first, out);
     }
+    for (; w0 < words; ++w0) and_line<1>(rows, w0, first, out);
     if (more_here) std::copy(next, next + kRowsInFlight, rows);
   }
 }
