@@ -51,3 +51,8 @@ def philox_normal(seed: int, offsets: torch.Tensor) -> torch.Tensor:
     u1 = torch.clamp(_uint_to_uniform(x0), min=1.0e-7)
     theta = 6.283185307179586 * _uint_to_uniform(x1)
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(theta)
+
+
+def philox_uniform(seed: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Float32 uniforms in [0, 1), one per int64 offset, as ``tl.rand`` computes them."""
+    return _uint_to_uniform(philox4x32_10(seed, offsets)[0])

@@ -7,23 +7,12 @@ import torch
 import triton
 import triton.language as tl
 
+from aefast._triton_random import philox_normal
 from aefast.vae.reference import clamp_active, kl_dtype
 
 # Elements per program: 4096 keeps 8 warps busy on a 2^20 x 32 problem (256k programs in all).
 _BLOCK_ELEMENTS = 4096
 _MAX_BLOCK_COLS = 1024
-
-
-@triton.jit
-def philox_normal(seed, offsets):
-    """tl.randn's normal for 64-bit offsets: counter (offset_lo, offset_hi, 0, 0) on every Triton
-    version (older releases ran int64 offsets through Philox4x64 instead)."""
-    lo = offsets.to(tl.uint32)
-    hi = (offsets >> 32).to(tl.uint32)
-    zero = lo * 0
-    c0, c1, _, _ = tl.philox(seed, lo, hi, zero, zero)
-    n1, _ = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(c0), tl.uint_to_uniform_float(c1))
-    return n1
 
 
 @triton.jit

@@ -1,0 +1,218 @@
+"""Drop-in layers: FusedLinear (nn.Linear + activation), FusedMLP (a chain of them) and
+FusedAutoencoder (encoder + decoder with the seeds' undercomplete, sparse and denoising losses).
+
+Each layer runs the op ``aefast::fused_linear`` (Triton on the GPU, the PyTorch reference on the
+CPU); the autoencoder's loss runs its last layer as ``aefast::fused_linear_loss`` and its first
+with the corruption generated in the load.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from aefast.mlp import ops, reference
+
+_MODULE_ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
+                       nn.GELU: "gelu"}
+
+
+def _check_activation(activation, name: str) -> Optional[str]:
+    if activation not in reference.ACTIVATIONS:
+        raise ValueError(f"{name} must be one of {reference.ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
+def _seed_tensor(seed: Optional[int]) -> Tensor:
+    if seed is None:  # from torch's generator, so torch.manual_seed repeats a run
+        return torch.randint(0, 2**62, (), dtype=torch.int64)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+    return torch.tensor(seed, dtype=torch.int64)
+
+
+def _check_input(x: Tensor, weight: Tensor, name: str = "x") -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"{name} must have {weight.shape[1]} features in its last dimension, got shape {tuple(x.shape)}")
+    if x.device != weight.device:
+        raise ValueError(f"{name} is on {x.device} but the layer's parameters are on {weight.device}")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"{name} has dtype {x.dtype} but the layer's parameters are {weight.dtype}")
+
+
+def _linear(x: Tensor, layer: nn.Linear, activation, corruption="none", param=0.0, seed=None) -> Tensor:
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    y, _ = ops.fused_linear_op(rows, layer.weight, layer.bias, activation or "none", corruption, float(param),
+                               _seed_tensor(seed) if corruption != "none" else torch.zeros((), dtype=torch.int64))
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+class FusedLinear(nn.Linear):
+    """``nn.Linear`` followed by ``activation`` (None, "relu", "leaky_relu", "tanh", "sigmoid",
+    "gelu"), in one kernel: the same parameters, state_dict keys and initialization as nn.Linear."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: Optional[str] = None,
+                 device=None, dtype=None):
+        for name, size in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+                raise ValueError(f"{name} must be a positive int, got {size!r}")
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.activation = _check_activation(activation, "activation")
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, self.weight)
+        return _linear(x, self, self.activation)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", activation={self.activation!r}"
+
+
+class FusedMLP(nn.Module):
+    """The chain dims[0] -> ... -> dims[-1] of FusedLinear layers: ``activation`` after every layer
+    but the last, ``output_activation`` after the last."""
+
+    def __init__(self, dims: Sequence[int], activation: Optional[str] = "relu",
+                 output_activation: Optional[str] = None, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        dims = list(dims) if isinstance(dims, (list, tuple)) else dims
+        if not isinstance(dims, list) or len(dims) < 2:
+            raise ValueError(f"dims must list at least 2 widths, got {dims!r}")
+        _check_activation(activation, "activation")
+        _check_activation(output_activation, "output_activation")
+        self.layers = nn.ModuleList(
+            FusedLinear(dims[i], dims[i + 1], bias=bias, device=device, dtype=dtype,
+                        activation=activation if i < len(dims) - 2 else output_activation)
+            for i in range(len(dims) - 1))
+
+    @property
+    def dims(self) -> list[int]:
+        return [self.layers[0].in_features] + [layer.out_features for layer in self.layers]
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    @classmethod
+    def from_sequential(cls, sequential: nn.Sequential) -> "FusedMLP":
+        """An MLP equal to ``sequential`` (nn.Linear layers, each followed by at most one activation
+        module), sharing nothing with it; parameters come in the order of ``sequential.parameters()``."""
+        layers, modules = [], list(sequential)
+        for index, module in enumerate(modules):
+            if isinstance(module, nn.Linear):
+                layers.append([module, None])
+                continue
+            activation = _MODULE_ACTIVATIONS.get(type(module))
+            if activation is None or not layers or layers[-1][1] is not None:
+                raise ValueError(f"sequential[{index}] ({type(module).__name__}) is not an activation after a Linear; "
+                                 f"FusedMLP takes nn.Linear layers each followed by at most one of "
+                                 f"{[m.__name__ for m in _MODULE_ACTIVATIONS]}")
+            if isinstance(module, nn.LeakyReLU) and module.negative_slope != reference.LEAKY_SLOPE:
+                raise ValueError(f"sequential[{index}]: LeakyReLU slope must be {reference.LEAKY_SLOPE}")
+            if isinstance(module, nn.GELU) and module.approximate != "none":
+                raise ValueError(f"sequential[{index}]: only the exact GELU (approximate='none') is fused")
+            layers[-1][1] = activation
+        if not layers:
+            raise ValueError("sequential must hold at least one nn.Linear")
+        for (previous, _), (following, _) in zip(layers, layers[1:]):
+            if previous.out_features != following.in_features:
+                raise ValueError(f"consecutive Linear layers must chain, got {previous.out_features} -> "
+                                 f"{following.in_features}")
+        first = layers[0][0]
+        mlp = cls([first.in_features] + [linear.out_features for linear, _ in layers], bias=first.bias is not None,
+                  device=first.weight.device, dtype=first.weight.dtype)
+        for fused, (linear, activation) in zip(mlp.layers, layers):
+            if (linear.bias is None) != (fused.bias is None):
+                raise ValueError("every Linear of sequential must have a bias, or none")
+            fused.activation = activation
+            fused.load_state_dict(linear.state_dict())
+        return mlp
+
+    def to_sequential(self) -> nn.Sequential:
+        """The equal nn.Sequential of nn.Linear and activation modules (a copy)."""
+        modules = []
+        for layer in self.layers:
+            linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                               device=layer.weight.device, dtype=layer.weight.dtype)
+            linear.load_state_dict(layer.state_dict())
+            modules.append(linear)
+            if layer.activation is not None:
+                module_type = next(t for t, name in _MODULE_ACTIVATIONS.items() if name == layer.activation)
+                modules.append(module_type())
+        return nn.Sequential(*modules)
+
+
+class FusedAutoencoder(nn.Module):
+    """encoder_dims[0] -> ... -> code -> ... -> input width. The decoder mirrors the encoder unless
+    ``decoder_dims`` (code width first) is given. ``forward`` is the reconstruction."""
+
+    def __init__(self, encoder_dims: Sequence[int], decoder_dims: Optional[Sequence[int]] = None,
+                 activation: Optional[str] = "relu", code_activation: Optional[str] = None,
+                 output_activation: Optional[str] = None, device=None, dtype=None):
+        super().__init__()
+        encoder_dims = list(encoder_dims)
+        if len(encoder_dims) < 2:
+            raise ValueError(f"encoder_dims must list at least 2 widths, got {encoder_dims!r}")
+        decoder_dims = list(reversed(encoder_dims)) if decoder_dims is None else list(decoder_dims)
+        if len(decoder_dims) < 2 or decoder_dims[0] != encoder_dims[-1] or decoder_dims[-1] != encoder_dims[0]:
+            raise ValueError(f"decoder_dims must run from the code width {encoder_dims[-1]} to the input width "
+                             f"{encoder_dims[0]}, got {decoder_dims}")
+        self.encoder = FusedMLP(encoder_dims, activation, code_activation, device=device, dtype=dtype)
+        self.decoder = FusedMLP(decoder_dims, activation, output_activation, device=device, dtype=dtype)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encoder(x)
+
+    def decode(self, code: Tensor) -> Tensor:
+        return self.decoder(code)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    def loss(self, x: Tensor, loss: str = "mse", corruption=None, l1_code: float = 0.0,
+             seed: Optional[int] = None) -> Tensor:
+        """The mean reconstruction loss of x against itself, its input corrupted first when asked:
+        ``("mask", v)`` zeroes each input with probability v in [0, 1), ``("gaussian", sigma)`` adds
+        sigma * N(0, 1), sigma >= 0 (the denoising autoencoder). ``l1_code`` adds l1_code times the
+        mean over the batch of the code's L1 norm (the sparse autoencoder). ``loss="bce"`` needs a
+        sigmoid output and takes its logits. Equals ``loss_fn(forward(x~), x) + penalty``."""
+        first = self.encoder.layers[0]
+        _check_input(x, first.weight)
+        if loss not in reference.LOSSES:
+            raise ValueError(f"loss must be one of {reference.LOSSES}, got {loss!r}")
+        last = self.decoder.layers[-1]
+        if loss == "bce" and last.activation != "sigmoid":
+            raise ValueError(f"loss='bce' needs output_activation='sigmoid', got {last.activation!r}")
+        kind, param = _check_corruption(corruption)
+        if not isinstance(l1_code, (int, float)) or isinstance(l1_code, bool) or l1_code < 0:
+            raise ValueError(f"l1_code must be a number >= 0, got {l1_code!r}")
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        h = _linear(rows, first, first.activation, kind, param, seed)
+        for layer in self.encoder.layers[1:]:
+            h = layer(h)
+        penalty = l1_code * h.abs().sum(1).mean() if l1_code else None
+        for layer in self.decoder.layers[:-1]:
+            h = layer(h)
+        value, _ = ops.fused_linear_loss_op(h.contiguous(), last.weight, last.bias, rows,
+                                            last.activation or "none", loss)
+        return value if penalty is None else value + penalty
+
+
+def _check_corruption(corruption) -> tuple[str, float]:
+    if corruption is None:
+        return "none", 0.0
+    if not isinstance(corruption, (tuple, list)) or len(corruption) != 2:
+        raise ValueError(f"corruption must be None, ('mask', v) or ('gaussian', sigma), got {corruption!r}")
+    kind, param = corruption
+    if kind == "mask":
+        if not isinstance(param, (int, float)) or not 0 <= param < 1:
+            raise ValueError(f"corruption ('mask', v) needs v in [0, 1), got {param!r}")
+    elif kind == "gaussian":
+        if not isinstance(param, (int, float)) or not param >= 0:
+            raise ValueError(f"corruption ('gaussian', sigma) needs sigma >= 0, got {param!r}")
+    else:
+        raise ValueError(f"corruption must be None, ('mask', v) or ('gaussian', sigma), got {corruption!r}")
+    return kind, float(param)

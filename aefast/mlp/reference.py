@@ -1,0 +1,120 @@
+"""The fused MLP's ops in plain PyTorch: the oracle of the tests and the fallback on devices without
+a kernel. Forward and backward are written out (not autograd), as the kernels compute them.
+
+A layer is y = act(x~ W^T + b), where x~ is x corrupted on the fly for a denoising autoencoder's
+first layer: ``("mask", v)`` zeroes each input with probability v, ``("gaussian", s)`` adds s * N(0, 1).
+The noise of element (r, c) of an (rows, cols) input is Philox (seed, r * cols + c), so the
+kernels regenerate it in backward instead of storing it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from aefast._philox import philox_normal, philox_uniform
+
+ACTIVATIONS = (None, "relu", "leaky_relu", "tanh", "sigmoid", "gelu")
+LEAKY_SLOPE = 0.01  # nn.LeakyReLU's default
+CORRUPTIONS = ("none", "mask", "gaussian")
+LOSSES = ("mse", "bce")
+
+
+def activate(z: Tensor, activation: str | None) -> Tensor:
+    if activation is None:
+        return z
+    if activation == "relu":
+        return torch.relu(z)
+    if activation == "leaky_relu":
+        return F.leaky_relu(z, LEAKY_SLOPE)
+    if activation == "tanh":
+        return torch.tanh(z)
+    if activation == "sigmoid":
+        return torch.sigmoid(z)
+    if activation == "gelu":
+        return F.gelu(z)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def activation_grad(z: Tensor, activation: str | None) -> Tensor:
+    """d act / d z at the pre-activation z."""
+    if activation is None:
+        return torch.ones_like(z)
+    if activation == "relu":
+        return (z > 0).to(z.dtype)
+    if activation == "leaky_relu":
+        return torch.where(z > 0, 1.0, LEAKY_SLOPE).to(z.dtype)
+    if activation == "tanh":
+        return 1 - torch.tanh(z) ** 2
+    if activation == "sigmoid":
+        s = torch.sigmoid(z)
+        return s * (1 - s)
+    if activation == "gelu":  # exact (erf) GELU, as F.gelu
+        return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def noise_offsets(rows: int, cols: int, device) -> Tensor:
+    return torch.arange(rows * cols, device=device, dtype=torch.int64).reshape(rows, cols)
+
+
+def corruption_keep(shape, seed: int, rate: float, device) -> Tensor:
+    """The mask corruption's kept inputs: Philox uniform >= rate."""
+    return philox_uniform(seed, noise_offsets(*shape, device)) >= rate
+
+
+def corrupt(x: Tensor, corruption: str, param: float, seed: int) -> Tensor:
+    if corruption == "none":
+        return x
+    if corruption == "mask":
+        return x * corruption_keep(x.shape, seed, param, x.device).to(x.dtype)
+    if corruption == "gaussian":
+        return (x.float() + param * philox_normal(seed, noise_offsets(*x.shape, x.device))).to(x.dtype)
+    raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {corruption!r}")
+
+
+def linear_forward(x, weight, bias, activation, corruption="none", param=0.0, seed=0) -> Tensor:
+    """act(x~ W^T + b), accumulated in float32 and returned in x's dtype."""
+    z = F.linear(corrupt(x, corruption, param, seed).float(), weight.float(),
+                 None if bias is None else bias.float())
+    return activate(z, activation).to(x.dtype)
+
+
+def linear_backward(grad_y, x, weight, bias, activation, corruption="none", param=0.0, seed=0,
+                    grad_scale: Tensor | None = None):
+    """(dx, dW, db) of linear_forward; ``grad_scale`` multiplies grad_y (the fused loss's upstream)."""
+    x_used = corrupt(x, corruption, param, seed).float()
+    z = F.linear(x_used, weight.float(), None if bias is None else bias.float())
+    grad_z = grad_y.float() * activation_grad(z, activation)
+    if grad_scale is not None:
+        grad_z = grad_z * grad_scale.float()
+    grad_x = grad_z @ weight.float()
+    if corruption == "mask":
+        grad_x = grad_x * corruption_keep(x.shape, seed, param, x.device)
+    grad_w = grad_z.T @ x_used
+    grad_b = None if bias is None else grad_z.sum(0).to(bias.dtype)
+    return grad_x.to(x.dtype), grad_w.to(weight.dtype), grad_b
+
+
+def loss_of_output(output_pre_activation: Tensor, target: Tensor, output_activation, loss: str) -> Tensor:
+    """Mean reconstruction loss over all elements; BCE takes the sigmoid output's logits (stable)."""
+    z, t = output_pre_activation.float(), target.float()
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(z, t)
+    if loss == "mse":
+        return F.mse_loss(activate(z, output_activation), t)
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
+def linear_loss_forward(h, weight, bias, target, output_activation, loss) -> tuple[Tensor, Tensor]:
+    """(mean loss, d loss / d z) of the last layer, z = h W^T + b, without its output as a result."""
+    z = F.linear(h.float(), weight.float(), None if bias is None else bias.float())
+    count = z.numel()
+    if loss == "bce":
+        grad_z = (torch.sigmoid(z) - target.float()) / count
+    else:
+        out = activate(z, output_activation)
+        grad_z = 2 * (out - target.float()) * activation_grad(z, output_activation) / count
+    return loss_of_output(z, target, output_activation, loss), grad_z.to(h.dtype)
