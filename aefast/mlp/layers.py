@@ -43,10 +43,12 @@ def _check_input(x: Tensor, weight: Tensor, name: str = "x") -> None:
         raise TypeError(f"{name} has dtype {x.dtype} but the layer's parameters are {weight.dtype}")
 
 
-def _linear(x: Tensor, layer: nn.Linear, activation, corruption="none", param=0.0, seed=None) -> Tensor:
+_NO_SEED = torch.zeros((), dtype=torch.int64)  # layers without corruption draw no noise
+
+
+def _linear(x: Tensor, layer: nn.Linear, activation, corruption="none", param=0.0, seed: Tensor = _NO_SEED) -> Tensor:
     rows = x.reshape(-1, x.shape[-1]).contiguous()
-    y, _ = ops.fused_linear_op(rows, layer.weight, layer.bias, activation or "none", corruption, float(param),
-                               _seed_tensor(seed) if corruption != "none" else torch.zeros((), dtype=torch.int64))
+    y, _ = ops.fused_linear_op(rows, layer.weight, layer.bias, activation or "none", corruption, float(param), seed)
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
@@ -187,10 +189,11 @@ class FusedAutoencoder(nn.Module):
         if loss == "bce" and last.activation != "sigmoid":
             raise ValueError(f"loss='bce' needs output_activation='sigmoid', got {last.activation!r}")
         kind, param = _check_corruption(corruption)
+        seed_tensor = _seed_tensor(seed)
         if not isinstance(l1_code, (int, float)) or isinstance(l1_code, bool) or l1_code < 0:
             raise ValueError(f"l1_code must be a number >= 0, got {l1_code!r}")
         rows = x.reshape(-1, x.shape[-1]).contiguous()
-        h = _linear(rows, first, first.activation, kind, param, seed)
+        h = _linear(rows, first, first.activation, kind, param, seed_tensor)
         for layer in self.encoder.layers[1:]:
             h = layer(h)
         penalty = l1_code * h.abs().sum(1).mean() if l1_code else None

@@ -9,6 +9,8 @@ Every kernel takes contiguous row-major tensors: x (M, K), weight (N, K), y (M, 
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -68,6 +70,16 @@ def _activation_grad(saved, ACT: tl.constexpr):
 
 
 @triton.jit
+def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """a @ b accumulated in float32. UPCAST: Triton's CPU interpreter multiplies bfloat16 operands'
+    raw bits, so there they go in as float32; bf16 x bf16 products are exact in float32, so this
+    computes what the GPU's bf16 tensor cores do."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
 def _load_input(x_ptr, rows, cols, M, K, seed, param, CORRUPT: tl.constexpr):
     """A (rows x cols) tile of x as float32, corrupted as the first layer sees it; zero outside."""
     mask = (rows[:, None] < M) & (cols[None, :] < K)
@@ -82,14 +94,14 @@ def _load_input(x_ptr, rows, cols, M, K, seed, param, CORRUPT: tl.constexpr):
 
 @triton.jit
 def _pre_activation(x_ptr, w_ptr, b_ptr, rm, rn, M, N, K, seed, param, CORRUPT: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+                    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_K: tl.constexpr):
     """z = x~ W^T + b for a (BLOCK_M x BLOCK_N) tile, accumulated in float32."""
     acc = tl.zeros((rm.shape[0], rn.shape[0]), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         x = _load_input(x_ptr, rm, rk, M, K, seed, param, CORRUPT).to(w_ptr.dtype.element_ty)
         w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=(rn[:, None] < N) & (rk[None, :] < K), other=0.0)
-        acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
+        acc += _dot(x, tl.trans(w), PRECISION, UPCAST)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     return acc
@@ -98,11 +110,12 @@ def _pre_activation(x_ptr, w_ptr, b_ptr, rm, rn, M, N, K, seed, param, CORRUPT: 
 @triton.jit
 def _linear_forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, M, N, K, seed, param,
                            ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                           SAVE_Z: tl.constexpr, PRECISION: tl.constexpr,
+                           SAVE_Z: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     rm = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    z = _pre_activation(x_ptr, w_ptr, b_ptr, rm, rn, M, N, K, seed, param, CORRUPT, HAS_BIAS, PRECISION, BLOCK_K)
+    z = _pre_activation(x_ptr, w_ptr, b_ptr, rm, rn, M, N, K, seed, param, CORRUPT, HAS_BIAS, PRECISION, UPCAST,
+                        BLOCK_K)
     out_mask = (rm[:, None] < M) & (rn[None, :] < N)
     out_offsets = rm[:, None] * N + rn[None, :]
     tl.store(y_ptr + out_offsets, _activate(z, ACT).to(y_ptr.dtype.element_ty), mask=out_mask)
@@ -126,7 +139,7 @@ def _grad_pre_activation(gy_ptr, saved_ptr, scale_ptr, rm, rn, M, N, ACT: tl.con
 @triton.jit
 def _linear_grad_input_kernel(gy_ptr, saved_ptr, w_ptr, gx_ptr, scale_ptr, M, N, K, seed, param,
                               ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_SCALE: tl.constexpr,
-                              PRECISION: tl.constexpr,
+                              PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """dx = dz W (times the kept mask of a mask-corrupted input), a (BLOCK_M x BLOCK_K) tile."""
     rm = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -136,7 +149,7 @@ def _linear_grad_input_kernel(gy_ptr, saved_ptr, w_ptr, gx_ptr, scale_ptr, M, N,
         rn = n0 + tl.arange(0, BLOCK_N)
         grad_z = _grad_pre_activation(gy_ptr, saved_ptr, scale_ptr, rm, rn, M, N, ACT, HAS_SCALE)
         w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=(rn[:, None] < N) & (rk[None, :] < K), other=0.0)
-        acc += tl.dot(grad_z.to(w.dtype), w, input_precision=PRECISION)
+        acc += _dot(grad_z.to(w.dtype), w, PRECISION, UPCAST)
     out_mask = (rm[:, None] < M) & (rk[None, :] < K)
     out_offsets = rm[:, None] * K + rk[None, :]
     if CORRUPT == 1:
@@ -147,7 +160,7 @@ def _linear_grad_input_kernel(gy_ptr, saved_ptr, w_ptr, gx_ptr, scale_ptr, M, N,
 @triton.jit
 def _linear_grad_weight_kernel(gy_ptr, saved_ptr, x_ptr, gw_ptr, gb_ptr, scale_ptr, M, N, K, seed, param,
                                ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                               HAS_SCALE: tl.constexpr, PRECISION: tl.constexpr,
+                               HAS_SCALE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """dW = dz^T x~ as a (BLOCK_N x BLOCK_K) tile, x~ regenerated; the first column of tiles adds db."""
     rn = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -158,8 +171,7 @@ def _linear_grad_weight_kernel(gy_ptr, saved_ptr, x_ptr, gw_ptr, gb_ptr, scale_p
         rm = m0 + tl.arange(0, BLOCK_M)
         grad_z = _grad_pre_activation(gy_ptr, saved_ptr, scale_ptr, rm, rn, M, N, ACT, HAS_SCALE)
         x = _load_input(x_ptr, rm, rk, M, K, seed, param, CORRUPT)
-        acc += tl.dot(tl.trans(grad_z.to(gw_ptr.dtype.element_ty)), x.to(gw_ptr.dtype.element_ty),
-                      input_precision=PRECISION)
+        acc += _dot(tl.trans(grad_z.to(gw_ptr.dtype.element_ty)), x.to(gw_ptr.dtype.element_ty), PRECISION, UPCAST)
         bias_acc += tl.sum(grad_z, axis=0)
     tl.store(gw_ptr + rn[:, None] * K + rk[None, :], acc.to(gw_ptr.dtype.element_ty),
              mask=(rn[:, None] < N) & (rk[None, :] < K))
@@ -171,11 +183,12 @@ def _linear_grad_weight_kernel(gy_ptr, saved_ptr, x_ptr, gw_ptr, gb_ptr, scale_p
 @triton.jit
 def _linear_loss_kernel(h_ptr, w_ptr, b_ptr, t_ptr, gz_ptr, partial_ptr, M, N, K, inv_count,
                         OUT_ACT: tl.constexpr, LOSS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                        UPCAST: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """The last layer and the loss: each tile writes dL/dz and its share of the loss, not the output."""
     rm = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    z = _pre_activation(h_ptr, w_ptr, b_ptr, rm, rn, M, N, K, 0, 0.0, 0, HAS_BIAS, PRECISION, BLOCK_K)
+    z = _pre_activation(h_ptr, w_ptr, b_ptr, rm, rn, M, N, K, 0, 0.0, 0, HAS_BIAS, PRECISION, UPCAST, BLOCK_K)
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     offsets = rm[:, None] * N + rn[None, :]
     target = tl.load(t_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -210,6 +223,10 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
+def _upcast(dtype: torch.dtype) -> bool:
+    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _codes(activation, corruption):
     return ACTIVATION_CODES[activation], CORRUPTION_CODES[corruption]
 
@@ -224,7 +241,7 @@ def linear_forward(x, weight, bias, activation, corruption, param, seed):
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
     _linear_forward_kernel[grid](
         x, weight, weight if bias is None else bias, y, y if z.numel() == 0 else z, M, N, K, seed, param,
-        ACT=act, CORRUPT=corrupt, HAS_BIAS=bias is not None, SAVE_Z=act == _GELU, PRECISION=_precision(x.dtype),
+        ACT=act, CORRUPT=corrupt, HAS_BIAS=bias is not None, SAVE_Z=act == _GELU, PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return y, z
 
@@ -244,14 +261,14 @@ def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption,
         block_m, block_n, block_k = _block(M, 64), _block(N, 32), _block(K, 64)
         _linear_grad_input_kernel[(triton.cdiv(M, block_m), triton.cdiv(K, block_k))](
             grad_y, saved, weight, grad_x, scale, M, N, K, seed, param, ACT=act, CORRUPT=corrupt,
-            HAS_SCALE=grad_scale is not None, PRECISION=precision, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+            HAS_SCALE=grad_scale is not None, PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     grad_w = torch.empty_like(weight)
     grad_b = torch.empty_like(bias) if bias is not None else weight.new_empty(0)
     block_m, block_n, block_k = _block(M, 32), _block(N, 64), _block(K, 64)
     _linear_grad_weight_kernel[(triton.cdiv(N, block_n), triton.cdiv(K, block_k))](
         grad_y, saved, x, grad_w, grad_b if bias is not None else grad_w, scale, M, N, K, seed, param,
         ACT=act, CORRUPT=corrupt, HAS_BIAS=bias is not None, HAS_SCALE=grad_scale is not None, PRECISION=precision,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+        UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return grad_x, grad_w, grad_b
 
 
@@ -265,5 +282,5 @@ def linear_loss_forward(h, weight, bias, target, output_activation, loss):
     _linear_loss_kernel[grid](
         h, weight, weight if bias is None else bias, target, grad_z, partial, M, N, K, 1.0 / (M * N),
         OUT_ACT=ACTIVATION_CODES[output_activation], LOSS=LOSS_CODES[loss], HAS_BIAS=bias is not None,
-        PRECISION=_precision(h.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+        PRECISION=_precision(h.dtype), UPCAST=_upcast(h.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return partial.sum() / (M * N), grad_z

@@ -1,0 +1,151 @@
+"""The fused layers against nn.Sequential with the same weights (outputs and every gradient), on
+every backend with MLP kernels: odd batches (1, 7, 129) and widths (3, 17, 100, 784)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aefast.mlp import reference
+from aefast.nn import FusedAutoencoder, FusedLinear, FusedMLP
+
+ACTIVATION_MODULES = {None: nn.Identity, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh,
+                      "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+SHAPES = [(1, 3, 17), (7, 17, 100), (129, 100, 3), (7, 784, 17), (129, 17, 784)]  # (batch, in, out)
+
+
+def float32_tolerance(reduced: int) -> float:
+    """float32 sums of `reduced` products of O(1) terms, added in another order: about sqrt(n) ulps
+    of the running sum; 1e-6 * n covers it with room and still catches any wrong term."""
+    return 1e-6 * max(reduced, 10)
+
+
+def grads_of(module_output, inputs, seed=1):
+    grad = torch.randn(module_output.shape, generator=torch.Generator().manual_seed(seed))
+    return torch.autograd.grad(module_output, inputs, grad)
+
+
+@pytest.mark.parametrize("batch,width_in,width_out", SHAPES)
+@pytest.mark.parametrize("activation", list(ACTIVATION_MODULES))
+def test_fused_linear_equals_linear_then_activation(mlp_backend, batch, width_in, width_out, activation):
+    torch.manual_seed(batch * width_in + width_out)
+    fused = FusedLinear(width_in, width_out, activation=activation)
+    plain = nn.Sequential(nn.Linear(width_in, width_out), ACTIVATION_MODULES[activation]())
+    plain[0].load_state_dict(fused.state_dict())
+    x = torch.randn(batch, width_in)
+    x_fused, x_plain = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_fused, y_plain = fused(x_fused), plain(x_plain)
+    tolerance = float32_tolerance(width_in)
+    torch.testing.assert_close(y_fused, y_plain, atol=tolerance, rtol=1e-5)
+    got = grads_of(y_fused, (x_fused, fused.weight, fused.bias))
+    expected = grads_of(y_plain, (x_plain, plain[0].weight, plain[0].bias))
+    for name, a, b, reduced in zip(("x", "weight", "bias"), got, expected, (width_out, batch, batch)):
+        torch.testing.assert_close(a, b, atol=float32_tolerance(reduced), rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_error_is_at_most_twice_pytorchs(mlp_backend, dtype):
+    torch.manual_seed(3)
+    fused = FusedLinear(100, 33, activation="tanh")
+    x = torch.randn(65, 100)
+    exact = torch.tanh(F.linear(x.double(), fused.weight.double(), fused.bias.double()))
+    low = FusedLinear(100, 33, activation="tanh").to(dtype)
+    low.load_state_dict(fused.state_dict())
+    torch_error = (torch.tanh(F.linear(x.to(dtype), low.weight, low.bias)).double() - exact).abs().max()
+    fused_error = (low(x.to(dtype)).double() - exact).abs().max()
+    assert fused_error <= 2 * torch_error
+
+
+def test_bias_free_layers_and_leading_dimensions(mlp_backend):
+    torch.manual_seed(4)
+    fused = FusedLinear(17, 5, bias=False, activation="relu")
+    x = torch.randn(2, 3, 17, requires_grad=True)
+    y = fused(x)
+    assert y.shape == (2, 3, 5) and fused.bias is None
+    torch.testing.assert_close(y, torch.relu(x @ fused.weight.T), atol=1e-5, rtol=1e-5)
+    (grad_w,) = torch.autograd.grad(y.sum(), (fused.weight,))
+    torch.testing.assert_close(grad_w, ((x @ fused.weight.T > 0).float().reshape(-1, 5).T @ x.reshape(-1, 17)),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_fused_linear_is_a_drop_in_for_nn_linear():
+    torch.manual_seed(5)
+    fused = FusedLinear(20, 7)
+    torch.manual_seed(5)
+    plain = nn.Linear(20, 7)
+    assert list(fused.state_dict()) == list(plain.state_dict()) == ["weight", "bias"]
+    assert all(torch.equal(a, b) for a, b in zip(fused.parameters(), plain.parameters()))  # same default init
+
+
+def seeds_sequential():
+    """The seeds' TensorFlow example at a smaller scale: 64-50-30-2-30-50-64, tanh inside, sigmoid out."""
+    dims = [64, 50, 30, 2, 30, 50, 64]
+    modules = []
+    for i in range(len(dims) - 1):
+        modules += [nn.Linear(dims[i], dims[i + 1]), nn.Sigmoid() if i == len(dims) - 2 else nn.Tanh()]
+    return nn.Sequential(*modules)
+
+
+def test_from_sequential_and_back(mlp_backend):
+    torch.manual_seed(6)
+    sequential = seeds_sequential()
+    mlp = FusedMLP.from_sequential(sequential)
+    assert all(a is not b and torch.equal(a, b) for a, b in zip(mlp.parameters(), sequential.parameters()))
+    x = torch.rand(7, 64)
+    torch.testing.assert_close(mlp(x), sequential(x), atol=1e-5, rtol=1e-5)
+    got = grads_of(mlp(x), list(mlp.parameters()))
+    expected = grads_of(sequential(x), list(sequential.parameters()))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    back = mlp.to_sequential()
+    assert [type(m) for m in back] == [type(m) for m in sequential]
+    torch.testing.assert_close(back(x), sequential(x), atol=0, rtol=0)
+
+
+def test_fused_mlp_dims_and_activations():
+    mlp = FusedMLP([10, 8, 6, 4], activation="gelu", output_activation="sigmoid")
+    assert mlp.dims == [10, 8, 6, 4]
+    assert [layer.activation for layer in mlp.layers] == ["gelu", "gelu", "sigmoid"]
+
+
+@pytest.mark.parametrize("loss,corruption,l1_code", [
+    ("mse", None, 0.0), ("mse", ("mask", 0.25), 0.0), ("bce", ("gaussian", 0.3), 0.0), ("mse", None, 0.05),
+])
+def test_autoencoder_loss_equals_the_sequential_on_the_same_corrupted_input(mlp_backend, loss, corruption, l1_code):
+    torch.manual_seed(7)
+    model = FusedAutoencoder([64, 30, 8], activation="relu", output_activation="sigmoid")
+    assert model.decoder.dims == [8, 30, 64]
+    x = torch.rand(33, 64)
+    encoder, decoder = model.encoder.to_sequential(), model.decoder.to_sequential()
+    kind, param = corruption or ("none", 0.0)
+    x_corrupted = reference.corrupt(x, kind, param, seed=11)
+    code = encoder(x_corrupted)
+    output = decoder(code)
+    expected = F.mse_loss(output, x) if loss == "mse" else F.binary_cross_entropy(output, x)
+    expected = expected + l1_code * code.abs().sum(1).mean()
+    got = model.loss(x, loss=loss, corruption=corruption, l1_code=l1_code, seed=11)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    got_grads = torch.autograd.grad(got, list(model.parameters()))
+    expected_grads = torch.autograd.grad(expected, list(encoder.parameters()) + list(decoder.parameters()))
+    for a, b in zip(got_grads, expected_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(model(x), decoder(encoder(x)), atol=1e-6, rtol=1e-5)
+
+
+def test_corruption_rates():
+    x = torch.ones(400, 500)
+    kept = reference.corrupt(x, "mask", 0.3, seed=1)
+    # 200000 Bernoulli(0.7) draws: the kept fraction is within 5 standard deviations (0.005) of 0.7.
+    assert abs(kept.mean().item() - 0.7) < 0.005
+    noisy = reference.corrupt(x, "gaussian", 0.5, seed=1) - x
+    assert abs(noisy.std().item() - 0.5) < 0.005 and abs(noisy.mean().item()) < 0.005
+    assert torch.equal(reference.corrupt(x, "mask", 0.3, seed=1), kept)  # the seed fixes the noise
+    assert not torch.equal(reference.corrupt(x, "mask", 0.3, seed=2), kept)
+
+
+def test_unseeded_losses_follow_torch_manual_seed(mlp_backend):
+    model = FusedAutoencoder([20, 5])
+    x = torch.rand(4, 20)
+    torch.manual_seed(8)
+    first = model.loss(x, corruption=("mask", 0.5))
+    torch.manual_seed(8)
+    assert torch.equal(model.loss(x, corruption=("mask", 0.5)), first)
