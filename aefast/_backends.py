@@ -31,8 +31,9 @@ AUTO_ORDER: dict[tuple[str, str], tuple[str, ...]] = {
     ("reparameterize_kl", "cuda"): ("triton", "cuda", "reference"),
     # The fused MLP has no CPU kernel (the reference's matmuls are oneDNN's); on the GPU Triton first
     # (no GPU run yet).
-    **{(op, "cpu"): ("reference",) for op in ("fused_linear", "fused_linear_backward", "fused_linear_loss")},
-    **{(op, "cuda"): ("triton", "reference") for op in ("fused_linear", "fused_linear_backward", "fused_linear_loss")},
+    **{(op, device): order for op in ("fused_linear", "fused_linear_backward", "fused_linear_loss",
+                                      "fused_narrow_mlp", "fused_narrow_mlp_backward")
+       for device, order in (("cpu", ("reference",)), ("cuda", ("triton", "reference")))},
     # bench_willshaw.py at n = 2^16, M = 14 loaded to capacity, same CPU: cpp retrieves 1260x and stores
     # 36000x faster per item than the reference; on CUDA only the reference has Willshaw kernels yet.
     **{(op, "cpu"): ("cpp", "reference") for op in (

@@ -94,9 +94,8 @@ class FusedMLP(nn.Module):
         return [self.layers[0].in_features] + [layer.out_features for layer in self.layers]
 
     def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        _check_input(x, self.layers[0].weight)
+        return _run_layers(self.layers, x)
 
     @classmethod
     def from_sequential(cls, sequential: nn.Sequential) -> "FusedMLP":
@@ -147,6 +146,58 @@ class FusedMLP(nn.Module):
         return nn.Sequential(*modules)
 
 
+# Widths up to this run as one kernel per row block (activations kept on chip); the Triton tile is
+# the next power of two, and 128 x 128 weights still fit beside the activations.
+MAX_NARROW_WIDTH = 128
+
+
+def _narrow_runs(layers) -> list[tuple[int, int]]:
+    """[start, end) runs of 2+ consecutive layers that one narrow kernel can take: every width <= 128,
+    no GELU (its derivative needs the pre-activation), the same activation until the last layer, and
+    biases on all or none."""
+    def fusable(layer):
+        return max(layer.in_features, layer.out_features) <= MAX_NARROW_WIDTH and layer.activation != "gelu"
+
+    runs, start = [], 0
+    while start < len(layers):
+        end = start + 1
+        if fusable(layers[start]):
+            while (end < len(layers) and fusable(layers[end])
+                   and layers[end - 1].activation == layers[start].activation
+                   and (layers[end].bias is None) == (layers[start].bias is None)):
+                end += 1
+        if end - start >= 2:
+            runs.append((start, end))
+        start = end
+    return runs
+
+
+def _run_layers(layers, x: Tensor) -> Tensor:
+    """x through the layers: narrow runs as one op each, the other layers one by one."""
+    runs = dict(_narrow_runs(layers))
+    index = 0
+    while index < len(layers):
+        if index in runs:
+            end = runs[index]
+            x = _narrow(layers[index:end], x)
+            index = end
+        else:
+            x = _linear(x, layers[index], layers[index].activation)
+            index += 1
+    return x
+
+
+def _narrow(layers, x: Tensor) -> Tensor:
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    weights = torch.cat([layer.weight.reshape(-1) for layer in layers])
+    biases = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
+    save = torch.is_grad_enabled() and (rows.requires_grad or weights.requires_grad)
+    dims = [layers[0].in_features] + [layer.out_features for layer in layers]
+    out, _ = ops.fused_narrow_mlp_op(rows, weights, biases, dims, layers[0].activation or "none",
+                                     layers[-1].activation or "none", save)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
 class FusedAutoencoder(nn.Module):
     """encoder_dims[0] -> ... -> code -> ... -> input width. The decoder mirrors the encoder unless
     ``decoder_dims`` (code width first) is given. ``forward`` is the reconstruction."""
@@ -166,7 +217,7 @@ class FusedAutoencoder(nn.Module):
         self.decoder = FusedMLP(decoder_dims, activation, output_activation, device=device, dtype=dtype)
 
     def encode(self, x: Tensor) -> Tensor:
-        return self.encoder(x)
+        return self.encoder(x)  # narrow runs of the encoder and decoder each fuse into one kernel
 
     def decode(self, code: Tensor) -> Tensor:
         return self.decoder(code)
@@ -194,11 +245,9 @@ class FusedAutoencoder(nn.Module):
             raise ValueError(f"l1_code must be a number >= 0, got {l1_code!r}")
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         h = _linear(rows, first, first.activation, kind, param, seed_tensor)
-        for layer in self.encoder.layers[1:]:
-            h = layer(h)
+        h = _run_layers(self.encoder.layers[1:], h)
         penalty = l1_code * h.abs().sum(1).mean() if l1_code else None
-        for layer in self.decoder.layers[:-1]:
-            h = layer(h)
+        h = _run_layers(self.decoder.layers[:-1], h)
         value, _ = ops.fused_linear_loss_op(h.contiguous(), last.weight, last.bias, rows,
                                             last.activation or "none", loss)
         return value if penalty is None else value + penalty

@@ -22,6 +22,7 @@ from aefast import _backends
 from aefast.mlp import reference
 
 FORWARD, BACKWARD, LOSS = "fused_linear", "fused_linear_backward", "fused_linear_loss"
+NARROW, NARROW_BACKWARD = "fused_narrow_mlp", "fused_narrow_mlp_backward"
 
 
 def _activation(name: str) -> Optional[str]:
@@ -78,6 +79,55 @@ def _(h, weight, bias, target, output_activation, loss):
     return h.new_empty((), dtype=torch.float32), h.new_empty(h.shape[0], weight.shape[0])
 
 
+@torch.library.custom_op("aefast::fused_narrow_mlp", mutates_args=())
+def fused_narrow_mlp_op(x: Tensor, weights: Tensor, biases: Optional[Tensor], dims: list[int], activation: str,
+                        last_activation: str, save: bool) -> tuple[Tensor, Tensor]:
+    """Consecutive layers dims[0] -> ... -> dims[-1] (each <= 128 wide) in one pass; ``weights`` and
+    ``biases`` are the layers' parameters flattened and concatenated. Returns the output and, when
+    ``save``, the activations between the layers (packed) that backward reads."""
+    _check_narrow(x, weights, biases, dims)
+    _, kernel = _backends.select(NARROW, x.device)
+    return kernel(x, weights, biases, dims, _activation(activation), _activation(last_activation), save)
+
+
+@fused_narrow_mlp_op.register_fake
+def _(x, weights, biases, dims, activation, last_activation, save):
+    saved = x.shape[0] * sum(dims[1:-1]) if save else 0
+    return x.new_empty(x.shape[0], dims[-1]), x.new_empty(saved)
+
+
+@torch.library.custom_op("aefast::fused_narrow_mlp_backward", mutates_args=())
+def fused_narrow_mlp_backward_op(grad_out: Tensor, x: Tensor, out: Tensor, saved: Tensor, weights: Tensor,
+                                 biases: Optional[Tensor], dims: list[int], activation: str, last_activation: str,
+                                 need_input_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    _check_narrow(x, weights, biases, dims)
+    if saved.numel() != x.shape[0] * sum(dims[1:-1]):
+        raise ValueError("saved must hold the activations the forward saved (call it with save=True)")
+    _, kernel = _backends.select(NARROW_BACKWARD, x.device)
+    return kernel(grad_out.contiguous(), x, out, saved, weights, biases, dims, _activation(activation),
+                  _activation(last_activation), need_input_grad)
+
+
+@fused_narrow_mlp_backward_op.register_fake
+def _(grad_out, x, out, saved, weights, biases, dims, activation, last_activation, need_input_grad):
+    return (torch.empty_like(x) if need_input_grad else x.new_empty(0), torch.empty_like(weights),
+            torch.empty_like(biases) if biases is not None else weights.new_empty(0))
+
+
+def _check_narrow(x: Tensor, weights: Tensor, biases: Optional[Tensor], dims: list[int]) -> None:
+    if len(dims) < 2 or min(dims) < 1 or max(dims) > 128:
+        raise ValueError(f"dims must list at least 2 widths in [1, 128], got {dims}")
+    if x.dim() != 2 or x.shape[1] != dims[0] or not x.is_contiguous():
+        raise ValueError(f"x must be contiguous (rows, {dims[0]}), got {tuple(x.shape)}")
+    expected = {"weights": sum(a * b for a, b in zip(dims[:-1], dims[1:])), "biases": sum(dims[1:])}
+    for name, tensor in (("weights", weights), ("biases", biases)):
+        if tensor is None:
+            continue
+        if tensor.shape != (expected[name],) or tensor.dtype != x.dtype or tensor.device != x.device:
+            raise ValueError(f"{name} must be 1-D ({expected[name]},) {x.dtype} on {x.device}, "
+                             f"got {tuple(tensor.shape)} {tensor.dtype} on {tensor.device}")
+
+
 def _check_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
     """The kernels' contract, checked again here: torch.ops.aefast.* is reachable directly."""
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
@@ -123,7 +173,25 @@ def _loss_backward(ctx, grad_loss, _grad_grad_z):
             None, None, None)
 
 
+def _setup_narrow(ctx, inputs, output):
+    x, weights, biases, dims, activation, last_activation, save = inputs
+    if not save and any(ctx.needs_input_grad[:3]):
+        raise RuntimeError("fused_narrow_mlp needs save=True to be differentiated")
+    ctx.save_for_backward(x, output[0], output[1], weights, biases)
+    ctx.attributes = (dims, activation, last_activation)
+
+
+def _narrow_backward(ctx, grad_out, _grad_saved):
+    x, out, saved, weights, biases = ctx.saved_tensors
+    dims, activation, last_activation = ctx.attributes
+    grad_x, grad_w, grad_b = fused_narrow_mlp_backward_op(grad_out, x, out, saved, weights, biases, dims, activation,
+                                                          last_activation, ctx.needs_input_grad[0])
+    return (grad_x if ctx.needs_input_grad[0] else None, grad_w, grad_b if biases is not None else None,
+            None, None, None, None)
+
+
 fused_linear_op.register_autograd(_linear_backward, setup_context=_setup_linear)
+fused_narrow_mlp_op.register_autograd(_narrow_backward, setup_context=_setup_narrow)
 fused_linear_loss_op.register_autograd(_loss_backward, setup_context=_setup_loss)
 
 
@@ -151,6 +219,39 @@ def _reference_loss(h, weight, bias, target, output_activation, loss):
     return value.float(), grad_z
 
 
+def _narrow_layers(weights, biases, dims):
+    """The packed parameters as one (weight, bias) pair per layer."""
+    w_sizes = [a * b for a, b in zip(dims[:-1], dims[1:])]
+    layer_weights = [w.reshape(b, a) for w, a, b in zip(weights.split(w_sizes), dims[:-1], dims[1:])]
+    layer_biases = list(biases.split(dims[1:])) if biases is not None else [None] * len(w_sizes)
+    return list(zip(layer_weights, layer_biases))
+
+
+def _reference_narrow(x, weights, biases, dims, activation, last_activation, save):
+    outputs, h = [], x
+    layers = _narrow_layers(weights, biases, dims)
+    for index, (weight, bias) in enumerate(layers):
+        h = reference.linear_forward(h, weight, bias, last_activation if index == len(layers) - 1 else activation)
+        outputs.append(h)
+    saved = torch.cat([o.reshape(-1) for o in outputs[:-1]]) if save and len(outputs) > 1 else x.new_empty(0)
+    return h, saved
+
+
+def _reference_narrow_backward(grad_out, x, out, saved, weights, biases, dims, activation, last_activation,
+                               need_input_grad):
+    layers = _narrow_layers(weights, biases, dims)
+    inputs = [x] + [a.reshape(x.shape[0], -1) for a in saved.split([x.shape[0] * d for d in dims[1:-1]])]
+    grad, grad_ws, grad_bs = grad_out, [], []
+    for index in reversed(range(len(layers))):
+        weight, bias = layers[index]
+        act = last_activation if index == len(layers) - 1 else activation
+        grad, grad_w, grad_b = reference.linear_backward(grad, inputs[index], weight, bias, act)
+        grad_ws.insert(0, grad_w.reshape(-1))
+        grad_bs.insert(0, grad_b)
+    grad_b = torch.cat(grad_bs) if biases is not None else weights.new_empty(0)
+    return (grad if need_input_grad else x.new_empty(0)), torch.cat(grad_ws), grad_b
+
+
 def _triton(name):
     def run(*args):
         from aefast.mlp import triton_kernels  # lazily: TRITON_INTERPRET is read when kernels are defined
@@ -163,6 +264,8 @@ for _op, _reference_kernel, _triton_name in (
     (FORWARD, _reference_forward, "linear_forward"),
     (BACKWARD, _reference_backward, "linear_backward"),
     (LOSS, _reference_loss, "linear_loss_forward"),
+    (NARROW, _reference_narrow, "narrow_forward"),
+    (NARROW_BACKWARD, _reference_narrow_backward, "narrow_backward"),
 ):
     _backends.register_kernel(_op, "reference", _reference_kernel)
     _backends.register_kernel(_op, "triton", _triton(_triton_name))

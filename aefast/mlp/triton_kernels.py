@@ -284,3 +284,142 @@ def linear_loss_forward(h, weight, bias, target, output_activation, loss):
         OUT_ACT=ACTIVATION_CODES[output_activation], LOSS=LOSS_CODES[loss], HAS_BIAS=bias is not None,
         PRECISION=_precision(h.dtype), UPCAST=_upcast(h.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return partial.sum() / (M * N), grad_z
+
+
+# --- a narrow stretch: consecutive layers of widths <= 128 in one kernel per row block --------------
+
+MAX_NARROW_WIDTH = 128
+
+
+@triton.jit
+def _narrow_weight(w_ptr, w_offsets_ptr, dims_ptr, layer, cols):
+    """Layer ``layer``'s weight as a zero-padded (BLOCK_D x BLOCK_D) tile, and its widths."""
+    width_in = tl.load(dims_ptr + layer)
+    width_out = tl.load(dims_ptr + layer + 1)
+    w = tl.load(w_ptr + tl.load(w_offsets_ptr + layer) + cols[:, None] * width_in + cols[None, :],
+                mask=(cols[:, None] < width_out) & (cols[None, :] < width_in), other=0.0)
+    return w, width_in, width_out
+
+
+@triton.jit
+def _narrow_forward_kernel(x_ptr, w_ptr, b_ptr, dims_ptr, w_offsets_ptr, b_offsets_ptr, act_offsets_ptr,
+                           out_ptr, acts_ptr, M,
+                           NUM_LAYERS: tl.constexpr, ACT: tl.constexpr, LAST_ACT: tl.constexpr,
+                           HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, PRECISION: tl.constexpr,
+                           UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Every layer of the stretch on a block of rows; the activations between layers stay on chip
+    (written to ``acts`` only when training needs them for backward)."""
+    rm = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    width = tl.load(dims_ptr)
+    h = tl.load(x_ptr + rm[:, None] * width + cols[None, :], mask=(rm[:, None] < M) & (cols[None, :] < width),
+                other=0.0).to(tl.float32)
+    for layer in tl.static_range(NUM_LAYERS):
+        w, width_in, width_out = _narrow_weight(w_ptr, w_offsets_ptr, dims_ptr, layer, cols)
+        z = _dot(h.to(w.dtype), tl.trans(w), PRECISION, UPCAST)
+        if HAS_BIAS:
+            z += tl.load(b_ptr + tl.load(b_offsets_ptr + layer) + cols, mask=cols < width_out, other=0.0).to(tl.float32)[None, :]
+        if layer == NUM_LAYERS - 1:
+            h = _activate(z, LAST_ACT)
+        else:
+            h = _activate(z, ACT)
+        valid = (rm[:, None] < M) & (cols[None, :] < width_out)
+        h = tl.where(valid, h, 0.0)  # padding columns stay zero whatever act(0) is
+        h = h.to(out_ptr.dtype.element_ty).to(tl.float32)  # rounded as the unfused chain rounds each layer
+        if SAVE:
+            if layer < NUM_LAYERS - 1:
+                tl.store(acts_ptr + tl.load(act_offsets_ptr + layer) + rm[:, None] * width_out + cols[None, :],
+                         h.to(acts_ptr.dtype.element_ty), mask=valid)
+        if layer == NUM_LAYERS - 1:
+            tl.store(out_ptr + rm[:, None] * width_out + cols[None, :], h.to(out_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, dims_ptr, w_offsets_ptr, b_offsets_ptr,
+                            act_offsets_ptr, gx_ptr, gw_ptr, gb_ptr, M,
+                            NUM_LAYERS: tl.constexpr, ACT: tl.constexpr, LAST_ACT: tl.constexpr,
+                            HAS_BIAS: tl.constexpr, NEED_GX: tl.constexpr, PRECISION: tl.constexpr,
+                            UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Backward through the stretch for a block of rows, last layer first: dz = dh * act'(h), the
+    weight and bias gradients added (atomically, in float32) across row blocks, dh = dz W."""
+    rm = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    rows_valid = rm[:, None] < M
+    last_width = tl.load(dims_ptr + NUM_LAYERS)
+    grad = tl.load(gy_ptr + rm[:, None] * last_width + cols[None, :], mask=rows_valid & (cols[None, :] < last_width),
+                   other=0.0).to(tl.float32)
+    for step in tl.static_range(NUM_LAYERS):
+        layer = NUM_LAYERS - 1 - step
+        w, width_in, width_out = _narrow_weight(w_ptr, w_offsets_ptr, dims_ptr, layer, cols)
+        out_mask = rows_valid & (cols[None, :] < width_out)
+        in_mask = rows_valid & (cols[None, :] < width_in)
+        if layer == NUM_LAYERS - 1:
+            y = tl.load(out_ptr + rm[:, None] * width_out + cols[None, :], mask=out_mask, other=0.0).to(tl.float32)
+            grad_z = grad * _activation_grad(y, LAST_ACT)
+        else:
+            y = tl.load(acts_ptr + tl.load(act_offsets_ptr + layer) + rm[:, None] * width_out + cols[None, :],
+                        mask=out_mask, other=0.0).to(tl.float32)
+            grad_z = grad * _activation_grad(y, ACT)
+        grad_z = tl.where(out_mask, grad_z, 0.0)
+        if layer == 0:
+            h_in = tl.load(x_ptr + rm[:, None] * width_in + cols[None, :], mask=in_mask, other=0.0).to(tl.float32)
+        else:
+            h_in = tl.load(acts_ptr + tl.load(act_offsets_ptr + layer - 1) + rm[:, None] * width_in + cols[None, :],
+                           mask=in_mask, other=0.0).to(tl.float32)
+        grad_w = _dot(tl.trans(grad_z.to(w.dtype)), h_in.to(w.dtype), PRECISION, UPCAST)
+        tl.atomic_add(gw_ptr + tl.load(w_offsets_ptr + layer) + cols[:, None] * width_in + cols[None, :], grad_w,
+                      mask=(cols[:, None] < width_out) & (cols[None, :] < width_in))
+        if HAS_BIAS:
+            tl.atomic_add(gb_ptr + tl.load(b_offsets_ptr + layer) + cols, tl.sum(grad_z, axis=0), mask=cols < width_out)
+        if layer > 0 or NEED_GX:
+            grad = _dot(grad_z.to(w.dtype), w, PRECISION, UPCAST)
+    if NEED_GX:
+        first_width = tl.load(dims_ptr)
+        tl.store(gx_ptr + rm[:, None] * first_width + cols[None, :], grad.to(gx_ptr.dtype.element_ty),
+                 mask=rows_valid & (cols[None, :] < first_width))
+
+
+def _narrow_layout(dims, rows, device):
+    """Offsets of each layer's weight, bias and saved activation in the packed buffers."""
+    w_offsets, b_offsets, act_offsets = [0], [0], [0]
+    for width_in, width_out in zip(dims[:-1], dims[1:]):
+        w_offsets.append(w_offsets[-1] + width_in * width_out)
+        b_offsets.append(b_offsets[-1] + width_out)
+        act_offsets.append(act_offsets[-1] + rows * width_out)
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.int64, device=device)  # noqa: E731
+    return as_tensor(dims), as_tensor(w_offsets[:-1]), as_tensor(b_offsets[:-1]), as_tensor(act_offsets[:-2] or [0]), act_offsets[-2]
+
+
+def _narrow_blocks(dims, rows):
+    return max(16, triton.next_power_of_2(max(dims))), _block(rows, 64)
+
+
+def narrow_forward(x, weights, biases, dims, activation, last_activation, save):
+    """(out, saved activations between the layers, packed; empty when not saved)."""
+    rows = x.shape[0]
+    dims_t, w_offsets, b_offsets, act_offsets, saved_count = _narrow_layout(dims, rows, x.device)
+    out = torch.empty(rows, dims[-1], dtype=x.dtype, device=x.device)
+    acts = torch.empty(saved_count if save else 0, dtype=x.dtype, device=x.device)
+    block_d, block_m = _narrow_blocks(dims, rows)
+    _narrow_forward_kernel[(triton.cdiv(rows, block_m),)](
+        x, weights, weights if biases is None else biases, dims_t, w_offsets, b_offsets, act_offsets, out,
+        acts if acts.numel() else out, rows, NUM_LAYERS=len(dims) - 1, ACT=ACTIVATION_CODES[activation],
+        LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, SAVE=save,
+        PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d)
+    return out, acts
+
+
+def narrow_backward(grad_out, x, out, acts, weights, biases, dims, activation, last_activation, need_input_grad):
+    rows = x.shape[0]
+    dims_t, w_offsets, b_offsets, act_offsets, _ = _narrow_layout(dims, rows, x.device)
+    grad_x = torch.empty_like(x) if need_input_grad else x.new_empty(0)
+    grad_w = torch.zeros(weights.shape, dtype=torch.float32, device=x.device)
+    grad_b = torch.zeros(biases.shape, dtype=torch.float32, device=x.device) if biases is not None else grad_w
+    block_d, block_m = _narrow_blocks(dims, rows)
+    _narrow_backward_kernel[(triton.cdiv(rows, block_m),)](
+        grad_out, x, out, acts if acts.numel() else out, weights, dims_t, w_offsets, b_offsets, act_offsets,
+        grad_x if need_input_grad else out, grad_w, grad_b, rows, NUM_LAYERS=len(dims) - 1,
+        ACT=ACTIVATION_CODES[activation], LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None,
+        NEED_GX=need_input_grad, PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m,
+        BLOCK_D=block_d)
+    return grad_x, grad_w.to(weights.dtype), (grad_b.to(biases.dtype) if biases is not None else weights.new_empty(0))

@@ -1,0 +1,64 @@
+"""Narrow stretches (consecutive widths <= 128) run as one op: the same outputs and gradients as the
+layer-by-layer chain and nn.Sequential, with training and inference (nothing saved) paths."""
+import pytest
+import torch
+
+from aefast.mlp.layers import _narrow_runs
+from aefast.nn import FusedLinear, FusedMLP
+
+
+@pytest.mark.parametrize("dims,activation,output_activation", [
+    ([64, 64, 64, 64, 64], "relu", None),        # the issue's narrow 64-wide stack
+    ([17, 100, 3, 33], "tanh", "sigmoid"),       # different widths, not one shared width
+    ([5, 128, 7], "leaky_relu", "relu"),
+    ([3, 16, 16, 3], "sigmoid", "tanh"),
+])
+def test_narrow_stretch_equals_sequential(mlp_backend, dims, activation, output_activation):
+    torch.manual_seed(sum(dims))
+    mlp = FusedMLP(dims, activation=activation, output_activation=output_activation)
+    assert _narrow_runs(mlp.layers) == [(0, len(dims) - 1)]
+    sequential = mlp.to_sequential()
+    for batch in (1, 7, 129):
+        x = torch.randn(batch, dims[0])
+        x_fused, x_plain = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y_fused, y_plain = mlp(x_fused), sequential(x_plain)
+        torch.testing.assert_close(y_fused, y_plain, atol=1e-5, rtol=1e-5)
+        grad = torch.randn(y_fused.shape, generator=torch.Generator().manual_seed(batch))
+        got = torch.autograd.grad(y_fused, [x_fused] + list(mlp.parameters()), grad)
+        expected = torch.autograd.grad(y_plain, [x_plain] + list(sequential.parameters()), grad)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, atol=1e-5 * max(batch, 10), rtol=1e-5)
+        with torch.no_grad():  # inference: the activations between layers are not written
+            torch.testing.assert_close(mlp(x), y_plain, atol=1e-5, rtol=1e-5)
+
+
+def test_narrow_stretch_in_bfloat16(mlp_backend):
+    torch.manual_seed(9)
+    mlp = FusedMLP([32, 48, 16], activation="relu")
+    exact = mlp.to_sequential().double()
+    x = torch.randn(65, 32)
+    low = FusedMLP([32, 48, 16], activation="relu").bfloat16()
+    low.load_state_dict(mlp.state_dict())
+    torch_error = (low.to_sequential()(x.bfloat16()).double() - exact(x.double())).abs().max()
+    fused_error = (low(x.bfloat16()).double() - exact(x.double())).abs().max()
+    assert fused_error <= 2 * torch_error
+
+
+def test_which_layers_fuse():
+    def layers(*specs):
+        return [FusedLinear(a, b, activation=act, bias=bias) for a, b, act, bias in specs]
+
+    assert _narrow_runs(layers((784, 64, "relu", True), (64, 32, "relu", True), (32, 64, None, True))) == [(1, 3)]
+    assert _narrow_runs(layers((8, 8, "gelu", True), (8, 8, "gelu", True))) == []  # GELU needs its pre-activation
+    assert _narrow_runs(layers((8, 8, "relu", True), (8, 8, "tanh", True), (8, 8, "tanh", True))) == [(0, 2)]
+    assert _narrow_runs(layers((8, 8, "relu", True), (8, 8, "relu", False))) == []
+    assert _narrow_runs(layers((8, 200, "relu", True), (200, 8, "relu", True))) == []
+
+
+def test_opcheck_narrow(mlp_backend):
+    torch.manual_seed(10)
+    dims = [6, 10, 4]
+    x = torch.randn(9, 6, requires_grad=True)
+    weights = torch.randn(6 * 10 + 10 * 4, requires_grad=True)
+    biases = torch.randn(14, requires_grad=True)
+    torch.library.opcheck(torch.ops.aefast.fused_narrow_mlp.default, (x, weights, biases, dims, "tanh", "none", True))
