@@ -69,12 +69,13 @@ def synchronized(fn, device: torch.device):
 
 
 def run_benchmark(benchmark, fn, device, *, component, case, role, nbytes, rounds, items=1, unit=None,
-                  extra=None):
+                  flops=None, extra=None):
     """Time fn with pytest-benchmark's pedantic mode (fixed rounds: the CPU cases take seconds).
     ``items``: units of work per call (``unit`` names them), for roles that run different amounts."""
     benchmark.group = f"{component}: {case}"
     benchmark.extra_info.update(
-        component=component, case=case, role=role, bytes=nbytes, items=items, unit=unit, **environment(device),
+        component=component, case=case, role=role, bytes=nbytes, items=items, unit=unit, flops=flops,
+        **environment(device),
         **(extra or {})
     )
     fn = synchronized(fn, device)
@@ -96,6 +97,15 @@ def read_probe(benchmark, device, nbytes, *, component, case, rounds):
     probe = torch.empty(max(1, nbytes // 4), dtype=torch.float32, device=device).uniform_()
     run_benchmark(benchmark, probe.sum, device, component=component, case=case, role="read probe",
                   nbytes=probe.numel() * 4, rounds=rounds)
+
+
+def matmul_probe(benchmark, device, dtype, *, component, case, rounds, size=None):
+    """The FLOP/s limit measured in the same run: one large square matmul in ``dtype``."""
+    size = size or (256 if quick() else (8192 if device.type == "cuda" else 2048))
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    run_benchmark(benchmark, lambda: a @ b, device, component=component, case=case, role="matmul probe",
+                  nbytes=3 * size * size * a.element_size(), flops=2 * size**3, rounds=rounds)
 
 
 def _summary_rows(benchmarks):
@@ -123,6 +133,9 @@ def _summary_rows(benchmarks):
             if role in roles:
                 probe_time, probe_info = roles[role]
                 row[key] = (info["bytes"] / t_fused) / (probe_info["bytes"] / probe_time)
+        if "matmul probe" in roles and info.get("flops"):
+            probe_time, probe_info = roles["matmul probe"]
+            row["fraction_of_matmul_flops"] = (info["flops"] / t_fused) / (probe_info["flops"] / probe_time)
         rows.append(row)
     return rows
 
@@ -142,10 +155,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     write("")
     write("aefast summary (medians of one run)")
     write(f"{'component':<10} {'case':<44} {'backend':<8} {'aefast ms':>10} {'x eager':>9} {'x compile':>9} "
-          f"{'of BW':>12}  rate")
+          f"{'of limit':>12}  rate")
     for row in rows:
         fmt = lambda key, spec: format(row[key], spec) if key in row else "-"  # noqa: E731
-        if "fraction_of_copy_bandwidth" in row:
+        if "fraction_of_matmul_flops" in row:
+            bandwidth = f"{row['fraction_of_matmul_flops']:.0%} matmul"
+        elif "fraction_of_copy_bandwidth" in row:
             bandwidth = f"{row['fraction_of_copy_bandwidth']:.0%} copy"
         elif "fraction_of_read_bandwidth" in row:
             bandwidth = f"{row['fraction_of_read_bandwidth']:.0%} read"

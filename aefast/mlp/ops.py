@@ -209,7 +209,7 @@ def _reference_forward(x, weight, bias, activation, corruption, param, seed):
 def _reference_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption, param, seed, grad_scale,
                         need_input_grad):
     grad_x, grad_w, grad_b = reference.linear_backward(grad_y, x, weight, bias, activation, corruption, param, seed,
-                                                       grad_scale)
+                                                       grad_scale, y=y)
     return (grad_x if need_input_grad else x.new_empty(0), grad_w,
             grad_b if grad_b is not None else weight.new_empty(0))
 
@@ -241,11 +241,12 @@ def _reference_narrow_backward(grad_out, x, out, saved, weights, biases, dims, a
                                need_input_grad):
     layers = _narrow_layers(weights, biases, dims)
     inputs = [x] + [a.reshape(x.shape[0], -1) for a in saved.split([x.shape[0] * d for d in dims[1:-1]])]
+    outputs = inputs[1:] + [out]
     grad, grad_ws, grad_bs = grad_out, [], []
     for index in reversed(range(len(layers))):
         weight, bias = layers[index]
         act = last_activation if index == len(layers) - 1 else activation
-        grad, grad_w, grad_b = reference.linear_backward(grad, inputs[index], weight, bias, act)
+        grad, grad_w, grad_b = reference.linear_backward(grad, inputs[index], weight, bias, act, y=outputs[index])
         grad_ws.insert(0, grad_w.reshape(-1))
         grad_bs.insert(0, grad_b)
     grad_b = torch.cat(grad_bs) if biases is not None else weights.new_empty(0)

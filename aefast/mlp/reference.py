@@ -56,6 +56,21 @@ def activation_grad(z: Tensor, activation: str | None) -> Tensor:
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
+def activation_grad_from_output(y: Tensor, activation: str | None) -> Tensor:
+    """d act / d z from the output y = act(z), as the kernels do (not for GELU, which needs z)."""
+    if activation is None:
+        return torch.ones_like(y)
+    if activation == "relu":
+        return (y > 0).to(y.dtype)
+    if activation == "leaky_relu":
+        return torch.where(y > 0, 1.0, LEAKY_SLOPE).to(y.dtype)
+    if activation == "tanh":
+        return 1 - y * y
+    if activation == "sigmoid":
+        return y * (1 - y)
+    raise ValueError(f"the derivative of {activation!r} needs the pre-activation")
+
+
 def noise_offsets(rows: int, cols: int, device) -> Tensor:
     return torch.arange(rows * cols, device=device, dtype=torch.int64).reshape(rows, cols)
 
@@ -83,11 +98,15 @@ def linear_forward(x, weight, bias, activation, corruption="none", param=0.0, se
 
 
 def linear_backward(grad_y, x, weight, bias, activation, corruption="none", param=0.0, seed=0,
-                    grad_scale: Tensor | None = None):
-    """(dx, dW, db) of linear_forward; ``grad_scale`` multiplies grad_y (the fused loss's upstream)."""
+                    grad_scale: Tensor | None = None, y: Tensor | None = None):
+    """(dx, dW, db) of linear_forward; ``grad_scale`` multiplies grad_y (the fused loss's upstream).
+    With the forward's output ``y`` the derivative comes from it (except GELU's) and z is not redone."""
     x_used = corrupt(x, corruption, param, seed).float()
-    z = F.linear(x_used, weight.float(), None if bias is None else bias.float())
-    grad_z = grad_y.float() * activation_grad(z, activation)
+    if y is not None and activation != "gelu":
+        slope = activation_grad_from_output(y.float(), activation)
+    else:
+        slope = activation_grad(F.linear(x_used, weight.float(), None if bias is None else bias.float()), activation)
+    grad_z = grad_y.float() * slope
     if grad_scale is not None:
         grad_z = grad_z * grad_scale.float()
     grad_x = grad_z @ weight.float()

@@ -1,0 +1,137 @@
+"""Fused MLP: a training step (forward + loss + backward) and inference of the 784-256-32-256-784
+autoencoder at batch 2^14, and of a narrow 64-wide 4-layer stack at batch 2^20 (2^18 on a CPU),
+against the eager nn.Sequential a user writes, torch.compile of it (mode="max-autotune" on a GPU;
+the default mode on a CPU, where max-autotune only adds minutes of tuning), and same-run matmul
+and copy probes. On a GPU the peak memory of a training step is recorded for aefast and eager.
+
+    pytest benchmarks/bench_mlp.py --benchmark-only [--benchmark-json out.json]
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aefast import _backends
+from aefast.nn import FusedAutoencoder, FusedMLP
+from conftest import bench_device, copy_probe, matmul_probe, quick, run_benchmark
+
+DEVICE = bench_device()
+DTYPE = torch.float32
+ROUNDS = 2 if quick() else (5 if DEVICE.type == "cpu" else 30)
+AE_DIMS = [784, 256, 32]
+AE_BATCH = 64 if quick() else 2**14
+NARROW_DIMS = [64, 64, 64, 64, 64]
+NARROW_BATCH = 256 if quick() else (2**20 if DEVICE.type == "cuda" else 2**18)
+COMPILE_MODE = "max-autotune" if DEVICE.type == "cuda" else "default"
+
+
+def linear_flops(dims, batch, backward):
+    forward = sum(2 * batch * a * b for a, b in zip(dims[:-1], dims[1:]))
+    return 3 * forward if backward else forward
+
+
+def peak_memory(fn):
+    """Peak bytes the step allocates above what was live before it (GPU only)."""
+    if DEVICE.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def cases():
+    """(case name, fused model, its eager Sequential (same weights), input, dims, batch, loss or None)."""
+    torch.manual_seed(0)
+    autoencoder = FusedAutoencoder(AE_DIMS, output_activation="sigmoid").to(DEVICE, DTYPE)
+    eager_autoencoder = torch.nn.Sequential(autoencoder.encoder.to_sequential(), autoencoder.decoder.to_sequential())
+    narrow = FusedMLP(NARROW_DIMS, activation="relu").to(DEVICE, DTYPE)
+    x_ae = torch.rand(AE_BATCH, AE_DIMS[0], device=DEVICE, dtype=DTYPE)
+    x_narrow = torch.randn(NARROW_BATCH, NARROW_DIMS[0], device=DEVICE, dtype=DTYPE)
+    ae_dims = AE_DIMS + AE_DIMS[-2::-1]
+    return {
+        "autoencoder": (autoencoder, eager_autoencoder, x_ae, ae_dims, AE_BATCH),
+        "narrow": (narrow, narrow.to_sequential(), x_narrow, NARROW_DIMS, NARROW_BATCH),
+    }
+
+
+CASES = cases()
+
+
+def case_name(kind, mode):
+    _, _, x, dims, batch = CASES[kind]
+    return f"{mode} {'-'.join(map(str, dims))} batch {batch} {str(DTYPE).split('.')[-1]}"
+
+
+def training_step(kind, model, eager):
+    """The step a user runs: the loss of a batch and its parameter gradients."""
+    _, _, x, _, _ = CASES[kind]
+    if eager:
+        parameters = list(model.parameters())
+        if kind == "autoencoder":
+            return lambda: torch.autograd.grad(F.mse_loss(model(x), x), parameters)
+        return lambda: torch.autograd.grad(model(x).square().mean(), parameters)
+    parameters = list(model.parameters())
+    if kind == "autoencoder":
+        return lambda: torch.autograd.grad(model.loss(x), parameters)
+    return lambda: torch.autograd.grad(model(x).square().mean(), parameters)
+
+
+def inference(kind, model):
+    _, _, x, _, _ = CASES[kind]
+
+    def run():
+        with torch.no_grad():
+            return model(x)
+    return run
+
+
+def record(benchmark, fn, kind, mode, role):
+    _, _, x, dims, batch = CASES[kind]
+    training = mode == "train"
+    flops = linear_flops(dims, batch, backward=training)
+    nbytes = x.numel() * x.element_size() * 2  # at least the input read and the output written
+    extra = {"dims": dims, "batch": batch, "dtype": str(DTYPE), "peak_memory_bytes": peak_memory(fn) if training else None}
+    if role == "aefast":
+        extra["backend"] = _backends.select("fused_linear", DEVICE)[0]
+    run_benchmark(benchmark, fn, DEVICE, component="mlp", case=case_name(kind, mode), role=role, nbytes=nbytes,
+                  flops=flops, rounds=ROUNDS, extra=extra)
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_aefast(benchmark, kind, mode):
+    model = CASES[kind][0]
+    fn = training_step(kind, model, eager=False) if mode == "train" else inference(kind, model)
+    record(benchmark, fn, kind, mode, "aefast")
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_eager(benchmark, kind, mode):
+    model = CASES[kind][1]
+    fn = training_step(kind, model, eager=True) if mode == "train" else inference(kind, model)
+    record(benchmark, fn, kind, mode, "eager")
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_torch_compile(benchmark, kind, mode):
+    compiled = torch.compile(CASES[kind][1], mode=COMPILE_MODE)
+    fn = training_step(kind, compiled, eager=True) if mode == "train" else inference(kind, compiled)
+    record(benchmark, fn, kind, mode, "compile")
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_probes(benchmark, kind, mode):
+    matmul_probe(benchmark, DEVICE, DTYPE, component="mlp", case=case_name(kind, mode), rounds=ROUNDS)
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_copy_probe(benchmark, kind, mode):
+    _, _, x, _, _ = CASES[kind]
+    copy_probe(benchmark, DEVICE, x.numel() * x.element_size() * 2, component="mlp", case=case_name(kind, mode),
+               rounds=ROUNDS)
