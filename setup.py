@@ -46,7 +46,8 @@ setup(
     packages=find_packages(include=["aefast", "aefast.*"]),
     python_requires=">=3.10",
     # A range, not a bare name: an installed torch (a GPU user's own) satisfies it and stays.
-    install_requires=["torch>=2.4", "numpy>=1.24", "tqdm>=4.60", "safetensors>=0.4"],
+    install_requires=["torch>=2.4", "numpy>=1.24", "tqdm>=4.60", "safetensors>=0.4", "scikit-learn>=1.2",
+                      "matplotlib>=3.7"],
     extras_require={
         "triton": ["triton>=3.0"],
         "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6", "matplotlib>=3.7"],

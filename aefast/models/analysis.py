@@ -1,0 +1,81 @@
+"""Tools on trained autoencoders: the PCA check of a linear autoencoder, interpolation in the code
+space, a Gaussian fitted to the codes to sample from, and binary codes searched by Hamming distance."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from aefast.models.autoencoders import Autoencoder
+
+
+@dataclass
+class PcaCheck:
+    principal_angles: Tensor  # radians, between the decoder's subspace and the top-k PCA subspace
+    autoencoder_error: float  # mean squared reconstruction error per element
+    pca_error: float          # the same for the top-k PCA reconstruction (the best linear one)
+
+
+@torch.no_grad()
+def pca_check(model: Autoencoder, x: Tensor) -> PcaCheck:
+    """How close a linear autoencoder came to PCA: a linear autoencoder with a k-wide code at its
+    optimum spans the top-k principal subspace and matches PCA's reconstruction error."""
+    if model.activation is not None or model.output_activation is not None:
+        raise ValueError("pca_check needs a linear autoencoder (activation=None, output_activation=None)")
+    k = model.dims[-1]
+    # The decoder's map from code to output is linear: its image is spanned by the images of the unit codes.
+    zero = model.decode(torch.zeros(1, k, dtype=x.dtype))
+    decoder_basis = (model.decode(torch.eye(k, dtype=x.dtype)) - zero).T  # (d, k)
+    centered = x - x.mean(0)
+    _, _, components = torch.linalg.svd(centered.double(), full_matrices=False)
+    pca_basis = components[:k].T  # (d, k)
+    q_decoder, _ = torch.linalg.qr(decoder_basis.double())
+    cosines = torch.linalg.svdvals(q_decoder.T @ pca_basis).clamp(-1, 1)
+    pca_reconstruction = centered.double() @ pca_basis @ pca_basis.T + x.mean(0).double()
+    return PcaCheck(
+        principal_angles=torch.arccos(cosines).float(),
+        autoencoder_error=float(((model(x) - x) ** 2).mean()),
+        pca_error=float(((pca_reconstruction - x.double()) ** 2).mean()),
+    )
+
+
+@torch.no_grad()
+def interpolate(model, x1: Tensor, x2: Tensor, steps: int = 8) -> Tensor:
+    """g((1 - a) f(x1) + a f(x2)) for ``steps`` values of a from 0 to 1: (steps, width)."""
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2, got {steps}")
+    codes = model.encode(torch.stack([x1.reshape(-1), x2.reshape(-1)]))
+    weights = torch.linspace(0, 1, steps, dtype=codes.dtype).unsqueeze(1)
+    return model.decode((1 - weights) * codes[0] + weights * codes[1])
+
+
+class LatentGaussian:
+    """A diagonal Gaussian fitted to a model's codes of some data; ``sample`` decodes draws from it."""
+
+    @torch.no_grad()
+    def __init__(self, model, x: Tensor):
+        self.model = model
+        codes = model.encode(x)
+        self.mean, self.std = codes.mean(0), codes.std(0)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.randn(n, self.mean.numel(), generator=generator, dtype=self.mean.dtype)
+        return self.model.decode(self.mean + self.std * noise)
+
+
+@torch.no_grad()
+def binary_codes(model, x: Tensor, thresholds: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Codes thresholded to bits (at each unit's median over x unless ``thresholds`` is given):
+    (bool codes, the thresholds used)."""
+    codes = model.encode(x)
+    thresholds = codes.median(0).values if thresholds is None else thresholds
+    return codes > thresholds, thresholds
+
+
+def hamming_search(queries: Tensor, database: Tensor, k: int) -> Tensor:
+    """The k database rows nearest to each query in Hamming distance (ties to the lower index)."""
+    distances = (queries.unsqueeze(1) != database.unsqueeze(0)).sum(-1)
+    order = torch.sort(distances, dim=1, stable=True).indices
+    return order[:, :k]

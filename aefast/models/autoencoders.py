@@ -1,0 +1,137 @@
+"""The seeds' deterministic autoencoders as nn.Modules with ``encode``, ``decode``, ``forward`` (the
+reconstruction) and ``loss(batch)``, built from aefast's fused layers (which run the PyTorch
+reference where no kernel applies). A batch is x, or (x, labels) with the labels ignored."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aefast.mlp import ops
+from aefast.mlp.layers import FusedMLP, _check_activation, _check_corruption, _seed_tensor
+
+
+def batch_inputs(batch) -> tuple[Tensor, Optional[Tensor]]:
+    """(x, labels or None) of a batch given as x, (x,) or (x, labels)."""
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 2 and isinstance(batch[0], Tensor):
+        return batch[0], (batch[1] if len(batch) == 2 else None)
+    raise TypeError(f"a batch must be a tensor or an (x, labels) pair, got {type(batch).__name__}")
+
+
+def _check_dims(dims, name: str = "dims") -> list[int]:
+    dims = list(dims)
+    if len(dims) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
+        raise ValueError(f"{name} must list at least 2 positive widths (input first, code last), got {dims!r}")
+    return dims
+
+
+class Autoencoder(nn.Module):
+    """``dims`` lists the encoder widths from the input to the code; the decoder mirrors them.
+    ``activation=None`` gives the linear autoencoder; ``tied=True`` reuses each encoder weight,
+    transposed, in the mirrored decoder layer (the decoder keeps its own biases)."""
+
+    def __init__(self, dims: Sequence[int], activation: Optional[str] = "relu",
+                 output_activation: Optional[str] = None, tied: bool = False):
+        super().__init__()
+        self.dims = _check_dims(dims)
+        _check_activation(activation, "activation")
+        _check_activation(output_activation, "output_activation")
+        self.activation, self.output_activation, self.tied = activation, output_activation, tied
+        self.encoder = FusedMLP(self.dims, activation, output_activation=None)  # a linear code layer
+        self.decoder = FusedMLP(self.dims[::-1], activation, output_activation)
+        if tied:  # decoder layer i uses encoder layer -1 - i's weight, transposed
+            for layer in self.decoder.layers:
+                del layer.weight
+                layer.register_parameter("weight", None)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encoder(x)
+
+    def decode(self, code: Tensor) -> Tensor:
+        if not self.tied:
+            return self.decoder(code)
+        h = code
+        for index, layer in enumerate(self.decoder.layers):
+            weight = self.encoder.layers[-1 - index].weight.t().contiguous()
+            y, _ = ops.fused_linear_op(h.reshape(-1, h.shape[-1]).contiguous(), weight, layer.bias,
+                                       layer.activation or "none", "none", 0.0, torch.zeros((), dtype=torch.int64))
+            h = y.reshape(*h.shape[:-1], y.shape[-1])
+        return h
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    def reconstruction_loss(self, output: Tensor, x: Tensor) -> Tensor:
+        if self.output_activation == "sigmoid":
+            return F.binary_cross_entropy(output.clamp(1e-7, 1 - 1e-7), x)
+        return F.mse_loss(output, x)
+
+    def loss(self, batch) -> Tensor:
+        x, _ = batch_inputs(batch)
+        return self.reconstruction_loss(self(x), x)
+
+
+class SparseAutoencoder(Autoencoder):
+    """An autoencoder whose code is pushed to be sparse: ``l1`` weighs the code's mean L1 norm,
+    ``rho`` sets a target mean activation per code unit (KL(rho || mean) summed, weighted by
+    ``beta``; needs codes in (0, 1), so the code goes through a sigmoid), or ``k`` keeps only the k
+    largest code units of each input (the k-sparse autoencoder)."""
+
+    def __init__(self, dims: Sequence[int], l1: float = 0.0, rho: Optional[float] = None, beta: float = 1.0,
+                 k: Optional[int] = None, activation: Optional[str] = "relu", output_activation: Optional[str] = None):
+        super().__init__(dims, activation, output_activation)
+        if l1 < 0:
+            raise ValueError(f"l1 must be >= 0, got {l1}")
+        if rho is not None and not 0 < rho < 1:
+            raise ValueError(f"rho must be in (0, 1), got {rho}")
+        if k is not None and not 1 <= k <= self.dims[-1]:
+            raise ValueError(f"k must be in [1, code width {self.dims[-1]}], got {k}")
+        if l1 == 0 and rho is None and k is None:
+            raise ValueError("a SparseAutoencoder needs l1 > 0, rho or k")
+        self.l1, self.rho, self.beta, self.k = l1, rho, beta, k
+        if rho is not None:
+            self.encoder.layers[-1].activation = "sigmoid"
+
+    def encode(self, x: Tensor) -> Tensor:
+        code = super().encode(x)
+        if self.k is not None:
+            top = code.topk(self.k, dim=-1)
+            code = torch.zeros_like(code).scatter(-1, top.indices, top.values)
+        return code
+
+    def loss(self, batch) -> Tensor:
+        x, _ = batch_inputs(batch)
+        code = self.encode(x)
+        loss = self.reconstruction_loss(self.decode(code), x)
+        if self.l1:
+            loss = loss + self.l1 * code.abs().sum(-1).mean()
+        if self.rho is not None:
+            mean = code.mean(0).clamp(1e-6, 1 - 1e-6)
+            rho = self.rho
+            loss = loss + self.beta * (rho * torch.log(rho / mean) + (1 - rho) * torch.log((1 - rho) / (1 - mean))).sum()
+        return loss
+
+
+class DenoisingAutoencoder(Autoencoder):
+    """Reconstructs the clean input from a corrupted copy: ``noise=("mask", v)`` zeroes inputs with
+    probability v, ``("gaussian", sigma)`` adds Gaussian noise. Training corrupts fresh noise each
+    step (drawn from torch's generator); ``forward`` and ``encode`` see the input as given."""
+
+    def __init__(self, dims: Sequence[int], noise=("mask", 0.3), activation: Optional[str] = "relu",
+                 output_activation: Optional[str] = None):
+        super().__init__(dims, activation, output_activation)
+        self.noise = _check_corruption(noise)
+
+    def corrupt(self, x: Tensor, seed: Optional[int] = None) -> Tensor:
+        from aefast.mlp import reference
+
+        kind, param = self.noise
+        return reference.corrupt(x, kind, param, int(_seed_tensor(seed)))
+
+    def loss(self, batch) -> Tensor:
+        x, _ = batch_inputs(batch)
+        return self.reconstruction_loss(self(self.corrupt(x)), x)

@@ -1,0 +1,165 @@
+"""The training loop: Adam over a model's ``loss(batch)``, a tqdm progress bar, per-epoch checkpoints
+that a rerun resumes from, early stopping, and runs that repeat exactly from a seed."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "aefast.train/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, is truncated, or belongs to another model."""
+
+
+def as_loader(data, batch_size: int, *, shuffle: bool, generator: Optional[torch.Generator] = None,
+              name: str = "data") -> DataLoader:
+    """A DataLoader over ``data``: a tensor, an (x, labels) pair of tensors, a Dataset or a DataLoader."""
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, Tensor):
+        _check_finite(data, name)
+        data = TensorDataset(data)
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Tensor) for d in data):
+        x, labels = data
+        _check_finite(x, name)
+        if labels.shape[0] != x.shape[0]:
+            raise ValueError(f"{name}: {labels.shape[0]} labels for {x.shape[0]} rows")
+        data = TensorDataset(x, labels)
+    elif not isinstance(data, Dataset):
+        raise TypeError(f"{name} must be a tensor, an (x, labels) pair, a Dataset or a DataLoader, "
+                        f"got {type(data).__name__}")
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def _check_finite(x: Tensor, name: str) -> None:
+    bad = ~torch.isfinite(x) if x.dtype.is_floating_point else None
+    if bad is not None and bad.any():
+        row = int(bad.reshape(x.shape[0], -1).any(1).nonzero()[0, 0])
+        raise ValueError(f"{name}: row {row} holds NaN or infinity")
+
+
+def _batch_for_model(batch):
+    """TensorDataset yields lists: one tensor -> the tensor, two -> an (x, labels) tuple."""
+    if isinstance(batch, (list, tuple)):
+        return batch[0] if len(batch) == 1 else tuple(batch)
+    return batch
+
+
+def _mean_loss(model: nn.Module, loader: DataLoader) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            batch = _batch_for_model(batch)
+            size = (batch[0] if isinstance(batch, tuple) else batch).shape[0]
+            total += float(model.loss(batch)) * size
+            count += size
+    return total / max(count, 1)
+
+
+def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float = 1e-3, seed: Optional[int] = None,
+        val_data=None, checkpoint_dir: Optional[str | os.PathLike] = None, progress: bool = True,
+        patience: Optional[int] = None) -> dict:
+    """Train ``model`` (anything with ``loss(batch)``) with Adam; returns ``{"train_loss": [...],
+    "val_loss": [...] (with val_data), "epochs_run": n, "stopped_early": bool}``.
+
+    ``checkpoint_dir``: after every epoch the model, the optimizer, the epoch, the history and every
+    random generator's state are written there (atomically); a later call with the same directory
+    resumes after the last finished epoch. ``patience``: stop when the validation loss (the training
+    loss without val_data) has not improved for that many epochs. With ``seed`` the run repeats exactly.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not callable(getattr(model, "loss", None)):
+        raise TypeError(f"model must have a loss(batch) method, got {type(model).__name__}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ())))
+    loader = as_loader(data, batch_size, shuffle=True, generator=generator)
+    val_loader = as_loader(val_data, batch_size, shuffle=False, name="val_data") if val_data is not None else None
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    history = {"train_loss": [], **({"val_loss": []} if val_loader else {}), "epochs_run": 0, "stopped_early": False}
+    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if checkpoint is not None and checkpoint.exists():
+        history = _resume(checkpoint, model, optimizer, generator)
+    best, since_best = _best_so_far(history)
+    bar = tqdm(range(history["epochs_run"], epochs), disable=not progress, desc=type(model).__name__, unit="epoch")
+    for epoch in bar:
+        if patience is not None and since_best >= patience:
+            history["stopped_early"] = True
+            break
+        model.train()
+        total, count = 0.0, 0
+        for batch in loader:
+            batch = _batch_for_model(batch)
+            loss = model.loss(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the loss became {float(loss)} in epoch {epoch + 1}; lower lr?")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            size = (batch[0] if isinstance(batch, tuple) else batch).shape[0]
+            total += float(loss.detach()) * size
+            count += size
+        history["train_loss"].append(total / count)
+        if val_loader is not None:
+            history["val_loss"].append(_mean_loss(model, val_loader))
+        history["epochs_run"] = epoch + 1
+        best, since_best = _best_so_far(history)
+        bar.set_postfix(loss=f"{history['train_loss'][-1]:.4g}")
+        if checkpoint is not None:
+            _save(checkpoint, model, optimizer, generator, history)
+    return history
+
+
+def _best_so_far(history: dict) -> tuple[float, int]:
+    watched = history.get("val_loss") or history["train_loss"]
+    if not watched:
+        return math.inf, 0
+    best_index = min(range(len(watched)), key=watched.__getitem__)
+    return watched[best_index], len(watched) - 1 - best_index
+
+
+def _save(path: Path, model, optimizer, generator, history) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "history": history, "torch_rng": torch.get_rng_state(), "loader_rng": generator.get_state()}
+    descriptor, temporary = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=path.parent)
+    os.close(descriptor)
+    try:
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _resume(path: Path, model, optimizer, generator) -> dict:
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as error:  # torch raises several types for damaged zip/pickle data
+        raise CheckpointError(f"{path} cannot be read (truncated or damaged?): {error}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an aefast training checkpoint")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        generator.set_state(state["loader_rng"])
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise CheckpointError(f"{path} does not fit this model or run: {error}") from None
+    return state["history"]
