@@ -65,7 +65,26 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     info_parser = commands.add_parser("info", help="versions, devices, backends and build features")
     info_parser.add_argument("--json", action="store_true", help="print the information as JSON")
+    train_parser = commands.add_parser("train", help="train one of the seeds' autoencoders and draw its figures")
+    train_parser.add_argument("--model", required=True, choices=["ae", "sparse", "denoising", "vae", "cvae", "conv"])
+    train_parser.add_argument("--data", required=True, help="digits, synthetic, or a path to an .npz or IDX file")
+    train_parser.add_argument("--epochs", type=int, required=True)
+    train_parser.add_argument("--out", required=True, help="folder for the PNGs, summary.json and checkpoints")
+    train_parser.add_argument("--batch-size", type=int, default=128)
+    train_parser.add_argument("--lr", type=float, default=3e-3)
+    train_parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.command == "train":
+        from pathlib import Path
+
+        from aefast.train_cli import run
+
+        try:
+            summary = run(args.model, args.data, args.epochs, Path(args.out), batch_size=args.batch_size, lr=args.lr,
+                          seed=args.seed)
+        except (ValueError, TypeError) as error:
+            parser.error(str(error))
+        print(json.dumps(summary, indent=2))
     if args.command == "info":
         info = collect_info()
         if args.json:

@@ -1,0 +1,93 @@
+"""Bundled and generated data, the IDX and .npz loaders (including damaged files), and `aefast train`."""
+import gzip
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from aefast import data
+from aefast.cli import main
+
+
+def test_digits():
+    x, y = data.load_digits()
+    assert x.shape == (1797, 64) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0 and set(y.tolist()) == set(range(10))
+
+
+def test_synthetic_manifold_repeats_from_its_seed():
+    x, labels = data.synthetic_manifold(500, 32, seed=3)
+    assert x.shape == (500, 32) and ((x >= 0) & (x <= 1)).all() and set(labels.tolist()) <= {0, 1, 2, 3}
+    assert torch.equal(data.synthetic_manifold(500, 32, seed=3)[0], x)
+
+
+def write_idx(path, array, type_code=0x08, compress=False):
+    header = struct.pack(">BBBB", 0, 0, type_code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(">u1" if type_code == 0x08 else ">i4").tobytes()
+    with (gzip.open if compress else open)(path, "wb") as handle:
+        handle.write(payload)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_images_and_labels(tmp_path, compress):
+    images = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    path = tmp_path / ("images.idx.gz" if compress else "images.idx")
+    write_idx(path, images, compress=compress)
+    loaded = data.load_idx(path)
+    assert loaded.shape == (3, 20)
+    torch.testing.assert_close(loaded, torch.from_numpy(images.reshape(3, 20) / 255.0).float())
+    write_idx(tmp_path / "labels.idx", np.array([3, 1, 4]))
+    assert data.load_idx(tmp_path / "labels.idx").tolist() == [3, 1, 4]
+
+
+def test_damaged_idx_files(tmp_path):
+    path = tmp_path / "images.idx"
+    write_idx(path, np.zeros((3, 4, 5), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(ValueError, match="the header promises 60 bytes"):
+        data.load_idx(path)
+    path.write_bytes(b"PK\x03\x04 not idx")
+    with pytest.raises(ValueError, match="is not an IDX file"):
+        data.load_idx(path)
+
+
+def test_npz(tmp_path):
+    path = tmp_path / "set.npz"
+    np.savez(path, x=np.ones((4, 2, 3)), y=np.arange(4))
+    x, labels = data.load_npz(path)
+    assert x.shape == (4, 6) and labels.tolist() == [0, 1, 2, 3]
+    np.savez(path, x=np.array([[0.0, np.nan]]))
+    with pytest.raises(ValueError, match="row 0 holds NaN"):
+        data.load_npz(path)
+    with pytest.raises(ValueError, match="has no array 'images'"):
+        data.load_npz(path, x_key="images")
+
+
+@pytest.mark.parametrize("model,dataset,figures", [
+    ("ae", "digits", {"loss_curve", "reconstructions", "latent"}),
+    ("sparse", "synthetic", {"loss_curve", "reconstructions", "latent"}),
+    ("denoising", "digits", {"loss_curve", "reconstructions", "latent"}),
+    ("vae", "digits", {"loss_curve", "reconstructions", "latent", "samples", "interpolation"}),
+    ("cvae", "digits", {"loss_curve", "reconstructions", "latent", "samples"}),
+    ("conv", "synthetic", {"loss_curve", "reconstructions", "latent"}),
+])
+def test_cli_train_writes_the_figures(tmp_path, capsys, model, dataset, figures):
+    assert main(["train", "--model", model, "--data", dataset, "--epochs", "1", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["figures"]) == figures
+    for path in summary["figures"].values():
+        with open(path, "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_train_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "ae", "--data", str(tmp_path / "missing.npz"), "--epochs", "1", "--out", str(tmp_path)])
+    assert "does not exist" in capsys.readouterr().err
+    np.savez(tmp_path / "unlabelled.npz", x=np.random.rand(20, 16))
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "cvae", "--data", str(tmp_path / "unlabelled.npz"), "--epochs", "1",
+              "--out", str(tmp_path)])
+    assert "needs labels" in capsys.readouterr().err

@@ -1,0 +1,93 @@
+"""fit: repeatable from a seed, resumes from its checkpoint after an interruption, stops early, and
+refuses bad data and damaged checkpoints with a clear error."""
+import pytest
+import torch
+
+from aefast.models import Autoencoder
+from aefast.train import CheckpointError, fit
+
+
+@pytest.fixture
+def data():
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(300, 12, generator=generator)
+
+
+def model():
+    torch.manual_seed(1)
+    return Autoencoder([12, 6, 3], output_activation="sigmoid")
+
+
+def test_a_seed_repeats_the_run(data):
+    first, second = model(), model()
+    assert fit(first, data, epochs=3, seed=5, progress=False) == fit(second, data, epochs=3, seed=5, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(data, tmp_path):
+    whole = model()
+    expected = fit(whole, data, epochs=6, seed=5, progress=False)
+
+    class Interrupt(Exception):
+        pass
+
+    interrupted = model()
+    calls = {"n": 0}
+    original_loss = interrupted.loss
+
+    def loss_that_stops(batch):  # dies in the middle of epoch 4
+        calls["n"] += 1
+        if calls["n"] == 3 * 3 + 2:
+            raise Interrupt
+        return original_loss(batch)
+
+    interrupted.loss = loss_that_stops
+    with pytest.raises(Interrupt):
+        fit(interrupted, data, epochs=6, batch_size=128, seed=5, checkpoint_dir=tmp_path, progress=False)
+    resumed = model()
+    history = fit(resumed, data, epochs=6, batch_size=128, seed=5, checkpoint_dir=tmp_path, progress=False)
+    assert history["epochs_run"] == 6
+    assert history["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-6)
+    for a, b in zip(resumed.parameters(), whole.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_early_stopping(data):
+    history = fit(model(), data, epochs=200, lr=1e-6, seed=5, patience=2, val_data=data[:50], progress=False)
+    assert history["stopped_early"] or history["epochs_run"] == 200
+    history = fit(model(), data, epochs=50, lr=0.5, seed=5, patience=1, progress=False)
+    assert history["stopped_early"] and history["epochs_run"] < 50
+
+
+def test_validation_loss_is_recorded(data):
+    history = fit(model(), data[:250], epochs=2, val_data=data[250:], seed=1, progress=False)
+    assert len(history["val_loss"]) == 2 and all(v > 0 for v in history["val_loss"])
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (lambda d: d.index_put_((torch.tensor([7]), torch.tensor([3])), torch.tensor(float("nan"))), ValueError,
+     "data: row 7 holds NaN"),
+    (lambda d: "digits", TypeError, "data must be a tensor"),
+    (lambda d: (d, torch.zeros(5)), ValueError, "5 labels for 300 rows"),
+])
+def test_bad_data(data, bad, error, match):
+    with pytest.raises(error, match=match):
+        fit(model(), bad(data.clone()), epochs=1, progress=False)
+
+
+def test_wrong_width_names_x(data):
+    with pytest.raises(ValueError, match="x must have 12 features"):
+        fit(model(), torch.rand(10, 5), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "other model"])
+def test_damaged_checkpoints_are_refused(data, tmp_path, damage):
+    fit(model(), data, epochs=1, seed=1, checkpoint_dir=tmp_path, progress=False)
+    checkpoint = tmp_path / "checkpoint.pt"
+    if damage == "truncate":
+        checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    elif damage == "garbage":
+        checkpoint.write_bytes(b"not a checkpoint at all")
+    target = Autoencoder([12, 5, 3]) if damage == "other model" else model()
+    with pytest.raises(CheckpointError, match="checkpoint.pt"):
+        fit(target, data, epochs=2, checkpoint_dir=tmp_path, progress=False)
