@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aefast import _backends
 from aefast.mlp import ops, reference
 
 _MODULE_ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
@@ -46,7 +48,18 @@ def _check_input(x: Tensor, weight: Tensor, name: str = "x") -> None:
 _NO_SEED = torch.zeros((), dtype=torch.int64)  # layers without corruption draw no noise
 
 
+@torch.compiler.assume_constant_result  # a choice made when tracing, like the op's own dispatch
+def _plain_autograd(device: torch.device) -> bool:
+    """True where ``auto`` picks the reference (a CPU): the same math through plain autograd, without
+    the custom op's per-call cost, which made small models 2x slower than plain PyTorch there
+    (bench_models.py). A backend forced by name, the reference included, still runs through the op."""
+    return _backends.requested_backend() == "auto" and _backends.select(ops.FORWARD, device)[0] == "reference"
+
+
 def _linear(x: Tensor, layer: nn.Linear, activation, corruption="none", param=0.0, seed: Tensor = _NO_SEED) -> Tensor:
+    if _plain_autograd(x.device):
+        x_used = reference.corrupt(x, corruption, param, int(seed))
+        return reference.activate(F.linear(x_used, layer.weight, layer.bias), activation)
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     y, _ = ops.fused_linear_op(rows, layer.weight, layer.bias, activation or "none", corruption, float(param), seed)
     return y.reshape(*x.shape[:-1], y.shape[-1])
@@ -188,6 +201,10 @@ def _run_layers(layers, x: Tensor) -> Tensor:
 
 
 def _narrow(layers, x: Tensor) -> Tensor:
+    if _plain_autograd(x.device):
+        for layer in layers:
+            x = _linear(x, layer, layer.activation)
+        return x
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     weights = torch.cat([layer.weight.reshape(-1) for layer in layers])
     biases = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
@@ -248,8 +265,11 @@ class FusedAutoencoder(nn.Module):
         h = _run_layers(self.encoder.layers[1:], h)
         penalty = l1_code * h.abs().sum(1).mean() if l1_code else None
         h = _run_layers(self.decoder.layers[:-1], h)
-        value, _ = ops.fused_linear_loss_op(h.contiguous(), last.weight, last.bias, rows,
-                                            last.activation or "none", loss)
+        if _plain_autograd(rows.device):
+            value = reference.loss_of_output(F.linear(h, last.weight, last.bias), rows, last.activation, loss)
+        else:
+            value, _ = ops.fused_linear_loss_op(h.contiguous(), last.weight, last.bias, rows,
+                                                last.activation or "none", loss)
         return value if penalty is None else value + penalty
 
 

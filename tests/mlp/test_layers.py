@@ -149,3 +149,19 @@ def test_unseeded_losses_follow_torch_manual_seed(mlp_backend):
     first = model.loss(x, corruption=("mask", 0.5))
     torch.manual_seed(8)
     assert torch.equal(model.loss(x, corruption=("mask", 0.5)), first)
+
+
+def test_auto_on_the_cpu_gives_what_the_forced_reference_gives():
+    # auto picks the reference on a CPU and runs it through plain autograd; forcing it runs the op.
+    import aefast
+
+    torch.manual_seed(12)
+    model = FusedAutoencoder([30, 20, 10, 4], activation="tanh", output_activation="sigmoid")
+    x = torch.rand(17, 30)
+    results = []
+    for backend in ("auto", "reference"):
+        with aefast.use_backend(backend):
+            loss = model.loss(x, loss="bce", corruption=("mask", 0.2), l1_code=0.01, seed=4)
+            results.append((loss, model(x), *torch.autograd.grad(loss, list(model.parameters()))))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
