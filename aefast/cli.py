@@ -73,7 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     train_parser.add_argument("--batch-size", type=int, default=128)
     train_parser.add_argument("--lr", type=float, default=3e-3)
     train_parser.add_argument("--seed", type=int, default=0)
+    bench_parser = commands.add_parser("bench", help="run the benchmarks and print what aefast buys")
+    bench_parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
+    bench_parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    bench_parser.add_argument("--only", default="vae,mlp,willshaw,models",
+                              help="comma-separated components (vae, mlp, willshaw, models)")
+    bench_parser.add_argument("--json", dest="json_path", default=None, help="write the table's rows here")
+    bench_parser.add_argument("--markdown", dest="markdown_path", default=None, help="write a Markdown table here")
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        from aefast import bench_cli
+
+        try:
+            return bench_cli.main([c.strip() for c in args.only.split(",") if c.strip()], quick=args.quick,
+                                  device=args.device, json_path=args.json_path, markdown_path=args.markdown_path)
+        except (ValueError, FileNotFoundError, RuntimeError) as error:
+            parser.error(str(error))
     if args.command == "train":
         from pathlib import Path
 

@@ -1,7 +1,9 @@
-"""`aefast info`: versions, devices, backends with reasons, build features."""
+"""`aefast info` (versions, devices, backends with reasons, build features) and `aefast bench`."""
 import json
 import subprocess
 import sys
+
+import pytest
 
 import aefast
 
@@ -24,3 +26,25 @@ def test_info_json_matches_available_backends():
     assert info["backends"]["reference"] is True
     assert isinstance(info["build"]["cuda"], bool)
     assert "avx512vpopcntdq" in info["cpu"]
+
+
+def test_bench_quick_writes_rows_with_speedups_a_plot_and_markdown(tmp_path, capsys):
+    from aefast.cli import main
+
+    json_path, markdown_path = tmp_path / "bench.json", tmp_path / "bench.md"
+    assert main(["bench", "--quick", "--only", "vae,willshaw", "--json", str(json_path),
+                 "--markdown", str(markdown_path)]) == 0
+    rows = json.loads(json_path.read_text())["rows"]
+    assert {row["component"] for row in rows} == {"vae", "willshaw"}
+    assert all(row["speedup"] > 0 for row in rows)
+    assert (tmp_path / "bench_speedup.png").read_bytes()[:4] == b"\x89PNG"
+    assert markdown_path.read_text().startswith("| component | case |")
+    assert "x eager" in capsys.readouterr().out
+
+
+def test_bench_refuses_unknown_components(capsys):
+    from aefast.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--only", "gpu-magic"])
+    assert "--only takes" in capsys.readouterr().err
