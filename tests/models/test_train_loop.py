@@ -91,3 +91,18 @@ def test_damaged_checkpoints_are_refused(data, tmp_path, damage):
     target = Autoencoder([12, 5, 3]) if damage == "other model" else model()
     with pytest.raises(CheckpointError, match="checkpoint.pt"):
         fit(target, data, epochs=2, checkpoint_dir=tmp_path, progress=False)
+
+
+def test_datasets_and_loaders_are_taken_as_they_are(data):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    dataset = TensorDataset(data)
+    assert len(fit(model(), dataset, epochs=2, seed=1, progress=False)["train_loss"]) == 2
+    loader = DataLoader(dataset, batch_size=50)
+    assert len(fit(model(), loader, epochs=2, seed=1, progress=False)["train_loss"]) == 2
+
+
+def test_an_overcomplete_autoencoder_trains(data):
+    overcomplete = Autoencoder([12, 24])  # MSE loss: BCE on non-binary targets never nears 0
+    history = fit(overcomplete, data, epochs=30, lr=1e-2, seed=1, progress=False)
+    assert history["train_loss"][-1] < 0.2 * history["train_loss"][0]
