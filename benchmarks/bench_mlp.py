@@ -101,37 +101,14 @@ def record(benchmark, fn, kind, mode, role):
 
 @pytest.mark.parametrize("kind", list(CASES))
 @pytest.mark.parametrize("mode", ["train", "infer"])
-def test_aefast(benchmark, kind, mode):
-    model = CASES[kind][0]
-    fn = training_step(kind, model, eager=False) if mode == "train" else inference(kind, model)
-    record(benchmark, fn, kind, mode, "aefast")
-
-
-@pytest.mark.parametrize("kind", list(CASES))
-@pytest.mark.parametrize("mode", ["train", "infer"])
-def test_eager(benchmark, kind, mode):
-    model = CASES[kind][1]
-    fn = training_step(kind, model, eager=True) if mode == "train" else inference(kind, model)
-    record(benchmark, fn, kind, mode, "eager")
-
-
-@pytest.mark.parametrize("kind", list(CASES))
-@pytest.mark.parametrize("mode", ["train", "infer"])
-def test_torch_compile(benchmark, kind, mode):
-    compiled = torch.compile(CASES[kind][1], mode=COMPILE_MODE)
-    fn = training_step(kind, compiled, eager=True) if mode == "train" else inference(kind, compiled)
-    record(benchmark, fn, kind, mode, "compile")
-
-
-@pytest.mark.parametrize("kind", list(CASES))
-@pytest.mark.parametrize("mode", ["train", "infer"])
-def test_probes(benchmark, kind, mode):
-    matmul_probe(benchmark, DEVICE, DTYPE, component="mlp", case=case_name(kind, mode), rounds=ROUNDS)
-
-
-@pytest.mark.parametrize("kind", list(CASES))
-@pytest.mark.parametrize("mode", ["train", "infer"])
-def test_copy_probe(benchmark, kind, mode):
-    _, _, x, _, _ = CASES[kind]
-    copy_probe(benchmark, DEVICE, x.numel() * x.element_size() * 2, component="mlp", case=case_name(kind, mode),
-               rounds=ROUNDS)
+@pytest.mark.parametrize("role", ["aefast", "eager", "compile", "matmul probe", "copy probe"])
+def test_mlp(benchmark, kind, mode, role):
+    fused, plain, x, _, _ = CASES[kind]
+    if role == "matmul probe":
+        return matmul_probe(benchmark, DEVICE, DTYPE, component="mlp", case=case_name(kind, mode), rounds=ROUNDS)
+    if role == "copy probe":
+        return copy_probe(benchmark, DEVICE, x.numel() * x.element_size() * 2, component="mlp",
+                          case=case_name(kind, mode), rounds=ROUNDS)
+    model = {"aefast": fused, "eager": plain, "compile": torch.compile(plain, mode=COMPILE_MODE)}[role]
+    fn = training_step(kind, model, eager=role != "aefast") if mode == "train" else inference(kind, model)
+    record(benchmark, fn, kind, mode, role)

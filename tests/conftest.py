@@ -44,6 +44,19 @@ def backend(request):
         yield chosen
 
 
+def backends_with_kernels(op: str) -> list[str]:
+    """The backends that registered a kernel for ``op``, for a component's ``*_backend`` fixture."""
+    return [name for name in _backends.BACKEND_NAMES if _backends.has_kernel(op, name)]
+
+
+def force_cpu_backend(name: str):
+    """Force backend ``name`` for a test on the CPU, or skip the test saying why it cannot run here."""
+    why = _backends.can_run(name, torch.device("cpu"))
+    if why is not True:
+        pytest.skip(f"{name}: {why}")
+    return aefast.use_backend(name)
+
+
 @pytest.fixture
 def seed():
     """A fixed seed, also applied to torch's generator so that random inputs repeat."""

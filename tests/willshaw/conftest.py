@@ -2,20 +2,14 @@
 import pytest
 import torch
 
-import aefast
-from aefast import _backends
 from aefast.willshaw import ops
+from tests.conftest import backends_with_kernels, force_cpu_backend
 
-WILLSHAW_BACKENDS = [name for name in _backends.BACKEND_NAMES if _backends.has_kernel(ops.STORE, name)]
 
-
-@pytest.fixture(params=WILLSHAW_BACKENDS)
+@pytest.fixture(params=backends_with_kernels(ops.STORE))
 def willshaw_backend(request):
     """Each backend with Willshaw kernels that runs on the CPU here, forced inside the test."""
-    why = _backends.can_run(request.param, torch.device("cpu"))
-    if why is not True:
-        pytest.skip(f"{request.param}: {why}")
-    with aefast.use_backend(request.param):
+    with force_cpu_backend(request.param):
         yield request.param
 
 
