@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -12,6 +11,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
+
+from aefast._files import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "aefast.train/1"
@@ -138,14 +139,7 @@ def _save(path: Path, model, optimizer, generator, history) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "history": history, "torch_rng": torch.get_rng_state(), "loader_rng": generator.get_state()}
-    descriptor, temporary = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=path.parent)
-    os.close(descriptor)
-    try:
-        torch.save(state, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    atomic_write(path, lambda temporary: torch.save(state, temporary))
 
 
 def _resume(path: Path, model, optimizer, generator) -> dict:

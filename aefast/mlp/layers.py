@@ -56,13 +56,19 @@ def _plain_autograd(device: torch.device) -> bool:
     return _backends.requested_backend() == "auto" and _backends.select(ops.FORWARD, device)[0] == "reference"
 
 
-def _linear(x: Tensor, layer: nn.Linear, activation, corruption="none", param=0.0, seed: Tensor = _NO_SEED) -> Tensor:
+def fused_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation, corruption="none", param=0.0,
+                 seed: Tensor = _NO_SEED) -> Tensor:
+    """act(x~ W^T + b) over x's last dimension: the op, or plain autograd where auto picks the reference."""
     if _plain_autograd(x.device):
         x_used = reference.corrupt(x, corruption, param, int(seed))
-        return reference.activate(F.linear(x_used, layer.weight, layer.bias), activation)
+        return reference.activate(F.linear(x_used, weight, bias), activation)
     rows = x.reshape(-1, x.shape[-1]).contiguous()
-    y, _ = ops.fused_linear_op(rows, layer.weight, layer.bias, activation or "none", corruption, float(param), seed)
+    y, _ = ops.fused_linear_op(rows, weight, bias, activation or "none", corruption, float(param), seed)
     return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def _linear(x: Tensor, layer: nn.Linear, activation, corruption="none", param=0.0, seed: Tensor = _NO_SEED) -> Tensor:
+    return fused_linear(x, layer.weight, layer.bias, activation, corruption, param, seed)
 
 
 class FusedLinear(nn.Linear):

@@ -198,12 +198,9 @@ fused_linear_loss_op.register_autograd(_loss_backward, setup_context=_setup_loss
 # --- kernels ---------------------------------------------------------------------------------------
 
 def _reference_forward(x, weight, bias, activation, corruption, param, seed):
-    y = reference.linear_forward(x, weight, bias, activation, corruption, param, seed)
-    if activation != "gelu":
-        return y, x.new_empty(0)
-    x_used = reference.corrupt(x, corruption, param, seed)
-    return y, torch.nn.functional.linear(x_used.float(), weight.float(),
-                                         None if bias is None else bias.float()).to(x.dtype)
+    z = reference.pre_activation(reference.corrupt(x, corruption, param, seed), weight, bias)
+    y = reference.activate(z, activation).to(x.dtype)
+    return y, (z.to(x.dtype) if activation == "gelu" else x.new_empty(0))
 
 
 def _reference_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption, param, seed, grad_scale,

@@ -40,20 +40,9 @@ def activate(z: Tensor, activation: str | None) -> Tensor:
 
 def activation_grad(z: Tensor, activation: str | None) -> Tensor:
     """d act / d z at the pre-activation z."""
-    if activation is None:
-        return torch.ones_like(z)
-    if activation == "relu":
-        return (z > 0).to(z.dtype)
-    if activation == "leaky_relu":
-        return torch.where(z > 0, 1.0, LEAKY_SLOPE).to(z.dtype)
-    if activation == "tanh":
-        return 1 - torch.tanh(z) ** 2
-    if activation == "sigmoid":
-        s = torch.sigmoid(z)
-        return s * (1 - s)
-    if activation == "gelu":  # exact (erf) GELU, as F.gelu
+    if activation == "gelu":  # exact (erf) GELU, as F.gelu: the only one not written in its output
         return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return activation_grad_from_output(activate(z, activation), activation)
 
 
 def activation_grad_from_output(y: Tensor, activation: str | None) -> Tensor:
@@ -90,11 +79,14 @@ def corrupt(x: Tensor, corruption: str, param: float, seed: int) -> Tensor:
     raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {corruption!r}")
 
 
+def pre_activation(x_used: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """z = x~ W^T + b, accumulated in float32."""
+    return F.linear(x_used.float(), weight.float(), None if bias is None else bias.float())
+
+
 def linear_forward(x, weight, bias, activation, corruption="none", param=0.0, seed=0) -> Tensor:
     """act(x~ W^T + b), accumulated in float32 and returned in x's dtype."""
-    z = F.linear(corrupt(x, corruption, param, seed).float(), weight.float(),
-                 None if bias is None else bias.float())
-    return activate(z, activation).to(x.dtype)
+    return activate(pre_activation(corrupt(x, corruption, param, seed), weight, bias), activation).to(x.dtype)
 
 
 def linear_backward(grad_y, x, weight, bias, activation, corruption="none", param=0.0, seed=0,
@@ -105,7 +97,7 @@ def linear_backward(grad_y, x, weight, bias, activation, corruption="none", para
     if y is not None and activation != "gelu":
         slope = activation_grad_from_output(y.float(), activation)
     else:
-        slope = activation_grad(F.linear(x_used, weight.float(), None if bias is None else bias.float()), activation)
+        slope = activation_grad(pre_activation(x_used, weight, bias), activation)
     grad_z = grad_y.float() * slope
     if grad_scale is not None:
         grad_z = grad_z * grad_scale.float()
@@ -129,7 +121,7 @@ def loss_of_output(output_pre_activation: Tensor, target: Tensor, output_activat
 
 def linear_loss_forward(h, weight, bias, target, output_activation, loss) -> tuple[Tensor, Tensor]:
     """(mean loss, d loss / d z) of the last layer, z = h W^T + b, without its output as a result."""
-    z = F.linear(h.float(), weight.float(), None if bias is None else bias.float())
+    z = pre_activation(h, weight, bias)
     count = z.numel()
     if loss == "bce":
         grad_z = (torch.sigmoid(z) - target.float()) / count

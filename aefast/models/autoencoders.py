@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aefast.mlp import ops
-from aefast.mlp.layers import FusedMLP, _check_activation, _check_corruption, _seed_tensor
+from aefast.mlp import reference
+from aefast.mlp.layers import FusedMLP, _check_activation, _check_corruption, _seed_tensor, fused_linear
 
 
 def batch_inputs(batch) -> tuple[Tensor, Optional[Tensor]]:
@@ -56,10 +56,7 @@ class Autoencoder(nn.Module):
             return self.decoder(code)
         h = code
         for index, layer in enumerate(self.decoder.layers):
-            weight = self.encoder.layers[-1 - index].weight.t().contiguous()
-            y, _ = ops.fused_linear_op(h.reshape(-1, h.shape[-1]).contiguous(), weight, layer.bias,
-                                       layer.activation or "none", "none", 0.0, torch.zeros((), dtype=torch.int64))
-            h = y.reshape(*h.shape[:-1], y.shape[-1])
+            h = fused_linear(h, self.encoder.layers[-1 - index].weight.t().contiguous(), layer.bias, layer.activation)
         return h
 
     def forward(self, x: Tensor) -> Tensor:
@@ -127,8 +124,6 @@ class DenoisingAutoencoder(Autoencoder):
         self.noise = _check_corruption(noise)
 
     def corrupt(self, x: Tensor, seed: Optional[int] = None) -> Tensor:
-        from aefast.mlp import reference
-
         kind, param = self.noise
         return reference.corrupt(x, kind, param, int(_seed_tensor(seed)))
 

@@ -2,16 +2,14 @@
 and metadata: format name, format version, sizes, pairs stored, and a SHA-256 over the sizes and
 the matrix bytes.
 
-A save writes a temporary file beside the target and renames it over the target, so a crash leaves
-either the old file or the new one. A load checks the format, the version, the sizes against the
+A save replaces the target atomically (aefast/_files.py), so a crash leaves either the old file or
+the new one. A load checks the format, the version, the sizes against the
 matrix, and the checksum, and raises :class:`WillshawFileError` on any mismatch.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +17,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from aefast._files import atomic_write
+
 FORMAT_NAME = "aefast.willshaw"
 FORMAT_VERSION = 1
 _FIELDS = ("n_in", "n_out", "n_stored")
-_umask_lock = threading.Lock()
 
 
 class WillshawFileError(ValueError):
@@ -36,30 +35,11 @@ def checksum(matrix: torch.Tensor, sizes: dict[str, int]) -> str:
 
 
 def write(path: str | os.PathLike, matrix: torch.Tensor, n_in: int, n_out: int, n_stored: int) -> None:
-    path = Path(path)
     matrix = matrix.detach().cpu().contiguous()
     sizes = {"n_in": n_in, "n_out": n_out, "n_stored": n_stored}
     metadata = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), **{k: str(v) for k, v in sizes.items()},
                 "sha256": checksum(matrix, sizes)}
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(descriptor)
-    try:
-        save_file({"matrix": matrix}, temporary, metadata=metadata)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        # mkstemp makes the file private; give it the mode a plain open() would.
-        os.chmod(temporary, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
-def _umask() -> int:
-    with _umask_lock:  # os.umask can only be read by setting it
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return mask
+    atomic_write(path, lambda temporary: save_file({"matrix": matrix}, temporary, metadata=metadata))
 
 
 def read(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, int]]:

@@ -124,6 +124,7 @@ def retrieve_indices(matrix, n_out, cue_values, cue_offsets, mode, value) -> tup
 
 
 def count_ones(matrix: Tensor) -> int:
-    flat = matrix.flatten()
-    return sum(int(unpack(flat[start:start + (1 << 20)], 64 * min(1 << 20, flat.numel() - start)).sum())
-               for start in range(0, flat.numel(), 1 << 20))
+    """Set bits of the matrix, unpacked 2^16 words (a 32 MiB temporary) at a time."""
+    flat, chunk = matrix.flatten(), 1 << 16
+    return sum(int(unpack(flat[start:start + chunk], 64 * flat[start:start + chunk].numel()).sum())
+               for start in range(0, flat.numel(), chunk))

@@ -57,8 +57,9 @@ void fill_valid(uint64_t* out, int64_t words, int64_t n_out) {
 // Rows sit at random places in a matrix far larger than the caches, and the hardware prefetcher stops
 // at each 4 KiB page. Reading four rows at once, and asking for the next four line by line (as
 // non-temporal prefetches) while these are read, keeps enough misses in flight. On a 2-core AMD
-// EPYC, random 8 KiB rows went from 13 GB/s (one row at a time) to 24-29 (four) to 34-37 GB/s (four
-// plus the prefetches); a sequential read runs at 31-50 GB/s there.
+// EPYC, a microbenchmark of random 8 KiB rows read 13 GB/s one row at a time, 24-29 four at a time
+// and 34-37 with the prefetches; this kernel (hard threshold, n = 2^16) went from 13-15 to 21-23
+// GB/s. A sequential read runs at 31-50 GB/s there.
 constexpr int64_t kRowsInFlight = 4;
 
 // out[w0 + k] = (first ? all ones : out[w0 + k]) & the four rows, for k < kWords.
@@ -362,10 +363,10 @@ void willshaw_retrieve(const WillshawMatrix& m, const PatternRows& cue, Threshol
     const int64_t fixed_t = threshold == Threshold::hard ? ones : value;
     if (threshold == Threshold::topk) {
       topk_threshold(m, rows, ones, value, s, out);
+    } else if (ones == 0 && threshold != Threshold::fixed) {
+      std::fill(out, out + words, 0);  // an empty cue retrieves nothing under hard and soft
     } else if (threshold == Threshold::soft) {
-      if (ones == 0) std::fill(out, out + words, 0); else soft_threshold(m, rows, ones, s, out, next);
-    } else if (threshold == Threshold::hard && ones == 0) {
-      std::fill(out, out + words, 0);
+      soft_threshold(m, rows, ones, s, out, next);
     } else if (fixed_t > ones) {
       std::fill(out, out + words, 0);
     } else if (fixed_t == ones && ones > 0) {
