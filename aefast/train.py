@@ -2,6 +2,9 @@
 that a rerun resumes from, early stopping, and runs that repeat exactly from a seed."""
 from __future__ import annotations
 
+import copy
+import hashlib
+import io
 import math
 import os
 from pathlib import Path
@@ -16,6 +19,9 @@ from aefast._files import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "aefast.train/1"
+# A checkpoint file is this line, the SHA-256 of the rest (64 hex digits and a newline), then torch.save's
+# bytes: torch's zip reader does not notice a flipped bit in tensor data, the checksum does.
+_CHECKPOINT_MAGIC = b"aefast-checkpoint v1\n"
 
 
 class CheckpointError(ValueError):
@@ -139,21 +145,50 @@ def _save(path: Path, model, optimizer, generator, history) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "history": history, "torch_rng": torch.get_rng_state(), "loader_rng": generator.get_state()}
-    atomic_write(path, lambda temporary: torch.save(state, temporary))
+    payload = io.BytesIO()
+    torch.save(state, payload)
+    payload = payload.getvalue()
+    digest = hashlib.sha256(payload).hexdigest().encode()
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as handle:
+            handle.write(_CHECKPOINT_MAGIC + digest + b"\n" + payload)
+    atomic_write(path, write)
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """The state in a checkpoint file; CheckpointError when it is not one, another version, or damaged."""
+    data = path.read_bytes()
+    if not data.startswith(_CHECKPOINT_MAGIC):
+        first_line = data.split(b"\n", 1)[0][:40]
+        if first_line.startswith(b"aefast-checkpoint "):
+            raise CheckpointError(f"{path} is a checkpoint of another format version ({first_line.decode(errors='replace')!r}); "
+                                  f"this aefast reads {_CHECKPOINT_MAGIC.strip().decode()!r}")
+        raise CheckpointError(f"{path} is not an aefast training checkpoint")
+    header_end = len(_CHECKPOINT_MAGIC) + 65
+    digest, payload = data[len(_CHECKPOINT_MAGIC):header_end - 1], data[header_end:]
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise CheckpointError(f"{path}: checksum mismatch, the file is truncated, appended to or damaged")
+    try:
+        return torch.load(io.BytesIO(payload), weights_only=True)
+    except Exception as error:  # a matching checksum over bytes torch cannot read: written by something else
+        raise CheckpointError(f"{path} cannot be read: {error}") from None
 
 
 def _resume(path: Path, model, optimizer, generator) -> dict:
-    try:
-        state = torch.load(path, weights_only=True)
-    except Exception as error:  # torch raises several types for damaged zip/pickle data
-        raise CheckpointError(f"{path} cannot be read (truncated or damaged?): {error}") from None
+    state = _read_checkpoint(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an aefast training checkpoint")
+    # load_state_dict copies the parameters that fit before it complains about the rest: keep a copy so
+    # that a checkpoint of another model leaves this one as it was.
+    before = copy.deepcopy(model.state_dict())
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         generator.set_state(state["loader_rng"])
-    except (KeyError, RuntimeError, ValueError) as error:
+        history = state["history"]
+    except (KeyError, RuntimeError, ValueError, TypeError) as error:
+        model.load_state_dict(before)
         raise CheckpointError(f"{path} does not fit this model or run: {error}") from None
-    return state["history"]
+    return history

@@ -83,17 +83,29 @@ def test_wrong_width_names_x(data):
         fit(model(), torch.rand(10, 5), epochs=1, progress=False)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "other model"])
-def test_damaged_checkpoints_are_refused(data, tmp_path, damage):
+DAMAGES = {
+    "truncated": lambda data: data[:len(data) // 2],
+    "bit-flipped": lambda data: data[:len(data) * 2 // 3] + bytes([data[len(data) * 2 // 3] ^ 0x10]) + data[len(data) * 2 // 3 + 1:],
+    "appended to": lambda data: data + b"\0" * 16,
+    "wrong version": lambda data: data.replace(b"aefast-checkpoint v1", b"aefast-checkpoint v9", 1),
+    "garbage": lambda data: b"not a checkpoint at all",
+    "empty": lambda data: b"",
+}
+
+
+@pytest.mark.parametrize("damage", [*DAMAGES, "other model"])
+def test_damaged_checkpoints_are_refused_and_leave_the_model_as_it_was(data, tmp_path, damage):
     fit(model(), data, epochs=1, seed=1, checkpoint_dir=tmp_path, progress=False)
     checkpoint = tmp_path / "checkpoint.pt"
-    if damage == "truncate":
-        checkpoint.write_bytes(checkpoint.read_bytes()[:100])
-    elif damage == "garbage":
-        checkpoint.write_bytes(b"not a checkpoint at all")
-    target = Autoencoder([12, 5, 3]) if damage == "other model" else model()
+    if damage in DAMAGES:
+        checkpoint.write_bytes(DAMAGES[damage](checkpoint.read_bytes()))
+    # "other model": same layer names, other sizes, so load_state_dict would copy the layers that fit.
+    target = Autoencoder([12, 5, 3], output_activation="sigmoid") if damage == "other model" else model()
+    before = {name: value.clone() for name, value in target.state_dict().items()}
     with pytest.raises(CheckpointError, match="checkpoint.pt"):
         fit(target, data, epochs=2, checkpoint_dir=tmp_path, progress=False)
+    for name, value in target.state_dict().items():
+        assert torch.equal(value, before[name]), name
 
 
 def test_datasets_and_loaders_are_taken_as_they_are(data):
