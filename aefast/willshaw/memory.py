@@ -30,8 +30,11 @@ class WillshawMemory:
     ``n_out=None`` makes an auto-associative memory (n_out = n_in). ``device`` holds the bit matrix;
     ``backend`` forces one backend for this memory (else ``aefast.use_backend``/``AEFAST_BACKEND``/auto).
 
-    Stores are serialized by a lock, so two threads may store into one memory; retrievals take no
-    lock and may run from several threads at once (they read the matrix only).
+    Threads: stores (and ``clear``, ``save``) are serialized by the memory's lock, so several threads
+    may store into one memory and lose nothing. Retrievals take no lock and may run from several threads
+    at once (they only read). A retrieval that runs while another thread stores may see some of that
+    store's pairs and not others; finish the store first when that matters.
+    (tests/willshaw/test_concurrency.py)
     """
 
     def __init__(self, n_in: int, n_out: Optional[int] = None, *, device: str | torch.device = "cpu",
