@@ -1,0 +1,34 @@
+"""The Triton Philox helpers shared by the VAE and MLP kernels: the reference stream (aefast/_philox.py)
+at offsets past 2^32, where a 32-bit offset would wrap around to the first numbers."""
+import pytest
+import torch
+
+from aefast import _backends
+from aefast._philox import philox_normal, philox_uniform
+
+if _backends.can_run("triton", torch.device("cpu")) is not True and not torch.cuda.is_available():
+    pytest.skip("triton cannot run here", allow_module_level=True)
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from aefast import _triton_random  # noqa: E402
+
+
+@triton.jit
+def _draw(out_normal, out_uniform, seed, start, COUNT: tl.constexpr):
+    offsets = start + tl.arange(0, COUNT).to(tl.int64)
+    tl.store(out_normal + tl.arange(0, COUNT), _triton_random.philox_normal(seed, offsets))
+    tl.store(out_uniform + tl.arange(0, COUNT), _triton_random.philox_uniform(seed, offsets))
+
+
+@pytest.mark.parametrize("start", [0, 2**31 - 8, 2**32 - 8, 2**40 + 3])
+def test_triton_philox_matches_the_reference_past_2_to_the_32(start):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    normal, uniform = torch.empty(16, device=device), torch.empty(16, device=device)
+    _draw[(1,)](normal, uniform, 7, start, COUNT=16)
+    offsets = torch.arange(start, start + 16)
+    torch.testing.assert_close(normal.cpu(), philox_normal(7, offsets), atol=2e-6, rtol=2e-6)
+    torch.testing.assert_close(uniform.cpu(), philox_uniform(7, offsets), atol=1e-7, rtol=0)
+    if start >= 2**32:
+        assert not torch.allclose(normal.cpu(), philox_normal(7, offsets % 2**32))
