@@ -11,11 +11,20 @@ if not torch.cuda.is_available():
 import dataclasses  # noqa: E402
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 import aefast  # noqa: E402
 from aefast import _backends  # noqa: E402
 
 HAS_GPU = torch.cuda.is_available()
+
+# Property tests (test_properties.py in each component): the same examples on every run, so that CI
+# is repeatable; HYPOTHESIS_PROFILE=explore draws new ones, and more of them, when hunting for bugs.
+# The backend fixtures only force a backend, so they may span a test's examples.
+settings.register_profile("ci", deadline=None, derandomize=True, max_examples=25, print_blob=True,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.register_profile("explore", parent=settings.get_profile("ci"), derandomize=False, max_examples=300)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @dataclasses.dataclass(frozen=True)

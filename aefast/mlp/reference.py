@@ -50,7 +50,7 @@ def activation_grad_from_output(y: Tensor, activation: str | None) -> Tensor:
     if activation is None:
         return torch.ones_like(y)
     if activation == "relu":
-        return (y > 0).to(y.dtype)
+        return (~(y <= 0)).to(y.dtype)
     if activation == "leaky_relu":
         return torch.where(y > 0, 1.0, LEAKY_SLOPE).to(y.dtype)
     if activation == "tanh":
@@ -58,6 +58,14 @@ def activation_grad_from_output(y: Tensor, activation: str | None) -> Tensor:
     if activation == "sigmoid":
         return y * (1 - y)
     raise ValueError(f"the derivative of {activation!r} needs the pre-activation")
+
+
+def times_activation_grad(grad: Tensor, slope: Tensor, activation: str | None) -> Tensor:
+    """grad times the derivative ``slope``. ReLU selects instead of multiplying, as torch's backward does:
+    a unit that is off passes 0 even when grad is NaN or inf, and a NaN output passes grad."""
+    if activation == "relu":
+        return torch.where(slope == 0, torch.zeros_like(grad), grad)
+    return grad * slope
 
 
 def noise_offsets(rows: int, cols: int, device) -> Tensor:
@@ -98,7 +106,7 @@ def linear_backward(grad_y, x, weight, bias, activation, corruption="none", para
         slope = activation_grad_from_output(y.float(), activation)
     else:
         slope = activation_grad(pre_activation(x_used, weight, bias), activation)
-    grad_z = grad_y.float() * slope
+    grad_z = times_activation_grad(grad_y.float(), slope, activation)
     if grad_scale is not None:
         grad_z = grad_z * grad_scale.float()
     grad_x = grad_z @ weight.float()
@@ -127,5 +135,6 @@ def linear_loss_forward(h, weight, bias, target, output_activation, loss) -> tup
         grad_z = (torch.sigmoid(z) - target.float()) / count
     else:
         out = activate(z, output_activation)
-        grad_z = 2 * (out - target.float()) * activation_grad(z, output_activation) / count
+        grad_z = times_activation_grad(2 * (out - target.float()) / count, activation_grad(z, output_activation),
+                                       output_activation)
     return loss_of_output(z, target, output_activation, loss), grad_z.to(h.dtype)

@@ -39,7 +39,7 @@ def _tanh(z):
 @triton.jit
 def _activate(z, ACT: tl.constexpr):
     if ACT == 1:
-        z = tl.maximum(z, 0.0)
+        z = tl.where(z < 0, 0.0, z)  # NaN stays NaN, as torch.relu (tl.maximum would drop it on the GPU)
     elif ACT == 2:
         z = tl.where(z > 0, z, 0.01 * z)
     elif ACT == 3:
@@ -55,9 +55,9 @@ def _activate(z, ACT: tl.constexpr):
 def _activation_grad(saved, ACT: tl.constexpr):
     """d act / d z from what the forward saved: the output y, or the pre-activation z for GELU."""
     if ACT == 0:
-        grad = saved * 0.0 + 1.0
+        grad = tl.zeros_like(saved) + 1.0
     elif ACT == 1:
-        grad = tl.where(saved > 0, 1.0, 0.0)
+        grad = tl.where(saved <= 0, 0.0, 1.0)
     elif ACT == 2:
         grad = tl.where(saved > 0, 1.0, 0.01)
     elif ACT == 3:
@@ -124,13 +124,24 @@ def _linear_forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, M, N, K, seed, par
 
 
 @triton.jit
+def _times_activation_grad(grad, saved, ACT: tl.constexpr):
+    """grad times d act / d z. ReLU selects instead of multiplying, as torch's backward does: a unit that
+    is off passes 0 even when grad is NaN or inf, and a NaN output passes grad."""
+    if ACT == 1:
+        out = tl.where(saved <= 0, 0.0, grad)
+    else:
+        out = grad * _activation_grad(saved, ACT)
+    return out
+
+
+@triton.jit
 def _grad_pre_activation(gy_ptr, saved_ptr, scale_ptr, rm, rn, M, N, ACT: tl.constexpr, HAS_SCALE: tl.constexpr):
     """dL/dz for a (rows x cols) tile: the incoming gradient times the activation's derivative."""
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     offsets = rm[:, None] * N + rn[None, :]
     grad = tl.load(gy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     if ACT != 0:
-        grad *= _activation_grad(tl.load(saved_ptr + offsets, mask=mask, other=0.0).to(tl.float32), ACT)
+        grad = _times_activation_grad(grad, tl.load(saved_ptr + offsets, mask=mask, other=0.0).to(tl.float32), ACT)
     if HAS_SCALE:
         grad *= tl.load(scale_ptr).to(tl.float32)
     return grad
@@ -200,10 +211,9 @@ def _linear_loss_kernel(h_ptr, w_ptr, b_ptr, t_ptr, gz_ptr, partial_ptr, M, N, K
         diff = out - target
         loss = diff * diff
         if OUT_ACT == 5:
-            slope = _activation_grad(z, OUT_ACT)
+            grad_z = _times_activation_grad(2.0 * diff * inv_count, z, OUT_ACT)
         else:
-            slope = _activation_grad(out, OUT_ACT)
-        grad_z = 2.0 * diff * slope * inv_count
+            grad_z = _times_activation_grad(2.0 * diff * inv_count, out, OUT_ACT)
     tl.store(gz_ptr + offsets, grad_z.to(gz_ptr.dtype.element_ty), mask=mask)
     partial = tl.sum(tl.sum(tl.where(mask, loss, 0.0), axis=1), axis=0)
     tl.store(partial_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), partial)
@@ -355,11 +365,11 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, dims_ptr, w
         in_mask = rows_valid & (cols[None, :] < width_in)
         if layer == NUM_LAYERS - 1:
             y = tl.load(out_ptr + rm[:, None] * width_out + cols[None, :], mask=out_mask, other=0.0).to(tl.float32)
-            grad_z = grad * _activation_grad(y, LAST_ACT)
+            grad_z = _times_activation_grad(grad, y, LAST_ACT)
         else:
             y = tl.load(acts_ptr + tl.load(act_offsets_ptr + layer) + rm[:, None] * width_out + cols[None, :],
                         mask=out_mask, other=0.0).to(tl.float32)
-            grad_z = grad * _activation_grad(y, ACT)
+            grad_z = _times_activation_grad(grad, y, ACT)
         grad_z = tl.where(out_mask, grad_z, 0.0)
         if layer == 0:
             h_in = tl.load(x_ptr + rm[:, None] * width_in + cols[None, :], mask=in_mask, other=0.0).to(tl.float32)

@@ -52,7 +52,8 @@ def reparameterize_kl_elementwise(mu, logvar, eps, clamp_min=-math.inf, clamp_ma
 
 
 def _noise_or_eps(mu, eps, seed):
-    return eps if eps is not None else noise(seed, mu.shape, mu.dtype, mu.device)
+    # Generated noise stays in the compute dtype, as in the kernels: z is rounded to mu's dtype once.
+    return eps if eps is not None else noise(seed, mu.shape, kl_dtype(mu.dtype), mu.device)
 
 
 def forward(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):
