@@ -80,7 +80,45 @@ def main(argv: list[str] | None = None) -> int:
                               help="comma-separated components (vae, mlp, willshaw, models)")
     bench_parser.add_argument("--json", dest="json_path", default=None, help="write the table's rows here")
     bench_parser.add_argument("--markdown", dest="markdown_path", default=None, help="write a Markdown table here")
+    willshaw_parser = commands.add_parser("willshaw", help="the Willshaw memory's storage experiments (CSV + PNG)")
+    experiments = willshaw_parser.add_subparsers(dest="experiment", required=True)
+    for name, help_text in (("capacity", "errors and density against the number of stored pairs"),
+                            ("noise", "incomplete and noisy cues under every threshold"),
+                            ("scaling", "bits per synapse at capacity and recalls per second against n")):
+        experiment = experiments.add_parser(name, help=help_text)
+        experiment.add_argument("--n", type=int, required=True,
+                                help="units per side" + (" (the largest size)" if name == "scaling" else ""))
+        experiment.add_argument("--ones", type=int, required=name != "scaling",
+                                help="ones per pattern M" + (" (default: log2(n/4) per size)" if name == "scaling" else ""))
+        experiment.add_argument("--seed", type=int, default=0)
+        experiment.add_argument("--out", required=True, help="folder for the CSV and PNG; a rerun resumes from its CSV")
+        experiment.add_argument("--queries", type=int, default=1000, help="recalls measured per point")
+        experiment.add_argument("--device", default="cpu")
+        if name == "capacity":
+            experiment.add_argument("--pairs", help="comma-separated pair counts (default: 12 up to 2 x capacity)")
+        if name == "noise":
+            experiment.add_argument("--pairs", type=int, help="stored pairs (default: capacity)")
+            experiment.add_argument("--fixed-threshold", type=int, help="T of the fixed threshold (default: M // 2)")
+        if name == "scaling":
+            experiment.add_argument("--sizes", help="comma-separated sizes (default: powers of 2 from 2^10 to n)")
     args = parser.parse_args(argv)
+    if args.command == "willshaw":
+        from aefast.willshaw import experiments as willshaw_experiments
+
+        common = dict(seed=args.seed, out=args.out, queries=args.queries, device=args.device)
+        try:
+            if args.experiment == "capacity":
+                pairs = None if args.pairs is None else [int(p) for p in args.pairs.split(",")]
+                rows = willshaw_experiments.capacity(args.n, args.ones, pairs=pairs, **common)
+            elif args.experiment == "noise":
+                rows = willshaw_experiments.noise(args.n, args.ones, pairs=args.pairs,
+                                                  fixed_threshold=args.fixed_threshold, **common)
+            else:
+                sizes = None if args.sizes is None else [int(s) for s in args.sizes.split(",")]
+                rows = willshaw_experiments.scaling(args.n, args.ones, sizes=sizes, **common)
+        except (ValueError, TypeError, MemoryError) as error:
+            parser.error(str(error))
+        print(f"{len(rows)} rows in {args.out}/{args.experiment}.csv, plots in {args.out}/{args.experiment}.png")
     if args.command == "bench":
         from aefast import bench_cli
 

@@ -1,0 +1,107 @@
+"""The storage experiments: their measurements against the theory, CSV + PNG output, runs that repeat
+from their seed, resuming after an interruption, and the CLI."""
+import csv
+import subprocess
+import sys
+
+import pytest
+
+from aefast.willshaw import experiments, theory
+
+N, ONES = 1000, 7
+TIMING = ("store_pairs_per_second", "recalls_per_second")
+
+
+def read_csv(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_capacity_follows_the_theory_and_writes_csv_and_png(tmp_path):
+    rows = experiments.capacity(N, ONES, seed=3, out=tmp_path, queries=400, progress=False)
+    assert (tmp_path / "capacity.png").stat().st_size > 10_000
+    assert len(read_csv(tmp_path / "capacity.csv")) == len(rows) == 12
+    full = theory.capacity(N, ONES)
+    for row in rows:
+        assert row["misses"] == 0  # a complete cue under the hard threshold never misses
+        assert row["density"] == pytest.approx(row["density_theory"], abs=0.01)
+        if row["pairs"] >= full / 2:  # enough false ones to measure: within 15% of the exact form
+            assert row["false_ones"] == pytest.approx(row["false_ones_exact"], rel=0.15)
+    assert rows[0]["false_ones"] == 0 and rows[-1]["false_ones"] > 50
+
+
+def test_a_run_repeats_from_its_seed_and_another_seed_differs(tmp_path):
+    first = experiments.capacity(N, ONES, seed=5, out=tmp_path / "a", pairs=[20000, 40000], queries=200, progress=False)
+    again = experiments.capacity(N, ONES, seed=5, out=tmp_path / "b", pairs=[20000, 40000], queries=200, progress=False)
+    other = experiments.capacity(N, ONES, seed=6, out=tmp_path / "c", pairs=[20000, 40000], queries=200, progress=False)
+    assert (tmp_path / "a" / "capacity.csv").read_text() == (tmp_path / "b" / "capacity.csv").read_text()
+    assert first == again and first != other
+
+
+def test_an_interrupted_run_resumes_from_its_csv(tmp_path, monkeypatch):
+    points = [5000, 20000, 40000, 60000]
+    experiments.capacity(N, ONES, seed=2, out=tmp_path / "whole", pairs=points, queries=200, progress=False)
+    whole = (tmp_path / "whole" / "capacity.csv").read_text()
+    # The interrupted run measured two points and was killed while writing the third row.
+    experiments.capacity(N, ONES, seed=2, out=tmp_path / "cut", pairs=points, queries=200, progress=False)
+    lines = (tmp_path / "cut" / "capacity.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "cut" / "capacity.csv").write_text("".join(lines[:3]) + lines[3][:17])
+    measured = []
+    original = experiments.recall_errors
+    monkeypatch.setattr(experiments, "recall_errors", lambda memory, *args: measured.append(memory.n_stored)
+                        or original(memory, *args))
+    experiments.capacity(N, ONES, seed=2, out=tmp_path / "cut", pairs=points, queries=200, progress=False)
+    assert measured == [40000, 60000]  # only the points not in the CSV were measured again
+    assert (tmp_path / "cut" / "capacity.csv").read_text() == whole
+
+
+def test_other_arguments_in_the_same_folder_are_refused(tmp_path):
+    experiments.capacity(N, ONES, seed=2, out=tmp_path, pairs=[5000], queries=50, progress=False)
+    with pytest.raises(ValueError, match="other arguments"):
+        experiments.capacity(N, ONES, seed=3, out=tmp_path, pairs=[5000], queries=50, progress=False)
+
+
+def test_noise_thresholds_behave_as_the_notes_say(tmp_path):
+    rows = experiments.noise(N, ONES, seed=1, out=tmp_path, queries=200, progress=False)
+    assert (tmp_path / "noise.png").exists()
+    table = {(row["cue"], row["amount"], row["threshold"]): row for row in rows}
+    for k in range(1, ONES + 1):  # hard and soft never miss with an incomplete cue of a stored pattern
+        assert table["incomplete", k, "hard"]["misses"] == 0 and table["incomplete", k, "soft"]["misses"] == 0
+    # fewer cue ones, more false ones under the hard threshold
+    false_ones = [table["incomplete", k, "hard"]["false_ones"] for k in range(1, ONES + 1)]
+    assert false_ones == sorted(false_ones, reverse=True)
+    # top-k recalls exactly M units, so each false one displaces an answer unit
+    assert all(row["false_ones"] == row["misses"] for key, row in table.items() if key[2] == f"top-{ONES}")
+    # extra cue ones raise the hard threshold above what the answer units reach: it starts to miss
+    assert table["noisy", 0, "hard"]["misses"] == 0 < table["noisy", 1, "hard"]["misses"] < table["noisy", 2, "hard"]["misses"]
+
+
+def test_scaling_approaches_ln2_bits_per_synapse(tmp_path):
+    rows = experiments.scaling(4096, seed=0, out=tmp_path, queries=200, progress=False)
+    assert [row["n"] for row in rows] == [1024, 2048, 4096]
+    for row in rows:
+        assert row["ones"] == round(theory.optimal_ones(row["n"]))
+        assert row["density"] == pytest.approx(0.5, abs=0.01)  # capacity is where half the synapses are on
+        assert 0.55 < row["bits_per_synapse"] < 0.69
+        assert row["recalls_per_second"] > 0 and row["store_pairs_per_second"] > 0
+    assert (tmp_path / "scaling.png").exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["capacity", "--n", "1", "--ones", "1"], "n must be >= 2"),
+    (["capacity", "--n", "100", "--ones", "100"], r"ones must be in \[1, n\)"),
+    (["capacity", "--n", "100", "--ones", "3", "--pairs", "0"], "pairs must be"),
+    (["noise", "--n", "100", "--ones", "3", "--queries", "0"], "queries must be"),
+])
+def test_cli_errors(tmp_path, arguments, message):
+    result = subprocess.run([sys.executable, "-m", "aefast.cli", "willshaw", *arguments, "--out", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and message.replace("\\", "") in result.stderr.replace("\\", "")
+
+
+def test_cli_writes_the_csv_and_plot(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "aefast.cli", "willshaw", "capacity", "--n", "500", "--ones", "5",
+                             "--seed", "4", "--pairs", "1000,4000", "--queries", "100", "--out", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert len(read_csv(tmp_path / "capacity.csv")) == 2 and (tmp_path / "capacity.png").exists()
