@@ -127,15 +127,17 @@ def _check_threshold(threshold: int, value: int, n_out: int) -> None:
         raise ValueError(f"k must be in [1, n_out={n_out}], got {value}")
 
 
-# --- reference kernels: they index with the patterns, so they check them first -------------------------
+# --- reference and Triton kernels index memory with the patterns, so they check them first --------------
 
-def _reference_store(matrix, n_out, x_values, x_offsets, y_values, y_offsets):
-    reference.check_patterns(x_values, x_offsets, matrix.shape[0], "x")
-    reference.check_patterns(y_values, y_offsets, n_out, "y")
-    reference.store(matrix, n_out, x_values, x_offsets, y_values, y_offsets)
+def _checked_store(kernel):
+    def run(matrix, n_out, x_values, x_offsets, y_values, y_offsets):
+        reference.check_patterns(x_values, x_offsets, matrix.shape[0], "x")
+        reference.check_patterns(y_values, y_offsets, n_out, "y")
+        kernel(matrix, n_out, x_values, x_offsets, y_values, y_offsets)
+    return run
 
 
-def _reference_query(kernel):
+def _checked_query(kernel):
     def run(matrix, n_out, cue_values, cue_offsets, *args):
         reference.check_patterns(cue_values, cue_offsets, matrix.shape[0], "cue")
         return kernel(matrix, n_out, cue_values, cue_offsets, *args)
@@ -187,14 +189,24 @@ def _cpp_count_ones(matrix):
     return _backends.compiled_module().willshaw_count_ones_cpu(cpu_buffer(matrix), matrix.numel())
 
 
-for _op, _reference_kernel, _cpp_kernel in (
-    (STORE, _reference_store, _cpp_store),
-    (SUMS, _reference_query(reference.sums), _cpp_sums),
-    (RETRIEVE, _reference_query(reference.retrieve), _cpp_retrieve),
-    (RETRIEVE_INDICES, _reference_query(reference.retrieve_indices), _cpp_retrieve_indices),
-    (CHECK_PATTERNS, reference.check_patterns, _cpp_check_patterns),
-    (COUNT_ONES, reference.count_ones, _cpp_count_ones),
-    (DENSE_TO_ROWS, reference.dense_to_rows, _cpp_dense_to_rows),
+def _triton(name):
+    def run(*args):
+        from aefast.willshaw import triton_kernels  # lazily: TRITON_INTERPRET is read when kernels are defined
+        return getattr(triton_kernels, name)(*args)
+    return run
+
+
+for _op, _reference_kernel, _cpp_kernel, _triton_kernel in (
+    (STORE, _checked_store(reference.store), _cpp_store, _checked_store(_triton("store"))),
+    (SUMS, _checked_query(reference.sums), _cpp_sums, _checked_query(_triton("sums"))),
+    (RETRIEVE, _checked_query(reference.retrieve), _cpp_retrieve, _checked_query(_triton("retrieve"))),
+    (RETRIEVE_INDICES, _checked_query(reference.retrieve_indices), _cpp_retrieve_indices,
+     _checked_query(_triton("retrieve_indices"))),
+    # The pattern checks and conversions are plain torch on any device: Triton runs the reference's.
+    (CHECK_PATTERNS, reference.check_patterns, _cpp_check_patterns, reference.check_patterns),
+    (COUNT_ONES, reference.count_ones, _cpp_count_ones, _triton("count_ones")),
+    (DENSE_TO_ROWS, reference.dense_to_rows, _cpp_dense_to_rows, reference.dense_to_rows),
 ):
     _backends.register_kernel(_op, "reference", _reference_kernel)
     _backends.register_kernel(_op, "cpp", _cpp_kernel)
+    _backends.register_kernel(_op, "triton", _triton_kernel)

@@ -1,6 +1,7 @@
 """Property tests of the fused layers: any widths and batches (1, and sizes no block divides), any
 activation, fp32 values with inf and NaN, and the low-precision dtypes; every backend against
 nn.Sequential with the same weights, outputs and all gradients."""
+import copy
 import math
 
 import pytest
@@ -17,9 +18,8 @@ from tests.mlp.test_layers import ACTIVATION_MODULES, float32_tolerance
 widths = st.integers(1, 70)
 batches = st.integers(1, 40)
 activations = st.sampled_from((None,) + tuple(ACTIVATIONS))
-# Low precision: both sides accumulate in fp32 and round once, so they differ by the rounding of
-# the output (one unit in its last place, relative) plus the fp32 reassociation, scaled by the format.
-LOW_PRECISION = {torch.float16: 2.0**-9, torch.bfloat16: 2.0**-6}
+# Unit roundoff of the low-precision formats.
+UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 
 
 def special_values(draw_data, x: torch.Tensor, activations_used) -> torch.Tensor:
@@ -34,16 +34,26 @@ def special_values(draw_data, x: torch.Tensor, activations_used) -> torch.Tensor
     return flat.reshape(x.shape)
 
 
+def outputs_and_grads(module, x, grad):
+    x = x.clone().requires_grad_()
+    y = module(x)
+    return [y, *torch.autograd.grad(y, [x, *module.parameters()], grad)]
+
+
 def compare(fused_module, plain_module, x, dtype, tolerance):
-    x_fused, x_plain = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_fused, y_plain = fused_module(x_fused), plain_module(x_plain)
-    torch.testing.assert_close(y_fused, y_plain, atol=tolerance, rtol=tolerance, equal_nan=True, msg="output")
-    grad = torch.randn(y_plain.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
-    fused_inputs, plain_inputs = [x_fused, *fused_module.parameters()], [x_plain, *plain_module.parameters()]
-    for name, a, b in zip(["x"] + [n for n, _ in fused_module.named_parameters()],
-                          torch.autograd.grad(y_fused, fused_inputs, grad),
-                          torch.autograd.grad(y_plain, plain_inputs, grad)):
-        torch.testing.assert_close(a, b, atol=tolerance, rtol=tolerance, equal_nan=True, msg=f"grad of {name}")
+    grad = torch.randn(plain_module(x).shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    names = ["output", "grad of x"] + [f"grad of {name}" for name, _ in fused_module.named_parameters()]
+    got, torch_result = outputs_and_grads(fused_module, x, grad), outputs_and_grads(plain_module, x, grad)
+    if dtype == torch.float32:
+        for name, a, b in zip(names, got, torch_result):
+            torch.testing.assert_close(a, b, atol=tolerance, rtol=tolerance, equal_nan=True, msg=name)
+        return
+    # Low precision, DESIGN.md's bar: against float64, the kernel's error is at most twice that of PyTorch
+    # running the same layers in the low precision, plus one rounding of the result.
+    exact = outputs_and_grads(copy.deepcopy(plain_module).double(), x.double(), grad.double())
+    for name, a, b, e in zip(names, got, torch_result, exact):
+        kernel_error, torch_error = (a.double() - e).abs().max(), (b.double() - e).abs().max()
+        assert kernel_error <= 2 * torch_error + 2 * UNIT_ROUNDOFF[dtype] * e.abs().max(), name
 
 
 @given(batch=batches, width_in=widths, width_out=widths, activation=activations, bias=st.booleans(),
@@ -59,7 +69,7 @@ def test_fused_linear_equals_linear_then_activation(mlp_backend, batch, width_in
         x = special_values(data, x, [activation])
         tolerance = float32_tolerance(max(width_in, width_out, batch))
     else:
-        tolerance = LOW_PRECISION[dtype] * max(1.0, math.sqrt(max(width_in, width_out, batch)))
+        tolerance = None
     compare(fused, plain, x.to(dtype), dtype, tolerance)
 
 

@@ -50,3 +50,18 @@ def test_answers_past_4_gib_are_written_at_their_own_offsets():
         assert answer[-1].nonzero().flatten().tolist() == [N_OUT - 1]
         assert answer[0].nonzero().flatten().tolist() == [7]
         assert int(answer[:, N_OUT - 1].sum()) == 1
+
+
+@pytest.mark.gpu
+def test_a_gpu_matrix_past_2_to_the_31_words_stores_and_retrieves_its_last_rows():
+    """300000 rows of 8193 words: 2.46e9 words (19.7 GB), so word offsets pass 2^31 in the GPU kernels."""
+    n_in = 300_000
+    memory = WillshawMemory(n_in, N_OUT, device="cuda")
+    x = torch.tensor([[0, 7, n_in - 2, n_in - 1]], device="cuda")
+    y = torch.tensor([[3, 2**18, N_OUT - 64, N_OUT - 1]], device="cuda")
+    memory.store_indices(x, y)
+    assert memory.density == 16 / (n_in * N_OUT)
+    assert torch.equal(memory.retrieve_indices(x)[0], y[0])
+    assert torch.equal(memory.retrieve_indices(x[:, 2:], "soft")[0], y[0])
+    assert torch.equal(memory.retrieve_indices(x[:, 3:], 1)[0], y[0])
+    assert memory.sums_indices(x[:, 3:])[0].sum() == 4

@@ -6,8 +6,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aefast.willshaw import WillshawMemory
-from tests.conftest import force_cpu_backend
+import aefast
+from aefast import _backends
+from aefast.willshaw import WillshawMemory, ops
+from tests.conftest import backends_with_kernels
 
 sizes = st.integers(1, 200)
 
@@ -72,8 +74,10 @@ def test_bad_patterns_get_the_same_error_from_every_backend_and_change_nothing(n
     row = rows[bad_row % len(rows)]
     row.append(row[0] if bad == "repeat" and row else (n + 5 if bad == "repeat" else bad))
     messages = set()
-    for backend in ("cpp", "reference"):
-        with force_cpu_backend(backend):
+    for backend in backends_with_kernels(ops.STORE):
+        if _backends.can_run(backend, torch.device("cpu")) is not True:
+            continue
+        with aefast.use_backend(backend):
             memory = WillshawMemory(n)
             memory.store_indices([torch.tensor([0])])
             before = memory.packed_matrix()

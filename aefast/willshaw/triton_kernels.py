@@ -1,0 +1,192 @@
+"""Triton kernels of the Willshaw memory, on the packed matrix of reference.py (int64 words, one bit-row
+of the n_out output units per input unit, bits past n_out zero) and patterns as rows of positions
+(``values[offsets[b]:offsets[b + 1]]``).
+
+- store: one program per pair ORs its x-by-y block of bits into the matrix with atomic ORs on int64
+  words, so pairs that share a word need no other coordination.
+- hard threshold: one program per (cue, block of words) ANDs the cue's rows, the fewest bytes a
+  retrieval can read, and unpacks the words into the bool answer.
+- soft threshold: the same AND; a cue whose AND is empty (no unit reached all of its ones) falls back
+  to its sums, as few cues do at or below capacity.
+- sums (and the fixed and top-k thresholds, which start from them): one program per (cue, block of
+  words) adds each bit of each cue row into int32 counters; a fixed T is compared in the kernel.
+- count of ones: a SWAR popcount (libdevice's popc does not run in the interpreter).
+
+Every offset is computed in int64: a matrix of 10^6 x 15625 words has offsets past 2^33.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from aefast.willshaw import reference
+
+# Words per program of the AND, unpack and sums kernels: 128 words = 1 KiB of a row per load, whole
+# 128-byte lines (HOPPER.md); the sums keep 64 counters per word, so they take fewer.
+AND_WORDS, SUMS_WORDS, COUNT_WORDS = 128, 16, 1024
+STORE_X, STORE_Y = 16, 32  # a pair's x and y ones per tile; longer rows loop over tiles
+
+
+@triton.jit
+def _store_kernel(matrix_ptr, words_per_row, x_values_ptr, x_offsets_ptr, y_values_ptr, y_offsets_ptr,
+                  BLOCK_X: tl.constexpr, BLOCK_Y: tl.constexpr):
+    pair = tl.program_id(0).to(tl.int64)
+    x_start, x_stop = tl.load(x_offsets_ptr + pair), tl.load(x_offsets_ptr + pair + 1)
+    y_start, y_stop = tl.load(y_offsets_ptr + pair), tl.load(y_offsets_ptr + pair + 1)
+    for x_tile in range(x_start, x_stop, BLOCK_X):
+        xi = x_tile + tl.arange(0, BLOCK_X)
+        x_mask = xi < x_stop
+        rows = tl.load(x_values_ptr + xi, mask=x_mask, other=0)
+        for y_tile in range(y_start, y_stop, BLOCK_Y):
+            yi = y_tile + tl.arange(0, BLOCK_Y)
+            y_mask = yi < y_stop
+            units = tl.load(y_values_ptr + yi, mask=y_mask, other=0)
+            addresses = rows[:, None] * words_per_row + (units >> 6)[None, :]
+            bits = tl.full((BLOCK_Y,), 1, tl.int64) << (units & 63)
+            tl.atomic_or(matrix_ptr + addresses, tl.broadcast_to(bits[None, :], (BLOCK_X, BLOCK_Y)),
+                         mask=x_mask[:, None] & y_mask[None, :])
+
+
+@triton.jit
+def _and_kernel(matrix_ptr, words_per_row, cue_values_ptr, cue_offsets_ptr, out_ptr, BLOCK_W: tl.constexpr):
+    """out[cue, words] = AND of the cue's rows (0 for an empty cue)."""
+    cue = tl.program_id(0).to(tl.int64)
+    words = tl.program_id(1).to(tl.int64) * BLOCK_W + tl.arange(0, BLOCK_W)
+    mask = words < words_per_row
+    start, stop = tl.load(cue_offsets_ptr + cue), tl.load(cue_offsets_ptr + cue + 1)
+    acc = tl.full((BLOCK_W,), -1, tl.int64)
+    for i in range(start, stop):
+        row = tl.load(cue_values_ptr + i)
+        acc &= tl.load(matrix_ptr + row * words_per_row + words, mask=mask, other=0)
+    acc = tl.where(stop > start, acc, 0)
+    tl.store(out_ptr + cue * words_per_row + words, acc, mask=mask)
+
+
+@triton.jit
+def _unpack_kernel(words_ptr, words_per_row, n_out, out_ptr, BLOCK_W: tl.constexpr):
+    """out[row, unit] (uint8 0/1) = bit unit % 64 of words[row, unit // 64]."""
+    row = tl.program_id(0).to(tl.int64)
+    words = tl.program_id(1).to(tl.int64) * BLOCK_W + tl.arange(0, BLOCK_W)
+    packed = tl.load(words_ptr + row * words_per_row + words, mask=words < words_per_row, other=0)
+    shifts = tl.arange(0, 64).to(tl.int64)
+    bits = (packed[:, None] >> shifts[None, :]) & 1
+    units = words[:, None] * 64 + shifts[None, :]
+    tl.store(out_ptr + row * n_out + units, bits.to(tl.uint8), mask=units < n_out)
+
+
+@triton.jit
+def _sums_kernel(matrix_ptr, words_per_row, n_out, cue_values_ptr, cue_offsets_ptr, out_ptr, threshold,
+                 AT_LEAST: tl.constexpr, BLOCK_W: tl.constexpr):
+    """out[cue, unit] = the unit's dendritic sum (int32), or with AT_LEAST (uint8) sum >= threshold."""
+    cue = tl.program_id(0).to(tl.int64)
+    words = tl.program_id(1).to(tl.int64) * BLOCK_W + tl.arange(0, BLOCK_W)
+    mask = words < words_per_row
+    shifts = tl.arange(0, 64).to(tl.int64)
+    start, stop = tl.load(cue_offsets_ptr + cue), tl.load(cue_offsets_ptr + cue + 1)
+    acc = tl.zeros((BLOCK_W, 64), tl.int32)
+    for i in range(start, stop):
+        row = tl.load(cue_values_ptr + i)
+        packed = tl.load(matrix_ptr + row * words_per_row + words, mask=mask, other=0)
+        acc += ((packed[:, None] >> shifts[None, :]) & 1).to(tl.int32)
+    units = words[:, None] * 64 + shifts[None, :]
+    if AT_LEAST:
+        tl.store(out_ptr + cue * n_out + units, (acc >= threshold).to(tl.uint8), mask=units < n_out)
+    else:
+        tl.store(out_ptr + cue * n_out + units, acc, mask=units < n_out)
+
+
+@triton.jit
+def _count_ones_kernel(words_ptr, count, out_ptr, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(words_ptr + offsets, mask=offsets < count, other=0).to(tl.uint64, bitcast=True)
+    x = x - ((x >> 1) & 0x5555555555555555)
+    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F
+    x = x + (x >> 8)
+    x = x + (x >> 16)
+    x = x + (x >> 32)
+    tl.store(out_ptr + tl.program_id(0), tl.sum((x & 0x7F).to(tl.int64), axis=0))
+
+
+def _grid(rows: int, words: int, block: int) -> tuple[int, int]:
+    return rows, triton.cdiv(words, block)
+
+
+# --- launchers: the kernels of ops.py's "triton" backend ------------------------------------------------
+
+def store(matrix, n_out, x_values, x_offsets, y_values, y_offsets) -> None:
+    pairs = x_offsets.numel() - 1
+    if pairs and x_values.numel() and y_values.numel():
+        _store_kernel[(pairs,)](matrix, matrix.shape[1], x_values, x_offsets, y_values, y_offsets,
+                                BLOCK_X=STORE_X, BLOCK_Y=STORE_Y)
+
+
+def sums(matrix, n_out, cue_values, cue_offsets):
+    return _sums(matrix, n_out, cue_values, cue_offsets, at_least=None)
+
+
+def _sums(matrix, n_out, cue_values, cue_offsets, at_least):
+    rows = cue_offsets.numel() - 1
+    out = torch.empty(rows, n_out, dtype=torch.int32 if at_least is None else torch.uint8, device=matrix.device)
+    if rows:
+        _sums_kernel[_grid(rows, matrix.shape[1], SUMS_WORDS)](
+            matrix, matrix.shape[1], n_out, cue_values, cue_offsets, out, 0 if at_least is None else at_least,
+            AT_LEAST=at_least is not None, BLOCK_W=SUMS_WORDS)
+    return out
+
+
+def _and(matrix, cue_values, cue_offsets):
+    rows = cue_offsets.numel() - 1
+    out = torch.empty(rows, matrix.shape[1], dtype=torch.int64, device=matrix.device)
+    if rows:
+        _and_kernel[_grid(rows, matrix.shape[1], AND_WORDS)](matrix, matrix.shape[1], cue_values, cue_offsets, out,
+                                                             BLOCK_W=AND_WORDS)
+    return out
+
+
+def _unpack(words, n_out):
+    out = torch.empty(words.shape[0], n_out, dtype=torch.uint8, device=words.device)
+    if words.shape[0]:
+        _unpack_kernel[_grid(words.shape[0], words.shape[1], AND_WORDS)](words, words.shape[1], n_out, out,
+                                                                         BLOCK_W=AND_WORDS)
+    return out.view(torch.bool)
+
+
+def retrieve(matrix, n_out, cue_values, cue_offsets, threshold, value):
+    if threshold == reference.FIXED:
+        return _sums(matrix, n_out, cue_values, cue_offsets, at_least=value).view(torch.bool)
+    if threshold == reference.TOPK:
+        unit_sums = sums(matrix, n_out, cue_values, cue_offsets)
+        return reference.threshold(unit_sums, cue_offsets.diff(), reference.TOPK, value)
+    words = _and(matrix, cue_values, cue_offsets)
+    answer = _unpack(words, n_out)
+    if threshold == reference.SOFT:
+        # Where no unit reached all of the cue's ones, the soft threshold takes the largest sum instead.
+        below = ((words == 0).all(1) & (cue_offsets.diff() > 0)).nonzero().flatten()
+        if below.numel():
+            values, offsets = _select_rows(cue_values, cue_offsets, below)
+            unit_sums = sums(matrix, n_out, values, offsets)
+            answer[below] = reference.threshold(unit_sums, offsets.diff(), reference.SOFT, 0)
+    return answer
+
+
+def retrieve_indices(matrix, n_out, cue_values, cue_offsets, threshold, value):
+    return reference.dense_to_rows(retrieve(matrix, n_out, cue_values, cue_offsets, threshold, value))
+
+
+def count_ones(matrix) -> int:
+    words = matrix.flatten()
+    blocks = triton.cdiv(words.numel(), COUNT_WORDS)
+    partial = torch.empty(blocks, dtype=torch.int64, device=matrix.device)
+    if blocks:
+        _count_ones_kernel[(blocks,)](words, words.numel(), partial, BLOCK=COUNT_WORDS)
+    return int(partial.sum())
+
+
+def _select_rows(values, offsets, rows):
+    """The pattern rows ``rows`` of (values, offsets), as a new (values, offsets)."""
+    counts = offsets.diff()[rows]
+    new_offsets = torch.nn.functional.pad(counts.cumsum(0), (1, 0))
+    within = torch.arange(int(new_offsets[-1]), device=values.device) - torch.repeat_interleave(new_offsets[:-1], counts)
+    return values[torch.repeat_interleave(offsets[rows], counts) + within], new_offsets
