@@ -207,6 +207,10 @@ class WillshawMemory:
              backend: Optional[str] = None) -> "WillshawMemory":
         """A memory saved by ``save``; raises WillshawFileError when the file is damaged or not one."""
         matrix, sizes = memory_file.read(path)
+        if "shard_rank" in sizes:
+            raise memory_file.WillshawFileError(
+                f"{path} is shard {sizes['shard_rank']} of {sizes['shard_count']} of a ShardedWillshawMemory; "
+                "load the shards with ShardedWillshawMemory.load")
         memory = cls(sizes["n_in"], sizes["n_out"], device=device, backend=backend)
         memory._matrix.copy_(matrix)
         memory._n_stored = sizes["n_stored"]

@@ -1,0 +1,417 @@
+"""ShardedWillshawMemory: one Willshaw memory split by output units over the ranks of a torch.distributed
+process group (DESIGN.md, "Scale"). Rank r holds the bit-rows of its slice of the output units, all
+n_in of them, so a memory too large for one device fits several.
+
+Every method is a collective: all ranks of the group call it, in the same order. The patterns and cues
+given on the group's first rank are broadcast (what other ranks pass is ignored; they may pass None),
+each rank works on its slice, and every rank receives the whole answer. The soft threshold takes the
+largest sum over all slices with a MAX all-reduce; top-k merges each slice's k best.
+
+Failures never hang: a bad argument on the first rank is raised on every rank, ranks that call
+different methods get an error, and the collectives run in a group with a timeout.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from aefast.willshaw import memory_file, ops, reference
+from aefast.willshaw.memory import WillshawMemory, _check_units, _threshold
+from aefast.willshaw.patterns import IndexPatterns, PatternRows, from_dense, from_indices
+
+DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
+
+
+class ShardedWillshawMemory:
+    """A Willshaw memory of ``n_in`` x ``n_out`` units whose output units are split across the ranks of
+    ``process_group`` (default: every process). Same methods as :class:`WillshawMemory`.
+
+    ``device``: where this rank's slice lives (default: the current CUDA device with NCCL, else the CPU).
+    ``timeout``: the collectives' time limit. Given a value, the memory makes its own group over the same
+    ranks with that timeout, which is a collective over the default group (every process constructs the
+    memory); ``None`` uses ``process_group`` as it is, with the timeout it was made with.
+    """
+
+    def __init__(self, n_in: int, n_out: Optional[int] = None, *, process_group=None,
+                 device: Optional[str | torch.device] = None, backend: Optional[str] = None,
+                 timeout: Optional[datetime.timedelta] = DEFAULT_TIMEOUT):
+        n_in = _check_units(n_in, "n_in")
+        n_out = n_in if n_out is None else _check_units(n_out, "n_out")
+        self._group = _communication_group(process_group, timeout)
+        self._rank, self._world = dist.get_rank(self._group), dist.get_world_size(self._group)
+        self._source = dist.get_global_rank(self._group, 0)
+        nccl = dist.get_backend(self._group) == "nccl"
+        self._comm_device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        device = torch.device(device) if device is not None else self._comm_device
+        every = self._all_gather_object((n_in, n_out))
+        if len(set(every)) != 1:
+            raise ValueError("ranks disagree on the memory's sizes: " +
+                             ", ".join(f"rank {r} (n_in={a}, n_out={b})" for r, (a, b) in enumerate(every)))
+        if n_out < self._world:
+            raise ValueError(f"n_out={n_out} must be at least the number of ranks ({self._world})")
+        self._n_in, self._n_out = n_in, n_out
+        self._unit_start, self._unit_stop = _slice(n_out, self._world, self._rank)
+        self._local = self._agreed(lambda: WillshawMemory(n_in, self._unit_stop - self._unit_start, device=device,
+                                                          backend=backend))
+
+    # --- sizes and state -----------------------------------------------------------------------------
+
+    @property
+    def n_in(self) -> int:
+        return self._n_in
+
+    @property
+    def n_out(self) -> int:
+        return self._n_out
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        return self._world
+
+    @property
+    def units(self) -> tuple[int, int]:
+        """This rank's slice [start, stop) of the output units."""
+        return self._unit_start, self._unit_stop
+
+    @property
+    def local(self) -> WillshawMemory:
+        """This rank's slice, a WillshawMemory of n_in x (stop - start) units."""
+        return self._local
+
+    @property
+    def n_stored(self) -> int:
+        return self._local.n_stored
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of this rank's slice of the matrix."""
+        return self._local.nbytes
+
+    @property
+    def density(self) -> float:
+        ones = torch.tensor([ops.count_ones(self._local._matrix)], dtype=torch.int64, device=self._comm_device)
+        self._collective("density", lambda: dist.all_reduce(ones, group=self._group))
+        return int(ones) / (self._n_in * self._n_out)
+
+    def clear(self) -> None:
+        self._collective("clear", lambda: None)
+        self._local.clear()
+
+    def __repr__(self) -> str:
+        return (f"ShardedWillshawMemory(n_in={self._n_in}, n_out={self._n_out}, rank={self._rank} of {self._world}, "
+                f"units=[{self._unit_start}, {self._unit_stop}), n_stored={self.n_stored})")
+
+    # --- storage -------------------------------------------------------------------------------------
+
+    def store(self, x: Optional[Tensor], y: Optional[Tensor] = None) -> None:
+        """Store the dense 0/1 pairs given on the first rank (see WillshawMemory.store)."""
+        def rows():
+            x_rows = from_dense(x, self._n_in, "x", self._comm_device)
+            return x_rows, (None if y is None else from_dense(y, self._n_out, "y", self._comm_device))
+        self._store("store", rows, "x", "y")
+
+    def store_indices(self, x_idx: Optional[IndexPatterns], y_idx: Optional[IndexPatterns] = None) -> None:
+        """Store the pairs given as active positions on the first rank (see WillshawMemory.store_indices)."""
+        def rows():
+            x_rows = from_indices(x_idx, "x_idx", self._comm_device)
+            reference.check_patterns(x_rows.values, x_rows.offsets, self._n_in, "x_idx")
+            if y_idx is None:
+                return x_rows, None
+            y_rows = from_indices(y_idx, "y_idx", self._comm_device)
+            reference.check_patterns(y_rows.values, y_rows.offsets, self._n_out, "y_idx")
+            return x_rows, y_rows
+        self._store("store_indices", rows, "x_idx", "y_idx")
+
+    def _store(self, op: str, make_rows, x_name: str, y_name: str) -> None:
+        def checked():
+            x_rows, y_rows = make_rows()
+            if y_rows is None and self._n_in != self._n_out:
+                raise ValueError(f"{y_name} is required: this memory is hetero-associative "
+                                 f"(n_in={self._n_in}, n_out={self._n_out})")
+            if y_rows is not None and x_rows.rows != y_rows.rows:
+                raise ValueError(f"{x_name} and {y_name} must hold the same number of patterns, "
+                                 f"got {x_rows.rows} and {y_rows.rows}")
+            return [x_rows, x_rows if y_rows is None else y_rows]
+        x_rows, y_rows = self._broadcast_rows(op, checked)
+        device = self._local.device
+        local_y = _slice_rows(y_rows, self._unit_start, self._unit_stop)
+        self._local._store(_to(x_rows, device), _to(local_y, device), False, x_name, y_name)
+
+    # --- retrieval -----------------------------------------------------------------------------------
+
+    def sums(self, x: Optional[Tensor]) -> Tensor:
+        """(B, n_out) int32 dendritic sums of the dense cues given on the first rank."""
+        cue = self._broadcast_rows("sums", lambda: [from_dense(x, self._n_in, "x", self._comm_device)])[0]
+        return _unbatch(self._gather_columns(self._local_sums(cue)), cue)
+
+    def sums_indices(self, x_idx: Optional[IndexPatterns]) -> Tensor:
+        cue = self._broadcast_rows("sums_indices", lambda: [self._index_cue(x_idx)])[0]
+        return _unbatch(self._gather_columns(self._local_sums(cue)), cue)
+
+    def retrieve(self, x: Optional[Tensor], threshold: str | int = "hard", *, k: Optional[int] = None) -> Tensor:
+        """(B, n_out) bool answers to the dense cues given on the first rank (see WillshawMemory.retrieve)."""
+        code, value = _threshold(threshold, k, self._n_out)
+        cue = self._broadcast_rows("retrieve", lambda: [from_dense(x, self._n_in, "x", self._comm_device)])[0]
+        if code == reference.TOPK:
+            values, offsets = self._top_k(cue, value)
+            return _unbatch(reference.dense(values, offsets, self._n_out), cue)
+        return _unbatch(self._gather_columns(self._local_answer(cue, code, value)), cue)
+
+    def retrieve_indices(self, x_idx: Optional[IndexPatterns], threshold: str | int = "hard", *,
+                         k: Optional[int] = None) -> list[Tensor] | Tensor:
+        """Like ``retrieve`` for cues given as active positions; sorted int64 indices per cue."""
+        code, value = _threshold(threshold, k, self._n_out)
+        cue = self._broadcast_rows("retrieve_indices", lambda: [self._index_cue(x_idx)])[0]
+        if code == reference.TOPK:
+            values, offsets = self._top_k(cue, value)
+        else:
+            values, offsets = reference.dense_to_rows(self._local_answer(cue, code, value))
+            values, offsets = self._gather_rows(values + self._unit_start, offsets)
+        answers = list(torch.split(values, offsets.diff().tolist()))
+        return answers[0] if cue.single else answers
+
+    def _index_cue(self, x_idx) -> PatternRows:
+        cue = from_indices(x_idx, "x_idx", self._comm_device)
+        reference.check_patterns(cue.values, cue.offsets, self._n_in, "x_idx")
+        return cue
+
+    def _local_sums(self, cue: PatternRows) -> Tensor:
+        cue = _to(cue, self._local.device)
+        with self._local._backend_scope():
+            return ops.willshaw_sums_op(self._local._matrix, self._local.n_out, cue.values, cue.offsets)
+
+    def _local_answer(self, cue: PatternRows, code: int, value: int) -> Tensor:
+        """This slice's bool answer; the soft threshold with the largest sum over every slice."""
+        if code == reference.SOFT:
+            unit_sums = self._local_sums(cue)
+            best = unit_sums.max(1).values.to(self._comm_device)
+            dist.all_reduce(best, op=dist.ReduceOp.MAX, group=self._group)
+            best = best.to(unit_sums.device).unsqueeze(1)
+            return (unit_sums >= best) & (best > 0)
+        local_cue = _to(cue, self._local.device)
+        with self._local._backend_scope():
+            return ops.willshaw_retrieve_op(self._local._matrix, self._local.n_out, local_cue.values,
+                                            local_cue.offsets, code, value)
+
+    def _top_k(self, cue: PatternRows, k: int) -> tuple[Tensor, Tensor]:
+        """The k largest sums over every slice, ties to the lower index: each slice offers its own k best."""
+        unit_sums = self._local_sums(cue).to(self._comm_device)
+        offered = min(k, unit_sums.shape[1])
+        # Stable descending sort: equal sums keep the lower unit first.
+        order = torch.sort(unit_sums, dim=1, descending=True, stable=True).indices[:, :offered]
+        best_sums = torch.gather(unit_sums, 1, order).to(torch.int64)
+        candidates = torch.stack([best_sums, order + self._unit_start], -1)  # (B, offered, 2)
+        padding = torch.tensor([-1, self._n_out], device=self._comm_device)  # below any sum, after any unit
+        candidates = torch.cat([candidates, padding.expand(cue.rows, k - offered, 2)], 1)
+        gathered = [torch.empty_like(candidates) for _ in range(self._world)]
+        dist.all_gather(gathered, candidates, group=self._group)
+        every = torch.cat(gathered, 1)  # (B, world * k, 2), slices in unit order
+        by_unit = torch.sort(every[..., 1], dim=1, stable=True).indices
+        every = torch.gather(every, 1, by_unit.unsqueeze(-1).expand_as(every))
+        chosen = torch.sort(every[..., 0], dim=1, descending=True, stable=True).indices[:, :k]
+        units = torch.gather(every[..., 1], 1, chosen).sort(1).values
+        return units.flatten(), torch.arange(0, units.numel() + 1, k, device=self._comm_device)
+
+    # --- collectives ---------------------------------------------------------------------------------
+
+    def _collective(self, op: str, run):
+        """Check that every rank is in ``op``, then run it."""
+        header = [op]
+        dist.broadcast_object_list(header, src=self._source, group=self._group)
+        if header[0] != op:
+            raise RuntimeError(f"rank {self._rank} called {op} while the first rank called {header[0]}: every rank "
+                               "must call the same methods in the same order")
+        return run()
+
+    def _broadcast_rows(self, op: str, make_rows) -> list[PatternRows]:
+        """``make_rows()`` on the first rank, broadcast to every rank; an error it raises is raised on all."""
+        header = [None]
+        if self._rank == 0:
+            try:
+                rows = make_rows()
+                header = [(op, None, [(r.values.numel(), r.offsets.numel(), r.single) for r in rows])]
+            except (ValueError, TypeError) as error:
+                header = [(op, (type(error).__name__, str(error)), None)]
+        dist.broadcast_object_list(header, src=self._source, group=self._group)
+        their_op, error, shapes = header[0]
+        if their_op != op:
+            raise RuntimeError(f"rank {self._rank} called {op} while the first rank called {their_op}: every rank "
+                               "must call the same methods in the same order")
+        if error is not None:
+            raise (ValueError if error[0] == "ValueError" else TypeError)(error[1])
+        if self._rank != 0:
+            rows = [PatternRows(torch.empty(values, dtype=torch.int64, device=self._comm_device),
+                                torch.empty(offsets, dtype=torch.int64, device=self._comm_device), single)
+                    for values, offsets, single in shapes]
+        for r in rows:
+            for tensor in (r.values, r.offsets):
+                if tensor.numel():
+                    dist.broadcast(tensor, src=self._source, group=self._group)
+        return rows
+
+    def _gather_columns(self, local: Tensor) -> Tensor:
+        """Every rank's (B, slice width) block side by side: (B, n_out)."""
+        widest = max(stop - start for start, stop in (_slice(self._n_out, self._world, r) for r in range(self._world)))
+        dtype = local.dtype
+        padded = torch.zeros(local.shape[0], widest, dtype=torch.uint8 if dtype == torch.bool else dtype,
+                             device=self._comm_device)
+        padded[:, :local.shape[1]] = local.to(self._comm_device)
+        gathered = [torch.empty_like(padded) for _ in range(self._world)]
+        dist.all_gather(gathered, padded, group=self._group)
+        blocks = [block[:, :stop - start] for block, (start, stop) in
+                  zip(gathered, (_slice(self._n_out, self._world, r) for r in range(self._world)))]
+        return torch.cat(blocks, 1).to(dtype)
+
+    def _gather_rows(self, values: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
+        """Every rank's rows of positions, merged row by row in rank (so unit) order."""
+        values, offsets = values.to(self._comm_device), offsets.to(self._comm_device)
+        counts = torch.tensor([values.numel()], device=self._comm_device)
+        all_counts = [torch.empty_like(counts) for _ in range(self._world)]
+        dist.all_gather(all_counts, counts, group=self._group)
+        longest = int(max(all_counts))
+        padded = torch.zeros(longest, dtype=torch.int64, device=self._comm_device)
+        padded[:values.numel()] = values
+        all_values, all_offsets = [torch.empty_like(padded) for _ in range(self._world)], \
+            [torch.empty_like(offsets) for _ in range(self._world)]
+        dist.all_gather(all_values, padded, group=self._group)
+        dist.all_gather(all_offsets, offsets, group=self._group)
+        merged = torch.cat([v[:int(c)] for v, c in zip(all_values, all_counts)])
+        rows = torch.cat([reference.row_ids(o) for o in all_offsets])
+        order = torch.sort(rows, stable=True).indices  # within a row, ranks stay in order
+        total_counts = sum(o.diff() for o in all_offsets)
+        return merged[order], torch.nn.functional.pad(total_counts.cumsum(0), (1, 0))
+
+    def _all_gather_object(self, value) -> list:
+        gathered = [None] * self._world
+        dist.all_gather_object(gathered, value, group=self._group)
+        return gathered
+
+    def _agreed(self, run):
+        """``run()`` on every rank; if it fails on any, every rank raises."""
+        try:
+            result, error = run(), None
+        except (ValueError, TypeError, MemoryError, OSError) as caught:
+            result, error = None, caught
+        failures = [(rank, message) for rank, message in
+                    enumerate(self._all_gather_object(None if error is None else f"{type(error).__name__}: {error}"))
+                    if message is not None]
+        if error is not None:
+            raise error
+        if failures:
+            raise RuntimeError("other ranks failed: " + "; ".join(f"rank {r}: {m}" for r, m in failures))
+        return result
+
+    # --- files ---------------------------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Each rank writes its slice to ``directory/shard-<rank>-of-<ranks>.safetensors`` (atomically, with
+        its rank, slice and a checksum in the file)."""
+        directory = Path(directory)
+        self._collective("save", lambda: None)
+
+        def write():
+            directory.mkdir(parents=True, exist_ok=True)
+            with self._local._store_lock:
+                memory_file.write(_shard_path(directory, self._rank, self._world), self._local._matrix, self._n_in,
+                                  self._local.n_out, self._local.n_stored, shard=self._shard_fields())
+        self._agreed(write)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, process_group=None, device: Optional[str | torch.device] = None,
+             backend: Optional[str] = None,
+             timeout: Optional[datetime.timedelta] = DEFAULT_TIMEOUT) -> "ShardedWillshawMemory":
+        """The memory saved by ``save`` into ``directory``, each rank reading its own shard; the group must
+        have as many ranks as saved it. Raises on every rank when any shard is missing, damaged, or not the
+        one its rank saved."""
+        group = _communication_group(process_group, timeout)
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        path = _shard_path(Path(directory), rank, world)
+
+        def read():
+            if not path.is_file():
+                found = sorted(p.name for p in Path(directory).glob("shard-*-of-*.safetensors"))
+                raise memory_file.WillshawFileError(f"no shard for rank {rank} of {world} ranks: {path} is missing "
+                                                    f"(the directory holds {found or 'no shards'})")
+            matrix, sizes = memory_file.read(path)
+            if "shard_rank" not in sizes:
+                raise memory_file.WillshawFileError(f"{path} is a WillshawMemory file, not a shard")
+            if (sizes["shard_rank"], sizes["shard_count"]) != (rank, world):
+                raise memory_file.WillshawFileError(
+                    f"{path} holds the shard of rank {sizes['shard_rank']} of {sizes['shard_count']}, not of rank "
+                    f"{rank} of {world}")
+            return matrix, sizes
+
+        probe = _Probe(group, rank, world)
+        matrix, sizes = probe._agreed(read)
+        memory = cls(sizes["n_in"], sizes["n_out_total"], process_group=group, device=device, backend=backend,
+                     timeout=None)
+        if (memory._unit_start, memory._unit_stop) != (sizes["unit_start"], sizes["unit_stop"]):
+            raise memory_file.WillshawFileError(f"{path} holds units [{sizes['unit_start']}, {sizes['unit_stop']}), "
+                                                f"but rank {rank} of {world} holds [{memory._unit_start}, "
+                                                f"{memory._unit_stop})")
+        memory._local._matrix.copy_(matrix)
+        memory._local._n_stored = sizes["n_stored"]
+        return memory
+
+    def _shard_fields(self) -> dict[str, int]:
+        return {"shard_rank": self._rank, "shard_count": self._world, "unit_start": self._unit_start,
+                "unit_stop": self._unit_stop, "n_out_total": self._n_out}
+
+
+class _Probe(ShardedWillshawMemory):
+    """The collectives of a group without a memory: for checks made before one exists."""
+
+    def __init__(self, group, rank, world):  # noqa: D107 (no memory to build)
+        self._group, self._rank, self._world = group, rank, world
+
+
+def _communication_group(process_group, timeout):
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("ShardedWillshawMemory needs torch.distributed: call torch.distributed.init_process_group "
+                           "first (or launch with torchrun)")
+    group = process_group if process_group is not None else dist.group.WORLD
+    if timeout is None:
+        return group
+    if not isinstance(timeout, datetime.timedelta) or timeout.total_seconds() <= 0:
+        raise ValueError(f"timeout must be a positive datetime.timedelta or None, got {timeout!r}")
+    return dist.new_group(ranks=dist.get_process_group_ranks(group), timeout=timeout,
+                          backend=dist.get_backend(group))
+
+
+def _slice(n_out: int, world: int, rank: int) -> tuple[int, int]:
+    """Rank ``rank``'s units: as even a split as whole 64-unit words allow, else as even as units allow."""
+    words = reference.words_per_row(n_out)
+    if words >= world:
+        start, stop = rank * words // world * 64, (rank + 1) * words // world * 64
+    else:
+        start, stop = rank * n_out // world, (rank + 1) * n_out // world
+    return min(start, n_out), min(stop, n_out)
+
+
+def _slice_rows(rows: PatternRows, start: int, stop: int) -> PatternRows:
+    """The positions of each row inside [start, stop), shifted to start at 0."""
+    keep = (rows.values >= start) & (rows.values < stop)
+    counts = torch.bincount(reference.row_ids(rows.offsets)[keep], minlength=rows.rows)
+    return PatternRows(rows.values[keep] - start, torch.nn.functional.pad(counts.cumsum(0), (1, 0)), rows.single)
+
+
+def _to(rows: PatternRows, device: torch.device) -> PatternRows:
+    return PatternRows(rows.values.to(device), rows.offsets.to(device), rows.single)
+
+
+def _unbatch(answer: Tensor, cue: PatternRows) -> Tensor:
+    return answer[0] if cue.single else answer
+
+
+def _shard_path(directory: Path, rank: int, world: int) -> Path:
+    return directory / f"shard-{rank}-of-{world}.safetensors"

@@ -1,0 +1,119 @@
+"""One rank of the sharded-memory tests, launched by test_sharded.py with torch.distributed.run (gloo).
+Each scenario asserts on every rank and writes ``<rank>.ok`` into the output folder when all held."""
+import datetime
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from aefast.willshaw import ShardedWillshawMemory, WillshawFileError, WillshawMemory, random_patterns
+
+N_IN, N_OUT = 300, 250  # 4 words of output units: not a multiple of 64, and uneven over 3 ranks
+
+
+def dense(indices, n):
+    return torch.zeros(indices.shape[0], n, dtype=torch.bool).scatter_(1, indices, True)
+
+
+def same_answers(a, b) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def agree(rank: int, out: Path) -> None:
+    """Every method of the sharded memory gives what one unsharded memory gives."""
+    generator = torch.Generator().manual_seed(0)
+    x, y = random_patterns(400, N_IN, 7, generator=generator), random_patterns(400, N_OUT, 7, generator=generator)
+    first = rank == 0  # only the first rank's patterns count; the others pass None
+    sharded, plain = ShardedWillshawMemory(N_IN, N_OUT), WillshawMemory(N_IN, N_OUT)
+    sharded.store_indices(x[:200] if first else None, y[:200] if first else None)
+    sharded.store(dense(x[200:], N_IN) if first else None, dense(y[200:], N_OUT) if first else None)
+    plain.store_indices(x, y)
+    assert sharded.n_stored == plain.n_stored == 400
+    assert sharded.density == plain.density
+    noisy = torch.cat([x[:40, :5], (x[:40, :2] + 1) % N_IN], 1)
+    noisy = [row.unique() for row in noisy]
+    for cues in (x[:40], x[:40, :4], noisy):
+        given = cues if first else None
+        assert torch.equal(sharded.sums_indices(given), plain.sums_indices(cues))
+        for threshold, k in (("hard", None), ("soft", None), (3, None), ("topk", 1), ("topk", 9), ("topk", N_OUT)):
+            assert same_answers(sharded.retrieve_indices(given, threshold, k=k),
+                                plain.retrieve_indices(cues, threshold, k=k)), (threshold, k)
+    cue_dense = dense(x[:40, :5], N_IN)
+    for threshold, k in (("hard", None), ("soft", None), (2, None), ("topk", 4)):
+        assert torch.equal(sharded.retrieve(cue_dense if first else None, threshold, k=k),
+                           plain.retrieve(cue_dense, threshold, k=k)), (threshold, k)
+    assert torch.equal(sharded.sums(cue_dense if first else None), plain.sums(cue_dense))
+    assert torch.equal(sharded.retrieve_indices(x[0] if first else None), plain.retrieve_indices(x[0]))
+
+    sharded.save(out / "memory")
+    loaded = ShardedWillshawMemory.load(out / "memory")
+    assert loaded.n_stored == 400 and loaded.density == plain.density and loaded.units == sharded.units
+    assert same_answers(loaded.retrieve_indices(x[:40, :4] if first else None, "soft"),
+                        plain.retrieve_indices(x[:40, :4], "soft"))
+
+    auto, auto_plain = ShardedWillshawMemory(N_IN), WillshawMemory(N_IN)
+    auto.store_indices(x if first else None)
+    auto_plain.store_indices(x)
+    assert same_answers(auto.retrieve_indices(x[:30, :3] if first else None, "soft"),
+                        auto_plain.retrieve_indices(x[:30, :3], "soft"))
+    sharded.clear()
+    assert sharded.density == 0 and sharded.n_stored == 0
+
+
+def errors(rank: int, out: Path) -> None:
+    """Bad arguments, disagreeing ranks and wrong shard files raise on every rank; nothing hangs."""
+    with pytest.raises(ValueError, match="ranks disagree on the memory's sizes"):
+        ShardedWillshawMemory(N_IN, N_OUT + rank)
+    with pytest.raises(ValueError, match="at least the number of ranks"):
+        ShardedWillshawMemory(N_IN, 1)
+    memory = ShardedWillshawMemory(N_IN, N_OUT)
+    with pytest.raises(ValueError, match="x_idx: row 1: index 999 is outside"):
+        memory.store_indices(torch.tensor([[1, 2], [3, 999]]) if rank == 0 else None, torch.tensor([[1], [2]]))
+    with pytest.raises(ValueError, match="y is required"):
+        memory.store(torch.ones(1, N_IN, dtype=torch.bool) if rank == 0 else None)
+    assert memory.density == 0 and memory.n_stored == 0  # nothing was stored anywhere
+    memory.store_indices(torch.tensor([[1, 2]]), torch.tensor([[3, 200]]))
+
+    memory.save(out / "swapped")
+    dist.barrier()
+    if rank == 0:
+        (out / "swapped" / "shard-0-of-2.safetensors").rename(out / "swapped" / "tmp")
+        (out / "swapped" / "shard-1-of-2.safetensors").rename(out / "swapped" / "shard-0-of-2.safetensors")
+        (out / "swapped" / "tmp").rename(out / "swapped" / "shard-1-of-2.safetensors")
+    dist.barrier()
+    with pytest.raises((WillshawFileError, RuntimeError), match="holds the shard of rank"):
+        ShardedWillshawMemory.load(out / "swapped")
+    with pytest.raises(WillshawFileError, match="load the shards with ShardedWillshawMemory.load"):
+        WillshawMemory.load(out / "swapped" / f"shard-{rank}-of-2.safetensors")
+    memory.save(out / "partial")
+    dist.barrier()
+    if rank == 0:
+        (out / "partial" / "shard-1-of-2.safetensors").unlink()
+    dist.barrier()
+    with pytest.raises((WillshawFileError, RuntimeError), match="no shard for rank 1 of 2"):
+        ShardedWillshawMemory.load(out / "partial")
+
+    # Ranks that call different methods: rank 1 sees the mismatch, rank 0 times out instead of hanging.
+    quick = ShardedWillshawMemory(N_IN, N_OUT, timeout=datetime.timedelta(seconds=3))
+    with pytest.raises(RuntimeError):
+        if rank == 0:
+            quick.density
+        else:
+            quick.clear()
+
+
+def main() -> None:
+    scenario, out = sys.argv[1], Path(sys.argv[2])
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    rank = dist.get_rank()
+    {"agree": agree, "errors": errors}[scenario](rank, out)
+    (out / f"{rank}.ok").write_text("ok")
+    sys.stdout.flush()
+    os._exit(0)  # after a timed-out collective the group cannot be torn down cleanly
+
+
+if __name__ == "__main__":
+    main()

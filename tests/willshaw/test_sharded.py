@@ -1,0 +1,34 @@
+"""ShardedWillshawMemory over gloo: 2 and 3 processes launched with torch.distributed.run on this
+machine (tests/willshaw/sharded_worker.py runs on each rank), against one unsharded memory."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aefast.willshaw import ShardedWillshawMemory
+
+WORKER = Path(__file__).with_name("sharded_worker.py")
+
+
+def launch(scenario: str, ranks: int, out: Path) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+               str(WORKER), scenario, str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert sorted(p.name for p in out.glob("*.ok")) == [f"{rank}.ok" for rank in range(ranks)]
+
+
+def test_three_ranks_answer_as_one_memory(tmp_path):
+    launch("agree", 3, tmp_path)
+
+
+def test_errors_reach_every_rank_and_nothing_hangs(tmp_path):
+    launch("errors", 2, tmp_path)
+
+
+def test_without_torch_distributed_it_says_how_to_start():
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        ShardedWillshawMemory(100, device=torch.device("cpu"))
