@@ -1,9 +1,10 @@
 """Willshaw memory: storage (pairs/s) and retrieval (queries/s, batch 4096, hard and soft thresholds).
 
 Two sizes, each memory loaded to its capacity L = ln2 n^2 / M^2 with random pairs:
-- n = 2^16, M = 14 (L = 15.2M pairs, a 512 MiB bit matrix): aefast's kernels against aefast's plain
+- n = 2^16, M = 14 on the CPU (L = 15.2M pairs, a 512 MiB bit matrix); n = 2^18, M = 16 on a GPU
+  (L = 186M pairs, 8 GiB): aefast's kernels (cpp on the CPU, triton on the GPU) against aefast's plain
   PyTorch reference on the same packed bits ("eager"), and retrieval's bytes of rows read per second
-  against a same-run read of a large tensor. The dense float code does not fit here (16 GiB).
+  against a same-run read and copy of a large tensor. The dense float code does not fit (16 GiB, 256 GiB).
 - n = 2^14, M = 12 (L = 1.3M pairs): aefast against the dense float matmul a user would write
   (W as an n x n float matrix, sums = cues @ W) and torch.compile of it, per query and per pair.
 
@@ -16,10 +17,11 @@ import torch
 
 import aefast
 from aefast.willshaw import WillshawMemory, random_patterns, reference, theory
-from conftest import quick, read_probe, run_benchmark
+from conftest import bench_device, copy_probe, quick, read_probe, run_benchmark
 
-DEVICE = torch.device("cpu")  # GPU Willshaw kernels come with their own issue
-N, ONES = (2**10, 6) if quick() else (2**16, 14)
+DEVICE = bench_device()
+KERNELS = "cpp" if DEVICE.type == "cpu" else "triton"
+N, ONES = (2**10, 6) if quick() else (2**16, 14) if DEVICE.type == "cpu" else (2**18, 16)
 DENSE_N, DENSE_ONES = (2**8, 5) if quick() else (2**14, 12)
 BATCH = 64 if quick() else 4096  # queries per retrieval call
 STORE_PAIRS = 2**10 if quick() else 2**20  # pairs per storage call of the kernels
@@ -32,14 +34,14 @@ CHUNK = 2**20  # pairs generated and stored at a time while loading
 
 def loaded_memory(n: int, ones: int, seed: int):
     """A memory at capacity, and the first BATCH stored cues (complete) with their answers."""
-    generator = torch.Generator().manual_seed(seed)
-    memory = WillshawMemory(n)
+    generator = torch.Generator(DEVICE).manual_seed(seed)
+    memory = WillshawMemory(n, device=DEVICE)
     pairs = int(theory.capacity(n, ones))
-    with aefast.use_backend("cpp"):
+    with aefast.use_backend(KERNELS):
         for start in range(0, pairs, CHUNK):
             count = min(CHUNK, pairs - start)
-            x_idx = random_patterns(count, n, ones, generator=generator)
-            y_idx = random_patterns(count, n, ones, generator=generator)
+            x_idx = random_patterns(count, n, ones, generator=generator, device=DEVICE)
+            y_idx = random_patterns(count, n, ones, generator=generator, device=DEVICE)
             memory.store_indices(x_idx, y_idx)
             if start == 0:
                 cues = x_idx[:BATCH].clone()
@@ -47,7 +49,7 @@ def loaded_memory(n: int, ones: int, seed: int):
 
 
 def extra_info(memory, ones):
-    return {"backend": "cpp", "n": memory.n_in, "ones": ones, "pairs_stored": memory.n_stored,
+    return {"backend": KERNELS, "n": memory.n_in, "ones": ones, "pairs_stored": memory.n_stored,
             "density": memory.density, "dtype": "bits"}
 
 
@@ -69,8 +71,8 @@ def small():
 
 
 def dense_cues(cues, n):
-    out = torch.zeros(cues.shape[0], n)
-    out[torch.arange(cues.shape[0]).unsqueeze(1), cues] = 1.0
+    out = torch.zeros(cues.shape[0], n, device=cues.device)
+    out[torch.arange(cues.shape[0], device=cues.device).unsqueeze(1), cues] = 1.0
     return out
 
 
@@ -88,7 +90,7 @@ def dense_store(weights, x, y):
 @pytest.mark.parametrize("threshold", ["hard", "soft"])
 def test_retrieve_aefast(benchmark, large, threshold):
     memory, cues = large
-    with aefast.use_backend("cpp"):
+    with aefast.use_backend(KERNELS):
         run_benchmark(benchmark, lambda: memory.retrieve_indices(cues, threshold), DEVICE, component="willshaw",
                       case=f"retrieve {threshold} n={N} M={ONES}", role="aefast", items=BATCH, unit="queries",
                       nbytes=row_bytes(memory, BATCH, ONES), rounds=ROUNDS, extra=extra_info(memory, ONES))
@@ -104,26 +106,27 @@ def test_retrieve_reference(benchmark, large, threshold):
 
 
 @pytest.mark.parametrize("threshold", ["hard", "soft"])
-def test_retrieve_read_probe(benchmark, large, threshold):
+@pytest.mark.parametrize("probe", [read_probe, copy_probe], ids=["read", "copy"])
+def test_retrieve_bandwidth_probe(benchmark, large, threshold, probe):
     memory, _ = large
-    read_probe(benchmark, DEVICE, memory.nbytes * 2, component="willshaw",
-               case=f"retrieve {threshold} n={N} M={ONES}", rounds=ROUNDS)
+    probe(benchmark, DEVICE, min(memory.nbytes * 2, 2**32), component="willshaw",
+          case=f"retrieve {threshold} n={N} M={ONES}", rounds=ROUNDS)
 
 
 @pytest.fixture(scope="module")
 def store_problem():
-    generator = torch.Generator().manual_seed(3)
-    pairs = random_patterns(STORE_PAIRS, N, ONES, generator=generator), random_patterns(STORE_PAIRS, N, ONES,
-                                                                                          generator=generator)
-    return WillshawMemory(N), pairs
+    generator = torch.Generator(DEVICE).manual_seed(3)
+    pairs = (random_patterns(STORE_PAIRS, N, ONES, generator=generator, device=DEVICE),
+             random_patterns(STORE_PAIRS, N, ONES, generator=generator, device=DEVICE))
+    return WillshawMemory(N, device=DEVICE), pairs
 
 
 def test_store_aefast(benchmark, store_problem):
     memory, (x_idx, y_idx) = store_problem
-    with aefast.use_backend("cpp"):
+    with aefast.use_backend(KERNELS):
         run_benchmark(benchmark, lambda: memory.store_indices(x_idx, y_idx), DEVICE, component="willshaw",
                       case=f"store n={N} M={ONES}", role="aefast", items=STORE_PAIRS, unit="pairs",
-                      nbytes=memory.nbytes, rounds=SLOW_ROUNDS, extra={"backend": "cpp", "n": N, "ones": ONES})
+                      nbytes=memory.nbytes, rounds=SLOW_ROUNDS, extra={"backend": KERNELS, "n": N, "ones": ONES})
 
 
 def test_store_reference(benchmark, store_problem):
@@ -142,7 +145,7 @@ DENSE_CASE_STORE = f"store n={DENSE_N} M={DENSE_ONES} vs dense"
 
 def test_dense_retrieve_aefast(benchmark, small):
     memory, cues, _ = small
-    with aefast.use_backend("cpp"):
+    with aefast.use_backend(KERNELS):
         run_benchmark(benchmark, lambda: memory.retrieve_indices(cues, "hard"), DEVICE, component="willshaw",
                       case=DENSE_CASE_RETRIEVE, role="aefast", items=BATCH, unit="queries",
                       nbytes=row_bytes(memory, BATCH, DENSE_ONES), rounds=ROUNDS,
@@ -154,8 +157,8 @@ def test_dense_retrieve_user_code(benchmark, small, role):
     memory, cues, weights = small
     queries = dense_cues(cues[:SLOW_BATCH], DENSE_N)
     fn = dense_retrieve_hard if role == "eager" else torch.compile(dense_retrieve_hard)
-    expected = torch.zeros(SLOW_BATCH, DENSE_N, dtype=torch.bool)
-    with aefast.use_backend("cpp"):
+    expected = torch.zeros(SLOW_BATCH, DENSE_N, dtype=torch.bool, device=DEVICE)
+    with aefast.use_backend(KERNELS):
         expected[:] = memory.retrieve(queries.bool(), "hard")
     assert torch.equal(fn(queries, weights), expected)  # the same answers, so the same work
     run_benchmark(benchmark, lambda: fn(queries, weights), DEVICE, component="willshaw", case=DENSE_CASE_RETRIEVE,
@@ -164,21 +167,21 @@ def test_dense_retrieve_user_code(benchmark, small, role):
 
 def test_dense_store_aefast(benchmark, small):
     memory, _, _ = small
-    generator = torch.Generator().manual_seed(4)
-    x_idx = random_patterns(STORE_PAIRS, DENSE_N, DENSE_ONES, generator=generator)
-    y_idx = random_patterns(STORE_PAIRS, DENSE_N, DENSE_ONES, generator=generator)
-    with aefast.use_backend("cpp"):
+    generator = torch.Generator(DEVICE).manual_seed(4)
+    x_idx = random_patterns(STORE_PAIRS, DENSE_N, DENSE_ONES, generator=generator, device=DEVICE)
+    y_idx = random_patterns(STORE_PAIRS, DENSE_N, DENSE_ONES, generator=generator, device=DEVICE)
+    with aefast.use_backend(KERNELS):
         run_benchmark(benchmark, lambda: memory.store_indices(x_idx, y_idx), DEVICE, component="willshaw",
                       case=DENSE_CASE_STORE, role="aefast", items=STORE_PAIRS, unit="pairs", nbytes=memory.nbytes,
-                      rounds=SLOW_ROUNDS, extra={"backend": "cpp", "n": DENSE_N, "ones": DENSE_ONES})
+                      rounds=SLOW_ROUNDS, extra={"backend": KERNELS, "n": DENSE_N, "ones": DENSE_ONES})
 
 
 @pytest.mark.parametrize("role", ["eager", "compile"])
 def test_dense_store_user_code(benchmark, small, role):
     _, _, weights = small
-    generator = torch.Generator().manual_seed(5)
-    x = dense_cues(random_patterns(SLOW_BATCH, DENSE_N, DENSE_ONES, generator=generator), DENSE_N)
-    y = dense_cues(random_patterns(SLOW_BATCH, DENSE_N, DENSE_ONES, generator=generator), DENSE_N)
+    generator = torch.Generator(DEVICE).manual_seed(5)
+    x = dense_cues(random_patterns(SLOW_BATCH, DENSE_N, DENSE_ONES, generator=generator, device=DEVICE), DENSE_N)
+    y = dense_cues(random_patterns(SLOW_BATCH, DENSE_N, DENSE_ONES, generator=generator, device=DEVICE), DENSE_N)
     scratch = weights.clone()
     fn = dense_store if role == "eager" else torch.compile(dense_store)
     run_benchmark(benchmark, lambda: fn(scratch, x, y), DEVICE, component="willshaw", case=DENSE_CASE_STORE,
