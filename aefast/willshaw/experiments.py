@@ -207,10 +207,7 @@ def capacity(n: int, ones: int, *, seed: int = 0, out: str | Path = "willshaw-ca
 
 
 def _plot_capacity(rows: list[dict], n: int, ones: int, full: float, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = sorted(rows, key=lambda row: row["pairs"])
     L = [row["pairs"] for row in rows]
     figure, (errors, density) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -226,11 +223,7 @@ def _plot_capacity(rows: list[dict], n: int, ones: int, full: float, path: Path)
     density.set(xscale="log", xlabel="stored pairs L", ylabel="fraction of synapses at 1", title="density p1")
     for axes in (errors, density):
         axes.axvline(full, color="grey", linestyle=":", label="ln2 n²/M²")
-        axes.legend(fontsize=8)
-        axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, (errors, density), path)
 
 
 # --- noise ---------------------------------------------------------------------------------------------
@@ -288,10 +281,7 @@ def _noisy_cues(x: torch.Tensor, n: int, kind: str, amount: int, generator: torc
 
 
 def _plot_noise(rows: list[dict], n: int, ones: int, L: int, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure, panels = plt.subplots(1, 2, figsize=(11, 4.2))
     for axes, kind, xlabel in ((panels[0], "incomplete", "ones of the pattern in the cue (k of M)"),
                                (panels[1], "noisy", "extra ones in the cue (f)")):
@@ -303,11 +293,7 @@ def _plot_noise(rows: list[dict], n: int, ones: int, L: int, path: Path) -> None
         axes.set_yscale("symlog", linthresh=1e-2)
         axes.set(ylim=(0, None), xlabel=xlabel, ylabel="false ones + misses per recall",
                  title=f"{kind} cues (n={n}, M={ones}, L={L})")
-        axes.legend(fontsize=8)
-        axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, panels, path)
 
 
 # --- scaling -------------------------------------------------------------------------------------------
@@ -353,10 +339,7 @@ def scaling(n: int, ones: Optional[int] = None, *, seed: int = 0, out: str | Pat
 
 
 def _plot_scaling(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = sorted(rows, key=lambda row: row["n"])
     sizes = [row["n"] for row in rows]
     figure, (bits, speed) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -367,9 +350,20 @@ def _plot_scaling(rows: list[dict], path: Path) -> None:
     speed.plot(sizes, [row["recalls_per_second"] for row in rows], "o-", label="recalls / s")
     speed.plot(sizes, [row["store_pairs_per_second"] for row in rows], "s-", label="stored pairs / s")
     speed.set(xscale="log", yscale="log", xlabel="units n", ylabel="per second", title="speed")
-    for axes in (bits, speed):
+    _save(figure, (bits, speed), path)
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(figure, panels, path: Path) -> None:
+    for axes in panels:
         axes.legend(fontsize=8)
         axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _pyplot().close(figure)
