@@ -63,6 +63,32 @@ def agree(rank: int, out: Path) -> None:
     assert sharded.density == 0 and sharded.n_stored == 0
 
 
+def random_cases(rank: int, out: Path) -> None:
+    """Random sizes (down to one unit per rank), ragged patterns with 0 to 20 ones, every threshold: the
+    sharded memory answers as one memory. Every rank draws the same cases from the same seed."""
+    generator = torch.Generator().manual_seed(11)
+    draw = lambda low, high: int(torch.randint(low, high + 1, (1,), generator=generator))  # noqa: E731
+
+    def ragged(rows, n):
+        return [torch.randperm(n, generator=generator)[:draw(0, min(n, 20))].sort().values for _ in range(rows)]
+
+    for _ in range(12):
+        world = dist.get_world_size()
+        n_in, n_out = draw(1, 200), draw(world, 200)
+        rows = draw(0, 30)
+        x, y = ragged(rows, n_in), ragged(rows, n_out)
+        cues = ragged(draw(1, 10), n_in)
+        sharded, plain = ShardedWillshawMemory(n_in, n_out), WillshawMemory(n_in, n_out)
+        if rows:
+            sharded.store_indices(x if rank == 0 else None, y if rank == 0 else None)
+            plain.store_indices(x, y)
+        assert sharded.density == plain.density
+        assert torch.equal(sharded.sums_indices(cues if rank == 0 else None), plain.sums_indices(cues))
+        for threshold, k in (("hard", None), ("soft", None), (draw(0, 4), None), ("topk", draw(1, n_out))):
+            assert same_answers(sharded.retrieve_indices(cues if rank == 0 else None, threshold, k=k),
+                                plain.retrieve_indices(cues, threshold, k=k)), (n_in, n_out, threshold, k)
+
+
 def errors(rank: int, out: Path) -> None:
     """Bad arguments, disagreeing ranks and wrong shard files raise on every rank; nothing hangs."""
     with pytest.raises(ValueError, match="ranks disagree on the memory's sizes"):
@@ -109,7 +135,7 @@ def main() -> None:
     scenario, out = sys.argv[1], Path(sys.argv[2])
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     rank = dist.get_rank()
-    {"agree": agree, "errors": errors}[scenario](rank, out)
+    {"agree": agree, "random": random_cases, "errors": errors}[scenario](rank, out)
     (out / f"{rank}.ok").write_text("ok")
     sys.stdout.flush()
     os._exit(0)  # after a timed-out collective the group cannot be torn down cleanly

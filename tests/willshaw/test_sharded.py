@@ -25,6 +25,11 @@ def test_three_ranks_answer_as_one_memory(tmp_path):
     launch("agree", 3, tmp_path)
 
 
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_random_sizes_and_patterns_answer_as_one_memory(tmp_path, ranks):
+    launch("random", ranks, tmp_path)
+
+
 def test_errors_reach_every_rank_and_nothing_hangs(tmp_path):
     launch("errors", 2, tmp_path)
 
