@@ -5,7 +5,8 @@ of the n_out output units per input unit, bits past n_out zero) and patterns as 
 - store: one program per pair ORs its x-by-y block of bits into the matrix with atomic ORs on int64
   words, so pairs that share a word need no other coordination.
 - hard threshold: one program per (cue, block of words) ANDs the cue's rows, the fewest bytes a
-  retrieval can read, and unpacks the words into the bool answer.
+  retrieval can read; a second kernel unpacks the words into the bool answer, or retrieve_indices
+  takes the positions from the nonzero words.
 - soft threshold: the same AND; a cue whose AND is empty (no unit reached all of its ones) falls back
   to its sums, as few cues do at or below capacity.
 - sums (and the fixed and top-k thresholds, which start from them): one program per (cue, block of
@@ -154,25 +155,40 @@ def _unpack(words, n_out):
 
 
 def retrieve(matrix, n_out, cue_values, cue_offsets, threshold, value):
+    if threshold in (reference.HARD, reference.SOFT):
+        return _unpack(_and_answer(matrix, n_out, cue_values, cue_offsets, threshold), n_out)
     if threshold == reference.FIXED:
         return _sums(matrix, n_out, cue_values, cue_offsets, at_least=value).view(torch.bool)
-    if threshold == reference.TOPK:
-        unit_sums = sums(matrix, n_out, cue_values, cue_offsets)
-        return reference.threshold(unit_sums, cue_offsets.diff(), reference.TOPK, value)
+    unit_sums = sums(matrix, n_out, cue_values, cue_offsets)
+    return reference.threshold(unit_sums, cue_offsets.diff(), reference.TOPK, value)
+
+
+def retrieve_indices(matrix, n_out, cue_values, cue_offsets, threshold, value):
+    if threshold not in (reference.HARD, reference.SOFT):
+        return reference.dense_to_rows(retrieve(matrix, n_out, cue_values, cue_offsets, threshold, value))
+    # Straight from the packed answer: a sparse answer touches few words, and reading the words is 8x
+    # less than reading the answer unpacked to one byte per unit.
+    words = _and_answer(matrix, n_out, cue_values, cue_offsets, threshold)
+    where = words.nonzero()
+    bits = (words[where[:, 0], where[:, 1]].unsqueeze(1) >> torch.arange(64, device=words.device)) & 1
+    on = bits.bool()
+    units = (where[:, 1:] * 64 + torch.arange(64, device=words.device))[on]
+    rows = where[:, :1].expand(-1, 64)[on]
+    counts = torch.bincount(rows, minlength=words.shape[0])
+    return units, torch.nn.functional.pad(counts.cumsum(0), (1, 0))
+
+
+def _and_answer(matrix, n_out, cue_values, cue_offsets, threshold):
+    """The hard or soft answer as packed words (rows, words per row)."""
     words = _and(matrix, cue_values, cue_offsets)
-    answer = _unpack(words, n_out)
     if threshold == reference.SOFT:
         # Where no unit reached all of the cue's ones, the soft threshold takes the largest sum instead.
         below = ((words == 0).all(1) & (cue_offsets.diff() > 0)).nonzero().flatten()
         if below.numel():
             values, offsets = _select_rows(cue_values, cue_offsets, below)
             unit_sums = sums(matrix, n_out, values, offsets)
-            answer[below] = reference.threshold(unit_sums, offsets.diff(), reference.SOFT, 0)
-    return answer
-
-
-def retrieve_indices(matrix, n_out, cue_values, cue_offsets, threshold, value):
-    return reference.dense_to_rows(retrieve(matrix, n_out, cue_values, cue_offsets, threshold, value))
+            words[below] = reference.pack(reference.threshold(unit_sums, offsets.diff(), reference.SOFT, 0))
+    return words
 
 
 def count_ones(matrix) -> int:
