@@ -41,7 +41,8 @@ AUTO_ORDER: dict[tuple[str, str], tuple[str, ...]] = {
         "willshaw_store", "willshaw_sums", "willshaw_retrieve", "willshaw_retrieve_indices",
         "willshaw_check_patterns", "willshaw_count_ones", "willshaw_dense_to_rows")},
     **{(op, "cuda"): ("triton", "reference") for op in (
-        "willshaw_store", "willshaw_sums", "willshaw_retrieve", "willshaw_retrieve_indices", "willshaw_count_ones")},
+        "willshaw_store", "willshaw_sums", "willshaw_retrieve", "willshaw_retrieve_indices",
+        "willshaw_check_patterns", "willshaw_count_ones")},
 }
 
 

@@ -129,17 +129,17 @@ def _check_threshold(threshold: int, value: int, n_out: int) -> None:
 
 # --- reference and Triton kernels index memory with the patterns, so they check them first --------------
 
-def _checked_store(kernel):
+def _checked_store(kernel, check):
     def run(matrix, n_out, x_values, x_offsets, y_values, y_offsets):
-        reference.check_patterns(x_values, x_offsets, matrix.shape[0], "x")
-        reference.check_patterns(y_values, y_offsets, n_out, "y")
+        check(x_values, x_offsets, matrix.shape[0], "x")
+        check(y_values, y_offsets, n_out, "y")
         kernel(matrix, n_out, x_values, x_offsets, y_values, y_offsets)
     return run
 
 
-def _checked_query(kernel):
+def _checked_query(kernel, check):
     def run(matrix, n_out, cue_values, cue_offsets, *args):
-        reference.check_patterns(cue_values, cue_offsets, matrix.shape[0], "cue")
+        check(cue_values, cue_offsets, matrix.shape[0], "cue")
         return kernel(matrix, n_out, cue_values, cue_offsets, *args)
     return run
 
@@ -196,15 +196,19 @@ def _triton(name):
     return run
 
 
+_triton_check = _triton("check_patterns")
 for _op, _reference_kernel, _cpp_kernel, _triton_kernel in (
-    (STORE, _checked_store(reference.store), _cpp_store, _checked_store(_triton("store"))),
-    (SUMS, _checked_query(reference.sums), _cpp_sums, _checked_query(_triton("sums"))),
-    (RETRIEVE, _checked_query(reference.retrieve), _cpp_retrieve, _checked_query(_triton("retrieve"))),
-    (RETRIEVE_INDICES, _checked_query(reference.retrieve_indices), _cpp_retrieve_indices,
-     _checked_query(_triton("retrieve_indices"))),
-    # The pattern checks and conversions are plain torch on any device: Triton runs the reference's.
-    (CHECK_PATTERNS, reference.check_patterns, _cpp_check_patterns, reference.check_patterns),
+    (STORE, _checked_store(reference.store, reference.check_patterns), _cpp_store,
+     _checked_store(_triton("store"), _triton_check)),
+    (SUMS, _checked_query(reference.sums, reference.check_patterns), _cpp_sums,
+     _checked_query(_triton("sums"), _triton_check)),
+    (RETRIEVE, _checked_query(reference.retrieve, reference.check_patterns), _cpp_retrieve,
+     _checked_query(_triton("retrieve"), _triton_check)),
+    (RETRIEVE_INDICES, _checked_query(reference.retrieve_indices, reference.check_patterns), _cpp_retrieve_indices,
+     _checked_query(_triton("retrieve_indices"), _triton_check)),
+    (CHECK_PATTERNS, reference.check_patterns, _cpp_check_patterns, _triton_check),
     (COUNT_ONES, reference.count_ones, _cpp_count_ones, _triton("count_ones")),
+    # Plain torch on any device: Triton runs the reference's.
     (DENSE_TO_ROWS, reference.dense_to_rows, _cpp_dense_to_rows, reference.dense_to_rows),
 ):
     _backends.register_kernel(_op, "reference", _reference_kernel)

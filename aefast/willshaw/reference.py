@@ -53,12 +53,17 @@ def dense_to_rows(dense: Tensor) -> tuple[Tensor, Tensor]:
     return positions[:, 1].clone(memory_format=torch.contiguous_format), torch.nn.functional.pad(counts.cumsum(0), (1, 0))
 
 
-def check_patterns(values: Tensor, offsets: Tensor, units: int, name: str) -> None:
-    """ValueError naming ``name`` for offsets that do not delimit ``values``, an index outside [0, units),
-    or an index listed twice in one row."""
+def check_offsets(values: Tensor, offsets: Tensor, name: str) -> None:
+    """ValueError naming ``name`` for offsets that do not delimit ``values``."""
     if int(offsets[0]) != 0 or int(offsets[-1]) != values.numel() or bool((offsets.diff() < 0).any()):
         raise ValueError(f"{name}: offsets must run from 0 to the number of values ({values.numel()}) "
                          "and must not decrease")
+
+
+def check_patterns(values: Tensor, offsets: Tensor, units: int, name: str) -> None:
+    """ValueError naming ``name`` for offsets that do not delimit ``values``, an index outside [0, units),
+    or an index listed twice in one row."""
+    check_offsets(values, offsets, name)
     if values.numel() == 0:
         return
     rows = row_ids(offsets)

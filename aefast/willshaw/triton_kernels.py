@@ -12,6 +12,8 @@ of the n_out output units per input unit, bits past n_out zero) and patterns as 
 - sums (and the fixed and top-k thresholds, which start from them): one program per (cue, block of
   words) adds each bit of each cue row into int32 counters; a fixed T is compared in the kernel.
 - count of ones: a SWAR popcount (libdevice's popc does not run in the interpreter).
+- pattern check: one program per row compares the row's positions pairwise and with [0, units), in
+  place of the reference's sort of every (row, position) key, the slowest step of a store on a GPU.
 
 Every offset is computed in int64: a matrix of 10^6 x 15625 words has offsets past 2^33.
 """
@@ -21,12 +23,15 @@ import torch
 import triton
 import triton.language as tl
 
+from aefast import _backends
 from aefast.willshaw import reference
 
 # Words per program of the AND, unpack and sums kernels: 128 words = 1 KiB of a row per load, whole
 # 128-byte lines (HOPPER.md); the sums keep 64 counters per word, so they take fewer.
 AND_WORDS, SUMS_WORDS, COUNT_WORDS = 128, 16, 1024
 STORE_X, STORE_Y = 16, 32  # a pair's x and y ones per tile; longer rows loop over tiles
+CHECK_BLOCK = 32  # positions per tile of the pairwise check; rows longer than CHECK_LONGEST are sorted
+CHECK_LONGEST = 256
 
 
 @triton.jit
@@ -110,6 +115,26 @@ def _count_ones_kernel(words_ptr, count, out_ptr, BLOCK: tl.constexpr):
     tl.store(out_ptr + tl.program_id(0), tl.sum((x & 0x7F).to(tl.int64), axis=0))
 
 
+@triton.jit
+def _check_rows_kernel(values_ptr, offsets_ptr, units, flags_ptr, BLOCK: tl.constexpr):
+    """flags[row] = 1 for a position outside [0, units), 2 for a position listed twice, else 0."""
+    row = tl.program_id(0).to(tl.int64)
+    start, stop = tl.load(offsets_ptr + row), tl.load(offsets_ptr + row + 1)
+    flags = tl.zeros((BLOCK,), tl.int32)
+    for a in range(start, stop, BLOCK):
+        ia = a + tl.arange(0, BLOCK)
+        mask_a = ia < stop
+        va = tl.load(values_ptr + ia, mask=mask_a, other=0)
+        flags = tl.maximum(flags, (mask_a & ((va < 0) | (va >= units))).to(tl.int32))
+        for b in range(a, stop, BLOCK):
+            ib = b + tl.arange(0, BLOCK)
+            mask_b = ib < stop
+            vb = tl.load(values_ptr + ib, mask=mask_b, other=0)
+            same = (va[:, None] == vb[None, :]) & mask_a[:, None] & mask_b[None, :] & (ia[:, None] < ib[None, :])
+            flags = tl.maximum(flags, 2 * tl.max(same.to(tl.int32), axis=1))
+    tl.store(flags_ptr + row, tl.max(flags, axis=0))
+
+
 def _grid(rows: int, words: int, block: int) -> tuple[int, int]:
     return rows, triton.cdiv(words, block)
 
@@ -189,6 +214,29 @@ def _and_answer(matrix, n_out, cue_values, cue_offsets, threshold):
             unit_sums = sums(matrix, n_out, values, offsets)
             words[below] = reference.pack(reference.threshold(unit_sums, offsets.diff(), reference.SOFT, 0))
     return words
+
+
+def check_patterns(values, offsets, units, name) -> None:
+    """reference.check_patterns without its sort; a bad row is reported by the reference's message.
+    In the CPU interpreter, where a program per row is slow, the reference's sort is faster and runs
+    instead (tests/willshaw/test_errors.py runs the kernel itself)."""
+    reference.check_offsets(values, offsets, name)
+    if offsets.numel() == 1 or values.numel() == 0:
+        return
+    # Pairwise comparisons grow with the square of a row's length: long rows are sorted instead.
+    if _backends.triton_interpreted() or int(offsets.diff().max()) > CHECK_LONGEST:
+        return reference.check_patterns(values, offsets, units, name)
+    if bool(row_flags(values, offsets, units).any()):
+        reference.check_patterns(values, offsets, units, name)
+        raise AssertionError("the Triton pattern check flagged a row the reference accepts")  # a kernel bug
+
+
+def row_flags(values, offsets, units):
+    """Per row: 1 for a position outside [0, units), 2 for a position listed twice, else 0 (int32)."""
+    flags = torch.zeros(offsets.numel() - 1, dtype=torch.int32, device=values.device)
+    if flags.numel():
+        _check_rows_kernel[(flags.numel(),)](values, offsets, units, flags, BLOCK=CHECK_BLOCK)
+    return flags
 
 
 def count_ones(matrix) -> int:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import aefast
+from aefast import _backends
 from aefast.willshaw import MAX_UNITS, WillshawMemory
 
 
@@ -125,3 +126,27 @@ def test_direct_op_calls_with_broken_rows_raise(willshaw_backend):
     with pytest.raises(ValueError, match="k must be in"):
         torch.ops.aefast.willshaw_retrieve(matrix, 80, values, offsets, 3, 0)
     assert not matrix.any()
+
+
+@pytest.mark.parametrize("row_length", [0, 1, 5, 32, 33, 100])
+def test_triton_pattern_check_flags_exactly_the_bad_rows(row_length):
+    """The Triton check's kernel (the interpreter runs the reference's sort in its place): rows shorter
+    and longer than its 32-position tiles, repeats across tiles, positions at and past the bounds."""
+    if _backends.can_run("triton", torch.device("cpu")) is not True and not torch.cuda.is_available():
+        pytest.skip("triton cannot run here")
+    from aefast.willshaw import triton_kernels
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    units, generator = 500, torch.Generator().manual_seed(row_length)
+    rows = [torch.randperm(units, generator=generator)[:row_length] for _ in range(6)]
+    expected = [0] * 6
+    if row_length:
+        rows[1][-1] = units  # one past the last unit
+        rows[2][0] = -1
+        rows[4][-1] = rows[4][0]  # a repeat, across tiles when the row is longer than a tile
+        expected[1] = expected[2] = 1
+        expected[4] = 2 if row_length > 1 else 0
+        rows[3][-1] = units - 1 if units - 1 not in rows[3][:-1] else rows[3][-1]  # the last unit is fine
+    values = torch.cat(rows).to(device)
+    offsets = torch.tensor([0] + [len(r) for r in rows]).cumsum(0).to(device)
+    assert triton_kernels.row_flags(values, offsets, units).tolist() == expected
