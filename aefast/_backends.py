@@ -63,6 +63,14 @@ def register_kernel(op: str, backend: str, kernel: Callable) -> None:
     _KERNELS.setdefault(op, {})[backend] = kernel
 
 
+def lazy_kernel(module: str, name: str) -> Callable:
+    """``module.name``, imported on the first call: triton reads TRITON_INTERPRET when a module defines
+    its kernels, and importing triton costs seconds that a CPU-only user should not pay."""
+    def run(*args):
+        return getattr(importlib.import_module(module), name)(*args)
+    return run
+
+
 def has_kernel(op: str, backend: str) -> bool:
     return backend in _KERNELS.get(op, {})
 

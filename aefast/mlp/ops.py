@@ -250,14 +250,6 @@ def _reference_narrow_backward(grad_out, x, out, saved, weights, biases, dims, a
     return (grad if need_input_grad else x.new_empty(0)), torch.cat(grad_ws), grad_b
 
 
-def _triton(name):
-    def run(*args):
-        from aefast.mlp import triton_kernels  # lazily: TRITON_INTERPRET is read when kernels are defined
-
-        return getattr(triton_kernels, name)(*args)
-    return run
-
-
 for _op, _reference_kernel, _triton_name in (
     (FORWARD, _reference_forward, "linear_forward"),
     (BACKWARD, _reference_backward, "linear_backward"),
@@ -266,4 +258,4 @@ for _op, _reference_kernel, _triton_name in (
     (NARROW_BACKWARD, _reference_narrow_backward, "narrow_backward"),
 ):
     _backends.register_kernel(_op, "reference", _reference_kernel)
-    _backends.register_kernel(_op, "triton", _triton(_triton_name))
+    _backends.register_kernel(_op, "triton", _backends.lazy_kernel("aefast.mlp.triton_kernels", _triton_name))

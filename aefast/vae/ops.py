@@ -146,16 +146,8 @@ def _cuda_backward(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max)
     return grad_mu, grad_logvar
 
 
-def _triton_forward(*args):
-    from aefast.vae import triton_kernels
-
-    return triton_kernels.forward(*args)
-
-
-def _triton_backward(*args):
-    from aefast.vae import triton_kernels
-
-    return triton_kernels.backward(*args)
+_triton_forward = _backends.lazy_kernel("aefast.vae.triton_kernels", "forward")
+_triton_backward = _backends.lazy_kernel("aefast.vae.triton_kernels", "backward")
 
 
 _backends.register_kernel(OP_NAME, "reference", reference.forward)

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from aefast.willshaw import theory
+from aefast.willshaw import reference, theory
 from aefast.willshaw.memory import WillshawMemory
-from aefast.willshaw.patterns import random_patterns
+from aefast.willshaw.patterns import from_indices, random_patterns
 
 CHUNK_PAIRS = 1 << 16
 DEFAULT_QUERIES = 1000
@@ -88,13 +88,8 @@ def recall_errors(memory: WillshawMemory, cues: torch.Tensor | list, answers: to
 
 
 def _dense(rows: torch.Tensor | list, n: int, device) -> torch.Tensor:
-    out = torch.zeros(len(rows), n, dtype=torch.bool, device=device)
-    if isinstance(rows, torch.Tensor):
-        out.scatter_(1, rows.to(device), True)
-    else:
-        for index, row in enumerate(rows):
-            out[index, row.to(device)] = True
-    return out
+    rows = from_indices(rows if isinstance(rows, torch.Tensor) else [row.to(device) for row in rows], "rows", device)
+    return reference.dense(rows.values, rows.offsets, n)
 
 
 # --- the CSV: one row per point, resumable -------------------------------------------------------------

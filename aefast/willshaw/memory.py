@@ -147,14 +147,12 @@ class WillshawMemory:
     def sums(self, x: Tensor) -> Tensor:
         """(B, n_out) int32 dendritic sums s_i = sum_j w_ij x_j of dense 0/1 cues x (B, n_in)."""
         cue = from_dense(x, self._n_in, "x", self._device)
-        with self._backend_scope():
-            return self._unbatch(ops.willshaw_sums_op(self._matrix, self._n_out, cue.values, cue.offsets), cue)
+        return self._unbatch(self._sums_of(cue), cue)
 
     def sums_indices(self, x_idx: IndexPatterns) -> Tensor:
         """Like ``sums`` for cues given as active positions."""
         cue = self._index_cue(x_idx)
-        with self._backend_scope():
-            return self._unbatch(ops.willshaw_sums_op(self._matrix, self._n_out, cue.values, cue.offsets), cue)
+        return self._unbatch(self._sums_of(cue), cue)
 
     def retrieve(self, x: Tensor, threshold: str | int = "hard", *, k: Optional[int] = None) -> Tensor:
         """(B, n_out) bool answers to dense 0/1 cues x (B, n_in): the units whose sum reaches T.
@@ -165,9 +163,7 @@ class WillshawMemory:
         """
         code, value = _threshold(threshold, k, self._n_out)
         cue = from_dense(x, self._n_in, "x", self._device)
-        with self._backend_scope():
-            answer = ops.willshaw_retrieve_op(self._matrix, self._n_out, cue.values, cue.offsets, code, value)
-        return self._unbatch(answer, cue)
+        return self._unbatch(self._answer_of(cue, code, value), cue)
 
     def retrieve_indices(self, x_idx: IndexPatterns, threshold: str | int = "hard", *,
                          k: Optional[int] = None) -> list[Tensor] | Tensor:
@@ -180,6 +176,16 @@ class WillshawMemory:
                                                                code, value)
         answers = list(torch.split(values, offsets.diff().tolist()))
         return answers[0] if cue.single else answers
+
+    def _sums_of(self, cue: PatternRows) -> Tensor:
+        """(rows, n_out) int32 sums of checked cue rows (on this memory's device)."""
+        with self._backend_scope():
+            return ops.willshaw_sums_op(self._matrix, self._n_out, cue.values, cue.offsets)
+
+    def _answer_of(self, cue: PatternRows, code: int, value: int) -> Tensor:
+        """(rows, n_out) bool answers of checked cue rows under threshold ``code``."""
+        with self._backend_scope():
+            return ops.willshaw_retrieve_op(self._matrix, self._n_out, cue.values, cue.offsets, code, value)
 
     def _index_cue(self, x_idx: IndexPatterns) -> PatternRows:
         cue = from_indices(x_idx, "x_idx", self._device)

@@ -190,10 +190,7 @@ def _cpp_count_ones(matrix):
 
 
 def _triton(name):
-    def run(*args):
-        from aefast.willshaw import triton_kernels  # lazily: TRITON_INTERPRET is read when kernels are defined
-        return getattr(triton_kernels, name)(*args)
-    return run
+    return _backends.lazy_kernel("aefast.willshaw.triton_kernels", name)
 
 
 _triton_check = _triton("check_patterns")

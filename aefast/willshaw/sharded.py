@@ -49,16 +49,17 @@ class ShardedWillshawMemory:
         nccl = dist.get_backend(self._group) == "nccl"
         self._comm_device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         device = torch.device(device) if device is not None else self._comm_device
-        every = self._all_gather_object((n_in, n_out))
+        every = _all_gather_object(self._group, (n_in, n_out))
         if len(set(every)) != 1:
             raise ValueError("ranks disagree on the memory's sizes: " +
                              ", ".join(f"rank {r} (n_in={a}, n_out={b})" for r, (a, b) in enumerate(every)))
         if n_out < self._world:
             raise ValueError(f"n_out={n_out} must be at least the number of ranks ({self._world})")
         self._n_in, self._n_out = n_in, n_out
-        self._unit_start, self._unit_stop = _slice(n_out, self._world, self._rank)
-        self._local = self._agreed(lambda: WillshawMemory(n_in, self._unit_stop - self._unit_start, device=device,
-                                                          backend=backend))
+        self._slices = [_slice(n_out, self._world, rank) for rank in range(self._world)]
+        self._unit_start, self._unit_stop = self._slices[self._rank]
+        self._local = _agreed(self._group, lambda: WillshawMemory(n_in, self._unit_stop - self._unit_start,
+                                                                  device=device, backend=backend))
 
     # --- sizes and state -----------------------------------------------------------------------------
 
@@ -124,11 +125,11 @@ class ShardedWillshawMemory:
         """Store the pairs given as active positions on the first rank (see WillshawMemory.store_indices)."""
         def rows():
             x_rows = from_indices(x_idx, "x_idx", self._comm_device)
-            reference.check_patterns(x_rows.values, x_rows.offsets, self._n_in, "x_idx")
+            ops.check_patterns(x_rows.values, x_rows.offsets, self._n_in, "x_idx")
             if y_idx is None:
                 return x_rows, None
             y_rows = from_indices(y_idx, "y_idx", self._comm_device)
-            reference.check_patterns(y_rows.values, y_rows.offsets, self._n_out, "y_idx")
+            ops.check_patterns(y_rows.values, y_rows.offsets, self._n_out, "y_idx")
             return x_rows, y_rows
         self._store("store_indices", rows, "x_idx", "y_idx")
 
@@ -182,13 +183,11 @@ class ShardedWillshawMemory:
 
     def _index_cue(self, x_idx) -> PatternRows:
         cue = from_indices(x_idx, "x_idx", self._comm_device)
-        reference.check_patterns(cue.values, cue.offsets, self._n_in, "x_idx")
+        ops.check_patterns(cue.values, cue.offsets, self._n_in, "x_idx")
         return cue
 
     def _local_sums(self, cue: PatternRows) -> Tensor:
-        cue = _to(cue, self._local.device)
-        with self._local._backend_scope():
-            return ops.willshaw_sums_op(self._local._matrix, self._local.n_out, cue.values, cue.offsets)
+        return self._local._sums_of(_to(cue, self._local.device))
 
     def _local_answer(self, cue: PatternRows, code: int, value: int) -> Tensor:
         """This slice's bool answer; the soft threshold with the largest sum over every slice."""
@@ -198,10 +197,7 @@ class ShardedWillshawMemory:
             dist.all_reduce(best, op=dist.ReduceOp.MAX, group=self._group)
             best = best.to(unit_sums.device).unsqueeze(1)
             return (unit_sums >= best) & (best > 0)
-        local_cue = _to(cue, self._local.device)
-        with self._local._backend_scope():
-            return ops.willshaw_retrieve_op(self._local._matrix, self._local.n_out, local_cue.values,
-                                            local_cue.offsets, code, value)
+        return self._local._answer_of(_to(cue, self._local.device), code, value)
 
     def _top_k(self, cue: PatternRows, k: int) -> tuple[Tensor, Tensor]:
         """The k largest sums over every slice, ties to the lower index: each slice offers its own k best."""
@@ -228,10 +224,13 @@ class ShardedWillshawMemory:
         """Check that every rank is in ``op``, then run it."""
         header = [op]
         dist.broadcast_object_list(header, src=self._source, group=self._group)
-        if header[0] != op:
-            raise RuntimeError(f"rank {self._rank} called {op} while the first rank called {header[0]}: every rank "
-                               "must call the same methods in the same order")
+        self._check_same_call(op, header[0])
         return run()
+
+    def _check_same_call(self, op: str, first_rank_op: str) -> None:
+        if first_rank_op != op:
+            raise RuntimeError(f"rank {self._rank} called {op} while the first rank called {first_rank_op}: every "
+                               "rank must call the same methods in the same order")
 
     def _broadcast_rows(self, op: str, make_rows) -> list[PatternRows]:
         """``make_rows()`` on the first rank, broadcast to every rank; an error it raises is raised on all."""
@@ -244,9 +243,7 @@ class ShardedWillshawMemory:
                 header = [(op, (type(error).__name__, str(error)), None)]
         dist.broadcast_object_list(header, src=self._source, group=self._group)
         their_op, error, shapes = header[0]
-        if their_op != op:
-            raise RuntimeError(f"rank {self._rank} called {op} while the first rank called {their_op}: every rank "
-                               "must call the same methods in the same order")
+        self._check_same_call(op, their_op)
         if error is not None:
             raise (ValueError if error[0] == "ValueError" else TypeError)(error[1])
         if self._rank != 0:
@@ -261,15 +258,14 @@ class ShardedWillshawMemory:
 
     def _gather_columns(self, local: Tensor) -> Tensor:
         """Every rank's (B, slice width) block side by side: (B, n_out)."""
-        widest = max(stop - start for start, stop in (_slice(self._n_out, self._world, r) for r in range(self._world)))
+        widest = max(stop - start for start, stop in self._slices)
         dtype = local.dtype
         padded = torch.zeros(local.shape[0], widest, dtype=torch.uint8 if dtype == torch.bool else dtype,
                              device=self._comm_device)
         padded[:, :local.shape[1]] = local.to(self._comm_device)
         gathered = [torch.empty_like(padded) for _ in range(self._world)]
         dist.all_gather(gathered, padded, group=self._group)
-        blocks = [block[:, :stop - start] for block, (start, stop) in
-                  zip(gathered, (_slice(self._n_out, self._world, r) for r in range(self._world)))]
+        blocks = [block[:, :stop - start] for block, (start, stop) in zip(gathered, self._slices)]
         return torch.cat(blocks, 1).to(dtype)
 
     def _gather_rows(self, values: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
@@ -291,26 +287,6 @@ class ShardedWillshawMemory:
         total_counts = sum(o.diff() for o in all_offsets)
         return merged[order], torch.nn.functional.pad(total_counts.cumsum(0), (1, 0))
 
-    def _all_gather_object(self, value) -> list:
-        gathered = [None] * self._world
-        dist.all_gather_object(gathered, value, group=self._group)
-        return gathered
-
-    def _agreed(self, run):
-        """``run()`` on every rank; if it fails on any, every rank raises."""
-        try:
-            result, error = run(), None
-        except (ValueError, TypeError, MemoryError, OSError) as caught:
-            result, error = None, caught
-        failures = [(rank, message) for rank, message in
-                    enumerate(self._all_gather_object(None if error is None else f"{type(error).__name__}: {error}"))
-                    if message is not None]
-        if error is not None:
-            raise error
-        if failures:
-            raise RuntimeError("other ranks failed: " + "; ".join(f"rank {r}: {m}" for r, m in failures))
-        return result
-
     # --- files ---------------------------------------------------------------------------------------
 
     def save(self, directory: str | os.PathLike) -> None:
@@ -324,7 +300,7 @@ class ShardedWillshawMemory:
             with self._local._store_lock:
                 memory_file.write(_shard_path(directory, self._rank, self._world), self._local._matrix, self._n_in,
                                   self._local.n_out, self._local.n_stored, shard=self._shard_fields())
-        self._agreed(write)
+        _agreed(self._group, write)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, *, process_group=None, device: Optional[str | torch.device] = None,
@@ -351,8 +327,7 @@ class ShardedWillshawMemory:
                     f"{rank} of {world}")
             return matrix, sizes
 
-        probe = _Probe(group, rank, world)
-        matrix, sizes = probe._agreed(read)
+        matrix, sizes = _agreed(group, read)
         memory = cls(sizes["n_in"], sizes["n_out_total"], process_group=group, device=device, backend=backend,
                      timeout=None)
         if (memory._unit_start, memory._unit_stop) != (sizes["unit_start"], sizes["unit_stop"]):
@@ -368,11 +343,25 @@ class ShardedWillshawMemory:
                 "unit_stop": self._unit_stop, "n_out_total": self._n_out}
 
 
-class _Probe(ShardedWillshawMemory):
-    """The collectives of a group without a memory: for checks made before one exists."""
+def _all_gather_object(group, value) -> list:
+    gathered = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, value, group=group)
+    return gathered
 
-    def __init__(self, group, rank, world):  # noqa: D107 (no memory to build)
-        self._group, self._rank, self._world = group, rank, world
+
+def _agreed(group, run):
+    """``run()`` on every rank of ``group``; if it fails on any, every rank raises."""
+    try:
+        result, error = run(), None
+    except (ValueError, TypeError, MemoryError, OSError) as caught:
+        result, error = None, caught
+    messages = _all_gather_object(group, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failures = [(rank, message) for rank, message in enumerate(messages) if message is not None]
+    if failures:
+        raise RuntimeError("other ranks failed: " + "; ".join(f"rank {r}: {m}" for r, m in failures))
+    return result
 
 
 def _communication_group(process_group, timeout):

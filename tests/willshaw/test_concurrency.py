@@ -44,12 +44,11 @@ def threaded_backend(willshaw_backend):
 
 
 def test_stores_from_several_threads_lose_nothing(threaded_backend):
-    willshaw_backend = threaded_backend
     generator = torch.Generator().manual_seed(0)
     x = random_patterns(THREADS * PAIRS_PER_THREAD, N, ONES, generator)
     y = random_patterns(THREADS * PAIRS_PER_THREAD, N, ONES, generator)
     # The memory names its backend: use_backend is a context variable, which new threads do not inherit.
-    shared, sequential = WillshawMemory(N, backend=willshaw_backend), WillshawMemory(N, backend=willshaw_backend)
+    shared, sequential = WillshawMemory(N, backend=threaded_backend), WillshawMemory(N, backend=threaded_backend)
     for _ in range(3):  # three rounds: overlapping stores into a matrix that already holds pairs
         chunks = torch.arange(THREADS * PAIRS_PER_THREAD).chunk(THREADS)
         # Many small stores per thread, so that they interleave with the other threads' stores.
@@ -60,11 +59,10 @@ def test_stores_from_several_threads_lose_nothing(threaded_backend):
 
 
 def test_retrievals_from_several_threads_agree_with_one_thread(threaded_backend):
-    willshaw_backend = threaded_backend
     generator = torch.Generator().manual_seed(1)
     x = random_patterns(20000, N, ONES, generator)
     y = random_patterns(20000, N, ONES, generator)
-    memory = WillshawMemory(N, backend=willshaw_backend)
+    memory = WillshawMemory(N, backend=threaded_backend)
     memory.store_indices(x, y)
     cues = x[:600, :9]  # incomplete cues: the soft threshold and top-k do real work
     single = {threshold: memory.retrieve_indices(cues, threshold, k=k)
