@@ -41,7 +41,7 @@ class WillshawMemory:
                  backend: Optional[str] = None):
         n_in = _check_units(n_in, "n_in")
         n_out = n_in if n_out is None else _check_units(n_out, "n_out")
-        device = torch.device(device)
+        device = _concrete(torch.device(device))
         if backend is not None:
             if backend not in _backends.BACKEND_NAMES:
                 raise ValueError(f"backend must be one of {_backends.BACKEND_NAMES} or None, got {backend!r}")
@@ -221,6 +221,13 @@ class WillshawMemory:
         memory._matrix.copy_(matrix)
         memory._n_stored = sizes["n_stored"]
         return memory
+
+
+def _concrete(device: torch.device) -> torch.device:
+    """"cuda" as the device it means now ("cuda:0", ...): patterns on it must compare equal to it."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _check_units(value, name: str) -> int:

@@ -48,7 +48,7 @@ class ShardedWillshawMemory:
         self._source = dist.get_global_rank(self._group, 0)
         nccl = dist.get_backend(self._group) == "nccl"
         self._comm_device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
-        device = torch.device(device) if device is not None else self._comm_device
+        device = device if device is not None else self._comm_device
         every = _all_gather_object(self._group, (n_in, n_out))
         if len(set(every)) != 1:
             raise ValueError("ranks disagree on the memory's sizes: " +
