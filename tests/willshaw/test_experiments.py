@@ -92,6 +92,7 @@ def test_scaling_approaches_ln2_bits_per_synapse(tmp_path):
     (["capacity", "--n", "100", "--ones", "100"], r"ones must be in \[1, n\)"),
     (["capacity", "--n", "100", "--ones", "3", "--pairs", "0"], "pairs must be"),
     (["noise", "--n", "100", "--ones", "3", "--queries", "0"], "queries must be"),
+    (["scaling", "--n", "2048", "--device", "abacus"], "device must name a torch device"),
 ])
 def test_cli_errors(tmp_path, arguments, message):
     result = subprocess.run([sys.executable, "-m", "aefast.cli", "willshaw", *arguments, "--out", str(tmp_path)],
@@ -105,3 +106,9 @@ def test_cli_writes_the_csv_and_plot(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert len(read_csv(tmp_path / "capacity.csv")) == 2 and (tmp_path / "capacity.png").exists()
+
+
+def test_an_out_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(ValueError, match="out must be a folder"):
+        experiments.noise(N, ONES, out=tmp_path / "taken", progress=False)
