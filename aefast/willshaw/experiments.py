@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from aefast.willshaw import reference, theory
-from aefast.willshaw.memory import WillshawMemory
+from aefast.willshaw.memory import WillshawMemory, check_device
 from aefast.willshaw.patterns import from_indices, random_patterns
 
 CHUNK_PAIRS = 1 << 16
@@ -151,13 +151,6 @@ def _check_out(out) -> Path:
     return out
 
 
-def _check_device(device) -> torch.device:
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {device!r}") from error
-
-
 def _check(n: int, ones: int, seed: int, queries: int) -> None:
     for value, name in ((n, "n"), (ones, "ones"), (seed, "seed"), (queries, "queries")):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -192,7 +185,7 @@ def capacity(n: int, ones: int, *, seed: int = 0, out: str | Path = "willshaw-ca
     number of stored pairs, beside both forms of the theory. Default points: 12 from capacity/16 to
     2 x capacity. Writes capacity.csv and capacity.png into ``out``; returns the rows."""
     _check(n, ones, seed, queries)
-    device = _check_device(device)
+    device = check_device(device)
     full = theory.capacity(n, ones)
     points = _check_pairs(pairs) if pairs is not None else \
         sorted({max(1, round(full * 2 ** e)) for e in np.linspace(-4, 1, 12)})
@@ -249,7 +242,7 @@ def noise(n: int, ones: int, *, seed: int = 0, out: str | Path = "willshaw-noise
     top-k (k = M) thresholds, at ``pairs`` stored pairs (default: capacity). Writes noise.csv and
     noise.png into ``out``; returns the rows."""
     _check(n, ones, seed, queries)
-    device = _check_device(device)
+    device = check_device(device)
     L = _check_pairs([pairs if pairs is not None else max(1, round(theory.capacity(n, ones)))], "pairs")[0]
     T = max(1, ones // 2) if fixed_threshold is None else fixed_threshold
     if isinstance(T, bool) or not isinstance(T, int) or T < 0:
@@ -320,7 +313,7 @@ def scaling(n: int, ones: Optional[int] = None, *, seed: int = 0, out: str | Pat
     powers of 2 from 2^10 to ``n``), M = ``ones`` or log2(size / 4) rounded, L = ln2 size²/M² pairs.
     Writes scaling.csv and scaling.png into ``out``; returns the rows."""
     _check(n, ones if ones is not None else 1, seed, queries)
-    device = _check_device(device)
+    device = check_device(device)
     sizes = _check_pairs(sizes, "sizes") if sizes is not None else [2**e for e in range(10, int(math.log2(n)) + 1)]
     out = _check_out(out)
     results = _Results(out, "scaling", SCALING_COLUMNS, ["n"],

@@ -41,7 +41,7 @@ class WillshawMemory:
                  backend: Optional[str] = None):
         n_in = _check_units(n_in, "n_in")
         n_out = n_in if n_out is None else _check_units(n_out, "n_out")
-        device = _concrete(torch.device(device))
+        device = check_device(device)
         if backend is not None:
             if backend not in _backends.BACKEND_NAMES:
                 raise ValueError(f"backend must be one of {_backends.BACKEND_NAMES} or None, got {backend!r}")
@@ -223,10 +223,18 @@ class WillshawMemory:
         return memory
 
 
-def _concrete(device: torch.device) -> torch.device:
-    """"cuda" as the device it means now ("cuda:0", ...): patterns on it must compare equal to it."""
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
+def check_device(device) -> torch.device:
+    """``device`` as a torch.device that patterns on it compare equal to ("cuda" becomes "cuda:0", ...);
+    ValueError naming it when torch does not know it or it is a GPU this machine lacks."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {device!r}") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} asked for, but no CUDA device is available")
+        if device.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
     return device
 
 

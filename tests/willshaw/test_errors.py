@@ -150,3 +150,12 @@ def test_triton_pattern_check_flags_exactly_the_bad_rows(row_length):
     values = torch.cat(rows).to(device)
     offsets = torch.tensor([0] + [len(r) for r in rows]).cumsum(0).to(device)
     assert triton_kernels.row_flags(values, offsets, units).tolist() == expected
+
+
+@pytest.mark.parametrize("device, match", [("abacus", "device must name a torch device"), (3.5, "device must name"),
+                                           ("cuda", "no CUDA device is available")])
+def test_bad_devices_are_refused_by_name(device, match):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match=match):
+        WillshawMemory(10, device=device)
