@@ -85,6 +85,11 @@ class ShardedWillshawMemory:
         return self._unit_start, self._unit_stop
 
     @property
+    def device(self) -> torch.device:
+        """Where this rank's slice lives."""
+        return self._local.device
+
+    @property
     def local(self) -> WillshawMemory:
         """This rank's slice, a WillshawMemory of n_in x (stop - start) units."""
         return self._local

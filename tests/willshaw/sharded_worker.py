@@ -1,4 +1,5 @@
-"""One rank of the sharded-memory tests, launched by test_sharded.py with torch.distributed.run (gloo).
+"""One rank of the sharded-memory tests, launched by test_sharded.py with torch.distributed.run (gloo on
+the CPU; NCCL on the GPU for the ``nccl`` scenario, one rank per GPU).
 Each scenario asserts on every rank and writes ``<rank>.ok`` into the output folder when all held."""
 import datetime
 import os
@@ -131,11 +132,41 @@ def errors(rank: int, out: Path) -> None:
             quick.clear()
 
 
+def nccl(rank: int, out: Path) -> None:
+    """Over NCCL, each rank's slice on its GPU: every method answers as one memory on the GPU, and the
+    shards saved from the GPU load back."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    generator = torch.Generator().manual_seed(5)
+    x = random_patterns(500, N_IN, 7, generator=generator).to(device)
+    y = random_patterns(500, N_OUT, 7, generator=generator).to(device)
+    first = rank == 0
+    sharded, plain = ShardedWillshawMemory(N_IN, N_OUT), WillshawMemory(N_IN, N_OUT, device=device)
+    assert sharded.device == device
+    sharded.store_indices(x if first else None, y if first else None)
+    plain.store_indices(x, y)
+    assert sharded.n_stored == plain.n_stored == 500 and sharded.density == plain.density
+    for cues in (x[:50], x[:50, :4]):
+        given = cues if first else None
+        assert torch.equal(sharded.sums_indices(given), plain.sums_indices(cues))
+        for threshold, k in (("hard", None), ("soft", None), (3, None), ("topk", 1), ("topk", 9)):
+            assert same_answers(sharded.retrieve_indices(given, threshold, k=k),
+                                plain.retrieve_indices(cues, threshold, k=k)), (threshold, k)
+    cue_dense = torch.zeros(50, N_IN, dtype=torch.bool, device=device).scatter_(1, x[:50, :5], True)
+    assert torch.equal(sharded.retrieve(cue_dense if first else None, "soft"), plain.retrieve(cue_dense, "soft"))
+    sharded.save(out / "memory")
+    loaded = ShardedWillshawMemory.load(out / "memory")
+    assert loaded.density == plain.density
+    assert same_answers(loaded.retrieve_indices(x[:50, :4] if first else None, "soft"),
+                        plain.retrieve_indices(x[:50, :4], "soft"))
+
+
 def main() -> None:
     scenario, out = sys.argv[1], Path(sys.argv[2])
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    if scenario == "nccl":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+    dist.init_process_group("nccl" if scenario == "nccl" else "gloo", timeout=datetime.timedelta(seconds=60))
     rank = dist.get_rank()
-    {"agree": agree, "random": random_cases, "errors": errors}[scenario](rank, out)
+    {"agree": agree, "random": random_cases, "errors": errors, "nccl": nccl}[scenario](rank, out)
     (out / f"{rank}.ok").write_text("ok")
     sys.stdout.flush()
     os._exit(0)  # after a timed-out collective the group cannot be torn down cleanly

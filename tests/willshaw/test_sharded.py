@@ -1,5 +1,5 @@
 """ShardedWillshawMemory over gloo: 2 and 3 processes launched with torch.distributed.run on this
-machine (tests/willshaw/sharded_worker.py runs on each rank), against one unsharded memory."""
+machine, and over NCCL with one rank per GPU (tests/willshaw/sharded_worker.py runs on each rank), against one unsharded memory."""
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +32,12 @@ def test_random_sizes_and_patterns_answer_as_one_memory(tmp_path, ranks):
 
 def test_errors_reach_every_rank_and_nothing_hangs(tmp_path):
     launch("errors", 2, tmp_path)
+
+
+@pytest.mark.gpu
+def test_nccl_on_the_gpu_answers_as_one_memory(tmp_path):
+    # NCCL takes one rank per GPU: as many ranks as this machine has GPUs (one on a single-GPU machine).
+    launch("nccl", torch.cuda.device_count(), tmp_path)
 
 
 def test_without_torch_distributed_it_says_how_to_start():
