@@ -4,7 +4,7 @@
 # capacity experiment at n = 10^6. Logs go to runs/gpu/; everything is packed into
 # ${OUT:-runs/gpu-out}/gpu-run.tar.gz after each step, so a run cut short still returns what it did.
 #
-#   bash scripts/gpu_run.sh [step ...]     steps: build tests vae willshaw models mlp million rest
+#   bash scripts/gpu_run.sh [step ...]     steps: build tests vae willshaw models mlp million rest profile
 #
 # A step is cut at its own limit and at AEFAST_GPU_DEADLINE seconds after the start (default 570), so
 # the whole run ends inside one 10-minute call. Run it on a machine with torch, triton and nvcc:
@@ -72,10 +72,11 @@ for name in "${steps[@]}"; do
     build)
       step build 240 'CUDAARCHS=90 CMAKE_BUILD_PARALLEL_LEVEL=16 "$python" -m pip install --no-build-isolation --no-deps -e .'
       step aefast-info 60 '"$python" -m aefast.cli info' ;;
-    tests) step tests 240 '"$python" -m pytest tests -m gpu -q -p no:cacheprovider -n 8 -rfEs' ;;
-    rest) step tests-rest 300 'OMP_NUM_THREADS=1 "$python" -m pytest tests -m "not gpu" -q -p no:cacheprovider -n 14 -rfE' ;;
+    tests) step tests 240 '"$python" -m pytest tests -m gpu -q -p no:cacheprovider -n 8 -rfEs -W ignore::pytest_benchmark.logger.PytestBenchmarkWarning' ;;
+    rest) step tests-rest 300 'OMP_NUM_THREADS=1 "$python" -m pytest tests -m "not gpu" -q -p no:cacheprovider -n 14 -rfE -W ignore::pytest_benchmark.logger.PytestBenchmarkWarning' ;;
     vae|willshaw|models|mlp) step "bench-$name" 400 "bench $name" ;;
     million) step million 400 million ;;
+    profile) step profile 300 '"$python" benchmarks/profile_kernels.py' ;;
     *) echo "unknown step $name" >&2; exit 2 ;;
   esac
 done

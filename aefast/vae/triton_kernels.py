@@ -7,6 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
+from aefast._triton_math import exp
 from aefast._triton_random import philox_normal
 from aefast.vae.reference import clamp_active, kl_dtype
 
@@ -40,7 +41,7 @@ def _forward_kernel(mu_ptr, logvar_ptr, eps_ptr, z_ptr, kl_ptr, rows, cols, seed
             noise = tl.load(eps_ptr + offsets, mask=mask, other=0.0).to(acc_dtype)
         else:
             noise = philox_normal(seed, offsets).to(acc_dtype)
-        sigma = tl.exp(0.5 * logvar)
+        sigma = exp(0.5 * logvar)
         tl.store(z_ptr + offsets, (mu + sigma * noise).to(z_ptr.dtype.element_ty), mask=mask)
         kl = -0.5 * (1.0 + logvar - mu * mu - sigma * sigma)
         if PER_ELEMENT:
@@ -79,7 +80,7 @@ def _backward_kernel(grad_z_ptr, grad_kl_ptr, mu_ptr, logvar_ptr, eps_ptr, grad_
         else:
             grad_kl = grad_kl_row
         grad_z = tl.load(grad_z_ptr + offsets, mask=mask, other=0.0).to(acc_dtype)
-        sigma = tl.exp(0.5 * logvar)
+        sigma = exp(0.5 * logvar)
         grad_logvar = 0.5 * (grad_z * noise * sigma + grad_kl * (sigma * sigma - 1.0))
         if CLAMP:
             # torch.clamp passes the gradient where lo <= x <= hi (NaN gets none).

@@ -29,6 +29,7 @@ from aefast.willshaw import reference
 # Words per program of the AND, unpack and sums kernels: 128 words = 1 KiB of a row per load, whole
 # 128-byte lines (HOPPER.md); the sums keep 64 counters per word, so they take fewer.
 AND_WORDS, SUMS_WORDS, COUNT_WORDS = 128, 16, 1024
+AND_ROWS = 16  # cue rows loaded at once by the AND (a pattern's ones; longer cues loop)
 STORE_X, STORE_Y = 16, 32  # a pair's x and y ones per tile; longer rows loop over tiles
 CHECK_BLOCK = 32  # positions per tile of the pairwise check; rows longer than CHECK_LONGEST are sorted
 CHECK_LONGEST = 256
@@ -50,23 +51,36 @@ def _store_kernel(matrix_ptr, words_per_row, x_values_ptr, x_offsets_ptr, y_valu
             units = tl.load(y_values_ptr + yi, mask=y_mask, other=0)
             addresses = rows[:, None] * words_per_row + (units >> 6)[None, :]
             bits = tl.full((BLOCK_Y,), 1, tl.int64) << (units & 63)
+            # Relaxed: the ORs need no ordering among themselves (Triton's default, acq_rel, adds fences).
             tl.atomic_or(matrix_ptr + addresses, tl.broadcast_to(bits[None, :], (BLOCK_X, BLOCK_Y)),
-                         mask=x_mask[:, None] & y_mask[None, :])
+                         mask=x_mask[:, None] & y_mask[None, :], sem="relaxed")
 
 
 @triton.jit
-def _and_kernel(matrix_ptr, words_per_row, cue_values_ptr, cue_offsets_ptr, out_ptr, BLOCK_W: tl.constexpr):
-    """out[cue, words] = AND of the cue's rows (0 for an empty cue)."""
+def _bit_and(a, b):
+    return a & b
+
+
+@triton.jit
+def _and_kernel(matrix_ptr, words_per_row, cue_values_ptr, cue_offsets_ptr, out_ptr, nonempty_ptr,
+                BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+    """out[cue, words] = AND of the cue's rows (0 for an empty cue); nonempty[cue] |= any word nonzero.
+    BLOCK_R rows are loaded at once: their loads are in flight together instead of one after another."""
     cue = tl.program_id(0).to(tl.int64)
     words = tl.program_id(1).to(tl.int64) * BLOCK_W + tl.arange(0, BLOCK_W)
     mask = words < words_per_row
     start, stop = tl.load(cue_offsets_ptr + cue), tl.load(cue_offsets_ptr + cue + 1)
     acc = tl.full((BLOCK_W,), -1, tl.int64)
-    for i in range(start, stop):
-        row = tl.load(cue_values_ptr + i)
-        acc &= tl.load(matrix_ptr + row * words_per_row + words, mask=mask, other=0)
-    acc = tl.where(stop > start, acc, 0)
+    for tile in range(start, stop, BLOCK_R):
+        at = tile + tl.arange(0, BLOCK_R)
+        row_mask = at < stop
+        rows = tl.load(cue_values_ptr + at, mask=row_mask, other=0)
+        block = tl.load(matrix_ptr + rows[:, None] * words_per_row + words[None, :],
+                        mask=row_mask[:, None] & mask[None, :], other=-1)
+        acc &= tl.reduce(block, 0, _bit_and)
+    acc = tl.where((stop > start) & mask, acc, 0)
     tl.store(out_ptr + cue * words_per_row + words, acc, mask=mask)
+    tl.atomic_or(nonempty_ptr + cue, tl.max((acc != 0).to(tl.int32), axis=0), sem="relaxed")
 
 
 @triton.jit
@@ -139,13 +153,32 @@ def _grid(rows: int, words: int, block: int) -> tuple[int, int]:
     return rows, triton.cdiv(words, block)
 
 
+def _tuned(kernel, configs, key):
+    """On a GPU, ``kernel`` autotuned over ``configs`` (timed at its first launch per ``key``, the best
+    kept); in the interpreter, where timing means nothing, the first config. The tuned kernels are
+    idempotent (an AND written again, bits ORed again), so the timing runs change nothing."""
+    if _backends.triton_interpreted():
+        first = configs[0]
+
+        def launch(grid, *args, **kwargs):
+            return kernel[grid(first.kwargs)](*args, **kwargs, **first.kwargs)
+        return launch
+    tuned = triton.autotune(configs=configs, key=key)(kernel)
+    return lambda grid, *args, **kwargs: tuned[grid](*args, **kwargs)
+
+
+_AND_LAUNCH = _tuned(_and_kernel, [triton.Config({"BLOCK_R": AND_ROWS, "BLOCK_W": words}, num_warps=warps)
+                                   for words in (AND_WORDS, 256, 512) for warps in (4, 8)], key=["words_per_row"])
+_STORE_LAUNCH = _tuned(_store_kernel, [triton.Config({"BLOCK_X": STORE_X, "BLOCK_Y": STORE_Y}, num_warps=warps)
+                                       for warps in (4, 1, 2, 8)], key=["words_per_row"])
+
+
 # --- launchers: the kernels of ops.py's "triton" backend ------------------------------------------------
 
 def store(matrix, n_out, x_values, x_offsets, y_values, y_offsets) -> None:
     pairs = x_offsets.numel() - 1
     if pairs and x_values.numel() and y_values.numel():
-        _store_kernel[(pairs,)](matrix, matrix.shape[1], x_values, x_offsets, y_values, y_offsets,
-                                BLOCK_X=STORE_X, BLOCK_Y=STORE_Y)
+        _STORE_LAUNCH(lambda meta: (pairs,), matrix, matrix.shape[1], x_values, x_offsets, y_values, y_offsets)
 
 
 def sums(matrix, n_out, cue_values, cue_offsets):
@@ -163,12 +196,14 @@ def _sums(matrix, n_out, cue_values, cue_offsets, at_least):
 
 
 def _and(matrix, cue_values, cue_offsets):
+    """(the AND of each cue's rows as words, whether each row of it has a nonzero word)."""
     rows = cue_offsets.numel() - 1
     out = torch.empty(rows, matrix.shape[1], dtype=torch.int64, device=matrix.device)
+    nonempty = torch.zeros(rows, dtype=torch.int32, device=matrix.device)
     if rows:
-        _and_kernel[_grid(rows, matrix.shape[1], AND_WORDS)](matrix, matrix.shape[1], cue_values, cue_offsets, out,
-                                                             BLOCK_W=AND_WORDS)
-    return out
+        _AND_LAUNCH(lambda meta: _grid(rows, matrix.shape[1], meta["BLOCK_W"]), matrix, matrix.shape[1], cue_values,
+                    cue_offsets, out, nonempty)
+    return out, nonempty.bool()
 
 
 def _unpack(words, n_out):
@@ -205,10 +240,10 @@ def retrieve_indices(matrix, n_out, cue_values, cue_offsets, threshold, value):
 
 def _and_answer(matrix, n_out, cue_values, cue_offsets, threshold):
     """The hard or soft answer as packed words (rows, words per row)."""
-    words = _and(matrix, cue_values, cue_offsets)
+    words, nonempty = _and(matrix, cue_values, cue_offsets)
     if threshold == reference.SOFT:
         # Where no unit reached all of the cue's ones, the soft threshold takes the largest sum instead.
-        below = ((words == 0).all(1) & (cue_offsets.diff() > 0)).nonzero().flatten()
+        below = (~nonempty & (cue_offsets.diff() > 0)).nonzero().flatten()
         if below.numel():
             values, offsets = _select_rows(cue_values, cue_offsets, below)
             unit_sums = sums(matrix, n_out, values, offsets)

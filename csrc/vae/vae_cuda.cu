@@ -131,10 +131,18 @@ void vae_forward_cuda(uintptr_t mu, uintptr_t logvar, uintptr_t eps, uintptr_t z
   check_nonnegative(rows, "rows");
   check_nonnegative(cols, "cols");
   const DType dtype = parse_dtype(dtype_name);
-  if (rows == 0 || cols == 0) return;
+  if (rows == 0) return;
   dispatch_cuda_dtype(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using C = typename ComputeOf<T>::type;
+    if (cols == 0) {  // no elements: each row's KL is the empty sum, 0 (the caller's buffer is uninitialized)
+      if (per_element) return;
+      C* kl_p = device_pointer<C>(kl, "kl");
+      if (!kl_p) throw py::value_error("kl must be non-null");
+      check_cuda(cudaMemsetAsync(kl_p, 0, static_cast<size_t>(rows) * sizeof(C), reinterpret_cast<cudaStream_t>(stream)),
+                 "vae forward: zeroing kl");
+      return;
+    }
     const T* mu_p = device_pointer<const T>(mu, "mu");
     const T* lv_p = device_pointer<const T>(logvar, "logvar");
     const T* eps_p = device_pointer<const T>(eps, "eps");

@@ -1,0 +1,115 @@
+"""Where the time goes on a GPU: each component's main case timed with triton.testing.do_bench and
+profiled with torch.profiler (the kernels that take the most GPU time), for tuning. Not a benchmark:
+the figures aefast claims come from the bench_*.py files.
+
+    python benchmarks/profile_kernels.py [mlp] [vae] [willshaw]
+"""
+import sys
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch.profiler import ProfilerActivity, profile
+
+import aefast
+from aefast.nn import FusedAutoencoder, FusedMLP
+from aefast.willshaw import WillshawMemory, random_patterns
+
+DEVICE = torch.device("cuda")
+
+
+def timed(name, fn):
+    fn()
+    torch.cuda.synchronize()
+    print(f"{name:<60} {triton.testing.do_bench(fn, warmup=50, rep=200) * 1e3:10.1f} us", flush=True)
+
+
+def profiled(name, fn, calls=5, rows=10):
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    print(f"--- {name}: {calls} calls")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70), flush=True)
+
+
+def mlp():
+    for dtype, tf32 in ((torch.float32, False), (torch.float32, True), (torch.bfloat16, False)):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        label = f"{str(dtype).split('.')[-1]}{' tf32' if tf32 else ''}"
+        torch.manual_seed(0)
+        ae = FusedAutoencoder([784, 256, 32], output_activation="sigmoid").to(DEVICE, dtype)
+        eager_ae = torch.nn.Sequential(ae.encoder.to_sequential(), ae.decoder.to_sequential())
+        x = torch.rand(2**14, 784, device=DEVICE, dtype=dtype)
+        params = list(ae.parameters())
+        narrow = FusedMLP([64] * 5).to(DEVICE, dtype)
+        eager_narrow = narrow.to_sequential()
+        xn = torch.randn(2**20, 64, device=DEVICE, dtype=dtype)
+        nparams = list(narrow.parameters())
+        steps = {
+            "ae train aefast": lambda: torch.autograd.grad(ae.loss(x), params),
+            "ae train eager": lambda: torch.autograd.grad(F.mse_loss(eager_ae(x), x), params),
+            "narrow infer aefast": lambda: narrow(xn).sum(),
+            "narrow infer eager": lambda: eager_narrow(xn).sum(),
+            "narrow train aefast": lambda: torch.autograd.grad(narrow(xn).square().mean(), nparams),
+            "narrow train eager": lambda: torch.autograd.grad(eager_narrow(xn).square().mean(), nparams),
+        }
+        with torch.no_grad():
+            timed(f"mlp {label} ae infer aefast", lambda: ae(x))
+            timed(f"mlp {label} ae infer eager", lambda: eager_ae(x))
+        for name, fn in steps.items():
+            timed(f"mlp {label} {name}", fn)
+        if dtype == torch.bfloat16 or not tf32:
+            profiled(f"mlp {label} ae train aefast", steps["ae train aefast"])
+            profiled(f"mlp {label} narrow train aefast", steps["narrow train aefast"])
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def vae():
+    mu = torch.randn(2**20, 32, device=DEVICE, requires_grad=True)
+    logvar = (0.5 * torch.randn(2**20, 32, device=DEVICE)).requires_grad_()
+    grad_z, grad_kl = torch.randn(2**20, 32, device=DEVICE), torch.randn(2**20, device=DEVICE)
+
+    def step():
+        z, kl = aefast.reparameterize_kl(mu, logvar, seed=1)
+        return torch.autograd.grad((z, kl), (mu, logvar), (grad_z, grad_kl))
+    for backend in ("triton", "cuda"):
+        with aefast.use_backend(backend):
+            timed(f"vae fwd+bwd 2^20x32 {backend}", step)
+            with torch.no_grad():
+                timed(f"vae fwd 2^20x32 {backend}", lambda: aefast.reparameterize_kl(mu, logvar, seed=1))
+    with aefast.use_backend("triton"):
+        profiled("vae triton fwd+bwd", step)
+    dst = torch.empty_like(mu)
+    timed("copy probe (2^25 floats)", lambda: dst.copy_(mu))
+
+
+def willshaw():
+    n, ones = 2**18, 16
+    generator = torch.Generator(DEVICE).manual_seed(0)
+    memory = WillshawMemory(n, device=DEVICE)
+    x = random_patterns(2**20, n, ones, generator=generator, device=DEVICE)
+    y = random_patterns(2**20, n, ones, generator=generator, device=DEVICE)
+    with aefast.use_backend("triton"):
+        for _ in range(4):
+            memory.store_indices(x, y)
+        timed("willshaw store 2^20 pairs n=2^18 M=16", lambda: memory.store_indices(x, y))
+        cues = x[:4096]
+        for threshold in ("hard", "soft"):
+            timed(f"willshaw retrieve_indices {threshold} 4096 cues", lambda: memory.retrieve_indices(cues, threshold))
+        timed("willshaw retrieve (dense) hard 4096 cues", lambda: memory.retrieve(
+            torch.zeros(4096, n, dtype=torch.bool, device=DEVICE).scatter_(1, cues, True), "hard"))
+        profiled("willshaw retrieve_indices hard", lambda: memory.retrieve_indices(cues, "hard"))
+        profiled("willshaw store", lambda: memory.store_indices(x, y))
+    probe = torch.empty(2**28, dtype=torch.int64, device=DEVICE)
+    timed("read probe 2 GiB (sum)", probe.sum)
+    out = torch.empty_like(probe)
+    timed("copy probe 2 GiB", lambda: out.copy_(probe))
+
+
+if __name__ == "__main__":
+    chosen = sys.argv[1:] or ["vae", "willshaw", "mlp"]
+    for name in chosen:
+        {"mlp": mlp, "vae": vae, "willshaw": willshaw}[name]()
