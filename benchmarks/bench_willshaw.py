@@ -1,4 +1,6 @@
-"""Willshaw memory: storage (pairs/s) and retrieval (queries/s, batch 4096, hard and soft thresholds).
+"""Willshaw memory: storage (pairs/s) and retrieval (queries/s, batch 4096, hard and soft thresholds;
+answers as one (values, offsets) pair, ``flat=True``: a tensor per answer would cost ~1.4 us of host
+time each, more than the GPU spends on a query).
 
 Two sizes, each memory loaded to its capacity L = ln2 n^2 / M^2 with random pairs:
 - n = 2^16, M = 14 on the CPU (L = 15.2M pairs, a 512 MiB bit matrix); n = 2^18, M = 16 on a GPU
@@ -91,7 +93,7 @@ def dense_store(weights, x, y):
 def test_retrieve_aefast(benchmark, large, threshold):
     memory, cues = large
     with aefast.use_backend(KERNELS):
-        run_benchmark(benchmark, lambda: memory.retrieve_indices(cues, threshold), DEVICE, component="willshaw",
+        run_benchmark(benchmark, lambda: memory.retrieve_indices(cues, threshold, flat=True), DEVICE, component="willshaw",
                       case=f"retrieve {threshold} n={N} M={ONES}", role="aefast", items=BATCH, unit="queries",
                       nbytes=row_bytes(memory, BATCH, ONES), rounds=ROUNDS, extra=extra_info(memory, ONES))
 
@@ -100,7 +102,7 @@ def test_retrieve_aefast(benchmark, large, threshold):
 def test_retrieve_reference(benchmark, large, threshold):
     memory, cues = large
     with aefast.use_backend("reference"):
-        run_benchmark(benchmark, lambda: memory.retrieve_indices(cues[:SLOW_BATCH], threshold), DEVICE,
+        run_benchmark(benchmark, lambda: memory.retrieve_indices(cues[:SLOW_BATCH], threshold, flat=True), DEVICE,
                       component="willshaw", case=f"retrieve {threshold} n={N} M={ONES}", role="eager",
                       items=SLOW_BATCH, nbytes=row_bytes(memory, SLOW_BATCH, ONES), rounds=SLOW_ROUNDS)
 
@@ -146,7 +148,7 @@ DENSE_CASE_STORE = f"store n={DENSE_N} M={DENSE_ONES} vs dense"
 def test_dense_retrieve_aefast(benchmark, small):
     memory, cues, _ = small
     with aefast.use_backend(KERNELS):
-        run_benchmark(benchmark, lambda: memory.retrieve_indices(cues, "hard"), DEVICE, component="willshaw",
+        run_benchmark(benchmark, lambda: memory.retrieve_indices(cues, "hard", flat=True), DEVICE, component="willshaw",
                       case=DENSE_CASE_RETRIEVE, role="aefast", items=BATCH, unit="queries",
                       nbytes=row_bytes(memory, BATCH, DENSE_ONES), rounds=ROUNDS,
                       extra=extra_info(memory, DENSE_ONES))

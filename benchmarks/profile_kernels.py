@@ -2,7 +2,7 @@
 profiled with torch.profiler (the kernels that take the most GPU time), for tuning. Not a benchmark:
 the figures aefast claims come from the bench_*.py files.
 
-    python benchmarks/profile_kernels.py [mlp] [vae] [willshaw]
+    python benchmarks/profile_kernels.py [mlp] [vae] [willshaw] [compile]
 """
 import sys
 
@@ -43,18 +43,18 @@ def mlp():
         ae = FusedAutoencoder([784, 256, 32], output_activation="sigmoid").to(DEVICE, dtype)
         eager_ae = torch.nn.Sequential(ae.encoder.to_sequential(), ae.decoder.to_sequential())
         x = torch.rand(2**14, 784, device=DEVICE, dtype=dtype)
-        params = list(ae.parameters())
+        params, eager_params = list(ae.parameters()), list(eager_ae.parameters())
         narrow = FusedMLP([64] * 5).to(DEVICE, dtype)
         eager_narrow = narrow.to_sequential()
         xn = torch.randn(2**20, 64, device=DEVICE, dtype=dtype)
-        nparams = list(narrow.parameters())
+        nparams, eager_nparams = list(narrow.parameters()), list(eager_narrow.parameters())
         steps = {
             "ae train aefast": lambda: torch.autograd.grad(ae.loss(x), params),
-            "ae train eager": lambda: torch.autograd.grad(F.mse_loss(eager_ae(x), x), params),
+            "ae train eager": lambda: torch.autograd.grad(F.mse_loss(eager_ae(x), x), eager_params),
             "narrow infer aefast": lambda: narrow(xn).sum(),
             "narrow infer eager": lambda: eager_narrow(xn).sum(),
             "narrow train aefast": lambda: torch.autograd.grad(narrow(xn).square().mean(), nparams),
-            "narrow train eager": lambda: torch.autograd.grad(eager_narrow(xn).square().mean(), nparams),
+            "narrow train eager": lambda: torch.autograd.grad(eager_narrow(xn).square().mean(), eager_nparams),
         }
         with torch.no_grad():
             timed(f"mlp {label} ae infer aefast", lambda: ae(x))
@@ -65,6 +65,23 @@ def mlp():
             profiled(f"mlp {label} ae train aefast", steps["ae train aefast"])
             profiled(f"mlp {label} narrow train aefast", steps["narrow train aefast"])
     torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def compile_time():
+    """How long torch.compile(mode="max-autotune") takes to compile the benchmark's training step."""
+    import time
+
+    torch.manual_seed(0)
+    ae = FusedAutoencoder([784, 256, 32], output_activation="sigmoid").to(DEVICE)
+    eager_ae = torch.nn.Sequential(ae.encoder.to_sequential(), ae.decoder.to_sequential())
+    x = torch.rand(2**14, 784, device=DEVICE)
+    compiled = torch.compile(eager_ae, mode="max-autotune")
+    params = list(eager_ae.parameters())
+    start = time.perf_counter()
+    torch.autograd.grad(F.mse_loss(compiled(x), x), params)
+    torch.cuda.synchronize()
+    print(f"max-autotune compile of the ae training step: {time.perf_counter() - start:.1f} s", flush=True)
+    timed("mlp float32 ae train compile", lambda: torch.autograd.grad(F.mse_loss(compiled(x), x), params))
 
 
 def vae():
@@ -99,9 +116,10 @@ def willshaw():
         cues = x[:4096]
         for threshold in ("hard", "soft"):
             timed(f"willshaw retrieve_indices {threshold} 4096 cues", lambda: memory.retrieve_indices(cues, threshold))
+        timed("willshaw retrieve_indices hard 4096 cues flat", lambda: memory.retrieve_indices(cues, "hard", flat=True))
         timed("willshaw retrieve (dense) hard 4096 cues", lambda: memory.retrieve(
             torch.zeros(4096, n, dtype=torch.bool, device=DEVICE).scatter_(1, cues, True), "hard"))
-        profiled("willshaw retrieve_indices hard", lambda: memory.retrieve_indices(cues, "hard"))
+        profiled("willshaw retrieve_indices hard flat", lambda: memory.retrieve_indices(cues, "hard", flat=True))
         profiled("willshaw store", lambda: memory.store_indices(x, y))
     probe = torch.empty(2**28, dtype=torch.int64, device=DEVICE)
     timed("read probe 2 GiB (sum)", probe.sum)
@@ -112,4 +130,4 @@ def willshaw():
 if __name__ == "__main__":
     chosen = sys.argv[1:] or ["vae", "willshaw", "mlp"]
     for name in chosen:
-        {"mlp": mlp, "vae": vae, "willshaw": willshaw}[name]()
+        {"mlp": mlp, "vae": vae, "willshaw": willshaw, "compile": compile_time}[name]()

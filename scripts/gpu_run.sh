@@ -76,7 +76,7 @@ for name in "${steps[@]}"; do
     rest) step tests-rest 300 'OMP_NUM_THREADS=1 "$python" -m pytest tests -m "not gpu" -q -p no:cacheprovider -n 14 -rfE -W ignore::pytest_benchmark.logger.PytestBenchmarkWarning' ;;
     vae|willshaw|models|mlp) step "bench-$name" 400 "bench $name" ;;
     million) step million 400 million ;;
-    profile) step profile 300 '"$python" benchmarks/profile_kernels.py' ;;
+    profile) step profile 300 '"$python" benchmarks/profile_kernels.py ${AEFAST_PROFILE:-}' ;;
     *) echo "unknown step $name" >&2; exit 2 ;;
   esac
 done

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from aefast.willshaw import memory_file, ops, reference
-from aefast.willshaw.memory import WillshawMemory, _check_units, _threshold
+from aefast.willshaw.memory import WillshawMemory, _check_units, _threshold, answers_of
 from aefast.willshaw.patterns import IndexPatterns, PatternRows, from_dense, from_indices
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
@@ -174,8 +174,9 @@ class ShardedWillshawMemory:
         return _unbatch(self._gather_columns(self._local_answer(cue, code, value)), cue)
 
     def retrieve_indices(self, x_idx: Optional[IndexPatterns], threshold: str | int = "hard", *,
-                         k: Optional[int] = None) -> list[Tensor] | Tensor:
-        """Like ``retrieve`` for cues given as active positions; sorted int64 indices per cue."""
+                         k: Optional[int] = None, flat: bool = False) -> list[Tensor] | Tensor | tuple[Tensor, Tensor]:
+        """Like ``retrieve`` for cues given as active positions; sorted int64 indices per cue, or with
+        ``flat=True`` all of them as (values, offsets), as WillshawMemory.retrieve_indices."""
         code, value = _threshold(threshold, k, self._n_out)
         cue = self._broadcast_rows("retrieve_indices", lambda: [self._index_cue(x_idx)])[0]
         if code == reference.TOPK:
@@ -183,8 +184,7 @@ class ShardedWillshawMemory:
         else:
             values, offsets = reference.dense_to_rows(self._local_answer(cue, code, value))
             values, offsets = self._gather_rows(values + self._unit_start, offsets)
-        answers = list(torch.split(values, offsets.diff().tolist()))
-        return answers[0] if cue.single else answers
+        return answers_of(values, offsets, cue.single, flat)
 
     def _index_cue(self, x_idx) -> PatternRows:
         cue = from_indices(x_idx, "x_idx", self._comm_device)

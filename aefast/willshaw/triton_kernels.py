@@ -33,6 +33,7 @@ AND_ROWS = 16  # cue rows loaded at once by the AND (a pattern's ones; longer cu
 STORE_X, STORE_Y = 16, 32  # a pair's x and y ones per tile; longer rows loop over tiles
 CHECK_BLOCK = 32  # positions per tile of the pairwise check; rows longer than CHECK_LONGEST are sorted
 CHECK_LONGEST = 256
+CHECK_ROWS = 8  # rows per program when every row fits one tile
 
 
 @triton.jit
@@ -149,6 +150,26 @@ def _check_rows_kernel(values_ptr, offsets_ptr, units, flags_ptr, BLOCK: tl.cons
     tl.store(flags_ptr + row, tl.max(flags, axis=0))
 
 
+@triton.jit
+def _check_short_rows_kernel(values_ptr, offsets_ptr, rows_total, units, flags_ptr, ROWS: tl.constexpr,
+                             BLOCK: tl.constexpr):
+    """_check_rows_kernel for rows of at most BLOCK positions, ROWS rows per program: a program per row
+    would spend more time starting than comparing (two million rows per million pairs stored)."""
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < rows_total
+    start = tl.load(offsets_ptr + rows, mask=row_ok, other=0)
+    stop = tl.load(offsets_ptr + rows + 1, mask=row_ok, other=0)
+    at = start[:, None] + tl.arange(0, BLOCK)[None, :]
+    mask = at < stop[:, None]
+    v = tl.load(values_ptr + at, mask=mask, other=0)
+    outside = tl.max((mask & ((v < 0) | (v >= units))).to(tl.int32), axis=1)
+    position = tl.arange(0, BLOCK)
+    same = ((v[:, :, None] == v[:, None, :]) & mask[:, :, None] & mask[:, None, :]
+            & (position[:, None] < position[None, :])[None, :, :])
+    repeated = tl.max(tl.max(same.to(tl.int32), axis=2), axis=1)
+    tl.store(flags_ptr + rows, tl.maximum(outside, 2 * repeated), mask=row_ok)
+
+
 def _grid(rows: int, words: int, block: int) -> tuple[int, int]:
     return rows, triton.cdiv(words, block)
 
@@ -259,18 +280,27 @@ def check_patterns(values, offsets, units, name) -> None:
     if offsets.numel() == 1 or values.numel() == 0:
         return
     # Pairwise comparisons grow with the square of a row's length: long rows are sorted instead.
-    if _backends.triton_interpreted() or int(offsets.diff().max()) > CHECK_LONGEST:
+    longest = int(offsets.diff().max())
+    if _backends.triton_interpreted() or longest > CHECK_LONGEST:
         return reference.check_patterns(values, offsets, units, name)
-    if bool(row_flags(values, offsets, units).any()):
+    if bool(row_flags(values, offsets, units, longest).any()):
         reference.check_patterns(values, offsets, units, name)
         raise AssertionError("the Triton pattern check flagged a row the reference accepts")  # a kernel bug
 
 
-def row_flags(values, offsets, units):
-    """Per row: 1 for a position outside [0, units), 2 for a position listed twice, else 0 (int32)."""
-    flags = torch.zeros(offsets.numel() - 1, dtype=torch.int32, device=values.device)
-    if flags.numel():
-        _check_rows_kernel[(flags.numel(),)](values, offsets, units, flags, BLOCK=CHECK_BLOCK)
+def row_flags(values, offsets, units, longest=None):
+    """Per row: 1 for a position outside [0, units), 2 for a position listed twice, else 0 (int32).
+    ``longest``: the longest row's length, when the caller knows it."""
+    rows = offsets.numel() - 1
+    flags = torch.zeros(rows, dtype=torch.int32, device=values.device)
+    if not rows:
+        return flags
+    longest = int(offsets.diff().max()) if longest is None else longest
+    if longest <= CHECK_BLOCK:
+        _check_short_rows_kernel[(triton.cdiv(rows, CHECK_ROWS),)](values, offsets, rows, units, flags,
+                                                                   ROWS=CHECK_ROWS, BLOCK=CHECK_BLOCK)
+    else:
+        _check_rows_kernel[(rows,)](values, offsets, units, flags, BLOCK=CHECK_BLOCK)
     return flags
 
 

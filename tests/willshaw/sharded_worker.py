@@ -42,6 +42,9 @@ def agree(rank: int, out: Path) -> None:
         for threshold, k in (("hard", None), ("soft", None), (3, None), ("topk", 1), ("topk", 9), ("topk", N_OUT)):
             assert same_answers(sharded.retrieve_indices(given, threshold, k=k),
                                 plain.retrieve_indices(cues, threshold, k=k)), (threshold, k)
+    values, offsets = sharded.retrieve_indices(x[:40, :4] if first else None, "soft", flat=True)
+    assert torch.equal(values, torch.cat(plain.retrieve_indices(x[:40, :4], "soft")))
+    assert offsets.tolist() == [0] + torch.tensor([a.numel() for a in plain.retrieve_indices(x[:40, :4], "soft")]).cumsum(0).tolist()
     cue_dense = dense(x[:40, :5], N_IN)
     for threshold, k in (("hard", None), ("soft", None), (2, None), ("topk", 4)):
         assert torch.equal(sharded.retrieve(cue_dense if first else None, threshold, k=k),

@@ -159,3 +159,27 @@ def test_bad_devices_are_refused_by_name(device, match):
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match=match):
         WillshawMemory(10, device=device)
+
+
+def test_triton_pattern_check_of_ragged_short_rows_flags_exactly_the_bad_rows():
+    """Rows of up to 32 positions go through the kernel that checks several rows per program: ragged
+    lengths, empty rows, and more rows than one program takes."""
+    if _backends.can_run("triton", torch.device("cpu")) is not True and not torch.cuda.is_available():
+        pytest.skip("triton cannot run here")
+    from aefast.willshaw import triton_kernels
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    units, generator = 64, torch.Generator().manual_seed(3)
+    lengths = [0, 3, 32, 7, 1, 20, 9, 31, 2, 0, 16, 5, 32, 4, 11, 8, 13, 6, 25]
+    rows = [torch.randperm(units, generator=generator)[:length] for length in lengths]
+    expected = [0] * len(rows)
+    for index, length in enumerate(lengths):
+        if length >= 2 and index % 3 == 0:
+            rows[index][-1] = rows[index][0]
+            expected[index] = 2
+        elif length and index % 3 == 1:
+            rows[index][length // 2] = units if index % 2 else -5
+            expected[index] = 1
+    values = torch.cat(rows).to(device)
+    offsets = torch.tensor([0] + lengths).cumsum(0).to(device)
+    assert triton_kernels.row_flags(values, offsets, units).tolist() == expected

@@ -69,6 +69,15 @@ def test_retrieve_follows_the_threshold_definitions(willshaw_backend, hetero_pai
     assert torch.equal(answer, expected_answer(memory.sums(cue), cue, threshold, k))
     by_index = memory.retrieve_indices([row.nonzero().flatten() for row in cue], threshold, k=k)
     assert [row.tolist() for row in by_index] == [row.nonzero().flatten().tolist() for row in answer]
+    values, offsets = memory.retrieve_indices([row.nonzero().flatten() for row in cue], threshold, k=k, flat=True)
+    assert offsets.tolist() == [0] + answer.sum(1).cumsum(0).tolist()
+    assert torch.equal(values, torch.cat(by_index))
+
+
+def test_flat_must_be_a_bool(hetero_pairs):
+    memory = WillshawMemory(N_IN, N_OUT)
+    with pytest.raises(TypeError, match="flat must be True or False"):
+        memory.retrieve_indices([[1, 2]], flat="yes")
 
 
 def test_complete_cues_below_capacity_recall_their_answers(willshaw_backend, hetero_pairs):
