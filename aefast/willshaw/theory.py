@@ -6,6 +6,7 @@ although the stored answer has a 0 there, under the hard threshold (T = the cue'
 """
 from __future__ import annotations
 
+import decimal
 import math
 from typing import Optional
 
@@ -48,13 +49,20 @@ def false_ones(n: int, M: int, L: int, *, cue_ones: Optional[int] = None, n_out:
         return (n_out - M_out) * memory_load(n, n_out, M, M_out, L) ** c
     if form != "exact":
         raise ValueError(f"form must be 'textbook' or 'exact', got {form!r}")
-    pi = M_out / n_out
-    total = 0.0
-    for s in range(c + 1):
-        # r_s = C(n - s, M) / C(n, M) = prod_t (n - s - t) / (n - t), a product that keeps 1 - r_s precise.
-        r = math.prod((n - s - t) / (n - t) for t in range(M))
-        total += (-1) ** s * math.comb(c, s) * math.exp((L - 1) * math.log1p(-pi * (1 - r)))
-    return (n_out - M_out) * max(total, 0.0)
+    # The alternating sum cancels: its terms reach C(c, c/2) while the sum can be 1e-27 (n = 10^6,
+    # M = 18, L = 10^8), so float64 left 0.014 false ones of rounding there. Decimal arithmetic with
+    # enough digits to survive the cancellation (terms up to 2^c, results down to 1e-40) is exact
+    # enough, and costs c + 1 logarithms and exponentials.
+    with decimal.localcontext() as context:
+        context.prec = 60 + c
+        pi = decimal.Decimal(M_out) / decimal.Decimal(n_out)
+        total = decimal.Decimal(0)
+        for s in range(c + 1):
+            # r_s = C(n - s, M) / C(n, M) = prod_t (n - s - t) / (n - t)
+            r = math.prod((decimal.Decimal(n - s - t) / decimal.Decimal(n - t) for t in range(M)), start=decimal.Decimal(1))
+            term = ((1 - pi * (1 - r)).ln() * (L - 1)).exp() if pi * (1 - r) < 1 else decimal.Decimal(0)
+            total += (-1) ** s * math.comb(c, s) * term
+        return float((n_out - M_out) * max(total, decimal.Decimal(0)))
 
 
 def capacity(n: float, M: float, *, false_ones_budget: Optional[float] = None) -> float:
