@@ -400,8 +400,22 @@ def _narrow_layout(dims, rows, device):
     return as_tensor(dims), as_tensor(w_offsets[:-1]), as_tensor(b_offsets[:-1]), as_tensor(act_offsets[:-2] or [0]), act_offsets[-2]
 
 
-def _narrow_blocks(dims, rows):
-    return max(16, triton.next_power_of_2(max(dims))), _block(rows, 64)
+# Threads per narrow program, and elements of a (rows x width) tile each thread may hold. With 64 x 64
+# tiles in 4 warps (32 per thread) ptxas spilled 13 KiB per thread of the float32 forward to local
+# memory, which made it 40x slower than eager on an H200. Tensor-core dots (TF32, bf16, fp16) compile
+# without spills at 8 per thread for widths up to 64; float32 without TF32 multiplies on the FMA units,
+# whose operands take more registers: 4 per thread (tests/mlp/test_compiled_kernels.py checks the
+# sm_90 build with each Triton version).
+NARROW_WARPS = 8
+NARROW_TILE_PER_THREAD = {"ieee": 4, "tensor cores": 8}
+
+
+def _narrow_blocks(dims, rows, precision):
+    """(tile width, rows per program, warps) of the narrow kernels for a dot ``precision``."""
+    block_d = max(16, triton.next_power_of_2(max(dims)))
+    per_thread = NARROW_TILE_PER_THREAD["ieee" if precision == "ieee" else "tensor cores"]
+    fitting = max(16, min(64, per_thread * 32 * NARROW_WARPS // block_d))
+    return block_d, min(_block(rows, 64), fitting), NARROW_WARPS
 
 
 def narrow_forward(x, weights, biases, dims, activation, last_activation, save):
@@ -410,12 +424,12 @@ def narrow_forward(x, weights, biases, dims, activation, last_activation, save):
     dims_t, w_offsets, b_offsets, act_offsets, saved_count = _narrow_layout(dims, rows, x.device)
     out = torch.empty(rows, dims[-1], dtype=x.dtype, device=x.device)
     acts = torch.empty(saved_count if save else 0, dtype=x.dtype, device=x.device)
-    block_d, block_m = _narrow_blocks(dims, rows)
+    block_d, block_m, warps = _narrow_blocks(dims, rows, _precision(x.dtype))
     _narrow_forward_kernel[(triton.cdiv(rows, block_m),)](
         x, weights, weights if biases is None else biases, dims_t, w_offsets, b_offsets, act_offsets, out,
         acts if acts.numel() else out, rows, NUM_LAYERS=len(dims) - 1, ACT=ACTIVATION_CODES[activation],
         LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, SAVE=save,
-        PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d)
+        PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps)
     return out, acts
 
 
@@ -425,11 +439,11 @@ def narrow_backward(grad_out, x, out, acts, weights, biases, dims, activation, l
     grad_x = torch.empty_like(x) if need_input_grad else x.new_empty(0)
     grad_w = torch.zeros(weights.shape, dtype=torch.float32, device=x.device)
     grad_b = torch.zeros(biases.shape, dtype=torch.float32, device=x.device) if biases is not None else grad_w
-    block_d, block_m = _narrow_blocks(dims, rows)
+    block_d, block_m, warps = _narrow_blocks(dims, rows, _precision(x.dtype))
     _narrow_backward_kernel[(triton.cdiv(rows, block_m),)](
         grad_out, x, out, acts if acts.numel() else out, weights, dims_t, w_offsets, b_offsets, act_offsets,
         grad_x if need_input_grad else out, grad_w, grad_b, rows, NUM_LAYERS=len(dims) - 1,
         ACT=ACTIVATION_CODES[activation], LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None,
         NEED_GX=need_input_grad, PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m,
-        BLOCK_D=block_d)
+        BLOCK_D=block_d, num_warps=warps)
     return grad_x, grad_w.to(weights.dtype), (grad_b.to(biases.dtype) if biases is not None else weights.new_empty(0))
