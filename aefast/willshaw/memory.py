@@ -174,6 +174,7 @@ class WillshawMemory:
         ``values[offsets[b]:offsets[b + 1]]``. For large batches: making B tensors costs about a
         microsecond each on the host, more than the GPU takes to answer a cue."""
         code, value = _threshold(threshold, k, self._n_out)
+        check_flat(flat)
         cue = self._index_cue(x_idx)
         with self._backend_scope():
             values, offsets = ops.willshaw_retrieve_indices_op(self._matrix, self._n_out, cue.values, cue.offsets,
@@ -226,10 +227,14 @@ class WillshawMemory:
         return memory
 
 
-def answers_of(values: Tensor, offsets: Tensor, single: bool, flat: bool):
-    """retrieve_indices' answer from its rows: (values, offsets) when ``flat``, else one tensor per cue."""
+def check_flat(flat) -> None:
+    """retrieve_indices' ``flat``, checked before any work (and, sharded, before any collective)."""
     if not isinstance(flat, bool):
         raise TypeError(f"flat must be True or False, got {flat!r}")
+
+
+def answers_of(values: Tensor, offsets: Tensor, single: bool, flat: bool):
+    """retrieve_indices' answer from its rows: (values, offsets) when ``flat``, else one tensor per cue."""
     if flat:
         return values, offsets
     answers = list(torch.split(values, offsets.diff().tolist()))

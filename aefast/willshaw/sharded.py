@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from aefast.willshaw import memory_file, ops, reference
-from aefast.willshaw.memory import WillshawMemory, _check_units, _threshold, answers_of
+from aefast.willshaw.memory import WillshawMemory, _check_units, _threshold, answers_of, check_flat
 from aefast.willshaw.patterns import IndexPatterns, PatternRows, from_dense, from_indices
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
@@ -178,6 +178,7 @@ class ShardedWillshawMemory:
         """Like ``retrieve`` for cues given as active positions; sorted int64 indices per cue, or with
         ``flat=True`` all of them as (values, offsets), as WillshawMemory.retrieve_indices."""
         code, value = _threshold(threshold, k, self._n_out)
+        check_flat(flat)
         cue = self._broadcast_rows("retrieve_indices", lambda: [self._index_cue(x_idx)])[0]
         if code == reference.TOPK:
             values, offsets = self._top_k(cue, value)

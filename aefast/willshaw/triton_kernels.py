@@ -282,10 +282,9 @@ def check_patterns(values, offsets, units, name) -> None:
     if _sorted_and_inside(values, offsets, units):
         return  # the usual case (random_patterns' rows are sorted): one pass, no pairwise comparisons
     # Pairwise comparisons grow with the square of a row's length: long rows are sorted instead.
-    longest = int(offsets.diff().max())
-    if _backends.triton_interpreted() or longest > CHECK_LONGEST:
+    if _backends.triton_interpreted() or int(offsets.diff().max()) > CHECK_LONGEST:
         return reference.check_patterns(values, offsets, units, name)
-    if bool(row_flags(values, offsets, units, longest).any()):
+    if bool(row_flags(values, offsets, units).any()):
         reference.check_patterns(values, offsets, units, name)
         raise AssertionError("the Triton pattern check flagged a row the reference accepts")  # a kernel bug
 
@@ -300,15 +299,13 @@ def _sorted_and_inside(values, offsets, units) -> bool:
     return bool(increasing.all() & (values >= 0).all() & (values < units).all())
 
 
-def row_flags(values, offsets, units, longest=None):
-    """Per row: 1 for a position outside [0, units), 2 for a position listed twice, else 0 (int32).
-    ``longest``: the longest row's length, when the caller knows it."""
+def row_flags(values, offsets, units):
+    """Per row: 1 for a position outside [0, units), 2 for a position listed twice, else 0 (int32)."""
     rows = offsets.numel() - 1
     flags = torch.zeros(rows, dtype=torch.int32, device=values.device)
     if not rows:
         return flags
-    longest = int(offsets.diff().max()) if longest is None else longest
-    if longest <= CHECK_BLOCK:
+    if int(offsets.diff().max()) <= CHECK_BLOCK:
         _check_short_rows_kernel[(triton.cdiv(rows, CHECK_ROWS),)](values, offsets, rows, units, flags,
                                                                    ROWS=CHECK_ROWS, BLOCK=CHECK_BLOCK)
     else:
