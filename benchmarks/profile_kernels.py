@@ -127,7 +127,12 @@ def willshaw():
     timed("copy probe 2 GiB", lambda: out.copy_(probe))
 
 
+PARTS = {"mlp": mlp, "vae": vae, "willshaw": willshaw, "compile": compile_time}
+
 if __name__ == "__main__":
     chosen = sys.argv[1:] or ["vae", "willshaw", "mlp"]
+    unknown = [name for name in chosen if name not in PARTS]
+    if unknown:
+        sys.exit(f"unknown part {', '.join(unknown)}: choose from {', '.join(PARTS)}")
     for name in chosen:
-        {"mlp": mlp, "vae": vae, "willshaw": willshaw, "compile": compile_time}[name]()
+        PARTS[name]()
