@@ -122,13 +122,10 @@ class WillshawMemory:
         """Store the pairs given as active positions: (B, M) int64 tensors, or lists of 1-D tensors when
         rows have different numbers of ones. ``y_idx=None`` stores x with itself."""
         x_rows = from_indices(x_idx, "x_idx", self._device)
-        with self._backend_scope():
-            ops.check_patterns(x_rows.values, x_rows.offsets, self._n_in, "x_idx")
-            y_rows = x_rows
-            if y_idx is not None:
-                y_rows = from_indices(y_idx, "y_idx", self._device)
-                ops.check_patterns(y_rows.values, y_rows.offsets, self._n_out, "y_idx")
-        self._store(x_rows, y_rows, y_idx is None, "x_idx", "y_idx")
+        y_rows = x_rows if y_idx is None else from_indices(y_idx, "y_idx", self._device)
+        # The op checks the positions (range, repeats) before it stores anything, naming them as given.
+        with ops.pattern_names(x="x_idx", y="x_idx" if y_idx is None else "y_idx"):
+            self._store(x_rows, y_rows, y_idx is None, "x_idx", "y_idx")
 
     def _store(self, x_rows: PatternRows, y_rows: PatternRows, auto: bool, x_name: str, y_name: str) -> None:
         if auto and self._n_in != self._n_out:
@@ -152,7 +149,8 @@ class WillshawMemory:
     def sums_indices(self, x_idx: IndexPatterns) -> Tensor:
         """Like ``sums`` for cues given as active positions."""
         cue = self._index_cue(x_idx)
-        return self._unbatch(self._sums_of(cue), cue)
+        with ops.pattern_names(cue="x_idx"):
+            return self._unbatch(self._sums_of(cue), cue)
 
     def retrieve(self, x: Tensor, threshold: str | int = "hard", *, k: Optional[int] = None) -> Tensor:
         """(B, n_out) bool answers to dense 0/1 cues x (B, n_in): the units whose sum reaches T.
@@ -176,7 +174,7 @@ class WillshawMemory:
         code, value = _threshold(threshold, k, self._n_out)
         check_flat(flat)
         cue = self._index_cue(x_idx)
-        with self._backend_scope():
+        with self._backend_scope(), ops.pattern_names(cue="x_idx"):
             values, offsets = ops.willshaw_retrieve_indices_op(self._matrix, self._n_out, cue.values, cue.offsets,
                                                                code, value)
         return answers_of(values, offsets, cue.single, flat)
@@ -192,10 +190,8 @@ class WillshawMemory:
             return ops.willshaw_retrieve_op(self._matrix, self._n_out, cue.values, cue.offsets, code, value)
 
     def _index_cue(self, x_idx: IndexPatterns) -> PatternRows:
-        cue = from_indices(x_idx, "x_idx", self._device)
-        with self._backend_scope():
-            ops.check_patterns(cue.values, cue.offsets, self._n_in, "x_idx")
-        return cue
+        """The cue rows of ``x_idx``; their positions are checked by the op (under pattern_names)."""
+        return from_indices(x_idx, "x_idx", self._device)
 
     @staticmethod
     def _unbatch(answer: Tensor, cue: PatternRows) -> Tensor:

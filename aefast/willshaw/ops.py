@@ -2,12 +2,17 @@
 registration of every backend's kernels.
 
 Every op takes the packed matrix (int64, n_in x ceil(n_out / 64), see reference.py) and patterns as
-rows of active positions (int64 ``values`` and ``offsets``). WillshawMemory validates and converts the
-user's patterns; the ops check the contract again because torch.ops.aefast.* is reachable directly.
+rows of active positions (int64 ``values`` and ``offsets``). The ops check the patterns (offsets, range,
+repeats), since torch.ops.aefast.* is reachable directly; WillshawMemory converts the user's patterns
+and leaves the check to the op, naming its arguments with ``pattern_names`` so that the error names
+what the user passed. One check, not two: on a GPU each is a wait for the device.
 A GPU backend joins by registering its kernels here (``_backends.register_kernel``), not by changing
 the class.
 """
 from __future__ import annotations
+
+import contextlib
+import contextvars
 
 import torch
 from torch import Tensor
@@ -83,6 +88,26 @@ def _run_retrieval(op, matrix, n_out, cue_values, cue_offsets, threshold, value)
     return kernel(matrix, n_out, cue_values, cue_offsets, threshold, value)
 
 
+_PATTERN_NAMES: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("aefast_willshaw_pattern_names",
+                                                                                  default={})
+
+
+@contextlib.contextmanager
+def pattern_names(**names: str):
+    """Inside, the ops' pattern errors name the caller's arguments: ``pattern_names(cue="x_idx")`` makes
+    a bad cue's error start with ``x_idx:``. Per thread (a context variable)."""
+    token = _PATTERN_NAMES.set({**_PATTERN_NAMES.get(), **names})
+    try:
+        yield
+    finally:
+        _PATTERN_NAMES.reset(token)
+
+
+def pattern_name(role: str) -> str:
+    """What the ops call the patterns of ``role`` ("x", "y" or "cue") in their errors."""
+    return _PATTERN_NAMES.get().get(role, role)
+
+
 def check_patterns(values: Tensor, offsets: Tensor, units: int, name: str) -> None:
     """ValueError naming ``name`` for an index outside [0, units) or listed twice in one row."""
     _, kernel = _backends.select(CHECK_PATTERNS, values.device)
@@ -127,19 +152,20 @@ def _check_threshold(threshold: int, value: int, n_out: int) -> None:
         raise ValueError(f"k must be in [1, n_out={n_out}], got {value}")
 
 
-# --- reference and Triton kernels index memory with the patterns, so they check them first --------------
+# --- every backend's kernels run behind the full pattern check (the cpp kernels check range and offsets
+# again themselves, a cheap guard for their pointers) ------------------------------------------------------
 
 def _checked_store(kernel, check):
     def run(matrix, n_out, x_values, x_offsets, y_values, y_offsets):
-        check(x_values, x_offsets, matrix.shape[0], "x")
-        check(y_values, y_offsets, n_out, "y")
+        check(x_values, x_offsets, matrix.shape[0], pattern_name("x"))
+        check(y_values, y_offsets, n_out, pattern_name("y"))
         kernel(matrix, n_out, x_values, x_offsets, y_values, y_offsets)
     return run
 
 
 def _checked_query(kernel, check):
     def run(matrix, n_out, cue_values, cue_offsets, *args):
-        check(cue_values, cue_offsets, matrix.shape[0], "cue")
+        check(cue_values, cue_offsets, matrix.shape[0], pattern_name("cue"))
         return kernel(matrix, n_out, cue_values, cue_offsets, *args)
     return run
 
@@ -195,14 +221,15 @@ def _triton(name):
 
 _triton_check = _triton("check_patterns")
 for _op, _reference_kernel, _cpp_kernel, _triton_kernel in (
-    (STORE, _checked_store(reference.store, reference.check_patterns), _cpp_store,
+    (STORE, _checked_store(reference.store, reference.check_patterns), _checked_store(_cpp_store, _cpp_check_patterns),
      _checked_store(_triton("store"), _triton_check)),
-    (SUMS, _checked_query(reference.sums, reference.check_patterns), _cpp_sums,
+    (SUMS, _checked_query(reference.sums, reference.check_patterns), _checked_query(_cpp_sums, _cpp_check_patterns),
      _checked_query(_triton("sums"), _triton_check)),
-    (RETRIEVE, _checked_query(reference.retrieve, reference.check_patterns), _cpp_retrieve,
-     _checked_query(_triton("retrieve"), _triton_check)),
-    (RETRIEVE_INDICES, _checked_query(reference.retrieve_indices, reference.check_patterns), _cpp_retrieve_indices,
-     _checked_query(_triton("retrieve_indices"), _triton_check)),
+    (RETRIEVE, _checked_query(reference.retrieve, reference.check_patterns),
+     _checked_query(_cpp_retrieve, _cpp_check_patterns), _checked_query(_triton("retrieve"), _triton_check)),
+    # Triton's checks the cue itself (named by pattern_name), in the same wait as the answer's size.
+    (RETRIEVE_INDICES, _checked_query(reference.retrieve_indices, reference.check_patterns),
+     _checked_query(_cpp_retrieve_indices, _cpp_check_patterns), _triton("retrieve_indices")),
     (CHECK_PATTERNS, reference.check_patterns, _cpp_check_patterns, _triton_check),
     (COUNT_ONES, reference.count_ones, _cpp_count_ones, _triton("count_ones")),
     # Plain torch on any device: Triton runs the reference's.

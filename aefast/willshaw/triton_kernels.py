@@ -5,10 +5,15 @@ of the n_out output units per input unit, bits past n_out zero) and patterns as 
 - store: one program per pair ORs its x-by-y block of bits into the matrix with atomic ORs on int64
   words, so pairs that share a word need no other coordination.
 - hard threshold: one program per (cue, block of words) ANDs the cue's rows, the fewest bytes a
-  retrieval can read; a second kernel unpacks the words into the bool answer, or retrieve_indices
-  takes the positions from the nonzero words.
+  retrieval can read, and counts the answer's ones per group of words; a second kernel unpacks the
+  words into the bool answer, or, for retrieve_indices, writes each group's positions at its place in
+  the cumulative counts, reading only the groups that hold ones.
 - soft threshold: the same AND; a cue whose AND is empty (no unit reached all of its ones) falls back
   to its sums, as few cues do at or below capacity.
+- host waits: a wait for the GPU idles it while Python launches the next kernel, which at 4096 cues
+  cost more than the AND itself (2.1 ms of wall time for 0.8 ms of GPU time, 14 waits, on the H200).
+  retrieve_indices waits once: the cue check's verdict comes back with the answer's size. Its kernels
+  mask every load by the bounds, so a bad cue reads nothing outside its tensors before the verdict.
 - sums (and the fixed and top-k thresholds, which start from them): one program per (cue, block of
   words) adds each bit of each cue row into int32 counters; a fixed T is compared in the kernel.
 - count of ones: a SWAR popcount (libdevice's popc does not run in the interpreter).
@@ -24,12 +29,15 @@ import triton
 import triton.language as tl
 
 from aefast import _backends
-from aefast.willshaw import reference
+from aefast.willshaw import ops, reference
 
 # Words per program of the AND, unpack and sums kernels: 128 words = 1 KiB of a row per load, whole
 # 128-byte lines (HOPPER.md); the sums keep 64 counters per word, so they take fewer.
 AND_WORDS, SUMS_WORDS, COUNT_WORDS = 128, 16, 1024
 AND_ROWS = 16  # cue rows loaded at once by the AND (a pattern's ones; longer cues loop)
+# Words per count of the answer's ones: the extraction's unit of work (a group without ones costs one
+# load of its count). Every AND block width is a multiple of it.
+ANSWER_GROUP = 128
 STORE_X, STORE_Y = 16, 32  # a pair's x and y ones per tile; longer rows loop over tiles
 CHECK_BLOCK = 32  # positions per tile of the pairwise check; rows longer than CHECK_LONGEST are sorted
 CHECK_LONGEST = 256
@@ -63,25 +71,65 @@ def _bit_and(a, b):
 
 
 @triton.jit
-def _and_kernel(matrix_ptr, words_per_row, cue_values_ptr, cue_offsets_ptr, out_ptr, nonempty_ptr,
-                BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
-    """out[cue, words] = AND of the cue's rows (0 for an empty cue); nonempty[cue] |= any word nonzero.
-    BLOCK_R rows are loaded at once: their loads are in flight together instead of one after another."""
+def _popcount(x):
+    """Set bits of each uint64 word, as int32 (SWAR: libdevice's popc does not run in the interpreter)."""
+    x = x - ((x >> 1) & 0x5555555555555555)
+    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F
+    x = x + (x >> 8)
+    x = x + (x >> 16)
+    x = x + (x >> 32)
+    return (x & 0x7F).to(tl.int32)
+
+
+@triton.jit
+def _and_kernel(matrix_ptr, n_in, words_per_row, cue_values_ptr, value_count, cue_offsets_ptr, out_ptr, counts_ptr,
+                groups, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr, GROUP: tl.constexpr):
+    """out[cue, words] = AND of the cue's rows (0 for an empty cue); counts[cue, group] = its set bits in
+    each GROUP words. BLOCK_R rows are loaded at once: their loads are in flight together instead of one
+    after another. Offsets and rows are clamped and masked to the tensors' bounds: a cue that fails its
+    check (the verdict comes later) reads nothing outside them and loops no longer than its values."""
     cue = tl.program_id(0).to(tl.int64)
-    words = tl.program_id(1).to(tl.int64) * BLOCK_W + tl.arange(0, BLOCK_W)
+    block = tl.program_id(1).to(tl.int64)
+    words = block * BLOCK_W + tl.arange(0, BLOCK_W)
     mask = words < words_per_row
-    start, stop = tl.load(cue_offsets_ptr + cue), tl.load(cue_offsets_ptr + cue + 1)
+    start = tl.minimum(tl.maximum(tl.load(cue_offsets_ptr + cue), 0), value_count)
+    stop = tl.minimum(tl.maximum(tl.load(cue_offsets_ptr + cue + 1), start), value_count)
     acc = tl.full((BLOCK_W,), -1, tl.int64)
     for tile in range(start, stop, BLOCK_R):
         at = tile + tl.arange(0, BLOCK_R)
-        row_mask = at < stop
-        rows = tl.load(cue_values_ptr + at, mask=row_mask, other=0)
-        block = tl.load(matrix_ptr + rows[:, None] * words_per_row + words[None, :],
-                        mask=row_mask[:, None] & mask[None, :], other=-1)
-        acc &= tl.reduce(block, 0, _bit_and)
+        rows = tl.load(cue_values_ptr + at, mask=at < stop, other=0)
+        row_mask = (at < stop) & (rows >= 0) & (rows < n_in)
+        tile_words = tl.load(matrix_ptr + rows[:, None] * words_per_row + words[None, :],
+                             mask=row_mask[:, None] & mask[None, :], other=-1)
+        acc &= tl.reduce(tile_words, 0, _bit_and)
     acc = tl.where((stop > start) & mask, acc, 0)
     tl.store(out_ptr + cue * words_per_row + words, acc, mask=mask)
-    tl.atomic_or(nonempty_ptr + cue, tl.max((acc != 0).to(tl.int32), axis=0), sem="relaxed")
+    ones = tl.sum(tl.reshape(_popcount(acc.to(tl.uint64, bitcast=True)), (BLOCK_W // GROUP, GROUP)), axis=1)
+    group_ids = block * (BLOCK_W // GROUP) + tl.arange(0, BLOCK_W // GROUP)
+    tl.store(counts_ptr + cue * groups + group_ids, ones, mask=group_ids < groups)
+
+
+@triton.jit
+def _extract_kernel(words_ptr, words_per_row, counts_ptr, ends_ptr, groups, out_ptr, GROUP: tl.constexpr):
+    """The positions of the set bits of one group of a cue's answer words, in order, written at
+    out[ends[cue, group] - counts[cue, group]:ends[cue, group]] (ends: the inclusive cumulative counts
+    over the flattened (cue, group) grid). A group without ones returns at once; the loop runs once per
+    bit of the group's fullest word, taking every word's lowest remaining bit."""
+    cue = tl.program_id(0).to(tl.int64)
+    group = tl.program_id(1).to(tl.int64)
+    count = tl.load(counts_ptr + cue * groups + group)
+    if count > 0:
+        words = group * GROUP + tl.arange(0, GROUP)
+        packed = tl.load(words_ptr + cue * words_per_row + words, mask=words < words_per_row, other=0)
+        remaining = packed.to(tl.uint64, bitcast=True)
+        ones = _popcount(remaining)
+        at = tl.load(ends_ptr + cue * groups + group) - count + tl.cumsum(ones, 0).to(tl.int64) - ones
+        for _ in range(0, tl.max(ones, 0)):
+            lowest = remaining & (~remaining + 1)
+            tl.store(out_ptr + at, words * 64 + _popcount(lowest - 1), mask=remaining != 0)
+            at += 1
+            remaining = remaining ^ lowest
 
 
 @triton.jit
@@ -121,13 +169,7 @@ def _sums_kernel(matrix_ptr, words_per_row, n_out, cue_values_ptr, cue_offsets_p
 def _count_ones_kernel(words_ptr, count, out_ptr, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(words_ptr + offsets, mask=offsets < count, other=0).to(tl.uint64, bitcast=True)
-    x = x - ((x >> 1) & 0x5555555555555555)
-    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
-    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F
-    x = x + (x >> 8)
-    x = x + (x >> 16)
-    x = x + (x >> 32)
-    tl.store(out_ptr + tl.program_id(0), tl.sum((x & 0x7F).to(tl.int64), axis=0))
+    tl.store(out_ptr + tl.program_id(0), tl.sum(_popcount(x).to(tl.int64), axis=0))
 
 
 @triton.jit
@@ -217,14 +259,16 @@ def _sums(matrix, n_out, cue_values, cue_offsets, at_least):
 
 
 def _and(matrix, cue_values, cue_offsets):
-    """(the AND of each cue's rows as words, whether each row of it has a nonzero word)."""
-    rows = cue_offsets.numel() - 1
-    out = torch.empty(rows, matrix.shape[1], dtype=torch.int64, device=matrix.device)
-    nonempty = torch.zeros(rows, dtype=torch.int32, device=matrix.device)
+    """(the AND of each cue's rows as words (rows, words per row), its set bits per ANSWER_GROUP words
+    (rows, groups) int32)."""
+    rows, words_per_row = cue_offsets.numel() - 1, matrix.shape[1]
+    groups = triton.cdiv(words_per_row, ANSWER_GROUP)
+    out = torch.empty(rows, words_per_row, dtype=torch.int64, device=matrix.device)
+    counts = torch.empty(rows, groups, dtype=torch.int32, device=matrix.device)
     if rows:
-        _AND_LAUNCH(lambda meta: _grid(rows, matrix.shape[1], meta["BLOCK_W"]), matrix, matrix.shape[1], cue_values,
-                    cue_offsets, out, nonempty)
-    return out, nonempty.bool()
+        _AND_LAUNCH(lambda meta: _grid(rows, words_per_row, meta["BLOCK_W"]), matrix, matrix.shape[0], words_per_row,
+                    cue_values, cue_values.numel(), cue_offsets, out, counts, groups, GROUP=ANSWER_GROUP)
+    return out, counts
 
 
 def _unpack(words, n_out):
@@ -236,8 +280,14 @@ def _unpack(words, n_out):
 
 
 def retrieve(matrix, n_out, cue_values, cue_offsets, threshold, value):
+    """The (rows, n_out) bool answers of cues already checked (ops.py registers it behind check_patterns)."""
     if threshold in (reference.HARD, reference.SOFT):
-        return _unpack(_and_answer(matrix, n_out, cue_values, cue_offsets, threshold), n_out)
+        words, counts = _and(matrix, cue_values, cue_offsets)
+        if threshold == reference.SOFT:
+            below = _soft_fallback_flags(counts, cue_offsets).nonzero().flatten()
+            if below.numel():
+                _apply_soft_fallback(matrix, n_out, cue_values, cue_offsets, below, words, counts)
+        return _unpack(words, n_out)
     if threshold == reference.FIXED:
         return _sums(matrix, n_out, cue_values, cue_offsets, at_least=value).view(torch.bool)
     unit_sums = sums(matrix, n_out, cue_values, cue_offsets)
@@ -245,58 +295,84 @@ def retrieve(matrix, n_out, cue_values, cue_offsets, threshold, value):
 
 
 def retrieve_indices(matrix, n_out, cue_values, cue_offsets, threshold, value):
+    """The answers as (values, offsets). Checks the cue itself (ops.py registers it unchecked): for the
+    hard and soft thresholds the check's verdict comes back with the answer's size, in one wait."""
     if threshold not in (reference.HARD, reference.SOFT):
+        check_patterns(cue_values, cue_offsets, matrix.shape[0], ops.pattern_name("cue"))
         return reference.dense_to_rows(retrieve(matrix, n_out, cue_values, cue_offsets, threshold, value))
     # Straight from the packed answer: a sparse answer touches few words, and reading the words is 8x
     # less than reading the answer unpacked to one byte per unit.
-    words = _and_answer(matrix, n_out, cue_values, cue_offsets, threshold)
-    where = words.nonzero()
-    bits = (words[where[:, 0], where[:, 1]].unsqueeze(1) >> torch.arange(64, device=words.device)) & 1
-    on = bits.bool()
-    units = (where[:, 1:] * 64 + torch.arange(64, device=words.device))[on]
-    rows = where[:, :1].expand(-1, 64)[on]
-    # rows is sorted: each row's first position, found without bincount's wait for the largest row id.
-    return units, torch.searchsorted(rows, torch.arange(words.shape[0] + 1, device=words.device))
-
-
-def _and_answer(matrix, n_out, cue_values, cue_offsets, threshold):
-    """The hard or soft answer as packed words (rows, words per row)."""
-    words, nonempty = _and(matrix, cue_values, cue_offsets)
+    words, counts = _and(matrix, cue_values, cue_offsets)
+    ends = counts.flatten().cumsum(0)
+    summary = [_pattern_verdict(cue_values, cue_offsets, matrix.shape[0]), ends[-1:].sum().view(1)]
     if threshold == reference.SOFT:
-        # Where no unit reached all of the cue's ones, the soft threshold takes the largest sum instead.
-        below = (~nonempty & (cue_offsets.diff() > 0)).nonzero().flatten()
-        if below.numel():
-            values, offsets = _select_rows(cue_values, cue_offsets, below)
-            unit_sums = sums(matrix, n_out, values, offsets)
-            words[below] = reference.pack(reference.threshold(unit_sums, offsets.diff(), reference.SOFT, 0))
-    return words
+        below_flags = _soft_fallback_flags(counts, cue_offsets)
+        summary.append(below_flags.sum().view(1))
+    offsets_ok, rows_plain, total, *below_count = torch.cat(summary).tolist()  # the one wait
+    _raise_for_verdict(offsets_ok, rows_plain, cue_values, cue_offsets, matrix.shape[0], ops.pattern_name("cue"))
+    if below_count and below_count[0]:  # rare at or below capacity: a second wait
+        _apply_soft_fallback(matrix, n_out, cue_values, cue_offsets, below_flags.nonzero().flatten(), words, counts)
+        ends = counts.flatten().cumsum(0)
+        total = int(ends[-1])
+    values = torch.empty(total, dtype=torch.int64, device=matrix.device)
+    rows, groups = counts.shape
+    if total:
+        _extract_kernel[(rows, groups)](words, words.shape[1], counts, ends, groups, values, GROUP=ANSWER_GROUP)
+    offsets = torch.zeros(rows + 1, dtype=torch.int64, device=matrix.device)
+    if rows:
+        offsets[1:] = ends.view(rows, groups)[:, -1]
+    return values, offsets
+
+
+def _soft_fallback_flags(counts, cue_offsets):
+    """Per cue, whether its AND is empty though it has ones: the soft threshold takes its largest sum."""
+    return (counts.sum(1) == 0) & (cue_offsets.diff() > 0)
+
+
+def _apply_soft_fallback(matrix, n_out, cue_values, cue_offsets, below, words, counts):
+    """Rewrites the answer words and counts of the cues ``below`` with the soft threshold of their sums."""
+    values, offsets = _select_rows(cue_values, cue_offsets, below)
+    answer = reference.threshold(sums(matrix, n_out, values, offsets), offsets.diff(), reference.SOFT, 0)
+    words[below] = reference.pack(answer)
+    padded = torch.nn.functional.pad(answer, (0, counts.shape[1] * ANSWER_GROUP * 64 - n_out))
+    counts[below] = padded.view(below.numel(), counts.shape[1], -1).sum(2, dtype=torch.int32)
 
 
 def check_patterns(values, offsets, units, name) -> None:
-    """reference.check_patterns without its sort; a bad row is reported by the reference's message.
-    In the CPU interpreter, where a program per row is slow, the reference's sort is faster and runs
-    instead (tests/willshaw/test_errors.py runs the kernel itself)."""
-    reference.check_offsets(values, offsets, name)
-    if offsets.numel() == 1 or values.numel() == 0:
+    """reference.check_patterns without its sort, in one wait; a bad row is reported by the reference's
+    message. In the CPU interpreter, where a program per row is slow, the reference's sort is faster and
+    runs instead (tests/willshaw/test_errors.py runs the kernel itself)."""
+    offsets_ok, rows_plain = _pattern_verdict(values, offsets, units).tolist()
+    _raise_for_verdict(offsets_ok, rows_plain, values, offsets, units, name)
+
+
+def _pattern_verdict(values, offsets, units):
+    """On the device, without a wait: int64 [whether the offsets delimit the values, whether every row is
+    strictly increasing and inside [0, units)]. The second rules out repeats without comparing positions
+    pairwise, and holds in the usual case (random_patterns' rows are sorted)."""
+    count = values.numel()
+    offsets_ok = (offsets[0] == 0) & (offsets[-1] == count) & (offsets.diff() >= 0).all()
+    row_start = torch.zeros(count + 1, dtype=torch.bool, device=values.device)
+    row_start.index_fill_(0, offsets[:-1].clamp(0, count), True)  # clamped: bad offsets must not index past
+    increasing = (values[1:] > values[:-1]) | row_start[1:count]
+    plain = increasing.all() & (values >= 0).all() & (values < units).all()
+    return torch.stack([offsets_ok, plain]).long()
+
+
+def _raise_for_verdict(offsets_ok, rows_plain, values, offsets, units, name) -> None:
+    """The reference's error for what _pattern_verdict found; rows that are not plain (unsorted, or bad)
+    are checked in full."""
+    if not offsets_ok:
+        reference.check_offsets(values, offsets, name)
+        raise AssertionError("the offsets verdict disagrees with reference.check_offsets")  # a bug here
+    if rows_plain or offsets.numel() == 1 or values.numel() == 0:
         return
-    if _sorted_and_inside(values, offsets, units):
-        return  # the usual case (random_patterns' rows are sorted): one pass, no pairwise comparisons
     # Pairwise comparisons grow with the square of a row's length: long rows are sorted instead.
     if _backends.triton_interpreted() or int(offsets.diff().max()) > CHECK_LONGEST:
         return reference.check_patterns(values, offsets, units, name)
     if bool(row_flags(values, offsets, units).any()):
         reference.check_patterns(values, offsets, units, name)
         raise AssertionError("the Triton pattern check flagged a row the reference accepts")  # a kernel bug
-
-
-def _sorted_and_inside(values, offsets, units) -> bool:
-    """Whether every row (of well-formed offsets) is strictly increasing and inside [0, units), which
-    rules out repeats without comparing positions pairwise."""
-    count = values.numel()
-    row_start = torch.zeros(count + 1, dtype=torch.bool, device=values.device)
-    row_start.index_fill_(0, offsets[:-1], True)
-    increasing = (values[1:] > values[:-1]) | row_start[1:count]
-    return bool(increasing.all() & (values >= 0).all() & (values < units).all())
 
 
 def row_flags(values, offsets, units):

@@ -76,10 +76,15 @@ INDEX_CASES = [
 @pytest.mark.parametrize("make_x,error,match", INDEX_CASES)
 def test_bad_index_patterns(memory, make_x, error, match):
     before = memory.packed_matrix()
+    x = make_x()
+    # As many y rows as x rows: the counts are compared before the positions are checked.
+    y = torch.tensor([[0, 1]]).repeat(x.shape[0] if isinstance(x, torch.Tensor) and x.dim() == 2 else 1, 1)
     with pytest.raises(error, match=match):
-        memory.store_indices(make_x(), torch.tensor([[0, 1]]))
+        memory.store_indices(x, y)
     with pytest.raises(error, match=match):
         memory.retrieve_indices(make_x())
+    with pytest.raises(error, match=match):
+        memory.sums_indices(make_x())
     assert torch.equal(memory.packed_matrix(), before) and memory.n_stored == 1
 
 
@@ -126,6 +131,40 @@ def test_direct_op_calls_with_broken_rows_raise(willshaw_backend):
     with pytest.raises(ValueError, match="k must be in"):
         torch.ops.aefast.willshaw_retrieve(matrix, 80, values, offsets, 3, 0)
     assert not matrix.any()
+
+
+@pytest.mark.parametrize("threshold", [0, 1])
+@pytest.mark.parametrize("values,offsets,match", [
+    ([1, 2, 3], [0, 2, 5], "offsets must run from 0 to the number of values"),
+    ([1, 2, 3], [0, 3, 2, 3], "offsets must"),
+    ([1, 2, 3], [-1, 2, 3], "offsets must"),
+    ([1, 2, 300], [0, 2, 3], r"cue: row 1: index 300 is outside \[0, 100\)"),
+    ([1, -2, 3], [0, 2, 3], r"cue: row 0: index -2 is outside \[0, 100\)"),
+    ([4, 9, 9], [0, 1, 3], "cue: row 1 lists index 9 more than once"),
+])
+def test_direct_retrieve_indices_with_broken_cues_raises(willshaw_backend, threshold, values, offsets, match):
+    """Triton's retrieve_indices checks the cue after its kernels run (the verdict comes with the
+    answer's size): the kernels must read nothing outside the tensors, and the error must still come."""
+    matrix = torch.zeros(100, 2, dtype=torch.int64)
+    torch.ops.aefast.willshaw_store(matrix, 80, torch.tensor([1, 2, 3, 9]), torch.tensor([0, 3, 4]),
+                                    torch.tensor([5, 70, 79]), torch.tensor([0, 2, 3]))
+    before = matrix.clone()
+    with pytest.raises(ValueError, match=match):
+        torch.ops.aefast.willshaw_retrieve_indices(matrix, 80, torch.tensor(values), torch.tensor(offsets),
+                                                   threshold, 0)
+    assert torch.equal(matrix, before)
+
+
+def test_direct_retrieve_indices_takes_unsorted_cues(willshaw_backend):
+    """Rows that are not increasing fail the one-pass check but are valid: the full check passes them
+    and the answer is the sorted cue's."""
+    matrix = torch.zeros(100, 2, dtype=torch.int64)
+    torch.ops.aefast.willshaw_store(matrix, 80, torch.tensor([1, 2, 3, 9]), torch.tensor([0, 3, 4]),
+                                    torch.tensor([5, 70, 79]), torch.tensor([0, 2, 3]))
+    for threshold in (0, 1):
+        got = torch.ops.aefast.willshaw_retrieve_indices(matrix, 80, torch.tensor([3, 1, 9]), torch.tensor([0, 2, 3]),
+                                                         threshold, 0)
+        assert [t.tolist() for t in got] == [[5, 70, 79], [0, 2, 3]]  # cue [3, 1] fires 5, 70; cue [9] fires 79
 
 
 @pytest.mark.parametrize("row_length", [0, 1, 5, 32, 33, 100])

@@ -200,3 +200,26 @@ def test_a_memory_on_the_gpu_matches_the_cpu(hetero_pairs):
     cue = dense_from_indices(x_idx[:30, :6], N_IN)
     for threshold in ("hard", "soft", 3):
         assert torch.equal(on_gpu.retrieve(cue.cuda(), threshold).cpu(), on_cpu.retrieve(cue, threshold))
+
+
+def test_retrieve_indices_of_full_and_sparse_words_across_answer_groups(willshaw_backend):
+    """Answers long enough to span several of the Triton extraction's groups (128 words = 8192 units):
+    full words (bit 63 included), lone bits at group and word edges, and empty answers."""
+    n_out = 20000
+    edges = [0, 63, 64, 8191, 8192, 8255, 16383, 16384, n_out - 1]
+    memory = WillshawMemory(6, n_out)
+    memory.store_indices([torch.tensor([0]), torch.tensor([1]), torch.tensor([2]), torch.tensor([0, 2])],
+                         [torch.arange(n_out), torch.tensor(edges), torch.arange(5, n_out, 3), torch.tensor([7])])
+    cue_rows = [torch.tensor([0]), torch.tensor([1]), torch.tensor([2]), torch.tensor([0, 2]),
+                torch.tensor([0, 1]), torch.tensor([3]), torch.tensor([], dtype=torch.int64), torch.tensor([0, 4])]
+    for threshold in ("hard", "soft"):
+        dense = memory.retrieve(torch.stack([torch.zeros(6, dtype=torch.bool).index_fill(0, row, True)
+                                             for row in cue_rows]), threshold)
+        expected = [row.nonzero().flatten().tolist() for row in dense]
+        assert [row.tolist() for row in memory.retrieve_indices(cue_rows, threshold)] == expected
+    hard = [row.tolist() for row in memory.retrieve_indices(cue_rows, "hard")]
+    row_2 = sorted({7} | set(range(5, n_out, 3)))  # the pair ([0, 2], [7]) set bit 7 of rows 0 and 2
+    assert hard[:6] == [list(range(n_out)), edges, row_2, row_2, edges, []]
+    assert hard[6:] == [[], []]
+    soft = [row.tolist() for row in memory.retrieve_indices(cue_rows, "soft")]
+    assert soft[5:] == [[], [], list(range(n_out))]  # [0, 4]: no unit has both; the largest sum is 1

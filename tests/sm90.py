@@ -1,0 +1,48 @@
+"""Triton kernels as an H100/H200 gets them: compiled ahead of time for sm_90 on any machine (Triton's
+bundled ptxas and cuobjdump run without a GPU). The interpreter, which runs the kernels on this CPU,
+accepts code the compiler rejects and says nothing of spills; these checks see both.
+
+The compilation must run in a process without TRITON_INTERPRET (the interpreter replaces the kernels by
+Python functions), so a test module runs itself as a child: ``compiled_in_child(__file__)`` runs the
+module's ``__main__``, which prints one JSON line."""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import triton
+
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compile_for_sm90(kernel, signature: dict, constants: dict, warps: int) -> dict:
+    """{"stack": bytes of per-thread stack (spills, local arrays), "registers": per thread} of ``kernel``
+    compiled for sm_90. ``signature`` gives every non-constexpr parameter's type ("*i64", "i32", ...)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    full_signature = {**signature, **{name: "constexpr" for name in constants}}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=full_signature, constexprs=constants),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    with tempfile.TemporaryDirectory() as folder:
+        cubin = Path(folder) / "kernel.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        usage = subprocess.run([str(CUOBJDUMP), "-res-usage", str(cubin)], capture_output=True, text=True,
+                               check=True).stdout
+    return {"stack": int(re.search(r"STACK:(\d+)", usage).group(1)),
+            "registers": int(re.search(r"REG:(\d+)", usage).group(1))}
+
+
+def compiled_in_child(module_file: str) -> dict:
+    """Runs ``module_file`` as a script without TRITON_INTERPRET, with this checkout's aefast, and
+    returns the JSON its last line prints."""
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    done = subprocess.run([sys.executable, module_file], capture_output=True, text=True, env=env, timeout=600,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
