@@ -170,25 +170,31 @@ def _linear_grad_input_kernel(gy_ptr, saved_ptr, w_ptr, gx_ptr, scale_ptr, M, N,
 
 @triton.jit
 def _linear_grad_weight_kernel(gy_ptr, saved_ptr, x_ptr, gw_ptr, gb_ptr, scale_ptr, M, N, K, seed, param,
+                               rows_per_split,
                                ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_BIAS: tl.constexpr,
                                HAS_SCALE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """dW = dz^T x~ as a (BLOCK_N x BLOCK_K) tile, x~ regenerated; the first column of tiles adds db."""
+    """dW = dz^T x~ as a (BLOCK_N x BLOCK_K) tile over the rows of split program_id(2) (x~ regenerated),
+    written to gw[split]; the first column of tiles adds db to gb[split]. The launcher sums the splits:
+    dW reduces over the batch, and a layer of 256 x 32 has only 4 such tiles to keep a GPU busy."""
     rn = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.program_id(1).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    split = tl.program_id(2).to(tl.int64)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     bias_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for m0 in range(0, M, BLOCK_M):
+    first_row = split * rows_per_split
+    stop = tl.minimum(first_row + rows_per_split, M)
+    for m0 in range(first_row, stop, BLOCK_M):
         rm = m0 + tl.arange(0, BLOCK_M)
-        grad_z = _grad_pre_activation(gy_ptr, saved_ptr, scale_ptr, rm, rn, M, N, ACT, HAS_SCALE)
-        x = _load_input(x_ptr, rm, rk, M, K, seed, param, CORRUPT)
-        acc += _dot(tl.trans(grad_z.to(gw_ptr.dtype.element_ty)), x.to(gw_ptr.dtype.element_ty), PRECISION, UPCAST)
+        grad_z = _grad_pre_activation(gy_ptr, saved_ptr, scale_ptr, rm, rn, stop, N, ACT, HAS_SCALE)
+        x = _load_input(x_ptr, rm, rk, stop, K, seed, param, CORRUPT)
+        acc += _dot(tl.trans(grad_z.to(x_ptr.dtype.element_ty)), x.to(x_ptr.dtype.element_ty), PRECISION, UPCAST)
         bias_acc += tl.sum(grad_z, axis=0)
-    tl.store(gw_ptr + rn[:, None] * K + rk[None, :], acc.to(gw_ptr.dtype.element_ty),
+    tl.store(gw_ptr + split * N * K + rn[:, None] * K + rk[None, :], acc.to(gw_ptr.dtype.element_ty),
              mask=(rn[:, None] < N) & (rk[None, :] < K))
     if HAS_BIAS:
         if tl.program_id(1) == 0:
-            tl.store(gb_ptr + rn, bias_acc.to(gb_ptr.dtype.element_ty), mask=rn < N)
+            tl.store(gb_ptr + split * N + rn, bias_acc.to(gb_ptr.dtype.element_ty), mask=rn < N)
 
 
 @triton.jit
@@ -226,6 +232,16 @@ def _block(size: int, largest: int) -> int:
     return max(16, min(largest, triton.next_power_of_2(size)))
 
 
+# Warps of a linear kernel whose output tile has this many elements or more. A 64 x 64 float32 tile in
+# 4 warps took all 255 registers per thread and spilled (FMA dots), which leaves room for 2 programs
+# per SM; in 8 warps it takes 112-177 and none spill (tests/mlp/test_compiled_kernels.py).
+WIDE_TILE, WIDE_TILE_WARPS = 64 * 64, 8
+
+
+def _warps(tile_rows: int, tile_cols: int) -> int:
+    return WIDE_TILE_WARPS if tile_rows * tile_cols >= WIDE_TILE else 4
+
+
 def _precision(dtype: torch.dtype) -> str:
     """float32 matmuls follow torch's TF32 switch, so kernel and eager agree on what is computed."""
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
@@ -252,7 +268,7 @@ def linear_forward(x, weight, bias, activation, corruption, param, seed):
     _linear_forward_kernel[grid](
         x, weight, weight if bias is None else bias, y, y if z.numel() == 0 else z, M, N, K, seed, param,
         ACT=act, CORRUPT=corrupt, HAS_BIAS=bias is not None, SAVE_Z=act == _GELU, PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=_warps(block_m, block_n))
     return y, z
 
 
@@ -271,15 +287,44 @@ def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption,
         block_m, block_n, block_k = _block(M, 64), _block(N, 32), _block(K, 64)
         _linear_grad_input_kernel[(triton.cdiv(M, block_m), triton.cdiv(K, block_k))](
             grad_y, saved, weight, grad_x, scale, M, N, K, seed, param, ACT=act, CORRUPT=corrupt,
-            HAS_SCALE=grad_scale is not None, PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
-    grad_w = torch.empty_like(weight)
-    grad_b = torch.empty_like(bias) if bias is not None else weight.new_empty(0)
+            HAS_SCALE=grad_scale is not None, PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
+            BLOCK_K=block_k, num_warps=_warps(block_m, block_k))
     block_m, block_n, block_k = _block(M, 32), _block(N, 64), _block(K, 64)
-    _linear_grad_weight_kernel[(triton.cdiv(N, block_n), triton.cdiv(K, block_k))](
-        grad_y, saved, x, grad_w, grad_b if bias is not None else grad_w, scale, M, N, K, seed, param,
+    tiles = (triton.cdiv(N, block_n), triton.cdiv(K, block_k))
+    rows_per_split, splits = _weight_grad_splits(M, block_m, tiles[0] * tiles[1], x.device)
+    if splits == 1:  # written in place, in the weight's dtype
+        grad_w = torch.empty_like(weight)
+        grad_b = torch.empty_like(bias) if bias is not None else weight.new_empty(0)
+    else:  # float32 partial sums, one per split, added below
+        grad_w = torch.empty(splits, N, K, dtype=torch.float32, device=x.device)
+        grad_b = torch.empty(splits, N, dtype=torch.float32, device=x.device) if bias is not None else weight.new_empty(0)
+    _linear_grad_weight_kernel[(*tiles, splits)](
+        grad_y, saved, x, grad_w, grad_b if bias is not None else grad_w, scale, M, N, K, seed, param, rows_per_split,
         ACT=act, CORRUPT=corrupt, HAS_BIAS=bias is not None, HAS_SCALE=grad_scale is not None, PRECISION=precision,
-        UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+        UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=_warps(block_n, block_k))
+    if splits > 1:
+        grad_w = grad_w.sum(0).to(weight.dtype)
+        grad_b = grad_b.sum(0).to(bias.dtype) if bias is not None else grad_b
     return grad_x, grad_w, grad_b
+
+
+# Programs the weight gradient aims at on a GPU, per SM (two waves), and the fewest row blocks a split
+# keeps (its partial sum, N x K floats written and added, costs as much as about one row block).
+SPLIT_PROGRAMS_PER_SM, SPLIT_MIN_ROW_BLOCKS = 2, 4
+INTERPRETER_SPLIT_PROGRAMS = 4  # so that the tests reach the split path with small shapes
+
+
+def _weight_grad_splits(rows: int, block_m: int, tiles: int, device: torch.device) -> tuple[int, int]:
+    """(rows per split, splits) of the weight gradient's batch reduction: enough programs to fill the
+    device, each over a whole number of row blocks."""
+    if device.type == "cuda":
+        target = SPLIT_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        target = INTERPRETER_SPLIT_PROGRAMS
+    most = max(1, rows // (SPLIT_MIN_ROW_BLOCKS * block_m))
+    splits = max(1, min(most, triton.cdiv(target, tiles)))
+    rows_per_split = max(1, triton.cdiv(triton.cdiv(rows, splits), block_m)) * block_m
+    return rows_per_split, max(1, triton.cdiv(rows, rows_per_split))  # one split, writing zeros, for no rows
 
 
 def linear_loss_forward(h, weight, bias, target, output_activation, loss):
@@ -292,7 +337,8 @@ def linear_loss_forward(h, weight, bias, target, output_activation, loss):
     _linear_loss_kernel[grid](
         h, weight, weight if bias is None else bias, target, grad_z, partial, M, N, K, 1.0 / (M * N),
         OUT_ACT=ACTIVATION_CODES[output_activation], LOSS=LOSS_CODES[loss], HAS_BIAS=bias is not None,
-        PRECISION=_precision(h.dtype), UPCAST=_upcast(h.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+        PRECISION=_precision(h.dtype), UPCAST=_upcast(h.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=_warps(block_m, block_n))
     return partial.sum() / (M * N), grad_z
 
 

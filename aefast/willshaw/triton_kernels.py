@@ -42,6 +42,9 @@ STORE_X, STORE_Y = 16, 32  # a pair's x and y ones per tile; longer rows loop ov
 CHECK_BLOCK = 32  # positions per tile of the pairwise check; rows longer than CHECK_LONGEST are sorted
 CHECK_LONGEST = 256
 CHECK_ROWS = 8  # rows per program when every row fits one tile
+# Its (rows, 32, 32) comparison takes 64 elements per thread in 4 warps: 255 registers and a spill with
+# triton 3.6 (tests/willshaw/test_compiled_kernels.py); 8 warps halve that.
+CHECK_SHORT_WARPS = 8
 
 
 @triton.jit
@@ -383,7 +386,8 @@ def row_flags(values, offsets, units):
         return flags
     if int(offsets.diff().max()) <= CHECK_BLOCK:
         _check_short_rows_kernel[(triton.cdiv(rows, CHECK_ROWS),)](values, offsets, rows, units, flags,
-                                                                   ROWS=CHECK_ROWS, BLOCK=CHECK_BLOCK)
+                                                                   ROWS=CHECK_ROWS, BLOCK=CHECK_BLOCK,
+                                                                   num_warps=CHECK_SHORT_WARPS)
     else:
         _check_rows_kernel[(rows,)](values, offsets, units, flags, BLOCK=CHECK_BLOCK)
     return flags

@@ -41,7 +41,8 @@ def launches():
         yield f"sums-{at_least}", "_sums_kernel", dict(AT_LEAST=at_least, BLOCK_W=k.SUMS_WORDS), 4
     yield "count-ones", "_count_ones_kernel", dict(BLOCK=k.COUNT_WORDS), 4
     yield "check-rows", "_check_rows_kernel", dict(BLOCK=k.CHECK_BLOCK), 4
-    yield "check-short-rows", "_check_short_rows_kernel", dict(ROWS=k.CHECK_ROWS, BLOCK=k.CHECK_BLOCK), 4
+    yield "check-short-rows", "_check_short_rows_kernel", dict(ROWS=k.CHECK_ROWS, BLOCK=k.CHECK_BLOCK), \
+        k.CHECK_SHORT_WARPS
 
 
 CASE_IDS = ["store-1", "store-2", "store-4", "store-8", *(f"and-{w}-{n}" for w in (128, 256, 512) for n in (4, 8)),
