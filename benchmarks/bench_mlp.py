@@ -2,6 +2,8 @@
 autoencoder at batch 2^14, and of a narrow 64-wide 4-layer stack at batch 2^20 (2^18 on a CPU),
 against the eager nn.Sequential a user writes, torch.compile of it (the default mode; see COMPILE_MODE),
 and same-run matmul and copy probes. On a GPU the peak memory of a training step is recorded for aefast and eager.
+Each case runs in float32 (TF32 off, torch's default) and, on a GPU, in bfloat16 (fp32 accumulation),
+where both sides use the tensor cores.
 
     pytest benchmarks/bench_mlp.py --benchmark-only [--benchmark-json out.json]
 """
@@ -16,7 +18,9 @@ from aefast.nn import FusedAutoencoder, FusedMLP
 from conftest import bench_device, copy_probe, matmul_probe, quick, run_benchmark
 
 DEVICE = bench_device()
-DTYPE = torch.float32
+# bfloat16 where tensor cores make it the precision users train in (and in the quick smoke run, which
+# checks that the cases run); on a CPU the comparison would be the reference against itself.
+DTYPES = [torch.float32] + ([torch.bfloat16] if DEVICE.type == "cuda" or quick() else [])
 ROUNDS = 2 if quick() else (5 if DEVICE.type == "cpu" else 30)
 AE_DIMS = [784, 256, 32]
 AE_BATCH = 64 if quick() else 2**14
@@ -47,44 +51,48 @@ def peak_memory(fn):
 
 
 def cases():
-    """(case name, fused model, its eager Sequential (same weights), input, dims, batch, loss or None)."""
-    torch.manual_seed(0)
-    autoencoder = FusedAutoencoder(AE_DIMS, output_activation="sigmoid").to(DEVICE, DTYPE)
-    eager_autoencoder = torch.nn.Sequential(autoencoder.encoder.to_sequential(), autoencoder.decoder.to_sequential())
-    narrow = FusedMLP(NARROW_DIMS, activation="relu").to(DEVICE, DTYPE)
-    x_ae = torch.rand(AE_BATCH, AE_DIMS[0], device=DEVICE, dtype=DTYPE)
-    x_narrow = torch.randn(NARROW_BATCH, NARROW_DIMS[0], device=DEVICE, dtype=DTYPE)
-    ae_dims = AE_DIMS + AE_DIMS[-2::-1]
-    return {
-        "autoencoder": (autoencoder, eager_autoencoder, x_ae, ae_dims, AE_BATCH),
-        "narrow": (narrow, narrow.to_sequential(), x_narrow, NARROW_DIMS, NARROW_BATCH),
-    }
+    """{case key: (fused model, its eager Sequential (same weights), input, dims, batch, dtype)}; the key
+    is the kind ("autoencoder" or "narrow") and the dtype's name."""
+    out = {}
+    for dtype in DTYPES:
+        torch.manual_seed(0)
+        autoencoder = FusedAutoencoder(AE_DIMS, output_activation="sigmoid").to(DEVICE, dtype)
+        eager_autoencoder = torch.nn.Sequential(autoencoder.encoder.to_sequential(),
+                                                autoencoder.decoder.to_sequential())
+        narrow = FusedMLP(NARROW_DIMS, activation="relu").to(DEVICE, dtype)
+        x_ae = torch.rand(AE_BATCH, AE_DIMS[0], device=DEVICE, dtype=dtype)
+        x_narrow = torch.randn(NARROW_BATCH, NARROW_DIMS[0], device=DEVICE, dtype=dtype)
+        name = dtype_name(dtype)
+        out[f"autoencoder {name}"] = (autoencoder, eager_autoencoder, x_ae, AE_DIMS + AE_DIMS[-2::-1], AE_BATCH, dtype)
+        out[f"narrow {name}"] = (narrow, narrow.to_sequential(), x_narrow, NARROW_DIMS, NARROW_BATCH, dtype)
+    return out
+
+
+def dtype_name(dtype):
+    return str(dtype).split(".")[-1]
 
 
 CASES = cases()
 
 
-def case_name(kind, mode):
-    _, _, x, dims, batch = CASES[kind]
-    return f"{mode} {'-'.join(map(str, dims))} batch {batch} {str(DTYPE).split('.')[-1]}"
+def case_name(key, mode):
+    _, _, x, dims, batch, dtype = CASES[key]
+    return f"{mode} {'-'.join(map(str, dims))} batch {batch} {dtype_name(dtype)}"
 
 
-def training_step(kind, model, eager):
+def training_step(key, model, eager):
     """The step a user runs: the loss of a batch and its parameter gradients."""
-    _, _, x, _, _ = CASES[kind]
-    if eager:
-        parameters = list(model.parameters())
-        if kind == "autoencoder":
-            return lambda: torch.autograd.grad(F.mse_loss(model(x), x), parameters)
-        return lambda: torch.autograd.grad(model(x).square().mean(), parameters)
+    x = CASES[key][2]
     parameters = list(model.parameters())
-    if kind == "autoencoder":
+    if key.startswith("autoencoder"):
+        if eager:
+            return lambda: torch.autograd.grad(F.mse_loss(model(x), x), parameters)
         return lambda: torch.autograd.grad(model.loss(x), parameters)
     return lambda: torch.autograd.grad(model(x).square().mean(), parameters)
 
 
-def inference(kind, model):
-    _, _, x, _, _ = CASES[kind]
+def inference(key, model):
+    x = CASES[key][2]
 
     def run():
         with torch.no_grad():
@@ -92,28 +100,28 @@ def inference(kind, model):
     return run
 
 
-def record(benchmark, fn, kind, mode, role):
-    _, _, x, dims, batch = CASES[kind]
+def record(benchmark, fn, key, mode, role):
+    _, _, x, dims, batch, dtype = CASES[key]
     training = mode == "train"
     flops = linear_flops(dims, batch, backward=training)
     nbytes = x.numel() * x.element_size() * 2  # at least the input read and the output written
-    extra = {"dims": dims, "batch": batch, "dtype": str(DTYPE), "peak_memory_bytes": peak_memory(fn) if training else None}
+    extra = {"dims": dims, "batch": batch, "dtype": str(dtype), "peak_memory_bytes": peak_memory(fn) if training else None}
     if role == "aefast":
         extra["backend"] = _backends.select("fused_linear", DEVICE)[0]
-    run_benchmark(benchmark, fn, DEVICE, component="mlp", case=case_name(kind, mode), role=role, nbytes=nbytes,
+    run_benchmark(benchmark, fn, DEVICE, component="mlp", case=case_name(key, mode), role=role, nbytes=nbytes,
                   flops=flops, rounds=ROUNDS, extra=extra)
 
 
-@pytest.mark.parametrize("kind", list(CASES))
+@pytest.mark.parametrize("key", list(CASES))
 @pytest.mark.parametrize("mode", ["train", "infer"])
 @pytest.mark.parametrize("role", ["aefast", "eager", "compile", "matmul probe", "copy probe"])
-def test_mlp(benchmark, kind, mode, role):
-    fused, plain, x, _, _ = CASES[kind]
+def test_mlp(benchmark, key, mode, role):
+    fused, plain, x, _, _, dtype = CASES[key]
     if role == "matmul probe":
-        return matmul_probe(benchmark, DEVICE, DTYPE, component="mlp", case=case_name(kind, mode), rounds=ROUNDS)
+        return matmul_probe(benchmark, DEVICE, dtype, component="mlp", case=case_name(key, mode), rounds=ROUNDS)
     if role == "copy probe":
         return copy_probe(benchmark, DEVICE, x.numel() * x.element_size() * 2, component="mlp",
-                          case=case_name(kind, mode), rounds=ROUNDS)
+                          case=case_name(key, mode), rounds=ROUNDS)
     model = {"aefast": fused, "eager": plain, "compile": torch.compile(plain, mode=COMPILE_MODE)}[role]
-    fn = training_step(kind, model, eager=role != "aefast") if mode == "train" else inference(kind, model)
-    record(benchmark, fn, kind, mode, role)
+    fn = training_step(key, model, eager=role != "aefast") if mode == "train" else inference(key, model)
+    record(benchmark, fn, key, mode, role)
