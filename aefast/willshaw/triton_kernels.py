@@ -86,15 +86,15 @@ def _popcount(x):
 
 
 @triton.jit
-def _and_kernel(matrix_ptr, n_in, words_per_row, cue_values_ptr, value_count, cue_offsets_ptr, out_ptr, counts_ptr,
-                groups, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr, GROUP: tl.constexpr):
+def _and_kernel(matrix_ptr, n_in, words_per_row, first_word, cue_values_ptr, value_count, cue_offsets_ptr, out_ptr,
+                counts_ptr, groups, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr, GROUP: tl.constexpr):
     """out[cue, words] = AND of the cue's rows (0 for an empty cue); counts[cue, group] = its set bits in
     each GROUP words. BLOCK_R rows are loaded at once: their loads are in flight together instead of one
     after another. Offsets and rows are clamped and masked to the tensors' bounds: a cue that fails its
     check (the verdict comes later) reads nothing outside them and loops no longer than its values."""
     cue = tl.program_id(0).to(tl.int64)
     block = tl.program_id(1).to(tl.int64)
-    words = block * BLOCK_W + tl.arange(0, BLOCK_W)
+    words = first_word + block * BLOCK_W + tl.arange(0, BLOCK_W)
     mask = words < words_per_row
     start = tl.minimum(tl.maximum(tl.load(cue_offsets_ptr + cue), 0), value_count)
     stop = tl.minimum(tl.maximum(tl.load(cue_offsets_ptr + cue + 1), start), value_count)
@@ -109,18 +109,19 @@ def _and_kernel(matrix_ptr, n_in, words_per_row, cue_values_ptr, value_count, cu
     acc = tl.where((stop > start) & mask, acc, 0)
     tl.store(out_ptr + cue * words_per_row + words, acc, mask=mask)
     ones = tl.sum(tl.reshape(_popcount(acc.to(tl.uint64, bitcast=True)), (BLOCK_W // GROUP, GROUP)), axis=1)
-    group_ids = block * (BLOCK_W // GROUP) + tl.arange(0, BLOCK_W // GROUP)
+    group_ids = first_word // GROUP + block * (BLOCK_W // GROUP) + tl.arange(0, BLOCK_W // GROUP)
     tl.store(counts_ptr + cue * groups + group_ids, ones, mask=group_ids < groups)
 
 
 @triton.jit
-def _extract_kernel(words_ptr, words_per_row, counts_ptr, ends_ptr, groups, out_ptr, GROUP: tl.constexpr):
+def _extract_kernel(words_ptr, words_per_row, first_group, counts_ptr, ends_ptr, groups, out_ptr,
+                    GROUP: tl.constexpr):
     """The positions of the set bits of one group of a cue's answer words, in order, written at
     out[ends[cue, group] - counts[cue, group]:ends[cue, group]] (ends: the inclusive cumulative counts
     over the flattened (cue, group) grid). A group without ones returns at once; the loop runs once per
     bit of the group's fullest word, taking every word's lowest remaining bit."""
     cue = tl.program_id(0).to(tl.int64)
-    group = tl.program_id(1).to(tl.int64)
+    group = first_group + tl.program_id(1).to(tl.int64)
     count = tl.load(counts_ptr + cue * groups + group)
     if count > 0:
         words = group * GROUP + tl.arange(0, GROUP)
@@ -136,10 +137,10 @@ def _extract_kernel(words_ptr, words_per_row, counts_ptr, ends_ptr, groups, out_
 
 
 @triton.jit
-def _unpack_kernel(words_ptr, words_per_row, n_out, out_ptr, BLOCK_W: tl.constexpr):
+def _unpack_kernel(words_ptr, words_per_row, first_word, n_out, out_ptr, BLOCK_W: tl.constexpr):
     """out[row, unit] (uint8 0/1) = bit unit % 64 of words[row, unit // 64]."""
     row = tl.program_id(0).to(tl.int64)
-    words = tl.program_id(1).to(tl.int64) * BLOCK_W + tl.arange(0, BLOCK_W)
+    words = first_word + tl.program_id(1).to(tl.int64) * BLOCK_W + tl.arange(0, BLOCK_W)
     packed = tl.load(words_ptr + row * words_per_row + words, mask=words < words_per_row, other=0)
     shifts = tl.arange(0, 64).to(tl.int64)
     bits = (packed[:, None] >> shifts[None, :]) & 1
@@ -148,11 +149,11 @@ def _unpack_kernel(words_ptr, words_per_row, n_out, out_ptr, BLOCK_W: tl.constex
 
 
 @triton.jit
-def _sums_kernel(matrix_ptr, words_per_row, n_out, cue_values_ptr, cue_offsets_ptr, out_ptr, threshold,
+def _sums_kernel(matrix_ptr, words_per_row, first_word, n_out, cue_values_ptr, cue_offsets_ptr, out_ptr, threshold,
                  AT_LEAST: tl.constexpr, BLOCK_W: tl.constexpr):
     """out[cue, unit] = the unit's dendritic sum (int32), or with AT_LEAST (uint8) sum >= threshold."""
     cue = tl.program_id(0).to(tl.int64)
-    words = tl.program_id(1).to(tl.int64) * BLOCK_W + tl.arange(0, BLOCK_W)
+    words = first_word + tl.program_id(1).to(tl.int64) * BLOCK_W + tl.arange(0, BLOCK_W)
     mask = words < words_per_row
     shifts = tl.arange(0, 64).to(tl.int64)
     start, stop = tl.load(cue_offsets_ptr + cue), tl.load(cue_offsets_ptr + cue + 1)
@@ -215,6 +216,19 @@ def _check_short_rows_kernel(values_ptr, offsets_ptr, rows_total, units, flags_p
     tl.store(flags_ptr + rows, tl.maximum(outside, 2 * repeated), mask=row_ok)
 
 
+# A launch grid's second axis holds at most 2^16 - 1 programs (CUDA's limit): the kernels whose second
+# axis runs over a row's words take them in launches of at most that many blocks (one launch unless a
+# row passes 8 million words, or 1 million for the sums' 16-word blocks).
+GRID_Y_LIMIT = 2**16 - 1
+
+
+def _word_chunks(words: int, block: int, align: int = 1):
+    """(first word, words) of each launch over ``words`` in blocks of ``block`` words; each launch but
+    the last covers a multiple of ``align`` words (a multiple of ``block``)."""
+    step = max(align, GRID_Y_LIMIT * block // align * align)
+    return [(first, min(step, words - first)) for first in range(0, words, step)]
+
+
 def _grid(rows: int, words: int, block: int) -> tuple[int, int]:
     return rows, triton.cdiv(words, block)
 
@@ -233,8 +247,10 @@ def _tuned(kernel, configs, key):
     return lambda grid, *args, **kwargs: tuned[grid](*args, **kwargs)
 
 
+AND_WIDEST = 512
 _AND_LAUNCH = _tuned(_and_kernel, [triton.Config({"BLOCK_R": AND_ROWS, "BLOCK_W": words}, num_warps=warps)
-                                   for words in (AND_WORDS, 256, 512) for warps in (4, 8)], key=["words_per_row"])
+                                   for words in (AND_WORDS, 256, AND_WIDEST) for warps in (4, 8)],
+                     key=["words_per_row"])
 _STORE_LAUNCH = _tuned(_store_kernel, [triton.Config({"BLOCK_X": STORE_X, "BLOCK_Y": STORE_Y}, num_warps=warps)
                                        for warps in (4, 1, 2, 8)], key=["words_per_row"])
 
@@ -254,9 +270,9 @@ def sums(matrix, n_out, cue_values, cue_offsets):
 def _sums(matrix, n_out, cue_values, cue_offsets, at_least):
     rows = cue_offsets.numel() - 1
     out = torch.empty(rows, n_out, dtype=torch.int32 if at_least is None else torch.uint8, device=matrix.device)
-    if rows:
-        _sums_kernel[_grid(rows, matrix.shape[1], SUMS_WORDS)](
-            matrix, matrix.shape[1], n_out, cue_values, cue_offsets, out, 0 if at_least is None else at_least,
+    for first, words in _word_chunks(matrix.shape[1], SUMS_WORDS) if rows else []:
+        _sums_kernel[_grid(rows, words, SUMS_WORDS)](
+            matrix, matrix.shape[1], first, n_out, cue_values, cue_offsets, out, 0 if at_least is None else at_least,
             AT_LEAST=at_least is not None, BLOCK_W=SUMS_WORDS)
     return out
 
@@ -268,17 +284,18 @@ def _and(matrix, cue_values, cue_offsets):
     groups = triton.cdiv(words_per_row, ANSWER_GROUP)
     out = torch.empty(rows, words_per_row, dtype=torch.int64, device=matrix.device)
     counts = torch.empty(rows, groups, dtype=torch.int32, device=matrix.device)
-    if rows:
-        _AND_LAUNCH(lambda meta: _grid(rows, words_per_row, meta["BLOCK_W"]), matrix, matrix.shape[0], words_per_row,
+    # Launches of whole multiples of the widest block, so that no block of one reaches into the next.
+    for first, words in _word_chunks(words_per_row, AND_WORDS, AND_WIDEST) if rows else []:
+        _AND_LAUNCH(lambda meta: _grid(rows, words, meta["BLOCK_W"]), matrix, matrix.shape[0], words_per_row, first,
                     cue_values, cue_values.numel(), cue_offsets, out, counts, groups, GROUP=ANSWER_GROUP)
     return out, counts
 
 
 def _unpack(words, n_out):
     out = torch.empty(words.shape[0], n_out, dtype=torch.uint8, device=words.device)
-    if words.shape[0]:
-        _unpack_kernel[_grid(words.shape[0], words.shape[1], AND_WORDS)](words, words.shape[1], n_out, out,
-                                                                         BLOCK_W=AND_WORDS)
+    for first, count in _word_chunks(words.shape[1], AND_WORDS) if words.shape[0] else []:
+        _unpack_kernel[_grid(words.shape[0], count, AND_WORDS)](words, words.shape[1], first, n_out, out,
+                                                                BLOCK_W=AND_WORDS)
     return out.view(torch.bool)
 
 
@@ -319,8 +336,9 @@ def retrieve_indices(matrix, n_out, cue_values, cue_offsets, threshold, value):
         total = int(ends[-1])
     values = torch.empty(total, dtype=torch.int64, device=matrix.device)
     rows, groups = counts.shape
-    if total:
-        _extract_kernel[(rows, groups)](words, words.shape[1], counts, ends, groups, values, GROUP=ANSWER_GROUP)
+    for first, count in _word_chunks(groups, 1) if total else []:  # in groups, not words
+        _extract_kernel[_grid(rows, count, 1)](words, words.shape[1], first, counts, ends, groups, values,
+                                               GROUP=ANSWER_GROUP)
     offsets = torch.zeros(rows + 1, dtype=torch.int64, device=matrix.device)
     if rows:
         offsets[1:] = ends.view(rows, groups)[:, -1]

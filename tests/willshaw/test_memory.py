@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from aefast import _backends
 from aefast.willshaw import WillshawMemory
 from tests.willshaw.conftest import dense_from_indices, hebb_matrix, random_patterns
 
@@ -223,3 +224,39 @@ def test_retrieve_indices_of_full_and_sparse_words_across_answer_groups(willshaw
     assert hard[6:] == [[], []]
     soft = [row.tolist() for row in memory.retrieve_indices(cue_rows, "soft")]
     assert soft[5:] == [[], [], list(range(n_out))]  # [0, 4]: no unit has both; the largest sum is 1
+
+
+def test_triton_launches_over_rows_wider_than_one_grid(monkeypatch):
+    """A row of more than 2^16 - 1 blocks of words goes to the GPU in several launches. With the limit
+    at 4 blocks, a 70000-unit row takes several launches of every kernel: the answers must not change."""
+    if _backends.can_run("triton", torch.device("cpu")) is not True:
+        pytest.skip("Triton's interpreter is not available")
+    from aefast.willshaw import triton_kernels
+
+    monkeypatch.setattr(triton_kernels, "GRID_Y_LIMIT", 4)
+    grids, grid = [], triton_kernels._grid
+
+    def checked_grid(rows, words, block):
+        grids.append(grid(rows, words, block))
+        assert grids[-1][1] <= 4, grids[-1]
+        return grids[-1]
+    monkeypatch.setattr(triton_kernels, "_grid", checked_grid)
+    n_out = 70000  # 1094 words: 3 launches of the AND (512 words), 18 of the sums (64 words)
+    x = [torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([3])]
+    y = [torch.arange(0, n_out, 7), torch.tensor([5, 33000, 65535, n_out - 1]), torch.arange(n_out - 70, n_out)]
+    memories = {name: WillshawMemory(5, n_out, backend=name) for name in ("triton", "reference")}
+    for memory in memories.values():
+        memory.store_indices(x, y)
+    cue_rows = [torch.tensor([1]), torch.tensor([0, 1]), torch.tensor([1, 3]), torch.tensor([3]), torch.tensor([4])]
+    dense = torch.zeros(len(cue_rows), 5, dtype=torch.bool)
+    for row, cue in enumerate(cue_rows):
+        dense[row, cue] = True
+    triton_memory, oracle = memories["triton"], memories["reference"]
+    assert torch.equal(triton_memory.packed_matrix(), oracle.packed_matrix())
+    assert torch.equal(triton_memory.sums(dense), oracle.sums(dense))
+    for threshold, k in (("hard", None), ("soft", None), (1, None), ("topk", 9)):
+        assert torch.equal(triton_memory.retrieve(dense, threshold, k=k), oracle.retrieve(dense, threshold, k=k))
+        got = triton_memory.retrieve_indices(cue_rows, threshold, k=k, flat=True)
+        expected = oracle.retrieve_indices(cue_rows, threshold, k=k, flat=True)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected)), threshold
+    assert len(grids) > 100  # every kernel went through the limit, in several launches per call
