@@ -53,10 +53,15 @@ def dense_to_rows(dense: Tensor) -> tuple[Tensor, Tensor]:
     return positions[:, 1].clone(memory_format=torch.contiguous_format), torch.nn.functional.pad(counts.cumsum(0), (1, 0))
 
 
+def offsets_delimit(values: Tensor, offsets: Tensor) -> Tensor:
+    """Whether ``offsets`` run from 0 to the number of values without decreasing, as a bool tensor on
+    their device (one test, so one wait on a GPU when it is read)."""
+    return (offsets[0] == 0) & (offsets[-1] == values.numel()) & (offsets.diff() >= 0).all()
+
+
 def check_offsets(values: Tensor, offsets: Tensor, name: str) -> None:
     """ValueError naming ``name`` for offsets that do not delimit ``values``."""
-    # One test, so one wait on a GPU
-    if not bool((offsets[0] == 0) & (offsets[-1] == values.numel()) & (offsets.diff() >= 0).all()):
+    if not bool(offsets_delimit(values, offsets)):
         raise ValueError(f"{name}: offsets must run from 0 to the number of values ({values.numel()}) "
                          "and must not decrease")
 

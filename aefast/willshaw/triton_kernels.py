@@ -372,12 +372,11 @@ def _pattern_verdict(values, offsets, units):
     strictly increasing and inside [0, units)]. The second rules out repeats without comparing positions
     pairwise, and holds in the usual case (random_patterns' rows are sorted)."""
     count = values.numel()
-    offsets_ok = (offsets[0] == 0) & (offsets[-1] == count) & (offsets.diff() >= 0).all()
     row_start = torch.zeros(count + 1, dtype=torch.bool, device=values.device)
     row_start.index_fill_(0, offsets[:-1].clamp(0, count), True)  # clamped: bad offsets must not index past
     increasing = (values[1:] > values[:-1]) | row_start[1:count]
     plain = increasing.all() & (values >= 0).all() & (values < units).all()
-    return torch.stack([offsets_ok, plain]).long()
+    return torch.stack([reference.offsets_delimit(values, offsets), plain]).long()
 
 
 def _raise_for_verdict(offsets_ok, rows_plain, values, offsets, units, name) -> None:
