@@ -46,11 +46,11 @@ def rows(run_json: dict) -> list[dict]:
     infos = {}
     for bench in run_json["benchmarks"]:
         info = bench["extra_info"]
-        if info["role"] == "aefast":
-            infos[(info["component"], info["case"])] = info
+        infos[(info["component"], info["case"], info["role"])] = info
     table = []
     for summary in run_json.get("aefast_summary", []):
-        info = infos.get((summary["component"], summary["case"]), {})
+        role = "aefast" + (f" {summary['variant']}" if summary.get("variant") else "")
+        info = infos.get((summary["component"], summary["case"], role), {})
         shape = info.get("shape") or info.get("dims") or ({"n": info["n"], "ones": info.get("ones")} if "n" in info else None)
         table.append({**summary, "shape": shape, "dtype": info.get("dtype"), "device": info.get("device"),
                       "bytes": info.get("bytes")})
@@ -98,7 +98,8 @@ HEADER = ["component", "case", "device", "dtype", "aefast ms", "eager ms", "comp
 
 
 def table_cells(row: dict) -> list[str]:
-    return [row["component"], row["case"], str(row.get("device") or "-"), str(row.get("dtype") or "-"),
+    case = row["case"] + (f" ({row['variant']})" if row.get("variant") else "")
+    return [row["component"], case, str(row.get("device") or "-"), str(row.get("dtype") or "-"),
             _ms(row, "aefast_s"), _ms(row, "eager_s"), _ms(row, "compile_s"), _ratio(row, "speedup"),
             _ratio(row, "speedup_vs_compile"), _limit(row)]
 

@@ -3,7 +3,9 @@ autoencoder at batch 2^14, and of a narrow 64-wide 4-layer stack at batch 2^20 (
 against the eager nn.Sequential a user writes, torch.compile of it (the default mode; see COMPILE_MODE),
 and same-run matmul and copy probes. On a GPU the peak memory of a training step is recorded for aefast and eager.
 Each case runs in float32 (TF32 off, torch's default) and, on a GPU, in bfloat16 (fp32 accumulation),
-where both sides use the tensor cores.
+where both sides use the tensor cores. The float32 cases time aefast twice: as eager computes (IEEE
+float32 products), and as role "aefast tf32x3", its 3xTF32 mode (aefast.mlp.precision: float32-like
+error on the tensor cores), both against the same eager and torch.compile runs.
 
     pytest benchmarks/bench_mlp.py --benchmark-only [--benchmark-json out.json]
 """
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from aefast import _backends
+from aefast.mlp import fp32_precision
 from aefast.nn import FusedAutoencoder, FusedMLP
 from conftest import bench_device, copy_probe, matmul_probe, quick, run_benchmark
 
@@ -100,13 +103,20 @@ def inference(key, model):
     return run
 
 
+def in_precision(fn, precision):
+    def run():
+        with fp32_precision(precision):
+            return fn()
+    return run
+
+
 def record(benchmark, fn, key, mode, role):
     _, _, x, dims, batch, dtype = CASES[key]
     training = mode == "train"
     flops = linear_flops(dims, batch, backward=training)
     nbytes = x.numel() * x.element_size() * 2  # at least the input read and the output written
     extra = {"dims": dims, "batch": batch, "dtype": str(dtype), "peak_memory_bytes": peak_memory(fn) if training else None}
-    if role == "aefast":
+    if role.startswith("aefast"):
         extra["backend"] = _backends.select("fused_linear", DEVICE)[0]
     run_benchmark(benchmark, fn, DEVICE, component="mlp", case=case_name(key, mode), role=role, nbytes=nbytes,
                   flops=flops, rounds=ROUNDS, extra=extra)
@@ -114,9 +124,16 @@ def record(benchmark, fn, key, mode, role):
 
 @pytest.mark.parametrize("key", list(CASES))
 @pytest.mark.parametrize("mode", ["train", "infer"])
-@pytest.mark.parametrize("role", ["aefast", "eager", "compile", "matmul probe", "copy probe"])
+@pytest.mark.parametrize("role", ["aefast", "aefast tf32x3", "eager", "compile", "matmul probe", "copy probe"])
 def test_mlp(benchmark, key, mode, role):
     fused, plain, x, _, _, dtype = CASES[key]
+    if role == "aefast tf32x3":
+        if dtype != torch.float32:
+            pytest.skip("3xTF32 is a float32 mode")
+        if DEVICE.type != "cuda" and not quick():
+            pytest.skip("3xTF32 is a mode of the GPU's tensor cores; on a CPU the reference runs either way")
+        fn = training_step(key, fused, eager=False) if mode == "train" else inference(key, fused)
+        return record(benchmark, in_precision(fn, "tf32x3"), key, mode, role)
     if role == "matmul probe":
         return matmul_probe(benchmark, DEVICE, dtype, component="mlp", case=case_name(key, mode), rounds=ROUNDS)
     if role == "copy probe":

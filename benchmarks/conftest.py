@@ -3,7 +3,8 @@ the GPU, and a summary of ratios (speedup over eager and torch.compile, fraction
 bandwidth) printed at the end and written into pytest-benchmark's JSON.
 
 Each benchmark records ``extra_info``: ``component``, ``case``, ``role`` (aefast / eager / compile /
-copy probe / read probe), ``bytes`` it moves, ``items`` of work it does (pairs, queries; 1 when the
+copy probe / read probe / matmul probe; "aefast <variant>" for another setting of aefast in the same
+case), ``bytes`` it moves, ``items`` of work it does (pairs, queries; 1 when the
 roles of a case do the same work) and the environment. Ratios are taken between medians of one run,
 per item.
 """
@@ -117,27 +118,32 @@ def _summary_rows(benchmarks):
         by_case.setdefault((info["component"], info["case"]), {})[info["role"]] = (bench["stats"]["median"], info)
     rows = []
     for (component, case), roles in sorted(by_case.items()):
-        if "aefast" not in roles:
-            continue
-        t_fused, info = roles["aefast"]
-        per_item = lambda role: roles[role][0] / roles[role][1].get("items", 1)  # noqa: E731
-        row = {"component": component, "case": case, "backend": info.get("backend"),
-               "device_name": info["device_name"], "aefast_s": t_fused}
-        if info.get("unit"):
-            row[f"{info['unit']}_per_s"] = info["items"] / t_fused
-        for role, time_key, ratio_key in (("eager", "eager_s", "speedup"), ("compile", "compile_s", "speedup_vs_compile")):
-            if role in roles:
-                row[time_key] = roles[role][0]
-                row[ratio_key] = per_item(role) / per_item("aefast")
-        for role, key in (("copy probe", "fraction_of_copy_bandwidth"), ("read probe", "fraction_of_read_bandwidth")):
-            if role in roles:
-                probe_time, probe_info = roles[role]
-                row[key] = (info["bytes"] / t_fused) / (probe_info["bytes"] / probe_time)
-        if "matmul probe" in roles and info.get("flops"):
-            probe_time, probe_info = roles["matmul probe"]
-            row["fraction_of_matmul_flops"] = (info["flops"] / t_fused) / (probe_info["flops"] / probe_time)
-        rows.append(row)
+        for fused_role in sorted(role for role in roles if role == "aefast" or role.startswith("aefast ")):
+            rows.append(_summary_row(component, case, roles, fused_role))
     return rows
+
+
+def _summary_row(component, case, roles, fused_role):
+    """``fused_role`` ("aefast", or "aefast <variant>" for a variant of aefast in the same case, such as
+    another float32 precision) against the case's other roles."""
+    t_fused, info = roles[fused_role]
+    per_item = lambda role: roles[role][0] / roles[role][1].get("items", 1)  # noqa: E731
+    row = {"component": component, "case": case, "variant": fused_role[len("aefast "):] or None,
+           "backend": info.get("backend"), "device_name": info["device_name"], "aefast_s": t_fused}
+    if info.get("unit"):
+        row[f"{info['unit']}_per_s"] = info["items"] / t_fused
+    for role, time_key, ratio_key in (("eager", "eager_s", "speedup"), ("compile", "compile_s", "speedup_vs_compile")):
+        if role in roles:
+            row[time_key] = roles[role][0]
+            row[ratio_key] = per_item(role) / per_item(fused_role)
+    for role, key in (("copy probe", "fraction_of_copy_bandwidth"), ("read probe", "fraction_of_read_bandwidth")):
+        if role in roles:
+            probe_time, probe_info = roles[role]
+            row[key] = (info["bytes"] / t_fused) / (probe_info["bytes"] / probe_time)
+    if "matmul probe" in roles and info.get("flops"):
+        probe_time, probe_info = roles["matmul probe"]
+        row["fraction_of_matmul_flops"] = (info["flops"] / t_fused) / (probe_info["flops"] / probe_time)
+    return row
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
@@ -154,7 +160,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     write = terminalreporter.write_line
     write("")
     write("aefast summary (medians of one run)")
-    write(f"{'component':<10} {'case':<44} {'backend':<8} {'aefast ms':>10} {'x eager':>9} {'x compile':>9} "
+    write(f"{'component':<10} {'case':<53} {'backend':<8} {'aefast ms':>10} {'x eager':>9} {'x compile':>9} "
           f"{'of limit':>12}  rate")
     for row in rows:
         fmt = lambda key, spec: format(row[key], spec) if key in row else "-"  # noqa: E731
@@ -167,5 +173,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         else:
             bandwidth = "-"
         rate = " ".join(f"{value:.3g} {key[:-6]}/s" for key, value in row.items() if key.endswith("_per_s"))
-        write(f"{row['component']:<10} {row['case']:<44} {row['backend'] or '-':<8} {row['aefast_s'] * 1e3:>10.2f} "
+        case = row["case"] + (f" ({row['variant']})" if row.get("variant") else "")
+        write(f"{row['component']:<10} {case:<53} {row['backend'] or '-':<8} {row['aefast_s'] * 1e3:>10.2f} "
               f"{fmt('speedup', '>9.1f')} {fmt('speedup_vs_compile', '>9.1f')} {bandwidth:>12}  {rate}")

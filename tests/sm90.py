@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def compile_for_sm90(kernel, signature: dict, constants: dict, warps: int) -> dict:
-    """{"stack": bytes of per-thread stack (spills, local arrays), "registers": per thread} of ``kernel``
-    compiled for sm_90. ``signature`` gives every non-constexpr parameter's type ("*i64", "i32", ...)."""
+    """{"stack": bytes of per-thread stack (spills, local arrays), "registers": per thread, "tensor_cores":
+    whether its PTX has a (wg)mma instruction} of ``kernel`` compiled for sm_90. ``signature`` gives every
+    non-constexpr parameter's type ("*i64", "i32", ...)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -34,7 +35,8 @@ def compile_for_sm90(kernel, signature: dict, constants: dict, warps: int) -> di
         usage = subprocess.run([str(CUOBJDUMP), "-res-usage", str(cubin)], capture_output=True, text=True,
                                check=True).stdout
     return {"stack": int(re.search(r"STACK:(\d+)", usage).group(1)),
-            "registers": int(re.search(r"REG:(\d+)", usage).group(1))}
+            "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
+            "tensor_cores": re.search(r"\b(wgmma|mma)\.", compiled.asm["ptx"]) is not None}
 
 
 def compiled_in_child(module_file: str) -> dict:

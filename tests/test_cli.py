@@ -1,11 +1,15 @@
 """`aefast info` (versions, devices, backends with reasons, build features) and `aefast bench`."""
+import importlib.util
 import json
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
 import aefast
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def run_cli(*args):
@@ -48,3 +52,26 @@ def test_bench_refuses_unknown_components(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--only", "gpu-magic"])
     assert "--only takes" in capsys.readouterr().err
+
+
+def test_bench_rows_keep_variants_of_aefast_apart():
+    """A case timed twice by aefast (bench_mlp's "aefast tf32x3" role): one summary row per timing,
+    each with its own benchmark's details and ratios against the case's shared eager run."""
+    spec = importlib.util.spec_from_file_location("aefast_benchmarks_conftest", BENCHMARKS / "conftest.py")
+    benchmarks_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmarks_conftest)
+    from aefast.bench_cli import rows, table_cells
+
+    def bench(role, seconds, dtype):
+        return {"stats": {"median": seconds}, "extra_info": {
+            "component": "mlp", "case": "train 8-4 batch 2", "role": role, "device_name": "cpu", "bytes": 64,
+            "dtype": dtype, "dims": [8, 4], "backend": "triton" if role.startswith("aefast") else None}}
+
+    run = {"benchmarks": [bench("aefast", 2.0, "ieee"), bench("aefast tf32x3", 0.5, "3xtf32"),
+                          bench("eager", 1.0, "eager")]}
+    run["aefast_summary"] = benchmarks_conftest._summary_rows(run["benchmarks"])
+    by_variant = {row["variant"]: row for row in rows(run)}
+    assert set(by_variant) == {None, "tf32x3"}
+    assert by_variant[None]["speedup"] == 0.5 and by_variant["tf32x3"]["speedup"] == 2.0
+    assert by_variant[None]["dtype"] == "ieee" and by_variant["tf32x3"]["dtype"] == "3xtf32"
+    assert table_cells(by_variant["tf32x3"])[1] == "train 8-4 batch 2 (tf32x3)"

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from aefast._triton_random import philox_normal, philox_uniform
+from aefast.mlp.precision import dot_precision
 
 # Activation codes of the kernels, in the order of reference.ACTIVATIONS.
 ACTIVATION_CODES = {None: 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 4, "gelu": 5}
@@ -243,10 +244,8 @@ def _warps(tile_rows: int, tile_cols: int) -> int:
 
 
 def _precision(dtype: torch.dtype) -> str:
-    """float32 matmuls follow torch's TF32 switch, so kernel and eager agree on what is computed."""
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"
+    """tl.dot's input_precision: aefast.mlp.precision's setting (by default torch's TF32 switch)."""
+    return dot_precision(dtype)
 
 
 def _upcast(dtype: torch.dtype) -> bool:
@@ -450,16 +449,17 @@ def _narrow_layout(dims, rows, device):
 # tiles in 4 warps (32 per thread) ptxas spilled 13 KiB per thread of the float32 forward to local
 # memory, which made it 40x slower than eager on an H200. Tensor-core dots (TF32, bf16, fp16) compile
 # without spills at 8 per thread for widths up to 64; float32 without TF32 multiplies on the FMA units,
-# whose operands take more registers: 4 per thread (tests/mlp/test_compiled_kernels.py checks the
-# sm_90 build with each Triton version).
+# whose operands take more registers: 4 per thread; 3xTF32 holds each operand's two parts, and its
+# backward spilled at 8 (tests/mlp/test_compiled_kernels.py checks the sm_90 build with each Triton
+# version).
 NARROW_WARPS = 8
-NARROW_TILE_PER_THREAD = {"ieee": 4, "tensor cores": 8}
+NARROW_TILE_PER_THREAD = {"ieee": 4, "tf32x3": 4, "tf32": 8}
 
 
 def _narrow_blocks(dims, rows, precision):
     """(tile width, rows per program, warps) of the narrow kernels for a dot ``precision``."""
     block_d = max(16, triton.next_power_of_2(max(dims)))
-    per_thread = NARROW_TILE_PER_THREAD["ieee" if precision == "ieee" else "tensor cores"]
+    per_thread = NARROW_TILE_PER_THREAD[precision]
     fitting = max(16, min(64, per_thread * 32 * NARROW_WARPS // block_d))
     return block_d, min(_block(rows, 64), fitting), NARROW_WARPS
 

@@ -13,7 +13,7 @@ import pytest
 from tests.sm90 import CUOBJDUMP, compile_for_sm90, compiled_in_child
 
 WIDTHS = (16, 64)
-PRECISIONS = (("fp32", "ieee"), ("fp32", "tf32"), ("bf16", "tf32"))
+PRECISIONS = (("fp32", "ieee"), ("fp32", "tf32x3"), ("fp32", "tf32"), ("bf16", "tf32"))
 DIRECTIONS = ("forward", "backward")
 CASES = list(itertools.product(DIRECTIONS, PRECISIONS, WIDTHS))
 
@@ -34,7 +34,8 @@ def signature(kernel, element: str, constants: dict) -> dict:
 
 
 def compile_cases() -> dict:
-    """{case id: stack bytes} for every case, in this process (which must not interpret Triton)."""
+    """{case id: compile_for_sm90's result} for every case, in this process (which must not interpret
+    Triton)."""
     from aefast.mlp import triton_kernels
 
     results = {}
@@ -47,11 +48,11 @@ def compile_cases() -> dict:
         else:
             kernel, constants["NEED_GX"] = triton_kernels._narrow_backward_kernel, True
         results[f"{direction}-{element}-{precision}-{width}"] = compile_for_sm90(
-            kernel, signature(kernel, element, constants), constants, warps)["stack"]
+            kernel, signature(kernel, element, constants), constants, warps)
     for element, precision in PRECISIONS:
         for name, kernel, constants, warps in linear_launches(triton_kernels, precision):
             results[f"{name}-{element}-{precision}"] = compile_for_sm90(
-                kernel, signature(kernel, element, constants), constants, warps)["stack"]
+                kernel, signature(kernel, element, constants), constants, warps)
     return results
 
 
@@ -89,13 +90,18 @@ def compiled():
 @pytest.mark.parametrize("direction,precision,width", CASES, ids=lambda value: "-".join(value) if isinstance(value, tuple) else str(value))
 def test_narrow_kernels_compile_for_sm90_without_spills(compiled, direction, precision, width):
     element, dot_precision = precision
-    assert compiled[f"{direction}-{element}-{dot_precision}-{width}"] == 0
+    result = compiled[f"{direction}-{element}-{dot_precision}-{width}"]
+    assert result["stack"] == 0
+    # The tensor cores are the point of every precision but IEEE float32 (Triton has no FMA fallback
+    # for "tf32x3" that it would take silently, but a version could).
+    assert result["tensor_cores"] == (dot_precision != "ieee" or element != "fp32")
 
 
 @pytest.mark.skipif(not CUOBJDUMP.exists(), reason="Triton's CUDA tools are not installed")
 @pytest.mark.parametrize("case", LINEAR_CASES)
 def test_linear_kernels_compile_for_sm90_without_spills(compiled, case):
-    assert compiled[case] == 0
+    assert compiled[case]["stack"] == 0
+    assert compiled[case]["tensor_cores"] == (not case.endswith("fp32-ieee"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,166 @@
+"""The fused MLP's Triton kernels compiled for and run on a GPU, against nn.Sequential on the same GPU:
+the other MLP tests run the same kernels in Triton's CPU interpreter, which neither compiles them nor
+rounds like the tensor cores. Shapes add the benchmark's sizes (batch 2^14, width 784) to the odd
+ones, where the launchers pick their largest tiles and split the weight gradient's batch sum.
+Every test here is ``gpu``-marked and skips without a CUDA device."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import aefast
+from aefast.mlp import fp32_precision, reference
+from aefast.nn import FusedAutoencoder, FusedLinear, FusedMLP
+from tests.mlp.test_layers import ACTIVATION_MODULES, float32_tolerance
+
+pytestmark = pytest.mark.gpu
+CUDA = torch.device("cuda")
+# (batch, in, out): test_layers' odd shapes and the autoencoder benchmark's layers at batch 2^14.
+SHAPES = [(1, 3, 17), (7, 17, 100), (129, 100, 3), (7, 784, 17), (129, 17, 784), (1000, 17, 3),
+          (2**14, 784, 256), (2**14, 256, 32), (4099, 32, 784)]
+
+
+@pytest.fixture(autouse=True)
+def triton_in_ieee_float32():
+    """The Triton backend, and torch's float32 matmuls without TF32 (its default), as eager runs."""
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with aefast.use_backend("triton"):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+
+
+def random(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator(CUDA).manual_seed(seed), device=CUDA)
+
+
+@pytest.mark.parametrize("batch,width_in,width_out", SHAPES)
+@pytest.mark.parametrize("activation", list(ACTIVATION_MODULES))
+def test_fused_linear_on_the_gpu_equals_linear_then_activation(batch, width_in, width_out, activation):
+    torch.manual_seed(batch + width_in * width_out)
+    fused = FusedLinear(width_in, width_out, activation=activation).to(CUDA)
+    plain = nn.Sequential(nn.Linear(width_in, width_out), ACTIVATION_MODULES[activation]()).to(CUDA)
+    plain[0].load_state_dict(fused.state_dict())
+    x = random(batch, width_in, seed=1)
+    x_fused, x_plain = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_fused, y_plain = fused(x_fused), plain(x_plain)
+    torch.testing.assert_close(y_fused, y_plain, atol=float32_tolerance(width_in), rtol=1e-5)
+    grad = random(*y_fused.shape, seed=2)
+    got = torch.autograd.grad(y_fused, (x_fused, fused.weight, fused.bias), grad)
+    expected = torch.autograd.grad(y_plain, (x_plain, plain[0].weight, plain[0].bias), grad)
+    for name, a, b, reduced in zip(("x", "weight", "bias"), got, expected, (width_out, batch, batch)):
+        torch.testing.assert_close(a, b, atol=float32_tolerance(reduced), rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("dims,activation,output_activation", [
+    ([64, 64, 64, 64, 64], "relu", None),        # the benchmark's narrow stack
+    ([17, 100, 3, 33], "tanh", "sigmoid"),
+    ([5, 128, 7], "leaky_relu", "relu"),
+    ([784, 128, 16, 128, 784], "gelu", "sigmoid"),  # wide ends around a narrow stretch
+])
+@pytest.mark.parametrize("batch", [1, 129, 4097, 2**16 + 3])
+def test_mlp_on_the_gpu_equals_sequential(dims, activation, output_activation, batch):
+    torch.manual_seed(sum(dims) + batch)
+    mlp = FusedMLP(dims, activation=activation, output_activation=output_activation).to(CUDA)
+    sequential = mlp.to_sequential()
+    x = random(batch, dims[0], seed=3)
+    x_fused, x_plain = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_fused, y_plain = mlp(x_fused), sequential(x_plain)
+    widest = max(dims)
+    torch.testing.assert_close(y_fused, y_plain, atol=float32_tolerance(widest) * len(dims), rtol=1e-5)
+    grad = random(*y_fused.shape, seed=4)
+    got = torch.autograd.grad(y_fused, [x_fused] + list(mlp.parameters()), grad)
+    expected = torch.autograd.grad(y_plain, [x_plain] + list(sequential.parameters()), grad)
+    for index, (a, b) in enumerate(zip(got, expected)):
+        reduced = widest if index == 0 else batch
+        torch.testing.assert_close(a, b, atol=float32_tolerance(reduced) * len(dims), rtol=1e-5, msg=str(index))
+    with torch.no_grad():  # inference writes nothing between the layers of a narrow stretch
+        torch.testing.assert_close(mlp(x), y_plain, atol=float32_tolerance(widest) * len(dims), rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+@pytest.mark.parametrize("corruption", [None, ("mask", 0.3), ("gaussian", 0.5)])
+def test_autoencoder_loss_on_the_gpu_equals_the_loss_of_forward_on_the_corrupted_input(loss, corruption):
+    """The seed's noise, regenerated on the GPU in the first layer's load, is the reference's."""
+    dims = [784, 256, 32]
+    torch.manual_seed(7)
+    model = FusedAutoencoder(dims, output_activation="sigmoid" if loss == "bce" else None).to(CUDA)
+    x = torch.rand(1025, dims[0], generator=torch.Generator(CUDA).manual_seed(5), device=CUDA)
+    value = model.loss(x, loss=loss, corruption=corruption, l1_code=0.01, seed=11)
+    grads = torch.autograd.grad(value, list(model.parameters()))
+    corrupted = x if corruption is None else reference.corrupt(x, corruption[0], corruption[1], 11)
+    encoder, decoder = model.encoder.to_sequential(), model.decoder.to_sequential()
+    code = encoder(corrupted)
+    if loss == "mse":
+        expected = F.mse_loss(decoder(code), x)
+    else:
+        expected = F.binary_cross_entropy_with_logits(decoder[:-1](code), x)
+    expected = expected + 0.01 * code.abs().sum(1).mean()
+    tolerance = float32_tolerance(max(dims)) * len(dims)
+    torch.testing.assert_close(value, expected, atol=tolerance, rtol=tolerance)
+    plain_parameters = list(encoder.parameters()) + list(decoder.parameters())
+    for a, b in zip(grads, torch.autograd.grad(expected, plain_parameters)):
+        torch.testing.assert_close(a, b, atol=tolerance, rtol=tolerance)
+
+
+def errors_against_float64(width_in, dtype=torch.float32):
+    """{"output" | "weight grad": (aefast's, torch's) largest error against float64} of a tanh layer, at
+    batch 1024 and 256 outputs, aefast and torch in ``dtype``."""
+    torch.manual_seed(width_in)
+    fused = FusedLinear(width_in, 256, activation="tanh").to(CUDA)
+    x, grad = random(1024, width_in, seed=6), random(1024, 256, seed=7)
+    weight64 = fused.weight.detach().double().requires_grad_()
+    y64 = torch.tanh(F.linear(x.double(), weight64, fused.bias.detach().double()))
+    (grad_weight64,) = torch.autograd.grad(y64, weight64, grad.double())
+    fused = fused.to(dtype)
+    plain = nn.Sequential(nn.Linear(width_in, 256), nn.Tanh()).to(CUDA, dtype)
+    plain[0].load_state_dict(fused.state_dict())
+    errors = {"output": [], "weight grad": []}
+    for module, weight in ((fused, fused.weight), (plain, plain[0].weight)):
+        y = module(x.to(dtype))
+        (grad_weight,) = torch.autograd.grad(y, weight, grad.to(dtype))
+        errors["output"].append((y.double() - y64).abs().max().item())
+        errors["weight grad"].append((grad_weight.double() - grad_weight64).abs().max().item())
+    return errors
+
+
+def assert_at_most_twice_torchs(errors):
+    for what, (fused_error, torch_error) in errors.items():
+        assert fused_error <= 2 * torch_error, (what, fused_error, torch_error)
+
+
+@pytest.mark.parametrize("width_in", [64, 256, 784])
+def test_3xtf32_error_is_at_most_twice_float32s(width_in):
+    """DESIGN.md's bar for reduced precision, applied to the 3xTF32 mode against torch's float32."""
+    with fp32_precision("tf32x3"):
+        assert_at_most_twice_torchs(errors_against_float64(width_in))
+
+
+@pytest.mark.parametrize("width_in", [64, 784])
+def test_tf32_mode_error_is_at_most_twice_torchs_tf32(width_in):
+    torch.backends.cuda.matmul.allow_tf32 = True  # restored by the fixture
+    with fp32_precision("torch"):  # which now means TF32
+        assert_at_most_twice_torchs(errors_against_float64(width_in))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_error_on_the_gpu_is_at_most_twice_pytorchs(dtype):
+    assert_at_most_twice_torchs(errors_against_float64(784, dtype=dtype))
+
+
+def test_training_step_compiles_fullgraph_on_the_gpu():
+    torch.manual_seed(2)
+    model = FusedAutoencoder([784, 256, 32], output_activation="sigmoid").to(CUDA)
+    x = torch.rand(513, 784, device=CUDA)
+
+    def loss_of(x):
+        return model.loss(x, loss="bce", corruption=("mask", 0.2), seed=3)
+
+    compiled = torch.compile(loss_of, fullgraph=True)
+    loss, expected_loss = compiled(x), loss_of(x)
+    torch.testing.assert_close(loss, expected_loss)
+    for a, b in zip(torch.autograd.grad(loss, list(model.parameters())),
+                    torch.autograd.grad(expected_loss, list(model.parameters()))):
+        torch.testing.assert_close(a, b)
