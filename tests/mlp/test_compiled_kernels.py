@@ -9,6 +9,7 @@ import itertools
 import json
 
 import pytest
+import torch
 
 from tests.sm90 import CUOBJDUMP, compile_for_sm90, compiled_in_child
 
@@ -19,8 +20,8 @@ CASES = list(itertools.product(DIRECTIONS, PRECISIONS, WIDTHS))
 
 
 # Parameters whose type does not follow the tensors' element type.
-FIXED_TYPES = {"partial_ptr": "*fp32", "gw_ptr": "*fp32", "gb_ptr": "*fp32", "seed": "i64", "param": "fp32",
-               "inv_count": "fp32"}
+FIXED_TYPES = {"partial_ptr": "*fp32", "gw_ptr": "*fp32", "gb_ptr": "*fp32", "scratch_ptr": "*fp32", "seed": "i64",
+               "param": "fp32", "inv_count": "fp32"}
 
 
 def signature(kernel, element: str, constants: dict) -> dict:
@@ -47,6 +48,7 @@ def compile_cases() -> dict:
             kernel, constants["SAVE"] = triton_kernels._narrow_forward_kernel, True
         else:
             kernel, constants["NEED_GX"] = triton_kernels._narrow_backward_kernel, True
+            constants["CHUNK_BLOCKS"] = triton_kernels._narrow_backward_grid(2**20, block_m, torch.device("cpu"))[0]
         results[f"{direction}-{element}-{precision}-{width}"] = compile_for_sm90(
             kernel, signature(kernel, element, constants), constants, warps)
     for element, precision in PRECISIONS:

@@ -32,6 +32,33 @@ def test_narrow_stretch_equals_sequential(mlp_backend, dims, activation, output_
             torch.testing.assert_close(mlp(x), y_plain, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dims", [[64, 64, 64, 64, 64], [17, 100, 3, 33]])
+def test_narrow_backward_in_chunks(mlp_backend, monkeypatch, dims):
+    """The Triton backward adds weight gradients once per chunk of row blocks, and its programs loop over
+    chunks: with chunks of 32 rows (2 blocks) and 2 programs, batch 129 makes 5 chunks, the last of one
+    row, so a program runs 3, the other 2; every gradient must still be nn.Sequential's."""
+    if mlp_backend != "triton":
+        pytest.skip("the reference has no chunks")
+    from aefast.mlp import triton_kernels
+
+    monkeypatch.setattr(triton_kernels, "NARROW_CHUNK_ROWS", 32)
+    monkeypatch.setattr(triton_kernels, "INTERPRETER_NARROW_PROGRAMS", 2)
+    launches = []
+    grid = triton_kernels._narrow_backward_grid
+    monkeypatch.setattr(triton_kernels, "_narrow_backward_grid", lambda *a: launches.append(grid(*a)) or launches[-1])
+    torch.manual_seed(len(dims))
+    mlp = FusedMLP(dims, activation="tanh", output_activation="relu")
+    sequential = mlp.to_sequential()
+    x = torch.randn(129, dims[0])
+    x_fused, x_plain = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad = torch.randn(129, dims[-1])
+    got = torch.autograd.grad(mlp(x_fused), [x_fused] + list(mlp.parameters()), grad)
+    expected = torch.autograd.grad(sequential(x_plain), [x_plain] + list(sequential.parameters()), grad)
+    assert launches == [(2, 2)]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-5 * 129, rtol=1e-5)
+
+
 def test_narrow_stretch_in_bfloat16(mlp_backend):
     torch.manual_seed(9)
     mlp = FusedMLP([32, 48, 16], activation="relu")
