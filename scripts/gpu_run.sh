@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # What a session with a lent GPU runs, in one call: build aefast with CUDA, the gpu-marked tests, the
-# benchmarks (pytest-benchmark JSON under benchmarks/results/, named by date and GPU), and the Willshaw
-# capacity experiment at n = 10^6. Logs go to runs/gpu/; everything is packed into
+# benchmarks (pytest-benchmark JSON under benchmarks/results/, named by date and GPU), the Willshaw
+# capacity experiment at n = 10^6, and its scaling experiment up to n = 2^19. Logs go to runs/gpu/; everything is packed into
 # ${OUT:-runs/gpu-out}/gpu-run.tar.gz after each step, so a run cut short still returns what it did.
 #
-#   bash scripts/gpu_run.sh [step ...]     steps: build tests vae willshaw models mlp million rest profile
+#   bash scripts/gpu_run.sh [step ...]     steps: build tests vae willshaw models mlp million scaling rest profile
 #
 # A step is cut at its own limit and at AEFAST_GPU_DEADLINE seconds after the start (default 570), so
 # the whole run ends inside one 10-minute call. Run it on a machine with torch, triton and nvcc:
@@ -61,11 +61,17 @@ million() {
     --pairs "${AEFAST_MILLION_PAIRS:-100000000,500000000,1000000000,1500000000,2139000000}" --out "$work/willshaw-million"
 }
 
-export -f bench info million
+scaling() {
+  # Bits per synapse at capacity and recalls per second against n, past what a CPU reaches (2^16).
+  "$python" -m aefast.cli willshaw scaling --n "${AEFAST_SCALING_N:-524288}" --seed 0 --device cuda \
+    --out "$work/willshaw-scaling"
+}
+
+export -f bench info million scaling
 export python tag work
 
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(build tests vae willshaw models mlp million)
+[ ${#steps[@]} -eq 0 ] && steps=(build tests vae willshaw models mlp million scaling)
 step info 30 info
 for name in "${steps[@]}"; do
   case $name in
@@ -76,6 +82,7 @@ for name in "${steps[@]}"; do
     rest) step tests-rest 300 'OMP_NUM_THREADS=1 "$python" -m pytest tests -m "not gpu" -q -p no:cacheprovider -n 14 -rfE -W ignore::pytest_benchmark.logger.PytestBenchmarkWarning' ;;
     vae|willshaw|models|mlp) step "bench-$name" 400 "bench $name" ;;
     million) step million 400 million ;;
+    scaling) step scaling 400 scaling ;;
     profile) step profile 300 '"$python" benchmarks/profile_kernels.py ${AEFAST_PROFILE:-}' ;;
     *) echo "unknown step $name" >&2; exit 2 ;;
   esac
