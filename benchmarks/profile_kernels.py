@@ -12,6 +12,7 @@ import triton
 from torch.profiler import ProfilerActivity, profile
 
 import aefast
+from aefast.mlp import set_fp32_precision
 from aefast.nn import FusedAutoencoder, FusedMLP
 from aefast.willshaw import WillshawMemory, random_patterns
 
@@ -36,9 +37,13 @@ def profiled(name, fn, calls=5, rows=10):
 
 
 def mlp():
-    for dtype, tf32 in ((torch.float32, False), (torch.float32, True), (torch.bfloat16, False)):
+    """The autoencoder and the narrow stack in float32 (as eager: IEEE; aefast's 3xTF32 mode; both in
+    TF32) and bfloat16. The 3xTF32 rows time aefast only: eager's are the float32 rows'."""
+    for dtype, tf32, precision in ((torch.float32, False, "torch"), (torch.float32, False, "tf32x3"),
+                                   (torch.float32, True, "torch"), (torch.bfloat16, False, "torch")):
         torch.backends.cuda.matmul.allow_tf32 = tf32
-        label = f"{str(dtype).split('.')[-1]}{' tf32' if tf32 else ''}"
+        set_fp32_precision(precision)
+        label = f"{str(dtype).split('.')[-1]}{' tf32' if tf32 else ''}{' 3xtf32' if precision == 'tf32x3' else ''}"
         torch.manual_seed(0)
         ae = FusedAutoencoder([784, 256, 32], output_activation="sigmoid").to(DEVICE, dtype)
         eager_ae = torch.nn.Sequential(ae.encoder.to_sequential(), ae.decoder.to_sequential())
@@ -58,13 +63,16 @@ def mlp():
         }
         with torch.no_grad():
             timed(f"mlp {label} ae infer aefast", lambda: ae(x))
-            timed(f"mlp {label} ae infer eager", lambda: eager_ae(x))
+            if precision == "torch":
+                timed(f"mlp {label} ae infer eager", lambda: eager_ae(x))
         for name, fn in steps.items():
-            timed(f"mlp {label} {name}", fn)
+            if precision == "torch" or name.endswith("aefast"):
+                timed(f"mlp {label} {name}", fn)
         if dtype == torch.bfloat16 or not tf32:
             profiled(f"mlp {label} ae train aefast", steps["ae train aefast"])
             profiled(f"mlp {label} narrow train aefast", steps["narrow train aefast"])
     torch.backends.cuda.matmul.allow_tf32 = False
+    set_fp32_precision("torch")
 
 
 def compile_time():
