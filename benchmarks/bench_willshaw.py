@@ -131,6 +131,20 @@ def test_store_aefast(benchmark, store_problem):
                       nbytes=memory.nbytes, rounds=SLOW_ROUNDS, extra={"backend": KERNELS, "n": N, "ones": ONES})
 
 
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="row order is a mode of the Triton store")
+def test_store_aefast_in_row_order(benchmark, store_problem, monkeypatch):
+    """The Triton store with the x ones sorted by row first (triton_kernels.STORE_ORDER), against the
+    same eager run; its summary row is marked "(row order)"."""
+    from aefast.willshaw import triton_kernels
+
+    monkeypatch.setattr(triton_kernels, "STORE_ORDER", "rows")
+    memory, (x_idx, y_idx) = store_problem
+    with aefast.use_backend(KERNELS):
+        run_benchmark(benchmark, lambda: memory.store_indices(x_idx, y_idx), DEVICE, component="willshaw",
+                      case=f"store n={N} M={ONES}", role="aefast row order", items=STORE_PAIRS, unit="pairs",
+                      nbytes=memory.nbytes, rounds=SLOW_ROUNDS, extra={"backend": KERNELS, "n": N, "ones": ONES})
+
+
 def test_store_reference(benchmark, store_problem):
     memory, (x_idx, y_idx) = store_problem
     with aefast.use_backend("reference"):

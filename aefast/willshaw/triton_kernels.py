@@ -3,7 +3,8 @@ of the n_out output units per input unit, bits past n_out zero) and patterns as 
 (``values[offsets[b]:offsets[b + 1]]``).
 
 - store: one program per pair ORs its x-by-y block of bits into the matrix with atomic ORs on int64
-  words, so pairs that share a word need no other coordination.
+  words, so pairs that share a word need no other coordination. STORE_ORDER = "rows" sorts the x ones
+  by row first, so that the updates of a row arrive together (to be timed against pair order).
 - hard threshold: one program per (cue, block of words) ANDs the cue's rows, the fewest bytes a
   retrieval can read, and counts the answer's ones per group of words; a second kernel unpacks the
   words into the bool answer, or, for retrieve_indices, writes each group's positions at its place in
@@ -66,6 +67,27 @@ def _store_kernel(matrix_ptr, words_per_row, x_values_ptr, x_offsets_ptr, y_valu
             # Relaxed: the ORs need no ordering among themselves (Triton's default, acq_rel, adds fences).
             tl.atomic_or(matrix_ptr + addresses, tl.broadcast_to(bits[None, :], (BLOCK_X, BLOCK_Y)),
                          mask=x_mask[:, None] & y_mask[None, :], sem="relaxed")
+
+
+@triton.jit
+def _store_rows_kernel(matrix_ptr, words_per_row, rows_ptr, entry_pairs_ptr, entries, y_values_ptr, y_offsets_ptr,
+                       BLOCK_E: tl.constexpr, BLOCK_Y: tl.constexpr):
+    """The store in row order: entry e (x unit ``rows[e]`` of pair ``entry_pairs[e]``, entries sorted by
+    row) ORs the pair's y ones into that row. Programs running together then write a few rows, whose
+    words stay in L2 while their updates arrive, where in pair order each update fetched its own
+    sector from DRAM."""
+    e = tl.program_id(0).to(tl.int64) * BLOCK_E + tl.arange(0, BLOCK_E)
+    e_mask = e < entries
+    rows = tl.load(rows_ptr + e, mask=e_mask, other=0).to(tl.int64)
+    pairs = tl.load(entry_pairs_ptr + e, mask=e_mask, other=0).to(tl.int64)
+    y_start = tl.load(y_offsets_ptr + pairs, mask=e_mask, other=0)
+    y_stop = tl.load(y_offsets_ptr + pairs + 1, mask=e_mask, other=0)
+    for y_tile in range(0, tl.max(y_stop - y_start), BLOCK_Y):
+        yi = y_start[:, None] + y_tile + tl.arange(0, BLOCK_Y)[None, :]
+        y_mask = e_mask[:, None] & (yi < y_stop[:, None])
+        units = tl.load(y_values_ptr + yi, mask=y_mask, other=0)
+        bits = tl.full((BLOCK_E, BLOCK_Y), 1, tl.int64) << (units & 63)
+        tl.atomic_or(matrix_ptr + rows[:, None] * words_per_row + (units >> 6), bits, mask=y_mask, sem="relaxed")
 
 
 @triton.jit
@@ -257,10 +279,33 @@ _STORE_LAUNCH = _tuned(_store_kernel, [triton.Config({"BLOCK_X": STORE_X, "BLOCK
 
 # --- launchers: the kernels of ops.py's "triton" backend ------------------------------------------------
 
+# The store's order of work: "pairs" (one program per pair, as given: the order timed on the H200, 54M
+# pairs/s at n = 2^18, each of its 256 atomic ORs per pair fetching a sector of the 8 GiB matrix from
+# DRAM), or "rows" (each pair's x ones sorted by row first, _store_rows_kernel). The second is built
+# to be timed against the first on a GPU (bench_willshaw.py's "aefast row order"), not yet timed.
+STORE_ORDER = "pairs"
+STORE_ENTRIES = 16  # x ones (entries) per program in row order
+
+
 def store(matrix, n_out, x_values, x_offsets, y_values, y_offsets) -> None:
     pairs = x_offsets.numel() - 1
-    if pairs and x_values.numel() and y_values.numel():
-        _STORE_LAUNCH(lambda meta: (pairs,), matrix, matrix.shape[1], x_values, x_offsets, y_values, y_offsets)
+    if not (pairs and x_values.numel() and y_values.numel()):
+        return
+    if STORE_ORDER == "rows":
+        _store_in_row_order(matrix, x_values, x_offsets, y_values, y_offsets)
+        return
+    _STORE_LAUNCH(lambda meta: (pairs,), matrix, matrix.shape[1], x_values, x_offsets, y_values, y_offsets)
+
+
+def _store_in_row_order(matrix, x_values, x_offsets, y_values, y_offsets) -> None:
+    entries, pairs = x_values.numel(), x_offsets.numel() - 1
+    # int32 keys (units < 2^31) sort in half the radix passes of int64; output_size avoids a wait.
+    rows, order = torch.sort(x_values.to(torch.int32))
+    pair_of_entry = torch.repeat_interleave(torch.arange(pairs, dtype=torch.int32, device=x_values.device),
+                                            x_offsets.diff(), output_size=entries)
+    _store_rows_kernel[(triton.cdiv(entries, STORE_ENTRIES),)](
+        matrix, matrix.shape[1], rows, pair_of_entry[order], entries, y_values, y_offsets,
+        BLOCK_E=STORE_ENTRIES, BLOCK_Y=STORE_Y)
 
 
 def sums(matrix, n_out, cue_values, cue_offsets):

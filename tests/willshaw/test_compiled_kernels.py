@@ -11,6 +11,8 @@ from tests.sm90 import CUOBJDUMP, compile_for_sm90, compiled_in_child
 SIGNATURES = {
     "_store_kernel": dict(matrix_ptr="*i64", words_per_row="i32", x_values_ptr="*i64", x_offsets_ptr="*i64",
                           y_values_ptr="*i64", y_offsets_ptr="*i64"),
+    "_store_rows_kernel": dict(matrix_ptr="*i64", words_per_row="i32", rows_ptr="*i32", entry_pairs_ptr="*i32",
+                               entries="i32", y_values_ptr="*i64", y_offsets_ptr="*i64"),
     "_and_kernel": dict(matrix_ptr="*i64", n_in="i32", words_per_row="i32", first_word="i32", cue_values_ptr="*i64",
                         value_count="i32",
                         cue_offsets_ptr="*i64", out_ptr="*i64", counts_ptr="*i32", groups="i32"),
@@ -32,6 +34,7 @@ def launches():
 
     for warps in (1, 2, 4, 8):  # _STORE_LAUNCH's configurations
         yield f"store-{warps}", "_store_kernel", dict(BLOCK_X=k.STORE_X, BLOCK_Y=k.STORE_Y), warps
+    yield "store-rows", "_store_rows_kernel", dict(BLOCK_E=k.STORE_ENTRIES, BLOCK_Y=k.STORE_Y), 4
     for words in (k.AND_WORDS, 256, 512):  # _AND_LAUNCH's configurations
         for warps in (4, 8):
             yield f"and-{words}-{warps}", "_and_kernel", dict(BLOCK_R=k.AND_ROWS, BLOCK_W=words,
@@ -46,7 +49,7 @@ def launches():
         k.CHECK_SHORT_WARPS
 
 
-CASE_IDS = ["store-1", "store-2", "store-4", "store-8", *(f"and-{w}-{n}" for w in (128, 256, 512) for n in (4, 8)),
+CASE_IDS = ["store-1", "store-2", "store-4", "store-8", "store-rows", *(f"and-{w}-{n}" for w in (128, 256, 512) for n in (4, 8)),
             "extract", "unpack", "sums-False", "sums-True", "count-ones", "check-rows", "check-short-rows"]
 
 

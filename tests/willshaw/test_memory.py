@@ -58,6 +58,32 @@ def test_store_and_sums_follow_the_hebb_rule(willshaw_backend, hetero_pairs):
     assert memory.nbytes == N_IN * ((N_OUT + 63) // 64) * 8
 
 
+def test_store_in_row_order_gives_the_matrix_of_pair_order(willshaw_backend, monkeypatch, hetero_pairs):
+    """The Triton store's row order (x ones sorted by row, 16 per program) against the reference: equal
+    rows and pairs spread over programs, rows of no ones, and y rows longer than a tile (40 > 32)."""
+    if willshaw_backend != "triton":
+        pytest.skip("row order is the Triton store's")
+    from aefast.willshaw import triton_kernels
+
+    monkeypatch.setattr(triton_kernels, "STORE_ORDER", "rows")
+    calls = []
+    in_row_order = triton_kernels._store_in_row_order
+    monkeypatch.setattr(triton_kernels, "_store_in_row_order", lambda *args: calls.append(in_row_order(*args)))
+    generator = torch.Generator().manual_seed(6)
+    x_idx, y_idx = hetero_pairs
+    lengths = [(0, 3), (5, 0), (1, 40), (40, 1), (17, 33), (3, 3)]
+    x_ragged = [torch.randperm(N_IN, generator=generator)[:a].sort().values for a, _ in lengths]
+    y_ragged = [torch.randperm(N_OUT, generator=generator)[:b].sort().values for _, b in lengths]
+    memories = {}
+    for order in ("rows", "reference"):
+        memory = WillshawMemory(N_IN, N_OUT, backend="reference" if order == "reference" else "triton")
+        memory.store_indices(x_idx, y_idx)
+        memory.store_indices(x_ragged, y_ragged)
+        memories[order] = memory.packed_matrix()
+    assert len(calls) == 2 and memories["rows"].count_nonzero() > 0
+    assert torch.equal(memories["rows"], memories["reference"])
+
+
 @pytest.mark.parametrize("kind", ["complete", "incomplete", "noisy"])
 @pytest.mark.parametrize("threshold,k", [("hard", None), ("soft", None), (0, None), (4, None), (ONES, None),
                                          ("topk", 1), ("topk", 12), ("topk", N_OUT)])
