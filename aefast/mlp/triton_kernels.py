@@ -465,23 +465,38 @@ def _narrow_layout(dims, rows, device):
     return as_tensor(dims), as_tensor(w_offsets[:-1]), as_tensor(b_offsets[:-1]), as_tensor(act_offsets[:-2] or [0]), act_offsets[-2]
 
 
-# Threads per narrow program, and elements of a (rows x width) tile each thread may hold. With 64 x 64
-# tiles in 4 warps (32 per thread) ptxas spilled 13 KiB per thread of the float32 forward to local
-# memory, which made it 40x slower than eager on an H200. Tensor-core dots (TF32, bf16, fp16) compile
-# without spills at 8 per thread for widths up to 64; float32 without TF32 multiplies on the FMA units,
-# whose operands take more registers: 4 per thread; 3xTF32 holds each operand's two parts, and its
-# backward spilled at 8 (tests/mlp/test_compiled_kernels.py checks the sm_90 build with each Triton
-# version).
+# Rows per program of the narrow kernels (8 warps), by operands ("16-bit" or float32's dot precision),
+# direction and tile width: the most of 16, 32 and 64 that compile for sm_90 without spilling to local
+# memory with triton 3.6 and 3.9 (tests/mlp/test_compiled_kernels.py checks each). A spill is costly
+# here: 64 x 64 float32 tiles in 4 warps spilled 13 KiB per thread, which made the stack 40x slower
+# than eager on an H200. The forward holds one tile of rows and a layer's weight; the backward also the
+# weight gradient's sum, so it takes fewer rows. More rows per program mean fewer loads of the weights.
+# Tiles 128 wide take 16 rows and spill in every configuration (a 128 x 128 float32 weight and its
+# gradient are 128 registers per thread of 8 warps on their own).
 NARROW_WARPS = 8
-NARROW_TILE_PER_THREAD = {"ieee": 4, "tf32x3": 4, "tf32": 8}
+NARROW_ROWS = {
+    ("16-bit", "forward"): {16: 64, 32: 64, 64: 64},
+    ("tf32", "forward"): {16: 64, 32: 64, 64: 64},
+    ("tf32x3", "forward"): {16: 64, 32: 64, 64: 32},
+    ("ieee", "forward"): {16: 64, 32: 64, 64: 16},
+    ("16-bit", "backward"): {16: 64, 32: 64, 64: 32},
+    ("tf32", "backward"): {16: 64, 32: 32, 64: 32},
+    ("tf32x3", "backward"): {16: 32, 32: 32, 64: 16},
+    ("ieee", "backward"): {16: 64, 32: 64, 64: 32},
+}
+WIDEST_TILE_ROWS = 16
 
 
-def _narrow_blocks(dims, rows, precision):
-    """(tile width, rows per program, warps) of the narrow kernels for a dot ``precision``."""
+def _narrow_operands(dtype: torch.dtype) -> str:
+    """The key of NARROW_ROWS for inputs of ``dtype``."""
+    return _precision(dtype) if dtype == torch.float32 else "16-bit"
+
+
+def _narrow_blocks(dims, rows, operands, direction):
+    """(tile width, rows per program, warps) of a narrow kernel (``direction`` "forward"/"backward")."""
     block_d = max(16, triton.next_power_of_2(max(dims)))
-    per_thread = NARROW_TILE_PER_THREAD[precision]
-    fitting = max(16, min(64, per_thread * 32 * NARROW_WARPS // block_d))
-    return block_d, min(_block(rows, 64), fitting), NARROW_WARPS
+    most = NARROW_ROWS[(operands, direction)].get(block_d, WIDEST_TILE_ROWS)
+    return block_d, min(_block(rows, 64), most), NARROW_WARPS
 
 
 def narrow_forward(x, weights, biases, dims, activation, last_activation, save):
@@ -490,7 +505,7 @@ def narrow_forward(x, weights, biases, dims, activation, last_activation, save):
     dims_t, w_offsets, b_offsets, act_offsets, saved_count = _narrow_layout(dims, rows, x.device)
     out = torch.empty(rows, dims[-1], dtype=x.dtype, device=x.device)
     acts = torch.empty(saved_count if save else 0, dtype=x.dtype, device=x.device)
-    block_d, block_m, warps = _narrow_blocks(dims, rows, _precision(x.dtype))
+    block_d, block_m, warps = _narrow_blocks(dims, rows, _narrow_operands(x.dtype), "forward")
     _narrow_forward_kernel[(triton.cdiv(rows, block_m),)](
         x, weights, weights if biases is None else biases, dims_t, w_offsets, b_offsets, act_offsets, out,
         acts if acts.numel() else out, rows, NUM_LAYERS=len(dims) - 1, ACT=ACTIVATION_CODES[activation],
@@ -524,7 +539,7 @@ def narrow_backward(grad_out, x, out, acts, weights, biases, dims, activation, l
     grad_x = torch.empty_like(x) if need_input_grad else x.new_empty(0)
     grad_w = torch.zeros(weights.shape, dtype=torch.float32, device=x.device)
     grad_b = torch.zeros(biases.shape, dtype=torch.float32, device=x.device) if biases is not None else grad_w
-    block_d, block_m, warps = _narrow_blocks(dims, rows, _precision(x.dtype))
+    block_d, block_m, warps = _narrow_blocks(dims, rows, _narrow_operands(x.dtype), "backward")
     chunk_blocks, programs = _narrow_backward_grid(rows, block_m, x.device)
     scratch = torch.empty(programs * 2 * chunk_blocks * block_m * block_d, dtype=torch.float32, device=x.device)
     _narrow_backward_kernel[(programs,)](

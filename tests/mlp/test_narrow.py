@@ -35,13 +35,13 @@ def test_narrow_stretch_equals_sequential(mlp_backend, dims, activation, output_
 @pytest.mark.parametrize("dims", [[64, 64, 64, 64, 64], [17, 100, 3, 33]])
 def test_narrow_backward_in_chunks(mlp_backend, monkeypatch, dims):
     """The Triton backward adds weight gradients once per chunk of row blocks, and its programs loop over
-    chunks: with chunks of 32 rows (2 blocks) and 2 programs, batch 129 makes 5 chunks, the last of one
-    row, so a program runs 3, the other 2; every gradient must still be nn.Sequential's."""
+    chunks: with chunks of 64 rows (2 or 4 blocks) and 2 programs, batch 129 makes 3 chunks, the last
+    of one row, so one program runs 2; every gradient must still be nn.Sequential's."""
     if mlp_backend != "triton":
         pytest.skip("the reference has no chunks")
     from aefast.mlp import triton_kernels
 
-    monkeypatch.setattr(triton_kernels, "NARROW_CHUNK_ROWS", 32)
+    monkeypatch.setattr(triton_kernels, "NARROW_CHUNK_ROWS", 64)
     monkeypatch.setattr(triton_kernels, "INTERPRETER_NARROW_PROGRAMS", 2)
     launches = []
     grid = triton_kernels._narrow_backward_grid
@@ -54,7 +54,7 @@ def test_narrow_backward_in_chunks(mlp_backend, monkeypatch, dims):
     grad = torch.randn(129, dims[-1])
     got = torch.autograd.grad(mlp(x_fused), [x_fused] + list(mlp.parameters()), grad)
     expected = torch.autograd.grad(sequential(x_plain), [x_plain] + list(sequential.parameters()), grad)
-    assert launches == [(2, 2)]
+    assert len(launches) == 1 and launches[0][0] >= 2 and launches[0][1] == 2  # (blocks per chunk, programs)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, atol=1e-5 * 129, rtol=1e-5)
 
