@@ -229,6 +229,27 @@ def test_a_memory_on_the_gpu_matches_the_cpu(hetero_pairs):
         assert torch.equal(on_gpu.retrieve(cue.cuda(), threshold).cpu(), on_cpu.retrieve(cue, threshold))
 
 
+@pytest.mark.gpu
+def test_the_gpu_store_in_row_order_matches_pair_order(monkeypatch):
+    """Many pairs per row (n = 2^12, 2^16 pairs of 12 ones), so that concurrent programs OR into the
+    same words: the compiled kernels' atomics must lose no bit in either order."""
+    from aefast.willshaw import random_patterns as draw, triton_kernels
+
+    generator = torch.Generator("cuda").manual_seed(8)
+    x_idx = draw(2**16, 2**12, 12, generator=generator, device="cuda")
+    y_idx = draw(2**16, 2**12, 12, generator=generator, device="cuda")
+    matrices = {}
+    for order in ("pairs", "rows"):
+        monkeypatch.setattr(triton_kernels, "STORE_ORDER", order)
+        memory = WillshawMemory(2**12, device="cuda")
+        memory.store_indices(x_idx, y_idx)
+        matrices[order] = memory.packed_matrix().cpu()
+    on_cpu = WillshawMemory(2**12)
+    on_cpu.store_indices(x_idx.cpu(), y_idx.cpu())
+    assert torch.equal(matrices["rows"], on_cpu.packed_matrix())
+    assert torch.equal(matrices["pairs"], on_cpu.packed_matrix())
+
+
 def test_retrieve_indices_of_full_and_sparse_words_across_answer_groups(willshaw_backend):
     """Answers long enough to span several of the Triton extraction's groups (128 words = 8192 units):
     full words (bit 63 included), lone bits at group and word edges, and empty answers."""
