@@ -313,13 +313,17 @@ SPLIT_PROGRAMS_PER_SM, SPLIT_MIN_ROW_BLOCKS = 2, 4
 INTERPRETER_SPLIT_PROGRAMS = 4  # so that the tests reach the split path with small shapes
 
 
+def _device_programs(device: torch.device, per_sm: int, interpreted: int) -> int:
+    """Programs that fill ``device``: ``per_sm`` per SM on a GPU, ``interpreted`` in the CPU interpreter."""
+    if device.type == "cuda":
+        return per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+    return interpreted
+
+
 def _weight_grad_splits(rows: int, block_m: int, tiles: int, device: torch.device) -> tuple[int, int]:
     """(rows per split, splits) of the weight gradient's batch reduction: enough programs to fill the
     device, each over a whole number of row blocks."""
-    if device.type == "cuda":
-        target = SPLIT_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        target = INTERPRETER_SPLIT_PROGRAMS
+    target = _device_programs(device, SPLIT_PROGRAMS_PER_SM, INTERPRETER_SPLIT_PROGRAMS)
     most = max(1, rows // (SPLIT_MIN_ROW_BLOCKS * block_m))
     splits = max(1, min(most, triton.cdiv(target, tiles)))
     rows_per_split = max(1, triton.cdiv(triton.cdiv(rows, splits), block_m)) * block_m
@@ -526,11 +530,7 @@ def _narrow_backward_grid(rows: int, block_m: int, device: torch.device) -> tupl
     registers leave room for one), each looping over chunks."""
     chunk_blocks = max(1, NARROW_CHUNK_ROWS // block_m)
     chunks = triton.cdiv(rows, chunk_blocks * block_m)
-    if device.type == "cuda":
-        most = torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        most = INTERPRETER_NARROW_PROGRAMS
-    return chunk_blocks, max(1, min(chunks, most))
+    return chunk_blocks, max(1, min(chunks, _device_programs(device, 1, INTERPRETER_NARROW_PROGRAMS)))
 
 
 def narrow_backward(grad_out, x, out, acts, weights, biases, dims, activation, last_activation, need_input_grad):

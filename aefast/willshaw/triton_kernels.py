@@ -433,20 +433,22 @@ def _raise_for_verdict(offsets_ok, rows_plain, values, offsets, units, name) -> 
     if rows_plain or offsets.numel() == 1 or values.numel() == 0:
         return
     # Pairwise comparisons grow with the square of a row's length: long rows are sorted instead.
-    if _backends.triton_interpreted() or int(offsets.diff().max()) > CHECK_LONGEST:
+    longest = int(offsets.diff().max())
+    if _backends.triton_interpreted() or longest > CHECK_LONGEST:
         return reference.check_patterns(values, offsets, units, name)
-    if bool(row_flags(values, offsets, units).any()):
+    if bool(row_flags(values, offsets, units, longest).any()):
         reference.check_patterns(values, offsets, units, name)
         raise AssertionError("the Triton pattern check flagged a row the reference accepts")  # a kernel bug
 
 
-def row_flags(values, offsets, units):
-    """Per row: 1 for a position outside [0, units), 2 for a position listed twice, else 0 (int32)."""
+def row_flags(values, offsets, units, longest=None):
+    """Per row: 1 for a position outside [0, units), 2 for a position listed twice, else 0 (int32).
+    ``longest``: the longest row's length when the caller has it (finding it is a wait on a GPU)."""
     rows = offsets.numel() - 1
     flags = torch.zeros(rows, dtype=torch.int32, device=values.device)
     if not rows:
         return flags
-    if int(offsets.diff().max()) <= CHECK_BLOCK:
+    if (int(offsets.diff().max()) if longest is None else longest) <= CHECK_BLOCK:
         _check_short_rows_kernel[(triton.cdiv(rows, CHECK_ROWS),)](values, offsets, rows, units, flags,
                                                                    ROWS=CHECK_ROWS, BLOCK=CHECK_BLOCK,
                                                                    num_warps=CHECK_SHORT_WARPS)
