@@ -19,16 +19,17 @@ CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuob
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def compile_for_sm90(kernel, signature: dict, constants: dict, warps: int) -> dict:
+def compile_for_sm90(kernel, signature: dict, constants: dict, warps: int, stages: int = 3) -> dict:
     """{"stack": bytes of per-thread stack (spills, local arrays), "registers": per thread, "tensor_cores":
     whether its PTX has a (wg)mma instruction} of ``kernel`` compiled for sm_90. ``signature`` gives every
-    non-constexpr parameter's type ("*i64", "i32", ...)."""
+    non-constexpr parameter's type ("*i64", "i32", ...); ``stages`` is the launch's num_stages (3, Triton's
+    default for CUDA, when a launcher gives none)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     full_signature = {**signature, **{name: "constexpr" for name in constants}}
     compiled = triton.compile(ASTSource(fn=kernel, signature=full_signature, constexprs=constants),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
     with tempfile.TemporaryDirectory() as folder:
         cubin = Path(folder) / "kernel.cubin"
         cubin.write_bytes(compiled.asm["cubin"])

@@ -10,10 +10,12 @@ Every kernel takes contiguous row-major tensors: x (M, K), weight (N, K), y (M, 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+from triton.testing import do_bench
 
 from aefast._triton_random import philox_normal, philox_uniform
 from aefast.mlp.precision import dot_precision
@@ -80,31 +82,57 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     return tl.dot(a, b, input_precision=PRECISION)
 
 
+# Addresses: a tile's first element is an int64 scalar (tensors may pass 2^31 elements), the offsets
+# inside it are 32-bit (half the registers of 64-bit ones: with those, every tile of 128 rows or
+# columns spilled on sm_90), unless LONG_ROWS: rows of 2^31 / 256 elements or more, whose in-tile
+# offsets could overflow.
+
+
 @triton.jit
-def _load_input(x_ptr, rows, cols, M, K, seed, param, CORRUPT: tl.constexpr):
-    """A (rows x cols) tile of x as float32, corrupted as the first layer sees it; zero outside."""
-    mask = (rows[:, None] < M) & (cols[None, :] < K)
-    offsets = rows[:, None] * K + cols[None, :]
-    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+def _tile_indices(BLOCK: tl.constexpr, LONG_ROWS: tl.constexpr):
+    """0 .. BLOCK - 1, in the type of in-tile offsets."""
+    indices = tl.arange(0, BLOCK)
+    if LONG_ROWS:
+        indices = indices.to(tl.int64)
+    return indices
+
+
+@triton.jit
+def _extent(first, size, BLOCK: tl.constexpr):
+    """How many of the BLOCK indices from ``first`` lie below ``size`` (at most BLOCK), as an int32."""
+    return tl.minimum(size - first, BLOCK).to(tl.int32)
+
+
+@triton.jit
+def _load_input(x_ptr, start, offsets, mask, seed, param, CORRUPT: tl.constexpr):
+    """A tile of x (``offsets`` from element ``start``; zero outside ``mask``), corrupted as the first layer
+    sees it: in its own dtype (so that it can feed the dot straight from the load), or in float32 with
+    Gaussian noise added. The noise is keyed by the element's 64-bit index."""
+    x = tl.load(x_ptr + start + offsets, mask=mask, other=0.0)
     if CORRUPT == 1:
-        x = tl.where(philox_uniform(seed, offsets) >= param, x, 0.0)
+        x = tl.where(philox_uniform(seed, start + offsets.to(tl.int64)) >= param, x, 0.0)
     elif CORRUPT == 2:
-        x = tl.where(mask, x + param * philox_normal(seed, offsets), 0.0)
+        x = tl.where(mask, x.to(tl.float32) + param * philox_normal(seed, start + offsets.to(tl.int64)), 0.0)
     return x
 
 
 @triton.jit
-def _pre_activation(x_ptr, w_ptr, b_ptr, rm, rn, M, N, K, seed, param, CORRUPT: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_K: tl.constexpr):
-    """z = x~ W^T + b for a (BLOCK_M x BLOCK_N) tile, accumulated in float32."""
-    acc = tl.zeros((rm.shape[0], rn.shape[0]), dtype=tl.float32)
+def _pre_activation(x_ptr, w_ptr, b_ptr, first_row, first_col, rows, cols, rows_in, cols_in, K, seed, param,
+                    CORRUPT: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                    BLOCK_K: tl.constexpr, LONG_ROWS: tl.constexpr):
+    """z = x~ W^T + b for the tile of rows first_row + ``rows`` (``rows_in`` of them real) and output
+    columns first_col + ``cols`` (``cols_in`` real), accumulated in float32."""
+    acc = tl.zeros((rows.shape[0], cols.shape[0]), dtype=tl.float32)
+    inner = _tile_indices(BLOCK_K, LONG_ROWS)
     for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        x = _load_input(x_ptr, rm, rk, M, K, seed, param, CORRUPT).to(w_ptr.dtype.element_ty)
-        w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=(rn[:, None] < N) & (rk[None, :] < K), other=0.0)
+        inner_in = inner[None, :] < K - k0
+        x = _load_input(x_ptr, first_row * K + k0, rows[:, None] * K + inner[None, :],
+                        (rows[:, None] < rows_in) & inner_in, seed, param, CORRUPT).to(w_ptr.dtype.element_ty)
+        w = tl.load(w_ptr + first_col * K + k0 + cols[:, None] * K + inner[None, :],
+                    mask=(cols[:, None] < cols_in) & inner_in, other=0.0)
         acc += _dot(x, tl.trans(w), PRECISION, UPCAST)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        acc += tl.load(b_ptr + first_col + cols, mask=cols < cols_in, other=0.0).to(tl.float32)[None, :]
     return acc
 
 
@@ -112,16 +140,19 @@ def _pre_activation(x_ptr, w_ptr, b_ptr, rm, rn, M, N, K, seed, param, CORRUPT: 
 def _linear_forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, M, N, K, seed, param,
                            ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_BIAS: tl.constexpr,
                            SAVE_Z: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    rm = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    z = _pre_activation(x_ptr, w_ptr, b_ptr, rm, rn, M, N, K, seed, param, CORRUPT, HAS_BIAS, PRECISION, UPCAST,
-                        BLOCK_K)
-    out_mask = (rm[:, None] < M) & (rn[None, :] < N)
-    out_offsets = rm[:, None] * N + rn[None, :]
-    tl.store(y_ptr + out_offsets, _activate(z, ACT).to(y_ptr.dtype.element_ty), mask=out_mask)
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, LONG_ROWS: tl.constexpr):
+    first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
+    first_col = tl.program_id(1).to(tl.int64) * BLOCK_N
+    rows, cols = _tile_indices(BLOCK_M, LONG_ROWS), _tile_indices(BLOCK_N, LONG_ROWS)
+    rows_in, cols_in = _extent(first_row, M, BLOCK_M), _extent(first_col, N, BLOCK_N)
+    z = _pre_activation(x_ptr, w_ptr, b_ptr, first_row, first_col, rows, cols, rows_in, cols_in, K, seed, param,
+                        CORRUPT, HAS_BIAS, PRECISION, UPCAST, BLOCK_K, LONG_ROWS)
+    out_mask = (rows[:, None] < rows_in) & (cols[None, :] < cols_in)
+    out = first_row * N + first_col
+    out_offsets = rows[:, None] * N + cols[None, :]
+    tl.store(y_ptr + out + out_offsets, _activate(z, ACT).to(y_ptr.dtype.element_ty), mask=out_mask)
     if SAVE_Z:
-        tl.store(z_ptr + out_offsets, z.to(z_ptr.dtype.element_ty), mask=out_mask)
+        tl.store(z_ptr + out + out_offsets, z.to(z_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
@@ -136,13 +167,14 @@ def _times_activation_grad(grad, saved, ACT: tl.constexpr):
 
 
 @triton.jit
-def _grad_pre_activation(gy_ptr, saved_ptr, scale_ptr, rm, rn, M, N, ACT: tl.constexpr, HAS_SCALE: tl.constexpr):
-    """dL/dz for a (rows x cols) tile: the incoming gradient times the activation's derivative."""
-    mask = (rm[:, None] < M) & (rn[None, :] < N)
-    offsets = rm[:, None] * N + rn[None, :]
-    grad = tl.load(gy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+def _grad_pre_activation(gy_ptr, saved_ptr, scale_ptr, start, offsets, mask, ACT: tl.constexpr,
+                         HAS_SCALE: tl.constexpr):
+    """dL/dz for a tile (``offsets`` from element ``start`` of the (M, N) gradient): the incoming gradient
+    times the activation's derivative, in float32."""
+    grad = tl.load(gy_ptr + start + offsets, mask=mask, other=0.0).to(tl.float32)
     if ACT != 0:
-        grad = _times_activation_grad(grad, tl.load(saved_ptr + offsets, mask=mask, other=0.0).to(tl.float32), ACT)
+        grad = _times_activation_grad(grad, tl.load(saved_ptr + start + offsets, mask=mask, other=0.0).to(tl.float32),
+                                      ACT)
     if HAS_SCALE:
         grad *= tl.load(scale_ptr).to(tl.float32)
     return grad
@@ -152,21 +184,30 @@ def _grad_pre_activation(gy_ptr, saved_ptr, scale_ptr, rm, rn, M, N, ACT: tl.con
 def _linear_grad_input_kernel(gy_ptr, saved_ptr, w_ptr, gx_ptr, scale_ptr, M, N, K, seed, param,
                               ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_SCALE: tl.constexpr,
                               PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                              LONG_ROWS: tl.constexpr):
     """dx = dz W (times the kept mask of a mask-corrupted input), a (BLOCK_M x BLOCK_K) tile."""
-    rm = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rk = tl.program_id(1).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
+    first_col = tl.program_id(1).to(tl.int64) * BLOCK_K
+    rows, cols = _tile_indices(BLOCK_M, LONG_ROWS), _tile_indices(BLOCK_K, LONG_ROWS)
+    rows_in, cols_in = _extent(first_row, M, BLOCK_M), _extent(first_col, K, BLOCK_K)
+    inner = _tile_indices(BLOCK_N, LONG_ROWS)
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    w_start = first_col  # of the weight's rows n0 .., kept in int64 (n0 * K is not)
     for n0 in range(0, N, BLOCK_N):
-        rn = n0 + tl.arange(0, BLOCK_N)
-        grad_z = _grad_pre_activation(gy_ptr, saved_ptr, scale_ptr, rm, rn, M, N, ACT, HAS_SCALE)
-        w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=(rn[:, None] < N) & (rk[None, :] < K), other=0.0)
+        inner_in = inner < N - n0
+        grad_z = _grad_pre_activation(gy_ptr, saved_ptr, scale_ptr, first_row * N + n0, rows[:, None] * N + inner[None, :],
+                                      (rows[:, None] < rows_in) & inner_in[None, :], ACT, HAS_SCALE)
+        w = tl.load(w_ptr + w_start + inner[:, None] * K + cols[None, :],
+                    mask=inner_in[:, None] & (cols[None, :] < cols_in), other=0.0)
         acc += _dot(grad_z.to(w.dtype), w, PRECISION, UPCAST)
-    out_mask = (rm[:, None] < M) & (rk[None, :] < K)
-    out_offsets = rm[:, None] * K + rk[None, :]
+        w_start += BLOCK_N * K
+    out_mask = (rows[:, None] < rows_in) & (cols[None, :] < cols_in)
+    out = first_row * K + first_col
+    out_offsets = rows[:, None] * K + cols[None, :]
     if CORRUPT == 1:
-        acc = tl.where(philox_uniform(seed, out_offsets) >= param, acc, 0.0)
-    tl.store(gx_ptr + out_offsets, acc.to(gx_ptr.dtype.element_ty), mask=out_mask)
+        acc = tl.where(philox_uniform(seed, out + out_offsets.to(tl.int64)) >= param, acc, 0.0)
+    tl.store(gx_ptr + out + out_offsets, acc.to(gx_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
@@ -174,42 +215,53 @@ def _linear_grad_weight_kernel(gy_ptr, saved_ptr, x_ptr, gw_ptr, gb_ptr, scale_p
                                rows_per_split,
                                ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_BIAS: tl.constexpr,
                                HAS_SCALE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                               LONG_ROWS: tl.constexpr):
     """dW = dz^T x~ as a (BLOCK_N x BLOCK_K) tile over the rows of split program_id(2) (x~ regenerated),
     written to gw[split]; the first column of tiles adds db to gb[split]. The launcher sums the splits:
     dW reduces over the batch, and a layer of 256 x 32 has only 4 such tiles to keep a GPU busy."""
-    rn = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.program_id(1).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    first_out = tl.program_id(0).to(tl.int64) * BLOCK_N
+    first_in = tl.program_id(1).to(tl.int64) * BLOCK_K
+    outs, ins = _tile_indices(BLOCK_N, LONG_ROWS), _tile_indices(BLOCK_K, LONG_ROWS)
+    outs_in, ins_in = _extent(first_out, N, BLOCK_N), _extent(first_in, K, BLOCK_K)
+    rows = _tile_indices(BLOCK_M, LONG_ROWS)
     split = tl.program_id(2).to(tl.int64)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     bias_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     first_row = split * rows_per_split
     stop = tl.minimum(first_row + rows_per_split, M)
+    grad_offsets, x_offsets = rows[:, None] * N + outs[None, :], rows[:, None] * K + ins[None, :]
+    outs_mask, ins_mask = outs[None, :] < outs_in, ins[None, :] < ins_in
     for m0 in range(first_row, stop, BLOCK_M):
-        rm = m0 + tl.arange(0, BLOCK_M)
-        grad_z = _grad_pre_activation(gy_ptr, saved_ptr, scale_ptr, rm, rn, stop, N, ACT, HAS_SCALE)
-        x = _load_input(x_ptr, rm, rk, stop, K, seed, param, CORRUPT)
+        rows_in = (rows < _extent(m0, stop, BLOCK_M))[:, None]
+        grad_z = _grad_pre_activation(gy_ptr, saved_ptr, scale_ptr, m0 * N + first_out, grad_offsets,
+                                      rows_in & outs_mask, ACT, HAS_SCALE)
+        x = _load_input(x_ptr, m0 * K + first_in, x_offsets, rows_in & ins_mask, seed, param, CORRUPT)
         acc += _dot(tl.trans(grad_z.to(x_ptr.dtype.element_ty)), x.to(x_ptr.dtype.element_ty), PRECISION, UPCAST)
         bias_acc += tl.sum(grad_z, axis=0)
-    tl.store(gw_ptr + split * N * K + rn[:, None] * K + rk[None, :], acc.to(gw_ptr.dtype.element_ty),
-             mask=(rn[:, None] < N) & (rk[None, :] < K))
+    tl.store(gw_ptr + (split * N + first_out) * K + first_in + outs[:, None] * K + ins[None, :],
+             acc.to(gw_ptr.dtype.element_ty), mask=(outs[:, None] < outs_in) & ins_mask)
     if HAS_BIAS:
         if tl.program_id(1) == 0:
-            tl.store(gb_ptr + split * N + rn, bias_acc.to(gb_ptr.dtype.element_ty), mask=rn < N)
+            tl.store(gb_ptr + split * N + first_out + outs, bias_acc.to(gb_ptr.dtype.element_ty), mask=outs < outs_in)
 
 
 @triton.jit
 def _linear_loss_kernel(h_ptr, w_ptr, b_ptr, t_ptr, gz_ptr, partial_ptr, M, N, K, inv_count,
                         OUT_ACT: tl.constexpr, LOSS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
                         UPCAST: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, LONG_ROWS: tl.constexpr):
     """The last layer and the loss: each tile writes dL/dz and its share of the loss, not the output."""
-    rm = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    z = _pre_activation(h_ptr, w_ptr, b_ptr, rm, rn, M, N, K, 0, 0.0, 0, HAS_BIAS, PRECISION, UPCAST, BLOCK_K)
-    mask = (rm[:, None] < M) & (rn[None, :] < N)
-    offsets = rm[:, None] * N + rn[None, :]
-    target = tl.load(t_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
+    first_col = tl.program_id(1).to(tl.int64) * BLOCK_N
+    rows, cols = _tile_indices(BLOCK_M, LONG_ROWS), _tile_indices(BLOCK_N, LONG_ROWS)
+    rows_in, cols_in = _extent(first_row, M, BLOCK_M), _extent(first_col, N, BLOCK_N)
+    z = _pre_activation(h_ptr, w_ptr, b_ptr, first_row, first_col, rows, cols, rows_in, cols_in, K, 0, 0.0, 0,
+                        HAS_BIAS, PRECISION, UPCAST, BLOCK_K, LONG_ROWS)
+    mask = (rows[:, None] < rows_in) & (cols[None, :] < cols_in)
+    start = first_row * N + first_col
+    offsets = rows[:, None] * N + cols[None, :]
+    target = tl.load(t_ptr + start + offsets, mask=mask, other=0.0).to(tl.float32)
     if LOSS == 1:  # BCE with logits, the stable form
         loss = tl.maximum(z, 0.0) - z * target + tl.log(1.0 + tl.exp(-tl.abs(z)))
         grad_z = (_sigmoid(z) - target) * inv_count
@@ -221,7 +273,7 @@ def _linear_loss_kernel(h_ptr, w_ptr, b_ptr, t_ptr, gz_ptr, partial_ptr, M, N, K
             grad_z = _times_activation_grad(2.0 * diff * inv_count, z, OUT_ACT)
         else:
             grad_z = _times_activation_grad(2.0 * diff * inv_count, out, OUT_ACT)
-    tl.store(gz_ptr + offsets, grad_z.to(gz_ptr.dtype.element_ty), mask=mask)
+    tl.store(gz_ptr + start + offsets, grad_z.to(gz_ptr.dtype.element_ty), mask=mask)
     partial = tl.sum(tl.sum(tl.where(mask, loss, 0.0), axis=1), axis=0)
     tl.store(partial_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), partial)
 
@@ -243,9 +295,22 @@ def _warps(tile_rows: int, tile_cols: int) -> int:
     return WIDE_TILE_WARPS if tile_rows * tile_cols >= WIDE_TILE else 4
 
 
+# In-tile offsets are 32-bit unless a row of x, W or y has this many elements (tiles have at most 256 rows).
+LONG_ROW = 2**31 // 256
+
+
+def _long_rows(*row_lengths: int) -> bool:
+    return max(row_lengths) >= LONG_ROW
+
+
 def _precision(dtype: torch.dtype) -> str:
     """tl.dot's input_precision: aefast.mlp.precision's setting (by default torch's TF32 switch)."""
     return dot_precision(dtype)
+
+
+def _operands(dtype: torch.dtype) -> str:
+    """What a kernel's dots multiply: "16-bit", or float32 in its dot precision ("ieee", "tf32", "tf32x3")."""
+    return _precision(dtype) if dtype == torch.float32 else "16-bit"
 
 
 def _upcast(dtype: torch.dtype) -> bool:
@@ -256,18 +321,103 @@ def _codes(activation, corruption):
     return ACTIVATION_CODES[activation], CORRUPTION_CODES[corruption]
 
 
+# --- tiles of the linear kernels, and their tuning on the GPU -------------------------------------
+
+@dataclass(frozen=True)
+class Tiles:
+    """A linear kernel's launch: its BLOCK_M, BLOCK_N, BLOCK_K and warps."""
+    block_m: int
+    block_n: int
+    block_k: int
+    warps: int
+
+
+# The tiles each linear kernel may take, by the operands of its dots: the largest (BLOCK_M, BLOCK_N,
+# BLOCK_K), each edge shrunk to the problem's (a power of two). The first is the default; on a GPU a
+# large problem times them all once (_pick_tiles). Each compiles for sm_90 without spilling, with the
+# heaviest epilogue and masked corruption, on triton 3.6 and 3.9 (tests/mlp/test_compiled_kernels.py).
+# Left out because they spill with one version or the other: 128 x 128 output tiles but the 16-bit
+# forward's, 3xTF32's larger tiles but two (its split operands take registers of their own), and the
+# 16-bit loss's larger tiles.
+# BLOCK_M/N/K name the kernel's parameters: for "grad_input" BLOCK_N is the reduced edge and the output
+# tile is BLOCK_M x BLOCK_K; for "grad_weight" BLOCK_M is reduced (the batch), the output BLOCK_N x BLOCK_K.
+_FORWARD = [(64, 64, 32), (128, 64, 32), (64, 128, 32)]
+_GRAD_INPUT = [(64, 32, 64), (64, 32, 128), (128, 32, 64)]
+_GRAD_WEIGHT = [(32, 64, 64), (32, 64, 128), (32, 128, 64)]
+LINEAR_TILES = {
+    "forward": {"16-bit": _FORWARD + [(128, 128, 32)], "tf32": _FORWARD, "tf32x3": _FORWARD[:2], "ieee": _FORWARD},
+    "loss": {"16-bit": _FORWARD[:1], "tf32": _FORWARD, "tf32x3": _FORWARD[:1], "ieee": _FORWARD},
+    "grad_input": {"16-bit": _GRAD_INPUT, "tf32": _GRAD_INPUT, "tf32x3": _GRAD_INPUT, "ieee": _GRAD_INPUT},
+    "grad_weight": {"16-bit": _GRAD_WEIGHT, "tf32": _GRAD_WEIGHT, "tf32x3": _GRAD_WEIGHT[:1], "ieee": _GRAD_WEIGHT},
+}
+# Which two of (M, N, K) a kernel's output tile spans: it takes WIDE_TILE_WARPS from WIDE_TILE elements.
+_OUTPUT_EDGES = {"forward": (0, 1), "loss": (0, 1), "grad_input": (0, 2), "grad_weight": (1, 2)}
+
+
+def fit_tiles(kind: str, largest: tuple[int, int, int], sizes: tuple[int, int, int]) -> Tiles:
+    """Tiles of at most ``largest`` for kernel ``kind`` on a problem of (M, N, K) = ``sizes``."""
+    edges = [_block(size, cap) for size, cap in zip(sizes, largest)]
+    return Tiles(*edges, warps=_warps(*(edges[i] for i in _OUTPUT_EDGES[kind])))
+
+
+def linear_tiles(kind: str, operands: str, sizes: tuple[int, int, int]) -> list[Tiles]:
+    """The distinct tiles of kernel ``kind`` for a problem of (M, N, K) = ``sizes``, the default first."""
+    out = []
+    for largest in LINEAR_TILES[kind][operands]:
+        tiles = fit_tiles(kind, largest, sizes)
+        if tiles not in out:
+            out.append(tiles)
+    return out
+
+
+# Problems of fewer multiply-adds take the default tiles: tuning compiles and times every candidate
+# once (seconds), which a small layer would not win back.
+TUNE_MIN_WORK = 2**28
+_tuned: dict[tuple, Tiles] = {}
+
+
+def _tuning_on(device: torch.device) -> bool:
+    """On a GPU unless AEFAST_TUNE=0, and not while a CUDA graph is captured (timing would break it)."""
+    return (device.type == "cuda" and os.environ.get("AEFAST_TUNE", "1") != "0"
+            and not torch.cuda.is_current_stream_capturing())
+
+
+def _time_launch(launch) -> float:
+    """Milliseconds of one launch (median of a short run; the first call, which compiles, is not timed)."""
+    return do_bench(launch, warmup=5, rep=20)
+
+
+def _pick_tiles(kind: str, operands: str, sizes: tuple[int, int, int], device: torch.device, launch) -> Tiles:
+    """The tiles to launch kernel ``kind`` with: the default, or on a GPU for a large problem the
+    fastest candidate, timed once per (kernel, operands, N, K, M rounded up to a power of two) and
+    remembered for the process. ``launch(tiles)`` runs the kernel (it must only write its outputs)."""
+    candidates = linear_tiles(kind, operands, sizes)
+    rows, n, k = sizes
+    if len(candidates) == 1 or rows * n * k < TUNE_MIN_WORK or not _tuning_on(device):
+        return candidates[0]
+    key = (kind, operands, triton.next_power_of_2(rows), n, k, device.index)
+    if key not in _tuned:
+        times = [_time_launch(lambda: launch(tiles)) for tiles in candidates]
+        _tuned[key] = candidates[times.index(min(times))]
+    return _tuned[key]
+
+
+# --- the linear launchers ---------------------------------------------------------------------------
+
 def linear_forward(x, weight, bias, activation, corruption, param, seed):
     M, K = x.shape
     N = weight.shape[0]
     act, corrupt = _codes(activation, corruption)
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     z = torch.empty(M, N, dtype=x.dtype, device=x.device) if act == _GELU else y.new_empty(0)
-    block_m, block_n, block_k = _block(M, 64), _block(N, 64), _block(K, 32)
-    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
-    _linear_forward_kernel[grid](
-        x, weight, weight if bias is None else bias, y, y if z.numel() == 0 else z, M, N, K, seed, param,
-        ACT=act, CORRUPT=corrupt, HAS_BIAS=bias is not None, SAVE_Z=act == _GELU, PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=_warps(block_m, block_n))
+
+    def launch(tiles: Tiles):
+        _linear_forward_kernel[(triton.cdiv(M, tiles.block_m), triton.cdiv(N, tiles.block_n))](
+            x, weight, weight if bias is None else bias, y, y if z.numel() == 0 else z, M, N, K, seed, param,
+            ACT=act, CORRUPT=corrupt, HAS_BIAS=bias is not None, SAVE_Z=act == _GELU, PRECISION=_precision(x.dtype),
+            UPCAST=_upcast(x.dtype), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
+            LONG_ROWS=_long_rows(N, K), num_warps=tiles.warps)
+    launch(_pick_tiles("forward", _operands(x.dtype), (M, N, K), x.device, launch))
     return y, z
 
 
@@ -279,31 +429,37 @@ def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption,
     act, corrupt = _codes(activation, corruption)
     saved = saved_z if act == _GELU else y
     scale = grad_scale if grad_scale is not None else grad_y
-    precision = _precision(x.dtype)
+    common = dict(ACT=act, CORRUPT=corrupt, HAS_SCALE=grad_scale is not None, PRECISION=_precision(x.dtype),
+                  UPCAST=_upcast(x.dtype), LONG_ROWS=_long_rows(N, K))
+    operands = _operands(x.dtype)
     grad_x = x.new_empty(0)
     if need_input_grad:
         grad_x = torch.empty_like(x)
-        block_m, block_n, block_k = _block(M, 64), _block(N, 32), _block(K, 64)
-        _linear_grad_input_kernel[(triton.cdiv(M, block_m), triton.cdiv(K, block_k))](
-            grad_y, saved, weight, grad_x, scale, M, N, K, seed, param, ACT=act, CORRUPT=corrupt,
-            HAS_SCALE=grad_scale is not None, PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
-            BLOCK_K=block_k, num_warps=_warps(block_m, block_k))
-    block_m, block_n, block_k = _block(M, 32), _block(N, 64), _block(K, 64)
-    tiles = (triton.cdiv(N, block_n), triton.cdiv(K, block_k))
-    rows_per_split, splits = _weight_grad_splits(M, block_m, tiles[0] * tiles[1], x.device)
-    if splits == 1:  # written in place, in the weight's dtype
-        grad_w = torch.empty_like(weight)
-        grad_b = torch.empty_like(bias) if bias is not None else weight.new_empty(0)
-    else:  # float32 partial sums, one per split, added below
-        grad_w = torch.empty(splits, N, K, dtype=torch.float32, device=x.device)
-        grad_b = torch.empty(splits, N, dtype=torch.float32, device=x.device) if bias is not None else weight.new_empty(0)
-    _linear_grad_weight_kernel[(*tiles, splits)](
-        grad_y, saved, x, grad_w, grad_b if bias is not None else grad_w, scale, M, N, K, seed, param, rows_per_split,
-        ACT=act, CORRUPT=corrupt, HAS_BIAS=bias is not None, HAS_SCALE=grad_scale is not None, PRECISION=precision,
-        UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=_warps(block_n, block_k))
-    if splits > 1:
-        grad_w = grad_w.sum(0).to(weight.dtype)
-        grad_b = grad_b.sum(0).to(bias.dtype) if bias is not None else grad_b
+
+        def launch_input(tiles: Tiles):
+            _linear_grad_input_kernel[(triton.cdiv(M, tiles.block_m), triton.cdiv(K, tiles.block_k))](
+                grad_y, saved, weight, grad_x, scale, M, N, K, seed, param, BLOCK_M=tiles.block_m,
+                BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, num_warps=tiles.warps, **common)
+        launch_input(_pick_tiles("grad_input", operands, (M, N, K), x.device, launch_input))
+
+    def launch_weight(tiles: Tiles):
+        grid = (triton.cdiv(N, tiles.block_n), triton.cdiv(K, tiles.block_k))
+        rows_per_split, splits = _weight_grad_splits(M, tiles.block_m, grid[0] * grid[1], x.device)
+        if splits == 1:  # written in place, in the weight's dtype
+            grad_w = torch.empty_like(weight)
+            grad_b = torch.empty_like(bias) if bias is not None else weight.new_empty(0)
+        else:  # float32 partial sums, one per split, added below
+            grad_w = torch.empty(splits, N, K, dtype=torch.float32, device=x.device)
+            grad_b = torch.empty(splits, N, dtype=torch.float32, device=x.device) if bias is not None else weight.new_empty(0)
+        _linear_grad_weight_kernel[(*grid, splits)](
+            grad_y, saved, x, grad_w, grad_b if bias is not None else grad_w, scale, M, N, K, seed, param,
+            rows_per_split, HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
+            BLOCK_K=tiles.block_k, num_warps=tiles.warps, **common)
+        if splits > 1:
+            grad_w = grad_w.sum(0).to(weight.dtype)
+            grad_b = grad_b.sum(0).to(bias.dtype) if bias is not None else grad_b
+        return grad_w, grad_b
+    grad_w, grad_b = launch_weight(_pick_tiles("grad_weight", operands, (M, N, K), x.device, launch_weight))
     return grad_x, grad_w, grad_b
 
 
@@ -334,14 +490,17 @@ def linear_loss_forward(h, weight, bias, target, output_activation, loss):
     M, K = h.shape
     N = weight.shape[0]
     grad_z = torch.empty(M, N, dtype=h.dtype, device=h.device)
-    block_m, block_n, block_k = _block(M, 64), _block(N, 64), _block(K, 32)
-    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
-    partial = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=h.device)
-    _linear_loss_kernel[grid](
-        h, weight, weight if bias is None else bias, target, grad_z, partial, M, N, K, 1.0 / (M * N),
-        OUT_ACT=ACTIVATION_CODES[output_activation], LOSS=LOSS_CODES[loss], HAS_BIAS=bias is not None,
-        PRECISION=_precision(h.dtype), UPCAST=_upcast(h.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=_warps(block_m, block_n))
+
+    def launch(tiles: Tiles):
+        grid = (triton.cdiv(M, tiles.block_m), triton.cdiv(N, tiles.block_n))
+        partial = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=h.device)
+        _linear_loss_kernel[grid](
+            h, weight, weight if bias is None else bias, target, grad_z, partial, M, N, K, 1.0 / (M * N),
+            OUT_ACT=ACTIVATION_CODES[output_activation], LOSS=LOSS_CODES[loss], HAS_BIAS=bias is not None,
+            PRECISION=_precision(h.dtype), UPCAST=_upcast(h.dtype), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
+            BLOCK_K=tiles.block_k, LONG_ROWS=_long_rows(N, K), num_warps=tiles.warps)
+        return partial
+    partial = launch(_pick_tiles("loss", _operands(h.dtype), (M, N, K), h.device, launch))
     return partial.sum() / (M * N), grad_z
 
 
@@ -491,11 +650,6 @@ NARROW_ROWS = {
 WIDEST_TILE_ROWS = 16
 
 
-def _narrow_operands(dtype: torch.dtype) -> str:
-    """The key of NARROW_ROWS for inputs of ``dtype``."""
-    return _precision(dtype) if dtype == torch.float32 else "16-bit"
-
-
 def _narrow_blocks(dims, rows, operands, direction):
     """(tile width, rows per program, warps) of a narrow kernel (``direction`` "forward"/"backward")."""
     block_d = max(16, triton.next_power_of_2(max(dims)))
@@ -509,7 +663,7 @@ def narrow_forward(x, weights, biases, dims, activation, last_activation, save):
     dims_t, w_offsets, b_offsets, act_offsets, saved_count = _narrow_layout(dims, rows, x.device)
     out = torch.empty(rows, dims[-1], dtype=x.dtype, device=x.device)
     acts = torch.empty(saved_count if save else 0, dtype=x.dtype, device=x.device)
-    block_d, block_m, warps = _narrow_blocks(dims, rows, _narrow_operands(x.dtype), "forward")
+    block_d, block_m, warps = _narrow_blocks(dims, rows, _operands(x.dtype), "forward")
     _narrow_forward_kernel[(triton.cdiv(rows, block_m),)](
         x, weights, weights if biases is None else biases, dims_t, w_offsets, b_offsets, act_offsets, out,
         acts if acts.numel() else out, rows, NUM_LAYERS=len(dims) - 1, ACT=ACTIVATION_CODES[activation],
@@ -539,7 +693,7 @@ def narrow_backward(grad_out, x, out, acts, weights, biases, dims, activation, l
     grad_x = torch.empty_like(x) if need_input_grad else x.new_empty(0)
     grad_w = torch.zeros(weights.shape, dtype=torch.float32, device=x.device)
     grad_b = torch.zeros(biases.shape, dtype=torch.float32, device=x.device) if biases is not None else grad_w
-    block_d, block_m, warps = _narrow_blocks(dims, rows, _narrow_operands(x.dtype), "backward")
+    block_d, block_m, warps = _narrow_blocks(dims, rows, _operands(x.dtype), "backward")
     chunk_blocks, programs = _narrow_backward_grid(rows, block_m, x.device)
     scratch = torch.empty(programs * 2 * chunk_blocks * block_m * block_d, dtype=torch.float32, device=x.device)
     _narrow_backward_kernel[(programs,)](

@@ -1,12 +1,14 @@
-"""The MLP kernels as the GPU gets them: compiled ahead of time for an H100/H200 (sm_90) with the
-launch configuration the launchers choose, on any machine (Triton's bundled ptxas runs without a GPU).
+"""The MLP kernels as the GPU gets them: compiled ahead of time for an H100/H200 (sm_90) with every
+launch configuration the launchers may choose, on any machine (Triton's bundled ptxas runs without a GPU).
 A 64 x 64 float32 tile in 4 warps once spilled 13 KiB per thread to local memory, which made the
 narrow stack 40x slower than eager on an H200; these tests keep every width up to 64 spill-free.
 
 The compilation runs in a child process without TRITON_INTERPRET (the interpreter replaces the kernels
 by Python functions that cannot be compiled)."""
+import concurrent.futures
 import itertools
 import json
+import os
 
 import pytest
 import torch
@@ -34,54 +36,72 @@ def signature(kernel, element: str, constants: dict) -> dict:
     return {param.name: kind(param.name) for param in kernel.params if param.name not in constants}
 
 
-def compile_cases() -> dict:
-    """{case id: compile_for_sm90's result} for every case, in this process (which must not interpret
-    Triton)."""
+def narrow_case(direction, element, precision, width):
     from aefast.mlp import triton_kernels
 
-    results = {}
-    for direction, (element, precision), width in CASES:
-        operands = "16-bit" if element == "bf16" else precision
-        block_d, block_m, warps = triton_kernels._narrow_blocks([width] * 5, 2**20, operands, direction)
-        constants = dict(NUM_LAYERS=4, ACT=1, LAST_ACT=0, HAS_BIAS=True, PRECISION=precision, UPCAST=False,
-                         BLOCK_M=block_m, BLOCK_D=block_d)
-        if direction == "forward":
-            kernel, constants["SAVE"] = triton_kernels._narrow_forward_kernel, True
-        else:
-            kernel, constants["NEED_GX"] = triton_kernels._narrow_backward_kernel, True
-            constants["CHUNK_BLOCKS"] = triton_kernels._narrow_backward_grid(2**20, block_m, torch.device("cpu"))[0]
-        results[f"{direction}-{element}-{precision}-{width}"] = compile_for_sm90(
-            kernel, signature(kernel, element, constants), constants, warps)
-    for element, precision in PRECISIONS:
-        for name, kernel, constants, warps in linear_launches(triton_kernels, precision):
-            results[f"{name}-{element}-{precision}"] = compile_for_sm90(
-                kernel, signature(kernel, element, constants), constants, warps)
-    return results
+    operands = "16-bit" if element == "bf16" else precision
+    block_d, block_m, warps = triton_kernels._narrow_blocks([width] * 5, 2**20, operands, direction)
+    constants = dict(NUM_LAYERS=4, ACT=1, LAST_ACT=0, HAS_BIAS=True, PRECISION=precision, UPCAST=False,
+                     BLOCK_M=block_m, BLOCK_D=block_d)
+    if direction == "forward":
+        kernel, constants["SAVE"] = triton_kernels._narrow_forward_kernel, True
+    else:
+        kernel, constants["NEED_GX"] = triton_kernels._narrow_backward_kernel, True
+        constants["CHUNK_BLOCKS"] = triton_kernels._narrow_backward_grid(2**20, block_m, torch.device("cpu"))[0]
+    return kernel, constants, warps
 
 
-def linear_launches(k, precision):
-    """The linear kernels with the tiles and warps their launchers pick for the autoencoder
-    784-256-32-256-784 at batch 2^14 (the largest tiles they use), masked denoising and GELU included.
-    (Gaussian corruption adds a 32-byte local array of its Box-Muller, not a spill.)"""
-    common = dict(HAS_BIAS=True, PRECISION=precision, UPCAST=False)
-    block = k._block
-    m, n, kk = block(2**14, 64), block(256, 64), block(784, 32)
-    yield "linear-forward", k._linear_forward_kernel, dict(
-        ACT=5, CORRUPT=1, SAVE_Z=True, BLOCK_M=m, BLOCK_N=n, BLOCK_K=kk, **common), k._warps(m, n)
-    m, n, kk = block(2**14, 64), block(256, 32), block(784, 64)
-    yield "linear-grad-input", k._linear_grad_input_kernel, dict(
-        ACT=5, CORRUPT=1, HAS_SCALE=True, PRECISION=precision, UPCAST=False, BLOCK_M=m, BLOCK_N=n, BLOCK_K=kk), \
-        k._warps(m, kk)
-    m, n, kk = block(2**14, 32), block(256, 64), block(784, 64)
-    yield "linear-grad-weight", k._linear_grad_weight_kernel, dict(
-        ACT=5, CORRUPT=1, HAS_SCALE=True, BLOCK_M=m, BLOCK_N=n, BLOCK_K=kk, **common), k._warps(n, kk)
-    m, n, kk = block(2**14, 64), block(784, 64), block(256, 32)
-    yield "linear-loss", k._linear_loss_kernel, dict(
-        OUT_ACT=4, LOSS=1, BLOCK_M=m, BLOCK_N=n, BLOCK_K=kk, **common), k._warps(m, n)
+# The autoencoder's layers 784 -> 256 and (the loss) 256 -> 784 at batch 2^14: every tile reaches its
+# largest edges. The heaviest variants: GELU (it saves z), masked denoising (the noise regenerated in
+# the loads), the loss scale, BCE on a sigmoid output. (Gaussian corruption adds a 32-byte local array
+# of its Box-Muller, not a spill.)
+LINEAR_SIZES = {"forward": (2**14, 256, 784), "grad_input": (2**14, 256, 784), "grad_weight": (2**14, 256, 784),
+                "loss": (2**14, 784, 256)}
+LINEAR_VARIANTS = {"forward": dict(ACT=5, CORRUPT=1, SAVE_Z=True, HAS_BIAS=True),
+                   "grad_input": dict(ACT=5, CORRUPT=1, HAS_SCALE=True),
+                   "grad_weight": dict(ACT=5, CORRUPT=1, HAS_SCALE=True, HAS_BIAS=True),
+                   "loss": dict(OUT_ACT=4, LOSS=1, HAS_BIAS=True)}
 
 
-LINEAR_CASES = [f"{name}-{element}-{precision}" for element, precision in PRECISIONS
-                for name in ("linear-forward", "linear-grad-input", "linear-grad-weight", "linear-loss")]
+def linear_case(kind, element, precision, index):
+    """Kernel ``kind`` with its tile number ``index`` (in LINEAR_TILES) on LINEAR_SIZES."""
+    from aefast.mlp import triton_kernels as k
+
+    operands = "16-bit" if element == "bf16" else precision
+    tiles = k.fit_tiles(kind, k.LINEAR_TILES[kind][operands][index], LINEAR_SIZES[kind])
+    kernel = {"forward": k._linear_forward_kernel, "grad_input": k._linear_grad_input_kernel,
+              "grad_weight": k._linear_grad_weight_kernel, "loss": k._linear_loss_kernel}[kind]
+    constants = dict(LINEAR_VARIANTS[kind], PRECISION=precision, UPCAST=False, LONG_ROWS=False,
+                     BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k)
+    return kernel, constants, tiles.warps
+
+
+def linear_cases() -> list[str]:
+    """Every tile of every linear kernel, per precision: "linear-<kind>-<element>-<precision>-<index>"."""
+    from aefast.mlp.triton_kernels import LINEAR_TILES
+
+    return [f"linear-{kind}-{element}-{precision}-{index}" for element, precision in PRECISIONS
+            for kind, by_operands in LINEAR_TILES.items()
+            for index in range(len(by_operands["16-bit" if element == "bf16" else precision]))]
+
+
+def compile_case(case: str) -> dict:
+    if case.startswith("linear-"):
+        _, kind, element, precision, index = case.split("-")
+        kernel, constants, warps = linear_case(kind, element, precision, int(index))
+    else:
+        direction, element, precision, width = case.split("-")
+        kernel, constants, warps = narrow_case(direction, element, precision, int(width))
+    return compile_for_sm90(kernel, signature(kernel, element, constants), constants, warps)
+
+
+def compile_cases() -> dict:
+    """{case id: compile_for_sm90's result} for every case, compiled by one worker per core (in a process
+    that must not interpret Triton)."""
+    cases = [f"{direction}-{element}-{precision}-{width}" for direction, (element, precision), width in CASES]
+    cases += linear_cases()
+    with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        return dict(zip(cases, pool.map(compile_case, cases)))
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +121,10 @@ def test_narrow_kernels_compile_for_sm90_without_spills(compiled, direction, pre
 
 
 @pytest.mark.skipif(not CUOBJDUMP.exists(), reason="Triton's CUDA tools are not installed")
-@pytest.mark.parametrize("case", LINEAR_CASES)
-def test_linear_kernels_compile_for_sm90_without_spills(compiled, case):
+@pytest.mark.parametrize("case", linear_cases())
+def test_every_linear_tile_compiles_for_sm90_without_spills(compiled, case):
     assert compiled[case]["stack"] == 0
-    assert compiled[case]["tensor_cores"] == (not case.endswith("fp32-ieee"))
+    assert compiled[case]["tensor_cores"] == ("-fp32-ieee-" not in case)
 
 
 if __name__ == "__main__":
