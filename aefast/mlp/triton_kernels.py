@@ -510,11 +510,18 @@ MAX_NARROW_WIDTH = 128
 
 
 @triton.jit
+def _narrow_width(dims_ptr, index):
+    """Width number ``index`` of the stretch, as an int32 (widths are at most 128, so offsets inside a
+    tile stay 32-bit)."""
+    return tl.load(dims_ptr + index).to(tl.int32)
+
+
+@triton.jit
 def _narrow_weight(w_ptr, w_offsets_ptr, dims_ptr, layer, cols):
     """Layer ``layer``'s weight as a zero-padded (BLOCK_D x BLOCK_D) tile, and its widths."""
-    width_in = tl.load(dims_ptr + layer)
-    width_out = tl.load(dims_ptr + layer + 1)
-    w = tl.load(w_ptr + tl.load(w_offsets_ptr + layer) + cols[:, None] * width_in + cols[None, :],
+    width_in = _narrow_width(dims_ptr, layer)
+    width_out = _narrow_width(dims_ptr, layer + 1)
+    w = tl.load(w_ptr + tl.load(w_offsets_ptr + layer) + (cols[:, None] * width_in + cols[None, :]),
                 mask=(cols[:, None] < width_out) & (cols[None, :] < width_in), other=0.0)
     return w, width_in, width_out
 
@@ -526,12 +533,14 @@ def _narrow_forward_kernel(x_ptr, w_ptr, b_ptr, dims_ptr, w_offsets_ptr, b_offse
                            HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, PRECISION: tl.constexpr,
                            UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """Every layer of the stretch on a block of rows; the activations between layers stay on chip
-    (written to ``acts`` only when training needs them for backward)."""
-    rm = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_D)
-    width = tl.load(dims_ptr)
-    h = tl.load(x_ptr + rm[:, None] * width + cols[None, :], mask=(rm[:, None] < M) & (cols[None, :] < width),
-                other=0.0).to(tl.float32)
+    (written to ``acts`` only when training needs them for backward). Rows are addressed as the linear
+    kernels do: an int64 first row, 32-bit offsets inside the tile."""
+    first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
+    rows, cols = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D)
+    rows_in = _extent(first_row, M, BLOCK_M)
+    width = _narrow_width(dims_ptr, 0)
+    h = tl.load(x_ptr + first_row * width + (rows[:, None] * width + cols[None, :]),
+                mask=(rows[:, None] < rows_in) & (cols[None, :] < width), other=0.0).to(tl.float32)
     for layer in tl.static_range(NUM_LAYERS):
         w, width_in, width_out = _narrow_weight(w_ptr, w_offsets_ptr, dims_ptr, layer, cols)
         z = _dot(h.to(w.dtype), tl.trans(w), PRECISION, UPCAST)
@@ -541,15 +550,16 @@ def _narrow_forward_kernel(x_ptr, w_ptr, b_ptr, dims_ptr, w_offsets_ptr, b_offse
             h = _activate(z, LAST_ACT)
         else:
             h = _activate(z, ACT)
-        valid = (rm[:, None] < M) & (cols[None, :] < width_out)
+        valid = (rows[:, None] < rows_in) & (cols[None, :] < width_out)
         h = tl.where(valid, h, 0.0)  # padding columns stay zero whatever act(0) is
         h = h.to(out_ptr.dtype.element_ty).to(tl.float32)  # rounded as the unfused chain rounds each layer
+        tile = rows[:, None] * width_out + cols[None, :]
         if SAVE:
             if layer < NUM_LAYERS - 1:
-                tl.store(acts_ptr + tl.load(act_offsets_ptr + layer) + rm[:, None] * width_out + cols[None, :],
+                tl.store(acts_ptr + tl.load(act_offsets_ptr + layer) + first_row * width_out + tile,
                          h.to(acts_ptr.dtype.element_ty), mask=valid)
         if layer == NUM_LAYERS - 1:
-            tl.store(out_ptr + rm[:, None] * width_out + cols[None, :], h.to(out_ptr.dtype.element_ty), mask=valid)
+            tl.store(out_ptr + first_row * width_out + tile, h.to(out_ptr.dtype.element_ty), mask=valid)
 
 
 @triton.jit
@@ -566,11 +576,12 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, dims_ptr, w
     own slots of ``scratch`` (two per row block, the layers alternating between them so that no slot is
     read and written in one layer), small enough to stay in L2. Programs loop over chunks."""
     cols = tl.arange(0, BLOCK_D)
-    block_rows = tl.arange(0, BLOCK_M)
+    rows = tl.arange(0, BLOCK_M)
     CHUNK_ROWS = CHUNK_BLOCKS * BLOCK_M
     slots = scratch_ptr + tl.program_id(0).to(tl.int64) * (2 * CHUNK_ROWS * BLOCK_D)
-    slot_tile = block_rows[:, None] * BLOCK_D + cols[None, :]
-    last_width = tl.load(dims_ptr + NUM_LAYERS)
+    slot_tile = rows[:, None] * BLOCK_D + cols[None, :]
+    first_width = _narrow_width(dims_ptr, 0)
+    last_width = _narrow_width(dims_ptr, NUM_LAYERS)
     for chunk in range(tl.program_id(0), tl.cdiv(M, CHUNK_ROWS), tl.num_programs(0)):
         for step in tl.static_range(NUM_LAYERS):
             layer = NUM_LAYERS - 1 - step
@@ -578,25 +589,26 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, dims_ptr, w
             grad_w = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
             grad_b = tl.zeros((BLOCK_D,), dtype=tl.float32)
             for block in range(CHUNK_BLOCKS):
-                rm = (chunk * CHUNK_ROWS + block * BLOCK_M + block_rows).to(tl.int64)
-                rows_valid = rm[:, None] < M
+                first_row = tl.cast(chunk, tl.int64) * CHUNK_ROWS + block * BLOCK_M
+                rows_valid = rows[:, None] < _extent(first_row, M, BLOCK_M)
                 out_mask = rows_valid & (cols[None, :] < width_out)
                 in_mask = rows_valid & (cols[None, :] < width_in)
+                out_tile = rows[:, None] * width_out + cols[None, :]
+                in_tile = rows[:, None] * width_in + cols[None, :]
                 if layer == NUM_LAYERS - 1:
-                    grad = tl.load(gy_ptr + rm[:, None] * last_width + cols[None, :], mask=out_mask,
-                                   other=0.0).to(tl.float32)
-                    y = tl.load(out_ptr + rm[:, None] * width_out + cols[None, :], mask=out_mask, other=0.0).to(tl.float32)
+                    grad = tl.load(gy_ptr + first_row * last_width + out_tile, mask=out_mask, other=0.0).to(tl.float32)
+                    y = tl.load(out_ptr + first_row * width_out + out_tile, mask=out_mask, other=0.0).to(tl.float32)
                     grad_z = _times_activation_grad(grad, y, LAST_ACT)
                 else:
                     grad = tl.load(slots + ((layer + 1) % 2) * CHUNK_ROWS * BLOCK_D + block * BLOCK_M * BLOCK_D + slot_tile)
-                    y = tl.load(acts_ptr + tl.load(act_offsets_ptr + layer) + rm[:, None] * width_out + cols[None, :],
+                    y = tl.load(acts_ptr + tl.load(act_offsets_ptr + layer) + first_row * width_out + out_tile,
                                 mask=out_mask, other=0.0).to(tl.float32)
                     grad_z = _times_activation_grad(grad, y, ACT)
                 grad_z = tl.where(out_mask, grad_z, 0.0)
                 if layer == 0:
-                    h_in = tl.load(x_ptr + rm[:, None] * width_in + cols[None, :], mask=in_mask, other=0.0).to(tl.float32)
+                    h_in = tl.load(x_ptr + first_row * width_in + in_tile, mask=in_mask, other=0.0).to(tl.float32)
                 else:
-                    h_in = tl.load(acts_ptr + tl.load(act_offsets_ptr + layer - 1) + rm[:, None] * width_in + cols[None, :],
+                    h_in = tl.load(acts_ptr + tl.load(act_offsets_ptr + layer - 1) + first_row * width_in + in_tile,
                                    mask=in_mask, other=0.0).to(tl.float32)
                 grad_w += _dot(tl.trans(grad_z.to(w.dtype)), h_in.to(w.dtype), PRECISION, UPCAST)
                 if HAS_BIAS:
@@ -605,11 +617,10 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, dims_ptr, w
                     tl.store(slots + (layer % 2) * CHUNK_ROWS * BLOCK_D + block * BLOCK_M * BLOCK_D + slot_tile,
                              _dot(grad_z.to(w.dtype), w, PRECISION, UPCAST))
                 elif NEED_GX:
-                    first_width = tl.load(dims_ptr)
-                    tl.store(gx_ptr + rm[:, None] * first_width + cols[None, :],
+                    tl.store(gx_ptr + first_row * first_width + (rows[:, None] * first_width + cols[None, :]),
                              _dot(grad_z.to(w.dtype), w, PRECISION, UPCAST).to(gx_ptr.dtype.element_ty),
                              mask=rows_valid & (cols[None, :] < first_width))
-            tl.atomic_add(gw_ptr + tl.load(w_offsets_ptr + layer) + cols[:, None] * width_in + cols[None, :], grad_w,
+            tl.atomic_add(gw_ptr + tl.load(w_offsets_ptr + layer) + (cols[:, None] * width_in + cols[None, :]), grad_w,
                           mask=(cols[:, None] < width_out) & (cols[None, :] < width_in))
             if HAS_BIAS:
                 tl.atomic_add(gb_ptr + tl.load(b_offsets_ptr + layer) + cols, grad_b, mask=cols < width_out)
@@ -633,18 +644,21 @@ def _narrow_layout(dims, rows, device):
 # memory with triton 3.6 and 3.9 (tests/mlp/test_compiled_kernels.py checks each). A spill is costly
 # here: 64 x 64 float32 tiles in 4 warps spilled 13 KiB per thread, which made the stack 40x slower
 # than eager on an H200. The forward holds one tile of rows and a layer's weight; the backward also the
-# weight gradient's sum, so it takes fewer rows. More rows per program mean fewer loads of the weights.
-# Tiles 128 wide take 16 rows and spill in every configuration (a 128 x 128 float32 weight and its
-# gradient are 128 registers per thread of 8 warps on their own).
+# weight gradient's sum, so it takes fewer rows. More rows per program mean fewer loads of the weights;
+# 128 rows would fit most forwards too, but in more than 128 registers per thread, which halves the
+# programs an SM holds. Since in-tile offsets are 32-bit, 128-wide forwards fit as well but in IEEE
+# float32 (FMA dots; it spills with triton 3.6). 128-wide backwards spill in every configuration (a
+# 128 x 128 float32 weight and its gradient take 128 registers per thread of 8 warps on their own).
+# What the table leaves out takes WIDEST_TILE_ROWS.
 NARROW_WARPS = 8
 NARROW_ROWS = {
-    ("16-bit", "forward"): {16: 64, 32: 64, 64: 64},
-    ("tf32", "forward"): {16: 64, 32: 64, 64: 64},
-    ("tf32x3", "forward"): {16: 64, 32: 64, 64: 32},
+    ("16-bit", "forward"): {16: 64, 32: 64, 64: 64, 128: 64},
+    ("tf32", "forward"): {16: 64, 32: 64, 64: 64, 128: 64},
+    ("tf32x3", "forward"): {16: 64, 32: 64, 64: 64, 128: 16},
     ("ieee", "forward"): {16: 64, 32: 64, 64: 16},
     ("16-bit", "backward"): {16: 64, 32: 64, 64: 32},
-    ("tf32", "backward"): {16: 64, 32: 32, 64: 32},
-    ("tf32x3", "backward"): {16: 32, 32: 32, 64: 16},
+    ("tf32", "backward"): {16: 64, 32: 64, 64: 32},
+    ("tf32x3", "backward"): {16: 64, 32: 32, 64: 16},
     ("ieee", "backward"): {16: 64, 32: 64, 64: 32},
 }
 WIDEST_TILE_ROWS = 16
