@@ -336,9 +336,9 @@ class Tiles:
 # BLOCK_K), each edge shrunk to the problem's (a power of two). The first is the default; on a GPU a
 # large problem times them all once (_pick_tiles). Each compiles for sm_90 without spilling, with the
 # heaviest epilogue and masked corruption, on triton 3.6 and 3.9 (tests/mlp/test_compiled_kernels.py).
-# Left out because they spill with one version or the other: 128 x 128 output tiles but the 16-bit
-# forward's, 3xTF32's larger tiles but two (its split operands take registers of their own), and the
-# 16-bit loss's larger tiles.
+# Left out because they spill with triton 3.6 or 3.9: 128 x 128 output tiles (but the 16-bit
+# forward's); in 3xTF32, whose split operands take registers of their own, the forward's 64 x 128 and
+# the larger tiles of the loss and of dW; the 16-bit loss's larger tiles.
 # BLOCK_M/N/K name the kernel's parameters: for "grad_input" BLOCK_N is the reduced edge and the output
 # tile is BLOCK_M x BLOCK_K; for "grad_weight" BLOCK_M is reduced (the batch), the output BLOCK_N x BLOCK_K.
 _FORWARD = [(64, 64, 32), (128, 64, 32), (64, 128, 32)]
@@ -377,26 +377,33 @@ _tuned: dict[tuple, Tiles] = {}
 
 
 def _tuning_on(device: torch.device) -> bool:
-    """On a GPU unless AEFAST_TUNE=0, and not while a CUDA graph is captured (timing would break it)."""
-    return (device.type == "cuda" and os.environ.get("AEFAST_TUNE", "1") != "0"
-            and not torch.cuda.is_current_stream_capturing())
+    """On a GPU, unless AEFAST_TUNE=0."""
+    return device.type == "cuda" and os.environ.get("AEFAST_TUNE", "1") != "0"
+
+
+def _capturing(device: torch.device) -> bool:
+    """Whether a CUDA graph is being captured on ``device``'s current stream (timing would break it)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def _time_launch(launch) -> float:
     """Milliseconds of one launch (median of a short run; the first call, which compiles, is not timed)."""
-    return do_bench(launch, warmup=5, rep=20)
+    return do_bench(launch, warmup=5, rep=20, return_mode="median")
 
 
 def _pick_tiles(kind: str, operands: str, sizes: tuple[int, int, int], device: torch.device, launch) -> Tiles:
     """The tiles to launch kernel ``kind`` with: the default, or on a GPU for a large problem the
     fastest candidate, timed once per (kernel, operands, N, K, M rounded up to a power of two) and
-    remembered for the process. ``launch(tiles)`` runs the kernel (it must only write its outputs)."""
+    remembered for the process (not timed while a CUDA graph is captured: the default runs then).
+    ``launch(tiles)`` runs the kernel (it must only write its outputs)."""
     candidates = linear_tiles(kind, operands, sizes)
     rows, n, k = sizes
     if len(candidates) == 1 or rows * n * k < TUNE_MIN_WORK or not _tuning_on(device):
         return candidates[0]
     key = (kind, operands, triton.next_power_of_2(rows), n, k, device.index)
     if key not in _tuned:
+        if _capturing(device):
+            return candidates[0]
         times = [_time_launch(lambda: launch(tiles)) for tiles in candidates]
         _tuned[key] = candidates[times.index(min(times))]
     return _tuned[key]

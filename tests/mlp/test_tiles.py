@@ -159,7 +159,7 @@ def test_the_tuner_times_each_tile_once_and_keeps_the_fastest(triton_kernels, mo
     assert launches == [fastest, fastest]
 
 
-def test_no_tuning_off_the_gpu_for_small_problems_or_when_switched_off(triton_kernels, monkeypatch):
+def test_no_tuning_off_the_gpu_for_small_problems_during_capture_or_when_switched_off(triton_kernels, monkeypatch):
     def never(launch):
         raise AssertionError("timed")
     monkeypatch.setattr(triton_kernels, "_time_launch", never)
@@ -172,10 +172,16 @@ def test_no_tuning_off_the_gpu_for_small_problems_or_when_switched_off(triton_ke
     monkeypatch.setattr(triton_kernels, "_tuning_on", lambda device: True)
     monkeypatch.setattr(triton_kernels, "TUNE_MIN_WORK", ROWS * WIDTH_OUT * WIDTH_IN + 1)
     assert triton_kernels._pick_tiles("forward", "ieee", sizes, torch.device("cpu"), never) == default
+    # While a CUDA graph is captured, a problem not tuned yet takes the default, untimed.
+    monkeypatch.setattr(triton_kernels, "TUNE_MIN_WORK", 0)
+    monkeypatch.setattr(triton_kernels, "_capturing", lambda device: True)
+    assert triton_kernels._pick_tiles("forward", "ieee", sizes, torch.device("cpu"), never) == default
     # AEFAST_TUNE=0 turns it off on a GPU too (checked before anything asks for the GPU).
     monkeypatch.undo()
     monkeypatch.setenv("AEFAST_TUNE", "0")
     assert triton_kernels._tuning_on(torch.device("cuda")) is False
+    monkeypatch.setenv("AEFAST_TUNE", "1")
+    assert triton_kernels._tuning_on(torch.device("cuda")) is True
 
 
 def test_every_tile_fits_its_kernel_and_the_default_comes_first(triton_kernels):
