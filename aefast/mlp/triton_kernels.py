@@ -9,6 +9,7 @@ Every kernel takes contiguous row-major tensors: x (M, K), weight (N, K), y (M, 
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -362,12 +363,19 @@ def fit_tiles(kind: str, largest: tuple[int, int, int], sizes: tuple[int, int, i
 
 def linear_tiles(kind: str, operands: str, sizes: tuple[int, int, int]) -> list[Tiles]:
     """The distinct tiles of kernel ``kind`` for a problem of (M, N, K) = ``sizes``, the default first."""
+    return list(_candidates(kind, operands, sizes))
+
+
+@functools.lru_cache(maxsize=4096)
+def _candidates(kind: str, operands: str, sizes: tuple[int, int, int]) -> tuple[Tiles, ...]:
+    """linear_tiles, remembered: every launch asks (building them took about 30 us of host time, a
+    tenth of a training step's on the GPU over its eleven launches)."""
     out = []
     for largest in LINEAR_TILES[kind][operands]:
         tiles = fit_tiles(kind, largest, sizes)
         if tiles not in out:
             out.append(tiles)
-    return out
+    return tuple(out)
 
 
 # Problems of fewer multiply-adds take the default tiles: tuning compiles and times every candidate
@@ -396,7 +404,7 @@ def _pick_tiles(kind: str, operands: str, sizes: tuple[int, int, int], device: t
     fastest candidate, timed once per (kernel, operands, N, K, M rounded up to a power of two) and
     remembered for the process (not timed while a CUDA graph is captured: the default runs then).
     ``launch(tiles)`` runs the kernel (it must only write its outputs)."""
-    candidates = linear_tiles(kind, operands, sizes)
+    candidates = _candidates(kind, operands, sizes)
     rows, n, k = sizes
     if len(candidates) == 1 or rows * n * k < TUNE_MIN_WORK or not _tuning_on(device):
         return candidates[0]
