@@ -339,7 +339,8 @@ class Tiles:
 # heaviest epilogue and masked corruption, on triton 3.6 and 3.9 (tests/mlp/test_compiled_kernels.py).
 # Left out because they spill with triton 3.6 or 3.9: 128 x 128 output tiles (but the 16-bit
 # forward's); in 3xTF32, whose split operands take registers of their own, the forward's 64 x 128 and
-# the larger tiles of the loss and of dW; the 16-bit loss's larger tiles.
+# the larger tiles of the loss and of dW; the 16-bit loss's larger tiles; IEEE dW's 64 x 128 (8 bytes,
+# triton 3.9).
 # BLOCK_M/N/K name the kernel's parameters: for "grad_input" BLOCK_N is the reduced edge and the output
 # tile is BLOCK_M x BLOCK_K; for "grad_weight" BLOCK_M is reduced (the batch), the output BLOCK_N x BLOCK_K.
 _FORWARD = [(64, 64, 32), (128, 64, 32), (64, 128, 32)]
@@ -349,7 +350,8 @@ LINEAR_TILES = {
     "forward": {"16-bit": _FORWARD + [(128, 128, 32)], "tf32": _FORWARD, "tf32x3": _FORWARD[:2], "ieee": _FORWARD},
     "loss": {"16-bit": _FORWARD[:1], "tf32": _FORWARD, "tf32x3": _FORWARD[:1], "ieee": _FORWARD},
     "grad_input": {"16-bit": _GRAD_INPUT, "tf32": _GRAD_INPUT, "tf32x3": _GRAD_INPUT, "ieee": _GRAD_INPUT},
-    "grad_weight": {"16-bit": _GRAD_WEIGHT, "tf32": _GRAD_WEIGHT, "tf32x3": _GRAD_WEIGHT[:1], "ieee": _GRAD_WEIGHT},
+    "grad_weight": {"16-bit": _GRAD_WEIGHT, "tf32": _GRAD_WEIGHT, "tf32x3": _GRAD_WEIGHT[:1],
+                    "ieee": _GRAD_WEIGHT[::2]},
 }
 # Which two of (M, N, K) a kernel's output tile spans: it takes WIDE_TILE_WARPS from WIDE_TILE elements.
 _OUTPUT_EDGES = {"forward": (0, 1), "loss": (0, 1), "grad_input": (0, 2), "grad_weight": (1, 2)}
@@ -520,161 +522,218 @@ def linear_loss_forward(h, weight, bias, target, output_activation, loss):
 
 
 # --- a narrow stretch: consecutive layers of widths <= 128 in one kernel per row block --------------
+#
+# The stretch's widths are compile-time constants (one compilation per architecture): with the row
+# strides known, loads and stores are vectorized and full-width tiles need no column mask. With widths
+# read from memory at run time, every element took its own 64-bit address, and the 64-wide tiles'
+# addresses alone took 64 registers per thread.
 
 MAX_NARROW_WIDTH = 128
 
 
-@triton.jit
-def _narrow_width(dims_ptr, index):
-    """Width number ``index`` of the stretch, as an int32 (widths are at most 128, so offsets inside a
-    tile stay 32-bit)."""
-    return tl.load(dims_ptr + index).to(tl.int32)
+@functools.lru_cache(maxsize=None)
+def narrow_constants(dims: tuple[int, ...]) -> dict:
+    """The layout constexprs of a stretch: DIMS, each layer's weight and bias offset in the packed
+    parameters, and each saved activation's offset in the packed activations in units of rows (the
+    activations after layer i start at row M * ACT_COLS[i] of a width-1 view)."""
+    w_offsets, b_offsets, act_cols = [0], [0], [0]
+    for width_in, width_out in zip(dims[:-1], dims[1:]):
+        w_offsets.append(w_offsets[-1] + width_in * width_out)
+        b_offsets.append(b_offsets[-1] + width_out)
+        act_cols.append(act_cols[-1] + width_out)
+    return dict(DIMS=tuple(dims), W_OFFSETS=tuple(w_offsets[:-1]), B_OFFSETS=tuple(b_offsets[:-1]),
+                ACT_COLS=tuple(act_cols[:-2] or [0]), NUM_LAYERS=len(dims) - 1)
 
 
 @triton.jit
-def _narrow_weight(w_ptr, w_offsets_ptr, dims_ptr, layer, cols):
-    """Layer ``layer``'s weight as a zero-padded (BLOCK_D x BLOCK_D) tile, and its widths."""
-    width_in = _narrow_width(dims_ptr, layer)
-    width_out = _narrow_width(dims_ptr, layer + 1)
-    w = tl.load(w_ptr + tl.load(w_offsets_ptr + layer) + (cols[:, None] * width_in + cols[None, :]),
-                mask=(cols[:, None] < width_out) & (cols[None, :] < width_in), other=0.0)
-    return w, width_in, width_out
+def _row_tile_mask(rows_valid, cols, WIDTH: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The mask of a (rows x BLOCK_D) tile of a WIDTH-wide matrix: no column test when WIDTH fills the
+    tile, so that the mask stays constant along a row and the row's accesses vectorize."""
+    if WIDTH == BLOCK_D:
+        mask = tl.broadcast_to(rows_valid, (rows_valid.shape[0], BLOCK_D))
+    else:
+        mask = rows_valid & (cols[None, :] < WIDTH)
+    return mask
 
 
 @triton.jit
-def _narrow_forward_kernel(x_ptr, w_ptr, b_ptr, dims_ptr, w_offsets_ptr, b_offsets_ptr, act_offsets_ptr,
-                           out_ptr, acts_ptr, M,
-                           NUM_LAYERS: tl.constexpr, ACT: tl.constexpr, LAST_ACT: tl.constexpr,
-                           HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, PRECISION: tl.constexpr,
-                           UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def _narrow_weight_mask(cols, WIDTH_IN: tl.constexpr, WIDTH_OUT: tl.constexpr):
+    return (cols[:, None] < WIDTH_OUT) & (cols[None, :] < WIDTH_IN)
+
+
+@triton.jit
+def _narrow_weight(w_ptr, cols, WIDTH_IN: tl.constexpr, WIDTH_OUT: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A (WIDTH_OUT x WIDTH_IN) weight at ``w_ptr`` as a zero-padded (BLOCK_D x BLOCK_D) tile."""
+    offsets = cols[:, None] * WIDTH_IN + cols[None, :]
+    if WIDTH_IN == BLOCK_D and WIDTH_OUT == BLOCK_D:
+        w = tl.load(w_ptr + offsets)
+    else:
+        w = tl.load(w_ptr + offsets, mask=_narrow_weight_mask(cols, WIDTH_IN, WIDTH_OUT), other=0.0)
+    return w
+
+
+@triton.jit
+def _narrow_forward_kernel(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, M,
+                           DIMS: tl.constexpr, W_OFFSETS: tl.constexpr, B_OFFSETS: tl.constexpr,
+                           ACT_COLS: tl.constexpr, NUM_LAYERS: tl.constexpr, ACT: tl.constexpr,
+                           LAST_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr,
+                           PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+                           BLOCK_D: tl.constexpr):
     """Every layer of the stretch on a block of rows; the activations between layers stay on chip
     (written to ``acts`` only when training needs them for backward). Rows are addressed as the linear
     kernels do: an int64 first row, 32-bit offsets inside the tile."""
     first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
     rows, cols = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D)
-    rows_in = _extent(first_row, M, BLOCK_M)
-    width = _narrow_width(dims_ptr, 0)
-    h = tl.load(x_ptr + first_row * width + (rows[:, None] * width + cols[None, :]),
-                mask=(rows[:, None] < rows_in) & (cols[None, :] < width), other=0.0).to(tl.float32)
+    rows_valid = rows[:, None] < _extent(first_row, M, BLOCK_M)
+    h = tl.load(x_ptr + first_row * DIMS[0] + (rows[:, None] * DIMS[0] + cols[None, :]),
+                mask=_row_tile_mask(rows_valid, cols, DIMS[0], BLOCK_D), other=0.0).to(tl.float32)
     for layer in tl.static_range(NUM_LAYERS):
-        w, width_in, width_out = _narrow_weight(w_ptr, w_offsets_ptr, dims_ptr, layer, cols)
+        width_out = DIMS[layer + 1]
+        w = _narrow_weight(w_ptr + W_OFFSETS[layer], cols, DIMS[layer], width_out, BLOCK_D)
         z = _dot(h.to(w.dtype), tl.trans(w), PRECISION, UPCAST)
         if HAS_BIAS:
-            z += tl.load(b_ptr + tl.load(b_offsets_ptr + layer) + cols, mask=cols < width_out, other=0.0).to(tl.float32)[None, :]
+            z += tl.load(b_ptr + B_OFFSETS[layer] + cols, mask=cols < width_out, other=0.0).to(tl.float32)[None, :]
         if layer == NUM_LAYERS - 1:
             h = _activate(z, LAST_ACT)
         else:
             h = _activate(z, ACT)
-        valid = (rows[:, None] < rows_in) & (cols[None, :] < width_out)
-        h = tl.where(valid, h, 0.0)  # padding columns stay zero whatever act(0) is
+        valid = _row_tile_mask(rows_valid, cols, width_out, BLOCK_D)
+        if width_out < BLOCK_D:
+            h = tl.where(valid, h, 0.0)  # padding columns stay zero whatever act(0) is
         h = h.to(out_ptr.dtype.element_ty).to(tl.float32)  # rounded as the unfused chain rounds each layer
         tile = rows[:, None] * width_out + cols[None, :]
         if SAVE:
             if layer < NUM_LAYERS - 1:
-                tl.store(acts_ptr + tl.load(act_offsets_ptr + layer) + first_row * width_out + tile,
+                tl.store(acts_ptr + M.to(tl.int64) * ACT_COLS[layer] + first_row * width_out + tile,
                          h.to(acts_ptr.dtype.element_ty), mask=valid)
         if layer == NUM_LAYERS - 1:
             tl.store(out_ptr + first_row * width_out + tile, h.to(out_ptr.dtype.element_ty), mask=valid)
 
 
 @triton.jit
-def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, dims_ptr, w_offsets_ptr, b_offsets_ptr,
-                            act_offsets_ptr, gx_ptr, gw_ptr, gb_ptr, scratch_ptr, M,
-                            NUM_LAYERS: tl.constexpr, ACT: tl.constexpr, LAST_ACT: tl.constexpr,
-                            HAS_BIAS: tl.constexpr, NEED_GX: tl.constexpr, PRECISION: tl.constexpr,
-                            UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-                            CHUNK_BLOCKS: tl.constexpr):
+def _narrow_grad_z(gy_ptr, out_ptr, acts_ptr, grad_slot_ptr, M, first_row, rows, cols, rows_valid,
+                   LAYER: tl.constexpr, DIMS: tl.constexpr, ACT_COLS: tl.constexpr, NUM_LAYERS: tl.constexpr,
+                   ACT: tl.constexpr, LAST_ACT: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dL/dz of layer LAYER on one row block, zero outside it: the incoming gradient (the stretch's
+    output gradient for the last layer, else this program's scratch slot) times act'(y)."""
+    width_out: tl.constexpr = DIMS[LAYER + 1]
+    out_mask = _row_tile_mask(rows_valid, cols, width_out, BLOCK_D)
+    out_tile = first_row * width_out + (rows[:, None] * width_out + cols[None, :])
+    if LAYER == NUM_LAYERS - 1:
+        grad = tl.load(gy_ptr + out_tile, mask=out_mask, other=0.0).to(tl.float32)
+        y = tl.load(out_ptr + out_tile, mask=out_mask, other=0.0).to(tl.float32)
+        grad_z = _times_activation_grad(grad, y, LAST_ACT)
+    else:
+        grad = tl.load(grad_slot_ptr)
+        y = tl.load(acts_ptr + M.to(tl.int64) * ACT_COLS[LAYER] + out_tile, mask=out_mask, other=0.0).to(tl.float32)
+        grad_z = _times_activation_grad(grad, y, ACT)
+    return tl.where(out_mask, grad_z, 0.0)
+
+
+@triton.jit
+def _narrow_layer_input(x_ptr, acts_ptr, M, first_row, rows, cols, rows_valid, LAYER: tl.constexpr,
+                        DIMS: tl.constexpr, ACT_COLS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The input of layer LAYER on one row block, in float32: x for the first layer, else the saved
+    activation of the layer before."""
+    width_in: tl.constexpr = DIMS[LAYER]
+    in_mask = _row_tile_mask(rows_valid, cols, width_in, BLOCK_D)
+    in_tile = first_row * width_in + (rows[:, None] * width_in + cols[None, :])
+    if LAYER == 0:
+        h_in = tl.load(x_ptr + in_tile, mask=in_mask, other=0.0)
+    else:
+        h_in = tl.load(acts_ptr + M.to(tl.int64) * ACT_COLS[LAYER - 1] + in_tile, mask=in_mask, other=0.0)
+    return h_in.to(tl.float32)
+
+
+@triton.jit
+def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, gx_ptr, gw_ptr, gb_ptr, scratch_ptr, M,
+                            DIMS: tl.constexpr, W_OFFSETS: tl.constexpr, B_OFFSETS: tl.constexpr,
+                            ACT_COLS: tl.constexpr, NUM_LAYERS: tl.constexpr, ACT: tl.constexpr,
+                            LAST_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, NEED_GX: tl.constexpr,
+                            PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_D: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, SPLIT_PASSES: tl.constexpr):
     """Backward through the stretch, last layer first, over chunks of CHUNK_BLOCKS row blocks: per row
     block dz = dh * act'(h) and dh = dz W; a layer's weight and bias gradients are summed over the
     chunk on chip and added (atomically, in float32) once per chunk, not once per row block, which
     cut the atomic adds CHUNK_BLOCKS-fold. The dh passed down between layers waits in this program's
     own slots of ``scratch`` (two per row block, the layers alternating between them so that no slot is
-    read and written in one layer), small enough to stay in L2. Programs loop over chunks."""
+    read and written in one layer), small enough to stay in L2. Programs loop over chunks.
+
+    SPLIT_PASSES runs each layer's chunk twice, first for dh (which needs the weight), then for the
+    weight gradient (which needs its sum), for tiles where a weight and its gradient's sum do not fit
+    one program's registers together. The second pass computes dz again from loads the first pass left
+    in L2."""
     cols = tl.arange(0, BLOCK_D)
     rows = tl.arange(0, BLOCK_M)
-    CHUNK_ROWS = CHUNK_BLOCKS * BLOCK_M
+    CHUNK_ROWS: tl.constexpr = CHUNK_BLOCKS * BLOCK_M
     slots = scratch_ptr + tl.program_id(0).to(tl.int64) * (2 * CHUNK_ROWS * BLOCK_D)
     slot_tile = rows[:, None] * BLOCK_D + cols[None, :]
-    first_width = _narrow_width(dims_ptr, 0)
-    last_width = _narrow_width(dims_ptr, NUM_LAYERS)
     for chunk in range(tl.program_id(0), tl.cdiv(M, CHUNK_ROWS), tl.num_programs(0)):
-        for step in tl.static_range(NUM_LAYERS):
-            layer = NUM_LAYERS - 1 - step
-            w, width_in, width_out = _narrow_weight(w_ptr, w_offsets_ptr, dims_ptr, layer, cols)
+        for layer in tl.static_range(NUM_LAYERS - 1, -1, -1):
+            width_in = DIMS[layer]
+            w = _narrow_weight(w_ptr + W_OFFSETS[layer], cols, width_in, DIMS[layer + 1], BLOCK_D)
+            grad_in_slots = slots + ((layer + 1) % 2) * CHUNK_ROWS * BLOCK_D + slot_tile
+            grad_out_slots = slots + (layer % 2) * CHUNK_ROWS * BLOCK_D + slot_tile
             grad_w = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
             grad_b = tl.zeros((BLOCK_D,), dtype=tl.float32)
             for block in range(CHUNK_BLOCKS):
                 first_row = tl.cast(chunk, tl.int64) * CHUNK_ROWS + block * BLOCK_M
                 rows_valid = rows[:, None] < _extent(first_row, M, BLOCK_M)
-                out_mask = rows_valid & (cols[None, :] < width_out)
-                in_mask = rows_valid & (cols[None, :] < width_in)
-                out_tile = rows[:, None] * width_out + cols[None, :]
-                in_tile = rows[:, None] * width_in + cols[None, :]
-                if layer == NUM_LAYERS - 1:
-                    grad = tl.load(gy_ptr + first_row * last_width + out_tile, mask=out_mask, other=0.0).to(tl.float32)
-                    y = tl.load(out_ptr + first_row * width_out + out_tile, mask=out_mask, other=0.0).to(tl.float32)
-                    grad_z = _times_activation_grad(grad, y, LAST_ACT)
-                else:
-                    grad = tl.load(slots + ((layer + 1) % 2) * CHUNK_ROWS * BLOCK_D + block * BLOCK_M * BLOCK_D + slot_tile)
-                    y = tl.load(acts_ptr + tl.load(act_offsets_ptr + layer) + first_row * width_out + out_tile,
-                                mask=out_mask, other=0.0).to(tl.float32)
-                    grad_z = _times_activation_grad(grad, y, ACT)
-                grad_z = tl.where(out_mask, grad_z, 0.0)
-                if layer == 0:
-                    h_in = tl.load(x_ptr + first_row * width_in + in_tile, mask=in_mask, other=0.0).to(tl.float32)
-                else:
-                    h_in = tl.load(acts_ptr + tl.load(act_offsets_ptr + layer - 1) + first_row * width_in + in_tile,
-                                   mask=in_mask, other=0.0).to(tl.float32)
-                grad_w += _dot(tl.trans(grad_z.to(w.dtype)), h_in.to(w.dtype), PRECISION, UPCAST)
+                grad_z = _narrow_grad_z(gy_ptr, out_ptr, acts_ptr, grad_in_slots + block * BLOCK_M * BLOCK_D, M,
+                                        first_row, rows, cols, rows_valid, layer, DIMS, ACT_COLS, NUM_LAYERS,
+                                        ACT, LAST_ACT, BLOCK_D)
+                if not SPLIT_PASSES:
+                    h_in = _narrow_layer_input(x_ptr, acts_ptr, M, first_row, rows, cols, rows_valid, layer, DIMS,
+                                               ACT_COLS, BLOCK_D)
+                    grad_w += _dot(tl.trans(grad_z.to(w.dtype)), h_in.to(w.dtype), PRECISION, UPCAST)
                 if HAS_BIAS:
                     grad_b += tl.sum(grad_z, axis=0)
                 if layer > 0:
-                    tl.store(slots + (layer % 2) * CHUNK_ROWS * BLOCK_D + block * BLOCK_M * BLOCK_D + slot_tile,
-                             _dot(grad_z.to(w.dtype), w, PRECISION, UPCAST))
+                    tl.store(grad_out_slots + block * BLOCK_M * BLOCK_D, _dot(grad_z.to(w.dtype), w, PRECISION, UPCAST))
                 elif NEED_GX:
-                    tl.store(gx_ptr + first_row * first_width + (rows[:, None] * first_width + cols[None, :]),
+                    tl.store(gx_ptr + first_row * width_in + (rows[:, None] * width_in + cols[None, :]),
                              _dot(grad_z.to(w.dtype), w, PRECISION, UPCAST).to(gx_ptr.dtype.element_ty),
-                             mask=rows_valid & (cols[None, :] < first_width))
-            tl.atomic_add(gw_ptr + tl.load(w_offsets_ptr + layer) + (cols[:, None] * width_in + cols[None, :]), grad_w,
-                          mask=(cols[:, None] < width_out) & (cols[None, :] < width_in))
+                             mask=_row_tile_mask(rows_valid, cols, width_in, BLOCK_D))
+            if SPLIT_PASSES:
+                for block in range(CHUNK_BLOCKS):
+                    first_row = tl.cast(chunk, tl.int64) * CHUNK_ROWS + block * BLOCK_M
+                    rows_valid = rows[:, None] < _extent(first_row, M, BLOCK_M)
+                    grad_z = _narrow_grad_z(gy_ptr, out_ptr, acts_ptr, grad_in_slots + block * BLOCK_M * BLOCK_D,
+                                            M, first_row, rows, cols, rows_valid, layer, DIMS, ACT_COLS,
+                                            NUM_LAYERS, ACT, LAST_ACT, BLOCK_D)
+                    h_in = _narrow_layer_input(x_ptr, acts_ptr, M, first_row, rows, cols, rows_valid, layer, DIMS,
+                                               ACT_COLS, BLOCK_D)
+                    grad_w += _dot(tl.trans(grad_z.to(w.dtype)), h_in.to(w.dtype), PRECISION, UPCAST)
+            tl.atomic_add(gw_ptr + W_OFFSETS[layer] + (cols[:, None] * width_in + cols[None, :]), grad_w,
+                          mask=_narrow_weight_mask(cols, width_in, DIMS[layer + 1]))
             if HAS_BIAS:
-                tl.atomic_add(gb_ptr + tl.load(b_offsets_ptr + layer) + cols, grad_b, mask=cols < width_out)
+                tl.atomic_add(gb_ptr + B_OFFSETS[layer] + cols, grad_b, mask=cols < DIMS[layer + 1])
             # The next layer's threads read slots other threads wrote in this one.
             tl.debug_barrier()
 
 
-def _narrow_layout(dims, rows, device):
-    """Offsets of each layer's weight, bias and saved activation in the packed buffers."""
-    w_offsets, b_offsets, act_offsets = [0], [0], [0]
-    for width_in, width_out in zip(dims[:-1], dims[1:]):
-        w_offsets.append(w_offsets[-1] + width_in * width_out)
-        b_offsets.append(b_offsets[-1] + width_out)
-        act_offsets.append(act_offsets[-1] + rows * width_out)
-    as_tensor = lambda values: torch.tensor(values, dtype=torch.int64, device=device)  # noqa: E731
-    return as_tensor(dims), as_tensor(w_offsets[:-1]), as_tensor(b_offsets[:-1]), as_tensor(act_offsets[:-2] or [0]), act_offsets[-2]
-
-
 # Rows per program of the narrow kernels (8 warps), by operands ("16-bit" or float32's dot precision),
-# direction and tile width: the most of 16, 32 and 64 that compile for sm_90 without spilling to local
-# memory with triton 3.6 and 3.9 (tests/mlp/test_compiled_kernels.py checks each). A spill is costly
-# here: 64 x 64 float32 tiles in 4 warps spilled 13 KiB per thread, which made the stack 40x slower
-# than eager on an H200. The forward holds one tile of rows and a layer's weight; the backward also the
-# weight gradient's sum, so it takes fewer rows. More rows per program mean fewer loads of the weights;
-# 128 rows would fit most forwards too, but in more than 128 registers per thread, which halves the
-# programs an SM holds. Since in-tile offsets are 32-bit, 128-wide forwards fit as well but in IEEE
-# float32 (FMA dots; it spills with triton 3.6). 128-wide backwards spill in every configuration (a
-# 128 x 128 float32 weight and its gradient take 128 registers per thread of 8 warps on their own).
-# What the table leaves out takes WIDEST_TILE_ROWS.
+# direction and tile width: the most of 16, 32, 64 and 128 that compile for sm_90 without spilling to
+# local memory with triton 3.6 and 3.9, as a launch on torch's tensors compiles them (16-byte aligned,
+# the batch a multiple of 16; tests/mlp/test_compiled_kernels.py checks each). A spill is costly here:
+# 64 x 64 float32 tiles in 4 warps spilled 13 KiB per thread, which made the stack 40x slower than
+# eager on an H200. More rows per program mean fewer loads of the weights (a 64-wide stack of four
+# float32 layers loads 64 KiB of them per row block), at the price of registers: the forward holds a
+# tile of rows and one weight, the backward also the weight gradient's sum. The 128-wide backward
+# takes its two passes (NARROW_ONE_PASS_WIDTH). What the table leaves out (the 128-wide forward in
+# IEEE float32, whose FMA dots spill at any rows) takes WIDEST_TILE_ROWS.
 NARROW_WARPS = 8
+NARROW_MAX_ROWS = 128
+NARROW_ONE_PASS_WIDTH = 64  # wider backward tiles take two passes (SPLIT_PASSES): one pass spills
 NARROW_ROWS = {
-    ("16-bit", "forward"): {16: 64, 32: 64, 64: 64, 128: 64},
-    ("tf32", "forward"): {16: 64, 32: 64, 64: 64, 128: 64},
-    ("tf32x3", "forward"): {16: 64, 32: 64, 64: 64, 128: 16},
-    ("ieee", "forward"): {16: 64, 32: 64, 64: 16},
-    ("16-bit", "backward"): {16: 64, 32: 64, 64: 32},
-    ("tf32", "backward"): {16: 64, 32: 64, 64: 32},
-    ("tf32x3", "backward"): {16: 64, 32: 32, 64: 16},
-    ("ieee", "backward"): {16: 64, 32: 64, 64: 32},
+    ("16-bit", "forward"): {16: 128, 32: 128, 64: 128, 128: 128},
+    ("tf32", "forward"): {16: 128, 32: 128, 64: 128, 128: 128},
+    ("tf32x3", "forward"): {16: 128, 32: 128, 64: 128, 128: 16},
+    ("ieee", "forward"): {16: 128, 32: 128, 64: 32},
+    ("16-bit", "backward"): {16: 128, 32: 128, 64: 128, 128: 16},
+    ("tf32", "backward"): {16: 128, 32: 128, 64: 32, 128: 16},
+    ("tf32x3", "backward"): {16: 64, 32: 32, 64: 16, 128: 16},
+    ("ieee", "backward"): {16: 128, 32: 128, 64: 32, 128: 16},
 }
 WIDEST_TILE_ROWS = 16
 
@@ -683,21 +742,21 @@ def _narrow_blocks(dims, rows, operands, direction):
     """(tile width, rows per program, warps) of a narrow kernel (``direction`` "forward"/"backward")."""
     block_d = max(16, triton.next_power_of_2(max(dims)))
     most = NARROW_ROWS[(operands, direction)].get(block_d, WIDEST_TILE_ROWS)
-    return block_d, min(_block(rows, 64), most), NARROW_WARPS
+    return block_d, min(_block(rows, NARROW_MAX_ROWS), most), NARROW_WARPS
 
 
 def narrow_forward(x, weights, biases, dims, activation, last_activation, save):
     """(out, saved activations between the layers, packed; empty when not saved)."""
     rows = x.shape[0]
-    dims_t, w_offsets, b_offsets, act_offsets, saved_count = _narrow_layout(dims, rows, x.device)
+    layout = narrow_constants(tuple(dims))
     out = torch.empty(rows, dims[-1], dtype=x.dtype, device=x.device)
-    acts = torch.empty(saved_count if save else 0, dtype=x.dtype, device=x.device)
+    acts = torch.empty(rows * sum(dims[1:-1]) if save else 0, dtype=x.dtype, device=x.device)
     block_d, block_m, warps = _narrow_blocks(dims, rows, _operands(x.dtype), "forward")
     _narrow_forward_kernel[(triton.cdiv(rows, block_m),)](
-        x, weights, weights if biases is None else biases, dims_t, w_offsets, b_offsets, act_offsets, out,
-        acts if acts.numel() else out, rows, NUM_LAYERS=len(dims) - 1, ACT=ACTIVATION_CODES[activation],
-        LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, SAVE=save,
-        PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps)
+        x, weights, weights if biases is None else biases, out, acts if acts.numel() else out, rows, **layout,
+        ACT=ACTIVATION_CODES[activation], LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None,
+        SAVE=save, PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
+        num_warps=warps)
     return out, acts
 
 
@@ -718,7 +777,6 @@ def _narrow_backward_grid(rows: int, block_m: int, device: torch.device) -> tupl
 
 def narrow_backward(grad_out, x, out, acts, weights, biases, dims, activation, last_activation, need_input_grad):
     rows = x.shape[0]
-    dims_t, w_offsets, b_offsets, act_offsets, _ = _narrow_layout(dims, rows, x.device)
     grad_x = torch.empty_like(x) if need_input_grad else x.new_empty(0)
     grad_w = torch.zeros(weights.shape, dtype=torch.float32, device=x.device)
     grad_b = torch.zeros(biases.shape, dtype=torch.float32, device=x.device) if biases is not None else grad_w
@@ -726,9 +784,9 @@ def narrow_backward(grad_out, x, out, acts, weights, biases, dims, activation, l
     chunk_blocks, programs = _narrow_backward_grid(rows, block_m, x.device)
     scratch = torch.empty(programs * 2 * chunk_blocks * block_m * block_d, dtype=torch.float32, device=x.device)
     _narrow_backward_kernel[(programs,)](
-        grad_out, x, out, acts if acts.numel() else out, weights, dims_t, w_offsets, b_offsets, act_offsets,
-        grad_x if need_input_grad else out, grad_w, grad_b, scratch, rows, NUM_LAYERS=len(dims) - 1,
-        ACT=ACTIVATION_CODES[activation], LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None,
-        NEED_GX=need_input_grad, PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m,
-        BLOCK_D=block_d, CHUNK_BLOCKS=chunk_blocks, num_warps=warps)
+        grad_out, x, out, acts if acts.numel() else out, weights, grad_x if need_input_grad else out, grad_w,
+        grad_b, scratch, rows, **narrow_constants(tuple(dims)), ACT=ACTIVATION_CODES[activation],
+        LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, NEED_GX=need_input_grad,
+        PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
+        CHUNK_BLOCKS=chunk_blocks, SPLIT_PASSES=block_d > NARROW_ONE_PASS_WIDTH, num_warps=warps)
     return grad_x, grad_w.to(weights.dtype), (grad_b.to(biases.dtype) if biases is not None else weights.new_empty(0))

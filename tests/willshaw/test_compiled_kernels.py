@@ -56,7 +56,9 @@ CASE_IDS = ["store-1", "store-2", "store-4", "store-8", "store-rows", *(f"and-{w
 def compile_launches() -> dict:
     from aefast.willshaw import triton_kernels
 
-    return {case: compile_for_sm90(getattr(triton_kernels, name), SIGNATURES[name], constants, warps)
+    # Compiled for the benchmark's sizes (n = 2^18: 4096 words per row), multiples of 16 as Triton sees them.
+    return {case: compile_for_sm90(getattr(triton_kernels, name), SIGNATURES[name], constants, warps,
+                                   divisible=("words_per_row", "n_in", "n_out"))
             for case, name, constants, warps in launches()}
 
 
