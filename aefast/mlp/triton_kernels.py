@@ -336,22 +336,25 @@ class Tiles:
 # The tiles each linear kernel may take, by the operands of its dots: the largest (BLOCK_M, BLOCK_N,
 # BLOCK_K), each edge shrunk to the problem's (a power of two). The first is the default; on a GPU a
 # large problem times them all once (_pick_tiles). Each compiles for sm_90 without spilling, with the
-# heaviest epilogue and masked corruption, on triton 3.6 and 3.9 (tests/mlp/test_compiled_kernels.py).
-# Left out because they spill with triton 3.6 or 3.9: 128 x 128 output tiles (but the 16-bit
-# forward's); in 3xTF32, whose split operands take registers of their own, the forward's 64 x 128 and
-# the larger tiles of the loss and of dW; the 16-bit loss's larger tiles; IEEE dW's 64 x 128 (8 bytes,
-# triton 3.9).
+# heaviest epilogue and masked corruption, on triton 3.6 and 3.9, as a launch on torch's tensors
+# compiles it (aligned pointers, sizes divisible by 16; tests/mlp/test_compiled_kernels.py). Left out
+# because they spill with triton 3.6 or 3.9: 128 x 256 forward tiles; the IEEE and 3xTF32 forward's
+# 128 x 128 x 64 and IEEE's 128 x 128; the loss's 128 x 128 but in 16 bits; dX's 128 x 64 x 128 and,
+# but in IEEE, its 128 x 32 x 128; dW's 64 x 128 x 128 and IEEE's 32 x 64 x 128 (8 bytes, triton 3.9).
 # BLOCK_M/N/K name the kernel's parameters: for "grad_input" BLOCK_N is the reduced edge and the output
 # tile is BLOCK_M x BLOCK_K; for "grad_weight" BLOCK_M is reduced (the batch), the output BLOCK_N x BLOCK_K.
 _FORWARD = [(64, 64, 32), (128, 64, 32), (64, 128, 32)]
-_GRAD_INPUT = [(64, 32, 64), (64, 32, 128), (128, 32, 64)]
-_GRAD_WEIGHT = [(32, 64, 64), (32, 64, 128), (32, 128, 64)]
+_BIG_FORWARD = [(128, 128, 32), (128, 128, 64)]
+_GRAD_INPUT = [(64, 32, 64), (64, 32, 128), (128, 32, 64), (64, 64, 64)]
+_GRAD_WEIGHT = [(32, 64, 64), (32, 64, 128), (32, 128, 64), (32, 128, 128), (64, 64, 64)]
 LINEAR_TILES = {
-    "forward": {"16-bit": _FORWARD + [(128, 128, 32)], "tf32": _FORWARD, "tf32x3": _FORWARD[:2], "ieee": _FORWARD},
-    "loss": {"16-bit": _FORWARD[:1], "tf32": _FORWARD, "tf32x3": _FORWARD[:1], "ieee": _FORWARD},
-    "grad_input": {"16-bit": _GRAD_INPUT, "tf32": _GRAD_INPUT, "tf32x3": _GRAD_INPUT, "ieee": _GRAD_INPUT},
-    "grad_weight": {"16-bit": _GRAD_WEIGHT, "tf32": _GRAD_WEIGHT, "tf32x3": _GRAD_WEIGHT[:1],
-                    "ieee": _GRAD_WEIGHT[::2]},
+    "forward": {"16-bit": _FORWARD + _BIG_FORWARD, "tf32": _FORWARD + _BIG_FORWARD,
+                "tf32x3": _FORWARD + _BIG_FORWARD[:1], "ieee": _FORWARD},
+    "loss": {"16-bit": _FORWARD + _BIG_FORWARD[:1], "tf32": _FORWARD, "tf32x3": _FORWARD, "ieee": _FORWARD},
+    "grad_input": {"16-bit": _GRAD_INPUT, "tf32": _GRAD_INPUT, "tf32x3": _GRAD_INPUT,
+                   "ieee": _GRAD_INPUT + [(128, 32, 128)]},
+    "grad_weight": {"16-bit": _GRAD_WEIGHT, "tf32": _GRAD_WEIGHT, "tf32x3": _GRAD_WEIGHT,
+                    "ieee": [tile for tile in _GRAD_WEIGHT if tile != (32, 64, 128)]},
 }
 # Which two of (M, N, K) a kernel's output tile spans: it takes WIDE_TILE_WARPS from WIDE_TILE elements.
 _OUTPUT_EDGES = {"forward": (0, 1), "loss": (0, 1), "grad_input": (0, 2), "grad_weight": (1, 2)}
