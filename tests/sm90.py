@@ -5,6 +5,8 @@ accepts code the compiler rejects and says nothing of spills; these checks see b
 The compilation must run in a process without TRITON_INTERPRET (the interpreter replaces the kernels by
 Python functions), so a test module runs itself as a child: ``compiled_in_child(__file__)`` runs the
 module's ``__main__``, which prints one JSON line."""
+import contextlib
+import io
 import json
 import os
 import re
@@ -21,28 +23,35 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def compile_for_sm90(kernel, signature: dict, constants: dict, warps: int, stages: int = 3,
                      divisible: tuple[str, ...] = ()) -> dict:
-    """{"stack": bytes of per-thread stack (spills, local arrays), "registers": per thread, "tensor_cores":
-    whether its PTX has a (wg)mma instruction} of ``kernel`` compiled for sm_90. ``signature`` gives every
-    non-constexpr parameter's type ("*i64", "i32", ...); ``stages`` is the launch's num_stages (3, Triton's
-    default for CUDA, when a launcher gives none).
+    """{"stack": bytes of per-thread stack (spills and local arrays), "spills": bytes of spill stores,
+    "registers": per thread, "tensor_cores": whether its PTX has a (wg)mma instruction} of ``kernel``
+    compiled for sm_90. ``signature`` gives every non-constexpr parameter's type ("*i64", "i32", ...);
+    ``stages`` is the launch's num_stages (3, Triton's default for CUDA, when a launcher gives none).
 
     Compiled as a launch with torch's tensors gets it: Triton specializes a kernel on 16-byte aligned
     pointers and on integers divisible by 16 (``divisible`` names those), and vectorizes accesses from
-    it, which changes the registers a kernel takes."""
+    it, which changes the registers a kernel takes. Compiled afresh (not from Triton's cache) so that
+    ptxas's report of spills comes with it."""
+    from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     full_signature = {**signature, **{name: "constexpr" for name in constants}}
     aligned = {(index,): [["tt.divisibility", 16]] for index, name in enumerate(kernel.arg_names)
                if name in signature and (signature[name].startswith("*") or name in divisible)}
-    compiled = triton.compile(ASTSource(fn=kernel, signature=full_signature, constexprs=constants, attrs=aligned),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+    ptxas_log = io.StringIO()
+    with knobs.compilation.scope(), knobs.nvidia.scope(), contextlib.redirect_stdout(ptxas_log):
+        knobs.compilation.always_compile = True
+        knobs.nvidia.dump_ptxas_log = True  # printed by Triton once ptxas has run
+        compiled = triton.compile(ASTSource(fn=kernel, signature=full_signature, constexprs=constants, attrs=aligned),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
     with tempfile.TemporaryDirectory() as folder:
         cubin = Path(folder) / "kernel.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
         usage = subprocess.run([str(CUOBJDUMP), "-res-usage", str(cubin)], capture_output=True, text=True,
                                check=True).stdout
     return {"stack": int(re.search(r"STACK:(\d+)", usage).group(1)),
+            "spills": int(re.search(r"(\d+) bytes spill stores", ptxas_log.getvalue()).group(1)),
             "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
             "tensor_cores": re.search(r"\b(wgmma|mma)\.", compiled.asm["ptx"]) is not None}
 

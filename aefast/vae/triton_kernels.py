@@ -11,8 +11,12 @@ from aefast._triton_math import exp
 from aefast._triton_random import philox_normal
 from aefast.vae.reference import clamp_active, kl_dtype
 
-# Elements per program: 4096 keeps 8 warps busy on a 2^20 x 32 problem (256k programs in all).
-_BLOCK_ELEMENTS = 4096
+# Elements per program and warps: 4 elements per thread, in 40-80 registers, so that an SM holds
+# enough warps to keep loads in flight. Blocks of 4096 elements in 4 warps (what the H200 run timed)
+# took 218-243 registers per thread: two programs per SM (tests/vae/test_compiled_kernels.py keeps
+# this in check). Rows wider than a block loop over it, 8 elements per thread at most.
+BLOCK_ELEMENTS = 512
+WARPS = 4
 _MAX_BLOCK_COLS = 1024
 
 
@@ -91,7 +95,7 @@ def _backward_kernel(grad_z_ptr, grad_kl_ptr, mu_ptr, logvar_ptr, eps_ptr, grad_
 
 def _launch_shape(rows: int, cols: int) -> tuple[int, int, tuple[int]]:
     block_cols = min(triton.next_power_of_2(max(cols, 1)), _MAX_BLOCK_COLS)
-    block_rows = max(1, _BLOCK_ELEMENTS // block_cols)
+    block_rows = max(1, BLOCK_ELEMENTS // block_cols)
     return block_rows, block_cols, (triton.cdiv(rows, block_rows),)
 
 
@@ -105,7 +109,7 @@ def forward(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):
     _forward_kernel[grid](
         mu, logvar, eps if eps is not None else mu, z, kl, rows, cols, seed, clamp_min, clamp_max,
         HAS_EPS=eps is not None, PER_ELEMENT=per_element, CLAMP=clamp_active(clamp_min, clamp_max),
-        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols,
+        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=WARPS,
     )
     return z, kl
 
@@ -121,6 +125,6 @@ def backward(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max):
         grad_z, grad_kl, mu, logvar, eps if eps is not None else mu, grad_mu, grad_logvar,
         rows, cols, seed, clamp_min, clamp_max,
         HAS_EPS=eps is not None, PER_ELEMENT=grad_kl.dim() == 2, CLAMP=clamp_active(clamp_min, clamp_max),
-        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols,
+        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=WARPS,
     )
     return grad_mu, grad_logvar
