@@ -607,7 +607,7 @@ def _narrow_forward_kernel(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, M,
         tile = rows[:, None] * width_out + cols[None, :]
         if SAVE:
             if layer < NUM_LAYERS - 1:
-                tl.store(acts_ptr + M.to(tl.int64) * ACT_COLS[layer] + first_row * width_out + tile,
+                tl.store(acts_ptr + tl.cast(M, tl.int64) * ACT_COLS[layer] + first_row * width_out + tile,
                          h.to(acts_ptr.dtype.element_ty), mask=valid)
         if layer == NUM_LAYERS - 1:
             tl.store(out_ptr + first_row * width_out + tile, h.to(out_ptr.dtype.element_ty), mask=valid)
@@ -628,7 +628,7 @@ def _narrow_grad_z(gy_ptr, out_ptr, acts_ptr, grad_slot_ptr, M, first_row, rows,
         grad_z = _times_activation_grad(grad, y, LAST_ACT)
     else:
         grad = tl.load(grad_slot_ptr)
-        y = tl.load(acts_ptr + M.to(tl.int64) * ACT_COLS[LAYER] + out_tile, mask=out_mask, other=0.0).to(tl.float32)
+        y = tl.load(acts_ptr + tl.cast(M, tl.int64) * ACT_COLS[LAYER] + out_tile, mask=out_mask, other=0.0).to(tl.float32)
         grad_z = _times_activation_grad(grad, y, ACT)
     return tl.where(out_mask, grad_z, 0.0)
 
@@ -644,7 +644,7 @@ def _narrow_layer_input(x_ptr, acts_ptr, M, first_row, rows, cols, rows_valid, L
     if LAYER == 0:
         h_in = tl.load(x_ptr + in_tile, mask=in_mask, other=0.0)
     else:
-        h_in = tl.load(acts_ptr + M.to(tl.int64) * ACT_COLS[LAYER - 1] + in_tile, mask=in_mask, other=0.0)
+        h_in = tl.load(acts_ptr + tl.cast(M, tl.int64) * ACT_COLS[LAYER - 1] + in_tile, mask=in_mask, other=0.0)
     return h_in.to(tl.float32)
 
 

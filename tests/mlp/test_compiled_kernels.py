@@ -89,21 +89,31 @@ def linear_cases() -> list[str]:
 
 
 def compile_case(case: str) -> dict:
+    one_row = case.startswith("one-row-")
+    case = case.removeprefix("one-row-")
     if case.startswith("linear-"):
         _, kind, element, precision, index = case.split("-")
         kernel, constants, warps = linear_case(kind, element, precision, int(index))
     else:
         direction, element, precision, width = case.split("-")
         kernel, constants, warps = narrow_case(direction, element, precision, int(width))
-    # Every size of these cases (2^20 rows, 2^14, 256, 784) is a multiple of 16, as Triton sees it.
+    if one_row:
+        constants["M"] = 1  # Triton makes an integer argument of 1 a constant: a batch of one row
+    # Every other size of these cases (2^20 rows, 2^14, 256, 784) is a multiple of 16, as Triton sees it.
     return compile_for_sm90(kernel, signature(kernel, element, constants), constants, warps, divisible=("M", "N", "K"))
+
+
+# A batch of one row compiles a kernel of its own, with M a constant: a kernel that treats M as a
+# tensor (M.to(...)) compiles for every other batch and fails there. The interpreter does not see it.
+ONE_ROW_CASES = ["one-row-forward-fp32-tf32-64", "one-row-backward-fp32-tf32-64", "one-row-backward-fp32-tf32-128",
+                 *(f"one-row-linear-{kind}-fp32-tf32-0" for kind in ("forward", "grad_input", "grad_weight", "loss"))]
 
 
 def compile_cases() -> dict:
     """{case id: compile_for_sm90's result} for every case, compiled by one worker per core (in a process
     that must not interpret Triton)."""
     cases = [f"{direction}-{element}-{precision}-{width}" for direction, (element, precision), width in CASES]
-    cases += linear_cases()
+    cases += linear_cases() + ONE_ROW_CASES
     with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
         return dict(zip(cases, pool.map(compile_case, cases)))
 
@@ -129,6 +139,12 @@ def test_narrow_kernels_compile_for_sm90_without_spills(compiled, direction, pre
 def test_every_linear_tile_compiles_for_sm90_without_spills(compiled, case):
     assert compiled[case]["stack"] == 0
     assert compiled[case]["tensor_cores"] == ("-fp32-ieee-" not in case)
+
+
+@pytest.mark.skipif(not CUOBJDUMP.exists(), reason="Triton's CUDA tools are not installed")
+@pytest.mark.parametrize("case", ONE_ROW_CASES)
+def test_kernels_compile_for_a_batch_of_one_row(compiled, case):
+    assert compiled[case]["registers"] > 0
 
 
 if __name__ == "__main__":
