@@ -576,6 +576,20 @@ def _narrow_weight(w_ptr, cols, WIDTH_IN: tl.constexpr, WIDTH_OUT: tl.constexpr,
 
 
 @triton.jit
+def _saved_activations(acts_ptr, M, ACT_COLS: tl.constexpr, INDEX: tl.constexpr):
+    """Where the activations after layer INDEX start in the packed ``acts``. M may be a constant (Triton
+    makes an argument of 1 one), so it is cast, not converted with ``.to``."""
+    return acts_ptr + tl.cast(M, tl.int64) * ACT_COLS[INDEX]
+
+
+@triton.jit
+def _narrow_rows(chunk, block, M, rows, CHUNK_ROWS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """(first row, which of ``rows`` are real) of row block ``block`` of chunk ``chunk``."""
+    first_row = tl.cast(chunk, tl.int64) * CHUNK_ROWS + block * BLOCK_M
+    return first_row, rows[:, None] < _extent(first_row, M, BLOCK_M)
+
+
+@triton.jit
 def _narrow_forward_kernel(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, M,
                            DIMS: tl.constexpr, W_OFFSETS: tl.constexpr, B_OFFSETS: tl.constexpr,
                            ACT_COLS: tl.constexpr, NUM_LAYERS: tl.constexpr, ACT: tl.constexpr,
@@ -607,7 +621,7 @@ def _narrow_forward_kernel(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, M,
         tile = rows[:, None] * width_out + cols[None, :]
         if SAVE:
             if layer < NUM_LAYERS - 1:
-                tl.store(acts_ptr + tl.cast(M, tl.int64) * ACT_COLS[layer] + first_row * width_out + tile,
+                tl.store(_saved_activations(acts_ptr, M, ACT_COLS, layer) + first_row * width_out + tile,
                          h.to(acts_ptr.dtype.element_ty), mask=valid)
         if layer == NUM_LAYERS - 1:
             tl.store(out_ptr + first_row * width_out + tile, h.to(out_ptr.dtype.element_ty), mask=valid)
@@ -628,7 +642,7 @@ def _narrow_grad_z(gy_ptr, out_ptr, acts_ptr, grad_slot_ptr, M, first_row, rows,
         grad_z = _times_activation_grad(grad, y, LAST_ACT)
     else:
         grad = tl.load(grad_slot_ptr)
-        y = tl.load(acts_ptr + tl.cast(M, tl.int64) * ACT_COLS[LAYER] + out_tile, mask=out_mask, other=0.0).to(tl.float32)
+        y = tl.load(_saved_activations(acts_ptr, M, ACT_COLS, LAYER) + out_tile, mask=out_mask, other=0.0).to(tl.float32)
         grad_z = _times_activation_grad(grad, y, ACT)
     return tl.where(out_mask, grad_z, 0.0)
 
@@ -644,7 +658,7 @@ def _narrow_layer_input(x_ptr, acts_ptr, M, first_row, rows, cols, rows_valid, L
     if LAYER == 0:
         h_in = tl.load(x_ptr + in_tile, mask=in_mask, other=0.0)
     else:
-        h_in = tl.load(acts_ptr + tl.cast(M, tl.int64) * ACT_COLS[LAYER - 1] + in_tile, mask=in_mask, other=0.0)
+        h_in = tl.load(_saved_activations(acts_ptr, M, ACT_COLS, LAYER - 1) + in_tile, mask=in_mask, other=0.0)
     return h_in.to(tl.float32)
 
 
@@ -680,8 +694,7 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, gx_ptr, gw_
             grad_w = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
             grad_b = tl.zeros((BLOCK_D,), dtype=tl.float32)
             for block in range(CHUNK_BLOCKS):
-                first_row = tl.cast(chunk, tl.int64) * CHUNK_ROWS + block * BLOCK_M
-                rows_valid = rows[:, None] < _extent(first_row, M, BLOCK_M)
+                first_row, rows_valid = _narrow_rows(chunk, block, M, rows, CHUNK_ROWS, BLOCK_M)
                 grad_z = _narrow_grad_z(gy_ptr, out_ptr, acts_ptr, grad_in_slots + block * BLOCK_M * BLOCK_D, M,
                                         first_row, rows, cols, rows_valid, layer, DIMS, ACT_COLS, NUM_LAYERS,
                                         ACT, LAST_ACT, BLOCK_D)
@@ -699,8 +712,7 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, gx_ptr, gw_
                              mask=_row_tile_mask(rows_valid, cols, width_in, BLOCK_D))
             if SPLIT_PASSES:
                 for block in range(CHUNK_BLOCKS):
-                    first_row = tl.cast(chunk, tl.int64) * CHUNK_ROWS + block * BLOCK_M
-                    rows_valid = rows[:, None] < _extent(first_row, M, BLOCK_M)
+                    first_row, rows_valid = _narrow_rows(chunk, block, M, rows, CHUNK_ROWS, BLOCK_M)
                     grad_z = _narrow_grad_z(gy_ptr, out_ptr, acts_ptr, grad_in_slots + block * BLOCK_M * BLOCK_D,
                                             M, first_row, rows, cols, rows_valid, layer, DIMS, ACT_COLS,
                                             NUM_LAYERS, ACT, LAST_ACT, BLOCK_D)

@@ -38,11 +38,16 @@ def signature(kernel, element: str, constants: dict) -> dict:
     return {param.name: kind(param.name) for param in kernel.params if param.name not in constants}
 
 
+def operands_of(element: str, precision: str) -> str:
+    """The key of NARROW_ROWS and LINEAR_TILES for a case's element type and dot precision."""
+    return "16-bit" if element == "bf16" else precision
+
+
 def narrow_case(direction, element, precision, width):
     from aefast.mlp import triton_kernels
 
-    operands = "16-bit" if element == "bf16" else precision
-    block_d, block_m, warps = triton_kernels._narrow_blocks([width] * 5, 2**20, operands, direction)
+    block_d, block_m, warps = triton_kernels._narrow_blocks([width] * 5, 2**20, operands_of(element, precision),
+                                                            direction)
     constants = dict(triton_kernels.narrow_constants((width,) * 5), ACT=1, LAST_ACT=0, HAS_BIAS=True,
                      PRECISION=precision, UPCAST=False, BLOCK_M=block_m, BLOCK_D=block_d)
     if direction == "forward":
@@ -70,8 +75,7 @@ def linear_case(kind, element, precision, index):
     """Kernel ``kind`` with its tile number ``index`` (in LINEAR_TILES) on LINEAR_SIZES."""
     from aefast.mlp import triton_kernels as k
 
-    operands = "16-bit" if element == "bf16" else precision
-    tiles = k.fit_tiles(kind, k.LINEAR_TILES[kind][operands][index], LINEAR_SIZES[kind])
+    tiles = k.fit_tiles(kind, k.LINEAR_TILES[kind][operands_of(element, precision)][index], LINEAR_SIZES[kind])
     kernel = {"forward": k._linear_forward_kernel, "grad_input": k._linear_grad_input_kernel,
               "grad_weight": k._linear_grad_weight_kernel, "loss": k._linear_loss_kernel}[kind]
     constants = dict(LINEAR_VARIANTS[kind], PRECISION=precision, UPCAST=False, LONG_ROWS=False,
@@ -85,7 +89,7 @@ def linear_cases() -> list[str]:
 
     return [f"linear-{kind}-{element}-{precision}-{index}" for element, precision in PRECISIONS
             for kind, by_operands in LINEAR_TILES.items()
-            for index in range(len(by_operands["16-bit" if element == "bf16" else precision]))]
+            for index in range(len(by_operands[operands_of(element, precision)]))]
 
 
 def compile_case(case: str) -> dict:
