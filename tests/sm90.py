@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def compile_for_sm90(kernel, signature: dict, constants: dict, warps: int, stages: int = 3,
                      divisible: tuple[str, ...] = ()) -> dict:
     """{"stack": bytes of per-thread stack (spills and local arrays), "spills": bytes of spill stores,
-    "registers": per thread, "tensor_cores": whether its PTX has a (wg)mma instruction} of ``kernel``
+    "registers": per thread, "shared": bytes of shared memory per program, "tensor_cores": whether its
+    PTX has a (wg)mma instruction} of ``kernel``
     compiled for sm_90. ``signature`` gives every non-constexpr parameter's type ("*i64", "i32", ...);
     ``stages`` is the launch's num_stages (3, Triton's default for CUDA, when a launcher gives none).
 
@@ -53,6 +54,7 @@ def compile_for_sm90(kernel, signature: dict, constants: dict, warps: int, stage
     return {"stack": int(re.search(r"STACK:(\d+)", usage).group(1)),
             "spills": int(re.search(r"(\d+) bytes spill stores", ptxas_log.getvalue()).group(1)),
             "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
+            "shared": compiled.metadata.shared,
             "tensor_cores": re.search(r"\b(wgmma|mma)\.", compiled.asm["ptx"]) is not None}
 
 

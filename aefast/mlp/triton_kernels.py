@@ -663,7 +663,7 @@ def _narrow_layer_input(x_ptr, acts_ptr, M, first_row, rows, cols, rows_valid, L
 
 
 @triton.jit
-def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, gx_ptr, gw_ptr, gb_ptr, scratch_ptr, M,
+def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, gx_ptr, partials_ptr, scratch_ptr, M,
                             DIMS: tl.constexpr, W_OFFSETS: tl.constexpr, B_OFFSETS: tl.constexpr,
                             ACT_COLS: tl.constexpr, NUM_LAYERS: tl.constexpr, ACT: tl.constexpr,
                             LAST_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, NEED_GX: tl.constexpr,
@@ -671,8 +671,11 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, gx_ptr, gw_
                             BLOCK_D: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, SPLIT_PASSES: tl.constexpr):
     """Backward through the stretch, last layer first, over chunks of CHUNK_BLOCKS row blocks: per row
     block dz = dh * act'(h) and dh = dz W; a layer's weight and bias gradients are summed over the
-    chunk on chip and added (atomically, in float32) once per chunk, not once per row block, which
-    cut the atomic adds CHUNK_BLOCKS-fold. The dh passed down between layers waits in this program's
+    chunk on chip, then added to this program's own float32 partial sums (row program_id of
+    ``partials``: the packed weights' gradients, then the biases'), which the launcher adds up over the
+    programs. Not to one shared
+    sum: the programs' adds onto the same addresses would contend, and land in an order that changes
+    the gradients' last bits from run to run. The dh passed down between layers waits in this program's
     own slots of ``scratch`` (two per row block, the layers alternating between them so that no slot is
     read and written in one layer), small enough to stay in L2. Programs loop over chunks.
 
@@ -684,6 +687,8 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, gx_ptr, gw_
     rows = tl.arange(0, BLOCK_M)
     CHUNK_ROWS: tl.constexpr = CHUNK_BLOCKS * BLOCK_M
     slots = scratch_ptr + tl.program_id(0).to(tl.int64) * (2 * CHUNK_ROWS * BLOCK_D)
+    WEIGHT_COUNT: tl.constexpr = W_OFFSETS[NUM_LAYERS - 1] + DIMS[NUM_LAYERS - 1] * DIMS[NUM_LAYERS]
+    BIAS_COUNT: tl.constexpr = B_OFFSETS[NUM_LAYERS - 1] + DIMS[NUM_LAYERS]
     slot_tile = rows[:, None] * BLOCK_D + cols[None, :]
     for chunk in range(tl.program_id(0), tl.cdiv(M, CHUNK_ROWS), tl.num_programs(0)):
         for layer in tl.static_range(NUM_LAYERS - 1, -1, -1):
@@ -719,10 +724,15 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, gx_ptr, gw_
                     h_in = _narrow_layer_input(x_ptr, acts_ptr, M, first_row, rows, cols, rows_valid, layer, DIMS,
                                                ACT_COLS, BLOCK_D)
                     grad_w += _dot(tl.trans(grad_z.to(w.dtype)), h_in.to(w.dtype), PRECISION, UPCAST)
-            tl.atomic_add(gw_ptr + W_OFFSETS[layer] + (cols[:, None] * width_in + cols[None, :]), grad_w,
-                          mask=_narrow_weight_mask(cols, width_in, DIMS[layer + 1]))
+            # Added in place with atomics that return nothing (a load, add and store held the loaded tile
+            # beside the sum, and spilled in six configurations), to addresses no other program adds
+            # to: one thread adds a chunk's sum after the last chunk's, in the chunks' order.
+            my_sums = partials_ptr + tl.program_id(0).to(tl.int64) * (WEIGHT_COUNT + BIAS_COUNT)
+            tl.atomic_add(my_sums + W_OFFSETS[layer] + (cols[:, None] * width_in + cols[None, :]), grad_w,
+                          mask=_narrow_weight_mask(cols, width_in, DIMS[layer + 1]), sem="relaxed")
             if HAS_BIAS:
-                tl.atomic_add(gb_ptr + B_OFFSETS[layer] + cols, grad_b, mask=cols < DIMS[layer + 1])
+                tl.atomic_add(my_sums + WEIGHT_COUNT + B_OFFSETS[layer] + cols, grad_b, mask=cols < DIMS[layer + 1],
+                              sem="relaxed")
             # The next layer's threads read slots other threads wrote in this one.
             tl.debug_barrier()
 
@@ -747,7 +757,7 @@ NARROW_ROWS = {
     ("ieee", "forward"): {16: 128, 32: 128, 64: 32},
     ("16-bit", "backward"): {16: 128, 32: 128, 64: 128, 128: 16},
     ("tf32", "backward"): {16: 128, 32: 128, 64: 32, 128: 16},
-    ("tf32x3", "backward"): {16: 64, 32: 32, 64: 16, 128: 16},
+    ("tf32x3", "backward"): {16: 64, 32: 16, 64: 16, 128: 16},
     ("ieee", "backward"): {16: 128, 32: 128, 64: 32, 128: 16},
 }
 WIDEST_TILE_ROWS = 16
@@ -793,15 +803,21 @@ def _narrow_backward_grid(rows: int, block_m: int, device: torch.device) -> tupl
 def narrow_backward(grad_out, x, out, acts, weights, biases, dims, activation, last_activation, need_input_grad):
     rows = x.shape[0]
     grad_x = torch.empty_like(x) if need_input_grad else x.new_empty(0)
-    grad_w = torch.zeros(weights.shape, dtype=torch.float32, device=x.device)
-    grad_b = torch.zeros(biases.shape, dtype=torch.float32, device=x.device) if biases is not None else grad_w
     block_d, block_m, warps = _narrow_blocks(dims, rows, _operands(x.dtype), "backward")
     chunk_blocks, programs = _narrow_backward_grid(rows, block_m, x.device)
+    # Each program's float32 partial sums of the weights' gradients, then the biases' (a program without
+    # rows adds none; the biases' columns stay zero without biases).
+    weight_count = weights.numel()
+    partials = torch.zeros(programs, weight_count + sum(dims[1:]), dtype=torch.float32, device=x.device)
     scratch = torch.empty(programs * 2 * chunk_blocks * block_m * block_d, dtype=torch.float32, device=x.device)
     _narrow_backward_kernel[(programs,)](
-        grad_out, x, out, acts if acts.numel() else out, weights, grad_x if need_input_grad else out, grad_w,
-        grad_b, scratch, rows, **narrow_constants(tuple(dims)), ACT=ACTIVATION_CODES[activation],
+        grad_out, x, out, acts if acts.numel() else out, weights, grad_x if need_input_grad else out, partials,
+        scratch, rows, **narrow_constants(tuple(dims)), ACT=ACTIVATION_CODES[activation],
         LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, NEED_GX=need_input_grad,
         PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
         CHUNK_BLOCKS=chunk_blocks, SPLIT_PASSES=block_d > NARROW_ONE_PASS_WIDTH, num_warps=warps)
-    return grad_x, grad_w.to(weights.dtype), (grad_b.to(biases.dtype) if biases is not None else weights.new_empty(0))
+    grad_w = partials[:, :weight_count].sum(0).view(weights.shape).to(weights.dtype)
+    grad_b = weights.new_empty(0)
+    if biases is not None:
+        grad_b = partials[:, weight_count:].sum(0).view(biases.shape).to(biases.dtype)
+    return grad_x, grad_w, grad_b

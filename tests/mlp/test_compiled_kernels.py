@@ -24,8 +24,8 @@ CASES = [(direction, precision, width) for direction, precision, width
 
 
 # Parameters whose type does not follow the tensors' element type.
-FIXED_TYPES = {"partial_ptr": "*fp32", "gw_ptr": "*fp32", "gb_ptr": "*fp32", "scratch_ptr": "*fp32", "seed": "i64",
-               "param": "fp32", "inv_count": "fp32"}
+FIXED_TYPES = {"partial_ptr": "*fp32", "gw_ptr": "*fp32", "gb_ptr": "*fp32", "partials_ptr": "*fp32",
+               "scratch_ptr": "*fp32", "seed": "i64", "param": "fp32", "inv_count": "fp32"}
 
 
 def signature(kernel, element: str, constants: dict) -> dict:

@@ -34,9 +34,10 @@ def test_narrow_stretch_equals_sequential(mlp_backend, dims, activation, output_
 
 @pytest.mark.parametrize("dims", [[64, 64, 64, 64, 64], [17, 100, 3, 33]])
 def test_narrow_backward_in_chunks(mlp_backend, monkeypatch, dims):
-    """The Triton backward adds weight gradients once per chunk of row blocks, and its programs loop over
-    chunks: with chunks of 64 rows (2 or 4 blocks) and 2 programs, batch 129 makes 3 chunks, the last
-    of one row, so one program runs 2; every gradient must still be nn.Sequential's."""
+    """The Triton backward adds a chunk of row blocks' weight gradients at once to its program's partial
+    sums, and its programs loop over chunks: with chunks of 64 rows (2 or 4 blocks) and 2 programs,
+    batch 129 makes 3 chunks, the last of one row, so one program adds 2 into its sums; every gradient
+    must still be nn.Sequential's."""
     if mlp_backend != "triton":
         pytest.skip("the reference has no chunks")
     from aefast.mlp import triton_kernels
