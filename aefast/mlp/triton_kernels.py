@@ -576,6 +576,33 @@ def _narrow_weight(w_ptr, cols, WIDTH_IN: tl.constexpr, WIDTH_OUT: tl.constexpr,
 
 
 @triton.jit
+def _narrow_dot_quarter(h_quarter, w_ptr, FIRST: tl.constexpr, WIDTH_IN: tl.constexpr, WIDTH_OUT: tl.constexpr,
+                        BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """h_quarter @ W[:, FIRST::4]^T: the share of input columns FIRST, FIRST + 4, ... of h @ W^T."""
+    outs, ins = tl.arange(0, BLOCK_D), FIRST + tl.arange(0, BLOCK_D // 4) * 4
+    w = tl.load(w_ptr + outs[:, None] * WIDTH_IN + ins[None, :],
+                mask=(outs[:, None] < WIDTH_OUT) & (ins[None, :] < WIDTH_IN), other=0.0)
+    return _dot(h_quarter.to(w.dtype), tl.trans(w), PRECISION, UPCAST)
+
+
+@triton.jit
+def _narrow_dot_in_quarters(h, w_ptr, WIDTH_IN: tl.constexpr, WIDTH_OUT: tl.constexpr, BLOCK_D: tl.constexpr,
+                            PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """h @ W^T for a (WIDTH_OUT x WIDTH_IN) weight at ``w_ptr``, as four dots a quarter as deep, each over
+    the input columns 4j + q of one q. An IEEE float32 dot runs on the FMA units and holds both operands
+    whole in registers: 128 deep it spilled at any rows (in halves too), 64 deep it took 156 registers
+    per thread at 32 rows; in quarters, 190 and 112 (sm_90, triton 3.9; 223 and 127 with 3.6)."""
+    QUARTER: tl.constexpr = BLOCK_D // 4
+    h_even, h_odd = tl.split(tl.reshape(h, (h.shape[0], QUARTER, 2, 2)))  # columns 4j + 2a and 4j + 2a + 1
+    h_0, h_2 = tl.split(h_even)
+    h_1, h_3 = tl.split(h_odd)
+    z = _narrow_dot_quarter(h_0, w_ptr, 0, WIDTH_IN, WIDTH_OUT, BLOCK_D, PRECISION, UPCAST)
+    z += _narrow_dot_quarter(h_1, w_ptr, 1, WIDTH_IN, WIDTH_OUT, BLOCK_D, PRECISION, UPCAST)
+    z += _narrow_dot_quarter(h_2, w_ptr, 2, WIDTH_IN, WIDTH_OUT, BLOCK_D, PRECISION, UPCAST)
+    return z + _narrow_dot_quarter(h_3, w_ptr, 3, WIDTH_IN, WIDTH_OUT, BLOCK_D, PRECISION, UPCAST)
+
+
+@triton.jit
 def _saved_activations(acts_ptr, M, ACT_COLS: tl.constexpr, INDEX: tl.constexpr):
     """Where the activations after layer INDEX start in the packed ``acts``. M may be a constant (Triton
     makes an argument of 1 one), so it is cast, not converted with ``.to``."""
@@ -595,10 +622,11 @@ def _narrow_forward_kernel(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, M,
                            ACT_COLS: tl.constexpr, NUM_LAYERS: tl.constexpr, ACT: tl.constexpr,
                            LAST_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr,
                            PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
-                           BLOCK_D: tl.constexpr):
+                           BLOCK_D: tl.constexpr, SPLIT_DOTS: tl.constexpr):
     """Every layer of the stretch on a block of rows; the activations between layers stay on chip
     (written to ``acts`` only when training needs them for backward). Rows are addressed as the linear
-    kernels do: an int64 first row, 32-bit offsets inside the tile."""
+    kernels do: an int64 first row, 32-bit offsets inside the tile. SPLIT_DOTS multiplies in quarters
+    of the depth (_narrow_dot_in_quarters)."""
     first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
     rows, cols = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D)
     rows_valid = rows[:, None] < _extent(first_row, M, BLOCK_M)
@@ -606,8 +634,12 @@ def _narrow_forward_kernel(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, M,
                 mask=_row_tile_mask(rows_valid, cols, DIMS[0], BLOCK_D), other=0.0).to(tl.float32)
     for layer in tl.static_range(NUM_LAYERS):
         width_out = DIMS[layer + 1]
-        w = _narrow_weight(w_ptr + W_OFFSETS[layer], cols, DIMS[layer], width_out, BLOCK_D)
-        z = _dot(h.to(w.dtype), tl.trans(w), PRECISION, UPCAST)
+        if SPLIT_DOTS:
+            z = _narrow_dot_in_quarters(h, w_ptr + W_OFFSETS[layer], DIMS[layer], width_out, BLOCK_D, PRECISION,
+                                        UPCAST)
+        else:
+            w = _narrow_weight(w_ptr + W_OFFSETS[layer], cols, DIMS[layer], width_out, BLOCK_D)
+            z = _dot(h.to(w.dtype), tl.trans(w), PRECISION, UPCAST)
         if HAS_BIAS:
             z += tl.load(b_ptr + B_OFFSETS[layer] + cols, mask=cols < width_out, other=0.0).to(tl.float32)[None, :]
         if layer == NUM_LAYERS - 1:
@@ -745,28 +777,35 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, gx_ptr, par
 # eager on an H200. More rows per program mean fewer loads of the weights (a 64-wide stack of four
 # float32 layers loads 64 KiB of them per row block), at the price of registers: the forward holds a
 # tile of rows and one weight, the backward also the weight gradient's sum. The 128-wide backward
-# takes its two passes (NARROW_ONE_PASS_WIDTH). What the table leaves out (the 128-wide forward in
-# IEEE float32, whose FMA dots spill at any rows) takes WIDEST_TILE_ROWS.
+# takes its two passes (NARROW_ONE_PASS_WIDTH), the IEEE float32 forward from 64 wide its dots in
+# quarters (NARROW_QUARTER_IEEE_DEPTH). One exception: that forward at width 64 takes 32 rows where 64
+# compile, since at 112 registers per thread (127 with triton 3.6) two programs share an SM (at 64
+# rows, 142: one; tests/mlp/test_compiled_kernels.py holds it to 128).
 NARROW_WARPS = 8
 NARROW_MAX_ROWS = 128
 NARROW_ONE_PASS_WIDTH = 64  # wider backward tiles take two passes (SPLIT_PASSES): one pass spills
+NARROW_QUARTER_IEEE_DEPTH = 64  # IEEE float32 forward dots this deep or deeper run in quarters (SPLIT_DOTS)
 NARROW_ROWS = {
     ("16-bit", "forward"): {16: 128, 32: 128, 64: 128, 128: 128},
     ("tf32", "forward"): {16: 128, 32: 128, 64: 128, 128: 128},
     ("tf32x3", "forward"): {16: 128, 32: 128, 64: 128, 128: 16},
-    ("ieee", "forward"): {16: 128, 32: 128, 64: 32},
+    ("ieee", "forward"): {16: 128, 32: 128, 64: 32, 128: 32},
     ("16-bit", "backward"): {16: 128, 32: 128, 64: 128, 128: 16},
     ("tf32", "backward"): {16: 128, 32: 128, 64: 32, 128: 16},
     ("tf32x3", "backward"): {16: 64, 32: 16, 64: 16, 128: 16},
     ("ieee", "backward"): {16: 128, 32: 128, 64: 32, 128: 16},
 }
-WIDEST_TILE_ROWS = 16
+
+
+def narrow_dots_in_quarters(precision: str, block_d: int) -> bool:
+    """Whether the narrow forward multiplies in quarters of the depth (its SPLIT_DOTS)."""
+    return precision == "ieee" and block_d >= NARROW_QUARTER_IEEE_DEPTH
 
 
 def _narrow_blocks(dims, rows, operands, direction):
     """(tile width, rows per program, warps) of a narrow kernel (``direction`` "forward"/"backward")."""
     block_d = max(16, triton.next_power_of_2(max(dims)))
-    most = NARROW_ROWS[(operands, direction)].get(block_d, WIDEST_TILE_ROWS)
+    most = NARROW_ROWS[(operands, direction)][block_d]
     return block_d, min(_block(rows, NARROW_MAX_ROWS), most), NARROW_WARPS
 
 
@@ -777,11 +816,12 @@ def narrow_forward(x, weights, biases, dims, activation, last_activation, save):
     out = torch.empty(rows, dims[-1], dtype=x.dtype, device=x.device)
     acts = torch.empty(rows * sum(dims[1:-1]) if save else 0, dtype=x.dtype, device=x.device)
     block_d, block_m, warps = _narrow_blocks(dims, rows, _operands(x.dtype), "forward")
+    precision = _precision(x.dtype)
     _narrow_forward_kernel[(triton.cdiv(rows, block_m),)](
         x, weights, weights if biases is None else biases, out, acts if acts.numel() else out, rows, **layout,
         ACT=ACTIVATION_CODES[activation], LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None,
-        SAVE=save, PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
-        num_warps=warps)
+        SAVE=save, PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
+        SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps)
     return out, acts
 
 

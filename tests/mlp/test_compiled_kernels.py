@@ -2,7 +2,7 @@
 launch configuration the launchers may choose, on any machine (Triton's bundled ptxas runs without a GPU).
 A 64 x 64 float32 tile in 4 warps once spilled 13 KiB per thread to local memory, which made the
 narrow stack 40x slower than eager on an H200; these tests keep every kernel spill-free in every
-configuration its launcher picks, but the narrow forward at width 128 in IEEE float32.
+configuration its launcher picks.
 
 The compilation runs in a child process without TRITON_INTERPRET (the interpreter replaces the kernels
 by Python functions that cannot be compiled)."""
@@ -17,10 +17,7 @@ import torch
 from tests.sm90 import CUOBJDUMP, compile_for_sm90, compiled_in_child
 
 PRECISIONS = (("fp32", "ieee"), ("fp32", "tf32x3"), ("fp32", "tf32"), ("bf16", "tf32"))
-# 128 wide, the narrow forward spills in IEEE float32 (triton_kernels.NARROW_ROWS).
-CASES = [(direction, precision, width) for direction, precision, width
-         in itertools.product(("forward", "backward"), PRECISIONS, (16, 32, 64, 128))
-         if not (width == 128 and direction == "forward" and precision == ("fp32", "ieee"))]
+CASES = list(itertools.product(("forward", "backward"), PRECISIONS, (16, 32, 64, 128)))
 
 
 # Parameters whose type does not follow the tensors' element type.
@@ -52,6 +49,7 @@ def narrow_case(direction, element, precision, width):
                      PRECISION=precision, UPCAST=False, BLOCK_M=block_m, BLOCK_D=block_d)
     if direction == "forward":
         kernel, constants["SAVE"] = triton_kernels._narrow_forward_kernel, True
+        constants["SPLIT_DOTS"] = triton_kernels.narrow_dots_in_quarters(precision, block_d)
     else:
         kernel, constants["NEED_GX"] = triton_kernels._narrow_backward_kernel, True
         constants["CHUNK_BLOCKS"] = triton_kernels._narrow_backward_grid(2**20, block_m, torch.device("cpu"))[0]
@@ -153,3 +151,10 @@ def test_kernels_compile_for_a_batch_of_one_row(compiled, case):
 
 if __name__ == "__main__":
     print(json.dumps(compile_cases()))
+
+
+@pytest.mark.skipif(not CUOBJDUMP.exists(), reason="Triton's CUDA tools are not installed")
+def test_ieee_narrow_forward_at_width_64_leaves_room_for_two_programs_per_sm(compiled):
+    """NARROW_ROWS gives this tile 32 rows where 64 compile, for two programs of 8 warps per SM: each
+    thread may take at most 65536 / (2 * 256) = 128 of the SM's registers."""
+    assert compiled["forward-fp32-ieee-64"]["registers"] <= 128
