@@ -705,11 +705,11 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, gx_ptr, par
     block dz = dh * act'(h) and dh = dz W; a layer's weight and bias gradients are summed over the
     chunk on chip, then added to this program's own float32 partial sums (row program_id of
     ``partials``: the packed weights' gradients, then the biases'), which the launcher adds up over the
-    programs. Not to one shared
-    sum: the programs' adds onto the same addresses would contend, and land in an order that changes
-    the gradients' last bits from run to run. The dh passed down between layers waits in this program's
-    own slots of ``scratch`` (two per row block, the layers alternating between them so that no slot is
-    read and written in one layer), small enough to stay in L2. Programs loop over chunks.
+    programs. Not to one shared sum: the programs' adds onto the same addresses would contend, and land
+    in an order that changes the gradients' last bits from run to run. The dh passed down between
+    layers waits in this program's own slots of ``scratch`` (two per row block, the layers alternating
+    between them so that no slot is read and written in one layer), small enough to stay in L2.
+    Programs loop over chunks.
 
     SPLIT_PASSES runs each layer's chunk twice, first for dh (which needs the weight), then for the
     weight gradient (which needs its sum), for tiles where a weight and its gradient's sum do not fit
