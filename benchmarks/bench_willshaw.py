@@ -4,9 +4,10 @@ time each, more than the GPU spends on a query).
 
 Two sizes, each memory loaded to its capacity L = ln2 n^2 / M^2 with random pairs:
 - n = 2^16, M = 14 on the CPU (L = 15.2M pairs, a 512 MiB bit matrix); n = 2^18, M = 16 on a GPU
-  (L = 186M pairs, 8 GiB): aefast's kernels (cpp on the CPU, triton on the GPU) against aefast's plain
-  PyTorch reference on the same packed bits ("eager"), and retrieval's bytes of rows read per second
-  against a same-run read and copy of a large tensor. The dense float code does not fit (16 GiB, 256 GiB).
+  (L = 186M pairs, 8 GiB): aefast's kernels (cpp on the CPU; triton on the GPU, and the cuda backend's
+  beside them, marked "(cuda)") against aefast's plain PyTorch reference on the same packed bits
+  ("eager"), and retrieval's bytes of rows read per second against a same-run read and copy of a large
+  tensor. The dense float code does not fit (16 GiB, 256 GiB).
 - n = 2^14, M = 12 (L = 1.3M pairs): aefast against the dense float matmul a user would write
   (W as an n x n float matrix, sums = cues @ W) and torch.compile of it, per query and per pair.
 
@@ -98,6 +99,24 @@ def test_retrieve_aefast(benchmark, large, threshold):
                       nbytes=row_bytes(memory, BATCH, ONES), rounds=ROUNDS, extra=extra_info(memory, ONES))
 
 
+def cuda_kernels_or_skip():
+    """The cuda backend's kernels are timed beside Triton's (rows marked "(cuda)"): auto picks by them."""
+    why = aefast.available_backends()["cuda"] if DEVICE.type == "cuda" else "the benchmark runs on the CPU"
+    if why is not True:
+        pytest.skip(f"cuda backend: {why}")
+
+
+@pytest.mark.parametrize("threshold", ["hard", "soft"])
+def test_retrieve_aefast_cuda(benchmark, large, threshold):
+    cuda_kernels_or_skip()
+    memory, cues = large
+    with aefast.use_backend("cuda"):
+        run_benchmark(benchmark, lambda: memory.retrieve_indices(cues, threshold, flat=True), DEVICE, component="willshaw",
+                      case=f"retrieve {threshold} n={N} M={ONES}", role="aefast cuda", items=BATCH, unit="queries",
+                      nbytes=row_bytes(memory, BATCH, ONES), rounds=ROUNDS,
+                      extra=dict(extra_info(memory, ONES), backend="cuda"))
+
+
 @pytest.mark.parametrize("threshold", ["hard", "soft"])
 def test_retrieve_reference(benchmark, large, threshold):
     memory, cues = large
@@ -143,6 +162,15 @@ def test_store_aefast_in_row_order(benchmark, store_problem, monkeypatch):
         run_benchmark(benchmark, lambda: memory.store_indices(x_idx, y_idx), DEVICE, component="willshaw",
                       case=f"store n={N} M={ONES}", role="aefast row order", items=STORE_PAIRS, unit="pairs",
                       nbytes=memory.nbytes, rounds=SLOW_ROUNDS, extra={"backend": KERNELS, "n": N, "ones": ONES})
+
+
+def test_store_aefast_cuda(benchmark, store_problem):
+    cuda_kernels_or_skip()
+    memory, (x_idx, y_idx) = store_problem
+    with aefast.use_backend("cuda"):
+        run_benchmark(benchmark, lambda: memory.store_indices(x_idx, y_idx), DEVICE, component="willshaw",
+                      case=f"store n={N} M={ONES}", role="aefast cuda", items=STORE_PAIRS, unit="pairs",
+                      nbytes=memory.nbytes, rounds=SLOW_ROUNDS, extra={"backend": "cuda", "n": N, "ones": ONES})
 
 
 def test_store_reference(benchmark, store_problem):

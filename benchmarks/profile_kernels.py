@@ -120,15 +120,19 @@ def willshaw():
     with aefast.use_backend("triton"):
         for _ in range(4):
             memory.store_indices(x, y)
-        timed("willshaw store 2^20 pairs n=2^18 M=16", lambda: memory.store_indices(x, y))
-        cues = x[:4096]
-        for threshold in ("hard", "soft"):
-            timed(f"willshaw retrieve_indices {threshold} 4096 cues", lambda: memory.retrieve_indices(cues, threshold))
-        timed("willshaw retrieve_indices hard 4096 cues flat", lambda: memory.retrieve_indices(cues, "hard", flat=True))
-        timed("willshaw retrieve (dense) hard 4096 cues", lambda: memory.retrieve(
-            torch.zeros(4096, n, dtype=torch.bool, device=DEVICE).scatter_(1, cues, True), "hard"))
-        profiled("willshaw retrieve_indices hard flat", lambda: memory.retrieve_indices(cues, "hard", flat=True))
-        profiled("willshaw store", lambda: memory.store_indices(x, y))
+    cues = x[:4096]
+    for backend in ("triton", "cuda"):
+        with aefast.use_backend(backend):
+            timed(f"willshaw store 2^20 pairs n=2^18 M=16 {backend}", lambda: memory.store_indices(x, y))
+            for threshold in ("hard", "soft", 8):
+                timed(f"willshaw retrieve_indices {threshold} 4096 cues flat {backend}",
+                      lambda: memory.retrieve_indices(cues, threshold, flat=True))
+            timed(f"willshaw retrieve_indices hard 4096 cues {backend}", lambda: memory.retrieve_indices(cues, "hard"))
+            timed(f"willshaw retrieve (dense) hard 4096 cues {backend}", lambda: memory.retrieve(
+                torch.zeros(4096, n, dtype=torch.bool, device=DEVICE).scatter_(1, cues, True), "hard"))
+            profiled(f"willshaw retrieve_indices hard flat {backend}",
+                     lambda: memory.retrieve_indices(cues, "hard", flat=True))
+            profiled(f"willshaw store {backend}", lambda: memory.store_indices(x, y))
     probe = torch.empty(2**28, dtype=torch.int64, device=DEVICE)
     timed("read probe 2 GiB (sum)", probe.sum)
     out = torch.empty_like(probe)

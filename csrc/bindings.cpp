@@ -45,5 +45,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("vae_backward_cuda", &aefast::vae_backward_cuda, "grad_z"_a, "grad_kl"_a, "mu"_a, "logvar"_a, "eps"_a,
         "grad_mu"_a, "grad_logvar"_a, "rows"_a, "cols"_a, "dtype"_a, "seed"_a, "per_element"_a, "clamp_min"_a,
         "clamp_max"_a, "stream"_a);
+  m.def("willshaw_store_cuda", &aefast::willshaw_store_cuda, "matrix"_a, "n_in"_a, "n_out"_a, "x_values"_a,
+        "x_count"_a, "x_offsets"_a, "y_values"_a, "y_count"_a, "y_offsets"_a, "pairs"_a, "stream"_a);
+  m.def("willshaw_and_cuda", &aefast::willshaw_and_cuda, "matrix"_a, "n_in"_a, "words_per_row"_a, "cue_values"_a,
+        "value_count"_a, "cue_offsets"_a, "cues"_a, "words"_a, "counts"_a, "stream"_a,
+        "The AND of each cue's rows as words, and its set bits per 128 words");
+  m.def("willshaw_extract_cuda", &aefast::willshaw_extract_cuda, "words"_a, "cues"_a, "words_per_row"_a, "counts"_a,
+        "ends"_a, "out"_a, "total"_a, "stream"_a, "The positions of the set bits of the AND's words");
+  m.def("willshaw_sums_cuda", &aefast::willshaw_sums_cuda, "matrix"_a, "n_in"_a, "n_out"_a, "cue_values"_a,
+        "value_count"_a, "cue_offsets"_a, "cues"_a, "out"_a, "at_least"_a, "stream"_a,
+        "int32 sums, or with at_least >= 0, uint8 sum >= at_least");
+  m.def("willshaw_unpack_cuda", &aefast::willshaw_unpack_cuda, "words"_a, "rows"_a, "n_out"_a, "out"_a, "stream"_a);
+  m.def("willshaw_count_ones_cuda", &aefast::willshaw_count_ones_cuda, "words"_a, "count"_a, "total"_a, "stream"_a,
+        "Adds the set bits of the words to *total");
 #endif
 }

@@ -219,22 +219,29 @@ def _triton(name):
     return _backends.lazy_kernel("aefast.willshaw.triton_kernels", name)
 
 
-_triton_check = _triton("check_patterns")
-for _op, _reference_kernel, _cpp_kernel, _triton_kernel in (
+def _cuda(name):
+    return _backends.lazy_kernel("aefast.willshaw.cuda_kernels", name)
+
+
+_triton_check, _cuda_check = _triton("check_patterns"), _cuda("check_patterns")
+for _op, _reference_kernel, _cpp_kernel, _triton_kernel, _cuda_kernel in (
     (STORE, _checked_store(reference.store, reference.check_patterns), _checked_store(_cpp_store, _cpp_check_patterns),
-     _checked_store(_triton("store"), _triton_check)),
+     _checked_store(_triton("store"), _triton_check), _checked_store(_cuda("store"), _cuda_check)),
     (SUMS, _checked_query(reference.sums, reference.check_patterns), _checked_query(_cpp_sums, _cpp_check_patterns),
-     _checked_query(_triton("sums"), _triton_check)),
+     _checked_query(_triton("sums"), _triton_check), _checked_query(_cuda("sums"), _cuda_check)),
     (RETRIEVE, _checked_query(reference.retrieve, reference.check_patterns),
-     _checked_query(_cpp_retrieve, _cpp_check_patterns), _checked_query(_triton("retrieve"), _triton_check)),
-    # Triton's checks the cue itself (named by pattern_name), in the same wait as the answer's size.
+     _checked_query(_cpp_retrieve, _cpp_check_patterns), _checked_query(_triton("retrieve"), _triton_check),
+     _checked_query(_cuda("retrieve"), _cuda_check)),
+    # The GPU backends check the cue themselves (named by pattern_name), in the same wait as the answer's size.
     (RETRIEVE_INDICES, _checked_query(reference.retrieve_indices, reference.check_patterns),
-     _checked_query(_cpp_retrieve_indices, _cpp_check_patterns), _triton("retrieve_indices")),
-    (CHECK_PATTERNS, reference.check_patterns, _cpp_check_patterns, _triton_check),
-    (COUNT_ONES, reference.count_ones, _cpp_count_ones, _triton("count_ones")),
-    # Plain torch on any device: Triton runs the reference's.
-    (DENSE_TO_ROWS, reference.dense_to_rows, _cpp_dense_to_rows, reference.dense_to_rows),
+     _checked_query(_cpp_retrieve_indices, _cpp_check_patterns), _triton("retrieve_indices"),
+     _cuda("retrieve_indices")),
+    (CHECK_PATTERNS, reference.check_patterns, _cpp_check_patterns, _triton_check, _cuda_check),
+    (COUNT_ONES, reference.count_ones, _cpp_count_ones, _triton("count_ones"), _cuda("count_ones")),
+    # Plain torch on any device: the GPU backends run the reference's.
+    (DENSE_TO_ROWS, reference.dense_to_rows, _cpp_dense_to_rows, reference.dense_to_rows, reference.dense_to_rows),
 ):
     _backends.register_kernel(_op, "reference", _reference_kernel)
     _backends.register_kernel(_op, "cpp", _cpp_kernel)
     _backends.register_kernel(_op, "triton", _triton_kernel)
+    _backends.register_kernel(_op, "cuda", _cuda_kernel)

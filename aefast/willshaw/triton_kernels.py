@@ -5,16 +5,10 @@ of the n_out output units per input unit, bits past n_out zero) and patterns as 
 - store: one program per pair ORs its x-by-y block of bits into the matrix with atomic ORs on int64
   words, so pairs that share a word need no other coordination. STORE_ORDER = "rows" sorts the x ones
   by row first, so that the updates of a row arrive together (to be timed against pair order).
-- hard threshold: one program per (cue, block of words) ANDs the cue's rows, the fewest bytes a
-  retrieval can read, and counts the answer's ones per group of words; a second kernel unpacks the
-  words into the bool answer, or, for retrieve_indices, writes each group's positions at its place in
-  the cumulative counts, reading only the groups that hold ones.
-- soft threshold: the same AND; a cue whose AND is empty (no unit reached all of its ones) falls back
-  to its sums, as few cues do at or below capacity.
-- host waits: a wait for the GPU idles it while Python launches the next kernel, which at 4096 cues
-  cost more than the AND itself (2.1 ms of wall time for 0.8 ms of GPU time, 14 waits, on the H200).
-  retrieve_indices waits once: the cue check's verdict comes back with the answer's size. Its kernels
-  mask every load by the bounds, so a bad cue reads nothing outside its tensors before the verdict.
+- hard and soft thresholds: one program per (cue, block of words) ANDs the cue's rows and counts the
+  answer's ones per group of words; a second kernel unpacks the words into the bool answer, or, for
+  retrieve_indices, writes each group's positions at its place in the cumulative counts, reading only
+  the groups that hold ones. packed_retrieval.py drives them (its docstring says how, and why one wait).
 - sums (and the fixed and top-k thresholds, which start from them): one program per (cue, block of
   words) adds each bit of each cue row into int32 counters; a fixed T is compared in the kernel.
 - count of ones: a SWAR popcount (libdevice's popc does not run in the interpreter).
@@ -30,18 +24,15 @@ import triton
 import triton.language as tl
 
 from aefast import _backends
-from aefast.willshaw import ops, reference
+from aefast.willshaw import packed_retrieval
+from aefast.willshaw.packed_retrieval import ANSWER_GROUP, CHECK_LONGEST
 
 # Words per program of the AND, unpack and sums kernels: 128 words = 1 KiB of a row per load, whole
 # 128-byte lines (HOPPER.md); the sums keep 64 counters per word, so they take fewer.
 AND_WORDS, SUMS_WORDS, COUNT_WORDS = 128, 16, 1024
 AND_ROWS = 16  # cue rows loaded at once by the AND (a pattern's ones; longer cues loop)
-# Words per count of the answer's ones: the extraction's unit of work (a group without ones costs one
-# load of its count). Every AND block width is a multiple of it.
-ANSWER_GROUP = 128
 STORE_X, STORE_Y = 16, 32  # a pair's x and y ones per tile; longer rows loop over tiles
 CHECK_BLOCK = 32  # positions per tile of the pairwise check; rows longer than CHECK_LONGEST are sorted
-CHECK_LONGEST = 256
 CHECK_ROWS = 8  # rows per program when every row fits one tile
 # Its (rows, 32, 32) comparison takes 64 elements per thread in 4 warps: 255 registers and a spill with
 # triton 3.6 (tests/willshaw/test_compiled_kernels.py); 8 warps halve that.
@@ -309,7 +300,7 @@ def _store_in_row_order(matrix, x_values, x_offsets, y_values, y_offsets) -> Non
 
 
 def sums(matrix, n_out, cue_values, cue_offsets):
-    return _sums(matrix, n_out, cue_values, cue_offsets, at_least=None)
+    return _sums(matrix, n_out, cue_values, cue_offsets, None)
 
 
 def _sums(matrix, n_out, cue_values, cue_offsets, at_least):
@@ -344,101 +335,13 @@ def _unpack(words, n_out):
     return out.view(torch.bool)
 
 
-def retrieve(matrix, n_out, cue_values, cue_offsets, threshold, value):
-    """The (rows, n_out) bool answers of cues already checked (ops.py registers it behind check_patterns)."""
-    if threshold in (reference.HARD, reference.SOFT):
-        words, counts = _and(matrix, cue_values, cue_offsets)
-        if threshold == reference.SOFT:
-            below = _soft_fallback_flags(counts, cue_offsets).nonzero().flatten()
-            if below.numel():
-                _apply_soft_fallback(matrix, n_out, cue_values, cue_offsets, below, words, counts)
-        return _unpack(words, n_out)
-    if threshold == reference.FIXED:
-        return _sums(matrix, n_out, cue_values, cue_offsets, at_least=value).view(torch.bool)
-    unit_sums = sums(matrix, n_out, cue_values, cue_offsets)
-    return reference.threshold(unit_sums, cue_offsets.diff(), reference.TOPK, value)
-
-
-def retrieve_indices(matrix, n_out, cue_values, cue_offsets, threshold, value):
-    """The answers as (values, offsets). Checks the cue itself (ops.py registers it unchecked): for the
-    hard and soft thresholds the check's verdict comes back with the answer's size, in one wait."""
-    if threshold not in (reference.HARD, reference.SOFT):
-        check_patterns(cue_values, cue_offsets, matrix.shape[0], ops.pattern_name("cue"))
-        return reference.dense_to_rows(retrieve(matrix, n_out, cue_values, cue_offsets, threshold, value))
-    # Straight from the packed answer: a sparse answer touches few words, and reading the words is 8x
-    # less than reading the answer unpacked to one byte per unit.
-    words, counts = _and(matrix, cue_values, cue_offsets)
-    ends = counts.flatten().cumsum(0)
-    summary = [_pattern_verdict(cue_values, cue_offsets, matrix.shape[0]), ends[-1:].sum().view(1)]
-    if threshold == reference.SOFT:
-        below_flags = _soft_fallback_flags(counts, cue_offsets)
-        summary.append(below_flags.sum().view(1))
-    offsets_ok, rows_plain, total, *below_count = torch.cat(summary).tolist()  # the one wait
-    _raise_for_verdict(offsets_ok, rows_plain, cue_values, cue_offsets, matrix.shape[0], ops.pattern_name("cue"))
-    if below_count and below_count[0]:  # rare at or below capacity: a second wait
-        _apply_soft_fallback(matrix, n_out, cue_values, cue_offsets, below_flags.nonzero().flatten(), words, counts)
-        ends = counts.flatten().cumsum(0)
-        total = int(ends[-1])
-    values = torch.empty(total, dtype=torch.int64, device=matrix.device)
+def _extract(words, counts, ends, total):
+    values = torch.empty(total, dtype=torch.int64, device=words.device)
     rows, groups = counts.shape
-    for first, count in _word_chunks(groups, 1) if total else []:  # in groups, not words
+    for first, count in _word_chunks(groups, 1):  # in groups, not words
         _extract_kernel[_grid(rows, count, 1)](words, words.shape[1], first, counts, ends, groups, values,
                                                GROUP=ANSWER_GROUP)
-    offsets = torch.zeros(rows + 1, dtype=torch.int64, device=matrix.device)
-    if rows:
-        offsets[1:] = ends.view(rows, groups)[:, -1]
-    return values, offsets
-
-
-def _soft_fallback_flags(counts, cue_offsets):
-    """Per cue, whether its AND is empty though it has ones: the soft threshold takes its largest sum."""
-    return (counts.sum(1) == 0) & (cue_offsets.diff() > 0)
-
-
-def _apply_soft_fallback(matrix, n_out, cue_values, cue_offsets, below, words, counts):
-    """Rewrites the answer words and counts of the cues ``below`` with the soft threshold of their sums."""
-    values, offsets = _select_rows(cue_values, cue_offsets, below)
-    answer = reference.threshold(sums(matrix, n_out, values, offsets), offsets.diff(), reference.SOFT, 0)
-    words[below] = reference.pack(answer)
-    padded = torch.nn.functional.pad(answer, (0, counts.shape[1] * ANSWER_GROUP * 64 - n_out))
-    counts[below] = padded.view(below.numel(), counts.shape[1], -1).sum(2, dtype=torch.int32)
-
-
-def check_patterns(values, offsets, units, name) -> None:
-    """reference.check_patterns without its sort, in one wait; a bad row is reported by the reference's
-    message. In the CPU interpreter, where a program per row is slow, the reference's sort is faster and
-    runs instead (tests/willshaw/test_errors.py runs the kernel itself)."""
-    offsets_ok, rows_plain = _pattern_verdict(values, offsets, units).tolist()
-    _raise_for_verdict(offsets_ok, rows_plain, values, offsets, units, name)
-
-
-def _pattern_verdict(values, offsets, units):
-    """On the device, without a wait: int64 [whether the offsets delimit the values, whether every row is
-    strictly increasing and inside [0, units)]. The second rules out repeats without comparing positions
-    pairwise, and holds in the usual case (random_patterns' rows are sorted)."""
-    count = values.numel()
-    row_start = torch.zeros(count + 1, dtype=torch.bool, device=values.device)
-    row_start.index_fill_(0, offsets[:-1].clamp(0, count), True)  # clamped: bad offsets must not index past
-    increasing = (values[1:] > values[:-1]) | row_start[1:count]
-    plain = increasing.all() & (values >= 0).all() & (values < units).all()
-    return torch.stack([reference.offsets_delimit(values, offsets), plain]).long()
-
-
-def _raise_for_verdict(offsets_ok, rows_plain, values, offsets, units, name) -> None:
-    """The reference's error for what _pattern_verdict found; rows that are not plain (unsorted, or bad)
-    are checked in full."""
-    if not offsets_ok:
-        reference.check_offsets(values, offsets, name)
-        raise AssertionError("the offsets verdict disagrees with reference.check_offsets")  # a bug here
-    if rows_plain or offsets.numel() == 1 or values.numel() == 0:
-        return
-    # Pairwise comparisons grow with the square of a row's length: long rows are sorted instead.
-    longest = int(offsets.diff().max())
-    if _backends.triton_interpreted() or longest > CHECK_LONGEST:
-        return reference.check_patterns(values, offsets, units, name)
-    if bool(row_flags(values, offsets, units, longest).any()):
-        reference.check_patterns(values, offsets, units, name)
-        raise AssertionError("the Triton pattern check flagged a row the reference accepts")  # a kernel bug
+    return values
 
 
 def row_flags(values, offsets, units, longest=None):
@@ -466,9 +369,10 @@ def count_ones(matrix) -> int:
     return int(partial.sum())
 
 
-def _select_rows(values, offsets, rows):
-    """The pattern rows ``rows`` of (values, offsets), as a new (values, offsets)."""
-    counts = offsets.diff()[rows]
-    new_offsets = torch.nn.functional.pad(counts.cumsum(0), (1, 0))
-    within = torch.arange(int(new_offsets[-1]), device=values.device) - torch.repeat_interleave(new_offsets[:-1], counts)
-    return values[torch.repeat_interleave(offsets[rows], counts) + within], new_offsets
+# In the CPU interpreter, where a program per row is slow, the reference's sort checks the rows that are
+# not plain (tests/willshaw/test_errors.py runs row_flags itself).
+KERNELS = packed_retrieval.RetrievalKernels(and_words=_and, sums=_sums, unpack=_unpack, extract=_extract,
+                                            row_flags=None if _backends.triton_interpreted() else row_flags)
+
+# What ops.py registers, driven by packed_retrieval.
+retrieve, retrieve_indices, check_patterns = KERNELS.retrieve, KERNELS.retrieve_indices, KERNELS.check_patterns

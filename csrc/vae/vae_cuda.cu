@@ -9,6 +9,7 @@
 
 #include "common/checks.h"
 #include "common/clamp.h"
+#include "common/cuda_checks.h"
 #include "common/philox.h"
 #include "vae/vae.h"
 
@@ -91,21 +92,6 @@ __global__ void backward_kernel(const T* grad_z, const typename ComputeOf<T>::ty
     store(grad_mu, e, gz + gkl * m);
     store(grad_logvar, e, glv);
   }
-}
-
-void check_cuda(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
-}
-
-// Raw pointers cannot carry sizes; at least refuse one that is not device memory.
-template <typename P> P* device_pointer(uintptr_t address, const char* name) {
-  if (address == 0) return nullptr;
-  cudaPointerAttributes attributes;
-  check_cuda(cudaPointerGetAttributes(&attributes, reinterpret_cast<void*>(address)), name);
-  if (attributes.type != cudaMemoryTypeDevice) {
-    throw py::value_error(std::string(name) + ": expected a CUDA device pointer");
-  }
-  return reinterpret_cast<P*>(address);
 }
 
 template <typename Fn> void dispatch_cuda_dtype(DType dtype, Fn&& fn) {

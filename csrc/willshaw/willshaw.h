@@ -70,4 +70,22 @@ py::tuple willshaw_retrieve_indices_cpu(const py::buffer& matrix, int64_t n_in, 
 py::tuple willshaw_dense_to_rows(const py::buffer& dense, int64_t rows, int64_t width);
 uint64_t willshaw_count_ones_cpu(const py::buffer& matrix, int64_t count);
 
+#ifdef AEFAST_WITH_CUDA
+// CUDA entry points (willshaw_cuda.cu): device pointers, the sizes behind them, and the stream to launch
+// on. The matrix has n_in rows of ceil(n_out / 64) words; patterns are (values, offsets) as above, with
+// `*_count` values; the AND's words and counts are (cues, words per row) and (cues, ceil(words / 128)).
+void willshaw_store_cuda(uintptr_t matrix, int64_t n_in, int64_t n_out, uintptr_t x_values, int64_t x_count,
+                         uintptr_t x_offsets, uintptr_t y_values, int64_t y_count, uintptr_t y_offsets, int64_t pairs,
+                         uintptr_t stream);
+void willshaw_and_cuda(uintptr_t matrix, int64_t n_in, int64_t words_per_row, uintptr_t cue_values,
+                       int64_t value_count, uintptr_t cue_offsets, int64_t cues, uintptr_t words, uintptr_t counts,
+                       uintptr_t stream);
+void willshaw_extract_cuda(uintptr_t words, int64_t cues, int64_t words_per_row, uintptr_t counts,
+                           uintptr_t ends, uintptr_t out, int64_t total, uintptr_t stream);
+void willshaw_sums_cuda(uintptr_t matrix, int64_t n_in, int64_t n_out, uintptr_t cue_values, int64_t value_count,
+                        uintptr_t cue_offsets, int64_t cues, uintptr_t out, int64_t at_least, uintptr_t stream);
+void willshaw_unpack_cuda(uintptr_t words, int64_t rows, int64_t n_out, uintptr_t out, uintptr_t stream);
+void willshaw_count_ones_cuda(uintptr_t words, int64_t count, uintptr_t total, uintptr_t stream);
+#endif
+
 }  // namespace aefast

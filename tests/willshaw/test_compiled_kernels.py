@@ -1,7 +1,11 @@
 """Every Triton kernel of the Willshaw memory compiles for an H100/H200 (sm_90) with each launch
 configuration its launchers use, without spilling to local memory. The interpreter that runs them in the
-other tests accepts code the compiler rejects (tests/sm90.py)."""
+other tests accepts code the compiler rejects (tests/sm90.py). The CUDA kernels too, built by nvcc."""
 import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +83,43 @@ def test_willshaw_kernels_compile_for_sm90_without_spills(compiled, case):
 
 if __name__ == "__main__":
     print(json.dumps(compile_launches()))
+
+
+# --- the cuda backend's kernels (csrc/willshaw/willshaw_cuda.cu), compiled by nvcc for sm_90 ---------------
+
+CUDA_SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "willshaw" / "willshaw_cuda.cu"
+CUDA_KERNELS = ("store_kernel", "and_kernel", "extract_kernel", "sums_kernel", "unpack_kernel", "count_ones_kernel")
+
+
+@pytest.fixture(scope="module")
+def cuda_kernels(tmp_path_factory):
+    """Each kernel's registers, spill bytes and stack frame, from ptxas's report of an sm_90 build."""
+    import pybind11
+    import sysconfig
+
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc is not installed")
+    done = subprocess.run([nvcc, "-std=c++17", "-O3", "-arch=sm_90", "-Xptxas", "-v", "-c", str(CUDA_SOURCE),
+                           "-I", str(CUDA_SOURCE.parents[1]), "-I", sysconfig.get_paths()["include"],
+                           "-I", pybind11.get_include(), "-o", str(tmp_path_factory.mktemp("nvcc") / "willshaw.o")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report, kernel = {}, None
+    for line in done.stderr.splitlines():
+        if "Compiling entry function" in line:
+            kernel = next(name for name in CUDA_KERNELS if f"{len(name)}{name}E" in line)
+        elif kernel and "stack frame" in line:
+            stack, spill_stores, spill_loads = map(int, re.findall(r"(\d+) bytes", line))
+            report[kernel] = dict(stack=stack, spills=spill_stores + spill_loads)
+        elif kernel and "Used" in line and "registers" in line:
+            report[kernel]["registers"] = int(re.search(r"Used (\d+) registers", line).group(1))
+    return report
+
+
+@pytest.mark.parametrize("kernel", CUDA_KERNELS)
+def test_cuda_kernels_compile_for_sm90_without_spills(cuda_kernels, kernel):
+    """No local memory, and at most 64 registers a thread: the AND and the sums keep 16 rows' loads in
+    flight (56 registers with nvcc 13), and 64 leaves room for the full 2048 threads per SM."""
+    assert cuda_kernels[kernel]["spills"] == 0 and cuda_kernels[kernel]["stack"] == 0
+    assert cuda_kernels[kernel]["registers"] <= 64

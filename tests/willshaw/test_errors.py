@@ -33,11 +33,15 @@ def test_a_matrix_larger_than_memory_is_refused_before_allocating():
         WillshawMemory(MAX_UNITS, MAX_UNITS)
 
 
-def test_a_backend_without_willshaw_kernels_is_refused():
-    with pytest.raises(aefast.BackendUnavailableError, match="no Willshaw kernels"):
+def test_a_backend_that_cannot_hold_the_memory_is_refused(monkeypatch):
+    with pytest.raises(aefast.BackendUnavailableError, match="backend 'cuda' cannot hold a memory on cpu: "):
         WillshawMemory(10, backend="cuda")
     with pytest.raises(ValueError, match="backend must be one of"):
         WillshawMemory(10, backend="fortran")
+    monkeypatch.delitem(_backends._KERNELS["willshaw_store"], "cpp")  # as a backend that has none
+    with pytest.raises(aefast.BackendUnavailableError, match="backend 'cpp' cannot hold a memory on cpu: it has no "
+                                                             "Willshaw kernels"):
+        WillshawMemory(10, backend="cpp")
 
 
 DENSE_CASES = [

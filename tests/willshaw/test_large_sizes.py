@@ -53,10 +53,11 @@ def test_answers_past_4_gib_are_written_at_their_own_offsets():
 
 
 @pytest.mark.gpu
-def test_a_gpu_matrix_past_2_to_the_31_words_stores_and_retrieves_its_last_rows():
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_a_gpu_matrix_past_2_to_the_31_words_stores_and_retrieves_its_last_rows(backend):
     """300000 rows of 8193 words: 2.46e9 words (19.7 GB), so word offsets pass 2^31 in the GPU kernels."""
     n_in = 300_000
-    memory = WillshawMemory(n_in, N_OUT, device="cuda")
+    memory = WillshawMemory(n_in, N_OUT, device="cuda", backend=backend)
     x = torch.tensor([[0, 7, n_in - 2, n_in - 1]], device="cuda")
     y = torch.tensor([[3, 2**18, N_OUT - 64, N_OUT - 1]], device="cuda")
     memory.store_indices(x, y)
