@@ -2,6 +2,7 @@
 configuration its launchers use, without spilling to local memory. The interpreter that runs them in the
 other tests accepts code the compiler rejects (tests/sm90.py). The CUDA kernels too, built by nvcc."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -103,7 +104,9 @@ def cuda_kernels(tmp_path_factory):
     done = subprocess.run([nvcc, "-std=c++17", "-O3", "-arch=sm_90", "-Xptxas", "-v", "-c", str(CUDA_SOURCE),
                            "-I", str(CUDA_SOURCE.parents[1]), "-I", sysconfig.get_paths()["include"],
                            "-I", pybind11.get_include(), "-o", str(tmp_path_factory.mktemp("nvcc") / "willshaw.o")],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600,
+                          # nvcc is no process of ours to sanitize: scripts/sanitize.sh preloads ASan, which crashes it.
+                          env={name: value for name, value in os.environ.items() if name != "LD_PRELOAD"})
     assert done.returncode == 0, done.stderr
     report, kernel = {}, None
     for line in done.stderr.splitlines():
