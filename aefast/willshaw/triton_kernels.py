@@ -143,10 +143,13 @@ def _extract_kernel(words_ptr, words_per_row, first_group, counts_ptr, ends_ptr,
         ones = _popcount(remaining)
         at = tl.load(ends_ptr + cue * groups + group) - count + tl.cumsum(ones, 0).to(tl.int64) - ones
         for _ in range(0, tl.max(ones, 0)):
-            lowest = remaining & (~remaining + 1)
+            # x & (x - 1) clears the lowest set bit (not x & -x: triton 3.6's interpreter cannot negate
+            # or invert a uint64).
+            cleared = remaining & (remaining - 1)
+            lowest = remaining ^ cleared
             tl.store(out_ptr + at, words * 64 + _popcount(lowest - 1), mask=remaining != 0)
             at += 1
-            remaining = remaining ^ lowest
+            remaining = cleared
 
 
 @triton.jit
