@@ -45,6 +45,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("vae_backward_cuda", &aefast::vae_backward_cuda, "grad_z"_a, "grad_kl"_a, "mu"_a, "logvar"_a, "eps"_a,
         "grad_mu"_a, "grad_logvar"_a, "rows"_a, "cols"_a, "dtype"_a, "seed"_a, "per_element"_a, "clamp_min"_a,
         "clamp_max"_a, "stream"_a);
+  m.attr("willshaw_answer_group_words") = aefast::kAnswerGroupWords;
   m.def("willshaw_store_cuda", &aefast::willshaw_store_cuda, "matrix"_a, "n_in"_a, "n_out"_a, "x_values"_a,
         "x_count"_a, "x_offsets"_a, "y_values"_a, "y_count"_a, "y_offsets"_a, "pairs"_a, "stream"_a);
   m.def("willshaw_and_cuda", &aefast::willshaw_and_cuda, "matrix"_a, "n_in"_a, "words_per_row"_a, "cue_values"_a,

@@ -23,7 +23,8 @@ import torch
 from aefast.willshaw import ops, reference
 
 # Words per count of the answer's ones: the extraction's unit of work (a group without ones costs one
-# load of its count). Both backends' AND kernels count in groups of this many words.
+# load of its count). Both backends' AND kernels count in groups of this many words (the CUDA kernels'
+# kAnswerGroupWords, tests/willshaw/test_cuda_entry_points.py holds them equal).
 ANSWER_GROUP = 128
 # Rows longer than this are checked by the reference's sort rather than a pairwise kernel.
 CHECK_LONGEST = 256

@@ -70,6 +70,10 @@ py::tuple willshaw_retrieve_indices_cpu(const py::buffer& matrix, int64_t n_in, 
 py::tuple willshaw_dense_to_rows(const py::buffer& dense, int64_t rows, int64_t width);
 uint64_t willshaw_count_ones_cpu(const py::buffer& matrix, int64_t count);
 
+// Words per count of an answer's ones in the CUDA AND (aefast/willshaw/packed_retrieval.py's ANSWER_GROUP,
+// held equal by a test).
+constexpr int64_t kAnswerGroupWords = 128;
+
 #ifdef AEFAST_WITH_CUDA
 // CUDA entry points (willshaw_cuda.cu): device pointers, the sizes behind them, and the stream to launch
 // on. The matrix has n_in rows of ceil(n_out / 64) words; patterns are (values, offsets) as above, with

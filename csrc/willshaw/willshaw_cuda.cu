@@ -31,7 +31,7 @@ namespace {
 using Word = unsigned long long;
 
 constexpr int kStoreWarps = 8;      // pairs per block of the store
-constexpr int kGroupWords = 128;    // words per AND block and per count: packed_retrieval.ANSWER_GROUP
+constexpr int kGroupWords = kAnswerGroupWords;  // words per AND block and per count of ones
 constexpr int kRowsInFlight = 16;   // cue rows loaded at once by the AND (a pattern's ones; longer loop)
 constexpr int kUnitThreads = 256;   // units per block of the sums and the unpacking
 constexpr int kCountThreads = 256;  // words per block-stride of the count of ones

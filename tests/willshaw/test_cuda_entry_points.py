@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from aefast import _backends
+from aefast.willshaw import packed_retrieval
 
 compiled = _backends.compiled_module()
 pytestmark = pytest.mark.skipif(compiled is None or not compiled.build_info()["cuda"],
@@ -46,6 +47,10 @@ def calls(pointer):
 def test_bad_sizes_raise_naming_the_argument(name, call, argument):
     with pytest.raises(ValueError, match=argument):
         call()
+
+
+def test_the_kernels_count_ones_in_the_groups_the_driver_expects():
+    assert compiled.willshaw_answer_group_words == packed_retrieval.ANSWER_GROUP
 
 
 def test_empty_work_returns_without_touching_a_pointer():
