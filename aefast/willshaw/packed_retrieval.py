@@ -56,80 +56,83 @@ class RetrievalKernels:
 
     def retrieve(self, matrix, n_out, cue_values, cue_offsets, threshold, value):
         """The (rows, n_out) bool answers of cues already checked (ops.py registers it behind the check)."""
-        return retrieve(self, matrix, n_out, cue_values, cue_offsets, threshold, value)
+        if threshold in (reference.HARD, reference.SOFT):
+            words, counts = self.and_words(matrix, cue_values, cue_offsets)
+            if threshold == reference.SOFT:
+                below = soft_fallback_flags(counts, cue_offsets).nonzero().flatten()
+                if below.numel():
+                    self._apply_soft_fallback(matrix, n_out, cue_values, cue_offsets, below, words, counts)
+            return self.unpack(words, n_out)
+        if threshold == reference.FIXED:
+            return self.sums(matrix, n_out, cue_values, cue_offsets, value).view(torch.bool)
+        unit_sums = self.sums(matrix, n_out, cue_values, cue_offsets, None)
+        return reference.threshold(unit_sums, cue_offsets.diff(), reference.TOPK, value)
 
     def retrieve_indices(self, matrix, n_out, cue_values, cue_offsets, threshold, value):
-        """The answers as (values, offsets), the cue checked in the same wait (ops.py registers it unchecked)."""
-        return retrieve_indices(self, matrix, n_out, cue_values, cue_offsets, threshold, value,
-                                ops.pattern_name("cue"))
+        """The answers as (values, offsets). Checks the cue itself (ops.py registers it unchecked; errors
+        name it by ops.pattern_name): for the hard and soft thresholds the check's verdict comes back
+        with the answer's size, in one wait."""
+        name = ops.pattern_name("cue")
+        if threshold not in (reference.HARD, reference.SOFT):
+            self.check_patterns(cue_values, cue_offsets, matrix.shape[0], name)
+            return reference.dense_to_rows(self.retrieve(matrix, n_out, cue_values, cue_offsets, threshold, value))
+        # Straight from the packed answer: a sparse answer touches few words, and reading the words is 8x
+        # less than reading the answer unpacked to one byte per unit.
+        words, counts = self.and_words(matrix, cue_values, cue_offsets)
+        ends = counts.flatten().cumsum(0)
+        summary = [pattern_verdict(cue_values, cue_offsets, matrix.shape[0]), ends[-1:].sum().view(1)]
+        if threshold == reference.SOFT:
+            below_flags = soft_fallback_flags(counts, cue_offsets)
+            summary.append(below_flags.sum().view(1))
+        offsets_ok, rows_plain, total, *below_count = torch.cat(summary).tolist()  # the one wait
+        self._raise_for_verdict(offsets_ok, rows_plain, cue_values, cue_offsets, matrix.shape[0], name)
+        if below_count and below_count[0]:  # rare at or below capacity: a second wait
+            self._apply_soft_fallback(matrix, n_out, cue_values, cue_offsets, below_flags.nonzero().flatten(),
+                                      words, counts)
+            ends = counts.flatten().cumsum(0)
+            total = int(ends[-1])
+        values = self.extract(words, counts, ends, total) if total else \
+            torch.empty(0, dtype=torch.int64, device=matrix.device)
+        rows, groups = counts.shape
+        offsets = torch.zeros(rows + 1, dtype=torch.int64, device=matrix.device)
+        if rows:
+            offsets[1:] = ends.view(rows, groups)[:, -1]
+        return values, offsets
 
     def check_patterns(self, values, offsets, units, name) -> None:
-        check_patterns(self, values, offsets, units, name)
+        """reference.check_patterns without its sort, in one wait; a bad row is reported by the
+        reference's message."""
+        offsets_ok, rows_plain = pattern_verdict(values, offsets, units).tolist()
+        self._raise_for_verdict(offsets_ok, rows_plain, values, offsets, units, name)
 
+    def _apply_soft_fallback(self, matrix, n_out, cue_values, cue_offsets, below, words, counts):
+        """Rewrites the answer words and counts of the cues ``below`` with the soft threshold of their sums."""
+        values, offsets = select_rows(cue_values, cue_offsets, below)
+        answer = reference.threshold(self.sums(matrix, n_out, values, offsets, None), offsets.diff(), reference.SOFT, 0)
+        words[below] = reference.pack(answer)
+        padded = torch.nn.functional.pad(answer, (0, counts.shape[1] * ANSWER_GROUP * 64 - n_out))
+        counts[below] = padded.view(below.numel(), counts.shape[1], -1).sum(2, dtype=torch.int32)
 
-def retrieve(kernels: RetrievalKernels, matrix, n_out, cue_values, cue_offsets, threshold, value):
-    if threshold in (reference.HARD, reference.SOFT):
-        words, counts = kernels.and_words(matrix, cue_values, cue_offsets)
-        if threshold == reference.SOFT:
-            below = soft_fallback_flags(counts, cue_offsets).nonzero().flatten()
-            if below.numel():
-                apply_soft_fallback(kernels, matrix, n_out, cue_values, cue_offsets, below, words, counts)
-        return kernels.unpack(words, n_out)
-    if threshold == reference.FIXED:
-        return kernels.sums(matrix, n_out, cue_values, cue_offsets, value).view(torch.bool)
-    unit_sums = kernels.sums(matrix, n_out, cue_values, cue_offsets, None)
-    return reference.threshold(unit_sums, cue_offsets.diff(), reference.TOPK, value)
-
-
-def retrieve_indices(kernels: RetrievalKernels, matrix, n_out, cue_values, cue_offsets, threshold, value, name):
-    """The answers as (values, offsets). Checks the cue itself (``name`` names it in errors): for the
-    hard and soft thresholds the check's verdict comes back with the answer's size, in one wait."""
-    if threshold not in (reference.HARD, reference.SOFT):
-        check_patterns(kernels, cue_values, cue_offsets, matrix.shape[0], name)
-        return reference.dense_to_rows(retrieve(kernels, matrix, n_out, cue_values, cue_offsets, threshold, value))
-    # Straight from the packed answer: a sparse answer touches few words, and reading the words is 8x
-    # less than reading the answer unpacked to one byte per unit.
-    words, counts = kernels.and_words(matrix, cue_values, cue_offsets)
-    ends = counts.flatten().cumsum(0)
-    summary = [pattern_verdict(cue_values, cue_offsets, matrix.shape[0]), ends[-1:].sum().view(1)]
-    if threshold == reference.SOFT:
-        below_flags = soft_fallback_flags(counts, cue_offsets)
-        summary.append(below_flags.sum().view(1))
-    offsets_ok, rows_plain, total, *below_count = torch.cat(summary).tolist()  # the one wait
-    raise_for_verdict(kernels, offsets_ok, rows_plain, cue_values, cue_offsets, matrix.shape[0], name)
-    if below_count and below_count[0]:  # rare at or below capacity: a second wait
-        apply_soft_fallback(kernels, matrix, n_out, cue_values, cue_offsets, below_flags.nonzero().flatten(),
-                            words, counts)
-        ends = counts.flatten().cumsum(0)
-        total = int(ends[-1])
-    values = kernels.extract(words, counts, ends, total) if total else \
-        torch.empty(0, dtype=torch.int64, device=matrix.device)
-    rows, groups = counts.shape
-    offsets = torch.zeros(rows + 1, dtype=torch.int64, device=matrix.device)
-    if rows:
-        offsets[1:] = ends.view(rows, groups)[:, -1]
-    return values, offsets
+    def _raise_for_verdict(self, offsets_ok, rows_plain, values, offsets, units, name) -> None:
+        """The reference's error for what pattern_verdict found; rows that are not plain (unsorted, or
+        bad) are checked in full."""
+        if not offsets_ok:
+            reference.check_offsets(values, offsets, name)
+            raise AssertionError("the offsets verdict disagrees with reference.check_offsets")  # a bug here
+        if rows_plain or offsets.numel() == 1 or values.numel() == 0:
+            return
+        # Pairwise comparisons grow with the square of a row's length: long rows are sorted instead.
+        longest = int(offsets.diff().max())
+        if self.row_flags is None or longest > CHECK_LONGEST:
+            return reference.check_patterns(values, offsets, units, name)
+        if bool(self.row_flags(values, offsets, units, longest).any()):
+            reference.check_patterns(values, offsets, units, name)
+            raise AssertionError("the pattern check's kernel flagged a row the reference accepts")  # a kernel bug
 
 
 def soft_fallback_flags(counts, cue_offsets):
     """Per cue, whether its AND is empty though it has ones: the soft threshold takes its largest sum."""
     return (counts.sum(1) == 0) & (cue_offsets.diff() > 0)
-
-
-def apply_soft_fallback(kernels: RetrievalKernels, matrix, n_out, cue_values, cue_offsets, below, words, counts):
-    """Rewrites the answer words and counts of the cues ``below`` with the soft threshold of their sums."""
-    values, offsets = select_rows(cue_values, cue_offsets, below)
-    answer = reference.threshold(kernels.sums(matrix, n_out, values, offsets, None), offsets.diff(), reference.SOFT, 0)
-    words[below] = reference.pack(answer)
-    padded = torch.nn.functional.pad(answer, (0, counts.shape[1] * ANSWER_GROUP * 64 - n_out))
-    counts[below] = padded.view(below.numel(), counts.shape[1], -1).sum(2, dtype=torch.int32)
-
-
-def check_patterns(kernels: RetrievalKernels, values, offsets, units, name) -> None:
-    """reference.check_patterns without its sort, in one wait; a bad row is reported by the reference's
-    message."""
-    offsets_ok, rows_plain = pattern_verdict(values, offsets, units).tolist()
-    raise_for_verdict(kernels, offsets_ok, rows_plain, values, offsets, units, name)
 
 
 def pattern_verdict(values, offsets, units):
@@ -142,23 +145,6 @@ def pattern_verdict(values, offsets, units):
     increasing = (values[1:] > values[:-1]) | row_start[1:count]
     plain = increasing.all() & (values >= 0).all() & (values < units).all()
     return torch.stack([reference.offsets_delimit(values, offsets), plain]).long()
-
-
-def raise_for_verdict(kernels: RetrievalKernels, offsets_ok, rows_plain, values, offsets, units, name) -> None:
-    """The reference's error for what pattern_verdict found; rows that are not plain (unsorted, or bad)
-    are checked in full."""
-    if not offsets_ok:
-        reference.check_offsets(values, offsets, name)
-        raise AssertionError("the offsets verdict disagrees with reference.check_offsets")  # a bug here
-    if rows_plain or offsets.numel() == 1 or values.numel() == 0:
-        return
-    # Pairwise comparisons grow with the square of a row's length: long rows are sorted instead.
-    longest = int(offsets.diff().max())
-    if kernels.row_flags is None or longest > CHECK_LONGEST:
-        return reference.check_patterns(values, offsets, units, name)
-    if bool(kernels.row_flags(values, offsets, units, longest).any()):
-        reference.check_patterns(values, offsets, units, name)
-        raise AssertionError("the pattern check's kernel flagged a row the reference accepts")  # a kernel bug
 
 
 def select_rows(values, offsets, rows):

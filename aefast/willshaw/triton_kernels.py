@@ -377,5 +377,5 @@ def count_ones(matrix) -> int:
 KERNELS = packed_retrieval.RetrievalKernels(and_words=_and, sums=_sums, unpack=_unpack, extract=_extract,
                                             row_flags=None if _backends.triton_interpreted() else row_flags)
 
-# What ops.py registers, driven by packed_retrieval.
+# What ops.py registers (packed_retrieval's driver over this module's kernels).
 retrieve, retrieve_indices, check_patterns = KERNELS.retrieve, KERNELS.retrieve_indices, KERNELS.check_patterns

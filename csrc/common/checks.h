@@ -55,4 +55,8 @@ inline void check_nonnegative(int64_t value, const char* name) {
   if (value < 0) throw py::value_error(std::string(name) + " must be >= 0, got " + std::to_string(value));
 }
 
+inline void check_positive(int64_t value, const char* name) {
+  if (value < 1) throw py::value_error(std::string(name) + " must be >= 1, got " + std::to_string(value));
+}
+
 }  // namespace aefast

@@ -24,6 +24,9 @@ struct PatternRows {
   const int64_t* begin(int64_t row) const { return values + offsets[row]; }
 };
 
+// Words of a bit-row of n_out units.
+inline int64_t words_per_row(int64_t n_out) { return (n_out + 63) / 64; }
+
 struct WillshawMatrix {
   uint64_t* words;  // n_in x words_per_row
   int64_t n_in, n_out, words_per_row;

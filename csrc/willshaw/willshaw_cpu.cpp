@@ -16,8 +16,6 @@
 namespace aefast {
 namespace {
 
-int64_t words_per_row(int64_t n_out) { return (n_out + 63) / 64; }
-
 WillshawMatrix checked_matrix(const py::buffer& matrix, int64_t n_in, int64_t n_out, bool writable) {
   if (n_in < 1 || n_out < 1) {
     throw py::value_error("n_in and n_out must be >= 1, got " + std::to_string(n_in) + " and " + std::to_string(n_out));

@@ -189,13 +189,9 @@ unsigned grid_y(int64_t blocks) { return static_cast<unsigned>(std::min(blocks, 
 
 int64_t blocks_of(int64_t items, int64_t per_block) { return (items + per_block - 1) / per_block; }
 
-void check_positive(int64_t value, const char* name) {
-  if (value < 1) throw py::value_error(std::string(name) + " must be >= 1, got " + std::to_string(value));
-}
-
 int64_t checked_words_per_row(int64_t n_out) {
   check_positive(n_out, "n_out");
-  return blocks_of(n_out, 64);
+  return words_per_row(n_out);
 }
 
 // The inputs that the AND and the sums read, checked and resolved (nullptr where nothing is read through

@@ -149,12 +149,12 @@ def test_kernels_compile_for_a_batch_of_one_row(compiled, case):
     assert compiled[case]["registers"] > 0
 
 
-if __name__ == "__main__":
-    print(json.dumps(compile_cases()))
-
-
 @pytest.mark.skipif(not CUOBJDUMP.exists(), reason="Triton's CUDA tools are not installed")
 def test_ieee_narrow_forward_at_width_64_leaves_room_for_two_programs_per_sm(compiled):
     """NARROW_ROWS gives this tile 32 rows where 64 compile, for two programs of 8 warps per SM: each
     thread may take at most 65536 / (2 * 256) = 128 of the SM's registers."""
     assert compiled["forward-fp32-ieee-64"]["registers"] <= 128
+
+
+if __name__ == "__main__":
+    print(json.dumps(compile_cases()))
