@@ -50,7 +50,7 @@ setup(
                       "matplotlib>=3.7"],
     extras_require={
         "triton": ["triton>=3.0"],
-        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6", "matplotlib>=3.7"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3", "hypothesis>=6", "matplotlib>=3.7"],
     },
     ext_modules=[CMakeExtension("aefast._C")],
     cmdclass={"build_ext": CMakeBuild},

@@ -28,7 +28,10 @@ def run(components: list[str], *, quick: bool, device: str | None) -> dict:
     if unknown:
         raise ValueError(f"--only takes {', '.join(COMPONENTS)}, got {', '.join(unknown)}")
     folder = benchmarks_dir()
-    env = dict(os.environ, AEFAST_BENCH_QUICK="1" if quick else "0")
+    # Without pytest-xdist's worker variables: run from an xdist worker (the test suite runs in two),
+    # the child would take itself for one and disable pytest-benchmark's timing.
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_XDIST_")}
+    env["AEFAST_BENCH_QUICK"] = "1" if quick else "0"
     if device:
         env["AEFAST_BENCH_DEVICE"] = device
     with tempfile.TemporaryDirectory() as scratch:

@@ -28,5 +28,5 @@ export PYTHONPATH="$PWD"
 LD_PRELOAD="$runtimes" ASAN_OPTIONS=detect_leaks=0 ../.venv/bin/python -c \
   "import aefast._C as c, sys; sys.exit(0 if '/.sanitize/' in c.__file__ else f'not the sanitizer build: {c.__file__}')"
 LD_PRELOAD="$runtimes" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-  ../.venv/bin/python -m pytest -q -p no:cacheprovider -m "not gpu" -k "not triton" \
+  ../.venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "not gpu" -k "not triton" \
   tests/willshaw tests/vae tests/test_backends.py "$@"
