@@ -1,5 +1,6 @@
 """The README's Python examples run as written, with the names they leave to the reader (an encoder, a
 batch x, a user's nn.Sequential) defined by a prelude: an example that drifts from the API fails here."""
+import os
 import re
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def test_sharded_example_runs_under_torchrun(tmp_path):
     script.write_text(example)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", *command[1:]], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = int(re.search(r"--nproc-per-node=(\d+)", " ".join(command)).group(1))
     assert sorted(path.name for path in (tmp_path / "shards").iterdir()) == [

@@ -185,7 +185,11 @@ unsigned grid_x(int64_t blocks, const char* what) {
   return static_cast<unsigned>(blocks);
 }
 
-unsigned grid_y(int64_t blocks) { return static_cast<unsigned>(std::min(blocks, kGridYLimit)); }
+// A block row per row (a cue, or a row of words) and up to kGridYLimit blocks along it; the kernels
+// loop over the blocks past that limit.
+dim3 rows_grid(int64_t rows, int64_t blocks_per_row, const char* what) {
+  return dim3(grid_x(rows, what), static_cast<unsigned>(std::min(blocks_per_row, kGridYLimit)));
+}
 
 int64_t blocks_of(int64_t items, int64_t per_block) { return (items + per_block - 1) / per_block; }
 
@@ -245,7 +249,7 @@ void willshaw_and_cuda(uintptr_t matrix, int64_t n_in, int64_t words_per_row, ui
   const CueQuery query = resolve_query(matrix, n_in, cue_values, value_count, cue_offsets, cues);
   if (cues == 0) return;
   const int64_t groups = blocks_of(words_per_row, kGroupWords);
-  const dim3 grid(grid_x(cues, "cues"), grid_y(groups));
+  const dim3 grid = rows_grid(cues, groups, "cues");
   Word* words_p = required_device_pointer<Word>(words, "words");
   int32_t* counts_p = required_device_pointer<int32_t>(counts, "counts");
   and_kernel<<<grid, kGroupWords, 0, as_stream(stream)>>>(query.matrix, n_in, words_per_row, query.values,
@@ -260,7 +264,7 @@ void willshaw_extract_cuda(uintptr_t words, int64_t cues, int64_t words_per_row,
   check_positive(words_per_row, "words_per_row");
   if (cues == 0 || total == 0) return;
   const int64_t groups = blocks_of(words_per_row, kGroupWords);
-  const dim3 grid(grid_x(cues, "cues"), grid_y(groups));
+  const dim3 grid = rows_grid(cues, groups, "cues");
   const auto* words_p = required_device_pointer<const Word>(words, "words");
   const auto* counts_p = required_device_pointer<const int32_t>(counts, "counts");
   const auto* ends_p = required_device_pointer<const int64_t>(ends, "ends");
@@ -277,7 +281,7 @@ void willshaw_sums_cuda(uintptr_t matrix, int64_t n_in, int64_t n_out, uintptr_t
   const CueQuery query = resolve_query(matrix, n_in, cue_values, value_count, cue_offsets, cues);
   if (cues == 0) return;
   const int64_t unit_blocks = blocks_of(n_out, kUnitThreads);
-  const dim3 grid(grid_x(cues, "cues"), grid_y(unit_blocks));
+  const dim3 grid = rows_grid(cues, unit_blocks, "cues");
   void* out_p = required_device_pointer<void>(out, "out");
   const bool compare = at_least >= 0;  // uint8 answers, else int32 sums
   sums_kernel<<<grid, kUnitThreads, 0, as_stream(stream)>>>(
@@ -292,7 +296,7 @@ void willshaw_unpack_cuda(uintptr_t words, int64_t rows, int64_t n_out, uintptr_
   const int64_t words_per_row = checked_words_per_row(n_out);
   if (rows == 0) return;
   const int64_t unit_blocks = blocks_of(n_out, kUnitThreads);
-  const dim3 grid(grid_x(rows, "rows"), grid_y(unit_blocks));
+  const dim3 grid = rows_grid(rows, unit_blocks, "rows");
   const auto* words_p = required_device_pointer<const Word>(words, "words");
   uint8_t* out_p = required_device_pointer<uint8_t>(out, "out");
   unpack_kernel<<<grid, kUnitThreads, 0, as_stream(stream)>>>(words_p, words_per_row, n_out, out_p, unit_blocks);
