@@ -7,6 +7,8 @@ with the corruption generated in the load.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional, Sequence
 
 import torch
@@ -26,12 +28,34 @@ def _check_activation(activation, name: str) -> Optional[str]:
     return activation
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _positive_int(value, name: str) -> int:
+    if not _is_int(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _widths(widths, name: str) -> list[int]:
+    """``widths`` (a list, tuple or range of at least 2 positive ints) as a list; ValueError naming
+    ``name``, and the entry at fault, otherwise."""
+    if not isinstance(widths, (list, tuple, range)) or len(widths) < 2:
+        raise ValueError(f"{name} must list at least 2 widths, got {widths!r}")
+    return [_positive_int(width, f"{name}[{index}]") for index, width in enumerate(widths)]
+
+
 def _seed_tensor(seed: Optional[int]) -> Tensor:
     if seed is None:  # from torch's generator, so torch.manual_seed repeats a run
         return torch.randint(0, 2**62, (), dtype=torch.int64)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
-    return torch.tensor(seed, dtype=torch.int64)
+    if not _is_int(seed) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2**63) or None, got {seed!r}")
+    return torch.tensor(int(seed), dtype=torch.int64)
 
 
 def _check_input(x: Tensor, weight: Tensor, name: str = "x") -> None:
@@ -56,10 +80,16 @@ def _plain_autograd(device: torch.device) -> bool:
     return _backends.requested_backend() == "auto" and _backends.select(ops.FORWARD, device)[0] == "reference"
 
 
+def _runs_plain(x: Tensor) -> bool:
+    """True where the layers run their math through plain autograd: where ``auto`` picks the reference,
+    and for dtypes no kernel takes (float64 computes in float64, as nn.Linear does, not in float32)."""
+    return x.dtype not in ops.KERNEL_DTYPES or _plain_autograd(x.device)
+
+
 def fused_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation, corruption="none", param=0.0,
                  seed: Tensor = _NO_SEED) -> Tensor:
-    """act(x~ W^T + b) over x's last dimension: the op, or plain autograd where auto picks the reference."""
-    if _plain_autograd(x.device):
+    """act(x~ W^T + b) over x's last dimension: the op, or plain autograd (``_runs_plain``)."""
+    if _runs_plain(x):
         x_used = reference.corrupt(x, corruption, param, int(seed))
         return reference.activate(F.linear(x_used, weight, bias), activation)
     rows = x.reshape(-1, x.shape[-1]).contiguous()
@@ -77,9 +107,8 @@ class FusedLinear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: Optional[str] = None,
                  device=None, dtype=None):
-        for name, size in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-                raise ValueError(f"{name} must be a positive int, got {size!r}")
+        in_features = _positive_int(in_features, "in_features")
+        out_features = _positive_int(out_features, "out_features")
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.activation = _check_activation(activation, "activation")
 
@@ -98,9 +127,7 @@ class FusedMLP(nn.Module):
     def __init__(self, dims: Sequence[int], activation: Optional[str] = "relu",
                  output_activation: Optional[str] = None, bias: bool = True, device=None, dtype=None):
         super().__init__()
-        dims = list(dims) if isinstance(dims, (list, tuple)) else dims
-        if not isinstance(dims, list) or len(dims) < 2:
-            raise ValueError(f"dims must list at least 2 widths, got {dims!r}")
+        dims = _widths(dims, "dims")
         _check_activation(activation, "activation")
         _check_activation(output_activation, "output_activation")
         self.layers = nn.ModuleList(
@@ -137,11 +164,16 @@ class FusedMLP(nn.Module):
             layers[-1][1] = activation
         if not layers:
             raise ValueError("sequential must hold at least one nn.Linear")
+        first = layers[0][0]
+        for index, module in enumerate(modules):
+            if isinstance(module, nn.Linear) and (module.weight.dtype, module.weight.device) != (
+                    first.weight.dtype, first.weight.device):
+                raise TypeError(f"sequential[{index}] is {module.weight.dtype} on {module.weight.device} but the first "
+                                f"Linear is {first.weight.dtype} on {first.weight.device}: the layers must share both")
         for (previous, _), (following, _) in zip(layers, layers[1:]):
             if previous.out_features != following.in_features:
                 raise ValueError(f"consecutive Linear layers must chain, got {previous.out_features} -> "
                                  f"{following.in_features}")
-        first = layers[0][0]
         mlp = cls([first.in_features] + [linear.out_features for linear, _ in layers], bias=first.bias is not None,
                   device=first.weight.device, dtype=first.weight.dtype)
         for fused, (linear, activation) in zip(mlp.layers, layers):
@@ -207,7 +239,7 @@ def _run_layers(layers, x: Tensor) -> Tensor:
 
 
 def _narrow(layers, x: Tensor) -> Tensor:
-    if _plain_autograd(x.device):
+    if _runs_plain(x):
         for layer in layers:
             x = _linear(x, layer, layer.activation)
         return x
@@ -229,11 +261,9 @@ class FusedAutoencoder(nn.Module):
                  activation: Optional[str] = "relu", code_activation: Optional[str] = None,
                  output_activation: Optional[str] = None, device=None, dtype=None):
         super().__init__()
-        encoder_dims = list(encoder_dims)
-        if len(encoder_dims) < 2:
-            raise ValueError(f"encoder_dims must list at least 2 widths, got {encoder_dims!r}")
-        decoder_dims = list(reversed(encoder_dims)) if decoder_dims is None else list(decoder_dims)
-        if len(decoder_dims) < 2 or decoder_dims[0] != encoder_dims[-1] or decoder_dims[-1] != encoder_dims[0]:
+        encoder_dims = _widths(encoder_dims, "encoder_dims")
+        decoder_dims = encoder_dims[::-1] if decoder_dims is None else _widths(decoder_dims, "decoder_dims")
+        if decoder_dims[0] != encoder_dims[-1] or decoder_dims[-1] != encoder_dims[0]:
             raise ValueError(f"decoder_dims must run from the code width {encoder_dims[-1]} to the input width "
                              f"{encoder_dims[0]}, got {decoder_dims}")
         self.encoder = FusedMLP(encoder_dims, activation, code_activation, device=device, dtype=dtype)
@@ -264,14 +294,14 @@ class FusedAutoencoder(nn.Module):
             raise ValueError(f"loss='bce' needs output_activation='sigmoid', got {last.activation!r}")
         kind, param = _check_corruption(corruption)
         seed_tensor = _seed_tensor(seed)
-        if not isinstance(l1_code, (int, float)) or isinstance(l1_code, bool) or l1_code < 0:
-            raise ValueError(f"l1_code must be a number >= 0, got {l1_code!r}")
+        if not _is_real(l1_code) or not (math.isfinite(l1_code) and l1_code >= 0):
+            raise ValueError(f"l1_code must be a finite number >= 0, got {l1_code!r}")
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         h = _linear(rows, first, first.activation, kind, param, seed_tensor)
         h = _run_layers(self.encoder.layers[1:], h)
         penalty = l1_code * h.abs().sum(1).mean() if l1_code else None
         h = _run_layers(self.decoder.layers[:-1], h)
-        if _plain_autograd(rows.device):
+        if _runs_plain(rows):
             value = reference.loss_of_output(F.linear(h, last.weight, last.bias), rows, last.activation, loss)
         else:
             value, _ = ops.fused_linear_loss_op(h.contiguous(), last.weight, last.bias, rows,
@@ -286,11 +316,11 @@ def _check_corruption(corruption) -> tuple[str, float]:
         raise ValueError(f"corruption must be None, ('mask', v) or ('gaussian', sigma), got {corruption!r}")
     kind, param = corruption
     if kind == "mask":
-        if not isinstance(param, (int, float)) or not 0 <= param < 1:
+        if not _is_real(param) or not 0 <= param < 1:
             raise ValueError(f"corruption ('mask', v) needs v in [0, 1), got {param!r}")
     elif kind == "gaussian":
-        if not isinstance(param, (int, float)) or not param >= 0:
-            raise ValueError(f"corruption ('gaussian', sigma) needs sigma >= 0, got {param!r}")
+        if not _is_real(param) or not (math.isfinite(param) and param >= 0):
+            raise ValueError(f"corruption ('gaussian', sigma) needs a finite sigma >= 0, got {param!r}")
     else:
         raise ValueError(f"corruption must be None, ('mask', v) or ('gaussian', sigma), got {corruption!r}")
     return kind, float(param)

@@ -13,6 +13,7 @@ The seed is a CPU int64 scalar tensor so that a seed drawn from torch's generato
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -24,6 +25,10 @@ from aefast.mlp import reference
 FORWARD, BACKWARD, LOSS = "fused_linear", "fused_linear_backward", "fused_linear_loss"
 NARROW, NARROW_BACKWARD = "fused_narrow_mlp", "fused_narrow_mlp_backward"
 
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the kernels load and store
+ACTIVATION_NAMES = tuple(name or "none" for name in reference.ACTIVATIONS)
+NARROW_ACTIVATION_NAMES = tuple(name for name in ACTIVATION_NAMES if name != "gelu")  # GELU's derivative needs z
+
 
 def _activation(name: str) -> Optional[str]:
     return None if name == "none" else name
@@ -33,6 +38,8 @@ def _activation(name: str) -> Optional[str]:
 def fused_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str, corruption: str,
                     corruption_param: float, seed: Tensor) -> tuple[Tensor, Tensor]:
     _check_linear(x, weight, bias)
+    _check_choice("activation", activation, ACTIVATION_NAMES)
+    _check_corruption(corruption, corruption_param, seed)
     _, kernel = _backends.select(FORWARD, x.device)
     return kernel(x, weight, bias, _activation(activation), corruption, corruption_param, int(seed))
 
@@ -48,9 +55,18 @@ def fused_linear_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Op
                              saved_z: Tensor, activation: str, corruption: str, corruption_param: float, seed: Tensor,
                              grad_scale: Optional[Tensor], need_input_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
     _check_linear(x, weight, bias)
-    if grad_y.shape != (x.shape[0], weight.shape[0]) or grad_y.dtype != x.dtype or not grad_y.is_contiguous():
-        raise ValueError(f"grad_y must be contiguous {(x.shape[0], weight.shape[0])} {x.dtype}, "
-                         f"got {tuple(grad_y.shape)} {grad_y.dtype}")
+    _check_choice("activation", activation, ACTIVATION_NAMES)
+    _check_corruption(corruption, corruption_param, seed)
+    out_shape = (x.shape[0], weight.shape[0])
+    _check_like("grad_y", grad_y, out_shape, x)
+    if activation == "gelu":  # the derivative is taken at the saved pre-activation, the others at y
+        _check_like("saved_z", saved_z, out_shape, x)
+    elif activation != "none":
+        _check_like("y", y, out_shape, x)
+    if grad_scale is not None and (grad_scale.shape != () or grad_scale.dtype != torch.float32
+                                   or grad_scale.device != x.device):
+        raise ValueError(f"grad_scale must be a 0-d float32 tensor on {x.device}, got {tuple(grad_scale.shape)} "
+                         f"{grad_scale.dtype} on {grad_scale.device}")
     _, kernel = _backends.select(BACKWARD, x.device)
     return kernel(grad_y, x, weight, bias, y, saved_z, _activation(activation), corruption, corruption_param,
                   int(seed), grad_scale, need_input_grad)
@@ -66,10 +82,13 @@ def _(grad_y, x, weight, bias, y, saved_z, activation, corruption, corruption_pa
 @torch.library.custom_op("aefast::fused_linear_loss", mutates_args=())
 def fused_linear_loss_op(h: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor, output_activation: str,
                          loss: str) -> tuple[Tensor, Tensor]:
-    _check_linear(h, weight, bias)
-    if target.shape != (h.shape[0], weight.shape[0]) or target.device != h.device or not target.is_contiguous():
-        raise ValueError(f"target must be contiguous {(h.shape[0], weight.shape[0])} on {h.device}, "
-                         f"got {tuple(target.shape)} on {target.device}")
+    _check_linear(h, weight, bias, input_name="h")
+    _check_like("target", target, (h.shape[0], weight.shape[0]), h)
+    _check_choice("output_activation", output_activation, ACTIVATION_NAMES)
+    _check_choice("loss", loss, reference.LOSSES)
+    if loss == "bce" and output_activation != "sigmoid":
+        raise ValueError(f"loss 'bce' takes the logits of a sigmoid output: output_activation must be 'sigmoid', "
+                         f"got {output_activation!r}")
     _, kernel = _backends.select(LOSS, h.device)
     return kernel(h, weight, bias, target, _activation(output_activation), loss)
 
@@ -85,7 +104,7 @@ def fused_narrow_mlp_op(x: Tensor, weights: Tensor, biases: Optional[Tensor], di
     """Consecutive layers dims[0] -> ... -> dims[-1] (each <= 128 wide) in one pass; ``weights`` and
     ``biases`` are the layers' parameters flattened and concatenated. Returns the output and, when
     ``save``, the activations between the layers (packed) that backward reads."""
-    _check_narrow(x, weights, biases, dims)
+    _check_narrow(x, weights, biases, dims, activation, last_activation)
     _, kernel = _backends.select(NARROW, x.device)
     return kernel(x, weights, biases, dims, _activation(activation), _activation(last_activation), save)
 
@@ -100,9 +119,12 @@ def _(x, weights, biases, dims, activation, last_activation, save):
 def fused_narrow_mlp_backward_op(grad_out: Tensor, x: Tensor, out: Tensor, saved: Tensor, weights: Tensor,
                                  biases: Optional[Tensor], dims: list[int], activation: str, last_activation: str,
                                  need_input_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
-    _check_narrow(x, weights, biases, dims)
+    _check_narrow(x, weights, biases, dims, activation, last_activation)
     if saved.numel() != x.shape[0] * sum(dims[1:-1]):
         raise ValueError("saved must hold the activations the forward saved (call it with save=True)")
+    _check_like("saved", saved, (saved.numel(),), x)
+    _check_like("out", out, (x.shape[0], dims[-1]), x)
+    _check_like("grad_out", grad_out, (x.shape[0], dims[-1]), x, contiguous=False)  # made contiguous below
     _, kernel = _backends.select(NARROW_BACKWARD, x.device)
     return kernel(grad_out.contiguous(), x, out, saved, weights, biases, dims, _activation(activation),
                   _activation(last_activation), need_input_grad)
@@ -114,31 +136,63 @@ def _(grad_out, x, out, saved, weights, biases, dims, activation, last_activatio
             torch.empty_like(biases) if biases is not None else weights.new_empty(0))
 
 
-def _check_narrow(x: Tensor, weights: Tensor, biases: Optional[Tensor], dims: list[int]) -> None:
+def _check_narrow(x: Tensor, weights: Tensor, biases: Optional[Tensor], dims: list[int], activation: str,
+                  last_activation: str) -> None:
     if len(dims) < 2 or min(dims) < 1 or max(dims) > 128:
         raise ValueError(f"dims must list at least 2 widths in [1, 128], got {dims}")
     if x.dim() != 2 or x.shape[1] != dims[0] or not x.is_contiguous():
         raise ValueError(f"x must be contiguous (rows, {dims[0]}), got {tuple(x.shape)}")
-    expected = {"weights": sum(a * b for a, b in zip(dims[:-1], dims[1:])), "biases": sum(dims[1:])}
-    for name, tensor in (("weights", weights), ("biases", biases)):
-        if tensor is None:
-            continue
-        if tensor.shape != (expected[name],) or tensor.dtype != x.dtype or tensor.device != x.device:
-            raise ValueError(f"{name} must be 1-D ({expected[name]},) {x.dtype} on {x.device}, "
-                             f"got {tuple(tensor.shape)} {tensor.dtype} on {tensor.device}")
+    _check_dtype(x, "x")
+    _check_choice("activation", activation, NARROW_ACTIVATION_NAMES)
+    _check_choice("last_activation", last_activation, NARROW_ACTIVATION_NAMES)
+    _check_like("weights", weights, (sum(a * b for a, b in zip(dims[:-1], dims[1:])),), x)
+    if biases is not None:
+        _check_like("biases", biases, (sum(dims[1:]),), x)
 
 
-def _check_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
-    """The kernels' contract, checked again here: torch.ops.aefast.* is reachable directly."""
+def _check_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], input_name: str = "x") -> None:
+    """The kernels' contract, checked again here: torch.ops.aefast.* is reachable directly, and the GPU
+    kernels read raw pointers, so any mismatch must raise before a launch."""
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
-        raise ValueError(f"x (rows, in) and weight (out, in) must agree, got {tuple(x.shape)} and {tuple(weight.shape)}")
-    for name, tensor in (("x", x), ("weight", weight), ("bias", bias)):
+        raise ValueError(f"{input_name} (rows, in) and weight (out, in) must agree, got {tuple(x.shape)} and "
+                         f"{tuple(weight.shape)}")
+    _check_dtype(x, input_name)
+    for name, tensor in ((input_name, x), ("weight", weight), ("bias", bias)):
         if tensor is None:
             continue
         if tensor.dtype != x.dtype or tensor.device != x.device or not tensor.is_contiguous():
             raise ValueError(f"{name} must be contiguous, {x.dtype} on {x.device}, got {tensor.dtype} on {tensor.device}")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+
+
+def _check_dtype(x: Tensor, name: str) -> None:
+    if x.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16 (the kernels' dtypes), got {x.dtype}")
+
+
+def _check_like(name: str, tensor: Tensor, shape: tuple, like: Tensor, contiguous: bool = True) -> None:
+    """``tensor`` must have ``shape`` and ``like``'s dtype and device (and be contiguous)."""
+    if (tuple(tensor.shape) != tuple(shape) or tensor.dtype != like.dtype or tensor.device != like.device
+            or (contiguous and not tensor.is_contiguous())):
+        raise ValueError(f"{name} must be {'contiguous ' if contiguous else ''}{tuple(shape)} {like.dtype} on "
+                         f"{like.device}, got {tuple(tensor.shape)} {tensor.dtype} on {tensor.device}"
+                         f"{'' if tensor.is_contiguous() else ' (not contiguous)'}")
+
+
+def _check_choice(name: str, value: str, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _check_corruption(corruption: str, param: float, seed: Tensor) -> None:
+    _check_choice("corruption", corruption, reference.CORRUPTIONS)
+    if corruption == "mask" and not 0 <= param < 1:
+        raise ValueError(f"corruption_param of 'mask' (the drop rate) must be in [0, 1), got {param}")
+    if corruption == "gaussian" and not (math.isfinite(param) and param >= 0):
+        raise ValueError(f"corruption_param of 'gaussian' (sigma) must be finite and >= 0, got {param}")
+    if seed.shape != () or seed.dtype != torch.int64:
+        raise ValueError(f"seed must be a 0-d int64 tensor, got {tuple(seed.shape)} {seed.dtype}")
 
 
 # --- autograd --------------------------------------------------------------------------------------

@@ -68,6 +68,11 @@ def times_activation_grad(grad: Tensor, slope: Tensor, activation: str | None) -
     return grad * slope
 
 
+def _at_least_float32(t: Tensor) -> Tensor:
+    """16-bit values widened to float32; float64 kept (the layers run float64 through this math as is)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def noise_offsets(rows: int, cols: int, device) -> Tensor:
     return torch.arange(rows * cols, device=device, dtype=torch.int64).reshape(rows, cols)
 
@@ -83,7 +88,7 @@ def corrupt(x: Tensor, corruption: str, param: float, seed: int) -> Tensor:
     if corruption == "mask":
         return x * corruption_keep(x.shape, seed, param, x.device).to(x.dtype)
     if corruption == "gaussian":
-        return (x.float() + param * philox_normal(seed, noise_offsets(*x.shape, x.device))).to(x.dtype)
+        return (_at_least_float32(x) + param * philox_normal(seed, noise_offsets(*x.shape, x.device))).to(x.dtype)
     raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {corruption!r}")
 
 
@@ -119,7 +124,7 @@ def linear_backward(grad_y, x, weight, bias, activation, corruption="none", para
 
 def loss_of_output(output_pre_activation: Tensor, target: Tensor, output_activation, loss: str) -> Tensor:
     """Mean reconstruction loss over all elements; BCE takes the sigmoid output's logits (stable)."""
-    z, t = output_pre_activation.float(), target.float()
+    z, t = _at_least_float32(output_pre_activation), _at_least_float32(target)
     if loss == "bce":
         return F.binary_cross_entropy_with_logits(z, t)
     if loss == "mse":

@@ -1,4 +1,7 @@
-"""Bad input to the fused layers raises ValueError/TypeError naming the argument."""
+"""Bad input to the fused layers, and to their ops called directly, raises ValueError/TypeError
+naming the argument, before any kernel launches."""
+import math
+
 import pytest
 import torch
 
@@ -11,9 +14,15 @@ from aefast.nn import FusedAutoencoder, FusedLinear, FusedMLP
     (lambda: FusedLinear(3, 2.5), ValueError, "out_features must be a positive int"),
     (lambda: FusedLinear(3, 4, activation="swish"), ValueError, "activation must be one of"),
     (lambda: FusedMLP([5]), ValueError, "dims must list at least 2 widths"),
-    (lambda: FusedMLP([5, 0, 3]), ValueError, "must be a positive int"),
+    (lambda: FusedMLP(5), ValueError, "dims must list at least 2 widths"),
+    (lambda: FusedMLP([5, 0, 3]), ValueError, r"^dims\[1\] must be a positive int, got 0"),
+    (lambda: FusedMLP((5, 3, -2)), ValueError, r"^dims\[2\] must be a positive int, got -2"),
+    (lambda: FusedMLP([5, 3.0]), ValueError, r"^dims\[1\] must be a positive int, got 3.0"),
     (lambda: FusedMLP([5, 3], output_activation="softmax"), ValueError, "output_activation must be one of"),
     (lambda: FusedAutoencoder([7]), ValueError, "encoder_dims must list at least 2 widths"),
+    (lambda: FusedAutoencoder(None), ValueError, "encoder_dims must list at least 2 widths"),
+    (lambda: FusedAutoencoder([7, 0]), ValueError, r"^encoder_dims\[1\] must be a positive int"),
+    (lambda: FusedAutoencoder([7, 3], decoder_dims=[3, 0, 7]), ValueError, r"^decoder_dims\[1\] must be a positive int"),
     (lambda: FusedAutoencoder([7, 3], decoder_dims=[4, 7]), ValueError, "decoder_dims must run from the code width 3"),
 ])
 def test_bad_construction(make, error, match):
@@ -38,11 +47,17 @@ def test_bad_inputs():
     ({"loss": "bce"}, "loss='bce' needs output_activation='sigmoid'"),
     ({"corruption": ("mask", 1.0)}, r"needs v in \[0, 1\)"),
     ({"corruption": ("mask", -0.1)}, r"needs v in \[0, 1\)"),
-    ({"corruption": ("gaussian", -1.0)}, "needs sigma >= 0"),
+    ({"corruption": ("mask", math.nan)}, r"needs v in \[0, 1\)"),
+    ({"corruption": ("gaussian", -1.0)}, "needs a finite sigma >= 0"),
+    ({"corruption": ("gaussian", math.inf)}, "needs a finite sigma >= 0"),
+    ({"corruption": ("gaussian", True)}, "needs a finite sigma >= 0"),
     ({"corruption": ("salt", 0.1)}, "corruption must be None"),
     ({"corruption": "mask"}, "corruption must be None"),
-    ({"l1_code": -1.0}, "l1_code must be a number >= 0"),
-    ({"seed": -3}, "seed must be a non-negative int"),
+    ({"l1_code": -1.0}, "l1_code must be a finite number >= 0"),
+    ({"l1_code": math.nan}, "l1_code must be a finite number >= 0"),
+    ({"seed": -3}, r"seed must be an int in \[0, 2\*\*63\)"),
+    ({"seed": 2**63}, r"seed must be an int in \[0, 2\*\*63\)"),
+    ({"seed": 1.5}, r"seed must be an int in \[0, 2\*\*63\)"),
 ])
 def test_bad_loss_arguments(kwargs, match):
     model = FusedAutoencoder([6, 3])
@@ -57,12 +72,93 @@ def test_from_sequential_refuses_what_it_cannot_fuse():
         FusedMLP.from_sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LeakyReLU(0.2)))
     with pytest.raises(ValueError, match="consecutive Linear layers must chain"):
         FusedMLP.from_sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(5, 2)))
+    with pytest.raises(TypeError, match=r"sequential\[2\] is torch.float64 on cpu but the first Linear is torch.float32"):
+        FusedMLP.from_sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2).double()))
 
 
-def test_direct_op_calls_check_shapes():
-    with pytest.raises(ValueError, match="must agree"):
-        torch.ops.aefast.fused_linear(torch.zeros(2, 3), torch.zeros(4, 5), None, "none", "none", 0.0,
-                                      torch.tensor(0))
-    with pytest.raises(ValueError, match="bias must be contiguous"):
-        torch.ops.aefast.fused_linear(torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(4, dtype=torch.float64),
-                                      "none", "none", 0.0, torch.tensor(0))
+ROWS, WIDTH_IN, WIDTH_OUT, NARROW_DIMS = 5, 3, 4, [3, 6, 4]
+
+
+def valid_op_calls() -> dict:
+    """{op: keyword arguments} of direct calls that run; each bad case below changes some of them."""
+    torch.manual_seed(0)
+    x, grad_y = torch.randn(ROWS, WIDTH_IN), torch.randn(ROWS, WIDTH_OUT)
+    weight, bias, seed = torch.randn(WIDTH_OUT, WIDTH_IN), torch.randn(WIDTH_OUT), torch.tensor(3)
+    weights, biases = torch.randn(3 * 6 + 6 * 4), torch.randn(6 + 4)
+    return {
+        "fused_linear": dict(x=x, weight=weight, bias=bias, activation="tanh", corruption="mask",
+                             corruption_param=0.25, seed=seed),
+        "fused_linear_backward": dict(grad_y=grad_y, x=x, weight=weight, bias=bias, y=torch.tanh(grad_y),
+                                      saved_z=x.new_empty(0), activation="tanh", corruption="mask",
+                                      corruption_param=0.25, seed=seed, grad_scale=torch.tensor(0.5),
+                                      need_input_grad=True),
+        "fused_linear_loss": dict(h=x, weight=weight, bias=bias, target=torch.rand(ROWS, WIDTH_OUT),
+                                  output_activation="sigmoid", loss="bce"),
+        "fused_narrow_mlp": dict(x=x, weights=weights, biases=biases, dims=NARROW_DIMS, activation="relu",
+                                 last_activation="sigmoid", save=True),
+        "fused_narrow_mlp_backward": dict(grad_out=grad_y, x=x, out=torch.rand(ROWS, 4), saved=torch.rand(ROWS * 6),
+                                          weights=weights, biases=biases, dims=NARROW_DIMS, activation="relu",
+                                          last_activation="sigmoid", need_input_grad=True),
+    }
+
+
+def as_float64(call: dict, *names: str) -> dict:
+    return {name: call[name].double() for name in names}
+
+
+# (op, the arguments changed: a dict, or a function of the valid call's arguments, error, message)
+BAD_OP_CALLS = [
+    ("fused_linear", lambda c: as_float64(c, "x", "weight", "bias"), TypeError, "x must be float32, bfloat16 or float16"),
+    ("fused_linear", {"x": torch.randn(ROWS, WIDTH_IN + 1)}, ValueError, r"x \(rows, in\) and weight \(out, in\) must agree"),
+    ("fused_linear", {"weight": torch.randn(WIDTH_IN, WIDTH_OUT).t()}, ValueError, "weight must be contiguous"),
+    ("fused_linear", {"bias": torch.randn(WIDTH_OUT + 1)}, ValueError, r"bias must have shape \(4,\)"),
+    ("fused_linear", {"activation": "swish"}, ValueError, "activation must be one of"),
+    ("fused_linear", {"corruption": "salt"}, ValueError, "corruption must be one of"),
+    ("fused_linear", {"corruption_param": 1.0}, ValueError, r"corruption_param of 'mask' \(the drop rate\) must be in"),
+    ("fused_linear", {"corruption": "gaussian", "corruption_param": -0.5}, ValueError, "corruption_param of 'gaussian'"),
+    ("fused_linear", {"corruption": "gaussian", "corruption_param": math.inf}, ValueError, "corruption_param of 'gaussian'"),
+    ("fused_linear", {"seed": torch.tensor([1, 2])}, ValueError, "seed must be a 0-d int64 tensor"),
+    ("fused_linear", {"seed": torch.tensor(1.0)}, ValueError, "seed must be a 0-d int64 tensor"),
+    ("fused_linear_backward", {"grad_y": torch.randn(ROWS, WIDTH_OUT + 1)}, ValueError, r"grad_y must be contiguous \(5, 4\)"),
+    ("fused_linear_backward", lambda c: as_float64(c, "grad_y"), ValueError, "grad_y must be contiguous"),
+    ("fused_linear_backward", {"grad_y": torch.randn(WIDTH_OUT, ROWS).t()}, ValueError, r"grad_y .*\(not contiguous\)"),
+    ("fused_linear_backward", {"y": torch.empty(0)}, ValueError, r"^y must be contiguous \(5, 4\)"),
+    ("fused_linear_backward", {"activation": "gelu"}, ValueError, r"^saved_z must be contiguous \(5, 4\)"),
+    ("fused_linear_backward", {"grad_scale": torch.tensor([0.5])}, ValueError, "grad_scale must be a 0-d float32 tensor"),
+    ("fused_linear_backward", {"grad_scale": torch.tensor(0.5, dtype=torch.float64)}, ValueError, "grad_scale must be"),
+    ("fused_linear_backward", {"corruption_param": -0.1}, ValueError, "corruption_param of 'mask'"),
+    ("fused_linear_backward", {"seed": torch.tensor([3])}, ValueError, "seed must be a 0-d int64 tensor"),
+    ("fused_linear_loss", {"h": torch.randn(ROWS, WIDTH_IN + 1)}, ValueError, r"h \(rows, in\) and weight"),
+    ("fused_linear_loss", lambda c: as_float64(c, "target"), ValueError, r"target must be contiguous \(5, 4\) torch.float32"),
+    ("fused_linear_loss", {"target": torch.rand(ROWS, WIDTH_OUT + 1)}, ValueError, "target must be contiguous"),
+    ("fused_linear_loss", {"loss": "l1"}, ValueError, "loss must be one of"),
+    ("fused_linear_loss", {"output_activation": "none"}, ValueError, "output_activation must be 'sigmoid'"),
+    ("fused_linear_loss", {"output_activation": "swish", "loss": "mse"}, ValueError, "output_activation must be one of"),
+    ("fused_narrow_mlp", {"dims": [3, 200, 4]}, ValueError, r"dims must list at least 2 widths in \[1, 128\]"),
+    ("fused_narrow_mlp", {"activation": "gelu"}, ValueError, "^activation must be one of"),
+    ("fused_narrow_mlp", {"last_activation": "gelu"}, ValueError, "^last_activation must be one of"),
+    ("fused_narrow_mlp", lambda c: {"weights": c["weights"][:-1]}, ValueError, r"weights must be contiguous \(42,\)"),
+    ("fused_narrow_mlp", {"weights": torch.randn(84)[::2]}, ValueError, r"weights .*\(not contiguous\)"),
+    ("fused_narrow_mlp", lambda c: as_float64(c, "biases"), ValueError, r"biases must be contiguous \(10,\)"),
+    ("fused_narrow_mlp", lambda c: as_float64(c, "x", "weights", "biases"), TypeError, "x must be float32"),
+    ("fused_narrow_mlp_backward", {"grad_out": torch.randn(ROWS, 5)}, ValueError, r"grad_out must be \(5, 4\)"),
+    ("fused_narrow_mlp_backward", {"out": torch.rand(ROWS, 5)}, ValueError, r"^out must be contiguous \(5, 4\)"),
+    ("fused_narrow_mlp_backward", lambda c: as_float64(c, "saved"), ValueError, r"saved must be contiguous \(30,\)"),
+    ("fused_narrow_mlp_backward", {"saved": torch.rand(ROWS * 5)}, ValueError, "saved must hold the activations"),
+    ("fused_narrow_mlp_backward", {"activation": "gelu"}, ValueError, "^activation must be one of"),
+]
+
+
+def test_valid_direct_op_calls_run(mlp_backend):
+    """The base of the bad cases is itself valid, so each bad case fails by the one change it makes."""
+    for op, call in valid_op_calls().items():
+        getattr(torch.ops.aefast, op)(**call)
+
+
+@pytest.mark.parametrize("op,change,error,match", BAD_OP_CALLS,
+                         ids=[f"{op}-{index}" for index, (op, *_) in enumerate(BAD_OP_CALLS)])
+def test_direct_op_calls_check_every_argument(mlp_backend, op, change, error, match):
+    call = valid_op_calls()[op]
+    call.update(change(call) if callable(change) else change)
+    with pytest.raises(error, match=match):
+        getattr(torch.ops.aefast, op)(**call)

@@ -108,6 +108,25 @@ def test_fused_mlp_dims_and_activations():
     assert [layer.activation for layer in mlp.layers] == ["gelu", "gelu", "sigmoid"]
 
 
+def assert_loss_matches_the_sequential(model, x, loss, corruption, l1_code, atol, rtol):
+    """model.loss(x, ...), its gradients and model(x) against the model's nn.Sequential copies fed the
+    same corrupted input (seed 11)."""
+    encoder, decoder = model.encoder.to_sequential(), model.decoder.to_sequential()
+    kind, param = corruption or ("none", 0.0)
+    code = encoder(reference.corrupt(x, kind, param, seed=11))
+    output = decoder(code)
+    expected = F.mse_loss(output, x) if loss == "mse" else F.binary_cross_entropy(output, x)
+    expected = expected + l1_code * code.abs().sum(1).mean()
+    got = model.loss(x, loss=loss, corruption=corruption, l1_code=l1_code, seed=11)
+    assert got.dtype == x.dtype
+    torch.testing.assert_close(got, expected, atol=atol, rtol=rtol)
+    got_grads = torch.autograd.grad(got, list(model.parameters()))
+    expected_grads = torch.autograd.grad(expected, list(encoder.parameters()) + list(decoder.parameters()))
+    for a, b in zip(got_grads, expected_grads):
+        torch.testing.assert_close(a, b, atol=atol, rtol=10 * rtol)
+    torch.testing.assert_close(model(x), decoder(encoder(x)), atol=atol, rtol=rtol)
+
+
 @pytest.mark.parametrize("loss,corruption,l1_code", [
     ("mse", None, 0.0), ("mse", ("mask", 0.25), 0.0), ("bce", ("gaussian", 0.3), 0.0), ("mse", None, 0.05),
 ])
@@ -115,21 +134,16 @@ def test_autoencoder_loss_equals_the_sequential_on_the_same_corrupted_input(mlp_
     torch.manual_seed(7)
     model = FusedAutoencoder([64, 30, 8], activation="relu", output_activation="sigmoid")
     assert model.decoder.dims == [8, 30, 64]
-    x = torch.rand(33, 64)
-    encoder, decoder = model.encoder.to_sequential(), model.decoder.to_sequential()
-    kind, param = corruption or ("none", 0.0)
-    x_corrupted = reference.corrupt(x, kind, param, seed=11)
-    code = encoder(x_corrupted)
-    output = decoder(code)
-    expected = F.mse_loss(output, x) if loss == "mse" else F.binary_cross_entropy(output, x)
-    expected = expected + l1_code * code.abs().sum(1).mean()
-    got = model.loss(x, loss=loss, corruption=corruption, l1_code=l1_code, seed=11)
-    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
-    got_grads = torch.autograd.grad(got, list(model.parameters()))
-    expected_grads = torch.autograd.grad(expected, list(encoder.parameters()) + list(decoder.parameters()))
-    for a, b in zip(got_grads, expected_grads):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
-    torch.testing.assert_close(model(x), decoder(encoder(x)), atol=1e-6, rtol=1e-5)
+    assert_loss_matches_the_sequential(model, torch.rand(33, 64), loss, corruption, l1_code, atol=1e-6, rtol=1e-5)
+
+
+def test_float64_models_compute_in_float64(mlp_backend):
+    """No kernel takes float64: the layers run it as nn.Linear does, in float64 (through the ops it ran
+    in float32, an error near 1e-7 where float64's is near 1e-15)."""
+    torch.manual_seed(9)
+    model = FusedAutoencoder([17, 9, 3], activation="tanh", output_activation="sigmoid").double()
+    x = torch.rand(7, 17, dtype=torch.float64)
+    assert_loss_matches_the_sequential(model, x, "bce", ("gaussian", 0.3), 0.01, atol=1e-13, rtol=1e-12)
 
 
 def test_corruption_rates():
