@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
+from aefast._checks import check_seed, is_real, positive_int
 from aefast._files import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -34,11 +35,11 @@ def as_loader(data, batch_size: int, *, shuffle: bool, generator: Optional[torch
     if isinstance(data, DataLoader):
         return data
     if isinstance(data, Tensor):
-        _check_finite(data, name)
+        _check_rows(data, name)
         data = TensorDataset(data)
     elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Tensor) for d in data):
         x, labels = data
-        _check_finite(x, name)
+        _check_rows(x, name)
         if labels.shape[0] != x.shape[0]:
             raise ValueError(f"{name}: {labels.shape[0]} labels for {x.shape[0]} rows")
         data = TensorDataset(x, labels)
@@ -48,7 +49,10 @@ def as_loader(data, batch_size: int, *, shuffle: bool, generator: Optional[torch
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
-def _check_finite(x: Tensor, name: str) -> None:
+def _check_rows(x: Tensor, name: str) -> None:
+    """At least one row, all finite."""
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one row, got shape {tuple(x.shape)}")
     bad = ~torch.isfinite(x) if x.dtype.is_floating_point else None
     if bad is not None and bad.any():
         row = int(bad.reshape(x.shape[0], -1).any(1).nonzero()[0, 0])
@@ -85,12 +89,13 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
     resumes after the last finished epoch. ``patience``: stop when the validation loss (the training
     loss without val_data) has not improved for that many epochs. With ``seed`` the run repeats exactly.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not lr > 0:
+    positive_int(epochs, "epochs")
+    positive_int(batch_size, "batch_size")
+    if not is_real(lr) or not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
+    if patience is not None:
+        positive_int(patience, "patience")
+    check_seed(seed)
     if not callable(getattr(model, "loss", None)):
         raise TypeError(f"model must have a loss(batch) method, got {type(model).__name__}")
     if seed is not None:

@@ -8,7 +8,6 @@ with the corruption generated in the load.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional, Sequence
 
 import torch
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aefast import _backends
+from aefast._checks import check_seed, is_real, non_negative, positive_int
 from aefast.mlp import ops, reference
 
 _MODULE_ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
@@ -28,33 +28,18 @@ def _check_activation(activation, name: str) -> Optional[str]:
     return activation
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _positive_int(value, name: str) -> int:
-    if not _is_int(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 def _widths(widths, name: str) -> list[int]:
     """``widths`` (a list, tuple or range of at least 2 positive ints) as a list; ValueError naming
     ``name``, and the entry at fault, otherwise."""
     if not isinstance(widths, (list, tuple, range)) or len(widths) < 2:
         raise ValueError(f"{name} must list at least 2 widths, got {widths!r}")
-    return [_positive_int(width, f"{name}[{index}]") for index, width in enumerate(widths)]
+    return [positive_int(width, f"{name}[{index}]") for index, width in enumerate(widths)]
 
 
 def _seed_tensor(seed: Optional[int]) -> Tensor:
     if seed is None:  # from torch's generator, so torch.manual_seed repeats a run
         return torch.randint(0, 2**62, (), dtype=torch.int64)
-    if not _is_int(seed) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be an int in [0, 2**63) or None, got {seed!r}")
+    check_seed(seed)
     return torch.tensor(int(seed), dtype=torch.int64)
 
 
@@ -107,8 +92,8 @@ class FusedLinear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: Optional[str] = None,
                  device=None, dtype=None):
-        in_features = _positive_int(in_features, "in_features")
-        out_features = _positive_int(out_features, "out_features")
+        in_features = positive_int(in_features, "in_features")
+        out_features = positive_int(out_features, "out_features")
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.activation = _check_activation(activation, "activation")
 
@@ -294,8 +279,7 @@ class FusedAutoencoder(nn.Module):
             raise ValueError(f"loss='bce' needs output_activation='sigmoid', got {last.activation!r}")
         kind, param = _check_corruption(corruption)
         seed_tensor = _seed_tensor(seed)
-        if not _is_real(l1_code) or not (math.isfinite(l1_code) and l1_code >= 0):
-            raise ValueError(f"l1_code must be a finite number >= 0, got {l1_code!r}")
+        l1_code = non_negative(l1_code, "l1_code")
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         h = _linear(rows, first, first.activation, kind, param, seed_tensor)
         h = _run_layers(self.encoder.layers[1:], h)
@@ -316,10 +300,10 @@ def _check_corruption(corruption) -> tuple[str, float]:
         raise ValueError(f"corruption must be None, ('mask', v) or ('gaussian', sigma), got {corruption!r}")
     kind, param = corruption
     if kind == "mask":
-        if not _is_real(param) or not 0 <= param < 1:
+        if not is_real(param) or not 0 <= param < 1:
             raise ValueError(f"corruption ('mask', v) needs v in [0, 1), got {param!r}")
     elif kind == "gaussian":
-        if not _is_real(param) or not (math.isfinite(param) and param >= 0):
+        if not is_real(param) or not (math.isfinite(param) and param >= 0):
             raise ValueError(f"corruption ('gaussian', sigma) needs a finite sigma >= 0, got {param!r}")
     else:
         raise ValueError(f"corruption must be None, ('mask', v) or ('gaussian', sigma), got {corruption!r}")

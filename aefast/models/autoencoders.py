@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aefast.mlp import reference
-from aefast.mlp.layers import FusedMLP, _check_activation, _check_corruption, _seed_tensor, fused_linear
+from aefast._checks import is_int, is_real, non_negative
+from aefast.mlp.layers import FusedMLP, _check_activation, _check_corruption, _seed_tensor, _widths, fused_linear
 
 
 def batch_inputs(batch) -> tuple[Tensor, Optional[Tensor]]:
@@ -23,10 +24,8 @@ def batch_inputs(batch) -> tuple[Tensor, Optional[Tensor]]:
 
 
 def _check_dims(dims, name: str = "dims") -> list[int]:
-    dims = list(dims)
-    if len(dims) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
-        raise ValueError(f"{name} must list at least 2 positive widths (input first, code last), got {dims!r}")
-    return dims
+    """The widths from the input to the code (at least 2, each a positive int)."""
+    return _widths(dims, name)
 
 
 class Autoencoder(nn.Module):
@@ -81,12 +80,11 @@ class SparseAutoencoder(Autoencoder):
     def __init__(self, dims: Sequence[int], l1: float = 0.0, rho: Optional[float] = None, beta: float = 1.0,
                  k: Optional[int] = None, activation: Optional[str] = "relu", output_activation: Optional[str] = None):
         super().__init__(dims, activation, output_activation)
-        if l1 < 0:
-            raise ValueError(f"l1 must be >= 0, got {l1}")
-        if rho is not None and not 0 < rho < 1:
-            raise ValueError(f"rho must be in (0, 1), got {rho}")
-        if k is not None and not 1 <= k <= self.dims[-1]:
-            raise ValueError(f"k must be in [1, code width {self.dims[-1]}], got {k}")
+        l1, beta = non_negative(l1, "l1"), non_negative(beta, "beta")
+        if rho is not None and not (is_real(rho) and 0 < rho < 1):
+            raise ValueError(f"rho must be in (0, 1), got {rho!r}")
+        if k is not None and not (is_int(k) and 1 <= k <= self.dims[-1]):
+            raise ValueError(f"k must be an int in [1, code width {self.dims[-1]}], got {k!r}")
         if l1 == 0 and rho is None and k is None:
             raise ValueError("a SparseAutoencoder needs l1 > 0, rho or k")
         self.l1, self.rho, self.beta, self.k = l1, rho, beta, k

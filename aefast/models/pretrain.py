@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aefast._checks import positive_int
 from aefast.models.autoencoders import Autoencoder
 from aefast.train import fit
 
@@ -33,6 +34,10 @@ def pretrain_layerwise(model: Autoencoder, data, *, epochs_per_layer: int = 5, f
     """Pretrain ``model`` pair by pair, then fine-tune it; returns the histories of every stage."""
     if not isinstance(model, Autoencoder) or model.tied:
         raise ValueError("pretrain_layerwise takes an untied aefast.models.Autoencoder")
+    positive_int(epochs_per_layer, "epochs_per_layer")
+    positive_int(fine_tune_epochs, "fine_tune_epochs")
+    if "epochs" in fit_options:
+        raise ValueError("pretrain_layerwise takes epochs_per_layer and fine_tune_epochs, not epochs")
     fit_options.setdefault("progress", False)
     histories = {}
     for index in range(len(model.encoder.layers)):

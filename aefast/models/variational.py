@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import aefast
+from aefast._checks import is_int, non_negative
 from aefast.mlp.layers import FusedMLP, _check_activation
 from aefast.models.autoencoders import _check_dims, batch_inputs
 
@@ -26,8 +27,7 @@ class VAE(nn.Module):
         super().__init__()
         self.dims = _check_dims(dims)
         _check_activation(activation, "activation")
-        if beta < 0 or free_bits < 0:
-            raise ValueError(f"beta and free_bits must be >= 0, got {beta} and {free_bits}")
+        beta, free_bits = non_negative(beta, "beta"), non_negative(free_bits, "free_bits")
         self.beta, self.free_bits, self.condition_width = beta, free_bits, condition_width
         latent = self.dims[-1]
         self.encoder = FusedMLP([self.dims[0] + condition_width] + self.dims[1:-1] + [2 * latent], activation)
@@ -77,6 +77,7 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
         """n inputs decoded from z ~ N(0, I)."""
+        _check_count(n)
         weight = self.decoder.layers[0].weight
         z = torch.randn(n, self.latent_dim, generator=generator, dtype=weight.dtype).to(weight.device)
         return self.decode(z)
@@ -88,34 +89,44 @@ class ConditionalVAE(VAE):
 
     def __init__(self, dims: Sequence[int], num_classes: int, beta: float = 1.0, free_bits: float = 0.0,
                  activation: Optional[str] = "relu"):
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        if not is_int(num_classes) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         super().__init__(dims, beta, free_bits, activation, condition_width=num_classes)
         self.num_classes = num_classes
 
-    def one_hot(self, labels: Optional[Tensor]) -> Tensor:
+    def one_hot(self, labels: Optional[Tensor], rows: int) -> Tensor:
+        """The one-hot codes of ``labels``, one label for each of ``rows`` rows."""
         if labels is None:
             raise ValueError("ConditionalVAE needs labels: pass (x, labels) batches")
         labels = torch.as_tensor(labels)
-        if labels.dtype.is_floating_point or labels.min() < 0 or labels.max() >= self.num_classes:
+        if labels.shape != (rows,):
+            raise ValueError(f"labels must be 1-D with one label per row ({rows}), got shape {tuple(labels.shape)}")
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or (
+                rows and (labels.min() < 0 or labels.max() >= self.num_classes)):
             raise ValueError(f"labels must be integers in [0, {self.num_classes}), got {labels.tolist()[:8]}")
         weight = self.encoder.layers[0].weight
         return F.one_hot(labels.long(), self.num_classes).to(weight.dtype).to(weight.device)
 
     def _inputs(self, batch):
         x, labels = batch_inputs(batch)
-        condition = self.one_hot(labels)
+        condition = self.one_hot(labels, x.shape[0])
         return x, torch.cat([x, condition], dim=-1), condition
 
     def encode(self, x: Tensor, labels: Optional[Tensor] = None) -> Tensor:
-        return self.encode_distribution(torch.cat([x, self.one_hot(labels)], dim=-1))[0]
+        return self.encode_distribution(torch.cat([x, self.one_hot(labels, x.shape[0])], dim=-1))[0]
 
     def forward(self, x: Tensor, labels: Optional[Tensor] = None) -> Tensor:
-        return self.decode(torch.cat([self.encode(x, labels), self.one_hot(labels)], dim=-1))
+        return self.decode(torch.cat([self.encode(x, labels), self.one_hot(labels, x.shape[0])], dim=-1))
 
     @torch.no_grad()
     def sample(self, n: int, labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+        _check_count(n)
         labels = torch.arange(n) % self.num_classes if labels is None else torch.as_tensor(labels)
         weight = self.decoder.layers[0].weight
         z = torch.randn(n, self.latent_dim, generator=generator, dtype=weight.dtype).to(weight.device)
-        return self.decode(torch.cat([z, self.one_hot(labels)], dim=-1))
+        return self.decode(torch.cat([z, self.one_hot(labels, n)], dim=-1))
+
+
+def _check_count(n) -> None:
+    if not is_int(n) or n < 0:
+        raise ValueError(f"n must be an int >= 0, got {n!r}")

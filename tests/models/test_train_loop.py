@@ -72,10 +72,26 @@ def test_validation_loss_is_recorded(data):
      "data: row 7 holds NaN"),
     (lambda d: "digits", TypeError, "data must be a tensor"),
     (lambda d: (d, torch.zeros(5)), ValueError, "5 labels for 300 rows"),
+    (lambda d: d[:0], ValueError, r"data must hold at least one row, got shape \(0, 12\)"),
 ])
 def test_bad_data(data, bad, error, match):
     with pytest.raises(error, match=match):
         fit(model(), bad(data.clone()), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"epochs": 0}, "epochs must be a positive int"),
+    ({"epochs": 2.0}, "epochs must be a positive int"),
+    ({"batch_size": True}, "batch_size must be a positive int"),
+    ({"lr": float("nan")}, "lr must be > 0"),
+    ({"lr": "0.1"}, "lr must be > 0"),
+    ({"patience": 0}, "patience must be a positive int"),
+    ({"seed": -1}, r"seed must be an int in \[0, 2\*\*63\)"),
+    ({"seed": 1.5}, r"seed must be an int in \[0, 2\*\*63\)"),
+])
+def test_bad_options_are_refused_by_name(data, options, match):
+    with pytest.raises(ValueError, match=match):
+        fit(model(), data, **{"epochs": 1, "progress": False, **options})
 
 
 def test_wrong_width_names_x(data):

@@ -1,0 +1,34 @@
+"""Argument checks shared by the layers, models and training loop: each raises a ValueError that
+names the argument. bool is refused where a number is asked for (True is an int to Python)."""
+from __future__ import annotations
+
+import math
+import numbers
+
+
+def is_int(value) -> bool:
+    """An integer (Python's or NumPy's), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """A real number (Python's or NumPy's), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def positive_int(value, name: str) -> int:
+    if not is_int(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def non_negative(value, name: str) -> float:
+    if not is_real(value) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_seed(seed, name: str = "seed") -> None:
+    """A seed is an int in [0, 2**63) (it is stored as int64) or None."""
+    if seed is not None and (not is_int(seed) or not 0 <= seed < 2**63):
+        raise ValueError(f"{name} must be an int in [0, 2**63) or None, got {seed!r}")

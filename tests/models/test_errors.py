@@ -1,0 +1,53 @@
+"""Bad arguments to the models and to layer-wise pretraining raise ValueError naming the argument."""
+import math
+
+import pytest
+import torch
+
+from aefast.models import VAE, Autoencoder, ConditionalVAE, SparseAutoencoder, pretrain_layerwise
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: Autoencoder(None), "dims must list at least 2 widths"),
+    (lambda: Autoencoder([8, 4, 0]), r"^dims\[2\] must be a positive int, got 0"),
+    (lambda: SparseAutoencoder([8, 3], l1=math.nan), "l1 must be a finite number >= 0"),
+    (lambda: SparseAutoencoder([8, 3], rho=0.1, beta=-1.0), "beta must be a finite number >= 0"),
+    (lambda: SparseAutoencoder([8, 3], rho=math.nan), r"rho must be in \(0, 1\)"),
+    (lambda: SparseAutoencoder([8, 3], k=2.5), r"k must be an int in \[1, code width 3\]"),
+    (lambda: VAE([8, 3], beta=math.nan), "beta must be a finite number >= 0"),
+    (lambda: VAE([8, 3], free_bits=math.inf), "free_bits must be a finite number >= 0"),
+    (lambda: ConditionalVAE([8, 3], num_classes=True), "num_classes must be an int >= 2"),
+])
+def test_bad_construction(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("n", [-1, 2.5, None])
+def test_sample_counts(n):
+    with pytest.raises(ValueError, match="n must be an int >= 0"):
+        VAE([8, 4, 2]).sample(n)
+    with pytest.raises(ValueError, match="n must be an int >= 0"):
+        ConditionalVAE([8, 4, 2], num_classes=3).sample(n)
+
+
+def test_conditional_vae_labels_match_the_rows():
+    model = ConditionalVAE([8, 4, 2], num_classes=3)
+    x = torch.rand(4, 8)
+    with pytest.raises(ValueError, match=r"labels must be 1-D with one label per row \(4\), got shape \(3,\)"):
+        model.loss((x, torch.tensor([0, 1, 2])))
+    with pytest.raises(ValueError, match=r"labels must be 1-D with one label per row \(4\), got shape \(4, 1\)"):
+        model(x, torch.zeros(4, 1, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"labels must be 1-D with one label per row \(2\), got shape \(3,\)"):
+        model.sample(2, labels=torch.tensor([0, 1, 2]))
+    assert model.sample(0).shape == (0, 8)
+
+
+def test_pretrain_layerwise_names_its_epochs():
+    model, x = Autoencoder([8, 4, 2]), torch.rand(10, 8)
+    with pytest.raises(ValueError, match="epochs_per_layer must be a positive int"):
+        pretrain_layerwise(model, x, epochs_per_layer=0)
+    with pytest.raises(ValueError, match="fine_tune_epochs must be a positive int"):
+        pretrain_layerwise(model, x, fine_tune_epochs=-2)
+    with pytest.raises(ValueError, match="takes epochs_per_layer and fine_tune_epochs, not epochs"):
+        pretrain_layerwise(model, x, epochs=3)
