@@ -310,11 +310,14 @@ def scaling(n: int, ones: Optional[int] = None, *, seed: int = 0, out: str | Pat
             sizes: Optional[Sequence[int]] = None, queries: int = DEFAULT_QUERIES, device: str = "cpu",
             progress: bool = True, clock: Callable[[], float] = time.perf_counter) -> list[dict]:
     """Bits per synapse at capacity and recalls per second against the size: for each size (default the
-    powers of 2 from 2^10 to ``n``), M = ``ones`` or log2(size / 4) rounded, L = ln2 size²/M² pairs.
+    powers of 2 from 2^10 to ``n``, or n's own below 2^10), M = ``ones`` or log2(size / 4) rounded, L = ln2 size²/M² pairs.
     Writes scaling.csv and scaling.png into ``out``; returns the rows."""
     _check(n, ones if ones is not None else 1, seed, queries)
     device = check_device(device)
-    sizes = _check_pairs(sizes, "sizes") if sizes is not None else [2**e for e in range(10, int(math.log2(n)) + 1)]
+    if sizes is None:  # below 2^10 only n's own power of two: an empty list had nothing to plot
+        top = int(math.log2(n))
+        sizes = [2**e for e in range(min(10, top), top + 1)]
+    sizes = _check_pairs(sizes, "sizes")
     out = _check_out(out)
     results = _Results(out, "scaling", SCALING_COLUMNS, ["n"],
                        {"n": n, "ones": ones, "seed": seed, "sizes": sizes, "queries": queries, "device": str(device)})

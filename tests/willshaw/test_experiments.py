@@ -87,6 +87,12 @@ def test_scaling_approaches_ln2_bits_per_synapse(tmp_path):
     assert (tmp_path / "scaling.png").exists()
 
 
+def test_scaling_below_the_default_sizes_runs_n_itself(tmp_path):
+    # The default sizes start at 2^10: below it they were empty, and the plot failed on no data.
+    rows = experiments.scaling(300, seed=1, out=tmp_path, queries=20, progress=False)
+    assert [row["n"] for row in rows] == [256] and (tmp_path / "scaling.png").exists()
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["capacity", "--n", "1", "--ones", "1"], "n must be >= 2"),
     (["capacity", "--n", "100", "--ones", "100"], r"ones must be in \[1, n\)"),
