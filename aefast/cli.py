@@ -41,6 +41,14 @@ def collect_info() -> dict:
     }
 
 
+def _int_list(text: str) -> list[int]:
+    """A comma-separated list of ints (argparse names the option when this raises)."""
+    try:
+        return [int(item) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
+
+
 def _print_info(info: dict) -> None:
     versions = info["versions"]
     print(f"aefast {versions['aefast']}")
@@ -95,12 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         experiment.add_argument("--queries", type=int, default=1000, help="recalls measured per point")
         experiment.add_argument("--device", default="cpu")
         if name == "capacity":
-            experiment.add_argument("--pairs", help="comma-separated pair counts (default: 12 up to 2 x capacity)")
+            experiment.add_argument("--pairs", type=_int_list,
+                                    help="comma-separated pair counts (default: 12 up to 2 x capacity)")
         if name == "noise":
             experiment.add_argument("--pairs", type=int, help="stored pairs (default: capacity)")
             experiment.add_argument("--fixed-threshold", type=int, help="T of the fixed threshold (default: M // 2)")
         if name == "scaling":
-            experiment.add_argument("--sizes", help="comma-separated sizes (default: powers of 2 from 2^10 to n)")
+            experiment.add_argument("--sizes", type=_int_list,
+                                    help="comma-separated sizes (default: powers of 2 from 2^10 to n)")
     args = parser.parse_args(argv)
     if args.command == "willshaw":
         from aefast.willshaw import experiments as willshaw_experiments
@@ -108,14 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         common = dict(seed=args.seed, out=args.out, queries=args.queries, device=args.device)
         try:
             if args.experiment == "capacity":
-                pairs = None if args.pairs is None else [int(p) for p in args.pairs.split(",")]
-                rows = willshaw_experiments.capacity(args.n, args.ones, pairs=pairs, **common)
+                rows = willshaw_experiments.capacity(args.n, args.ones, pairs=args.pairs, **common)
             elif args.experiment == "noise":
                 rows = willshaw_experiments.noise(args.n, args.ones, pairs=args.pairs,
                                                   fixed_threshold=args.fixed_threshold, **common)
             else:
-                sizes = None if args.sizes is None else [int(s) for s in args.sizes.split(",")]
-                rows = willshaw_experiments.scaling(args.n, args.ones, sizes=sizes, **common)
+                rows = willshaw_experiments.scaling(args.n, args.ones, sizes=args.sizes, **common)
         except (ValueError, TypeError, MemoryError) as error:
             parser.error(str(error))
         print(f"{len(rows)} rows in {args.out}/{args.experiment}.csv, plots in {args.out}/{args.experiment}.png")

@@ -97,6 +97,8 @@ def test_scaling_below_the_default_sizes_runs_n_itself(tmp_path):
     (["capacity", "--n", "1", "--ones", "1"], "n must be >= 2"),
     (["capacity", "--n", "100", "--ones", "100"], r"ones must be in \[1, n\)"),
     (["capacity", "--n", "100", "--ones", "3", "--pairs", "0"], "pairs must be"),
+    (["capacity", "--n", "100", "--ones", "3", "--pairs", "5,a"], "argument --pairs: expected comma-separated ints, got '5,a'"),
+    (["scaling", "--n", "100", "--sizes", "64,"], "argument --sizes: expected comma-separated ints"),
     (["noise", "--n", "100", "--ones", "3", "--queries", "0"], "queries must be"),
     (["scaling", "--n", "2048", "--device", "abacus"], "device must name a torch device"),
 ])
