@@ -65,16 +65,10 @@ def _plain_autograd(device: torch.device) -> bool:
     return _backends.requested_backend() == "auto" and _backends.select(ops.FORWARD, device)[0] == "reference"
 
 
-def _runs_plain(x: Tensor) -> bool:
-    """True where the layers run their math through plain autograd: where ``auto`` picks the reference,
-    and for dtypes no kernel takes (float64 computes in float64, as nn.Linear does, not in float32)."""
-    return x.dtype not in ops.KERNEL_DTYPES or _plain_autograd(x.device)
-
-
 def fused_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation, corruption="none", param=0.0,
                  seed: Tensor = _NO_SEED) -> Tensor:
-    """act(x~ W^T + b) over x's last dimension: the op, or plain autograd (``_runs_plain``)."""
-    if _runs_plain(x):
+    """act(x~ W^T + b) over x's last dimension: the op, or plain autograd where auto picks the reference."""
+    if _plain_autograd(x.device):
         x_used = reference.corrupt(x, corruption, param, int(seed))
         return reference.activate(F.linear(x_used, weight, bias), activation)
     rows = x.reshape(-1, x.shape[-1]).contiguous()
@@ -224,7 +218,7 @@ def _run_layers(layers, x: Tensor) -> Tensor:
 
 
 def _narrow(layers, x: Tensor) -> Tensor:
-    if _runs_plain(x):
+    if _plain_autograd(x.device):
         for layer in layers:
             x = _linear(x, layer, layer.activation)
         return x
@@ -285,7 +279,7 @@ class FusedAutoencoder(nn.Module):
         h = _run_layers(self.encoder.layers[1:], h)
         penalty = l1_code * h.abs().sum(1).mean() if l1_code else None
         h = _run_layers(self.decoder.layers[:-1], h)
-        if _runs_plain(rows):
+        if _plain_autograd(rows.device):
             value = reference.loss_of_output(F.linear(h, last.weight, last.bias), rows, last.activation, loss)
         else:
             value, _ = ops.fused_linear_loss_op(h.contiguous(), last.weight, last.bias, rows,

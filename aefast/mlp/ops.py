@@ -25,7 +25,8 @@ from aefast.mlp import reference
 FORWARD, BACKWARD, LOSS = "fused_linear", "fused_linear_backward", "fused_linear_loss"
 NARROW, NARROW_BACKWARD = "fused_narrow_mlp", "fused_narrow_mlp_backward"
 
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the kernels load and store
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the compiled kernels load and store
+OP_DTYPES = KERNEL_DTYPES + (torch.float64,)  # float64 runs the reference's math (_kernel)
 ACTIVATION_NAMES = tuple(name or "none" for name in reference.ACTIVATIONS)
 NARROW_ACTIVATION_NAMES = tuple(name for name in ACTIVATION_NAMES if name != "gelu")  # GELU's derivative needs z
 
@@ -40,7 +41,7 @@ def fused_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], activatio
     _check_linear(x, weight, bias)
     _check_choice("activation", activation, ACTIVATION_NAMES)
     _check_corruption(corruption, corruption_param, seed)
-    _, kernel = _backends.select(FORWARD, x.device)
+    kernel = _kernel(FORWARD, x)
     return kernel(x, weight, bias, _activation(activation), corruption, corruption_param, int(seed))
 
 
@@ -63,11 +64,12 @@ def fused_linear_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Op
         _check_like("saved_z", saved_z, out_shape, x)
     elif activation != "none":
         _check_like("y", y, out_shape, x)
-    if grad_scale is not None and (grad_scale.shape != () or grad_scale.dtype != torch.float32
+    scale_dtype = reference.loss_dtype(x.dtype)
+    if grad_scale is not None and (grad_scale.shape != () or grad_scale.dtype != scale_dtype
                                    or grad_scale.device != x.device):
-        raise ValueError(f"grad_scale must be a 0-d float32 tensor on {x.device}, got {tuple(grad_scale.shape)} "
+        raise ValueError(f"grad_scale must be a 0-d {scale_dtype} tensor on {x.device}, got {tuple(grad_scale.shape)} "
                          f"{grad_scale.dtype} on {grad_scale.device}")
-    _, kernel = _backends.select(BACKWARD, x.device)
+    kernel = _kernel(BACKWARD, x)
     return kernel(grad_y, x, weight, bias, y, saved_z, _activation(activation), corruption, corruption_param,
                   int(seed), grad_scale, need_input_grad)
 
@@ -89,13 +91,13 @@ def fused_linear_loss_op(h: Tensor, weight: Tensor, bias: Optional[Tensor], targ
     if loss == "bce" and output_activation != "sigmoid":
         raise ValueError(f"loss 'bce' takes the logits of a sigmoid output: output_activation must be 'sigmoid', "
                          f"got {output_activation!r}")
-    _, kernel = _backends.select(LOSS, h.device)
+    kernel = _kernel(LOSS, h)
     return kernel(h, weight, bias, target, _activation(output_activation), loss)
 
 
 @fused_linear_loss_op.register_fake
 def _(h, weight, bias, target, output_activation, loss):
-    return h.new_empty((), dtype=torch.float32), h.new_empty(h.shape[0], weight.shape[0])
+    return h.new_empty((), dtype=reference.loss_dtype(h.dtype)), h.new_empty(h.shape[0], weight.shape[0])
 
 
 @torch.library.custom_op("aefast::fused_narrow_mlp", mutates_args=())
@@ -105,7 +107,7 @@ def fused_narrow_mlp_op(x: Tensor, weights: Tensor, biases: Optional[Tensor], di
     ``biases`` are the layers' parameters flattened and concatenated. Returns the output and, when
     ``save``, the activations between the layers (packed) that backward reads."""
     _check_narrow(x, weights, biases, dims, activation, last_activation)
-    _, kernel = _backends.select(NARROW, x.device)
+    kernel = _kernel(NARROW, x)
     return kernel(x, weights, biases, dims, _activation(activation), _activation(last_activation), save)
 
 
@@ -125,7 +127,7 @@ def fused_narrow_mlp_backward_op(grad_out: Tensor, x: Tensor, out: Tensor, saved
     _check_like("saved", saved, (saved.numel(),), x)
     _check_like("out", out, (x.shape[0], dims[-1]), x)
     _check_like("grad_out", grad_out, (x.shape[0], dims[-1]), x, contiguous=False)  # made contiguous below
-    _, kernel = _backends.select(NARROW_BACKWARD, x.device)
+    kernel = _kernel(NARROW_BACKWARD, x)
     return kernel(grad_out.contiguous(), x, out, saved, weights, biases, dims, _activation(activation),
                   _activation(last_activation), need_input_grad)
 
@@ -167,8 +169,16 @@ def _check_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], input_name:
 
 
 def _check_dtype(x: Tensor, name: str) -> None:
-    if x.dtype not in KERNEL_DTYPES:
-        raise TypeError(f"{name} must be float32, bfloat16 or float16 (the kernels' dtypes), got {x.dtype}")
+    if x.dtype not in OP_DTYPES:
+        raise TypeError(f"{name} must be float32, bfloat16, float16 or float64, got {x.dtype}")
+
+
+def _kernel(op: str, x: Tensor):
+    """The kernel that runs ``op`` on x: the selected backend's; float64, which no compiled kernel
+    takes, runs the reference's math in float64 on any device (as nn.Linear would; gradcheck's dtype)."""
+    if x.dtype == torch.float64:
+        return _REFERENCE_KERNELS[op]
+    return _backends.select(op, x.device)[1]
 
 
 def _check_like(name: str, tensor: Tensor, shape: tuple, like: Tensor, contiguous: bool = True) -> None:
@@ -222,7 +232,7 @@ def _loss_backward(ctx, grad_loss, _grad_grad_z):
     h, weight, bias, grad_z = ctx.saved_tensors
     grad_h, grad_w, grad_b = fused_linear_backward_op(
         grad_z, h, weight, bias, grad_z, h.new_empty(0), "none", "none", 0.0, torch.zeros((), dtype=torch.int64),
-        grad_loss.reshape(()).to(torch.float32), ctx.needs_input_grad[0])
+        grad_loss.reshape(()).to(reference.loss_dtype(h.dtype)), ctx.needs_input_grad[0])
     return (grad_h if ctx.needs_input_grad[0] else None, grad_w, grad_b if bias is not None else None,
             None, None, None)
 
@@ -267,7 +277,7 @@ def _reference_backward(grad_y, x, weight, bias, y, saved_z, activation, corrupt
 
 def _reference_loss(h, weight, bias, target, output_activation, loss):
     value, grad_z = reference.linear_loss_forward(h, weight, bias, target, output_activation, loss)
-    return value.float(), grad_z
+    return value.to(reference.loss_dtype(h.dtype)), grad_z
 
 
 def _narrow_layers(weights, biases, dims):
@@ -304,6 +314,7 @@ def _reference_narrow_backward(grad_out, x, out, saved, weights, biases, dims, a
     return (grad if need_input_grad else x.new_empty(0)), torch.cat(grad_ws), grad_b
 
 
+_REFERENCE_KERNELS: dict[str, object] = {}  # by op: what float64 runs on every backend
 for _op, _reference_kernel, _triton_name in (
     (FORWARD, _reference_forward, "linear_forward"),
     (BACKWARD, _reference_backward, "linear_backward"),
@@ -311,5 +322,6 @@ for _op, _reference_kernel, _triton_name in (
     (NARROW, _reference_narrow, "narrow_forward"),
     (NARROW_BACKWARD, _reference_narrow_backward, "narrow_backward"),
 ):
+    _REFERENCE_KERNELS[_op] = _reference_kernel
     _backends.register_kernel(_op, "reference", _reference_kernel)
     _backends.register_kernel(_op, "triton", _backends.lazy_kernel("aefast.mlp.triton_kernels", _triton_name))

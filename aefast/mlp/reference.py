@@ -68,9 +68,14 @@ def times_activation_grad(grad: Tensor, slope: Tensor, activation: str | None) -
     return grad * slope
 
 
-def _at_least_float32(t: Tensor) -> Tensor:
-    """16-bit values widened to float32; float64 kept (the layers run float64 through this math as is)."""
+def _wide(t: Tensor) -> Tensor:
+    """The dtype the math runs in: float32 for 16-bit and float32 inputs, float64 for float64."""
     return t if t.dtype == torch.float64 else t.float()
+
+
+def loss_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The fused loss's dtype for inputs of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def noise_offsets(rows: int, cols: int, device) -> Tensor:
@@ -88,17 +93,17 @@ def corrupt(x: Tensor, corruption: str, param: float, seed: int) -> Tensor:
     if corruption == "mask":
         return x * corruption_keep(x.shape, seed, param, x.device).to(x.dtype)
     if corruption == "gaussian":
-        return (_at_least_float32(x) + param * philox_normal(seed, noise_offsets(*x.shape, x.device))).to(x.dtype)
+        return (_wide(x) + param * philox_normal(seed, noise_offsets(*x.shape, x.device))).to(x.dtype)
     raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {corruption!r}")
 
 
 def pre_activation(x_used: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """z = x~ W^T + b, accumulated in float32."""
-    return F.linear(x_used.float(), weight.float(), None if bias is None else bias.float())
+    """z = x~ W^T + b, accumulated in float32 (float64 for float64)."""
+    return F.linear(_wide(x_used), _wide(weight), None if bias is None else _wide(bias))
 
 
 def linear_forward(x, weight, bias, activation, corruption="none", param=0.0, seed=0) -> Tensor:
-    """act(x~ W^T + b), accumulated in float32 and returned in x's dtype."""
+    """act(x~ W^T + b), accumulated in float32 (float64 for float64) and returned in x's dtype."""
     return activate(pre_activation(corrupt(x, corruption, param, seed), weight, bias), activation).to(x.dtype)
 
 
@@ -106,15 +111,15 @@ def linear_backward(grad_y, x, weight, bias, activation, corruption="none", para
                     grad_scale: Tensor | None = None, y: Tensor | None = None):
     """(dx, dW, db) of linear_forward; ``grad_scale`` multiplies grad_y (the fused loss's upstream).
     With the forward's output ``y`` the derivative comes from it (except GELU's) and z is not redone."""
-    x_used = corrupt(x, corruption, param, seed).float()
+    x_used = _wide(corrupt(x, corruption, param, seed))
     if y is not None and activation != "gelu":
-        slope = activation_grad_from_output(y.float(), activation)
+        slope = activation_grad_from_output(_wide(y), activation)
     else:
         slope = activation_grad(pre_activation(x_used, weight, bias), activation)
-    grad_z = times_activation_grad(grad_y.float(), slope, activation)
+    grad_z = times_activation_grad(_wide(grad_y), slope, activation)
     if grad_scale is not None:
-        grad_z = grad_z * grad_scale.float()
-    grad_x = grad_z @ weight.float()
+        grad_z = grad_z * _wide(grad_scale)
+    grad_x = grad_z @ _wide(weight)
     if corruption == "mask":
         grad_x = grad_x * corruption_keep(x.shape, seed, param, x.device)
     grad_w = grad_z.T @ x_used
@@ -124,7 +129,7 @@ def linear_backward(grad_y, x, weight, bias, activation, corruption="none", para
 
 def loss_of_output(output_pre_activation: Tensor, target: Tensor, output_activation, loss: str) -> Tensor:
     """Mean reconstruction loss over all elements; BCE takes the sigmoid output's logits (stable)."""
-    z, t = _at_least_float32(output_pre_activation), _at_least_float32(target)
+    z, t = _wide(output_pre_activation), _wide(target)
     if loss == "bce":
         return F.binary_cross_entropy_with_logits(z, t)
     if loss == "mse":
@@ -137,9 +142,9 @@ def linear_loss_forward(h, weight, bias, target, output_activation, loss) -> tup
     z = pre_activation(h, weight, bias)
     count = z.numel()
     if loss == "bce":
-        grad_z = (torch.sigmoid(z) - target.float()) / count
+        grad_z = (torch.sigmoid(z) - _wide(target)) / count
     else:
         out = activate(z, output_activation)
-        grad_z = times_activation_grad(2 * (out - target.float()) / count, activation_grad(z, output_activation),
+        grad_z = times_activation_grad(2 * (out - _wide(target)) / count, activation_grad(z, output_activation),
                                        output_activation)
     return loss_of_output(z, target, output_activation, loss), grad_z.to(h.dtype)

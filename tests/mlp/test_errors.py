@@ -102,13 +102,18 @@ def valid_op_calls() -> dict:
     }
 
 
+def as_dtype(call: dict, dtype: torch.dtype, *names: str) -> dict:
+    return {name: call[name].to(dtype) for name in names}
+
+
 def as_float64(call: dict, *names: str) -> dict:
-    return {name: call[name].double() for name in names}
+    return as_dtype(call, torch.float64, *names)
 
 
 # (op, the arguments changed: a dict, or a function of the valid call's arguments, error, message)
 BAD_OP_CALLS = [
-    ("fused_linear", lambda c: as_float64(c, "x", "weight", "bias"), TypeError, "x must be float32, bfloat16 or float16"),
+    ("fused_linear", lambda c: as_dtype(c, torch.int32, "x", "weight", "bias"), TypeError,
+     "x must be float32, bfloat16, float16 or float64, got torch.int32"),
     ("fused_linear", {"x": torch.randn(ROWS, WIDTH_IN + 1)}, ValueError, r"x \(rows, in\) and weight \(out, in\) must agree"),
     ("fused_linear", {"weight": torch.randn(WIDTH_IN, WIDTH_OUT).t()}, ValueError, "weight must be contiguous"),
     ("fused_linear", {"bias": torch.randn(WIDTH_OUT + 1)}, ValueError, r"bias must have shape \(4,\)"),
@@ -124,8 +129,9 @@ BAD_OP_CALLS = [
     ("fused_linear_backward", {"grad_y": torch.randn(WIDTH_OUT, ROWS).t()}, ValueError, r"grad_y .*\(not contiguous\)"),
     ("fused_linear_backward", {"y": torch.empty(0)}, ValueError, r"^y must be contiguous \(5, 4\)"),
     ("fused_linear_backward", {"activation": "gelu"}, ValueError, r"^saved_z must be contiguous \(5, 4\)"),
-    ("fused_linear_backward", {"grad_scale": torch.tensor([0.5])}, ValueError, "grad_scale must be a 0-d float32 tensor"),
-    ("fused_linear_backward", {"grad_scale": torch.tensor(0.5, dtype=torch.float64)}, ValueError, "grad_scale must be"),
+    ("fused_linear_backward", {"grad_scale": torch.tensor([0.5])}, ValueError, "grad_scale must be a 0-d torch.float32 tensor"),
+    ("fused_linear_backward", {"grad_scale": torch.tensor(0.5, dtype=torch.float64)}, ValueError,
+     "grad_scale must be a 0-d torch.float32 tensor"),
     ("fused_linear_backward", {"corruption_param": -0.1}, ValueError, "corruption_param of 'mask'"),
     ("fused_linear_backward", {"seed": torch.tensor([3])}, ValueError, "seed must be a 0-d int64 tensor"),
     ("fused_linear_loss", {"h": torch.randn(ROWS, WIDTH_IN + 1)}, ValueError, r"h \(rows, in\) and weight"),
@@ -140,7 +146,8 @@ BAD_OP_CALLS = [
     ("fused_narrow_mlp", lambda c: {"weights": c["weights"][:-1]}, ValueError, r"weights must be contiguous \(42,\)"),
     ("fused_narrow_mlp", {"weights": torch.randn(84)[::2]}, ValueError, r"weights .*\(not contiguous\)"),
     ("fused_narrow_mlp", lambda c: as_float64(c, "biases"), ValueError, r"biases must be contiguous \(10,\)"),
-    ("fused_narrow_mlp", lambda c: as_float64(c, "x", "weights", "biases"), TypeError, "x must be float32"),
+    ("fused_narrow_mlp", lambda c: as_dtype(c, torch.complex64, "x", "weights", "biases"), TypeError,
+     "x must be float32, bfloat16, float16 or float64, got torch.complex64"),
     ("fused_narrow_mlp_backward", {"grad_out": torch.randn(ROWS, 5)}, ValueError, r"grad_out must be \(5, 4\)"),
     ("fused_narrow_mlp_backward", {"out": torch.rand(ROWS, 5)}, ValueError, r"^out must be contiguous \(5, 4\)"),
     ("fused_narrow_mlp_backward", lambda c: as_float64(c, "saved"), ValueError, r"saved must be contiguous \(30,\)"),

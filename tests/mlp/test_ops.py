@@ -1,4 +1,5 @@
-"""The fused-MLP custom ops pass opcheck and trace under torch.compile(fullgraph=True)."""
+"""The fused-MLP custom ops pass opcheck and gradcheck (float64, which runs the reference's written-out
+backward on every backend), and trace under torch.compile(fullgraph=True)."""
 import pytest
 import torch
 
@@ -45,3 +46,42 @@ def test_forward_compiles_fullgraph(mlp_backend):
     mlp = FusedMLP([8, 16, 4], activation="gelu")
     x = torch.randn(3, 8)
     torch.testing.assert_close(torch.compile(mlp, fullgraph=True, backend="aot_eager")(x), mlp(x))
+
+
+def float64_leaves(*shapes, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=generator, dtype=torch.float64).requires_grad_() for shape in shapes]
+
+
+@pytest.mark.parametrize("activation,corruption", [
+    ("none", "none"), ("relu", "mask"), ("leaky_relu", "gaussian"), ("tanh", "none"), ("sigmoid", "mask"),
+    ("gelu", "gaussian"),
+])
+def test_gradcheck_linear(mlp_backend, activation, corruption):
+    x, weight, bias = float64_leaves((7, 5), (3, 5), (3,), seed=len(activation))
+
+    def layer(x, weight, bias):
+        return torch.ops.aefast.fused_linear(x, weight, bias, activation, corruption, 0.3, torch.tensor(9))[0]
+    assert layer(x, weight, bias).dtype == torch.float64
+    assert torch.autograd.gradcheck(layer, (x, weight, bias))
+
+
+@pytest.mark.parametrize("loss,activation", [("mse", "none"), ("mse", "tanh"), ("mse", "gelu"), ("bce", "sigmoid")])
+def test_gradcheck_loss(mlp_backend, loss, activation):
+    h, weight, bias = float64_leaves((6, 4), (5, 4), (5,), seed=3)
+    target = torch.rand(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    def value(h, weight, bias):
+        return torch.ops.aefast.fused_linear_loss(h, weight, bias, target, activation, loss)[0]
+    assert value(h, weight, bias).dtype == torch.float64
+    assert torch.autograd.gradcheck(value, (h, weight, bias))
+
+
+@pytest.mark.parametrize("activation,last_activation", [("relu", "none"), ("tanh", "sigmoid"), ("leaky_relu", "tanh")])
+def test_gradcheck_narrow(mlp_backend, activation, last_activation):
+    dims = [5, 7, 3, 4]
+    x, weights, biases = float64_leaves((6, 5), (5 * 7 + 7 * 3 + 3 * 4,), (7 + 3 + 4,), seed=5)
+
+    def stretch(x, weights, biases):
+        return torch.ops.aefast.fused_narrow_mlp(x, weights, biases, dims, activation, last_activation, True)[0]
+    assert torch.autograd.gradcheck(stretch, (x, weights, biases))
