@@ -9,6 +9,7 @@ import gzip
 import math
 import os
 import struct
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -48,49 +49,79 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f
 
 def load_idx(path: str | os.PathLike) -> Tensor:
     """An MNIST-format IDX file (gzip or not) as a tensor of its shape; uint8 images come back as
-    float32 in [0, 1] flattened to (count, rows * cols), labels as int64."""
+    float32 in [0, 1] flattened to (count, rows * cols), a 1-D file (labels, an integer type) as int64."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:
             header = handle.read(4)
-            if len(header) != 4 or header[:2] != b"\0\0" or header[2] not in _IDX_TYPES:
+            if len(header) != 4 or header[:2] != b"\0\0" or header[2] not in _IDX_TYPES or header[3] == 0:
                 raise ValueError(f"{path} is not an IDX file (bad magic number {header.hex()})")
             dims = struct.unpack(f">{header[3]}I", handle.read(4 * header[3]))
             dtype = np.dtype(_IDX_TYPES[header[2]])
-            expected = int(np.prod(dims)) * dtype.itemsize
-            payload = handle.read(expected + 1)
+            expected = math.prod(dims) * dtype.itemsize
+            payload, more = _read_up_to(handle, expected)
     except (OSError, EOFError, struct.error) as error:
         raise ValueError(f"{path} cannot be read as an IDX file: {error}") from None
-    if len(payload) != expected:
+    if len(payload) != expected or more:
         raise ValueError(f"{path}: the header promises {expected} bytes of data, the file holds "
-                         f"{len(payload) if len(payload) <= expected else 'more'}")
+                         f"{'more' if more else len(payload)}")
     array = np.frombuffer(payload, dtype=dtype).reshape(dims)
     if len(dims) == 1:
+        if dtype.kind == "f":
+            raise ValueError(f"{path}: a 1-D IDX file holds labels, an integer type, got {dtype}")
         return torch.from_numpy(array.astype(np.int64))
-    values = array.reshape(dims[0], -1).astype(np.float32)
+    values = array.reshape(dims[0], math.prod(dims[1:])).astype(np.float32)
     if header[2] == 0x08:
         values /= 255.0
     return _checked(torch.from_numpy(values), str(path))
 
 
+def _read_up_to(handle, size: int, chunk: int = 1 << 24) -> tuple[bytes, bool]:
+    """Up to ``size`` bytes, and whether more follow. Read in chunks: a header may promise far more than
+    the file holds, and one read of that size would allocate it first."""
+    parts, remaining = [], size
+    while remaining > 0:
+        part = handle.read(min(chunk, remaining))
+        if not part:
+            break
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts), bool(handle.read(1))
+
+
 def load_npz(path: str | os.PathLike, x_key: str = "x", labels_key: Optional[str] = "y") -> tuple[Tensor, Optional[Tensor]]:
-    """Arrays ``x_key`` (rows of features; more dimensions are flattened) and, if present,
-    ``labels_key`` of a .npz file."""
+    """Arrays ``x_key`` (rows of numbers; more dimensions are flattened) and, if present,
+    ``labels_key`` (one integer per row) of a .npz file."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with open(path, "rb") as handle:  # ours to close: np.load leaves a file it opened open on a bad zip
+            archive = np.load(handle, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError("it holds one array (a .npy file), not named arrays")
             if x_key not in archive:
-                raise ValueError(f"{path} has no array {x_key!r} (it has {sorted(archive.files)})")
+                raise KeyError(f"it has no array {x_key!r} (it has {sorted(archive.files)})")
             x = archive[x_key]
             labels = archive[labels_key] if labels_key and labels_key in archive else None
-    except (OSError, EOFError) as error:
-        raise ValueError(f"{path} cannot be read as a .npz file: {error}") from None
-    x = torch.from_numpy(np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.float32))
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        reason = error.args[0] if isinstance(error, KeyError) else error
+        raise ValueError(f"{path} cannot be read as a .npz file: {reason}") from None
+    if x.ndim == 0 or x.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: {x_key!r} must hold rows of real numbers, got shape {x.shape} {x.dtype}")
+    x = torch.from_numpy(np.ascontiguousarray(x.reshape(x.shape[0], math.prod(x.shape[1:])), dtype=np.float32))
     if labels is not None:
-        if labels.shape[0] != x.shape[0]:
-            raise ValueError(f"{path}: {labels_key!r} has {labels.shape[0]} labels for {x.shape[0]} rows")
-        labels = torch.from_numpy(labels.astype(np.int64).reshape(-1))
+        labels = _labels(labels, x.shape[0], f"{path}: {labels_key!r}")
     return _checked(x, str(path)), labels
+
+
+def _labels(labels: np.ndarray, rows: int, name: str) -> Tensor:
+    """One integer label per row (floats that hold integers, as some files store them, are taken)."""
+    if labels.shape not in ((rows,), (rows, 1)):
+        raise ValueError(f"{name} must hold one label per row ({rows}), got shape {labels.shape}")
+    if labels.dtype.kind == "f" and not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
+        raise ValueError(f"{name}: labels must be integers, got non-integer values")
+    if labels.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: labels must be integers, got {labels.dtype}")
+    return torch.from_numpy(labels.astype(np.int64).reshape(-1))
 
 
 def _checked(x: Tensor, where: str) -> Tensor:

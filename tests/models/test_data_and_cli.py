@@ -51,6 +51,26 @@ def test_damaged_idx_files(tmp_path):
     path.write_bytes(b"PK\x03\x04 not idx")
     with pytest.raises(ValueError, match="is not an IDX file"):
         data.load_idx(path)
+    path.write_bytes(path.read_bytes()[:4] + b"\0")
+    with pytest.raises(ValueError, match="is not an IDX file"):  # an IDX file of no dimensions
+        data.load_idx(path)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_header_promising_more_than_memory_holds(tmp_path, compress):
+    # (2^32 - 1)^3 bytes: read in one call, the buffer alone would be allocated first.
+    path = tmp_path / ("huge.idx.gz" if compress else "huge.idx")
+    with (gzip.open if compress else open)(path, "wb") as handle:
+        handle.write(struct.pack(">BBBB3I", 0, 0, 0x08, 3, *[2**32 - 1] * 3) + b"\1" * 100)
+    with pytest.raises(ValueError, match=r"the header promises 79228162458924105385300197375 bytes .* holds 100"):
+        data.load_idx(path)
+
+
+def test_idx_labels_must_be_integers(tmp_path):
+    path = tmp_path / "labels.idx"
+    path.write_bytes(struct.pack(">BBBBI2f", 0, 0, 0x0D, 1, 2, 1.5, 2.0))
+    with pytest.raises(ValueError, match="a 1-D IDX file holds labels, an integer type, got >f4"):
+        data.load_idx(path)
 
 
 def test_npz(tmp_path):
@@ -63,6 +83,41 @@ def test_npz(tmp_path):
         data.load_npz(path)
     with pytest.raises(ValueError, match="has no array 'images'"):
         data.load_npz(path, x_key="images")
+    np.savez(path, x=np.ones((3, 2)), y=np.array([0.0, 2.0, 1.0]))
+    assert data.load_npz(path)[1].tolist() == [0, 2, 1]  # labels stored as floats that hold integers
+
+
+@pytest.mark.parametrize("arrays,match", [
+    ({"x": np.array(["a", "b"])}, r"'x' must hold rows of real numbers, got shape \(2,\) <U1"),
+    ({"x": np.array(3.0)}, r"'x' must hold rows of real numbers, got shape \(\)"),
+    ({"x": np.ones((3, 2)) + 1j}, "'x' must hold rows of real numbers"),
+    ({"x": np.ones((3, 2)), "y": np.ones((3, 2))}, r"'y' must hold one label per row \(3\), got shape \(3, 2\)"),
+    ({"x": np.ones((3, 2)), "y": np.array([0, 1])}, r"'y' must hold one label per row \(3\)"),
+    ({"x": np.ones((3, 2)), "y": np.array([0.5, 1, 2])}, "'y': labels must be integers"),
+    ({"x": np.ones((3, 2)), "y": np.array([0, np.nan, 2])}, "'y': labels must be integers"),
+])
+def test_npz_contents_are_checked(tmp_path, arrays, match):
+    path = tmp_path / "set.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=match):
+        data.load_npz(path)
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"PK\x03\x04 damaged", "cannot be read as a .npz file: File is not a zip file"),
+    (b"plain text", "cannot be read as a .npz file"),
+])
+def test_damaged_npz_files(tmp_path, content, match):
+    path = tmp_path / "set.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        data.load_npz(path)
+
+
+def test_npy_is_not_npz(tmp_path):
+    np.save(tmp_path / "one.npy", np.ones(3))
+    with pytest.raises(ValueError, match=r"one.npy cannot be read as a .npz file: it holds one array \(a .npy file\)"):
+        data.load_npz(tmp_path / "one.npy")
 
 
 @pytest.mark.parametrize("model,dataset,figures", [
