@@ -1,4 +1,5 @@
-"""Writing a file so that a crash leaves either the old file or the new one, never a part."""
+"""Writing a file so that a crash leaves either the old file or the new one, never a part; and the
+output folders of the runs that write files."""
 from __future__ import annotations
 
 import os
@@ -32,3 +33,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def output_folder(out: str | os.PathLike, name: str = "out") -> Path:
+    """``out`` as a Path, checked before a run: ValueError naming ``name`` if it is a file."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{name} must be a folder, but {out} is a file")
+    return out

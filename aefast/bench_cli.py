@@ -120,8 +120,23 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _check_output_path(path: Path) -> None:
+    """Creates the folders above ``path``; ValueError if it is a folder or cannot be written there."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create the folder of {path}: {error}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"cannot write into {path.parent}")
+
+
 def main(components: list[str], *, quick: bool, device: str | None, json_path: str | None,
          markdown_path: str | None) -> int:
+    for path in (json_path, markdown_path):  # before the run, which takes minutes: not after it
+        if path:
+            _check_output_path(Path(path))
     run_json = run(components, quick=quick, device=device)
     table = rows(run_json)
     print()

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from aefast import data as datasets
+from aefast._files import output_folder
 from aefast.models import (VAE, Autoencoder, ConditionalVAE, ConvAutoencoder, DenoisingAutoencoder,
                            SparseAutoencoder, interpolate)
 from aefast.train import fit
@@ -65,6 +66,7 @@ def run(model_kind: str, data_name: str, epochs: int, out: Path, *, batch_size: 
     matplotlib.use("Agg")  # files only
     import matplotlib.pyplot as plt
 
+    out = output_folder(out)
     x, labels = load_data(data_name)
     if x.min() < 0 or x.max() > 1:
         raise ValueError(f"{data_name}: the models' sigmoid outputs need inputs in [0, 1], got "

@@ -54,6 +54,23 @@ def test_bench_refuses_unknown_components(capsys):
     assert "--only takes" in capsys.readouterr().err
 
 
+def test_bench_checks_its_output_paths_before_running(tmp_path, capsys, monkeypatch):
+    # A full run takes minutes: a path it cannot write must fail first, not lose the results after.
+    from aefast import bench_cli
+    from aefast.cli import main
+
+    monkeypatch.setattr(bench_cli, "run", lambda *args, **kwargs: pytest.fail("the benchmarks ran"))
+    with pytest.raises(SystemExit):
+        main(["bench", "--quick", "--markdown", str(tmp_path)])
+    assert "is a folder: give a file name" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit):
+        main(["bench", "--quick", "--json", str(tmp_path / "a-file" / "bench.json")])
+    assert "cannot create the folder of" in capsys.readouterr().err
+    bench_cli._check_output_path(tmp_path / "new" / "folders" / "bench.json")
+    assert (tmp_path / "new" / "folders").is_dir()
+
+
 def test_bench_rows_keep_variants_of_aefast_apart():
     """A case timed twice by aefast (bench_mlp's "aefast tf32x3" role): one summary row per timing,
     each with its own benchmark's details and ratios against the case's shared eager run."""

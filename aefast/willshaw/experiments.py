@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from aefast._files import output_folder
 from aefast.willshaw import reference, theory
 from aefast.willshaw.memory import WillshawMemory, check_device
 from aefast.willshaw.patterns import from_indices, random_patterns
@@ -144,13 +145,6 @@ def _number(text: str):
             return text
 
 
-def _check_out(out) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out must be a folder, but {out} is a file")
-    return out
-
-
 def _check(n: int, ones: int, seed: int, queries: int) -> None:
     for value, name in ((n, "n"), (ones, "ones"), (seed, "seed"), (queries, "queries")):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -190,7 +184,7 @@ def capacity(n: int, ones: int, *, seed: int = 0, out: str | Path = "willshaw-ca
     points = _check_pairs(pairs) if pairs is not None else \
         sorted({max(1, round(full * 2 ** e)) for e in np.linspace(-4, 1, 12)})
     queries = min(queries, points[0])
-    out = _check_out(out)
+    out = output_folder(out)
     results = _Results(out, "capacity", CAPACITY_COLUMNS, ["pairs"],
                        {"n": n, "ones": ones, "seed": seed, "queries": queries, "device": str(device)})
     memory = WillshawMemory(n, device=device)
@@ -248,7 +242,7 @@ def noise(n: int, ones: int, *, seed: int = 0, out: str | Path = "willshaw-noise
     if isinstance(T, bool) or not isinstance(T, int) or T < 0:
         raise ValueError(f"fixed_threshold must be an int >= 0, got {fixed_threshold!r}")
     queries = min(queries, L)
-    out = _check_out(out)
+    out = output_folder(out)
     results = _Results(out, "noise", NOISE_COLUMNS, ["cue", "amount", "threshold"],
                        {"n": n, "ones": ones, "seed": seed, "pairs": L, "queries": queries, "fixed_threshold": T,
                         "device": str(device)})
@@ -318,7 +312,7 @@ def scaling(n: int, ones: Optional[int] = None, *, seed: int = 0, out: str | Pat
         top = int(math.log2(n))
         sizes = [2**e for e in range(min(10, top), top + 1)]
     sizes = _check_pairs(sizes, "sizes")
-    out = _check_out(out)
+    out = output_folder(out)
     results = _Results(out, "scaling", SCALING_COLUMNS, ["n"],
                        {"n": n, "ones": ones, "seed": seed, "sizes": sizes, "queries": queries, "device": str(device)})
     for size in tqdm(sizes, desc="scaling", unit="size", disable=not progress):

@@ -146,3 +146,7 @@ def test_cli_train_errors(tmp_path, capsys):
         main(["train", "--model", "cvae", "--data", str(tmp_path / "unlabelled.npz"), "--epochs", "1",
               "--out", str(tmp_path)])
     assert "needs labels" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "ae", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "a-file")])
+    assert "out must be a folder, but" in capsys.readouterr().err
