@@ -20,6 +20,7 @@ from aefast.vae.reference import kl_dtype
 
 OP_NAME = "reparameterize_kl"
 NO_CLAMP = (-math.inf, math.inf)  # clamp bounds that mean "no clamp"
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @torch.library.custom_op("aefast::reparameterize_kl", mutates_args=())
@@ -28,6 +29,7 @@ def reparameterize_kl_op(
     clamp_min: float, clamp_max: float,
 ) -> tuple[Tensor, Tensor]:
     _check_kernel_inputs(mu, logvar=logvar, eps=eps)
+    _check_seed_and_clamp(seed, clamp_min, clamp_max)
     _, kernel = _backends.select(OP_NAME, mu.device)
     return kernel(mu, logvar, eps, int(seed), per_element, clamp_min, clamp_max)
 
@@ -44,6 +46,7 @@ def reparameterize_kl_backward_op(
     clamp_min: float, clamp_max: float,
 ) -> tuple[Tensor, Tensor]:
     _check_kernel_inputs(mu, logvar=logvar, eps=eps, grad_z=grad_z)
+    _check_seed_and_clamp(seed, clamp_min, clamp_max)
     rows, cols = mu.shape
     expected_dtype = kl_dtype(mu.dtype)
     if (grad_kl.shape not in ((rows,), (rows, cols)) or grad_kl.dtype != expected_dtype
@@ -64,6 +67,8 @@ def _check_kernel_inputs(mu, **others):
     torch.ops, and the GPU kernels take raw pointers, so a mismatch must raise before any launch."""
     if mu.dim() != 2 or not mu.is_contiguous():
         raise ValueError(f"mu must be a contiguous 2-D (rows, cols) tensor, got shape {tuple(mu.shape)}")
+    if mu.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"mu must be float32, float16, bfloat16 or float64, got {mu.dtype}")
     for name, tensor in others.items():
         if tensor is None:
             continue
@@ -72,6 +77,16 @@ def _check_kernel_inputs(mu, **others):
                              f"got ({tuple(tensor.shape)}, {tensor.dtype}, {tensor.device})")
         if not tensor.is_contiguous():
             raise ValueError(f"{name} must be contiguous")
+
+
+def _check_seed_and_clamp(seed: Tensor, clamp_min: float, clamp_max: float) -> None:
+    """What the public function guarantees, checked again: the backends would each do something else
+    with a negative seed (the C++ binding refuses it, the others wrap it) or crossed bounds."""
+    if seed.shape != () or seed.dtype != torch.int64 or int(seed) < 0:
+        raise ValueError(f"seed must be a 0-d int64 tensor >= 0, got {tuple(seed.shape)} {seed.dtype}"
+                         f"{f' {int(seed)}' if seed.numel() == 1 and seed.dtype == torch.int64 else ''}")
+    if math.isnan(clamp_min) or math.isnan(clamp_max) or clamp_min > clamp_max:
+        raise ValueError(f"clamp_min and clamp_max must be ordered and not NaN, got {clamp_min} and {clamp_max}")
 
 
 def _setup_context(ctx, inputs, output):

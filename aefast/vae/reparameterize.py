@@ -5,10 +5,9 @@ import math
 
 import torch
 
-from aefast.vae.ops import NO_CLAMP, reparameterize_kl_op
+from aefast.vae.ops import FLOAT_DTYPES, NO_CLAMP, reparameterize_kl_op
 
 REDUCTIONS = ("per_sample", "none", "sum", "mean")
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _SEED_LIMIT = 2**63
 
 

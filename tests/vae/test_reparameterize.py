@@ -6,6 +6,7 @@ import torch
 
 import aefast
 from aefast.vae import reference
+from aefast.vae.ops import NO_CLAMP
 
 SHAPES = [(1, 1), (7, 3), (97, 123), (3, 5, 17)]
 
@@ -310,3 +311,26 @@ def test_works_under_inductor(backend):
     want = fn(mu, logvar, eps)
     assert_close(got[0], want[0], 1e-6, 1e-6, "z")
     assert_close(got[1], want[1], 1e-4, 1e-6, "kl")
+
+
+@pytest.mark.parametrize("seed,clamp,match", [
+    (torch.tensor(-5), NO_CLAMP, r"seed must be a 0-d int64 tensor >= 0, got \(\) torch.int64 -5"),
+    (torch.tensor([1, 2]), NO_CLAMP, r"seed must be a 0-d int64 tensor >= 0, got \(2,\)"),
+    (torch.tensor(1.5), NO_CLAMP, "seed must be a 0-d int64 tensor >= 0"),
+    (torch.tensor(1), (math.nan, 1.0), "clamp_min and clamp_max must be ordered and not NaN"),
+    (torch.tensor(1), (3.0, -3.0), "clamp_min and clamp_max must be ordered and not NaN"),
+])
+def test_direct_op_calls_check_seed_and_clamp(backend, seed, clamp, match):
+    """The public function guarantees these; a direct op call gets the same check on every backend
+    (before it, the C++ binding refused a negative seed with a TypeError and the others wrapped it)."""
+    mu = torch.zeros(4, 3, device=backend.device)
+    with pytest.raises(ValueError, match=match):
+        torch.ops.aefast.reparameterize_kl(mu, mu, None, seed, False, *clamp)
+    with pytest.raises(ValueError, match=match):
+        torch.ops.aefast.reparameterize_kl_backward(mu, mu[:, 0].contiguous(), mu, mu, None, seed, *clamp)
+
+
+def test_direct_op_calls_check_the_dtype(backend):
+    mu = torch.zeros(4, 3, dtype=torch.int64, device=backend.device)
+    with pytest.raises(TypeError, match="mu must be float32, float16, bfloat16 or float64, got torch.int64"):
+        torch.ops.aefast.reparameterize_kl(mu, mu, None, torch.tensor(1), False, *NO_CLAMP)
