@@ -7,14 +7,17 @@ registration of every backend's kernels.
 - ``aefast::fused_linear_loss``: the last layer and the mean reconstruction loss; returns the loss
   and d loss / d z (the reconstruction itself is never written).
 - ``aefast::fused_linear_backward``: dx, dW, db of either, the noise regenerated from the seed.
+- ``aefast::fused_narrow_mlp`` and its ``_backward``: consecutive layers of widths <= 128 in one pass.
 
 The seed is a CPU int64 scalar tensor so that a seed drawn from torch's generator traces under
-``torch.compile(fullgraph=True)``. Activation ``"none"`` stands for None in the schemas.
+``torch.compile(fullgraph=True)``. Activation ``"none"`` stands for None in the schemas. Every op checks
+all its arguments before a kernel runs (they are callable directly); float64, which no compiled kernel
+takes, runs the reference's math in float64 on every backend.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -314,7 +317,7 @@ def _reference_narrow_backward(grad_out, x, out, saved, weights, biases, dims, a
     return (grad if need_input_grad else x.new_empty(0)), torch.cat(grad_ws), grad_b
 
 
-_REFERENCE_KERNELS: dict[str, object] = {}  # by op: what float64 runs on every backend
+_REFERENCE_KERNELS: dict[str, Callable] = {}  # by op: what float64 runs on every backend
 for _op, _reference_kernel, _triton_name in (
     (FORWARD, _reference_forward, "linear_forward"),
     (BACKWARD, _reference_backward, "linear_backward"),
