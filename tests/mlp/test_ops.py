@@ -25,6 +25,28 @@ def test_opcheck_loss(mlp_backend, loss, activation):
     torch.library.opcheck(torch.ops.aefast.fused_linear_loss.default, (h, weight, None, target, activation, loss))
 
 
+@pytest.mark.parametrize("activation,corruption,scaled", [
+    ("relu", "none", False), ("gelu", "mask", False), ("tanh", "gaussian", True)])
+def test_opcheck_linear_backward(mlp_backend, activation, corruption, scaled):
+    """The backward ops are custom ops of their own (called by the forwards' autograd)."""
+    torch.manual_seed(3)
+    x, weight, bias, seed = torch.randn(9, 17), torch.randn(5, 17), torch.randn(5), torch.tensor(4)
+    y, saved_z = torch.ops.aefast.fused_linear(x, weight, bias, activation, corruption, 0.3, seed)
+    grad_scale = torch.tensor(0.5) if scaled else None
+    torch.library.opcheck(torch.ops.aefast.fused_linear_backward.default,
+                          (torch.randn(9, 5), x, weight, bias, y, saved_z, activation, corruption, 0.3, seed,
+                           grad_scale, True))
+
+
+def test_opcheck_narrow_backward(mlp_backend):
+    torch.manual_seed(11)
+    dims = [6, 10, 4]
+    x, weights, biases = torch.randn(9, 6), torch.randn(6 * 10 + 10 * 4), torch.randn(14)
+    out, saved = torch.ops.aefast.fused_narrow_mlp(x, weights, biases, dims, "tanh", "sigmoid", True)
+    torch.library.opcheck(torch.ops.aefast.fused_narrow_mlp_backward.default,
+                          (torch.randn(9, 4), x, out, saved, weights, biases, dims, "tanh", "sigmoid", True))
+
+
 def test_training_step_compiles_fullgraph(mlp_backend):
     torch.manual_seed(2)
     model = FusedAutoencoder([20, 9, 3], output_activation="sigmoid")

@@ -225,6 +225,17 @@ def test_opcheck(backend, with_eps, per_element):
 
 
 @pytest.mark.parametrize("with_eps", [True, False], ids=["eps", "seed"])
+@pytest.mark.parametrize("per_element", [False, True], ids=["per_row", "per_element"])
+def test_opcheck_backward(backend, with_eps, per_element):
+    """The backward op is a custom op of its own (called by the forward's autograd)."""
+    mu, logvar, eps = make_inputs((9, 13), torch.float32, backend.device)
+    grad_z = torch.randn(9, 13, device=backend.device)
+    grad_kl = torch.randn((9, 13) if per_element else (9,), device=backend.device)
+    args = (grad_z, grad_kl, mu, logvar, eps if with_eps else None, torch.tensor(17), -3.0, 3.0)
+    torch.library.opcheck(torch.ops.aefast.reparameterize_kl_backward.default, args)
+
+
+@pytest.mark.parametrize("with_eps", [True, False], ids=["eps", "seed"])
 def test_gradcheck_float64(backend, with_eps):
     mu, logvar, eps = make_inputs((5, 7), torch.float64, backend.device)
     mu.requires_grad_()
