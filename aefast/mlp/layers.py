@@ -54,6 +54,16 @@ def _check_input(x: Tensor, weight: Tensor, name: str = "x") -> None:
         raise TypeError(f"{name} has dtype {x.dtype} but the layer's parameters are {weight.dtype}")
 
 
+def _check_layers(layers, x: Tensor, prefix: str = "") -> None:
+    """Every layer's parameters on x's device and of x's dtype (a layer moved or cast on its own would
+    otherwise fail inside a kernel's checks, or in torch, without naming the layer)."""
+    for index, layer in enumerate(layers):
+        for tensor in (layer.weight, layer.bias):
+            if tensor is not None and (tensor.dtype, tensor.device) != (x.dtype, x.device):
+                raise TypeError(f"{prefix}layers[{index}] is {tensor.dtype} on {tensor.device} but the input is {x.dtype} on "
+                                f"{x.device}: every layer's parameters must match the input's dtype and device")
+
+
 _NO_SEED = torch.zeros((), dtype=torch.int64)  # layers without corruption draw no noise
 
 
@@ -120,6 +130,7 @@ class FusedMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.layers[0].weight)
+        _check_layers(self.layers, x)
         return _run_layers(self.layers, x)
 
     @classmethod
@@ -266,6 +277,8 @@ class FusedAutoencoder(nn.Module):
         sigmoid output and takes its logits. Equals ``loss_fn(forward(x~), x) + penalty``."""
         first = self.encoder.layers[0]
         _check_input(x, first.weight)
+        _check_layers(self.encoder.layers, x, "encoder.")
+        _check_layers(self.decoder.layers, x, "decoder.")
         if loss not in reference.LOSSES:
             raise ValueError(f"loss must be one of {reference.LOSSES}, got {loss!r}")
         last = self.decoder.layers[-1]

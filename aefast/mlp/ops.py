@@ -166,7 +166,8 @@ def _check_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], input_name:
         if tensor is None:
             continue
         if tensor.dtype != x.dtype or tensor.device != x.device or not tensor.is_contiguous():
-            raise ValueError(f"{name} must be contiguous, {x.dtype} on {x.device}, got {tensor.dtype} on {tensor.device}")
+            raise ValueError(f"{name} must be contiguous, {x.dtype} on {x.device}, got {tensor.dtype} on {tensor.device}"
+                             f"{'' if tensor.is_contiguous() else ' (not contiguous)'}")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
 

@@ -42,6 +42,19 @@ def test_bad_inputs():
         layer([[0.0] * 6])
 
 
+def test_a_layer_cast_or_moved_on_its_own_is_named(mlp_backend):
+    mlp = FusedMLP([5, 7, 3])  # a narrow stretch: its parameters are concatenated
+    mlp.layers[1].double()
+    with pytest.raises(TypeError, match=r"^layers\[1\] is torch.float64 on cpu but the input is torch.float32"):
+        mlp(torch.randn(2, 5))
+    model = FusedAutoencoder([6, 4, 3])
+    model.decoder.layers[1].bias.data = model.decoder.layers[1].bias.data.double()
+    with pytest.raises(TypeError, match=r"^decoder.layers\[1\] is torch.float64"):
+        model.loss(torch.rand(2, 6))
+    with pytest.raises(TypeError, match=r"^layers\[1\] is torch.float64"):  # the decoder's own forward
+        model(torch.rand(2, 6))
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"loss": "l1"}, "loss must be one of"),
     ({"loss": "bce"}, "loss='bce' needs output_activation='sigmoid'"),
