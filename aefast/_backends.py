@@ -79,6 +79,11 @@ def has_kernel(op: str, backend: str) -> bool:
     return backend in _KERNELS.get(op, {})
 
 
+def registered_kernel(op: str, backend: str) -> Callable:
+    """``backend``'s kernel for ``op`` as registered, whatever the device (``select`` picks by device)."""
+    return _KERNELS[op][backend]
+
+
 def compiled_module():
     """``aefast._C``, or None when the extension was not built."""
     return _import_compiled()[0]

@@ -1,9 +1,11 @@
-"""Argument checks shared by the layers, models and training loop: each raises a ValueError that
-names the argument. bool is refused where a number is asked for (True is an int to Python)."""
+"""Argument checks shared by the layers, models, training loop and custom ops: each raises a ValueError
+that names the argument. bool is refused where a number is asked for (True is an int to Python)."""
 from __future__ import annotations
 
 import math
 import numbers
+
+import torch
 
 
 def is_int(value) -> bool:
@@ -26,6 +28,13 @@ def non_negative(value, name: str) -> float:
     if not is_real(value) or not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+def check_seed_tensor(seed) -> None:
+    """The seed a custom op takes: a 0-d int64 tensor >= 0 (its ops are callable directly)."""
+    if seed.shape != () or seed.dtype != torch.int64 or int(seed) < 0:
+        raise ValueError(f"seed must be a 0-d int64 tensor >= 0, got {tuple(seed.shape)} {seed.dtype}"
+                         f"{f' {int(seed)}' if seed.shape == () and seed.dtype == torch.int64 else ''}")
 
 
 def check_seed(seed, name: str = "seed") -> None:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from aefast._checks import positive_int
+
 
 def load_digits() -> tuple[Tensor, Tensor]:
     """scikit-learn's bundled handwritten digits: X (1797, 64) float32 in [0, 1] (pixels / 16), y int64."""
@@ -32,8 +34,7 @@ def synthetic_manifold(n: int = 2000, dim: int = 64, *, intrinsic_dim: int = 2, 
     random sinusoid of the latent coordinates, plus Gaussian noise. Labels: which of 4 angular
     sectors of the first two latent coordinates a point lies in (for coloured latent plots)."""
     for name, value in (("n", n), ("dim", dim), ("intrinsic_dim", intrinsic_dim)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        positive_int(value, name)
     generator = torch.Generator().manual_seed(seed)
     latent = torch.rand(n, intrinsic_dim, generator=generator) * 2 - 1
     frequencies = torch.randn(intrinsic_dim, dim, generator=generator) * 2
@@ -99,12 +100,11 @@ def load_npz(path: str | os.PathLike, x_key: str = "x", labels_key: Optional[str
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise ValueError("it holds one array (a .npy file), not named arrays")
             if x_key not in archive:
-                raise KeyError(f"it has no array {x_key!r} (it has {sorted(archive.files)})")
+                raise ValueError(f"it has no array {x_key!r} (it has {sorted(archive.files)})")
             x = archive[x_key]
             labels = archive[labels_key] if labels_key and labels_key in archive else None
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        reason = error.args[0] if isinstance(error, KeyError) else error
-        raise ValueError(f"{path} cannot be read as a .npz file: {reason}") from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path} cannot be read as a .npz file: {error}") from None
     if x.ndim == 0 or x.dtype.kind not in "biuf":
         raise ValueError(f"{path}: {x_key!r} must hold rows of real numbers, got shape {x.shape} {x.dtype}")
     x = torch.from_numpy(np.ascontiguousarray(x.reshape(x.shape[0], math.prod(x.shape[1:])), dtype=np.float32))

@@ -17,12 +17,14 @@ takes, runs the reference's math in float64 on every backend.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from aefast import _backends
+from aefast._checks import check_seed_tensor
+from aefast._dtypes import accumulation_dtype
 from aefast.mlp import reference
 
 FORWARD, BACKWARD, LOSS = "fused_linear", "fused_linear_backward", "fused_linear_loss"
@@ -67,7 +69,7 @@ def fused_linear_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Op
         _check_like("saved_z", saved_z, out_shape, x)
     elif activation != "none":
         _check_like("y", y, out_shape, x)
-    scale_dtype = reference.loss_dtype(x.dtype)
+    scale_dtype = accumulation_dtype(x.dtype)
     if grad_scale is not None and (grad_scale.shape != () or grad_scale.dtype != scale_dtype
                                    or grad_scale.device != x.device):
         raise ValueError(f"grad_scale must be a 0-d {scale_dtype} tensor on {x.device}, got {tuple(grad_scale.shape)} "
@@ -100,7 +102,7 @@ def fused_linear_loss_op(h: Tensor, weight: Tensor, bias: Optional[Tensor], targ
 
 @fused_linear_loss_op.register_fake
 def _(h, weight, bias, target, output_activation, loss):
-    return h.new_empty((), dtype=reference.loss_dtype(h.dtype)), h.new_empty(h.shape[0], weight.shape[0])
+    return h.new_empty((), dtype=accumulation_dtype(h.dtype)), h.new_empty(h.shape[0], weight.shape[0])
 
 
 @torch.library.custom_op("aefast::fused_narrow_mlp", mutates_args=())
@@ -181,7 +183,7 @@ def _kernel(op: str, x: Tensor):
     """The kernel that runs ``op`` on x: the selected backend's; float64, which no compiled kernel
     takes, runs the reference's math in float64 on any device (as nn.Linear would; gradcheck's dtype)."""
     if x.dtype == torch.float64:
-        return _REFERENCE_KERNELS[op]
+        return _backends.registered_kernel(op, "reference")
     return _backends.select(op, x.device)[1]
 
 
@@ -205,8 +207,7 @@ def _check_corruption(corruption: str, param: float, seed: Tensor) -> None:
         raise ValueError(f"corruption_param of 'mask' (the drop rate) must be in [0, 1), got {param}")
     if corruption == "gaussian" and not (math.isfinite(param) and param >= 0):
         raise ValueError(f"corruption_param of 'gaussian' (sigma) must be finite and >= 0, got {param}")
-    if seed.shape != () or seed.dtype != torch.int64:
-        raise ValueError(f"seed must be a 0-d int64 tensor, got {tuple(seed.shape)} {seed.dtype}")
+    check_seed_tensor(seed)
 
 
 # --- autograd --------------------------------------------------------------------------------------
@@ -236,7 +237,7 @@ def _loss_backward(ctx, grad_loss, _grad_grad_z):
     h, weight, bias, grad_z = ctx.saved_tensors
     grad_h, grad_w, grad_b = fused_linear_backward_op(
         grad_z, h, weight, bias, grad_z, h.new_empty(0), "none", "none", 0.0, torch.zeros((), dtype=torch.int64),
-        grad_loss.reshape(()).to(reference.loss_dtype(h.dtype)), ctx.needs_input_grad[0])
+        grad_loss.reshape(()).to(accumulation_dtype(h.dtype)), ctx.needs_input_grad[0])
     return (grad_h if ctx.needs_input_grad[0] else None, grad_w, grad_b if bias is not None else None,
             None, None, None)
 
@@ -281,7 +282,7 @@ def _reference_backward(grad_y, x, weight, bias, y, saved_z, activation, corrupt
 
 def _reference_loss(h, weight, bias, target, output_activation, loss):
     value, grad_z = reference.linear_loss_forward(h, weight, bias, target, output_activation, loss)
-    return value.to(reference.loss_dtype(h.dtype)), grad_z
+    return value.to(accumulation_dtype(h.dtype)), grad_z
 
 
 def _narrow_layers(weights, biases, dims):
@@ -318,7 +319,6 @@ def _reference_narrow_backward(grad_out, x, out, saved, weights, biases, dims, a
     return (grad if need_input_grad else x.new_empty(0)), torch.cat(grad_ws), grad_b
 
 
-_REFERENCE_KERNELS: dict[str, Callable] = {}  # by op: what float64 runs on every backend
 for _op, _reference_kernel, _triton_name in (
     (FORWARD, _reference_forward, "linear_forward"),
     (BACKWARD, _reference_backward, "linear_backward"),
@@ -326,6 +326,5 @@ for _op, _reference_kernel, _triton_name in (
     (NARROW, _reference_narrow, "narrow_forward"),
     (NARROW_BACKWARD, _reference_narrow_backward, "narrow_backward"),
 ):
-    _REFERENCE_KERNELS[_op] = _reference_kernel
     _backends.register_kernel(_op, "reference", _reference_kernel)
     _backends.register_kernel(_op, "triton", _backends.lazy_kernel("aefast.mlp.triton_kernels", _triton_name))

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from aefast._dtypes import accumulation_dtype
 from aefast._philox import philox_normal, philox_uniform
 
 ACTIVATIONS = (None, "relu", "leaky_relu", "tanh", "sigmoid", "gelu")
@@ -69,13 +70,8 @@ def times_activation_grad(grad: Tensor, slope: Tensor, activation: str | None) -
 
 
 def _wide(t: Tensor) -> Tensor:
-    """The dtype the math runs in: float32 for 16-bit and float32 inputs, float64 for float64."""
-    return t if t.dtype == torch.float64 else t.float()
-
-
-def loss_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The fused loss's dtype for inputs of ``dtype``."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    """t in the dtype the math runs in (float32, or float64 for float64)."""
+    return t.to(accumulation_dtype(t.dtype))
 
 
 def noise_offsets(rows: int, cols: int, device) -> Tensor:

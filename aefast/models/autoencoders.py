@@ -23,11 +23,6 @@ def batch_inputs(batch) -> tuple[Tensor, Optional[Tensor]]:
     raise TypeError(f"a batch must be a tensor or an (x, labels) pair, got {type(batch).__name__}")
 
 
-def _check_dims(dims, name: str = "dims") -> list[int]:
-    """The widths from the input to the code (at least 2, each a positive int)."""
-    return _widths(dims, name)
-
-
 class Autoencoder(nn.Module):
     """``dims`` lists the encoder widths from the input to the code; the decoder mirrors them.
     ``activation=None`` gives the linear autoencoder; ``tied=True`` reuses each encoder weight,
@@ -36,7 +31,7 @@ class Autoencoder(nn.Module):
     def __init__(self, dims: Sequence[int], activation: Optional[str] = "relu",
                  output_activation: Optional[str] = None, tied: bool = False):
         super().__init__()
-        self.dims = _check_dims(dims)
+        self.dims = _widths(dims, "dims")
         _check_activation(activation, "activation")
         _check_activation(output_activation, "output_activation")
         self.activation, self.output_activation, self.tied = activation, output_activation, tied

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 import aefast
 from aefast._checks import is_int, non_negative
-from aefast.mlp.layers import FusedMLP, _check_activation
-from aefast.models.autoencoders import _check_dims, batch_inputs
+from aefast.mlp.layers import FusedMLP, _check_activation, _widths
+from aefast.models.autoencoders import batch_inputs
 
 
 class VAE(nn.Module):
@@ -25,7 +25,7 @@ class VAE(nn.Module):
     def __init__(self, dims: Sequence[int], beta: float = 1.0, free_bits: float = 0.0,
                  activation: Optional[str] = "relu", condition_width: int = 0):
         super().__init__()
-        self.dims = _check_dims(dims)
+        self.dims = _widths(dims, "dims")
         _check_activation(activation, "activation")
         beta, free_bits = non_negative(beta, "beta"), non_negative(free_bits, "free_bits")
         self.beta, self.free_bits, self.condition_width = beta, free_bits, condition_width

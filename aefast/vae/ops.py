@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from aefast import _backends
+from aefast._checks import check_seed_tensor
 from aefast._buffers import DTYPE_NAMES, cpu_buffer, current_stream, device_pointer
 from aefast.vae import reference
 from aefast.vae.reference import kl_dtype
@@ -82,9 +83,7 @@ def _check_kernel_inputs(mu, **others):
 def _check_seed_and_clamp(seed: Tensor, clamp_min: float, clamp_max: float) -> None:
     """What the public function guarantees, checked again: the backends would each do something else
     with a negative seed (the C++ binding refuses it, the others wrap it) or crossed bounds."""
-    if seed.shape != () or seed.dtype != torch.int64 or int(seed) < 0:
-        raise ValueError(f"seed must be a 0-d int64 tensor >= 0, got {tuple(seed.shape)} {seed.dtype}"
-                         f"{f' {int(seed)}' if seed.numel() == 1 and seed.dtype == torch.int64 else ''}")
+    check_seed_tensor(seed)
     if math.isnan(clamp_min) or math.isnan(clamp_max) or clamp_min > clamp_max:
         raise ValueError(f"clamp_min and clamp_max must be ordered and not NaN, got {clamp_min} and {clamp_max}")
 

@@ -12,15 +12,11 @@ import math
 
 import torch
 
+from aefast._dtypes import accumulation_dtype as kl_dtype  # the KL comes back in the dtype it is summed in
 from aefast._philox import philox_normal
 
 # Offsets per chunk when the reference generates noise: bounds its int64 scratch to ~200 MiB.
 _NOISE_CHUNK = 1 << 22
-
-
-def kl_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The KL term's dtype: float32 for float32/16/bfloat16 inputs, float64 for float64."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def clamp_active(clamp_min: float, clamp_max: float) -> bool:
