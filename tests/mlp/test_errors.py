@@ -137,6 +137,7 @@ BAD_OP_CALLS = [
     ("fused_linear", {"corruption": "gaussian", "corruption_param": math.inf}, ValueError, "corruption_param of 'gaussian'"),
     ("fused_linear", {"seed": torch.tensor([1, 2])}, ValueError, "seed must be a 0-d int64 tensor"),
     ("fused_linear", {"seed": torch.tensor(1.0)}, ValueError, "seed must be a 0-d int64 tensor"),
+    ("fused_linear", {"seed": torch.tensor(-1)}, ValueError, "seed must be a 0-d int64 tensor >= 0, got .* -1"),
     ("fused_linear_backward", {"grad_y": torch.randn(ROWS, WIDTH_OUT + 1)}, ValueError, r"grad_y must be contiguous \(5, 4\)"),
     ("fused_linear_backward", lambda c: as_float64(c, "grad_y"), ValueError, "grad_y must be contiguous"),
     ("fused_linear_backward", {"grad_y": torch.randn(WIDTH_OUT, ROWS).t()}, ValueError, r"grad_y .*\(not contiguous\)"),
