@@ -50,7 +50,8 @@ setup(
                       "matplotlib>=3.7"],
     extras_require={
         "triton": ["triton>=3.0"],
-        "test": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3", "hypothesis>=6", "matplotlib>=3.7"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3", "hypothesis>=6", "matplotlib>=3.7",
+                 "pybind11>=2.10"],  # pybind11: the nvcc compile tests build csrc/willshaw as CMake does
     },
     ext_modules=[CMakeExtension("aefast._C")],
     cmdclass={"build_ext": CMakeBuild},
