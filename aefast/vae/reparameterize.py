@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from aefast._checks import is_int
 from aefast.vae.ops import FLOAT_DTYPES, NO_CLAMP, reparameterize_kl_op
 
 REDUCTIONS = ("per_sample", "none", "sum", "mean")
@@ -97,8 +98,8 @@ def _check_clamp(logvar_clamp):
 def _seed_tensor(seed):
     if seed is None:
         return torch.randint(0, _SEED_LIMIT - 1, (), dtype=torch.int64)
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_int(seed):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     if not 0 <= seed < _SEED_LIMIT:
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
-    return torch.tensor(seed, dtype=torch.int64)
+    return torch.tensor(int(seed), dtype=torch.int64)

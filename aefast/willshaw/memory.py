@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from aefast import _backends
+from aefast._checks import is_int
 from aefast.willshaw import memory_file, ops, reference
 from aefast.willshaw.patterns import IndexPatterns, PatternRows, from_dense, from_indices
 
@@ -244,39 +245,45 @@ def check_device(device) -> torch.device:
         device = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {device!r}") from error
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or a CUDA device, got {device}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device} asked for, but no CUDA device is available")
         if device.index is None:
             return torch.device("cuda", torch.cuda.current_device())
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device} asked for, but this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)")
     return device
 
 
 def _check_units(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if not 1 <= value <= MAX_UNITS:
         raise ValueError(f"{name} must be in [1, {MAX_UNITS}], got {value}")
-    return value
+    return int(value)
 
 
 def _threshold(threshold, k, n_out: int) -> tuple[int, int]:
     if isinstance(threshold, bool):
         raise TypeError("threshold must be 'hard', 'soft', 'topk' or an int, got a bool")
-    if isinstance(threshold, int):
+    if is_int(threshold):
         if threshold < 0:
             raise ValueError(f"threshold must be >= 0 when it is an int, got {threshold}")
         if k is not None:
             raise ValueError("k goes with threshold='topk' only")
-        return reference.FIXED, threshold
+        # No sum exceeds MAX_UNITS, so a larger T gives the same (empty) answer and fits the ops' int64.
+        return reference.FIXED, int(min(threshold, MAX_UNITS + 1))
     if threshold not in _THRESHOLD_CODES:
         raise ValueError(f"threshold must be 'hard', 'soft', 'topk' or an int, got {threshold!r}")
     if threshold == "topk":
-        if isinstance(k, bool) or not isinstance(k, int):
+        if not is_int(k):
             raise TypeError(f"threshold='topk' needs k, an int, got {k!r}")
         if not 1 <= k <= n_out:
             raise ValueError(f"k must be in [1, n_out={n_out}], got {k}")
-        return reference.TOPK, k
+        return reference.TOPK, int(k)
     if k is not None:
         raise ValueError("k goes with threshold='topk' only")
     return _THRESHOLD_CODES[threshold], 0

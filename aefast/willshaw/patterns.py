@@ -73,8 +73,7 @@ def from_indices(x_idx: IndexPatterns, name: str, device: torch.device) -> Patte
                 if not isinstance(row, (list, tuple)):
                     raise TypeError(f"{name}[{b}] must be a 1-D integer tensor or a list of ints, "
                                     f"got {type(row).__name__}")
-                row = torch.tensor(row, dtype=torch.int64, device=device) if row else \
-                    torch.zeros(0, dtype=torch.int64, device=device)
+                row = _index_row(row, f"{name}[{b}]", device)
             _check_index_tensor(row, f"{name}[{b}]", (1,))
             if row.device != device:
                 raise ValueError(f"{name}[{b}] must be on the memory's device {device}, got {row.device}")
@@ -84,6 +83,17 @@ def from_indices(x_idx: IndexPatterns, name: str, device: torch.device) -> Patte
         return PatternRows(values.contiguous(), _offsets_from_counts(counts), False)
     raise TypeError(f"{name} must be an integer tensor (B, M) or a list of 1-D integer tensors, "
                     f"got {type(x_idx).__name__}")
+
+
+def _index_row(row: Sequence[int], name: str, device: torch.device) -> Tensor:
+    """A list of ints as a 1-D tensor, its dtype as torch infers it (so 1.5 or True is refused by the
+    check after, not cut to 1)."""
+    if not row:
+        return torch.zeros(0, dtype=torch.int64, device=device)
+    try:
+        return torch.tensor(row, device=device)
+    except (RuntimeError, TypeError, ValueError, OverflowError) as error:
+        raise ValueError(f"{name} must be a list of ints that fit int64, got {row!r}") from error
 
 
 def _check_index_tensor(tensor: Tensor, name: str, dims: tuple[int, ...]) -> None:

@@ -117,6 +117,8 @@ def threshold(unit_sums: Tensor, cue_ones: Tensor, mode: int, value: int) -> Ten
         best = unit_sums.max(1, keepdim=True).values
         return (unit_sums >= best) & (best > 0)
     if mode == FIXED:
+        if value > torch.iinfo(unit_sums.dtype).max:  # no sum reaches it (torch would wrap the scalar)
+            return torch.zeros_like(unit_sums, dtype=torch.bool)
         return unit_sums >= value
     if mode == TOPK:
         order = torch.sort(unit_sums, dim=1, descending=True, stable=True).indices[:, :value]

@@ -1,6 +1,7 @@
 """reparameterize_kl on every backend against the plain PyTorch oracle (reference.py)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -169,6 +170,12 @@ def test_seeded_noise_is_the_reference_stream(backend):
     z_ref, kl_ref = reference.reparameterize_kl_elementwise(mu, logvar, noise)
     assert_close(z, z_ref, 2e-6, 2e-6, "z")
     assert_close(kl, kl_ref.sum(-1), 1e-4, 1e-5, "kl")
+
+
+def test_a_numpy_seed_is_the_same_as_the_int(backend):
+    mu = torch.zeros(5, 7, device=backend.device)
+    assert torch.equal(aefast.reparameterize_kl(mu, mu, seed=np.int64(12))[0],
+                       aefast.reparameterize_kl(mu, mu, seed=12)[0])
 
 
 def test_different_seeds_give_different_noise(backend):

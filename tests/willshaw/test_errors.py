@@ -1,5 +1,6 @@
 """Bad input to WillshawMemory raises an error that names the argument, and a failed store leaves the
 memory unchanged. The ops check their contract too, since torch.ops.aefast.* is reachable directly."""
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +23,7 @@ def memory(willshaw_backend):
     (10, 0, ValueError, "n_out must be in"),
     (True, None, TypeError, "n_in must be an int"),
     (10.0, None, TypeError, "n_in must be an int"),
+    (np.int64(2**40), None, ValueError, "n_in must be in"),
 ])
 def test_sizes_are_checked(n_in, n_out, error, match):
     with pytest.raises(error, match=match):
@@ -74,6 +76,9 @@ INDEX_CASES = [
     (lambda: [[1, 2], "ab"], TypeError, r"x_idx\[1\] must be a 1-D integer tensor or a list of ints"),
     (lambda: [torch.tensor([[1]])], ValueError, r"x_idx\[0\] must be 1-D"),
     (lambda: "12", TypeError, "x_idx must be an integer tensor"),
+    # A list row is read with the dtype torch infers, so a float is refused rather than cut to an int.
+    (lambda: [[1.5, 2]], TypeError, r"x_idx\[0\] must hold integer indices, got torch.float32"),
+    (lambda: [[1, 2**70]], ValueError, r"x_idx\[0\] must be a list of ints that fit int64"),
 ]
 
 
@@ -117,6 +122,22 @@ def test_bad_thresholds(memory, threshold, k, error, match):
         memory.retrieve_indices(torch.tensor([[1, 2]]), threshold, k=k)
 
 
+@pytest.mark.parametrize("threshold", [2**31 - 1, 2**31, 2**32 + 3, 2**62, 10**30])
+def test_a_fixed_threshold_past_every_sum_fires_nothing(memory, threshold):
+    """No sum exceeds MAX_UNITS: a larger T (past int32, past int64) answers nothing on every backend
+    (the reference compared int32 sums with a T it wrapped, and answered every unit for T = 2**31)."""
+    cue = torch.tensor([[1, 2, 3]])
+    assert memory.retrieve_indices(cue, 3)[0].tolist() == [4, 5, 6]
+    assert memory.retrieve_indices(cue, threshold)[0].numel() == 0
+    assert not memory.retrieve(torch.zeros(1, 100, dtype=torch.bool).index_fill_(1, cue[0], True), threshold).any()
+
+
+def test_numpy_ints_are_taken_where_an_int_is(memory):
+    assert memory.retrieve_indices(torch.tensor([[1, 2, 3]]), np.int64(3))[0].tolist() == [4, 5, 6]
+    assert memory.retrieve_indices(torch.tensor([[1, 2, 3]]), "topk", k=np.int32(2))[0].tolist() == [4, 5]
+    assert WillshawMemory(np.int64(10), np.uint16(3)).n_out == 3
+
+
 def test_direct_op_calls_with_broken_rows_raise(willshaw_backend):
     matrix = torch.zeros(100, 2, dtype=torch.int64)
     values, offsets = torch.tensor([1, 2, 3]), torch.tensor([0, 2, 3])
@@ -128,6 +149,8 @@ def test_direct_op_calls_with_broken_rows_raise(willshaw_backend):
         torch.ops.aefast.willshaw_store(matrix, 80, torch.tensor([1, 2, 300]), offsets, values, offsets)
     with pytest.raises(ValueError, match="words per row"):
         torch.ops.aefast.willshaw_sums(matrix, 200, values, offsets)
+    with pytest.raises(ValueError, match="n_out must be >= 1, got 0"):
+        torch.ops.aefast.willshaw_store(matrix, 0, values, offsets, values, offsets)
     with pytest.raises(ValueError, match="must be a contiguous 1-D int64 tensor"):
         torch.ops.aefast.willshaw_sums(matrix, 80, values.int(), offsets)
     with pytest.raises(ValueError, match="the same number of patterns"):
@@ -196,12 +219,20 @@ def test_triton_pattern_check_flags_exactly_the_bad_rows(row_length):
 
 
 @pytest.mark.parametrize("device, match", [("abacus", "device must name a torch device"), (3.5, "device must name"),
-                                           ("cuda", "no CUDA device is available")])
+                                           ("cuda", "no CUDA device is available"),
+                                           ("meta", "device must be 'cpu' or a CUDA device, got meta")])
 def test_bad_devices_are_refused_by_name(device, match):
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match=match):
         WillshawMemory(10, device=device)
+
+
+def test_a_cuda_index_past_the_devices_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"device cuda:1 asked for, but this machine has 1 CUDA device"):
+        WillshawMemory(10, device="cuda:1")
 
 
 def test_triton_pattern_check_of_ragged_short_rows_flags_exactly_the_bad_rows():
