@@ -22,6 +22,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """``write(temporary_path)`` beside ``path``, flushed to disk, then renamed over ``path``. The file
     gets the mode a plain open() would give it (mkstemp's are private), or the replaced file's."""
     path = Path(path)
+    if path.is_dir():  # checked first: the write would otherwise run in full before the rename fails
+        raise IsADirectoryError(f"{path} is a folder; give a file path to write")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist")
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(descriptor)
     try:

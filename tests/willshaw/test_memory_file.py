@@ -38,6 +38,15 @@ def test_save_replaces_an_existing_file_and_leaves_no_temporary(saved, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["memory.safetensors"]
 
 
+def test_a_save_to_a_folder_or_into_a_missing_folder_names_the_path_and_writes_nothing(saved, tmp_path):
+    memory, _ = saved
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path} is a folder"):
+        memory.save(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"the folder {tmp_path / 'missing'} does not exist"):
+        memory.save(tmp_path / "missing" / "memory.safetensors")
+    assert [p.name for p in tmp_path.iterdir()] == ["memory.safetensors"]
+
+
 def test_a_saved_file_gets_the_mode_of_a_plain_open(saved, tmp_path):
     _, path = saved
     plain = tmp_path / "plain"
