@@ -23,6 +23,11 @@ def test_info_lists_versions_backends_and_features():
         assert word in out, word
 
 
+def test_python_dash_m_aefast_is_the_aefast_command():
+    out = subprocess.run([sys.executable, "-m", "aefast", "info"], capture_output=True, text=True, check=True).stdout
+    assert out == run_cli("info").stdout
+
+
 def test_info_json_matches_available_backends():
     info = json.loads(run_cli("info", "--json").stdout)
     assert info["versions"]["aefast"] == aefast.__version__
