@@ -68,6 +68,8 @@ def run(model_kind: str, data_name: str, epochs: int, out: Path, *, batch_size: 
 
     out = output_folder(out)
     x, labels = load_data(data_name)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{data_name} holds no data: its rows have shape {tuple(x.shape)}")
     if x.min() < 0 or x.max() > 1:
         raise ValueError(f"{data_name}: the models' sigmoid outputs need inputs in [0, 1], got "
                          f"[{float(x.min()):.3g}, {float(x.max()):.3g}]")

@@ -95,6 +95,9 @@ def test_npz(tmp_path):
     ({"x": np.ones((3, 2)), "y": np.array([0, 1])}, r"'y' must hold one label per row \(3\)"),
     ({"x": np.ones((3, 2)), "y": np.array([0.5, 1, 2])}, "'y': labels must be integers"),
     ({"x": np.ones((3, 2)), "y": np.array([0, np.nan, 2])}, "'y': labels must be integers"),
+    # int64 would hold these as whatever the cast gives (with only a RuntimeWarning)
+    ({"x": np.ones((3, 2)), "y": np.array([0, 1e30, 2])}, r"'y': labels must be at most 2\*\*53"),
+    ({"x": np.ones((3, 2)), "y": np.array([0, 2**64 - 1, 2], dtype=np.uint64)}, r"'y': labels must be at most 2\*\*53"),
 ])
 def test_npz_contents_are_checked(tmp_path, arrays, match):
     path = tmp_path / "set.npz"
@@ -150,3 +153,7 @@ def test_cli_train_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--model", "ae", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "a-file")])
     assert "out must be a folder, but" in capsys.readouterr().err
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 16)))
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "ae", "--data", str(tmp_path / "empty.npz"), "--epochs", "1", "--out", str(tmp_path)])
+    assert r"empty.npz holds no data: its rows have shape (0, 16)" in capsys.readouterr().err
