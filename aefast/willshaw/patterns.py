@@ -86,13 +86,13 @@ def from_indices(x_idx: IndexPatterns, name: str, device: torch.device) -> Patte
 
 
 def _index_row(row: Sequence[int], name: str, device: torch.device) -> Tensor:
-    """A list of ints as a 1-D tensor, its dtype as torch infers it (so 1.5 or True is refused by the
-    check after, not cut to 1)."""
+    """A list of ints as a 1-D tensor in the dtype torch infers (so a row with 1.5 in it is float and
+    refused by the check after, not cut to 1)."""
     if not row:
         return torch.zeros(0, dtype=torch.int64, device=device)
     try:
         return torch.tensor(row, device=device)
-    except (RuntimeError, TypeError, ValueError, OverflowError) as error:
+    except (RuntimeError, TypeError, ValueError) as error:  # None, a string, an int past int64
         raise ValueError(f"{name} must be a list of ints that fit int64, got {row!r}") from error
 
 

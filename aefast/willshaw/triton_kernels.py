@@ -311,8 +311,7 @@ def _sums(matrix, n_out, cue_values, cue_offsets, at_least):
     out = torch.empty(rows, n_out, dtype=torch.int32 if at_least is None else torch.uint8, device=matrix.device)
     for first, words in _word_chunks(matrix.shape[1], SUMS_WORDS) if rows else []:
         _sums_kernel[_grid(rows, words, SUMS_WORDS)](
-            matrix, matrix.shape[1], first, n_out, cue_values, cue_offsets, out,
-            0 if at_least is None else min(at_least, matrix.shape[0] + 1),  # any T past n_in: all False
+            matrix, matrix.shape[1], first, n_out, cue_values, cue_offsets, out, 0 if at_least is None else at_least,
             AT_LEAST=at_least is not None, BLOCK_W=SUMS_WORDS)
     return out
 
