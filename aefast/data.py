@@ -121,8 +121,9 @@ def _labels(labels: np.ndarray, rows: int, name: str) -> Tensor:
         raise ValueError(f"{name}: labels must be integers, got non-integer values")
     if labels.dtype.kind not in "biuf":
         raise ValueError(f"{name}: labels must be integers, got {labels.dtype}")
-    if labels.size and labels.dtype.kind in "uf" and labels.max() > 2**53:  # past it, int64 would not hold them
-        raise ValueError(f"{name}: labels must be at most 2**53, got {labels.max()}")
+    largest = np.abs(labels).max() if labels.size and labels.dtype.kind in "uf" else 0
+    if largest > 2**53:  # past it, the cast to int64 gives whatever it gives
+        raise ValueError(f"{name}: labels must be at most 2**53 in magnitude, got {largest}")
     return torch.from_numpy(labels.astype(np.int64).reshape(-1))
 
 

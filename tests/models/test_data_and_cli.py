@@ -97,6 +97,7 @@ def test_npz(tmp_path):
     ({"x": np.ones((3, 2)), "y": np.array([0, np.nan, 2])}, "'y': labels must be integers"),
     # int64 would hold these as whatever the cast gives (with only a RuntimeWarning)
     ({"x": np.ones((3, 2)), "y": np.array([0, 1e30, 2])}, r"'y': labels must be at most 2\*\*53"),
+    ({"x": np.ones((3, 2)), "y": np.array([0, -1e30, 2])}, r"'y': labels must be at most 2\*\*53"),
     ({"x": np.ones((3, 2)), "y": np.array([0, 2**64 - 1, 2], dtype=np.uint64)}, r"'y': labels must be at most 2\*\*53"),
 ])
 def test_npz_contents_are_checked(tmp_path, arrays, match):
