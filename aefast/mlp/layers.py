@@ -71,7 +71,8 @@ _NO_SEED = torch.zeros((), dtype=torch.int64)  # layers without corruption draw 
 def _plain_autograd(device: torch.device) -> bool:
     """True where ``auto`` picks the reference (a CPU): the same math through plain autograd, without
     the custom op's per-call cost, which made small models 2x slower than plain PyTorch there
-    (bench_models.py). A backend forced by name, the reference included, still runs through the op."""
+    (bench_models.py). A backend forced by name, the reference included, still runs through the op, and
+    so does a narrow stretch of many rows on the CPU (``ops.narrow_in_blocks_pays``)."""
     return _backends.requested_backend() == "auto" and _backends.select(ops.FORWARD, device)[0] == "reference"
 
 
@@ -229,7 +230,7 @@ def _run_layers(layers, x: Tensor) -> Tensor:
 
 
 def _narrow(layers, x: Tensor) -> Tensor:
-    if _plain_autograd(x.device):
+    if _plain_autograd(x.device) and not ops.narrow_in_blocks_pays(x.numel() // x.shape[-1], x.device):
         for layer in layers:
             x = _linear(x, layer, layer.activation)
         return x

@@ -39,34 +39,37 @@ def activate(z: Tensor, activation: str | None) -> Tensor:
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
-def activation_grad(z: Tensor, activation: str | None) -> Tensor:
-    """d act / d z at the pre-activation z."""
-    if activation == "gelu":  # exact (erf) GELU, as F.gelu: the only one not written in its output
-        return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-    return activation_grad_from_output(activate(z, activation), activation)
-
-
-def activation_grad_from_output(y: Tensor, activation: str | None) -> Tensor:
-    """d act / d z from the output y = act(z), as the kernels do (not for GELU, which needs z)."""
-    if activation is None:
-        return torch.ones_like(y)
+def activate_(z: Tensor, activation: str | None) -> Tensor:
+    """activate(z), written over z where the activation has an in-place form (GELU does not: its
+    derivative needs z)."""
     if activation == "relu":
-        return (~(y <= 0)).to(y.dtype)
+        return z.relu_()
     if activation == "leaky_relu":
-        return torch.where(y > 0, 1.0, LEAKY_SLOPE).to(y.dtype)
+        return F.leaky_relu_(z, LEAKY_SLOPE)
     if activation == "tanh":
-        return 1 - y * y
+        return z.tanh_()
     if activation == "sigmoid":
-        return y * (1 - y)
-    raise ValueError(f"the derivative of {activation!r} needs the pre-activation")
+        return z.sigmoid_()
+    return activate(z, activation)
 
 
-def times_activation_grad(grad: Tensor, slope: Tensor, activation: str | None) -> Tensor:
-    """grad times the derivative ``slope``. ReLU selects instead of multiplying, as torch's backward does:
-    a unit that is off passes 0 even when grad is NaN or inf, and a NaN output passes grad."""
+def activation_backward(grad: Tensor, z: Tensor | None, y: Tensor, activation: str | None) -> Tensor:
+    """grad times d act / d z at the pre-activation z, whose output is y = act(z). All but GELU take it
+    from y (z may be None), in one pass of the backward kernel eager autograd runs for the activation
+    module: ReLU passes 0 where y <= 0 even when grad is NaN or inf, and passes grad where y is NaN."""
+    if activation is None:
+        return grad
     if activation == "relu":
-        return torch.where(slope == 0, torch.zeros_like(grad), grad)
-    return grad * slope
+        return torch.ops.aten.threshold_backward(grad, y, 0)
+    if activation == "leaky_relu":
+        return torch.ops.aten.leaky_relu_backward(grad, y, LEAKY_SLOPE, True)
+    if activation == "tanh":
+        return torch.ops.aten.tanh_backward(grad, y)
+    if activation == "sigmoid":
+        return torch.ops.aten.sigmoid_backward(grad, y)
+    if activation == "gelu":  # exact (erf) GELU, as F.gelu
+        return torch.ops.aten.gelu_backward(grad, z)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
 def _wide(t: Tensor) -> Tensor:
@@ -100,7 +103,7 @@ def pre_activation(x_used: Tensor, weight: Tensor, bias: Tensor | None) -> Tenso
 
 def linear_forward(x, weight, bias, activation, corruption="none", param=0.0, seed=0) -> Tensor:
     """act(x~ W^T + b), accumulated in float32 (float64 for float64) and returned in x's dtype."""
-    return activate(pre_activation(corrupt(x, corruption, param, seed), weight, bias), activation).to(x.dtype)
+    return activate_(pre_activation(corrupt(x, corruption, param, seed), weight, bias), activation).to(x.dtype)
 
 
 def linear_backward(grad_y, x, weight, bias, activation, corruption="none", param=0.0, seed=0,
@@ -109,10 +112,10 @@ def linear_backward(grad_y, x, weight, bias, activation, corruption="none", para
     With the forward's output ``y`` the derivative comes from it (except GELU's) and z is not redone."""
     x_used = _wide(corrupt(x, corruption, param, seed))
     if y is not None and activation != "gelu":
-        slope = activation_grad_from_output(_wide(y), activation)
+        grad_z = activation_backward(_wide(grad_y), None, _wide(y), activation)
     else:
-        slope = activation_grad(pre_activation(x_used, weight, bias), activation)
-    grad_z = times_activation_grad(_wide(grad_y), slope, activation)
+        z = pre_activation(x_used, weight, bias)
+        grad_z = activation_backward(_wide(grad_y), z, activate(z, activation), activation)
     if grad_scale is not None:
         grad_z = grad_z * _wide(grad_scale)
     grad_x = grad_z @ _wide(weight)
@@ -141,6 +144,5 @@ def linear_loss_forward(h, weight, bias, target, output_activation, loss) -> tup
         grad_z = (torch.sigmoid(z) - _wide(target)) / count
     else:
         out = activate(z, output_activation)
-        grad_z = times_activation_grad(2 * (out - _wide(target)) / count, activation_grad(z, output_activation),
-                                       output_activation)
+        grad_z = activation_backward(2 * (out - _wide(target)) / count, z, out, output_activation)
     return loss_of_output(z, target, output_activation, loss), grad_z.to(h.dtype)

@@ -3,6 +3,7 @@ layer-by-layer chain and nn.Sequential, with training and inference (nothing sav
 import pytest
 import torch
 
+import aefast
 from aefast.mlp.layers import _narrow_runs
 from aefast.nn import FusedLinear, FusedMLP
 
@@ -90,3 +91,79 @@ def test_opcheck_narrow(mlp_backend):
     weights = torch.randn(6 * 10 + 10 * 4, requires_grad=True)
     biases = torch.randn(14, requires_grad=True)
     torch.library.opcheck(torch.ops.aefast.fused_narrow_mlp.default, (x, weights, biases, dims, "tanh", "none", True))
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.0)])
+def test_reference_narrow_in_blocks_of_rows(monkeypatch, dtype, atol):
+    """On the CPU the reference runs a narrow stretch in blocks of rows: with blocks of 64 rows, batch
+    129 makes 3 blocks, the last of one row, and every output and gradient must be nn.Sequential's (in
+    bfloat16: bit for bit the one-block run's, each layer's output rounded as one block rounds it)."""
+    from aefast.mlp import ops
+
+    torch.manual_seed(12)
+    mlp = FusedMLP([17, 100, 3, 33], activation="tanh", output_activation="sigmoid").to(dtype)
+    x = torch.randn(129, 17, dtype=dtype)
+    grad = torch.randn(129, 33, dtype=dtype)
+
+    def outputs_and_gradients():
+        x_fused = x.clone().requires_grad_()
+        with aefast.use_backend("reference"):
+            y = mlp(x_fused)
+            with torch.no_grad():
+                y_inference = mlp(x)
+        return [y, y_inference, *torch.autograd.grad(y, [x_fused] + list(mlp.parameters()), grad)]
+
+    one_block = outputs_and_gradients()
+    monkeypatch.setattr(ops, "NARROW_CPU_BLOCK_ROWS", 64)
+    blocks = outputs_and_gradients()
+    if dtype == torch.float32:
+        sequential = mlp.to_sequential()
+        x_plain = x.clone().requires_grad_()
+        y_plain = sequential(x_plain)
+        one_block = [y_plain, y_plain, *torch.autograd.grad(y_plain, [x_plain] + list(sequential.parameters()), grad)]
+    for got, expected in zip(blocks, one_block):
+        torch.testing.assert_close(got, expected, atol=atol * 129, rtol=atol)
+
+
+def test_cpu_runs_many_rows_of_a_narrow_stretch_through_the_op(monkeypatch):
+    """Under auto on the CPU, a narrow stretch of NARROW_CPU_MIN_ROWS rows or more goes through the op
+    (its blocks), fewer layer by layer; both give nn.Sequential's outputs and gradients."""
+    from aefast.mlp import ops
+
+    calls = []
+    op = ops.fused_narrow_mlp_op
+    monkeypatch.setattr(ops, "fused_narrow_mlp_op", lambda *args: calls.append(args[0].shape[0]) or op(*args))
+    monkeypatch.setattr(ops, "NARROW_CPU_BLOCK_ROWS", 32)
+    monkeypatch.setattr(ops, "NARROW_CPU_MIN_ROWS", 100)
+    torch.manual_seed(13)
+    mlp = FusedMLP([9, 40, 40, 5], activation="relu")
+    sequential = mlp.to_sequential()
+    for batch, through_op in ((99, False), (100, True), (3 * 50, True)):
+        calls.clear()
+        x = torch.randn(batch, 9)
+        x_fused, x_plain = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y_fused, y_plain = mlp(x_fused.reshape(-1, 50, 9) if batch == 150 else x_fused), sequential(x_plain)
+        assert calls == ([batch] if through_op else [])
+        torch.testing.assert_close(y_fused.reshape(batch, 5), y_plain, atol=1e-5, rtol=1e-5)
+        got = torch.autograd.grad(y_fused.sum(), [x_fused] + list(mlp.parameters()))
+        expected = torch.autograd.grad(y_plain.sum(), [x_plain] + list(sequential.parameters()))
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, atol=1e-5 * batch, rtol=1e-5)
+
+
+def test_outputs_for_backward_only_get_no_gradient_filled(mlp_backend):
+    """The ops' second outputs (saved activations, GELU's pre-activation, the loss's d loss / d z) are
+    for backward: autograd passes None for their unused gradients instead of filling zeros as large as
+    them, so a loss of those outputs alone differentiates to nothing."""
+    from aefast.mlp import ops
+
+    torch.manual_seed(14)
+    x = torch.randn(7, 6, requires_grad=True)
+    weights = torch.randn(6 * 10 + 10 * 4, requires_grad=True)
+    _, saved = ops.fused_narrow_mlp_op(x, weights, None, [6, 10, 4], "tanh", "none", True)
+    assert torch.autograd.grad(saved.sum(), [x, weights], allow_unused=True) == (None, None)
+    weight = torch.randn(5, 6, requires_grad=True)
+    _, saved_z = ops.fused_linear_op(x, weight, None, "gelu", "none", 0.0, torch.zeros((), dtype=torch.int64))
+    assert torch.autograd.grad(saved_z.sum(), [x, weight], allow_unused=True) == (None, None)
+    _, grad_z = ops.fused_linear_loss_op(x, weight, None, torch.rand(7, 5), "sigmoid", "bce")
+    assert torch.autograd.grad(grad_z.sum(), [x, weight], allow_unused=True) == (None, None)
