@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from aefast import _backends
+
 DTYPE_NAMES = {
     torch.float32: "float32",
     torch.float64: "float64",
@@ -30,3 +32,19 @@ def device_pointer(tensor: torch.Tensor | None) -> int:
 
 def current_stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
+
+
+# From this size on, a new CPU tensor that is about to be written whole is advised onto 2 MiB pages
+# first: its first write then faults in a 512th as many pages (192 MiB: 15 ms instead of 80 on the CI
+# machine, whose transparent huge pages are "madvise").
+HUGE_PAGES_MIN_BYTES = 4 << 20
+
+
+def empty_on_huge_pages(*shape: int, like: torch.Tensor) -> torch.Tensor:
+    """``like.new_empty(shape)``; on the CPU, when large and aefast._C is built, backed by huge pages."""
+    tensor = like.new_empty(shape)
+    if tensor.device.type == "cpu" and tensor.numel() * tensor.element_size() >= HUGE_PAGES_MIN_BYTES:
+        compiled = _backends.compiled_module()
+        if compiled is not None:
+            compiled.advise_huge_pages(cpu_buffer(tensor))
+    return tensor

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from aefast import _backends
+from aefast._buffers import empty_on_huge_pages
 from aefast._checks import check_seed_tensor
 from aefast._dtypes import accumulation_dtype
 from aefast.mlp import reference
@@ -346,8 +347,8 @@ def _reference_narrow(x, weights, biases, dims, activation, last_activation, sav
     wide = accumulation_dtype(x.dtype)
     layers = [(w.to(wide).T, None if b is None else b.to(wide)) for w, b in _narrow_layers(weights, biases, dims)]
     acts = [activation] * (len(layers) - 1) + [last_activation]
-    out = x.new_empty(x.shape[0], dims[-1])
-    saved = x.new_empty(x.shape[0] * sum(dims[1:-1]) if save else 0)
+    out = empty_on_huge_pages(x.shape[0], dims[-1], like=x)
+    saved = empty_on_huge_pages(x.shape[0] * sum(dims[1:-1]) if save else 0, like=x)
     # Where each layer's output goes: the saved activations when saving, else only the last's.
     outputs = _narrow_activations(x, saved, out, dims)[1:] if save else [None] * (len(layers) - 1) + [out]
     for block in _narrow_blocks(x):
@@ -372,7 +373,7 @@ def _reference_narrow_backward(grad_out, x, out, saved, weights, biases, dims, a
     activations = _narrow_activations(x, saved, out, dims)
     grad_ws = [torch.zeros_like(weight) for weight in layer_weights]
     grad_bs = [weight.new_zeros(weight.shape[0]) for weight in layer_weights]
-    grad_x = torch.empty_like(x) if need_input_grad else x.new_empty(0)
+    grad_x = empty_on_huge_pages(*x.shape, like=x) if need_input_grad else x.new_empty(0)
     for block in _narrow_blocks(x):
         grad = grad_out[block].to(wide)
         for index in reversed(range(len(layer_weights))):
