@@ -230,7 +230,9 @@ def _run_layers(layers, x: Tensor) -> Tensor:
 
 
 def _narrow(layers, x: Tensor) -> Tensor:
-    if _plain_autograd(x.device) and not ops.narrow_in_blocks_pays(x.numel() // x.shape[-1], x.device):
+    dims = [layers[0].in_features] + [layer.out_features for layer in layers]
+    if _plain_autograd(x.device) and not ops.narrow_in_blocks_pays(x.numel() // x.shape[-1], max(dims),
+                                                                   x.element_size(), x.device):
         for layer in layers:
             x = _linear(x, layer, layer.activation)
         return x
@@ -238,7 +240,6 @@ def _narrow(layers, x: Tensor) -> Tensor:
     weights = torch.cat([layer.weight.reshape(-1) for layer in layers])
     biases = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
     save = torch.is_grad_enabled() and (rows.requires_grad or weights.requires_grad)
-    dims = [layers[0].in_features] + [layer.out_features for layer in layers]
     out, _ = ops.fused_narrow_mlp_op(rows, weights, biases, dims, layers[0].activation or "none",
                                      layers[-1].activation or "none", save)
     return out.reshape(*x.shape[:-1], out.shape[-1])

@@ -307,27 +307,29 @@ def _narrow_layers(weights, biases, dims):
     return list(zip(layer_weights, layer_biases))
 
 
-# On the CPU the reference runs a narrow stretch in blocks of this many rows, every layer of a block
-# before the next block: the block's activations stay in cache, and only the output and the saved
-# activations reach memory (layer by layer, each layer's output and its activation's go there and
-# back). Elsewhere one block holds every row (no per-block launches).
-NARROW_CPU_BLOCK_ROWS = 4096
-# From this many rows on, the layers send a narrow stretch on the CPU through the op (its blocks)
-# rather than layer by layer through plain autograd. 64-wide 4-layer stack on the 2-core CI machine,
-# op against plain autograd: training step 0.78x at 2048 rows, 1.35x at 8192, 1.7x at 2^18
-# (inference 3x there); below it the op's per-call cost is not repaid.
-NARROW_CPU_MIN_ROWS = 2 * NARROW_CPU_BLOCK_ROWS
+# On the CPU the reference runs a narrow stretch in blocks of rows, every layer of a block before the
+# next block: a block's widest activation takes 1 MiB in float32 (4096 rows at width 64), so the
+# block stays in cache, and only the output and the saved activations reach memory (layer by layer,
+# each layer's output and its activation's go there and back). Elsewhere one block holds every row
+# (no per-block launches).
+NARROW_CPU_BLOCK_BYTES = 1 << 20
+# From this size of the widest layer's output on, the layers send a narrow stretch on the CPU through
+# the op rather than layer by layer through plain autograd, whose outputs that large are fresh memory
+# on every call. Op against plain autograd on the 2-core CI machine, 4 layers of widths 16 to 128:
+# at 16 MiB, 1.07-1.37x for the training step and 1.5-2.0x for inference; at 64 MiB 1.4-1.8x and
+# 2.8-5.4x; at 4 MiB, 0.7-1.1x.
+NARROW_CPU_MIN_BYTES = 16 << 20
 
 
-def narrow_in_blocks_pays(rows: int, device: torch.device) -> bool:
-    """Whether a narrow stretch of ``rows`` rows on ``device`` runs faster through the reference's
-    blocks than layer by layer."""
-    return device.type == "cpu" and rows >= NARROW_CPU_MIN_ROWS
+def narrow_in_blocks_pays(rows: int, widest: int, element_size: int, device: torch.device) -> bool:
+    """Whether a narrow stretch of ``rows`` rows, ``widest`` its largest width, runs faster on ``device``
+    through the reference's blocks than layer by layer."""
+    return device.type == "cpu" and rows * widest * element_size >= NARROW_CPU_MIN_BYTES
 
 
-def _narrow_blocks(x: Tensor):
+def _narrow_blocks(x: Tensor, dims) -> list[slice]:
     rows = x.shape[0]
-    step = NARROW_CPU_BLOCK_ROWS if x.device.type == "cpu" else max(rows, 1)
+    step = max(1, NARROW_CPU_BLOCK_BYTES // (4 * max(dims))) if x.device.type == "cpu" else max(rows, 1)
     return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
 
 
@@ -351,7 +353,7 @@ def _reference_narrow(x, weights, biases, dims, activation, last_activation, sav
     saved = empty_on_huge_pages(x.shape[0] * sum(dims[1:-1]) if save else 0, like=x)
     # Where each layer's output goes: the saved activations when saving, else only the last's.
     outputs = _narrow_activations(x, saved, out, dims)[1:] if save else [None] * (len(layers) - 1) + [out]
-    for block in _narrow_blocks(x):
+    for block in _narrow_blocks(x, dims):
         h = x[block].to(wide)
         for (weight_t, bias), act, output in zip(layers, acts, outputs):
             dst = None if output is None else output[block]
@@ -374,7 +376,7 @@ def _reference_narrow_backward(grad_out, x, out, saved, weights, biases, dims, a
     grad_ws = [torch.zeros_like(weight) for weight in layer_weights]
     grad_bs = [weight.new_zeros(weight.shape[0]) for weight in layer_weights]
     grad_x = empty_on_huge_pages(*x.shape, like=x) if need_input_grad else x.new_empty(0)
-    for block in _narrow_blocks(x):
+    for block in _narrow_blocks(x, dims):
         grad = grad_out[block].to(wide)
         for index in reversed(range(len(layer_weights))):
             grad_z = reference.activation_backward(grad, None, activations[index + 1][block].to(wide), acts[index])

@@ -95,9 +95,10 @@ def test_opcheck_narrow(mlp_backend):
 
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.0)])
 def test_reference_narrow_in_blocks_of_rows(monkeypatch, dtype, atol):
-    """On the CPU the reference runs a narrow stretch in blocks of rows: with blocks of 64 rows, batch
-    129 makes 3 blocks, the last of one row, and every output and gradient must be nn.Sequential's (in
-    bfloat16: bit for bit the one-block run's, each layer's output rounded as one block rounds it)."""
+    """On the CPU the reference runs a narrow stretch in blocks of rows: with blocks of 64 rows (the
+    widest layer's 100 outputs in float32 take 64 * 400 bytes), batch 129 makes 3 blocks, the last of
+    one row, and every output and gradient must be nn.Sequential's (in bfloat16: bit for bit the
+    one-block run's, each layer's output rounded as one block rounds it)."""
     from aefast.mlp import ops
 
     torch.manual_seed(12)
@@ -114,7 +115,8 @@ def test_reference_narrow_in_blocks_of_rows(monkeypatch, dtype, atol):
         return [y, y_inference, *torch.autograd.grad(y, [x_fused] + list(mlp.parameters()), grad)]
 
     one_block = outputs_and_gradients()
-    monkeypatch.setattr(ops, "NARROW_CPU_BLOCK_ROWS", 64)
+    monkeypatch.setattr(ops, "NARROW_CPU_BLOCK_BYTES", 64 * 4 * 100)
+    assert [block.stop - block.start for block in ops._narrow_blocks(x, [17, 100, 3, 33])] == [64, 64, 1]
     blocks = outputs_and_gradients()
     if dtype == torch.float32:
         sequential = mlp.to_sequential()
@@ -126,15 +128,16 @@ def test_reference_narrow_in_blocks_of_rows(monkeypatch, dtype, atol):
 
 
 def test_cpu_runs_many_rows_of_a_narrow_stretch_through_the_op(monkeypatch):
-    """Under auto on the CPU, a narrow stretch of NARROW_CPU_MIN_ROWS rows or more goes through the op
-    (its blocks), fewer layer by layer; both give nn.Sequential's outputs and gradients."""
+    """Under auto on the CPU, a narrow stretch whose widest layer's output takes NARROW_CPU_MIN_BYTES
+    or more goes through the op (its blocks), a smaller one layer by layer; both give nn.Sequential's
+    outputs and gradients."""
     from aefast.mlp import ops
 
     calls = []
     op = ops.fused_narrow_mlp_op
     monkeypatch.setattr(ops, "fused_narrow_mlp_op", lambda *args: calls.append(args[0].shape[0]) or op(*args))
-    monkeypatch.setattr(ops, "NARROW_CPU_BLOCK_ROWS", 32)
-    monkeypatch.setattr(ops, "NARROW_CPU_MIN_ROWS", 100)
+    monkeypatch.setattr(ops, "NARROW_CPU_BLOCK_BYTES", 32 * 4 * 40)  # blocks of 32 rows
+    monkeypatch.setattr(ops, "NARROW_CPU_MIN_BYTES", 100 * 4 * 40)  # from 100 rows of the 40-wide outputs on
     torch.manual_seed(13)
     mlp = FusedMLP([9, 40, 40, 5], activation="relu")
     sequential = mlp.to_sequential()
