@@ -57,9 +57,10 @@ def _check_input(x: Tensor, weight: Tensor, name: str = "x") -> None:
 def _check_layers(layers, x: Tensor, prefix: str = "") -> None:
     """Every layer's parameters on x's device and of x's dtype (a layer moved or cast on its own would
     otherwise fail inside a kernel's checks, or in torch, without naming the layer)."""
+    dtype, device = x.dtype, x.device
     for index, layer in enumerate(layers):
         for tensor in (layer.weight, layer.bias):
-            if tensor is not None and (tensor.dtype, tensor.device) != (x.dtype, x.device):
+            if tensor is not None and (tensor.dtype != dtype or tensor.device != device):
                 raise TypeError(f"{prefix}layers[{index}] is {tensor.dtype} on {tensor.device} but the input is {x.dtype} on "
                                 f"{x.device}: every layer's parameters must match the input's dtype and device")
 
@@ -77,18 +78,21 @@ def _plain_autograd(device: torch.device) -> bool:
 
 
 def fused_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation, corruption="none", param=0.0,
-                 seed: Tensor = _NO_SEED) -> Tensor:
-    """act(x~ W^T + b) over x's last dimension: the op, or plain autograd where auto picks the reference."""
-    if _plain_autograd(x.device):
-        x_used = reference.corrupt(x, corruption, param, int(seed))
-        return reference.activate(F.linear(x_used, weight, bias), activation)
+                 seed: Tensor = _NO_SEED, plain: Optional[bool] = None) -> Tensor:
+    """act(x~ W^T + b) over x's last dimension: the op, or plain autograd where auto picks the reference
+    (``plain``: that choice, when the caller has made it for a whole chain of layers)."""
+    if _plain_autograd(x.device) if plain is None else plain:
+        if corruption != "none":
+            x = reference.corrupt(x, corruption, param, int(seed))
+        return reference.activate(F.linear(x, weight, bias), activation)
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     y, _ = ops.fused_linear_op(rows, weight, bias, activation or "none", corruption, float(param), seed)
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-def _linear(x: Tensor, layer: nn.Linear, activation, corruption="none", param=0.0, seed: Tensor = _NO_SEED) -> Tensor:
-    return fused_linear(x, layer.weight, layer.bias, activation, corruption, param, seed)
+def _linear(x: Tensor, layer: nn.Linear, activation, corruption="none", param=0.0, seed: Tensor = _NO_SEED,
+            plain: Optional[bool] = None) -> Tensor:
+    return fused_linear(x, layer.weight, layer.bias, activation, corruption, param, seed, plain)
 
 
 class FusedLinear(nn.Linear):
@@ -215,26 +219,29 @@ def _narrow_runs(layers) -> list[tuple[int, int]]:
 
 
 def _run_layers(layers, x: Tensor) -> Tensor:
-    """x through the layers: narrow runs as one op each, the other layers one by one."""
+    """x through the layers: narrow runs as one op each, the other layers one by one. The backend choice
+    is made once for the chain, on a plain list of the layers: on a small batch each layer's own lookups
+    (and slices of the ModuleList, each a new Module) cost as much as its math."""
+    layers = list(layers)
+    plain = _plain_autograd(x.device)
     runs = dict(_narrow_runs(layers))
     index = 0
     while index < len(layers):
         if index in runs:
             end = runs[index]
-            x = _narrow(layers[index:end], x)
+            x = _narrow(layers[index:end], x, plain)
             index = end
         else:
-            x = _linear(x, layers[index], layers[index].activation)
+            x = _linear(x, layers[index], layers[index].activation, plain=plain)
             index += 1
     return x
 
 
-def _narrow(layers, x: Tensor) -> Tensor:
+def _narrow(layers, x: Tensor, plain: bool) -> Tensor:
     dims = [layers[0].in_features] + [layer.out_features for layer in layers]
-    if _plain_autograd(x.device) and not ops.narrow_in_blocks_pays(x.numel() // x.shape[-1], max(dims),
-                                                                   x.element_size(), x.device):
+    if plain and not ops.narrow_in_blocks_pays(x.numel() // x.shape[-1], max(dims), x.element_size(), x.device):
         for layer in layers:
-            x = _linear(x, layer, layer.activation)
+            x = _linear(x, layer, layer.activation, plain=True)
         return x
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     weights = torch.cat([layer.weight.reshape(-1) for layer in layers])

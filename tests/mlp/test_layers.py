@@ -180,3 +180,18 @@ def test_auto_on_the_cpu_gives_what_the_forced_reference_gives():
             results.append((loss, model(x), *torch.autograd.grad(loss, list(model.parameters()))))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_a_chain_of_layers_chooses_its_backend_once(monkeypatch):
+    """FusedMLP.forward asks which backend runs once for its whole chain (a narrow run and a wide layer
+    here), not once per layer: on a small batch each lookup costs as much as a layer's math."""
+    from aefast.mlp import layers
+
+    calls = []
+    choose = layers._plain_autograd
+    monkeypatch.setattr(layers, "_plain_autograd", lambda device: calls.append(device) or choose(device))
+    torch.manual_seed(15)
+    mlp = FusedMLP([6, 8, 8, 200, 3], activation="tanh")
+    x = torch.randn(5, 6)
+    torch.testing.assert_close(mlp(x), mlp.to_sequential()(x), atol=1e-6, rtol=1e-5)
+    assert calls == [x.device]
