@@ -239,7 +239,7 @@ def _run_layers(layers, x: Tensor) -> Tensor:
 
 def _narrow(layers, x: Tensor, plain: bool) -> Tensor:
     dims = [layers[0].in_features] + [layer.out_features for layer in layers]
-    if plain and not ops.narrow_in_blocks_pays(x.numel() // x.shape[-1], max(dims), x.element_size(), x.device):
+    if plain and not ops.narrow_in_blocks_pays(x.numel() // x.shape[-1], max(dims), x.dtype, x.device):
         for layer in layers:
             x = _linear(x, layer, layer.activation, plain=True)
         return x

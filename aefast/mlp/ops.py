@@ -317,14 +317,17 @@ NARROW_CPU_BLOCK_BYTES = 1 << 20
 # the op rather than layer by layer through plain autograd, whose outputs that large are fresh memory
 # on every call. Op against plain autograd on the 2-core CI machine, 4 layers of widths 16 to 128:
 # at 16 MiB, 1.07-1.37x for the training step and 1.5-2.0x for inference; at 64 MiB 1.4-1.8x and
-# 2.8-5.4x; at 4 MiB, 0.7-1.1x.
+# 2.8-5.4x; at 4 MiB, 0.7-1.1x. The 64-wide stack at 2^18 rows in other precisions: float64 1.3x and
+# 1.4x; float16 10x and 14x (this CPU has no float16 matmul of its own, so eager's is slow). Not
+# bfloat16: eager's matmuls run natively in it while the blocks compute in float32 (training 0.64x).
 NARROW_CPU_MIN_BYTES = 16 << 20
 
 
-def narrow_in_blocks_pays(rows: int, widest: int, element_size: int, device: torch.device) -> bool:
-    """Whether a narrow stretch of ``rows`` rows, ``widest`` its largest width, runs faster on ``device``
-    through the reference's blocks than layer by layer."""
-    return device.type == "cpu" and rows * widest * element_size >= NARROW_CPU_MIN_BYTES
+def narrow_in_blocks_pays(rows: int, widest: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a narrow stretch of ``rows`` rows of ``dtype``, ``widest`` its largest width, runs faster
+    on ``device`` through the reference's blocks than layer by layer."""
+    return (device.type == "cpu" and dtype != torch.bfloat16
+            and rows * widest * dtype.itemsize >= NARROW_CPU_MIN_BYTES)
 
 
 def _narrow_blocks(x: Tensor, dims) -> list[slice]:
