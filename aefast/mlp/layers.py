@@ -237,9 +237,17 @@ def _run_layers(layers, x: Tensor) -> Tensor:
     return x
 
 
+def _in_func_transform() -> bool:
+    """Inside torch.func.grad, vmap, ...: torch refuses the custom ops' autograd there (it takes only
+    autograd.Functions of its own form), so where plain autograd is an option the layers take it.
+    torch.compile traces the op (and this check would break its graph), so it is skipped there."""
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
 def _narrow(layers, x: Tensor, plain: bool) -> Tensor:
     dims = [layers[0].in_features] + [layer.out_features for layer in layers]
-    if plain and not ops.narrow_in_blocks_pays(x.numel() // x.shape[-1], max(dims), x.dtype, x.device):
+    if plain and (not ops.narrow_in_blocks_pays(x.numel() // x.shape[-1], max(dims), x.dtype, x.device)
+                  or _in_func_transform()):
         for layer in layers:
             x = _linear(x, layer, layer.activation, plain=True)
         return x

@@ -171,3 +171,26 @@ def test_outputs_for_backward_only_get_no_gradient_filled(mlp_backend):
     assert torch.autograd.grad(saved_z.sum(), [x, weight], allow_unused=True) == (None, None)
     _, grad_z = ops.fused_linear_loss_op(x, weight, None, torch.rand(7, 5), "sigmoid", "bce")
     assert torch.autograd.grad(grad_z.sum(), [x, weight], allow_unused=True) == (None, None)
+
+
+def test_a_large_narrow_stretch_under_torch_func_and_torch_compile(monkeypatch):
+    """A narrow stretch large enough for the op on the CPU still works under torch.func.grad and vmap
+    (which refuse the custom op's autograd: the layers run it layer by layer there) and traces whole
+    under torch.compile(fullgraph=True) (through the op)."""
+    from torch.func import functional_call, grad, vmap
+
+    from aefast.mlp import ops
+
+    monkeypatch.setattr(ops, "NARROW_CPU_MIN_BYTES", 4 * 16)
+    torch.manual_seed(16)
+    mlp = FusedMLP([6, 16, 16, 4], activation="tanh")
+    sequential = mlp.to_sequential()
+    x = torch.randn(9, 6)
+    parameters = dict(mlp.named_parameters())
+    got = grad(lambda p: functional_call(mlp, p, (x,)).square().sum())(parameters)
+    expected = torch.autograd.grad(sequential(x).square().sum(), list(sequential.parameters()))
+    for a, b in zip(got.values(), expected):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vmap(mlp)(x.reshape(3, 3, 6)), sequential(x).reshape(3, 3, 4), atol=1e-6, rtol=1e-5)
+    compiled = torch.compile(mlp, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), sequential(x), atol=1e-6, rtol=1e-5)
