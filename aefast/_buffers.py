@@ -40,9 +40,9 @@ def current_stream(device: torch.device) -> int:
 HUGE_PAGES_MIN_BYTES = 4 << 20
 
 
-def empty_on_huge_pages(*shape: int, like: torch.Tensor) -> torch.Tensor:
-    """``like.new_empty(shape)``; on the CPU, when large and aefast._C is built, backed by huge pages."""
-    tensor = like.new_empty(shape)
+def empty_on_huge_pages(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.empty(shape)``; on the CPU, when large and aefast._C is built, backed by huge pages."""
+    tensor = torch.empty(shape, dtype=dtype, device=device)
     if tensor.device.type == "cpu" and tensor.numel() * tensor.element_size() >= HUGE_PAGES_MIN_BYTES:
         compiled = _backends.compiled_module()
         if compiled is not None:

@@ -81,7 +81,9 @@ def fused_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation, 
                  seed: Tensor = _NO_SEED, plain: Optional[bool] = None) -> Tensor:
     """act(x~ W^T + b) over x's last dimension: the op, or plain autograd where auto picks the reference
     (``plain``: that choice, when the caller has made it for a whole chain of layers)."""
-    if _plain_autograd(x.device) if plain is None else plain:
+    if plain is None:
+        plain = _plain_autograd(x.device)
+    if plain:
         if corruption != "none":
             x = reference.corrupt(x, corruption, param, int(seed))
         return reference.activate(F.linear(x, weight, bias), activation)

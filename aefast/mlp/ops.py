@@ -352,17 +352,18 @@ def _reference_narrow(x, weights, biases, dims, activation, last_activation, sav
     wide = accumulation_dtype(x.dtype)
     layers = [(w.to(wide).T, None if b is None else b.to(wide)) for w, b in _narrow_layers(weights, biases, dims)]
     acts = [activation] * (len(layers) - 1) + [last_activation]
-    out = empty_on_huge_pages(x.shape[0], dims[-1], like=x)
-    saved = empty_on_huge_pages(x.shape[0] * sum(dims[1:-1]) if save else 0, like=x)
+    out = empty_on_huge_pages(x.shape[0], dims[-1], dtype=x.dtype, device=x.device)
+    saved = empty_on_huge_pages(x.shape[0] * sum(dims[1:-1]) if save else 0, dtype=x.dtype, device=x.device)
     # Where each layer's output goes: the saved activations when saving, else only the last's.
     outputs = _narrow_activations(x, saved, out, dims)[1:] if save else [None] * (len(layers) - 1) + [out]
+    rounded = x.dtype != wide  # each output rounded to x's dtype, as the saved ones are
     for block in _narrow_blocks(x, dims):
         h = x[block].to(wide)
         for (weight_t, bias), act, output in zip(layers, acts, outputs):
             dst = None if output is None else output[block]
-            direct = dst is not None and dst.dtype == wide  # the matmul writes straight into it
-            h = reference.activate_(_matmul(h, weight_t, bias, out=dst if direct else None), act)
-            if h.dtype != x.dtype:  # each output rounded to x's dtype, as the saved ones are
+            # In x's own dtype the matmul writes straight into the output.
+            h = reference.activate_(_matmul(h, weight_t, bias, out=None if rounded else dst), act)
+            if rounded:
                 h = h.to(x.dtype)
                 if dst is not None:
                     dst.copy_(h)
@@ -378,7 +379,7 @@ def _reference_narrow_backward(grad_out, x, out, saved, weights, biases, dims, a
     activations = _narrow_activations(x, saved, out, dims)
     grad_ws = [torch.zeros_like(weight) for weight in layer_weights]
     grad_bs = [weight.new_zeros(weight.shape[0]) for weight in layer_weights]
-    grad_x = empty_on_huge_pages(*x.shape, like=x) if need_input_grad else x.new_empty(0)
+    grad_x = empty_on_huge_pages(*x.shape, dtype=x.dtype, device=x.device) if need_input_grad else x.new_empty(0)
     for block in _narrow_blocks(x, dims):
         grad = grad_out[block].to(wide)
         for index in reversed(range(len(layer_weights))):
@@ -388,12 +389,10 @@ def _reference_narrow_backward(grad_out, x, out, saved, weights, biases, dims, a
                 grad_bs[index] += grad_z.sum(0)
             if index:
                 grad = grad_z @ layer_weights[index]
+            elif need_input_grad and x.dtype == wide:
+                torch.mm(grad_z, layer_weights[0], out=grad_x[block])
             elif need_input_grad:
-                dst = grad_x[block]
-                if dst.dtype == wide:
-                    torch.mm(grad_z, layer_weights[0], out=dst)
-                else:
-                    dst.copy_(grad_z @ layer_weights[0])
+                grad_x[block] = grad_z @ layer_weights[0]
     grad_w = torch.cat([g.reshape(-1) for g in grad_ws]).to(weights.dtype)
     grad_b = torch.cat(grad_bs).to(biases.dtype) if biases is not None else weights.new_empty(0)
     return grad_x, grad_w, grad_b

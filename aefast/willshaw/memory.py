@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from aefast import _backends
+from aefast._buffers import empty_on_huge_pages
 from aefast._checks import is_int
 from aefast.willshaw import memory_file, ops, reference
 from aefast.willshaw.patterns import IndexPatterns, PatternRows, from_dense, from_indices
@@ -290,12 +291,8 @@ def _threshold(threshold, k, n_out: int) -> tuple[int, int]:
 
 
 def _zeroed_matrix(rows: int, words: int, device: torch.device) -> Tensor:
-    matrix = torch.empty(rows, words, dtype=torch.int64, device=device)
-    compiled = _backends.compiled_module()
-    if device.type == "cpu" and compiled is not None:
-        # Rows are read at random: with 2 MiB pages a row costs no TLB miss (see the kernels' figures).
-        compiled.advise_huge_pages(matrix.numpy())
-    return matrix.zero_()
+    # Rows are read at random: with 2 MiB pages a row costs no TLB miss (see the kernels' figures).
+    return empty_on_huge_pages(rows, words, dtype=torch.int64, device=device).zero_()
 
 
 def _available_bytes(device: torch.device) -> int:
