@@ -188,6 +188,20 @@ def test_storage_in_several_chunks_matches_the_reference():
     assert torch.equal(memories["cpp"].packed_matrix(), memories["reference"].packed_matrix())
 
 
+def test_ragged_storage_in_several_chunks_matches_the_reference():
+    # Rows of every length, empty ones included, on both sides: the store copies each chunk's answers
+    # into a buffer of its own, indexed by the answers' offsets, which here differ from the cues'.
+    # About 7 ones per cue x 2^18 pairs = 1.8M entries: two chunks.
+    generator = torch.Generator().manual_seed(10)
+    x = torch.rand(1 << 18, 70, generator=generator) < 0.1
+    y = torch.rand(1 << 18, 130, generator=generator) < 0.04
+    assert (x.sum(1) == 0).any() and (y.sum(1) == 0).any() and x.sum() > 1 << 20
+    memories = {name: WillshawMemory(70, 130, backend=name) for name in ("cpp", "reference")}
+    for memory in memories.values():
+        memory.store(x, y)
+    assert torch.equal(memories["cpp"].packed_matrix(), memories["reference"].packed_matrix())
+
+
 SCRIPT = """
 import torch
 from aefast.willshaw import WillshawMemory
