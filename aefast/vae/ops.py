@@ -15,7 +15,7 @@ from torch import Tensor
 
 from aefast import _backends
 from aefast._checks import check_seed_tensor
-from aefast._buffers import DTYPE_NAMES, cpu_buffer, current_stream, device_pointer
+from aefast._buffers import DTYPE_NAMES, cpu_buffer, current_stream, device_pointer, empty_on_huge_pages
 from aefast.vae import reference
 from aefast.vae.reference import kl_dtype
 
@@ -112,10 +112,16 @@ reparameterize_kl_op.register_autograd(_backward, setup_context=_setup_context)
 
 # ---- backend kernels: each takes 2-D contiguous tensors and a Python int seed -------------------
 
+# The outputs are written whole by the kernels; a large one on the CPU goes on 2 MiB pages, whose first
+# write faults in a 512th as many pages (a 128 MiB z: 13 ms instead of 52 on the CI machine).
+def _empty_like_2d(mu, dtype=None):
+    return empty_on_huge_pages(*mu.shape, dtype=mu.dtype if dtype is None else dtype, device=mu.device)
+
+
 def _empty_outputs(mu, per_element):
-    rows, cols = mu.shape
-    kl = torch.empty((rows, cols) if per_element else (rows,), dtype=kl_dtype(mu.dtype), device=mu.device)
-    return torch.empty_like(mu), kl
+    kl = _empty_like_2d(mu, kl_dtype(mu.dtype)) if per_element else \
+        torch.empty((mu.shape[0],), dtype=kl_dtype(mu.dtype), device=mu.device)
+    return _empty_like_2d(mu), kl
 
 
 def _cpp_forward(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):
@@ -128,7 +134,7 @@ def _cpp_forward(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):
 
 
 def _cpp_backward(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max):
-    grad_mu, grad_logvar = torch.empty_like(mu), torch.empty_like(mu)
+    grad_mu, grad_logvar = _empty_like_2d(mu), _empty_like_2d(mu)
     _backends.compiled_module().vae_backward_cpu(
         cpu_buffer(grad_z), cpu_buffer(grad_kl), cpu_buffer(mu), cpu_buffer(logvar), cpu_buffer(eps),
         cpu_buffer(grad_mu), cpu_buffer(grad_logvar), mu.shape[0], mu.shape[1], DTYPE_NAMES[mu.dtype],
@@ -149,7 +155,7 @@ def _cuda_forward(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):
 
 
 def _cuda_backward(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max):
-    grad_mu, grad_logvar = torch.empty_like(mu), torch.empty_like(mu)
+    grad_mu, grad_logvar = _empty_like_2d(mu), _empty_like_2d(mu)
     with torch.cuda.device(mu.device):
         _backends.compiled_module().vae_backward_cuda(
             device_pointer(grad_z), device_pointer(grad_kl), device_pointer(mu), device_pointer(logvar),
