@@ -6,8 +6,10 @@ import pytest
 import torch
 
 import aefast
+from aefast._buffers import HUGE_PAGES_MIN_BYTES
 from aefast.vae import reference
 from aefast.vae.ops import NO_CLAMP
+from tests.conftest import force_cpu_backend
 
 SHAPES = [(1, 1), (7, 3), (97, 123), (3, 5, 17)]
 
@@ -91,6 +93,22 @@ def test_rows_wider_than_one_kernel_tile(backend, shape, reduction):
     assert_close(got[1], want[1], 1e-3, 1e-5, "kl")
     assert_close(got[2], want[2], 1e-5, 1e-5, "grad mu")
     assert_close(got[3], want[3], 2e-6, 2e-5, "grad logvar")
+
+
+def test_cpp_outputs_large_enough_for_huge_pages():
+    """1031 x 1025 float32 is 4.03 MiB a tensor: the C++ backend's z, per-element KL and gradients
+    are then allocated on 2 MiB pages (aefast._buffers.empty_on_huge_pages) and must hold the same
+    answers. (Triton's outputs are plain torch.empty, and its interpreter would take 20 s here.)"""
+    shape = (1031, 1025)
+    assert shape[0] * shape[1] * 4 >= HUGE_PAGES_MIN_BYTES
+    mu, logvar, eps = make_inputs(shape, torch.float32, torch.device("cpu"), seed=3)
+    grad_z, grad_kl = torch.randn(shape), torch.randn(shape)
+    with force_cpu_backend("cpp"):
+        got = run_backend(mu, logvar, grad_z, grad_kl, eps=eps, reduction="none")
+    want = oracle(mu, logvar, eps, grad_z, grad_kl, "none")
+    for name, a, b in zip(("z", "kl", "grad mu", "grad logvar"), got, want):
+        assert a.shape == shape and a.is_contiguous()
+        assert_close(a, b, 1e-5, 1e-5, name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
