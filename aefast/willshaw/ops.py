@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from aefast import _backends
-from aefast._buffers import cpu_buffer
+from aefast._buffers import cpu_buffer, empty_on_huge_pages
 from aefast.willshaw import reference
 
 STORE, SUMS, RETRIEVE, RETRIEVE_INDICES = "willshaw_store", "willshaw_sums", "willshaw_retrieve", "willshaw_retrieve_indices"
@@ -181,7 +181,7 @@ def _cpp_store(matrix, n_out, x_values, x_offsets, y_values, y_offsets):
 
 
 def _cpp_sums(matrix, n_out, cue_values, cue_offsets):
-    out = torch.empty(cue_offsets.numel() - 1, n_out, dtype=torch.int32)
+    out = empty_on_huge_pages(cue_offsets.numel() - 1, n_out, dtype=torch.int32, device=matrix.device)
     _backends.compiled_module().willshaw_sums_cpu(
         cpu_buffer(matrix), matrix.shape[0], n_out, cpu_buffer(cue_values), cpu_buffer(cue_offsets),
         cue_offsets.numel() - 1, cpu_buffer(out))
@@ -189,7 +189,7 @@ def _cpp_sums(matrix, n_out, cue_values, cue_offsets):
 
 
 def _cpp_retrieve(matrix, n_out, cue_values, cue_offsets, threshold, value):
-    answer = torch.empty(cue_offsets.numel() - 1, n_out, dtype=torch.bool)
+    answer = empty_on_huge_pages(cue_offsets.numel() - 1, n_out, dtype=torch.bool, device=matrix.device)
     _backends.compiled_module().willshaw_retrieve_cpu(
         cpu_buffer(matrix), matrix.shape[0], n_out, cpu_buffer(cue_values), cpu_buffer(cue_offsets),
         cue_offsets.numel() - 1, threshold, value, cpu_buffer(answer))

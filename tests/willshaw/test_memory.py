@@ -202,6 +202,23 @@ def test_ragged_storage_in_several_chunks_matches_the_reference():
     assert torch.equal(memories["cpp"].packed_matrix(), memories["reference"].packed_matrix())
 
 
+def test_dense_answers_on_huge_pages_match_the_reference():
+    # 80 cues x 70001 units: the C++ backend's bool answer (5.6 MB) and int32 sums (22 MB) are
+    # allocated on 2 MiB pages (aefast._buffers.empty_on_huge_pages).
+    generator = torch.Generator().manual_seed(11)
+    x_idx, y_idx = random_patterns(300, 90, 6, generator), random_patterns(300, 70001, 40, generator)
+    cue = dense_from_indices(x_idx[:80, :5], 90)
+    results = {}
+    for name in ("cpp", "reference"):
+        memory = WillshawMemory(90, 70001, backend=name)
+        memory.store_indices(x_idx, y_idx)
+        results[name] = [memory.sums(cue)] + [memory.retrieve(cue, t, k=k) for t, k in
+                                              (("hard", None), ("soft", None), (2, None), ("topk", 50))]
+    assert results["cpp"][1].numel() >= 4 << 20
+    for got, want in zip(results["cpp"], results["reference"]):
+        assert torch.equal(got, want)
+
+
 SCRIPT = """
 import torch
 from aefast.willshaw import WillshawMemory
