@@ -25,7 +25,7 @@ BACKEND_NAMES = ("reference", "cpp", "triton", "cuda")
 
 # The fastest backend first, per (op, device type), as measured by benchmarks/.
 AUTO_ORDER: dict[tuple[str, str], tuple[str, ...]] = {
-    # bench_vae.py, fwd+bwd at 2^20 x 32 fp32, 2-core AVX-512 AMD EPYC: cpp 3.95x eager, 2.69x torch.compile.
+    # bench_vae.py, fwd+bwd at 2^20 x 32 fp32, 2-core AVX-512 AMD EPYC: cpp 3.98x eager, 3.32x torch.compile.
     ("reparameterize_kl", "cpu"): ("cpp", "reference"),
     # H200 (bench_vae.py, same shape): Triton 1.9x eager; the CUDA kernel was not timed. Triton first.
     ("reparameterize_kl", "cuda"): ("triton", "cuda", "reference"),
@@ -38,8 +38,8 @@ AUTO_ORDER: dict[tuple[str, str], tuple[str, ...]] = {
     **{(op, device): order for op in ("fused_linear", "fused_linear_backward", "fused_linear_loss",
                                       "fused_narrow_mlp", "fused_narrow_mlp_backward")
        for device, order in (("cpu", ("reference",)), ("cuda", ("triton", "reference")))},
-    # bench_willshaw.py at n = 2^16, M = 14 loaded to capacity, same CPU: cpp retrieves 1260x and stores
-    # 36000x faster per item than the reference. H200, n = 2^18, M = 16 at capacity: Triton retrieves
+    # bench_willshaw.py at n = 2^16, M = 14 loaded to capacity, same CPU: cpp retrieves 1605x and stores
+    # 35500x faster per item than the reference. H200, n = 2^18, M = 16 at capacity: Triton retrieves
     # 156x and stores 9300x faster per item than the reference, which unpacks each row it reads.
     **{(op, "cpu"): ("cpp", "reference") for op in (
         "willshaw_store", "willshaw_sums", "willshaw_retrieve", "willshaw_retrieve_indices",
