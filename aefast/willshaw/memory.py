@@ -21,8 +21,7 @@ from aefast._checks import is_int
 from aefast.willshaw import memory_file, ops, reference
 from aefast.willshaw.patterns import IndexPatterns, PatternRows, from_dense, from_indices
 
-# Sums are int32 and the kernels index rows with int64: 2^31 - 1 units per side at most.
-MAX_UNITS = 2**31 - 1
+MAX_UNITS = reference.MAX_UNITS  # units per side at most
 _THRESHOLD_CODES = {"hard": reference.HARD, "soft": reference.SOFT, "topk": reference.TOPK}
 
 

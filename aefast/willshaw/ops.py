@@ -128,8 +128,10 @@ def count_ones(matrix: Tensor) -> int:
 def _check_matrix(matrix: Tensor, n_out: int) -> None:
     if matrix.dtype != torch.int64 or matrix.dim() != 2 or not matrix.is_contiguous():
         raise ValueError(f"matrix must be a contiguous 2-D int64 tensor, got {tuple(matrix.shape)} {matrix.dtype}")
-    if n_out < 1:
-        raise ValueError(f"n_out must be >= 1, got {n_out}")
+    if not 1 <= n_out <= reference.MAX_UNITS:
+        raise ValueError(f"n_out must be in [1, {reference.MAX_UNITS}], got {n_out}")
+    if matrix.shape[0] > reference.MAX_UNITS:
+        raise ValueError(f"matrix must have at most {reference.MAX_UNITS} rows (input units), got {matrix.shape[0]}")
     if matrix.shape[1] != reference.words_per_row(n_out):
         raise ValueError(f"matrix must have ceil(n_out / 64) = {reference.words_per_row(n_out)} words per "
                          f"row for n_out={n_out}, got {matrix.shape[1]}")

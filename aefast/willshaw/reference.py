@@ -13,6 +13,8 @@ from torch import Tensor
 CHUNK_ROWS = 1024
 
 HARD, SOFT, FIXED, TOPK = 0, 1, 2, 3  # threshold codes shared with the C++ kernels
+# Units per side at most: sums are int32, and the C++ store keeps the answers' units in 32 bits.
+MAX_UNITS = 2**31 - 1
 
 
 def words_per_row(n_out: int) -> int:

@@ -17,8 +17,11 @@ namespace aefast {
 namespace {
 
 WillshawMatrix checked_matrix(const py::buffer& matrix, int64_t n_in, int64_t n_out, bool writable) {
-  if (n_in < 1 || n_out < 1) {
-    throw py::value_error("n_in and n_out must be >= 1, got " + std::to_string(n_in) + " and " + std::to_string(n_out));
+  // At most 2^31 - 1 units per side: sums are int32, and the store keeps answer units in 32 bits.
+  constexpr int64_t kMaxUnits = std::numeric_limits<int32_t>::max();
+  if (n_in < 1 || n_out < 1 || n_in > kMaxUnits || n_out > kMaxUnits) {
+    throw py::value_error("n_in and n_out must be in [1, 2^31 - 1], got " + std::to_string(n_in) + " and " +
+                          std::to_string(n_out));
   }
   const int64_t words = words_per_row(n_out);
   auto* data = static_cast<uint64_t*>(checked_buffer(matrix, "matrix", n_in * words, sizeof(uint64_t), writable));
