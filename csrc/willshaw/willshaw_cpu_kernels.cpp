@@ -23,8 +23,8 @@ namespace {
 // Words of a row handled per pass when summing: the counter planes of a block (a few x 4 KiB) stay in L1.
 constexpr int64_t kBlockWords = 512;
 // Cue entries grouped per storage chunk. Each chunk sweeps the rows it touches once, so a chunk
-// takes at least 1/32 entry per matrix byte; the counting sort's buffer (4 bytes an entry) stays
-// at most 64 MiB.
+// takes at least 1/32 entry per matrix byte; the sort's buffers (12 bytes an entry) stay at most
+// 192 MiB.
 constexpr int64_t kMinChunkEntries = int64_t{1} << 20;
 constexpr int64_t kMaxChunkEntries = int64_t{1} << 24;
 // Entries ahead whose answers storage fetches early.
@@ -247,12 +247,47 @@ std::vector<QueryScratch> scratch_per_thread(const PatternRows& cue, int64_t wor
   return std::vector<QueryScratch>(static_cast<size_t>(omp_get_max_threads()), QueryScratch(planes, words));
 }
 
-}  // namespace
+// Which thread owns a matrix row during storage. The rows are cut into at most 4096 blocks of a
+// power of two and each thread owns a run of whole blocks, so a row's owner is one shift and one
+// lookup in a table that stays in L1 (no division per entry); the threads' shares differ by at most a
+// block.
+class RowOwners {
+ public:
+  RowOwners(int64_t n_in, int threads) : first_(static_cast<size_t>(threads) + 1) {
+    shift_ = std::max(0, bit_width(static_cast<uint64_t>(n_in - 1)) - 12);
+    const int64_t blocks = ((n_in - 1) >> shift_) + 1;
+    for (int t = 0; t <= threads; ++t) first_[t] = std::min(n_in, (blocks * t / threads) << shift_);
+    owner_of_block_.resize(static_cast<size_t>(blocks));
+    for (int t = 0; t < threads; ++t) {
+      for (int64_t b = first_[t] >> shift_; b < (first_[t + 1] + (int64_t{1} << shift_) - 1) >> shift_; ++b) {
+        owner_of_block_[b] = t;
+      }
+    }
+  }
+  int64_t first_row(int t) const { return first_[t]; }
+  int owner(int64_t row) const { return owner_of_block_[static_cast<size_t>(row >> shift_)]; }
 
-void willshaw_store(const WillshawMatrix& m, const PatternRows& x, const PatternRows& y) {
-  // The pairs go in chunks. Each thread owns a contiguous range of input rows; per chunk it sorts the
-  // chunk's cue entries that fall in its range by row (a counting sort) and then ORs every pair's
-  // answer into each row in turn, so a row is fetched once per chunk instead of once per bit.
+ private:
+  std::vector<int64_t> first_;
+  std::vector<int32_t> owner_of_block_;
+  int shift_;
+};
+
+// A cue entry on its way to the thread that owns its row: the row counted from that thread's first.
+struct RowEntry {
+  int32_t row_in_range, pair_in_chunk;
+};
+
+// The store split among `threads` threads; returns the size of the team OpenMP gave, having written
+// nothing when that was not `threads` (OMP_THREAD_LIMIT or dynamic teams may give fewer than
+// omp_get_max_threads(), and the rows of a thread that never came would be left out).
+int store_with_threads(const WillshawMatrix& m, const PatternRows& x, const PatternRows& y, int threads) {
+  // The pairs go in chunks. Each thread owns a contiguous range of input rows. Per chunk, each thread
+  // hands the cue entries of its share of the pairs to the threads that own their rows; each owner
+  // sorts what it received by row (a counting sort) and then ORs every pair's answer into each of
+  // its rows in turn, so a row is fetched once per chunk instead of once per bit. (Each thread used
+  // to scan every entry of the chunk for its own rows: with 16 threads on the 2-core CI machine,
+  // 2^20 pairs at n = 2^16, M = 14 took 0.80 s against 0.47 s with 2.)
   const int64_t chunk_entries = std::clamp<int64_t>(m.n_in * m.words_per_row / 4, kMinChunkEntries, kMaxChunkEntries);
   std::vector<int64_t> chunk_starts{0};
   int64_t largest_chunk = 0, largest_answers = 0;
@@ -265,75 +300,112 @@ void willshaw_store(const WillshawMatrix& m, const PatternRows& x, const Pattern
     largest_answers = std::max(largest_answers, y.offsets[p1] - y.offsets[p0]);
     chunk_starts.push_back(p1);
   }
-  const int threads = omp_get_max_threads();
+  const RowOwners owners(m.n_in, threads);
   // Allocated before the first write, so a failed allocation leaves the memory unchanged.
+  ScratchArray<RowEntry> handed = scratch_array<RowEntry>(static_cast<size_t>(largest_chunk));
   ScratchArray<int32_t> bucket = scratch_array<int32_t>(static_cast<size_t>(largest_chunk));
   // The chunk's answers as 32-bit units (n_out < 2^31) on huge pages: the row sweep reads each pair's
   // answer once per one of its cue, in random order, and from int64 units on 4 KiB pages nearly every
   // read missed the TLB and took two cache lines. At n = 2^16, M = 14, 2^20 pairs: 0.68 s -> 0.37 s
   // in a microbenchmark of this loop (2-core AMD EPYC), the copy included.
   ScratchArray<uint32_t> answers = scratch_array<uint32_t>(static_cast<size_t>(largest_answers));
-  std::vector<int64_t> thread_entries(static_cast<size_t>(threads) + 1);
-  std::vector<std::vector<int64_t>> row_starts(static_cast<size_t>(threads)), row_cursor(static_cast<size_t>(threads));
+  // sent[t * threads + o]: entries of thread t's pairs whose rows thread o owns; cursors: where t
+  // writes the next of them. (Nothing is allocated in the parallel region, where a throw would abort.)
+  std::vector<int64_t> sent(static_cast<size_t>(threads) * threads), cursors(sent.size());
+  std::vector<std::vector<int64_t>> row_starts(static_cast<size_t>(threads));
   for (int t = 0; t < threads; ++t) {
-    row_starts[t].resize(static_cast<size_t>(m.n_in * (t + 1) / threads - m.n_in * t / threads + 1));
-    row_cursor[t].resize(row_starts[t].size());
+    row_starts[t].resize(static_cast<size_t>(owners.first_row(t + 1) - owners.first_row(t) + 1));
   }
+  int team = threads;
 #pragma omp parallel num_threads(threads)
   {
-    const int t = omp_get_thread_num();
-    const int64_t row_begin = m.n_in * t / threads, row_end = m.n_in * (t + 1) / threads;
-    std::vector<int64_t>& starts = row_starts[t];
-    std::vector<int64_t>& cursor = row_cursor[t];
-    for (size_t c = 0; c + 1 < chunk_starts.size(); ++c) {
-      const int64_t p0 = chunk_starts[c], p1 = chunk_starts[c + 1];
-      const int64_t answers_begin = y.offsets[p0];
+    if (omp_get_num_threads() != threads) {
+#pragma omp single
+      team = omp_get_num_threads();
+    } else {
+      const int t = omp_get_thread_num();
+      const int64_t row_begin = owners.first_row(t), row_end = owners.first_row(t + 1);
+      std::vector<int64_t>& starts = row_starts[t];
+      int64_t* cursor = cursors.data() + static_cast<size_t>(t) * threads;
+      for (size_t c = 0; c + 1 < chunk_starts.size(); ++c) {
+        const int64_t p0 = chunk_starts[c], p1 = chunk_starts[c + 1];
+        const int64_t my_p0 = p0 + (p1 - p0) * t / threads, my_p1 = p0 + (p1 - p0) * (t + 1) / threads;
+        const int64_t answers_begin = y.offsets[p0];
 #pragma omp for schedule(static)
-      for (int64_t e = answers_begin; e < y.offsets[p1]; ++e) answers[e - answers_begin] = static_cast<uint32_t>(y.values[e]);
-      std::fill(starts.begin(), starts.end(), 0);
-      for (int64_t p = p0; p < p1; ++p) {
-        for (const int64_t* j = x.begin(p); j != x.begin(p) + x.count(p); ++j) {
-          if (*j >= row_begin && *j < row_end) ++starts[*j - row_begin + 1];
-        }
-      }
-      for (size_t r = 1; r < starts.size(); ++r) starts[r] += starts[r - 1];
-      thread_entries[t + 1] = starts.back();
+        for (int64_t e = answers_begin; e < y.offsets[p1]; ++e) answers[e - answers_begin] = static_cast<uint32_t>(y.values[e]);
+        // 1. Count, per owner, the entries of this thread's pairs.
+        int64_t* my_sent = sent.data() + static_cast<size_t>(t) * threads;
+        std::fill(my_sent, my_sent + threads, 0);
+        for (const int64_t* j = x.begin(my_p0); j != x.begin(my_p1); ++j) ++my_sent[owners.owner(*j)];
 #pragma omp barrier
-      int64_t base = 0;  // this thread's region of the shared bucket
-      for (int u = 0; u < t; ++u) base += thread_entries[u + 1];
-      std::copy(starts.begin(), starts.end(), cursor.begin());
-      for (int64_t p = p0; p < p1; ++p) {
-        for (const int64_t* j = x.begin(p); j != x.begin(p) + x.count(p); ++j) {
-          if (*j >= row_begin && *j < row_end) bucket[base + cursor[*j - row_begin]++] =
-                                                        static_cast<int32_t>(p - p0);
-        }
-      }
-      // The answers of the pairs are scattered: fetch those a few entries ahead (their offsets
-      // further ahead still), or every entry waits for memory: 2^20 pairs at n = 2^16, M = 14 went
-      // from 2.1 s to 0.74 s (2-core AMD EPYC), and fetching the next row early to 0.65 s.
-      const int32_t* mine = bucket.get() + base;
-      const int64_t total = starts.back();
-      int64_t e = 0;
-      for (int64_t r = row_begin; r < row_end; ++r) {
-        uint64_t* row = m.words + r * m.words_per_row;
-        if (r + 1 < row_end && starts[r - row_begin + 2] > starts[r - row_begin + 1]) {
-          for (int64_t w = 0; w < m.words_per_row; w += 8) __builtin_prefetch(row + m.words_per_row + w, 1, 3);
-        }
-        for (const int64_t end = starts[r - row_begin + 1]; e < end; ++e) {
-          if (e + 2 * kPrefetchEntries < total) __builtin_prefetch(y.offsets + p0 + mine[e + 2 * kPrefetchEntries]);
-          if (e + kPrefetchEntries < total) {
-            const uint32_t* ahead = answers.get() + (y.offsets[p0 + mine[e + kPrefetchEntries]] - answers_begin);
-            __builtin_prefetch(ahead);
-            __builtin_prefetch(ahead + 16);
+        // 2. Entries go grouped by owner, and within an owner by sender.
+        int64_t region_begin = 0, region_end = 0, offset = 0;
+        for (int o = 0; o < threads; ++o) {
+          if (o == t) region_begin = offset;
+          for (int u = 0; u < threads; ++u) {
+            if (u == t) cursor[o] = offset;
+            offset += sent[static_cast<size_t>(u) * threads + o];
           }
-          const int64_t p = p0 + mine[e];
-          const uint32_t* units = answers.get() + (y.offsets[p] - answers_begin);
-          const int64_t count = y.count(p);
-          for (int64_t u = 0; u < count; ++u) row[units[u] >> 6] |= uint64_t{1} << (units[u] & 63);
+          if (o == t) region_end = offset;
         }
-      }
+        for (int64_t p = my_p0; p < my_p1; ++p) {
+          for (const int64_t* j = x.begin(p); j != x.begin(p) + x.count(p); ++j) {
+            const int o = owners.owner(*j);
+            handed[cursor[o]++] = RowEntry{static_cast<int32_t>(*j - owners.first_row(o)), static_cast<int32_t>(p - p0)};
+          }
+        }
 #pragma omp barrier
+        // 3. Sort what this thread received by row, into its region of the bucket.
+        std::fill(starts.begin(), starts.end(), 0);
+        for (int64_t e = region_begin; e < region_end; ++e) ++starts[handed[e].row_in_range + 1];
+        for (size_t r = 1; r < starts.size(); ++r) starts[r] += starts[r - 1];
+        int32_t* mine = bucket.get() + region_begin;
+        for (int64_t e = region_begin; e < region_end; ++e) {
+          const RowEntry entry = handed[e];
+          mine[starts[entry.row_in_range]++] = entry.pair_in_chunk;
+        }
+        // The scatter advanced each row's start to the next row's: shift back by one row.
+        for (size_t r = starts.size() - 1; r > 0; --r) starts[r] = starts[r - 1];
+        starts[0] = 0;
+        // 4. The answers of the pairs are scattered: fetch those a few entries ahead (their offsets
+        // further ahead still), or every entry waits for memory: 2^20 pairs at n = 2^16, M = 14 went
+        // from 2.1 s to 0.74 s (2-core AMD EPYC), and fetching the next row early to 0.65 s.
+        const int64_t total = region_end - region_begin;
+        int64_t e = 0;
+        for (int64_t r = row_begin; r < row_end; ++r) {
+          uint64_t* row = m.words + r * m.words_per_row;
+          if (r + 1 < row_end && starts[r - row_begin + 2] > starts[r - row_begin + 1]) {
+            for (int64_t w = 0; w < m.words_per_row; w += 8) __builtin_prefetch(row + m.words_per_row + w, 1, 3);
+          }
+          for (const int64_t end = starts[r - row_begin + 1]; e < end; ++e) {
+            if (e + 2 * kPrefetchEntries < total) __builtin_prefetch(y.offsets + p0 + mine[e + 2 * kPrefetchEntries]);
+            if (e + kPrefetchEntries < total) {
+              const uint32_t* ahead = answers.get() + (y.offsets[p0 + mine[e + kPrefetchEntries]] - answers_begin);
+              __builtin_prefetch(ahead);
+              __builtin_prefetch(ahead + 16);
+            }
+            const int64_t p = p0 + mine[e];
+            const uint32_t* units = answers.get() + (y.offsets[p] - answers_begin);
+            const int64_t count = y.count(p);
+            for (int64_t u = 0; u < count; ++u) row[units[u] >> 6] |= uint64_t{1} << (units[u] & 63);
+          }
+        }
+#pragma omp barrier
+      }
     }
+  }
+  return team;
+}
+
+}  // namespace
+
+void willshaw_store(const WillshawMatrix& m, const PatternRows& x, const PatternRows& y) {
+  // Retried once with the team OpenMP gave, then on one thread, which any team can be.
+  int threads = omp_get_max_threads();
+  for (int attempt = 0;; ++attempt) {
+    const int team = store_with_threads(m, x, y, threads);
+    if (team == threads) return;
+    threads = attempt == 0 ? std::max(team, 1) : 1;
   }
 }
 

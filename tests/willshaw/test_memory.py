@@ -248,6 +248,31 @@ def test_portable_kernel_copies_agree_with_the_reference(isa):
     assert done.stdout.strip() == isa
 
 
+TEAM_SCRIPT = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from aefast.willshaw import WillshawMemory
+from tests.willshaw.conftest import random_patterns
+generator = torch.Generator().manual_seed(12)
+x_idx, y_idx = random_patterns(5000, 3001, 7, generator), random_patterns(5000, 901, 7, generator)
+memories = [WillshawMemory(3001, 901, backend=name) for name in ("cpp", "reference")]
+for memory in memories:
+    memory.store_indices(x_idx, y_idx)
+assert torch.equal(memories[0].packed_matrix(), memories[1].packed_matrix())
+"""
+
+
+@pytest.mark.parametrize("threads,env", [(1, {}), (5, {}), (2, {"OMP_THREAD_LIMIT": "1"}),
+                                         (3, {"OMP_DYNAMIC": "true"})], ids=str)
+def test_storage_is_whole_for_any_team_of_threads(threads, env):
+    """The C++ store splits the rows among its threads: with OMP_THREAD_LIMIT=1 it once got a team of
+    one where it had planned for two, and silently left out the other thread's rows."""
+    import os
+    done = subprocess.run([sys.executable, "-c", TEAM_SCRIPT, str(threads)], env=dict(os.environ, **env),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.gpu
 def test_a_memory_on_the_gpu_matches_the_cpu(hetero_pairs):
     x_idx, y_idx = hetero_pairs
