@@ -38,8 +38,8 @@ AUTO_ORDER: dict[tuple[str, str], tuple[str, ...]] = {
     **{(op, device): order for op in ("fused_linear", "fused_linear_backward", "fused_linear_loss",
                                       "fused_narrow_mlp", "fused_narrow_mlp_backward")
        for device, order in (("cpu", ("reference",)), ("cuda", ("triton", "reference")))},
-    # bench_willshaw.py at n = 2^16, M = 14 loaded to capacity, same CPU: cpp retrieves 1605x and stores
-    # 35500x faster per item than the reference. H200, n = 2^18, M = 16 at capacity: Triton retrieves
+    # bench_willshaw.py at n = 2^16, M = 14 loaded to capacity, same CPU: cpp retrieves 1506x and stores
+    # 31400x faster per item than the reference. H200, n = 2^18, M = 16 at capacity: Triton retrieves
     # 156x and stores 9300x faster per item than the reference, which unpacks each row it reads.
     **{(op, "cpu"): ("cpp", "reference") for op in (
         "willshaw_store", "willshaw_sums", "willshaw_retrieve", "willshaw_retrieve_indices",
