@@ -178,14 +178,19 @@ def test_clear_forgets_everything(willshaw_backend, hetero_pairs):
     assert not memory.retrieve_indices(hetero_pairs[0][:3], threshold=1)[0].numel()
 
 
+def assert_cpp_stores_like_the_reference(n_in, n_out, store):
+    """``store(memory)`` leaves the same bits in a cpp memory as in a reference one."""
+    memories = [WillshawMemory(n_in, n_out, backend=name) for name in ("cpp", "reference")]
+    for memory in memories:
+        store(memory)
+    assert torch.equal(memories[0].packed_matrix(), memories[1].packed_matrix())
+
+
 def test_storage_in_several_chunks_matches_the_reference():
     # 2^18 pairs x 5 ones = 1.3M cue entries: more than one of the C++ store's chunks (2^20 entries).
     generator = torch.Generator().manual_seed(8)
     x_idx, y_idx = random_patterns(1 << 18, 70, 5, generator), random_patterns(1 << 18, 130, 3, generator)
-    memories = {name: WillshawMemory(70, 130, backend=name) for name in ("cpp", "reference")}
-    for memory in memories.values():
-        memory.store_indices(x_idx, y_idx)
-    assert torch.equal(memories["cpp"].packed_matrix(), memories["reference"].packed_matrix())
+    assert_cpp_stores_like_the_reference(70, 130, lambda memory: memory.store_indices(x_idx, y_idx))
 
 
 def test_ragged_storage_in_several_chunks_matches_the_reference():
@@ -196,10 +201,23 @@ def test_ragged_storage_in_several_chunks_matches_the_reference():
     x = torch.rand(1 << 18, 70, generator=generator) < 0.1
     y = torch.rand(1 << 18, 130, generator=generator) < 0.04
     assert (x.sum(1) == 0).any() and (y.sum(1) == 0).any() and x.sum() > 1 << 20
-    memories = {name: WillshawMemory(70, 130, backend=name) for name in ("cpp", "reference")}
-    for memory in memories.values():
-        memory.store(x, y)
-    assert torch.equal(memories["cpp"].packed_matrix(), memories["reference"].packed_matrix())
+    assert_cpp_stores_like_the_reference(70, 130, lambda memory: memory.store(x, y))
+
+
+def assert_cpp_answers_like_the_reference(n_in, n_out, x_idx, y_idx, cue, fixed, k):
+    """After storing (x_idx, y_idx), the cpp and reference memories hold the same bits, density, sums
+    and answers under every threshold (``fixed`` for a fixed T, ``k`` for top-k); returns cpp's bool
+    answer under the hard threshold."""
+    results = []
+    for name in ("cpp", "reference"):
+        memory = WillshawMemory(n_in, n_out, backend=name)
+        memory.store_indices(x_idx, y_idx)
+        results.append([memory.packed_matrix(), memory.sums(cue), memory.density] +
+                       [memory.retrieve(cue, t, k=top) for t, top in
+                        (("hard", None), ("soft", None), (fixed, None), ("topk", k))])
+    for got, want in zip(*results):
+        assert (got == want) if isinstance(got, float) else torch.equal(got, want)
+    return results[0][3]
 
 
 def test_dense_answers_on_huge_pages_match_the_reference():
@@ -207,33 +225,18 @@ def test_dense_answers_on_huge_pages_match_the_reference():
     # allocated on 2 MiB pages (aefast._buffers.empty_on_huge_pages).
     generator = torch.Generator().manual_seed(11)
     x_idx, y_idx = random_patterns(300, 90, 6, generator), random_patterns(300, 70001, 40, generator)
-    cue = dense_from_indices(x_idx[:80, :5], 90)
-    results = {}
-    for name in ("cpp", "reference"):
-        memory = WillshawMemory(90, 70001, backend=name)
-        memory.store_indices(x_idx, y_idx)
-        results[name] = [memory.sums(cue)] + [memory.retrieve(cue, t, k=k) for t, k in
-                                              (("hard", None), ("soft", None), (2, None), ("topk", 50))]
-    assert results["cpp"][1].numel() >= 4 << 20
-    for got, want in zip(results["cpp"], results["reference"]):
-        assert torch.equal(got, want)
+    hard = assert_cpp_answers_like_the_reference(90, 70001, x_idx, y_idx, dense_from_indices(x_idx[:80, :5], 90),
+                                                 fixed=2, k=50)
+    assert hard.numel() >= 4 << 20
 
 
 SCRIPT = """
 import torch
-from aefast.willshaw import WillshawMemory
 from tests.willshaw.conftest import random_patterns, dense_from_indices
+from tests.willshaw.test_memory import assert_cpp_answers_like_the_reference
 generator = torch.Generator().manual_seed(9)
 x_idx, y_idx = random_patterns(500, 900, 8, generator), random_patterns(500, 333, 8, generator)
-cue = dense_from_indices(x_idx[:64, :6], 900)
-results = {}
-for name in ("cpp", "reference"):
-    memory = WillshawMemory(900, 333, backend=name)
-    memory.store_indices(x_idx, y_idx)
-    results[name] = [memory.packed_matrix(), memory.sums(cue), memory.density]
-    results[name] += [memory.retrieve(cue, t, k=k) for t, k in (("hard", None), ("soft", None), (3, None), ("topk", 9))]
-for a, b in zip(results["cpp"], results["reference"]):
-    assert (a == b) if isinstance(a, float) else torch.equal(a, b)
+assert_cpp_answers_like_the_reference(900, 333, x_idx, y_idx, dense_from_indices(x_idx[:64, :6], 900), fixed=3, k=9)
 import aefast._C
 print(aefast._C.cpu_features()["kernel_isa"])
 """
@@ -251,14 +254,11 @@ def test_portable_kernel_copies_agree_with_the_reference(isa):
 TEAM_SCRIPT = """
 import sys, torch
 torch.set_num_threads(int(sys.argv[1]))
-from aefast.willshaw import WillshawMemory
 from tests.willshaw.conftest import random_patterns
+from tests.willshaw.test_memory import assert_cpp_stores_like_the_reference
 generator = torch.Generator().manual_seed(12)
 x_idx, y_idx = random_patterns(5000, 3001, 7, generator), random_patterns(5000, 901, 7, generator)
-memories = [WillshawMemory(3001, 901, backend=name) for name in ("cpp", "reference")]
-for memory in memories:
-    memory.store_indices(x_idx, y_idx)
-assert torch.equal(memories[0].packed_matrix(), memories[1].packed_matrix())
+assert_cpp_stores_like_the_reference(3001, 901, lambda memory: memory.store_indices(x_idx, y_idx))
 """
 
 
