@@ -7,8 +7,8 @@
 
 namespace aefast {
 
-// Buffers of at least this many bytes go on huge pages; a smaller one would only zero a whole
-// 2 MiB page on its first touch.
+// Buffers of at least this many bytes go on huge pages (as aefast._buffers.HUGE_PAGES_MIN_BYTES); a
+// smaller one would only zero a whole 2 MiB page on its first touch.
 constexpr size_t kHugePageBufferMinBytes = size_t{4} << 20;
 
 // `bytes` bytes (at least 1), on huge pages when that large; throws std::bad_alloc when out of memory.
