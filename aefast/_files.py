@@ -45,3 +45,15 @@ def output_folder(out: str | os.PathLike, name: str = "out") -> Path:
     if out.exists() and not out.is_dir():
         raise ValueError(f"{name} must be a folder, but {out} is a file")
     return out
+
+
+def make_output_folder(out: Path, name: str = "out") -> Path:
+    """Creates ``out`` and the folders above it; ValueError naming ``name`` where that cannot be done
+    (a read-only or missing file system), not an OSError traceback after the run's set-up."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{name}: cannot create the folder {out}: {error.strerror or error}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"{name}: cannot write into the folder {out}")
+    return out

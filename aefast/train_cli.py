@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from aefast import data as datasets
-from aefast._files import output_folder
+from aefast._files import make_output_folder, output_folder
 from aefast.models import (VAE, Autoencoder, ConditionalVAE, ConvAutoencoder, DenoisingAutoencoder,
                            SparseAutoencoder, interpolate)
 from aefast.train import fit
@@ -81,7 +81,7 @@ def run(model_kind: str, data_name: str, epochs: int, out: Path, *, batch_size: 
     torch.manual_seed(seed)
     model = build_model(model_kind, x.shape[1], num_classes)
     data = (x, labels) if labels is not None else x
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out)
     history = fit(model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                   checkpoint_dir=out / "checkpoints", progress=progress)
     model.eval()

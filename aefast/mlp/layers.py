@@ -144,6 +144,8 @@ class FusedMLP(nn.Module):
     def from_sequential(cls, sequential: nn.Sequential) -> "FusedMLP":
         """An MLP equal to ``sequential`` (nn.Linear layers, each followed by at most one activation
         module), sharing nothing with it; parameters come in the order of ``sequential.parameters()``."""
+        if not isinstance(sequential, nn.Sequential):
+            raise TypeError(f"sequential must be an nn.Sequential, got {type(sequential).__name__}")
         layers, modules = [], list(sequential)
         for index, module in enumerate(modules):
             if isinstance(module, nn.Linear):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from aefast._files import output_folder
+from aefast._files import make_output_folder, output_folder
 from aefast.willshaw import reference, theory
 from aefast.willshaw.memory import WillshawMemory, check_device
 from aefast.willshaw.patterns import from_indices, random_patterns
@@ -99,7 +99,7 @@ class _Results:
     """The experiment's CSV and its arguments (``<name>.json``): rows already measured, and appending."""
 
     def __init__(self, out: Path, name: str, columns: Sequence[str], key: Sequence[str], arguments: dict):
-        out.mkdir(parents=True, exist_ok=True)
+        make_output_folder(out)
         self.path, self.columns, self.key = out / f"{name}.csv", list(columns), list(key)
         arguments_path = out / f"{name}.json"
         if arguments_path.exists() and self.path.exists():

@@ -276,6 +276,8 @@ def _threshold(threshold, k, n_out: int) -> tuple[int, int]:
             raise ValueError("k goes with threshold='topk' only")
         # No sum exceeds MAX_UNITS, so a larger T gives the same (empty) answer and fits the ops' int64.
         return reference.FIXED, int(min(threshold, MAX_UNITS + 1))
+    if not isinstance(threshold, str):
+        raise TypeError(f"threshold must be 'hard', 'soft', 'topk' or an int, got {type(threshold).__name__}")
     if threshold not in _THRESHOLD_CODES:
         raise ValueError(f"threshold must be 'hard', 'soft', 'topk' or an int, got {threshold!r}")
     if threshold == "topk":

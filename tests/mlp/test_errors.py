@@ -87,6 +87,8 @@ def test_from_sequential_refuses_what_it_cannot_fuse():
         FusedMLP.from_sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(5, 2)))
     with pytest.raises(TypeError, match=r"sequential\[2\] is torch.float64 on cpu but the first Linear is torch.float32"):
         FusedMLP.from_sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2).double()))
+    with pytest.raises(TypeError, match="sequential must be an nn.Sequential, got Linear"):
+        FusedMLP.from_sequential(torch.nn.Linear(3, 4))
 
 
 ROWS, WIDTH_IN, WIDTH_OUT, NARROW_DIMS = 5, 3, 4, [3, 6, 4]

@@ -154,6 +154,9 @@ def test_cli_train_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--model", "ae", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "a-file")])
     assert "out must be a folder, but" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "ae", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "a-file" / "run")])
+    assert "out: cannot create the folder" in capsys.readouterr().err
     np.savez(tmp_path / "empty.npz", x=np.zeros((0, 16)))
     with pytest.raises(SystemExit):
         main(["train", "--model", "ae", "--data", str(tmp_path / "empty.npz"), "--epochs", "1", "--out", str(tmp_path)])

@@ -122,3 +122,12 @@ def test_an_out_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "taken").write_text("")
     with pytest.raises(ValueError, match="out must be a folder"):
         experiments.noise(N, ONES, out=tmp_path / "taken", progress=False)
+
+
+def test_an_out_that_cannot_be_created_is_refused_by_name(tmp_path, capsys):
+    """A folder under a file (as a read-only disk would) gets the CLI's error, not an OSError traceback."""
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["willshaw", "capacity", "--n", "100", "--ones", "3", "--out", str(tmp_path / "taken" / "run")])
+    assert exit_info.value.code == 2
+    assert f"out: cannot create the folder {tmp_path / 'taken' / 'run'}: Not a directory" in capsys.readouterr().err
