@@ -80,3 +80,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def aefast_ops_run_by(function) -> set[str]:
+    """The names of the aefast ops that running ``function()`` dispatches."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "aefast":
+                names.add(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+    names = set()
+    with Recorder():
+        function()
+    return names

@@ -217,6 +217,17 @@ def _check_corruption(corruption: str, param: float, seed: Tensor) -> None:
 # of zeros as large as it for its gradient on every step (for the 64-wide stack at 2^20 rows, 768 MiB).
 # Backward then gets None where an output had no gradient.
 
+def _gradients_by_recomputing(forward, inputs, grad_output) -> list[Optional[Tensor]]:
+    """Backward under create_graph (double backward: a gradient penalty, a contractive autoencoder's
+    Jacobian norm): the forward redone in the reference's plain ops from the saved inputs, and
+    differentiated by autograd, so that the gradients carry a graph of their own (differentiable to
+    any order). One gradient per input, None where it needs none. Rare enough that a kernel would not
+    pay; torch.compile traces backward without create_graph, so compiled steps keep the kernels."""
+    wanted = [t for t in inputs if t is not None and t.requires_grad]
+    grads = iter(torch.autograd.grad(forward(*inputs), wanted, grad_output, create_graph=True, allow_unused=True))
+    return [next(grads) if t is not None and t.requires_grad else None for t in inputs]
+
+
 def _setup_linear(ctx, inputs, output):
     ctx.set_materialize_grads(False)
     x, weight, bias, activation, corruption, param, seed = inputs
@@ -230,6 +241,11 @@ def _linear_backward(ctx, grad_y, _grad_saved_z):
         return None, None, None, None, None, None, None
     x, weight, bias, y, saved_z, seed = ctx.saved_tensors
     activation, corruption, param = ctx.attributes
+    if torch.is_grad_enabled():
+        grads = _gradients_by_recomputing(
+            lambda x, weight, bias: reference.linear_forward(x, weight, bias, _activation(activation), corruption,
+                                                             param, int(seed)), (x, weight, bias), grad_y)
+        return (*grads, None, None, None, None)
     grad_x, grad_w, grad_b = fused_linear_backward_op(grad_y.contiguous(), x, weight, bias, y, saved_z, activation,
                                                       corruption, param, seed, None, ctx.needs_input_grad[0])
     return (grad_x if ctx.needs_input_grad[0] else None, grad_w, grad_b if bias is not None else None,
@@ -238,19 +254,30 @@ def _linear_backward(ctx, grad_y, _grad_saved_z):
 
 def _setup_loss(ctx, inputs, output):
     ctx.set_materialize_grads(False)
-    h, weight, bias, _, _, _ = inputs
-    ctx.save_for_backward(h, weight, bias, output[1])
+    h, weight, bias, target, output_activation, loss = inputs
+    ctx.save_for_backward(h, weight, bias, target, output[1])
+    ctx.attributes = (_activation(output_activation), loss)
 
 
 def _loss_backward(ctx, grad_loss, _grad_grad_z):
     if grad_loss is None:
         return None, None, None, None, None, None
-    h, weight, bias, grad_z = ctx.saved_tensors
+    h, weight, bias, target, grad_z = ctx.saved_tensors
+    output_activation, loss = ctx.attributes
+    if torch.is_grad_enabled():
+        grads = _gradients_by_recomputing(
+            lambda h, weight, bias, target: reference.loss_of_output(reference.pre_activation(h, weight, bias), target,
+                                                                     output_activation, loss),
+            (h, weight, bias, target), grad_loss)
+        return (*grads, None, None)
     grad_h, grad_w, grad_b = fused_linear_backward_op(
         grad_z, h, weight, bias, grad_z, h.new_empty(0), "none", "none", 0.0, torch.zeros((), dtype=torch.int64),
         grad_loss.reshape(()).to(accumulation_dtype(h.dtype)), ctx.needs_input_grad[0])
+    grad_target = None
+    if ctx.needs_input_grad[3]:  # the target (the autoencoder's clean input) may come from a layer upstream
+        grad_target = grad_loss * reference.loss_target_gradient(h, weight, bias, target, output_activation, loss)
     return (grad_h if ctx.needs_input_grad[0] else None, grad_w, grad_b if bias is not None else None,
-            None, None, None)
+            grad_target, None, None)
 
 
 def _setup_narrow(ctx, inputs, output):
@@ -267,6 +294,12 @@ def _narrow_backward(ctx, grad_out, _grad_saved):
         return None, None, None, None, None, None, None
     x, out, saved, weights, biases = ctx.saved_tensors
     dims, activation, last_activation = ctx.attributes
+    if torch.is_grad_enabled():
+        grads = _gradients_by_recomputing(
+            lambda x, weights, biases: reference.narrow_forward(x, weights, biases, dims, _activation(activation),
+                                                                _activation(last_activation)),
+            (x, weights, biases), grad_out)
+        return (*grads, None, None, None, None)
     grad_x, grad_w, grad_b = fused_narrow_mlp_backward_op(grad_out, x, out, saved, weights, biases, dims, activation,
                                                           last_activation, ctx.needs_input_grad[0])
     return (grad_x if ctx.needs_input_grad[0] else None, grad_w, grad_b if biases is not None else None,
@@ -297,14 +330,6 @@ def _reference_backward(grad_y, x, weight, bias, y, saved_z, activation, corrupt
 def _reference_loss(h, weight, bias, target, output_activation, loss):
     value, grad_z = reference.linear_loss_forward(h, weight, bias, target, output_activation, loss)
     return value.to(accumulation_dtype(h.dtype)), grad_z
-
-
-def _narrow_layers(weights, biases, dims):
-    """The packed parameters as one (weight, bias) pair per layer."""
-    w_sizes = [a * b for a, b in zip(dims[:-1], dims[1:])]
-    layer_weights = [w.reshape(b, a) for w, a, b in zip(weights.split(w_sizes), dims[:-1], dims[1:])]
-    layer_biases = list(biases.split(dims[1:])) if biases is not None else [None] * len(w_sizes)
-    return list(zip(layer_weights, layer_biases))
 
 
 # On the CPU the reference runs a narrow stretch in blocks of rows, every layer of a block before the
@@ -350,7 +375,7 @@ def _matmul(h: Tensor, weight_t: Tensor, bias: Optional[Tensor], out: Optional[T
 
 def _reference_narrow(x, weights, biases, dims, activation, last_activation, save):
     wide = accumulation_dtype(x.dtype)
-    layers = [(w.to(wide).T, None if b is None else b.to(wide)) for w, b in _narrow_layers(weights, biases, dims)]
+    layers = [(w.to(wide).T, None if b is None else b.to(wide)) for w, b in reference.narrow_layers(weights, biases, dims)]
     acts = [activation] * (len(layers) - 1) + [last_activation]
     out = empty_on_huge_pages(x.shape[0], dims[-1], dtype=x.dtype, device=x.device)
     saved = empty_on_huge_pages(x.shape[0] * sum(dims[1:-1]) if save else 0, dtype=x.dtype, device=x.device)
@@ -374,7 +399,7 @@ def _reference_narrow(x, weights, biases, dims, activation, last_activation, sav
 def _reference_narrow_backward(grad_out, x, out, saved, weights, biases, dims, activation, last_activation,
                                need_input_grad):
     wide = accumulation_dtype(x.dtype)
-    layer_weights = [w.to(wide) for w, _ in _narrow_layers(weights, biases, dims)]
+    layer_weights = [w.to(wide) for w, _ in reference.narrow_layers(weights, biases, dims)]
     acts = [activation] * (len(layer_weights) - 1) + [last_activation]
     activations = _narrow_activations(x, saved, out, dims)
     grad_ws = [torch.zeros_like(weight) for weight in layer_weights]

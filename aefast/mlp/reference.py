@@ -136,6 +136,35 @@ def loss_of_output(output_pre_activation: Tensor, target: Tensor, output_activat
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
+def loss_target_gradient(h, weight, bias, target, output_activation, loss) -> Tensor:
+    """d loss / d target of linear_loss_forward's loss, for a target that needs a gradient itself (the
+    clean input of an autoencoder whose input comes from a layer upstream): BCE with logits z is
+    mean(softplus(z) - t z), MSE is mean((act(z) - t)^2)."""
+    z = pre_activation(h, weight, bias)
+    if loss == "bce":
+        grad = -z / z.numel()
+    else:
+        grad = -2 * (activate(z, output_activation) - _wide(target)) / z.numel()
+    return grad.to(target.dtype)
+
+
+def narrow_layers(weights: Tensor, biases: Tensor | None, dims) -> list[tuple[Tensor, Tensor | None]]:
+    """The narrow op's packed parameters (each layer's flattened and concatenated, in order) as one
+    (weight, bias) pair of views per layer."""
+    w_sizes = [a * b for a, b in zip(dims[:-1], dims[1:])]
+    layer_weights = [w.reshape(b, a) for w, a, b in zip(weights.split(w_sizes), dims[:-1], dims[1:])]
+    layer_biases = list(biases.split(dims[1:])) if biases is not None else [None] * len(w_sizes)
+    return list(zip(layer_weights, layer_biases))
+
+
+def narrow_forward(x, weights, biases, dims, activation, last_activation) -> Tensor:
+    """The narrow op's stretch layer by layer, in plain differentiable ops."""
+    layers = narrow_layers(weights, biases, dims)
+    for index, (weight, bias) in enumerate(layers):
+        x = linear_forward(x, weight, bias, activation if index < len(layers) - 1 else last_activation)
+    return x
+
+
 def linear_loss_forward(h, weight, bias, target, output_activation, loss) -> tuple[Tensor, Tensor]:
     """(mean loss, d loss / d z) of the last layer, z = h W^T + b, without its output as a result."""
     z = pre_activation(h, weight, bias)

@@ -96,9 +96,15 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_z, grad_kl):
     mu, logvar, eps, seed = ctx.saved_tensors
-    grad_mu, grad_logvar = reparameterize_kl_backward_op(
-        grad_z.contiguous(), grad_kl.contiguous(), mu, logvar, eps, seed, *ctx.clamp
-    )
+    if torch.is_grad_enabled():
+        # Backward under create_graph (double backward: a gradient penalty, a Hessian-vector product):
+        # the reference's formulas in plain ops, the noise regenerated there, which autograd
+        # differentiates again to any order. Rare enough that a kernel would not pay.
+        grad_mu, grad_logvar = reference.backward(grad_z, grad_kl, mu, logvar, eps, int(seed), *ctx.clamp)
+    else:
+        grad_mu, grad_logvar = reparameterize_kl_backward_op(
+            grad_z.contiguous(), grad_kl.contiguous(), mu, logvar, eps, seed, *ctx.clamp
+        )
     grad_eps = None
     if eps is not None and ctx.needs_input_grad[2]:
         # eps given by the caller may itself need a gradient: dz/deps = exp(logvar/2).

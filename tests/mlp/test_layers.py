@@ -110,8 +110,10 @@ def test_fused_mlp_dims_and_activations():
 
 def assert_loss_matches_the_sequential(model, x, loss, corruption, l1_code, atol, rtol):
     """model.loss(x, ...), its gradients and model(x) against the model's nn.Sequential copies fed the
-    same corrupted input (seed 11)."""
+    same corrupted input (seed 11). The gradients include x's: through the corrupted input and
+    through the loss's target (the clean x), as when the input comes from a layer upstream."""
     encoder, decoder = model.encoder.to_sequential(), model.decoder.to_sequential()
+    x = x.detach().clone().requires_grad_()
     kind, param = corruption or ("none", 0.0)
     code = encoder(reference.corrupt(x, kind, param, seed=11))
     output = decoder(code)
@@ -120,8 +122,8 @@ def assert_loss_matches_the_sequential(model, x, loss, corruption, l1_code, atol
     got = model.loss(x, loss=loss, corruption=corruption, l1_code=l1_code, seed=11)
     assert got.dtype == x.dtype
     torch.testing.assert_close(got, expected, atol=atol, rtol=rtol)
-    got_grads = torch.autograd.grad(got, list(model.parameters()))
-    expected_grads = torch.autograd.grad(expected, list(encoder.parameters()) + list(decoder.parameters()))
+    got_grads = torch.autograd.grad(got, list(model.parameters()) + [x])
+    expected_grads = torch.autograd.grad(expected, list(encoder.parameters()) + list(decoder.parameters()) + [x])
     for a, b in zip(got_grads, expected_grads):
         torch.testing.assert_close(a, b, atol=atol, rtol=10 * rtol)
     torch.testing.assert_close(model(x), decoder(encoder(x)), atol=atol, rtol=rtol)
@@ -135,6 +137,28 @@ def test_autoencoder_loss_equals_the_sequential_on_the_same_corrupted_input(mlp_
     model = FusedAutoencoder([64, 30, 8], activation="relu", output_activation="sigmoid")
     assert model.decoder.dims == [8, 30, 64]
     assert_loss_matches_the_sequential(model, torch.rand(33, 64), loss, corruption, l1_code, atol=1e-6, rtol=1e-5)
+
+
+def jacobian_penalty_gradients(model, x, parameters):
+    """The gradients of a contractive autoencoder's penalty, the squared norm of d sum(model(x)) / dx,
+    with respect to the parameters and x: a double backward."""
+    x = x.detach().clone().requires_grad_()
+    (jacobian_row_sums,) = torch.autograd.grad(model(x).sum(), x, create_graph=True)
+    return torch.autograd.grad((jacobian_row_sums ** 2).sum(), list(parameters) + [x])
+
+
+@pytest.mark.parametrize("dims,activation", [([17, 12, 9, 5], "tanh"), ([33, 200, 7], "sigmoid")])
+def test_double_backward_through_the_layers_equals_the_sequentials(mlp_backend, dims, activation):
+    """A Jacobian penalty through a narrow stretch (every width <= 128, one op) and through layers one by
+    one, against the nn.Sequential copy."""
+    torch.manual_seed(8)
+    mlp = FusedMLP(dims, activation=activation, output_activation="sigmoid")
+    sequential = mlp.to_sequential()
+    x = torch.randn(7, dims[0])
+    got = jacobian_penalty_gradients(mlp, x, mlp.parameters())
+    expected = jacobian_penalty_gradients(sequential, x, sequential.parameters())
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_float64_models_compute_in_float64(mlp_backend):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from aefast.nn import FusedAutoencoder, FusedMLP
+from tests.conftest import aefast_ops_run_by
 
 
 @pytest.mark.parametrize("activation,corruption", [("relu", "none"), ("gelu", "mask"), ("tanh", "gaussian")])
@@ -90,13 +91,14 @@ def test_gradcheck_linear(mlp_backend, activation, corruption):
 
 @pytest.mark.parametrize("loss,activation", [("mse", "none"), ("mse", "tanh"), ("mse", "gelu"), ("bce", "sigmoid")])
 def test_gradcheck_loss(mlp_backend, loss, activation):
+    """The target too: an autoencoder's clean input may come from a layer upstream."""
     h, weight, bias = float64_leaves((6, 4), (5, 4), (5,), seed=3)
-    target = torch.rand(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    target = torch.rand(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4)).requires_grad_()
 
-    def value(h, weight, bias):
+    def value(h, weight, bias, target):
         return torch.ops.aefast.fused_linear_loss(h, weight, bias, target, activation, loss)[0]
-    assert value(h, weight, bias).dtype == torch.float64
-    assert torch.autograd.gradcheck(value, (h, weight, bias))
+    assert value(h, weight, bias, target).dtype == torch.float64
+    assert torch.autograd.gradcheck(value, (h, weight, bias, target))
 
 
 @pytest.mark.parametrize("activation,last_activation", [("relu", "none"), ("tanh", "sigmoid"), ("leaky_relu", "tanh")])
@@ -107,3 +109,64 @@ def test_gradcheck_narrow(mlp_backend, activation, last_activation):
     def stretch(x, weights, biases):
         return torch.ops.aefast.fused_narrow_mlp(x, weights, biases, dims, activation, last_activation, True)[0]
     assert torch.autograd.gradcheck(stretch, (x, weights, biases))
+
+
+# --- double backward: under create_graph each op's backward redoes its forward in plain ops ---------
+
+@pytest.mark.parametrize("activation,corruption", [("relu", "mask"), ("tanh", "gaussian"), ("gelu", "none"),
+                                                   ("sigmoid", "none")])
+def test_gradgradcheck_linear(mlp_backend, activation, corruption):
+    x, weight, bias = float64_leaves((7, 5), (3, 5), (3,), seed=len(activation))
+
+    def layer(x, weight, bias):
+        return torch.ops.aefast.fused_linear(x, weight, bias, activation, corruption, 0.3, torch.tensor(9))[0]
+    assert torch.autograd.gradgradcheck(layer, (x, weight, bias))
+
+
+@pytest.mark.parametrize("loss,activation", [("mse", "tanh"), ("bce", "sigmoid")])
+def test_gradgradcheck_loss(mlp_backend, loss, activation):
+    h, weight, bias, target = float64_leaves((6, 4), (5, 4), (5,), (6, 5), seed=3)
+
+    def value(h, weight, bias, target):
+        return torch.ops.aefast.fused_linear_loss(h, weight, bias, target, activation, loss)[0]
+    assert torch.autograd.gradgradcheck(value, (h, weight, bias, target.sigmoid().detach().requires_grad_()))
+
+
+def test_gradgradcheck_narrow(mlp_backend):
+    dims = [5, 7, 3, 4]
+    x, weights, biases = float64_leaves((6, 5), (5 * 7 + 7 * 3 + 3 * 4,), (7 + 3 + 4,), seed=5)
+
+    def stretch(x, weights, biases):
+        return torch.ops.aefast.fused_narrow_mlp(x, weights, biases, dims, "tanh", "sigmoid", True)[0]
+    assert torch.autograd.gradgradcheck(stretch, (x, weights, biases))
+
+
+def test_a_plain_backward_runs_the_backward_kernels_and_a_create_graph_one_the_plain_ops(mlp_backend):
+    torch.manual_seed(6)
+    model = FusedAutoencoder([9, 6, 5, 3], activation="tanh", output_activation="sigmoid")
+    x = torch.rand(4, 9)
+    loss = model.loss(x, corruption=("mask", 0.2), seed=1)
+    assert aefast_ops_run_by(lambda: torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)) == {
+        "fused_linear_backward", "fused_narrow_mlp_backward"}
+    assert aefast_ops_run_by(lambda: torch.autograd.grad(loss, list(model.parameters()), create_graph=True)) == set()
+
+
+def test_a_compiled_training_step_keeps_the_backward_kernels(mlp_backend):
+    """AOT autograd traces backward without create_graph: the compiled backward graph calls the fused
+    backward ops, not the plain ops double backward takes."""
+    from functorch.compile import make_boxed_func
+    from torch._functorch.aot_autograd import aot_module_simplified
+    graphs = []
+
+    def backend(graph_module, example_inputs):
+        def keep(graph, _):
+            graphs.append(str(graph.graph))
+            return make_boxed_func(graph.forward)
+        return aot_module_simplified(graph_module, example_inputs, fw_compiler=keep, bw_compiler=keep)
+
+    torch.manual_seed(2)
+    model = FusedAutoencoder([20, 9, 6, 3], output_activation="sigmoid")  # 9 -> 6 -> 3 and back: narrow
+    torch.compile(lambda x: model.loss(x, seed=3), fullgraph=True, backend=backend)(torch.rand(5, 20)).backward()
+    forward_graph, backward_graph = graphs
+    assert "fused_linear_loss" in forward_graph and "fused_narrow_mlp.default" in forward_graph
+    assert "fused_linear_backward" in backward_graph and "fused_narrow_mlp_backward" in backward_graph

@@ -9,7 +9,7 @@ import aefast
 from aefast._buffers import HUGE_PAGES_MIN_BYTES
 from aefast.vae import reference
 from aefast.vae.ops import NO_CLAMP
-from tests.conftest import force_cpu_backend
+from tests.conftest import aefast_ops_run_by, force_cpu_backend
 
 SHAPES = [(1, 1), (7, 3), (97, 123), (3, 5, 17)]
 
@@ -267,6 +267,56 @@ def test_gradcheck_float64(backend, with_eps):
     logvar.requires_grad_()
     kwargs = {"eps": eps} if with_eps else {"seed": 3}
     assert torch.autograd.gradcheck(lambda m, lv: aefast.reparameterize_kl(m, lv, **kwargs), (mu, logvar))
+
+
+@pytest.mark.parametrize("with_eps", [True, False], ids=["eps", "seed"])
+@pytest.mark.parametrize("reduction, clamp", [("per_sample", None), ("none", (-0.5, 0.5)), ("mean", (-0.3, 2.0))])
+def test_gradgradcheck_float64(backend, with_eps, reduction, clamp):
+    """Double backward (the backward op's own autograd), the clamp's edges among the inputs."""
+    mu, logvar, eps = make_inputs((5, 7), torch.float64, backend.device)
+    kwargs = {"eps": eps} if with_eps else {"seed": 3}
+    assert torch.autograd.gradgradcheck(
+        lambda m, lv: aefast.reparameterize_kl(m, lv, reduction=reduction, logvar_clamp=clamp, **kwargs),
+        (mu.requires_grad_(), logvar.requires_grad_()))
+
+
+@pytest.mark.parametrize("with_eps", [True, False], ids=["eps", "seed"])
+def test_a_gradient_penalty_matches_autograd_through_the_oracle(backend, with_eps):
+    """A loss of the gradients themselves (a gradient penalty), in float32 on an odd shape, against
+    autograd through the plain expression fed the same noise; every gradient, eps's included."""
+    mu, logvar, eps = make_inputs((7, 13), torch.float32, backend.device)
+    clamp = (-1.0, 1.0)
+    noise = eps if with_eps else reference.noise(5, mu.shape, torch.float32, mu.device)
+    weight = torch.randn(7, 13, device=backend.device)
+
+    def penalty(function, mu, logvar, eps):
+        z, kl = function(mu, logvar, eps)
+        grad_mu, grad_logvar = torch.autograd.grad((z * weight).sum() + kl.sum(), (mu, logvar), create_graph=True)
+        return (grad_mu * grad_mu).sum() + (grad_logvar ** 3).sum()
+
+    def fused(mu, logvar, eps):
+        kwargs = {"eps": eps} if with_eps else {"seed": 5}
+        return aefast.reparameterize_kl(mu, logvar, reduction="none", logvar_clamp=clamp, **kwargs)
+
+    def plain(mu, logvar, eps):
+        return reference.reparameterize_kl_elementwise(mu, logvar, eps, *clamp)
+
+    leaves = [t.clone().requires_grad_() for t in (mu, logvar, noise)]
+    oracle_leaves = [t.clone().requires_grad_() for t in (mu, logvar, noise)]
+    got = torch.autograd.grad(penalty(fused, *leaves), leaves[:2] + leaves[2:] * with_eps)
+    want = torch.autograd.grad(penalty(plain, *oracle_leaves), oracle_leaves[:2] + oracle_leaves[2:] * with_eps)
+    assert len(got) == 2 + with_eps
+    for name, a, b in zip(["mu", "logvar", "eps"], got, want):
+        assert_close(a, b, 1e-5, 1e-5, f"d penalty / d {name}")
+
+
+def test_a_plain_backward_runs_the_backward_kernel_and_a_create_graph_one_the_plain_ops(backend):
+    mu, logvar, _ = make_inputs((6, 5), torch.float32, backend.device)
+    z, kl = aefast.reparameterize_kl(mu.requires_grad_(), logvar.requires_grad_(), seed=2)
+    total = z.sum() + kl.sum()
+    assert aefast_ops_run_by(lambda: torch.autograd.grad(total, (mu, logvar), retain_graph=True)) == {
+        "reparameterize_kl_backward"}
+    assert aefast_ops_run_by(lambda: torch.autograd.grad(total, (mu, logvar), create_graph=True)) == set()
 
 
 def test_gradient_flows_to_eps_when_asked(backend):
