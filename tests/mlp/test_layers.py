@@ -161,6 +161,24 @@ def test_double_backward_through_the_layers_equals_the_sequentials(mlp_backend, 
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("trained", ["biases", "weights", "input"])
+def test_training_some_parameters_only_equals_the_sequential(mlp_backend, trained):
+    """Frozen weights with trained biases (BitFit), frozen biases, or nothing but the input, through a
+    narrow stretch (12 -> 9 -> 6 -> 4, one op) and a wide layer (4 -> 200)."""
+    torch.manual_seed(9)
+    mlp = FusedMLP([12, 9, 6, 4, 200], activation="tanh")
+    sequential = mlp.to_sequential()
+    x = torch.randn(5, 12, requires_grad=trained == "input")
+    for model in (mlp, sequential):
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.endswith("bias") == (trained == "biases") and trained != "input")
+    wanted = [p for p in mlp.parameters() if p.requires_grad] + ([x] if trained == "input" else [])
+    expected_wanted = [p for p in sequential.parameters() if p.requires_grad] + ([x] if trained == "input" else [])
+    assert len(wanted) == {"biases": 4, "weights": 4, "input": 1}[trained]
+    for a, b in zip(grads_of(mlp(x), wanted), grads_of(sequential(x), expected_wanted)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_float64_models_compute_in_float64(mlp_backend):
     """No kernel takes float64: the layers run it as nn.Linear does, in float64 (through the ops it ran
     in float32, an error near 1e-7 where float64's is near 1e-15)."""
