@@ -8,7 +8,7 @@ with the corruption generated in the load.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +68,30 @@ def _check_layers(layers, x: Tensor, prefix: str = "") -> None:
 _NO_SEED = torch.zeros((), dtype=torch.int64)  # layers without corruption draw no noise
 
 
+class _CastLayer(NamedTuple):
+    """What the layer functions read of a layer, its parameters cast for one call under autocast."""
+    weight: Tensor
+    bias: Optional[Tensor]
+    activation: Optional[str]
+    in_features: int
+    out_features: int
+
+
+def _autocast(x, layers: list) -> tuple:
+    """(x, layers) as autocast runs nn.Linear: inside an autocast region on x's device, x and the
+    parameters cast to its dtype (bfloat16 or float16), float64 ones left as they are, as autocast
+    leaves them; the kernels then run in that dtype. Outside one, unchanged."""
+    if not isinstance(x, Tensor) or x.device.type not in ("cpu", "cuda") or not torch.is_autocast_enabled(
+            x.device.type):
+        return x, layers
+    dtype = torch.get_autocast_dtype(x.device.type)
+
+    def cast(t):
+        return t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+    return cast(x), [_CastLayer(cast(layer.weight), cast(layer.bias), layer.activation, layer.in_features,
+                                layer.out_features) for layer in layers]
+
+
 @torch.compiler.assume_constant_result  # a choice made when tracing, like the op's own dispatch
 def _plain_autograd(device: torch.device) -> bool:
     """True where ``auto`` picks the reference (a CPU): the same math through plain autograd, without
@@ -99,7 +123,8 @@ def _linear(x: Tensor, layer: nn.Linear, activation, corruption="none", param=0.
 
 class FusedLinear(nn.Linear):
     """``nn.Linear`` followed by ``activation`` (None, "relu", "leaky_relu", "tanh", "sigmoid",
-    "gelu"), in one kernel: the same parameters, state_dict keys and initialization as nn.Linear."""
+    "gelu"), in one kernel: the same parameters, state_dict keys and initialization as nn.Linear, and
+    under autocast the same casts (the kernel then runs in autocast's dtype)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: Optional[str] = None,
                  device=None, dtype=None):
@@ -109,8 +134,9 @@ class FusedLinear(nn.Linear):
         self.activation = _check_activation(activation, "activation")
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, self.weight)
-        return _linear(x, self, self.activation)
+        x, (layer,) = _autocast(x, [self])
+        _check_input(x, layer.weight)
+        return _linear(x, layer, self.activation)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", activation={self.activation!r}"
@@ -136,9 +162,10 @@ class FusedMLP(nn.Module):
         return [self.layers[0].in_features] + [layer.out_features for layer in self.layers]
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, self.layers[0].weight)
-        _check_layers(self.layers, x)
-        return _run_layers(self.layers, x)
+        x, layers = _autocast(x, list(self.layers))
+        _check_input(x, layers[0].weight)
+        _check_layers(layers, x)
+        return _run_layers(layers, x)
 
     @classmethod
     def from_sequential(cls, sequential: nn.Sequential) -> "FusedMLP":
@@ -296,23 +323,26 @@ class FusedAutoencoder(nn.Module):
         sigma * N(0, 1), sigma >= 0 (the denoising autoencoder). ``l1_code`` adds l1_code times the
         mean over the batch of the code's L1 norm (the sparse autoencoder). ``loss="bce"`` needs a
         sigmoid output and takes its logits. Equals ``loss_fn(forward(x~), x) + penalty``."""
-        first = self.encoder.layers[0]
+        # Under autocast the target (x) is cast with the input: the fused loss reads both in one dtype.
+        x, layers = _autocast(x, list(self.encoder.layers) + list(self.decoder.layers))
+        encoder_layers, decoder_layers = layers[:len(self.encoder.layers)], layers[len(self.encoder.layers):]
+        first = encoder_layers[0]
         _check_input(x, first.weight)
-        _check_layers(self.encoder.layers, x, "encoder.")
-        _check_layers(self.decoder.layers, x, "decoder.")
+        _check_layers(encoder_layers, x, "encoder.")
+        _check_layers(decoder_layers, x, "decoder.")
         if loss not in reference.LOSSES:
             raise ValueError(f"loss must be one of {reference.LOSSES}, got {loss!r}")
-        last = self.decoder.layers[-1]
-        if loss == "bce" and last.activation != "sigmoid":
-            raise ValueError(f"loss='bce' needs output_activation='sigmoid', got {last.activation!r}")
+        if loss == "bce" and decoder_layers[-1].activation != "sigmoid":
+            raise ValueError(f"loss='bce' needs output_activation='sigmoid', got {decoder_layers[-1].activation!r}")
         kind, param = _check_corruption(corruption)
         seed_tensor = _seed_tensor(seed)
         l1_code = non_negative(l1_code, "l1_code")
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         h = _linear(rows, first, first.activation, kind, param, seed_tensor)
-        h = _run_layers(self.encoder.layers[1:], h)
+        h = _run_layers(encoder_layers[1:], h)
         penalty = l1_code * h.abs().sum(1).mean() if l1_code else None
-        h = _run_layers(self.decoder.layers[:-1], h)
+        h = _run_layers(decoder_layers[:-1], h)
+        last = decoder_layers[-1]
         if _plain_autograd(rows.device):
             value = reference.loss_of_output(F.linear(h, last.weight, last.bias), rows, last.activation, loss)
         else:

@@ -25,7 +25,7 @@ from torch import Tensor
 from aefast import _backends
 from aefast._buffers import empty_on_huge_pages
 from aefast._checks import check_seed_tensor
-from aefast._dtypes import accumulation_dtype
+from aefast._dtypes import accumulation_dtype, no_autocast
 from aefast.mlp import reference
 
 FORWARD, BACKWARD, LOSS = "fused_linear", "fused_linear_backward", "fused_linear_loss"
@@ -182,10 +182,15 @@ def _check_dtype(x: Tensor, name: str) -> None:
 
 def _kernel(op: str, x: Tensor):
     """The kernel that runs ``op`` on x: the selected backend's; float64, which no compiled kernel
-    takes, runs the reference's math in float64 on any device (as nn.Linear would; gradcheck's dtype)."""
-    if x.dtype == torch.float64:
-        return _backends.registered_kernel(op, "reference")
-    return _backends.select(op, x.device)[1]
+    takes, runs the reference's math in float64 on any device (as nn.Linear would; gradcheck's dtype).
+    It runs outside any autocast region (the reference's float32 math would be cast to 16 bits)."""
+    kernel = (_backends.registered_kernel(op, "reference") if x.dtype == torch.float64
+              else _backends.select(op, x.device)[1])
+
+    def run(*args):
+        with no_autocast(x.device):
+            return kernel(*args)
+    return run
 
 
 def _check_like(name: str, tensor: Tensor, shape: tuple, like: Tensor, contiguous: bool = True) -> None:
@@ -224,7 +229,9 @@ def _gradients_by_recomputing(forward, inputs, grad_output) -> list[Optional[Ten
     any order). One gradient per input, None where it needs none. Rare enough that a kernel would not
     pay; torch.compile traces backward without create_graph, so compiled steps keep the kernels."""
     wanted = [t for t in inputs if t is not None and t.requires_grad]
-    grads = iter(torch.autograd.grad(forward(*inputs), wanted, grad_output, create_graph=True, allow_unused=True))
+    with no_autocast(inputs[0].device):
+        outputs = forward(*inputs)
+    grads = iter(torch.autograd.grad(outputs, wanted, grad_output, create_graph=True, allow_unused=True))
     return [next(grads) if t is not None and t.requires_grad else None for t in inputs]
 
 

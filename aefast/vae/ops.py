@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 from aefast import _backends
-from aefast._checks import check_seed_tensor
 from aefast._buffers import DTYPE_NAMES, cpu_buffer, current_stream, device_pointer, empty_on_huge_pages
+from aefast._checks import check_seed_tensor
+from aefast._dtypes import no_autocast
 from aefast.vae import reference
 from aefast.vae.reference import kl_dtype
 
@@ -32,7 +33,8 @@ def reparameterize_kl_op(
     _check_kernel_inputs(mu, logvar=logvar, eps=eps)
     _check_seed_and_clamp(seed, clamp_min, clamp_max)
     _, kernel = _backends.select(OP_NAME, mu.device)
-    return kernel(mu, logvar, eps, int(seed), per_element, clamp_min, clamp_max)
+    with no_autocast(mu.device):  # the reference's float32 math, not autocast's 16 bits
+        return kernel(mu, logvar, eps, int(seed), per_element, clamp_min, clamp_max)
 
 
 @reparameterize_kl_op.register_fake
@@ -55,7 +57,8 @@ def reparameterize_kl_backward_op(
         raise ValueError(f"grad_kl must be contiguous ({rows},) or ({rows}, {cols}), {expected_dtype} on "
                          f"{mu.device}, got {tuple(grad_kl.shape)}, {grad_kl.dtype} on {grad_kl.device}")
     name, _ = _backends.select(OP_NAME, mu.device)
-    return _BACKWARD_KERNELS[name](grad_z, grad_kl, mu, logvar, eps, int(seed), clamp_min, clamp_max)
+    with no_autocast(mu.device):
+        return _BACKWARD_KERNELS[name](grad_z, grad_kl, mu, logvar, eps, int(seed), clamp_min, clamp_max)
 
 
 @reparameterize_kl_backward_op.register_fake
@@ -100,7 +103,8 @@ def _backward(ctx, grad_z, grad_kl):
         # Backward under create_graph (double backward: a gradient penalty, a Hessian-vector product):
         # the reference's formulas in plain ops, the noise regenerated there, which autograd
         # differentiates again to any order. Rare enough that a kernel would not pay.
-        grad_mu, grad_logvar = reference.backward(grad_z, grad_kl, mu, logvar, eps, int(seed), *ctx.clamp)
+        with no_autocast(mu.device):
+            grad_mu, grad_logvar = reference.backward(grad_z, grad_kl, mu, logvar, eps, int(seed), *ctx.clamp)
     else:
         grad_mu, grad_logvar = reparameterize_kl_backward_op(
             grad_z.contiguous(), grad_kl.contiguous(), mu, logvar, eps, seed, *ctx.clamp

@@ -3,6 +3,8 @@ the other MLP tests run the same kernels in Triton's CPU interpreter, which neit
 rounds like the tensor cores. Shapes add the benchmark's sizes (batch 2^14, width 784) to the odd
 ones, where the launchers pick their largest tiles and split the weight gradient's batch sum.
 Every test here is ``gpu``-marked and skips without a CUDA device."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -194,3 +196,20 @@ def test_gradients_are_the_same_bits_from_run_to_run(dims):
     for _ in range(3):
         again = torch.autograd.grad(mlp(x), list(mlp.parameters()), grad)
         assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_under_autocast_on_the_gpu_the_layers_compute_what_their_16_bit_copies_do(dtype):
+    """The kernels run in autocast's dtype on the input and parameters cast to it, as nn.Linear does."""
+    torch.manual_seed(14)
+    model = FusedAutoencoder([784, 128, 16], activation="tanh", output_activation="sigmoid").to(CUDA)
+    x = torch.rand(1025, 784, generator=torch.Generator(CUDA).manual_seed(3), device=CUDA)
+    with torch.autocast("cuda", dtype=dtype):
+        code, value = model.encode(x), model.loss(x, corruption=("mask", 0.2), seed=5)
+    low = copy.deepcopy(model).to(dtype)
+    assert code.dtype == dtype and torch.equal(code, low.encode(x.to(dtype)))
+    expected = low.loss(x.to(dtype), corruption=("mask", 0.2), seed=5)
+    assert torch.equal(value, expected)
+    for a, b in zip(torch.autograd.grad(value, list(model.parameters())),
+                    torch.autograd.grad(expected, list(low.parameters()))):
+        assert a.dtype == torch.float32 and torch.equal(a, b.float())

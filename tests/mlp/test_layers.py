@@ -1,5 +1,7 @@
 """The fused layers against nn.Sequential with the same weights (outputs and every gradient), on
 every backend with MLP kernels: odd batches (1, 7, 129) and widths (3, 17, 100, 784)."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -54,6 +56,62 @@ def test_low_precision_error_is_at_most_twice_pytorchs(mlp_backend, dtype):
     torch_error = (torch.tanh(F.linear(x.to(dtype), low.weight, low.bias)).double() - exact).abs().max()
     fused_error = (low(x.to(dtype)).double() - exact).abs().max()
     assert fused_error <= 2 * torch_error
+
+
+def outputs_and_gradients(module, x, *, autocast):
+    """module(x) and the gradients of its parameters and x (as float32), under CPU autocast or not."""
+    x = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = module(x)
+    return out, [g.float() for g in grads_of(out, list(module.parameters()) + [x])]
+
+
+@pytest.mark.parametrize("make", [lambda: FusedLinear(100, 33, activation="tanh"),
+                                  lambda: FusedMLP([17, 12, 9, 200], activation="tanh", output_activation="sigmoid")],
+                         ids=["linear", "narrow-then-wide"])
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+def test_under_autocast_a_layer_computes_what_its_bfloat16_copy_does(mlp_backend, make, input_dtype):
+    """As nn.Linear under autocast: the input (float32, or an earlier layer's bfloat16) and the float32
+    parameters cast to bfloat16 for the call, so the output and every gradient are the bit-exact ones of
+    the layer's bfloat16 copy (the gradients then come back to the float32 parameters as float32)."""
+    torch.manual_seed(12)
+    model = make()
+    x = torch.randn(65, model.in_features if isinstance(model, FusedLinear) else model.dims[0]).to(input_dtype)
+    out, grads = outputs_and_gradients(model, x, autocast=True)
+    assert out.dtype == torch.bfloat16 and all(p.dtype == torch.float32 for p in model.parameters())
+    copy_out, copy_grads = outputs_and_gradients(copy.deepcopy(model).bfloat16(), x.bfloat16(), autocast=False)
+    assert torch.equal(out, copy_out)
+    for a, b in zip(grads, copy_grads):
+        assert torch.equal(a[:, None] if a.dim() == 1 else a, b[:, None] if b.dim() == 1 else b)
+    # And PyTorch's own autocast of the same layers agrees within a few bfloat16 steps (2^-8 each).
+    twin = model.to_sequential() if isinstance(model, FusedMLP) else nn.Sequential(nn.Linear(100, 33), nn.Tanh())
+    if isinstance(model, FusedLinear):
+        twin[0].load_state_dict(model.state_dict())
+    twin_out, _ = outputs_and_gradients(twin, x, autocast=True)
+    assert twin_out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), twin_out.float(), atol=2.0**-5, rtol=2.0**-5)
+
+
+def test_autoencoder_loss_under_autocast_is_its_bfloat16_copys(mlp_backend):
+    """The fused loss reads the target in the input's dtype, so under autocast the clean x is cast with
+    the corrupted one: the loss and gradients are the bfloat16 copy's on x in bfloat16."""
+    torch.manual_seed(13)
+    model = FusedAutoencoder([40, 20, 12, 6], activation="tanh", output_activation="sigmoid")
+    x = torch.rand(33, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = model.loss(x, corruption=("mask", 0.2), l1_code=0.01, seed=4)
+    low = copy.deepcopy(model).bfloat16()
+    expected = low.loss(x.bfloat16(), corruption=("mask", 0.2), l1_code=0.01, seed=4)
+    assert value.dtype == expected.dtype == torch.float32 and torch.equal(value, expected)
+    for a, b in zip(torch.autograd.grad(value, list(model.parameters())),
+                    torch.autograd.grad(expected, list(low.parameters()))):
+        assert a.dtype == torch.float32 and torch.equal(a, b.float())
+
+
+def test_float64_layers_under_autocast_stay_float64():
+    mlp = FusedMLP([5, 4, 3]).double()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mlp(torch.randn(2, 5, dtype=torch.float64)).dtype == torch.float64
 
 
 def test_bias_free_layers_and_leading_dimensions(mlp_backend):

@@ -319,6 +319,22 @@ def test_a_plain_backward_runs_the_backward_kernel_and_a_create_graph_one_the_pl
     assert aefast_ops_run_by(lambda: torch.autograd.grad(total, (mu, logvar), create_graph=True)) == set()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_autocast_region_changes_nothing(backend, dtype):
+    """Elementwise, as autocast leaves such ops: the same bits inside a region as outside (the
+    reference's float32 math is not cast to 16 bits), forward and backward."""
+    mu, logvar, _ = make_inputs((9, 11), dtype, backend.device)
+    results = []
+    for enabled in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (mu, logvar)]
+        with torch.autocast(backend.device.type, dtype=torch.bfloat16, enabled=enabled):
+            z, kl = aefast.reparameterize_kl(*leaves, seed=6, logvar_clamp=(-2.0, 2.0))
+            grads = torch.autograd.grad((z * z).sum() + kl.sum(), leaves)
+        results.append((z, kl, *grads))
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
 def test_gradient_flows_to_eps_when_asked(backend):
     mu, logvar, eps = make_inputs((6, 5), torch.float64, backend.device)
     eps.requires_grad_()
