@@ -175,6 +175,16 @@ def requested_backend() -> str:
     return _check_name(os.environ.get("AEFAST_BACKEND", "auto"), "AEFAST_BACKEND")
 
 
+def func_transform_takes_plain_ops() -> bool:
+    """Whether an op's caller runs the reference's math in plain ops instead of the op: inside
+    torch.func's transforms (grad, vmap, jacrev, ...) with ``auto``. torch refuses the custom ops'
+    autograd there (it takes only autograd.Functions of its own form); a backend forced by name still
+    runs its op, never silently another. torch.compile traces the ops (this check would break its
+    graph), so it says False there."""
+    return (not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+            and requested_backend() == "auto")
+
+
 def select(op: str, device: torch.device) -> tuple[str, Callable]:
     """The backend that runs ``op`` on ``device`` now, and its kernel."""
     kernels = _KERNELS[op]

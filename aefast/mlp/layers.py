@@ -101,12 +101,18 @@ def _plain_autograd(device: torch.device) -> bool:
     return _backends.requested_backend() == "auto" and _backends.select(ops.FORWARD, device)[0] == "reference"
 
 
+def _plain(device: torch.device) -> bool:
+    """Whether the layers run the reference's math through plain autograd: where auto picks the
+    reference (``_plain_autograd``), and under torch.func's transforms with auto on any device."""
+    return _plain_autograd(device) or _backends.func_transform_takes_plain_ops()
+
+
 def fused_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation, corruption="none", param=0.0,
                  seed: Tensor = _NO_SEED, plain: Optional[bool] = None) -> Tensor:
     """act(x~ W^T + b) over x's last dimension: the op, or plain autograd where auto picks the reference
     (``plain``: that choice, when the caller has made it for a whole chain of layers)."""
     if plain is None:
-        plain = _plain_autograd(x.device)
+        plain = _plain(x.device)
     if plain:
         if corruption != "none":
             x = reference.corrupt(x, corruption, param, int(seed))
@@ -254,7 +260,7 @@ def _run_layers(layers, x: Tensor) -> Tensor:
     is made once for the chain, on a plain list of the layers: on a small batch each layer's own lookups
     (and slices of the ModuleList, each a new Module) cost as much as its math."""
     layers = list(layers)
-    plain = _plain_autograd(x.device)
+    plain = _plain(x.device)
     runs = dict(_narrow_runs(layers))
     index = 0
     while index < len(layers):
@@ -268,17 +274,10 @@ def _run_layers(layers, x: Tensor) -> Tensor:
     return x
 
 
-def _in_func_transform() -> bool:
-    """Inside torch.func.grad, vmap, ...: torch refuses the custom ops' autograd there (it takes only
-    autograd.Functions of its own form), so where plain autograd is an option the layers take it.
-    torch.compile traces the op (and this check would break its graph), so it is skipped there."""
-    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
-
-
 def _narrow(layers, x: Tensor, plain: bool) -> Tensor:
     dims = [layers[0].in_features] + [layer.out_features for layer in layers]
     if plain and (not ops.narrow_in_blocks_pays(x.numel() // x.shape[-1], max(dims), x.dtype, x.device)
-                  or _in_func_transform()):
+                  or _backends.func_transform_takes_plain_ops()):
         for layer in layers:
             x = _linear(x, layer, layer.activation, plain=True)
         return x
@@ -343,7 +342,7 @@ class FusedAutoencoder(nn.Module):
         penalty = l1_code * h.abs().sum(1).mean() if l1_code else None
         h = _run_layers(decoder_layers[:-1], h)
         last = decoder_layers[-1]
-        if _plain_autograd(rows.device):
+        if _plain(rows.device):
             value = reference.loss_of_output(F.linear(h, last.weight, last.bias), rows, last.activation, loss)
         else:
             value, _ = ops.fused_linear_loss_op(h.contiguous(), last.weight, last.bias, rows,

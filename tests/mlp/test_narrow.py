@@ -5,7 +5,7 @@ import torch
 
 import aefast
 from aefast.mlp.layers import _narrow_runs
-from aefast.nn import FusedLinear, FusedMLP
+from aefast.nn import FusedAutoencoder, FusedLinear, FusedMLP
 
 
 @pytest.mark.parametrize("dims,activation,output_activation", [
@@ -194,3 +194,26 @@ def test_a_large_narrow_stretch_under_torch_func_and_torch_compile(monkeypatch):
     torch.testing.assert_close(vmap(mlp)(x.reshape(3, 3, 6)), sequential(x).reshape(3, 3, 4), atol=1e-6, rtol=1e-5)
     compiled = torch.compile(mlp, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x), sequential(x), atol=1e-6, rtol=1e-5)
+
+
+def test_torch_func_under_auto_runs_plain_ops_where_auto_picks_a_kernel(monkeypatch):
+    """Where auto picks a kernel (a GPU; here the choice is patched), torch.func.grad still works: the
+    layers run the reference's math in plain ops inside its transforms."""
+    from torch.func import functional_call, grad
+
+    from aefast.mlp import layers
+
+    monkeypatch.setattr(layers, "_plain_autograd", lambda device: False)
+    torch.manual_seed(17)
+    model = FusedAutoencoder([10, 8, 6, 3], activation="tanh", output_activation="sigmoid")
+    x = torch.rand(7, 10)
+    parameters = dict(model.named_parameters())
+    got = grad(lambda p: functional_call(model, p, (x,)).square().sum())(parameters)
+    expected = torch.autograd.grad(model(x).square().sum(), list(model.parameters()))  # through the ops
+    for a, b in zip(got.values(), expected):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    # The loss's gradient with respect to its input, through the corruption and the target.
+    leaf = x.clone().requires_grad_()
+    (expected_x,) = torch.autograd.grad(model.loss(leaf, corruption=("mask", 0.3), seed=2), leaf)
+    torch.testing.assert_close(grad(lambda x: model.loss(x, corruption=("mask", 0.3), seed=2))(x), expected_x,
+                               atol=1e-7, rtol=1e-5)
