@@ -16,6 +16,6 @@ def no_autocast(device: torch.device):
     """A context in which torch ops on ``device`` run in the dtypes they are given. The kernels' plain
     PyTorch math accumulates in float32 on purpose, which an enclosing autocast region would cast to
     16 bits: the ops run their kernels in it (the layers cast for autocast themselves)."""
-    if device.type in ("cpu", "cuda"):
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
         return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
+    return contextlib.nullcontext()  # 1 us, against 6 for entering torch.autocast on every op call
