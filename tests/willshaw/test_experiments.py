@@ -5,7 +5,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from aefast import WillshawMemory
 from aefast.cli import main
 from aefast.willshaw import experiments, theory
 
@@ -131,3 +133,18 @@ def test_an_out_that_cannot_be_created_is_refused_by_name(tmp_path, capsys):
         main(["willshaw", "capacity", "--n", "100", "--ones", "3", "--out", str(tmp_path / "taken" / "run")])
     assert exit_info.value.code == 2
     assert f"out: cannot create the folder {tmp_path / 'taken' / 'run'}: Not a directory" in capsys.readouterr().err
+
+
+def test_storing_in_calls_of_several_chunks_stores_the_seeds_stream(monkeypatch):
+    """Pairs start ... stop - 1 joined into calls across chunk edges: the same matrix as storing the
+    stream's chunks one by one (small chunks here, and a start and stop inside chunks)."""
+    monkeypatch.setattr(experiments, "CHUNK_PAIRS", 100)
+    monkeypatch.setattr(experiments, "STORE_CALL_PAIRS", 250)
+    joined, expected = WillshawMemory(300), WillshawMemory(300)
+    experiments.store_pairs(joined, seed=5, ones=4, start=30, stop=1234, progress=False)
+    for chunk in range(13):
+        x, y = experiments.pair_chunk(5, chunk, 300, 300, 4, "cpu")
+        first, last = max(30 - 100 * chunk, 0), min(1234 - 100 * chunk, 100)
+        expected.store_indices(x[first:last], y[first:last])
+    assert joined.n_stored == expected.n_stored == 1204
+    assert torch.equal(joined.packed_matrix(), expected.packed_matrix())
