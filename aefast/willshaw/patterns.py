@@ -13,6 +13,7 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
+from aefast._checks import is_int, positive_int
 from aefast.willshaw import ops
 
 IndexPatterns = Union[Tensor, Sequence[Union[Tensor, Sequence[int]]]]
@@ -107,8 +108,12 @@ def random_patterns(count: int, n: int, ones: int, *, generator: torch.Generator
                     device: str | torch.device = "cpu") -> Tensor:
     """(count, ones) int64: ``ones`` distinct positions in [0, n) per row, uniformly at random, sorted.
     Rows drawn with a repeat are drawn again (rare for sparse patterns, so this costs one pass)."""
-    if not 0 <= ones <= n:
-        raise ValueError(f"ones must be in [0, n={n}], got {ones}")
+    if not is_int(count) or count < 0:
+        raise ValueError(f"count must be an int >= 0, got {count!r}")
+    n = positive_int(n, "n")
+    if not is_int(ones) or not 0 <= ones <= n:
+        raise ValueError(f"ones must be an int in [0, n={n}], got {ones!r}")
+    count, ones = int(count), int(ones)
     if 2 * ones > n:  # dense patterns: a random permutation per row is cheaper than redrawing
         keys = torch.rand(count, n, generator=generator, device=device)
         return keys.topk(ones, dim=1).indices.sort(1).values
