@@ -10,6 +10,8 @@ import decimal
 import math
 from typing import Optional
 
+from aefast._checks import is_int, is_real
+
 
 def optimal_ones(n: float) -> float:
     """The number of ones per pattern that maximizes capacity: M = log2(n / 4)."""
@@ -20,8 +22,11 @@ def optimal_ones(n: float) -> float:
 def memory_load(n_in: float, n_out: float, M_in: float, M_out: float, L: float) -> float:
     """p1 = 1 - (1 - M_in M_out / (n_in n_out))^L: the expected fraction of synapses at 1 after L pairs."""
     _positive(n_in, "n_in"), _positive(n_out, "n_out")
-    if not 0 <= M_in * M_out <= n_in * n_out:
+    _non_negative(M_in, "M_in"), _non_negative(M_out, "M_out"), _non_negative(L, "L")
+    if not M_in * M_out <= n_in * n_out:
         raise ValueError(f"M_in * M_out must be in [0, n_in * n_out], got {M_in} * {M_out}")
+    if M_in * M_out == n_in * n_out:  # every pair sets every synapse (log1p(-1) is -inf)
+        return 1.0 if L > 0 else 0.0
     return -math.expm1(L * math.log1p(-M_in * M_out / (n_in * n_out)))
 
 
@@ -42,6 +47,12 @@ def false_ones(n: int, M: int, L: int, *, cue_ones: Optional[int] = None, n_out:
     n_out = n if n_out is None else n_out
     M_out = M if M_out is None else M_out
     c = M if cue_ones is None else cue_ones
+    _positive(n, "n"), _positive(n_out, "n_out"), _non_negative(L, "L")
+    _non_negative(M, "M"), _non_negative(c, "cue_ones"), _non_negative(M_out, "M_out")
+    if form == "exact":  # it counts units: C(c, s), products over the M ones
+        for value, name in ((n, "n"), (M, "M"), (L, "L"), (c, "cue_ones"), (n_out, "n_out"), (M_out, "M_out")):
+            if not is_int(value):
+                raise TypeError(f"form='exact' takes whole numbers: {name} must be an int, got {value!r}")
     if not 0 <= c <= M <= n or not 0 <= M_out <= n_out:
         raise ValueError(f"need 0 <= cue_ones <= M <= n and 0 <= M_out <= n_out, got cue_ones={c}, M={M}, n={n}, "
                          f"M_out={M_out}, n_out={n_out}")
@@ -73,10 +84,12 @@ def capacity(n: float, M: float, *, false_ones_budget: Optional[float] = None) -
     p1 = (budget / (n - M))^(1/M) and L = ln(1 - p1) / ln(1 - M^2 / n^2).
     """
     _positive(n, "n"), _positive(M, "M")
+    if not M <= n:
+        raise ValueError(f"M must be <= n, got M={M}, n={n}")
     if false_ones_budget is None:
         return math.log(2) * n * n / (M * M)
-    if false_ones_budget <= 0:
-        raise ValueError(f"false_ones_budget must be > 0, got {false_ones_budget}")
+    if not is_real(false_ones_budget) or not false_ones_budget > 0:
+        raise ValueError(f"false_ones_budget must be > 0, got {false_ones_budget!r}")
     p1 = min((false_ones_budget / (n - M)) ** (1 / M), 1 - 1e-16)
     return math.log1p(-p1) / math.log1p(-M * M / (n * n))
 
@@ -89,8 +102,11 @@ def bits_per_synapse(n: int, M: int, L: float, *, n_out: Optional[int] = None, M
     this approaches ln 2 = 0.69 as n grows."""
     n_out = n if n_out is None else n_out
     M_out = M if M_out is None else M_out
-    if false_ones < 0:
-        raise ValueError(f"false_ones must be >= 0, got {false_ones}")
+    _positive(n, "n"), _positive(n_out, "n_out"), _non_negative(L, "L"), _non_negative(M_out, "M_out")
+    if not M_out <= n_out:
+        raise ValueError(f"M_out must be <= n_out, got M_out={M_out}, n_out={n_out}")
+    if not is_real(false_ones) or not false_ones >= 0:
+        raise ValueError(f"false_ones must be >= 0, got {false_ones!r}")
     bits_per_answer = (_log2_choose(n_out, M_out) - _log2_choose(M_out + false_ones, M_out))
     return L * max(bits_per_answer, 0.0) / (n * n_out)
 
@@ -100,5 +116,10 @@ def _log2_choose(n: float, k: float) -> float:
 
 
 def _positive(value: float, name: str) -> None:
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+    if not is_real(value) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _non_negative(value: float, name: str) -> None:
+    if not is_real(value) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")

@@ -42,7 +42,17 @@ def test_bits_per_synapse():
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda: theory.optimal_ones(0), "n must be > 0"),
+    (lambda: theory.optimal_ones(0), "n must be a finite number > 0, got 0"),
+    (lambda: theory.optimal_ones("a"), "n must be a finite number > 0, got 'a'"),
+    (lambda: theory.memory_load(10, 10, 2, 2, -1), "L must be a finite number >= 0, got -1"),
+    (lambda: theory.memory_load(10, 10, -2, -2, 1), "M_in must be a finite number >= 0"),
+    (lambda: theory.capacity(10, 11), "M must be <= n"),
+    (lambda: theory.capacity(100, 5, false_ones_budget="1"), "false_ones_budget must be > 0"),
+    (lambda: theory.false_ones(0, 0, 0), "n must be a finite number > 0, got 0"),
+    (lambda: theory.false_ones(100, 10, -5), "L must be a finite number >= 0, got -5"),
+    (lambda: theory.bits_per_synapse(0, 0, 0), "n must be a finite number > 0, got 0"),
+    (lambda: theory.bits_per_synapse(100, 5, -1.0), "L must be a finite number >= 0"),
+    (lambda: theory.bits_per_synapse(10, 11, 1.0), "M_out must be <= n_out"),
     (lambda: theory.false_ones(100, 10, 5, cue_ones=11), "cue_ones <= M"),
     (lambda: theory.false_ones(100, 10, 5, form="rough"), "form must be"),
     (lambda: theory.capacity(100, 5, false_ones_budget=0), "false_ones_budget must be > 0"),
@@ -52,6 +62,19 @@ def test_bits_per_synapse():
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_the_exact_form_counts_units_in_ints():
+    assert theory.false_ones(100, 5, 10.5) > 0  # the textbook form is a formula of real L
+    with pytest.raises(TypeError, match="form='exact' takes whole numbers: M must be an int, got 1.5"):
+        theory.false_ones(100, 1.5, 10, form="exact")
+
+
+def test_patterns_of_every_unit_set_every_synapse():
+    """M = n: one pair sets the whole matrix (log1p(-1) would be -inf)."""
+    assert theory.memory_load(8, 8, 8, 8, 0) == 0.0
+    assert theory.memory_load(8, 8, 8, 8, 3) == 1.0
+    assert theory.false_ones(8, 8, 3) == 0.0  # every output unit is on in every answer: none is false
 
 
 @pytest.fixture(scope="module")
