@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from aefast import _backends
 from aefast._checks import check_seed, is_real, non_negative, positive_int
+from aefast._dtypes import autocast_dtype
 from aefast.mlp import ops, reference
 
 _MODULE_ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
@@ -81,10 +82,9 @@ def _autocast(x, layers: list) -> tuple:
     """(x, layers) as autocast runs nn.Linear: inside an autocast region on x's device, x and the
     parameters cast to its dtype (bfloat16 or float16), float64 ones left as they are, as autocast
     leaves them; the kernels then run in that dtype. Outside one, unchanged."""
-    if not isinstance(x, Tensor) or x.device.type not in ("cpu", "cuda") or not torch.is_autocast_enabled(
-            x.device.type):
+    dtype = autocast_dtype(x.device) if isinstance(x, Tensor) else None
+    if dtype is None:
         return x, layers
-    dtype = torch.get_autocast_dtype(x.device.type)
 
     def cast(t):
         return t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t

@@ -10,7 +10,7 @@ import decimal
 import math
 from typing import Optional
 
-from aefast._checks import is_int, is_real
+from aefast._checks import is_int, is_real, non_negative
 
 
 def optimal_ones(n: float) -> float:
@@ -22,7 +22,7 @@ def optimal_ones(n: float) -> float:
 def memory_load(n_in: float, n_out: float, M_in: float, M_out: float, L: float) -> float:
     """p1 = 1 - (1 - M_in M_out / (n_in n_out))^L: the expected fraction of synapses at 1 after L pairs."""
     _positive(n_in, "n_in"), _positive(n_out, "n_out")
-    _non_negative(M_in, "M_in"), _non_negative(M_out, "M_out"), _non_negative(L, "L")
+    non_negative(M_in, "M_in"), non_negative(M_out, "M_out"), non_negative(L, "L")
     if not M_in * M_out <= n_in * n_out:
         raise ValueError(f"M_in * M_out must be in [0, n_in * n_out], got {M_in} * {M_out}")
     if M_in * M_out == n_in * n_out:  # every pair sets every synapse (log1p(-1) is -inf)
@@ -47,8 +47,8 @@ def false_ones(n: int, M: int, L: int, *, cue_ones: Optional[int] = None, n_out:
     n_out = n if n_out is None else n_out
     M_out = M if M_out is None else M_out
     c = M if cue_ones is None else cue_ones
-    _positive(n, "n"), _positive(n_out, "n_out"), _non_negative(L, "L")
-    _non_negative(M, "M"), _non_negative(c, "cue_ones"), _non_negative(M_out, "M_out")
+    _positive(n, "n"), _positive(n_out, "n_out"), non_negative(L, "L")
+    non_negative(M, "M"), non_negative(c, "cue_ones"), non_negative(M_out, "M_out")
     if form == "exact":  # it counts units: C(c, s), products over the M ones
         for value, name in ((n, "n"), (M, "M"), (L, "L"), (c, "cue_ones"), (n_out, "n_out"), (M_out, "M_out")):
             if not is_int(value):
@@ -102,7 +102,7 @@ def bits_per_synapse(n: int, M: int, L: float, *, n_out: Optional[int] = None, M
     this approaches ln 2 = 0.69 as n grows."""
     n_out = n if n_out is None else n_out
     M_out = M if M_out is None else M_out
-    _positive(n, "n"), _positive(n_out, "n_out"), _non_negative(L, "L"), _non_negative(M_out, "M_out")
+    _positive(n, "n"), _positive(n_out, "n_out"), non_negative(L, "L"), non_negative(M_out, "M_out")
     if not M_out <= n_out:
         raise ValueError(f"M_out must be <= n_out, got M_out={M_out}, n_out={n_out}")
     if not is_real(false_ones) or not false_ones >= 0:
@@ -119,7 +119,3 @@ def _positive(value: float, name: str) -> None:
     if not is_real(value) or not 0 < value < math.inf:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
-
-def _non_negative(value: float, name: str) -> None:
-    if not is_real(value) or not 0 <= value < math.inf:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
