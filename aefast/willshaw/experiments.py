@@ -330,23 +330,38 @@ def scaling(n: int, ones: Optional[int] = None, *, seed: int = 0, out: str | Pat
         M = ones if ones is not None else max(1, round(theory.optimal_ones(size)))
         if not 1 <= M < size:
             raise ValueError(f"ones={M} does not fit a memory of {size} units")
-        L = max(1, round(theory.capacity(size, M)))
-        memory = WillshawMemory(size, device=device)
-        started = clock()
-        store_pairs(memory, seed, M, 0, L, progress)
-        store_seconds = clock() - started
-        cues, answers = stored_pairs(memory, seed, M, min(queries, L))
-        started = clock()
-        memory.retrieve_indices(cues)
-        recall_seconds = clock() - started
-        errors = recall_errors(memory, cues, answers)
-        results.add({"n": size, "ones": M, "pairs": L, "density": memory.density, "false_ones": errors["false_ones"],
-                     "bits_per_synapse": theory.bits_per_synapse(size, M, L, false_ones=errors["false_ones"]),
-                     "bits_per_synapse_theory": theory.bits_per_synapse(size, M, L,
-                                                                        false_ones=theory.false_ones(size, M, L)),
-                     "store_pairs_per_second": L / store_seconds, "recalls_per_second": len(cues) / recall_seconds})
+        results.add(_scaling_point(size, M, max(1, round(theory.capacity(size, M))), seed, queries, device,
+                                   progress, clock))
     _plot_scaling(results.rows, out / "scaling.png")
     return results.rows
+
+
+def _scaling_point(size: int, M: int, L: int, seed: int, queries: int, device: torch.device, progress: bool,
+                   clock: Callable[[], float]) -> dict:
+    """One size's row. Its memory is freed on return, before the next (larger) one is made: on a GPU the
+    two would not fit together at the top sizes."""
+    memory = WillshawMemory(size, device=device)
+    _finish_work(device)
+    started = clock()
+    store_pairs(memory, seed, M, 0, L, progress)
+    _finish_work(device)  # a store returns before its last kernel has run
+    store_seconds = clock() - started
+    cues, answers = stored_pairs(memory, seed, M, min(queries, L))
+    _finish_work(device)
+    started = clock()
+    memory.retrieve_indices(cues)  # the answers come back to the host as lists: the call waits for them
+    recall_seconds = clock() - started
+    errors = recall_errors(memory, cues, answers)
+    return {"n": size, "ones": M, "pairs": L, "density": memory.density, "false_ones": errors["false_ones"],
+            "bits_per_synapse": theory.bits_per_synapse(size, M, L, false_ones=errors["false_ones"]),
+            "bits_per_synapse_theory": theory.bits_per_synapse(size, M, L, false_ones=theory.false_ones(size, M, L)),
+            "store_pairs_per_second": L / store_seconds, "recalls_per_second": len(cues) / recall_seconds}
+
+
+def _finish_work(device: torch.device) -> None:
+    """Wait for the work queued on ``device``, so that a clock read after it times that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _plot_scaling(rows: list[dict], path: Path) -> None:

@@ -299,7 +299,11 @@ def _zeroed_matrix(rows: int, words: int, device: torch.device) -> Tensor:
 def _available_bytes(device: torch.device) -> int:
     """Memory that a new allocation on ``device`` can take now."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        # Blocks torch's caching allocator holds but no tensor uses count too: an allocation that does not
+        # fit frees them and retries. Without them, a memory made after a deleted one (the scaling
+        # experiment's growing n) was refused for room the old one's cached blocks still held.
+        cached_unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached_unused
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:

@@ -277,3 +277,13 @@ def test_triton_pattern_check_of_ragged_short_rows_flags_exactly_the_bad_rows():
     values = torch.cat(rows).to(device)
     offsets = torch.tensor([0] + lengths).cumsum(0).to(device)
     assert triton_kernels.row_flags(values, offsets, units).tolist() == expected
+
+
+def test_the_gpu_memory_check_counts_the_allocators_unused_cached_blocks(monkeypatch):
+    """An allocation that does not fit makes torch's caching allocator free its unused blocks and retry,
+    so they are available: free device memory plus reserved minus allocated (real run: test_gpu_backends)."""
+    from aefast.willshaw.memory import _available_bytes
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (5 * 2**30, 141 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 40 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 8 * 2**30)
+    assert _available_bytes(torch.device("cuda", 0)) == (5 + 40 - 8) * 2**30

@@ -3,6 +3,8 @@ from their seed, resuming after an interruption, and the CLI."""
 import csv
 import subprocess
 import sys
+import time
+import weakref
 
 import pytest
 import torch
@@ -94,6 +96,36 @@ def test_scaling_below_the_default_sizes_runs_n_itself(tmp_path):
     # The default sizes start at 2^10: below it they were empty, and the plot failed on no data.
     rows = experiments.scaling(300, seed=1, out=tmp_path, queries=20, progress=False)
     assert [row["n"] for row in rows] == [256] and (tmp_path / "scaling.png").exists()
+
+
+def test_scaling_frees_each_sizes_memory_before_it_makes_the_next(tmp_path, monkeypatch):
+    """The loop held the last size's memory while it made the next: on a GPU, 2^19 units (32 GiB) and
+    2^20 (128 GiB) do not fit together."""
+    alive, alive_at_creation = weakref.WeakSet(), []
+
+    class TrackedMemory(WillshawMemory):
+        def __init__(self, *args, **kwargs):
+            alive_at_creation.append(len(alive))
+            super().__init__(*args, **kwargs)
+            alive.add(self)
+
+    monkeypatch.setattr(experiments, "WillshawMemory", TrackedMemory)
+    experiments.scaling(2048, seed=0, sizes=[256, 512, 1024], out=tmp_path, queries=20, progress=False)
+    assert alive_at_creation == [0, 0, 0]
+
+
+@pytest.mark.gpu
+def test_scaling_times_the_gpus_work_not_its_queueing(tmp_path):
+    """Each timed region ends with no work left on the stream (a store returns before its kernels run)."""
+    stream_idle = []
+
+    def clock():
+        stream_idle.append(torch.cuda.current_stream().query())
+        return time.perf_counter()
+
+    experiments.scaling(4096, seed=0, sizes=[1024, 4096], out=tmp_path, queries=50, device="cuda",
+                        progress=False, clock=clock)
+    assert len(stream_idle) == 8 and all(stream_idle)
 
 
 @pytest.mark.parametrize("arguments, message", [

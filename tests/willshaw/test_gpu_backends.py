@@ -111,3 +111,17 @@ def test_bad_cues_raise_and_leave_the_memory_as_it_was(gpu_backend):
     assert torch.equal(on_gpu.packed_matrix(), before)
     cue = dense_from_indices(torch.tensor([[1, 2, 3]]), 50)
     assert torch.equal(on_gpu.retrieve(cue.cuda(), "soft").cpu(), on_cpu.retrieve(cue, "soft"))
+
+
+def test_a_deleted_memorys_cached_blocks_count_as_available():
+    """The memory check counts blocks torch's caching allocator keeps after a memory is deleted: the
+    next, larger memory of a scaling run must not be refused for room it can take."""
+    from aefast.willshaw.memory import _available_bytes
+    device = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.empty_cache()
+    before = _available_bytes(device)
+    memory = WillshawMemory(2**15, device="cuda")
+    del memory
+    if torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device) < 2**27:
+        pytest.skip("this allocator configuration handed the deleted memory's blocks back to the driver")
+    assert _available_bytes(device) >= before - 2**21  # within one 2 MiB allocator page of the start
