@@ -41,3 +41,23 @@ def check_seed(seed, name: str = "seed") -> None:
     """A seed is an int in [0, 2**63) (it is stored as int64) or None."""
     if seed is not None and (not is_int(seed) or not 0 <= seed < 2**63):
         raise ValueError(f"{name} must be an int in [0, 2**63) or None, got {seed!r}")
+
+
+def check_device(device) -> torch.device:
+    """``device`` as a torch.device that patterns on it compare equal to ("cuda" becomes "cuda:0", ...);
+    ValueError naming it when torch does not know it or it is a GPU this machine lacks."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {device!r}") from error
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or a CUDA device, got {device}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} asked for, but no CUDA device is available")
+        if device.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device} asked for, but this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)")
+    return device

@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     train_parser.add_argument("--batch-size", type=int, default=128)
     train_parser.add_argument("--lr", type=float, default=3e-3)
     train_parser.add_argument("--seed", type=int, default=0)
+    train_parser.add_argument("--device", default="cpu", help="where the model trains: cpu, cuda or cuda:N")
     bench_parser = commands.add_parser("bench", help="run the benchmarks and print what aefast buys")
     bench_parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     bench_parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             summary = run(args.model, args.data, args.epochs, Path(args.out), batch_size=args.batch_size, lr=args.lr,
-                          seed=args.seed)
+                          seed=args.seed, device=args.device)
         except (ValueError, TypeError) as error:
             parser.error(str(error))
         print(json.dumps(summary, indent=2))

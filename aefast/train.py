@@ -1,5 +1,6 @@
 """The training loop: Adam over a model's ``loss(batch)``, a tqdm progress bar, per-epoch checkpoints
-that a rerun resumes from, early stopping, and runs that repeat exactly from a seed."""
+that a rerun resumes from, early stopping, and runs that repeat exactly from a seed. Batches go to the
+model's device, so a model on a GPU trains on data held on the CPU."""
 from __future__ import annotations
 
 import copy
@@ -59,19 +60,28 @@ def _check_rows(x: Tensor, name: str) -> None:
         raise ValueError(f"{name}: row {row} holds NaN or infinity")
 
 
-def _batch_for_model(batch):
-    """TensorDataset yields lists: one tensor -> the tensor, two -> an (x, labels) tuple."""
+def _batch_for_model(batch, device: Optional[torch.device]):
+    """TensorDataset yields lists: one tensor -> the tensor, two -> an (x, labels) tuple; on ``device``."""
     if isinstance(batch, (list, tuple)):
+        batch = [part.to(device) if device is not None and isinstance(part, Tensor) else part for part in batch]
         return batch[0] if len(batch) == 1 else tuple(batch)
-    return batch
+    return batch.to(device) if device is not None and isinstance(batch, Tensor) else batch
+
+
+def _model_device(model: nn.Module) -> Optional[torch.device]:
+    """Where the model's parameters (else buffers) live; None for a model that holds no tensors."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return None
 
 
 def _mean_loss(model: nn.Module, loader: DataLoader) -> float:
     model.eval()
     total, count = 0.0, 0
+    device = _model_device(model)
     with torch.no_grad():
         for batch in loader:
-            batch = _batch_for_model(batch)
+            batch = _batch_for_model(batch, device)
             size = (batch[0] if isinstance(batch, tuple) else batch).shape[0]
             total += float(model.loss(batch)) * size
             count += size
@@ -109,6 +119,7 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
     if checkpoint is not None and checkpoint.exists():
         history = _resume(checkpoint, model, optimizer, generator)
     best, since_best = _best_so_far(history)
+    device = _model_device(model)
     bar = tqdm(range(history["epochs_run"], epochs), disable=not progress, desc=type(model).__name__, unit="epoch")
     for epoch in bar:
         if patience is not None and since_best >= patience:
@@ -117,7 +128,7 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
         model.train()
         total, count = 0.0, 0
         for batch in loader:
-            batch = _batch_for_model(batch)
+            batch = _batch_for_model(batch, device)
             loss = model.loss(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the loss became {float(loss)} in epoch {epoch + 1}; lower lr?")
@@ -149,7 +160,9 @@ def _best_so_far(history: dict) -> tuple[float, int]:
 def _save(path: Path, model, optimizer, generator, history) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "history": history, "torch_rng": torch.get_rng_state(), "loader_rng": generator.get_state()}
+             "history": history, "torch_rng": torch.get_rng_state(), "loader_rng": generator.get_state(),
+             # A model on a GPU may draw from its generators (dropout): resuming restores them too.
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}
     payload = io.BytesIO()
     torch.save(state, payload)
     payload = payload.getvalue()
@@ -192,6 +205,9 @@ def _resume(path: Path, model, optimizer, generator) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         generator.set_state(state["loader_rng"])
+        if torch.cuda.is_available():  # the GPUs this machine has of those that saved (a CPU has none)
+            for index, cuda_state in enumerate((state.get("cuda_rng") or [])[:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(cuda_state, index)
         history = state["history"]
     except (KeyError, RuntimeError, ValueError, TypeError) as error:
         model.load_state_dict(before)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from aefast import data as datasets
+from aefast._checks import check_device
 from aefast._files import make_output_folder, output_folder
 from aefast.models import (VAE, Autoencoder, ConditionalVAE, ConvAutoencoder, DenoisingAutoencoder,
                            SparseAutoencoder, interpolate)
@@ -60,13 +61,14 @@ def _as_conv_input(x: torch.Tensor) -> torch.Tensor:
 
 
 def run(model_kind: str, data_name: str, epochs: int, out: Path, *, batch_size: int = 128, lr: float = 3e-3,
-        seed: int = 0, progress: bool = True) -> dict:
+        seed: int = 0, device: str = "cpu", progress: bool = True) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")  # files only
     import matplotlib.pyplot as plt
 
     out = output_folder(out)
+    device = check_device(device)
     x, labels = load_data(data_name)
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{data_name} holds no data: its rows have shape {tuple(x.shape)}")
@@ -79,7 +81,7 @@ def run(model_kind: str, data_name: str, epochs: int, out: Path, *, batch_size: 
         x = _as_conv_input(x)
     num_classes = int(labels.max()) + 1 if labels is not None else 2
     torch.manual_seed(seed)
-    model = build_model(model_kind, x.shape[1], num_classes)
+    model = build_model(model_kind, x.shape[1], num_classes).to(device)
     data = (x, labels) if labels is not None else x
     make_output_folder(out)
     history = fit(model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
@@ -100,8 +102,10 @@ def run(model_kind: str, data_name: str, epochs: int, out: Path, *, batch_size: 
 
     side = math.isqrt(x.shape[1])
     shown = x[:10]
-    with torch.no_grad():
-        reconstructed = model(shown, labels[:10]) if model_kind == "cvae" else model(shown)
+    on_device = x.to(device), (labels.to(device) if labels is not None else None)
+    with torch.no_grad():  # the figures draw from CPU copies
+        reconstructed = (model(on_device[0][:10], on_device[1][:10]) if model_kind == "cvae"
+                         else model(on_device[0][:10])).cpu()
     if side * side == x.shape[1]:
         figure, axes = plt.subplots(2, 10, figsize=(10, 2.2))
         for column in range(len(shown)):
@@ -112,7 +116,7 @@ def run(model_kind: str, data_name: str, epochs: int, out: Path, *, batch_size: 
         save(figure, "reconstructions")
 
     with torch.no_grad():
-        codes = model.encode(x, labels) if model_kind == "cvae" else model.encode(x)
+        codes = (model.encode(*on_device) if model_kind == "cvae" else model.encode(on_device[0])).cpu()
     if codes.shape[1] > 2:  # draw the code's two principal directions
         centered = codes - codes.mean(0)
         codes = centered @ torch.linalg.svd(centered, full_matrices=False)[2][:2].T
@@ -126,14 +130,14 @@ def run(model_kind: str, data_name: str, epochs: int, out: Path, *, batch_size: 
 
     if model_kind in ("vae", "cvae") and side * side == x.shape[1]:
         generator = torch.Generator().manual_seed(seed)
-        samples = model.sample(20, generator=generator)
+        samples = model.sample(20, generator=generator).cpu()
         figure, axes = plt.subplots(2, 10, figsize=(10, 2.2))
         for index, axis in enumerate(axes.flat):
             axis.imshow(samples[index].reshape(side, side).numpy(), cmap="gray", vmin=0, vmax=1)
             axis.axis("off")
         save(figure, "samples")
         if model_kind == "vae":
-            strip = interpolate(model, x[0], x[1], steps=10)
+            strip = interpolate(model, on_device[0][0], on_device[0][1], steps=10).cpu()
             figure, axes = plt.subplots(1, 10, figsize=(10, 1.2))
             for index, axis in enumerate(axes):
                 axis.imshow(strip[index].reshape(side, side).numpy(), cmap="gray", vmin=0, vmax=1)

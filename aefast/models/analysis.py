@@ -25,8 +25,8 @@ def pca_check(model: Autoencoder, x: Tensor) -> PcaCheck:
         raise ValueError("pca_check needs a linear autoencoder (activation=None, output_activation=None)")
     k = model.dims[-1]
     # The decoder's map from code to output is linear: its image is spanned by the images of the unit codes.
-    zero = model.decode(torch.zeros(1, k, dtype=x.dtype))
-    decoder_basis = (model.decode(torch.eye(k, dtype=x.dtype)) - zero).T  # (d, k)
+    zero = model.decode(torch.zeros(1, k, dtype=x.dtype, device=x.device))
+    decoder_basis = (model.decode(torch.eye(k, dtype=x.dtype, device=x.device)) - zero).T  # (d, k)
     centered = x - x.mean(0)
     _, _, components = torch.linalg.svd(centered.double(), full_matrices=False)
     pca_basis = components[:k].T  # (d, k)
@@ -46,7 +46,7 @@ def interpolate(model, x1: Tensor, x2: Tensor, steps: int = 8) -> Tensor:
     if steps < 2:
         raise ValueError(f"steps must be >= 2, got {steps}")
     codes = model.encode(torch.stack([x1.reshape(-1), x2.reshape(-1)]))
-    weights = torch.linspace(0, 1, steps, dtype=codes.dtype).unsqueeze(1)
+    weights = torch.linspace(0, 1, steps, dtype=codes.dtype, device=codes.device).unsqueeze(1)
     return model.decode((1 - weights) * codes[0] + weights * codes[1])
 
 
@@ -61,7 +61,8 @@ class LatentGaussian:
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        noise = torch.randn(n, self.mean.numel(), generator=generator, dtype=self.mean.dtype)
+        # Drawn on the CPU, as VAE.sample: a CPU generator's seed gives the same samples on any device.
+        noise = torch.randn(n, self.mean.numel(), generator=generator, dtype=self.mean.dtype).to(self.mean.device)
         return self.model.decode(self.mean + self.std * noise)
 
 

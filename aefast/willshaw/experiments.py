@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from aefast._checks import check_device
 from aefast._files import make_output_folder, output_folder
 from aefast.willshaw import reference, theory
-from aefast.willshaw.memory import WillshawMemory, check_device
+from aefast.willshaw.memory import WillshawMemory
 from aefast.willshaw.patterns import from_indices, random_patterns
 
 CHUNK_PAIRS = 1 << 16  # pairs drawn from one generator: changing it changes every seed's pairs

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from aefast import _backends
 from aefast._buffers import empty_on_huge_pages
-from aefast._checks import is_int
+from aefast._checks import check_device, is_int
 from aefast.willshaw import memory_file, ops, reference
 from aefast.willshaw.patterns import IndexPatterns, PatternRows, from_dense, from_indices
 
@@ -236,26 +236,6 @@ def answers_of(values: Tensor, offsets: Tensor, single: bool, flat: bool):
         return values, offsets
     answers = list(torch.split(values, offsets.diff().tolist()))
     return answers[0] if single else answers
-
-
-def check_device(device) -> torch.device:
-    """``device`` as a torch.device that patterns on it compare equal to ("cuda" becomes "cuda:0", ...);
-    ValueError naming it when torch does not know it or it is a GPU this machine lacks."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {device!r}") from error
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or a CUDA device, got {device}")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device} asked for, but no CUDA device is available")
-        if device.index is None:
-            return torch.device("cuda", torch.cuda.current_device())
-        if device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device} asked for, but this machine has {torch.cuda.device_count()} "
-                             "CUDA device(s)")
-    return device
 
 
 def _check_units(value, name: str) -> int:

@@ -161,3 +161,10 @@ def test_cli_train_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--model", "ae", "--data", str(tmp_path / "empty.npz"), "--epochs", "1", "--out", str(tmp_path)])
     assert r"empty.npz holds no data: its rows have shape (0, 16)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "ae", "--data", "digits", "--epochs", "1", "--out", str(tmp_path), "--device", "abacus"])
+    assert "device must name a torch device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["train", "--model", "ae", "--data", "digits", "--epochs", "1", "--out", str(tmp_path), "--device", "cuda"])
+        assert "no CUDA device is available" in capsys.readouterr().err
