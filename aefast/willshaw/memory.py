@@ -213,13 +213,13 @@ class WillshawMemory:
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
              backend: Optional[str] = None) -> "WillshawMemory":
         """A memory saved by ``save``; raises WillshawFileError when the file is damaged or not one."""
-        matrix, sizes = memory_file.read(path)
+        sizes = memory_file.read_sizes(path)
         if "shard_rank" in sizes:
             raise memory_file.WillshawFileError(
                 f"{path} is shard {sizes['shard_rank']} of {sizes['shard_count']} of a ShardedWillshawMemory; "
                 "load the shards with ShardedWillshawMemory.load")
         memory = cls(sizes["n_in"], sizes["n_out"], device=device, backend=backend)
-        memory._matrix.copy_(matrix)
+        memory_file.read_matrix_into(path, sizes, memory._matrix)  # block by block: no second copy in memory
         memory._n_stored = sizes["n_stored"]
         return memory
 

@@ -324,23 +324,26 @@ class ShardedWillshawMemory:
                 found = sorted(p.name for p in Path(directory).glob("shard-*-of-*.safetensors"))
                 raise memory_file.WillshawFileError(f"no shard for rank {rank} of {world} ranks: {path} is missing "
                                                     f"(the directory holds {found or 'no shards'})")
-            matrix, sizes = memory_file.read(path)
+            sizes = memory_file.read_sizes(path)
             if "shard_rank" not in sizes:
                 raise memory_file.WillshawFileError(f"{path} is a WillshawMemory file, not a shard")
             if (sizes["shard_rank"], sizes["shard_count"]) != (rank, world):
                 raise memory_file.WillshawFileError(
                     f"{path} holds the shard of rank {sizes['shard_rank']} of {sizes['shard_count']}, not of rank "
                     f"{rank} of {world}")
-            return matrix, sizes
+            return sizes
 
-        matrix, sizes = _agreed(group, read)
+        sizes = _agreed(group, read)
         memory = cls(sizes["n_in"], sizes["n_out_total"], process_group=group, device=device, backend=backend,
                      timeout=None)
-        if (memory._unit_start, memory._unit_stop) != (sizes["unit_start"], sizes["unit_stop"]):
-            raise memory_file.WillshawFileError(f"{path} holds units [{sizes['unit_start']}, {sizes['unit_stop']}), "
-                                                f"but rank {rank} of {world} holds [{memory._unit_start}, "
-                                                f"{memory._unit_stop})")
-        memory._local._matrix.copy_(matrix)
+
+        def fill():  # on every rank, so that one rank's refusal is every rank's (no collective left waiting)
+            if (memory._unit_start, memory._unit_stop) != (sizes["unit_start"], sizes["unit_stop"]):
+                raise memory_file.WillshawFileError(
+                    f"{path} holds units [{sizes['unit_start']}, {sizes['unit_stop']}), but rank {rank} of {world} "
+                    f"holds [{memory._unit_start}, {memory._unit_stop})")
+            memory_file.read_matrix_into(path, sizes, memory._local._matrix)  # block by block
+        _agreed(group, fill)
         memory._local._n_stored = sizes["n_stored"]
         return memory
 

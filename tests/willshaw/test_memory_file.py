@@ -1,13 +1,19 @@
 """save/load: a round trip keeps every bit and count; a damaged, truncated, appended-to or foreign file
 raises WillshawFileError and never loads; a save replaces the old file atomically."""
+import hashlib
 import json
+import os
 import struct
+import subprocess
+import sys
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from aefast.willshaw import WillshawFileError, WillshawMemory
+from aefast.willshaw import WillshawFileError, WillshawMemory, memory_file
+from aefast.willshaw.memory import _available_bytes
 from tests.willshaw.conftest import random_patterns
 
 
@@ -127,3 +133,101 @@ def test_other_files_are_refused(tmp_path):
         WillshawMemory.load(text)
     with pytest.raises(FileNotFoundError):
         WillshawMemory.load(tmp_path / "missing.safetensors")
+
+
+def test_a_saved_file_is_a_safetensors_file_that_its_library_reads(saved):
+    memory, path = saved
+    assert torch.equal(load_file(path)["matrix"], memory.packed_matrix())
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    assert {key: metadata[key] for key in ("format", "version", "n_in", "n_out", "n_stored")} == \
+        {"format": "aefast.willshaw", "version": "1", "n_in": "300", "n_out": "130", "n_stored": "400"}
+    expected = hashlib.sha256(b"n_in=300 n_out=130 n_stored=400")
+    expected.update(memory.packed_matrix().numpy().tobytes())
+    assert metadata["sha256"] == expected.hexdigest()
+
+
+def test_a_file_written_by_safetensors_itself_loads(saved, tmp_path):
+    """Files as earlier versions wrote them, with the library's save_file."""
+    memory, _ = saved
+    matrix = memory.packed_matrix()
+    digest = hashlib.sha256(b"n_in=300 n_out=130 n_stored=400")
+    digest.update(matrix.numpy().tobytes())
+    path = tmp_path / "by-save-file.safetensors"
+    save_file({"matrix": matrix}, path, metadata={"format": "aefast.willshaw", "version": "1", "n_in": "300",
+                                                  "n_out": "130", "n_stored": "400", "sha256": digest.hexdigest()})
+    assert torch.equal(WillshawMemory.load(path).packed_matrix(), matrix)
+
+
+@pytest.mark.parametrize("rows_per_block", [1, 7, 299, 300])
+def test_saves_and_loads_in_blocks_of_rows_keep_every_bit_and_check_every_block(saved, tmp_path, monkeypatch,
+                                                                                 rows_per_block):
+    memory, _ = saved
+    monkeypatch.setattr(memory_file, "BLOCK_BYTES", rows_per_block * 3 * 8)  # 130 units: 3 words a row
+    path = tmp_path / "in-blocks.safetensors"
+    memory.save(path)
+    assert torch.equal(WillshawMemory.load(path).packed_matrix(), memory.packed_matrix())
+    _damage(path, offset_from_end=8 * 3 * 2)  # in the last row but one: a late block
+    with pytest.raises(WillshawFileError, match="checksum mismatch"):
+        WillshawMemory.load(path)
+
+
+LOAD_WITHIN_A_DATA_LIMIT = """
+import resource, sys
+from aefast.willshaw import WillshawMemory
+from aefast.willshaw import memory_file
+with open("/proc/self/status") as status:
+    data_now = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmData:"))
+limit = data_now + int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+memory = WillshawMemory.load(sys.argv[1])
+assert memory.n_stored == 1 and memory.sums_indices([[5]])[0].sum() == 2
+"""
+
+
+def test_a_load_holds_no_second_copy_of_the_matrix(tmp_path):
+    """The private memory (RLIMIT_DATA) a load may take: the memory's matrix, the map of the file that
+    safetensors reads from (a private map, which the limit counts, though its pages are the page
+    cache's until written) and a few blocks, not also a whole copy of the matrix, as a read into a new
+    tensor makes (older safetensors). (1 GiB matrix: 1 GiB of disk, 2 of memory.)"""
+    n_in, n_out = 2**17, 2**16  # 2^17 rows of 8 KiB: 1 GiB
+    matrix_bytes = n_in * n_out // 8
+    available = _available_bytes(torch.device("cpu"))
+    if available < 3 * matrix_bytes:
+        pytest.skip(f"needs {3 * matrix_bytes} bytes available, the machine has {available}")
+    memory = WillshawMemory(n_in, n_out)
+    memory.store_indices(torch.tensor([[5, n_in - 1]]), torch.tensor([[0, n_out - 1]]))
+    path = tmp_path / "large.safetensors"
+    memory.save(path)
+    del memory
+    room = 2 * matrix_bytes + 4 * memory_file.BLOCK_BYTES + 2**28  # a whole copy would need 3 matrices
+    result = subprocess.run([sys.executable, "-c", LOAD_WITHIN_A_DATA_LIMIT, str(path), str(room)],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+SAVE_FROM_THE_GPU_WITHIN_A_DATA_LIMIT = """
+import resource, sys
+import torch
+from aefast.willshaw import WillshawMemory
+memory = WillshawMemory(2**17, 2**16, device="cuda")  # 1 GiB
+memory.store_indices(torch.tensor([[5, 2**17 - 1]], device="cuda"), torch.tensor([[0, 2**16 - 1]], device="cuda"))
+torch.cuda.synchronize()
+with open("/proc/self/status") as status:
+    data_now = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmData:"))
+limit = data_now + 2**29  # half the matrix: a whole host copy does not fit
+resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+memory.save(sys.argv[1])
+"""
+
+
+@pytest.mark.gpu
+def test_a_gpu_memory_is_saved_without_a_whole_copy_on_the_host(tmp_path):
+    """The save copies the matrix to the host a block at a time (it copied all of it first: the
+    seeds' 116 GiB memory at n = 10^6 could not be saved from a GPU whose host has 128 GiB)."""
+    path = tmp_path / "from-gpu.safetensors"
+    result = subprocess.run([sys.executable, "-c", SAVE_FROM_THE_GPU_WITHIN_A_DATA_LIMIT, str(path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = WillshawMemory.load(path)
+    assert loaded.n_stored == 1 and loaded.sums_indices([[5]])[0].sum() == 2
