@@ -1,4 +1,4 @@
-"""Argument checks shared by the layers, models, training loop and custom ops: each raises a ValueError
+"""Argument checks shared by the layers, models, training loop, memories and custom ops: each raises a ValueError
 that names the argument. bool is refused where a number is asked for (True is an int to Python)."""
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def check_seed(seed, name: str = "seed") -> None:
 
 
 def check_device(device) -> torch.device:
-    """``device`` as a torch.device that patterns on it compare equal to ("cuda" becomes "cuda:0", ...);
+    """``device`` as a torch.device that tensors on it compare equal to ("cuda" becomes "cuda:0", ...);
     ValueError naming it when torch does not know it or it is a GPU this machine lacks."""
     try:
         device = torch.device(device)
