@@ -1,5 +1,5 @@
-"""Argument checks shared by the layers, models, training loop, memories and custom ops: each raises a ValueError
-that names the argument. bool is refused where a number is asked for (True is an int to Python)."""
+"""Argument checks shared by the layers, models, training loop, memories and custom ops: each raises a
+ValueError that names the argument. bool is refused where a number is asked for (True is an int to Python)."""
 from __future__ import annotations
 
 import math
