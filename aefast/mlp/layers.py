@@ -176,31 +176,32 @@ class FusedMLP(nn.Module):
     @classmethod
     def from_sequential(cls, sequential: nn.Sequential) -> "FusedMLP":
         """An MLP equal to ``sequential`` (nn.Linear layers, each followed by at most one activation
-        module), sharing nothing with it; parameters come in the order of ``sequential.parameters()``."""
+        module), sharing nothing with it; parameters come in the order of ``sequential.parameters()``.
+        Nested nn.Sequentials are opened (an encoder and a decoder in one) and nn.Identity is skipped."""
         if not isinstance(sequential, nn.Sequential):
             raise TypeError(f"sequential must be an nn.Sequential, got {type(sequential).__name__}")
-        layers, modules = [], list(sequential)
-        for index, module in enumerate(modules):
+        layers, modules = [], list(_opened(sequential, "sequential"))
+        for label, module in modules:
             if isinstance(module, nn.Linear):
                 layers.append([module, None])
                 continue
             activation = _MODULE_ACTIVATIONS.get(type(module))
             if activation is None or not layers or layers[-1][1] is not None:
-                raise ValueError(f"sequential[{index}] ({type(module).__name__}) is not an activation after a Linear; "
+                raise ValueError(f"{label} ({type(module).__name__}) is not an activation after a Linear; "
                                  f"FusedMLP takes nn.Linear layers each followed by at most one of "
                                  f"{[m.__name__ for m in _MODULE_ACTIVATIONS]}")
             if isinstance(module, nn.LeakyReLU) and module.negative_slope != reference.LEAKY_SLOPE:
-                raise ValueError(f"sequential[{index}]: LeakyReLU slope must be {reference.LEAKY_SLOPE}")
+                raise ValueError(f"{label}: LeakyReLU slope must be {reference.LEAKY_SLOPE}")
             if isinstance(module, nn.GELU) and module.approximate != "none":
-                raise ValueError(f"sequential[{index}]: only the exact GELU (approximate='none') is fused")
+                raise ValueError(f"{label}: only the exact GELU (approximate='none') is fused")
             layers[-1][1] = activation
         if not layers:
             raise ValueError("sequential must hold at least one nn.Linear")
         first = layers[0][0]
-        for index, module in enumerate(modules):
+        for label, module in modules:
             if isinstance(module, nn.Linear) and (module.weight.dtype, module.weight.device) != (
                     first.weight.dtype, first.weight.device):
-                raise TypeError(f"sequential[{index}] is {module.weight.dtype} on {module.weight.device} but the first "
+                raise TypeError(f"{label} is {module.weight.dtype} on {module.weight.device} but the first "
                                 f"Linear is {first.weight.dtype} on {first.weight.device}: the layers must share both")
         for (previous, _), (following, _) in zip(layers, layers[1:]):
             if previous.out_features != following.in_features:
@@ -227,6 +228,16 @@ class FusedMLP(nn.Module):
                 module_type = next(t for t, name in _MODULE_ACTIVATIONS.items() if name == layer.activation)
                 modules.append(module_type())
         return nn.Sequential(*modules)
+
+
+def _opened(sequential: nn.Sequential, label: str):
+    """(label, module) for the modules of ``sequential`` in order, nested nn.Sequentials opened (their
+    parameters come in the same order) and nn.Identity left out; labels index as ``sequential[1][0]``."""
+    for index, module in enumerate(sequential):
+        if isinstance(module, nn.Sequential):
+            yield from _opened(module, f"{label}[{index}]")
+        elif not isinstance(module, nn.Identity):
+            yield f"{label}[{index}]", module
 
 
 # Widths up to this run as one kernel per row block (activations kept on chip); the Triton tile is

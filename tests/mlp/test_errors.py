@@ -89,6 +89,9 @@ def test_from_sequential_refuses_what_it_cannot_fuse():
         FusedMLP.from_sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2).double()))
     with pytest.raises(TypeError, match="sequential must be an nn.Sequential, got Linear"):
         FusedMLP.from_sequential(torch.nn.Linear(3, 4))
+    nested = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Sequential(torch.nn.Identity(), torch.nn.Dropout()))
+    with pytest.raises(ValueError, match=r"sequential\[1\]\[1\] \(Dropout\) is not an activation after a Linear"):
+        FusedMLP.from_sequential(nested)
 
 
 ROWS, WIDTH_IN, WIDTH_OUT, NARROW_DIMS = 5, 3, 4, [3, 6, 4]

@@ -160,6 +160,19 @@ def test_from_sequential_and_back(mlp_backend):
     torch.testing.assert_close(back(x), sequential(x), atol=0, rtol=0)
 
 
+def test_from_sequential_opens_an_encoder_and_a_decoder_in_one_sequential(mlp_backend):
+    torch.manual_seed(7)
+    encoder = nn.Sequential(nn.Linear(20, 9), nn.Tanh(), nn.Identity(), nn.Linear(9, 3))
+    decoder = nn.Sequential(nn.Sequential(nn.Linear(3, 9), nn.ReLU()), nn.Linear(9, 20), nn.Sigmoid())
+    autoencoder = nn.Sequential(encoder, decoder)
+    mlp = FusedMLP.from_sequential(autoencoder)
+    assert mlp.dims == [20, 9, 3, 9, 20]
+    assert [layer.activation for layer in mlp.layers] == ["tanh", None, "relu", "sigmoid"]
+    assert all(torch.equal(a, b) for a, b in zip(mlp.parameters(), autoencoder.parameters(), strict=True))
+    x = torch.rand(7, 20)
+    torch.testing.assert_close(mlp(x), autoencoder(x), atol=1e-5, rtol=1e-5)
+
+
 def test_fused_mlp_dims_and_activations():
     mlp = FusedMLP([10, 8, 6, 4], activation="gelu", output_activation="sigmoid")
     assert mlp.dims == [10, 8, 6, 4]
