@@ -178,43 +178,7 @@ class FusedMLP(nn.Module):
         """An MLP equal to ``sequential`` (nn.Linear layers, each followed by at most one activation
         module), sharing nothing with it; parameters come in the order of ``sequential.parameters()``.
         Nested nn.Sequentials are opened (an encoder and a decoder in one) and nn.Identity is skipped."""
-        if not isinstance(sequential, nn.Sequential):
-            raise TypeError(f"sequential must be an nn.Sequential, got {type(sequential).__name__}")
-        layers, modules = [], list(_opened(sequential, "sequential"))
-        for label, module in modules:
-            if isinstance(module, nn.Linear):
-                layers.append([module, None])
-                continue
-            activation = _MODULE_ACTIVATIONS.get(type(module))
-            if activation is None or not layers or layers[-1][1] is not None:
-                raise ValueError(f"{label} ({type(module).__name__}) is not an activation after a Linear; "
-                                 f"FusedMLP takes nn.Linear layers each followed by at most one of "
-                                 f"{[m.__name__ for m in _MODULE_ACTIVATIONS]}")
-            if isinstance(module, nn.LeakyReLU) and module.negative_slope != reference.LEAKY_SLOPE:
-                raise ValueError(f"{label}: LeakyReLU slope must be {reference.LEAKY_SLOPE}")
-            if isinstance(module, nn.GELU) and module.approximate != "none":
-                raise ValueError(f"{label}: only the exact GELU (approximate='none') is fused")
-            layers[-1][1] = activation
-        if not layers:
-            raise ValueError("sequential must hold at least one nn.Linear")
-        first = layers[0][0]
-        for label, module in modules:
-            if isinstance(module, nn.Linear) and (module.weight.dtype, module.weight.device) != (
-                    first.weight.dtype, first.weight.device):
-                raise TypeError(f"{label} is {module.weight.dtype} on {module.weight.device} but the first "
-                                f"Linear is {first.weight.dtype} on {first.weight.device}: the layers must share both")
-        for (previous, _), (following, _) in zip(layers, layers[1:]):
-            if previous.out_features != following.in_features:
-                raise ValueError(f"consecutive Linear layers must chain, got {previous.out_features} -> "
-                                 f"{following.in_features}")
-        mlp = cls([first.in_features] + [linear.out_features for linear, _ in layers], bias=first.bias is not None,
-                  device=first.weight.device, dtype=first.weight.dtype)
-        for fused, (linear, activation) in zip(mlp.layers, layers):
-            if (linear.bias is None) != (fused.bias is None):
-                raise ValueError("every Linear of sequential must have a bias, or none")
-            fused.activation = activation
-            fused.load_state_dict(linear.state_dict())
-        return mlp
+        return _mlp_from_sequential(cls, sequential, "sequential")
 
     def to_sequential(self) -> nn.Sequential:
         """The equal nn.Sequential of nn.Linear and activation modules (a copy)."""
@@ -228,6 +192,47 @@ class FusedMLP(nn.Module):
                 module_type = next(t for t, name in _MODULE_ACTIVATIONS.items() if name == layer.activation)
                 modules.append(module_type())
         return nn.Sequential(*modules)
+
+
+def _mlp_from_sequential(mlp_class: type, sequential, name: str) -> "FusedMLP":
+    """FusedMLP.from_sequential (into ``mlp_class``), its errors naming the argument ``name``."""
+    if not isinstance(sequential, nn.Sequential):
+        raise TypeError(f"{name} must be an nn.Sequential, got {type(sequential).__name__}")
+    layers, modules = [], list(_opened(sequential, name))
+    for label, module in modules:
+        if isinstance(module, nn.Linear):
+            layers.append([module, None])
+            continue
+        activation = _MODULE_ACTIVATIONS.get(type(module))
+        if activation is None or not layers or layers[-1][1] is not None:
+            raise ValueError(f"{label} ({type(module).__name__}) is not an activation after a Linear; "
+                             f"FusedMLP takes nn.Linear layers each followed by at most one of "
+                             f"{[m.__name__ for m in _MODULE_ACTIVATIONS]}")
+        if isinstance(module, nn.LeakyReLU) and module.negative_slope != reference.LEAKY_SLOPE:
+            raise ValueError(f"{label}: LeakyReLU slope must be {reference.LEAKY_SLOPE}")
+        if isinstance(module, nn.GELU) and module.approximate != "none":
+            raise ValueError(f"{label}: only the exact GELU (approximate='none') is fused")
+        layers[-1][1] = activation
+    if not layers:
+        raise ValueError(f"{name} must hold at least one nn.Linear")
+    first = layers[0][0]
+    for label, module in modules:
+        if isinstance(module, nn.Linear) and (module.weight.dtype, module.weight.device) != (
+                first.weight.dtype, first.weight.device):
+            raise TypeError(f"{label} is {module.weight.dtype} on {module.weight.device} but the first "
+                            f"Linear is {first.weight.dtype} on {first.weight.device}: the layers must share both")
+    for (previous, _), (following, _) in zip(layers, layers[1:]):
+        if previous.out_features != following.in_features:
+            raise ValueError(f"consecutive Linear layers must chain, got {previous.out_features} -> "
+                             f"{following.in_features}")
+    mlp = mlp_class([first.in_features] + [linear.out_features for linear, _ in layers],
+                    bias=first.bias is not None, device=first.weight.device, dtype=first.weight.dtype)
+    for fused, (linear, activation) in zip(mlp.layers, layers):
+        if (linear.bias is None) != (fused.bias is None):
+            raise ValueError(f"every Linear of {name} must have a bias, or none")
+        fused.activation = activation
+        fused.load_state_dict(linear.state_dict())
+    return mlp
 
 
 def _opened(sequential: nn.Sequential, label: str):
@@ -316,6 +321,25 @@ class FusedAutoencoder(nn.Module):
                              f"{encoder_dims[0]}, got {decoder_dims}")
         self.encoder = FusedMLP(encoder_dims, activation, code_activation, device=device, dtype=dtype)
         self.decoder = FusedMLP(decoder_dims, activation, output_activation, device=device, dtype=dtype)
+
+    @classmethod
+    def from_sequential(cls, encoder: nn.Sequential, decoder: nn.Sequential) -> "FusedAutoencoder":
+        """The autoencoder ``decoder(encoder(x))`` of two nn.Sequentials of nn.Linear and activation
+        modules (each as ``FusedMLP.from_sequential`` takes it), sharing nothing with them: an existing
+        model's ``loss`` with the corruption and the loss fused in."""
+        fused_encoder = _mlp_from_sequential(FusedMLP, encoder, "encoder")
+        fused_decoder = _mlp_from_sequential(FusedMLP, decoder, "decoder")
+        encoder_dims, decoder_dims = fused_encoder.dims, fused_decoder.dims
+        if decoder_dims[0] != encoder_dims[-1] or decoder_dims[-1] != encoder_dims[0]:
+            raise ValueError(f"decoder must run from the encoder's code width {encoder_dims[-1]} to its input width "
+                             f"{encoder_dims[0]}, got {decoder_dims[0]} -> {decoder_dims[-1]}")
+        first, other = fused_encoder.layers[0].weight, fused_decoder.layers[0].weight
+        if (first.dtype, first.device) != (other.dtype, other.device):
+            raise TypeError(f"decoder is {other.dtype} on {other.device} but encoder is {first.dtype} on "
+                            f"{first.device}: the layers must share both")
+        model = cls(encoder_dims, decoder_dims, device="meta")  # the shapes; the layers come next
+        model.encoder, model.decoder = fused_encoder, fused_decoder
+        return model
 
     def encode(self, x: Tensor) -> Tensor:
         return self.encoder(x)  # narrow runs of the encoder and decoder each fuse into one kernel

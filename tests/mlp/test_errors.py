@@ -89,6 +89,18 @@ def test_from_sequential_refuses_what_it_cannot_fuse():
         FusedMLP.from_sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2).double()))
     with pytest.raises(TypeError, match="sequential must be an nn.Sequential, got Linear"):
         FusedMLP.from_sequential(torch.nn.Linear(3, 4))
+    with pytest.raises(TypeError, match="decoder must be an nn.Sequential, got FusedMLP"):
+        FusedAutoencoder.from_sequential(torch.nn.Sequential(torch.nn.Linear(6, 2)), FusedMLP([2, 6]))
+    with pytest.raises(ValueError, match=r"decoder\[1\] \(Dropout\) is not an activation"):
+        FusedAutoencoder.from_sequential(torch.nn.Sequential(torch.nn.Linear(6, 2)),
+                                         torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.Dropout()))
+    with pytest.raises(ValueError, match="decoder must run from the encoder's code width 2 to its input width 6, got 3 -> 6"):
+        FusedAutoencoder.from_sequential(torch.nn.Sequential(torch.nn.Linear(6, 2)), torch.nn.Sequential(torch.nn.Linear(3, 6)))
+    with pytest.raises(ValueError, match="decoder must run .* got 2 -> 5"):
+        FusedAutoencoder.from_sequential(torch.nn.Sequential(torch.nn.Linear(6, 2)), torch.nn.Sequential(torch.nn.Linear(2, 5)))
+    with pytest.raises(TypeError, match="decoder is torch.float64 on cpu but encoder is torch.float32"):
+        FusedAutoencoder.from_sequential(torch.nn.Sequential(torch.nn.Linear(6, 2)),
+                                         torch.nn.Sequential(torch.nn.Linear(2, 6)).double())
     nested = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Sequential(torch.nn.Identity(), torch.nn.Dropout()))
     with pytest.raises(ValueError, match=r"sequential\[1\]\[1\] \(Dropout\) is not an activation after a Linear"):
         FusedMLP.from_sequential(nested)

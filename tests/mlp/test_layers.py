@@ -200,6 +200,23 @@ def assert_loss_matches_the_sequential(model, x, loss, corruption, l1_code, atol
     torch.testing.assert_close(model(x), decoder(encoder(x)), atol=atol, rtol=rtol)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_an_autoencoder_from_two_sequentials_computes_theirs(mlp_backend, bias):
+    """Each layer keeps its own activation (not one for all hidden layers), and the fused loss and
+    corruption apply to the converted model as to one built by width."""
+    torch.manual_seed(8)
+    encoder = nn.Sequential(nn.Linear(40, 17, bias=bias), nn.GELU(), nn.Linear(17, 5, bias=bias), nn.Tanh())
+    decoder = nn.Sequential(nn.Linear(5, 17, bias=bias), nn.LeakyReLU(), nn.Linear(17, 40, bias=bias), nn.Sigmoid())
+    model = FusedAutoencoder.from_sequential(encoder, decoder)
+    assert [layer.activation for layer in [*model.encoder.layers, *model.decoder.layers]] == \
+        ["gelu", "tanh", "leaky_relu", "sigmoid"]
+    assert all(a is not b and torch.equal(a, b) for a, b in
+               zip(model.parameters(), [*encoder.parameters(), *decoder.parameters()], strict=True))
+    x = torch.rand(9, 40)
+    torch.testing.assert_close(model(x), decoder(encoder(x)), atol=1e-6, rtol=1e-5)
+    assert_loss_matches_the_sequential(model, x, "bce", ("mask", 0.3), 0.01, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("loss,corruption,l1_code", [
     ("mse", None, 0.0), ("mse", ("mask", 0.25), 0.0), ("bce", ("gaussian", 0.3), 0.0), ("mse", None, 0.05),
 ])
