@@ -143,7 +143,7 @@ def run(model_kind: str, data_name: str, epochs: int, out: Path, *, batch_size: 
                 axis.imshow(strip[index].reshape(side, side).numpy(), cmap="gray", vmin=0, vmax=1)
                 axis.axis("off")
             save(figure, "interpolation")
-    summary = {"model": model_kind, "data": data_name, "epochs": history["epochs_run"],
+    summary = {"model": model_kind, "data": data_name, "device": str(device), "epochs": history["epochs_run"],
                "final_train_loss": history["train_loss"][-1], "figures": figures}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -135,7 +135,7 @@ def test_npy_is_not_npz(tmp_path):
 def test_cli_train_writes_the_figures(tmp_path, capsys, model, dataset, figures):
     assert main(["train", "--model", model, "--data", dataset, "--epochs", "1", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["figures"]) == figures
+    assert set(summary["figures"]) == figures and summary["device"] == "cpu"
     for path in summary["figures"].values():
         with open(path, "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"

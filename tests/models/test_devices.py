@@ -2,6 +2,8 @@
 each batch to the model's device, and a resumed run on a GPU restores its generators. The meta device
 stands in for a GPU here: a CPU tensor mixed into a computation on it raises as on a GPU (the tools made
 CPU tensors there before); the gpu-marked tests run the same on a GPU."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -80,3 +82,4 @@ def test_cli_trains_on_the_gpu(tmp_path, capsys, model):
     assert main(["train", "--model", model, "--data", "digits", "--epochs", "1", "--out", str(tmp_path),
                  "--device", "cuda"]) == 0
     assert (tmp_path / "samples.png").exists() and (tmp_path / "latent.png").exists()
+    assert json.loads((tmp_path / "summary.json").read_text())["device"] == f"cuda:{torch.cuda.current_device()}"
