@@ -176,8 +176,9 @@ class FusedMLP(nn.Module):
     @classmethod
     def from_sequential(cls, sequential: nn.Sequential) -> "FusedMLP":
         """An MLP equal to ``sequential`` (nn.Linear layers, each followed by at most one activation
-        module), sharing nothing with it; parameters come in the order of ``sequential.parameters()``.
-        Nested nn.Sequentials are opened (an encoder and a decoder in one) and nn.Identity is skipped."""
+        module; FusedLinear layers keep their own), sharing nothing with it; parameters come in the order
+        of ``sequential.parameters()``. Nested nn.Sequentials and FusedMLPs are opened (an encoder and a
+        decoder in one) and nn.Identity is skipped."""
         return _mlp_from_sequential(cls, sequential, "sequential")
 
     def to_sequential(self) -> nn.Sequential:
@@ -200,7 +201,13 @@ def _mlp_from_sequential(mlp_class: type, sequential, name: str) -> "FusedMLP":
         raise TypeError(f"{name} must be an nn.Sequential, got {type(sequential).__name__}")
     layers, modules = [], list(_opened(sequential, name))
     for label, module in modules:
+        if isinstance(module, FusedLinear):  # an nn.Linear too, whose activation must not be lost
+            layers.append([module, module.activation])
+            continue
         if isinstance(module, nn.Linear):
+            if type(module).forward is not nn.Linear.forward:
+                raise ValueError(f"{label} ({type(module).__name__}) is an nn.Linear with a forward of its own: "
+                                 "FusedMLP cannot know what it computes")
             layers.append([module, None])
             continue
         activation = _MODULE_ACTIVATIONS.get(type(module))
@@ -236,11 +243,14 @@ def _mlp_from_sequential(mlp_class: type, sequential, name: str) -> "FusedMLP":
 
 
 def _opened(sequential: nn.Sequential, label: str):
-    """(label, module) for the modules of ``sequential`` in order, nested nn.Sequentials opened (their
-    parameters come in the same order) and nn.Identity left out; labels index as ``sequential[1][0]``."""
+    """(label, module) for the modules of ``sequential`` in order, nested nn.Sequentials and FusedMLPs
+    opened (their parameters come in the same order) and nn.Identity left out; labels index as
+    ``sequential[1][0]``."""
     for index, module in enumerate(sequential):
         if isinstance(module, nn.Sequential):
             yield from _opened(module, f"{label}[{index}]")
+        elif isinstance(module, FusedMLP):
+            yield from ((f"{label}[{index}].layers[{i}]", layer) for i, layer in enumerate(module.layers))
         elif not isinstance(module, nn.Identity):
             yield f"{label}[{index}]", module
 

@@ -101,6 +101,14 @@ def test_from_sequential_refuses_what_it_cannot_fuse():
     with pytest.raises(TypeError, match="decoder is torch.float64 on cpu but encoder is torch.float32"):
         FusedAutoencoder.from_sequential(torch.nn.Sequential(torch.nn.Linear(6, 2)),
                                          torch.nn.Sequential(torch.nn.Linear(2, 6)).double())
+    with pytest.raises(ValueError, match=r"sequential\[1\] \(Tanh\) is not an activation after a Linear"):
+        FusedMLP.from_sequential(torch.nn.Sequential(FusedLinear(3, 4, activation="relu"), torch.nn.Tanh()))
+
+    class ScaledLinear(torch.nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+    with pytest.raises(ValueError, match=r"sequential\[0\] \(ScaledLinear\) is an nn.Linear with a forward of its own"):
+        FusedMLP.from_sequential(torch.nn.Sequential(ScaledLinear(3, 4)))
     nested = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Sequential(torch.nn.Identity(), torch.nn.Dropout()))
     with pytest.raises(ValueError, match=r"sequential\[1\]\[1\] \(Dropout\) is not an activation after a Linear"):
         FusedMLP.from_sequential(nested)

@@ -173,6 +173,18 @@ def test_from_sequential_opens_an_encoder_and_a_decoder_in_one_sequential(mlp_ba
     torch.testing.assert_close(mlp(x), autoencoder(x), atol=1e-5, rtol=1e-5)
 
 
+def test_from_sequential_keeps_the_activations_of_fused_layers_in_it(mlp_backend):
+    """A FusedLinear is an nn.Linear: its activation was dropped (a relu layer came back linear)."""
+    torch.manual_seed(9)
+    sequential = nn.Sequential(FusedLinear(6, 5, activation="relu"), nn.Linear(5, 4),
+                               FusedMLP([4, 7, 3], activation="tanh"), nn.Sigmoid())
+    mlp = FusedMLP.from_sequential(sequential)
+    assert [layer.activation for layer in mlp.layers] == ["relu", None, "tanh", "sigmoid"]
+    assert all(torch.equal(a, b) for a, b in zip(mlp.parameters(), sequential.parameters(), strict=True))
+    x = torch.randn(7, 6)
+    torch.testing.assert_close(mlp(x), sequential(x), atol=1e-6, rtol=1e-5)
+
+
 def test_fused_mlp_dims_and_activations():
     mlp = FusedMLP([10, 8, 6, 4], activation="gelu", output_activation="sigmoid")
     assert mlp.dims == [10, 8, 6, 4]
