@@ -201,6 +201,10 @@ def _mlp_from_sequential(mlp_class: type, sequential, name: str) -> "FusedMLP":
         raise TypeError(f"{name} must be an nn.Sequential, got {type(sequential).__name__}")
     layers, modules = [], list(_opened(sequential, name))
     for label, module in modules:
+        if isinstance(module, nn.Linear) and nn.utils.parametrize.is_parametrized(module):
+            raise ValueError(f"{label} has parametrized tensors (weight_norm, spectral_norm, ...), which a "
+                             "FusedLinear cannot hold; nn.utils.parametrize.remove_parametrizations(module, "
+                             "'weight') first converts their present values")
         if isinstance(module, FusedLinear):  # an nn.Linear too, whose activation must not be lost
             layers.append([module, module.activation])
             continue

@@ -109,6 +109,9 @@ def test_from_sequential_refuses_what_it_cannot_fuse():
             return 2 * super().forward(x)
     with pytest.raises(ValueError, match=r"sequential\[0\] \(ScaledLinear\) is an nn.Linear with a forward of its own"):
         FusedMLP.from_sequential(torch.nn.Sequential(ScaledLinear(3, 4)))
+    normalized = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(3, 4))
+    with pytest.raises(ValueError, match=r"sequential\[0\] has parametrized tensors .*remove_parametrizations"):
+        FusedMLP.from_sequential(torch.nn.Sequential(normalized))
     nested = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Sequential(torch.nn.Identity(), torch.nn.Dropout()))
     with pytest.raises(ValueError, match=r"sequential\[1\]\[1\] \(Dropout\) is not an activation after a Linear"):
         FusedMLP.from_sequential(nested)
