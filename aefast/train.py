@@ -62,10 +62,12 @@ def _check_rows(x: Tensor, name: str) -> None:
 
 def _batch_for_model(batch, device: Optional[torch.device]):
     """TensorDataset yields lists: one tensor -> the tensor, two -> an (x, labels) tuple; on ``device``."""
+    def move(part):
+        return part.to(device) if device is not None and isinstance(part, Tensor) else part
     if isinstance(batch, (list, tuple)):
-        batch = [part.to(device) if device is not None and isinstance(part, Tensor) else part for part in batch]
+        batch = [move(part) for part in batch]
         return batch[0] if len(batch) == 1 else tuple(batch)
-    return batch.to(device) if device is not None and isinstance(batch, Tensor) else batch
+    return move(batch)
 
 
 def _model_device(model: nn.Module) -> Optional[torch.device]:

@@ -102,10 +102,11 @@ def run(model_kind: str, data_name: str, epochs: int, out: Path, *, batch_size: 
 
     side = math.isqrt(x.shape[1])
     shown = x[:10]
-    on_device = x.to(device), (labels.to(device) if labels is not None else None)
+    x_on_device = x.to(device)
+    labels_on_device = labels.to(device) if labels is not None else None
     with torch.no_grad():  # the figures draw from CPU copies
-        reconstructed = (model(on_device[0][:10], on_device[1][:10]) if model_kind == "cvae"
-                         else model(on_device[0][:10])).cpu()
+        reconstructed = (model(x_on_device[:10], labels_on_device[:10]) if model_kind == "cvae"
+                         else model(x_on_device[:10])).cpu()
     if side * side == x.shape[1]:
         figure, axes = plt.subplots(2, 10, figsize=(10, 2.2))
         for column in range(len(shown)):
@@ -116,7 +117,8 @@ def run(model_kind: str, data_name: str, epochs: int, out: Path, *, batch_size: 
         save(figure, "reconstructions")
 
     with torch.no_grad():
-        codes = (model.encode(*on_device) if model_kind == "cvae" else model.encode(on_device[0])).cpu()
+        codes = (model.encode(x_on_device, labels_on_device) if model_kind == "cvae"
+                 else model.encode(x_on_device)).cpu()
     if codes.shape[1] > 2:  # draw the code's two principal directions
         centered = codes - codes.mean(0)
         codes = centered @ torch.linalg.svd(centered, full_matrices=False)[2][:2].T
@@ -137,7 +139,7 @@ def run(model_kind: str, data_name: str, epochs: int, out: Path, *, batch_size: 
             axis.axis("off")
         save(figure, "samples")
         if model_kind == "vae":
-            strip = interpolate(model, on_device[0][0], on_device[0][1], steps=10).cpu()
+            strip = interpolate(model, x_on_device[0], x_on_device[1], steps=10).cpu()
             figure, axes = plt.subplots(1, 10, figsize=(10, 1.2))
             for index, axis in enumerate(axes):
                 axis.imshow(strip[index].reshape(side, side).numpy(), cmap="gray", vmin=0, vmax=1)

@@ -72,11 +72,7 @@ def store_pairs(memory: WillshawMemory, seed: int, ones: int, start: int, stop: 
                 ys.append(y[part])
                 position = chunk * CHUNK_PAIRS + part.stop
             x, y = torch.cat(xs), torch.cat(ys)
-            _finish_work(memory.device)
-            started = clock()
-            memory.store_indices(x, y)
-            _finish_work(memory.device)  # a store returns before its last kernel has run
-            storing += clock() - started
+            storing += _timed(lambda: memory.store_indices(x, y), memory.device, clock)
             bar.update(position - first)
     return storing
 
@@ -354,11 +350,7 @@ def _scaling_point(size: int, M: int, L: int, seed: int, queries: int, device: t
     memory = WillshawMemory(size, device=device)
     store_seconds = store_pairs(memory, seed, M, 0, L, progress, clock)
     cues, answers = stored_pairs(memory, seed, M, min(queries, L))
-    _finish_work(device)
-    started = clock()
-    memory.retrieve_indices(cues)
-    _finish_work(device)
-    recall_seconds = clock() - started
+    recall_seconds = _timed(lambda: memory.retrieve_indices(cues), device, clock)
     errors = recall_errors(memory, cues, answers)
     return {"n": size, "ones": M, "pairs": L, "density": memory.density, "false_ones": errors["false_ones"],
             "bits_per_synapse": theory.bits_per_synapse(size, M, L, false_ones=errors["false_ones"]),
@@ -366,10 +358,16 @@ def _scaling_point(size: int, M: int, L: int, seed: int, queries: int, device: t
             "store_pairs_per_second": L / store_seconds, "recalls_per_second": len(cues) / recall_seconds}
 
 
-def _finish_work(device: torch.device) -> None:
-    """Wait for the work queued on ``device``, so that a clock read after it times that work."""
+def _timed(run: Callable[[], object], device: torch.device, clock: Callable[[], float]) -> float:
+    """Seconds ``run()`` takes, with the work it queues on ``device``: a GPU call returns before its
+    last kernel has run, so the GPU is waited for before and after."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    started = clock()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return clock() - started
 
 
 def _plot_scaling(rows: list[dict], path: Path) -> None:
