@@ -13,6 +13,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as torch_module
 
 from aefast import _backends
 from aefast._checks import check_seed, is_real, non_negative, positive_int
@@ -107,6 +108,30 @@ def _plain(device: torch.device) -> bool:
     return _plain_autograd(device) or _backends.func_transform_takes_plain_ops()
 
 
+def _own_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` has forward, forward pre- or backward hooks of its own."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs hooks, its own or global ones (the test that nn.Module's own
+    call makes). Such a module is called rather than fused with its neighbours, so that its hooks run as
+    in plain PyTorch: a forward hook sees the layer's output, torch.nn.utils.prune's pre-hook sets its
+    weight first, a backward hook sees its gradients."""
+    return _own_hooks(module) or bool(
+        torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
+        or torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks)
+
+
+def corrupted(x: Tensor, corruption: str, param: float, seed: Tensor) -> Tensor:
+    """x~ (2-D) in plain ops, or under torch.compile through the op ``aefast::corrupt`` (inductor
+    takes minutes over the noise's plain ops: ``ops.corrupt_op``)."""
+    if torch.compiler.is_compiling():
+        return ops.corrupt_op(x, corruption, param, seed)
+    return reference.corrupt(x, corruption, param, int(seed))
+
+
 def fused_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation, corruption="none", param=0.0,
                  seed: Tensor = _NO_SEED, plain: Optional[bool] = None) -> Tensor:
     """act(x~ W^T + b) over x's last dimension: the op, or plain autograd where auto picks the reference
@@ -115,7 +140,7 @@ def fused_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation, 
         plain = _plain(x.device)
     if plain:
         if corruption != "none":
-            x = reference.corrupt(x, corruption, param, int(seed))
+            x = corrupted(x, corruption, param, seed)
         return reference.activate(F.linear(x, weight, bias), activation)
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     y, _ = ops.fused_linear_op(rows, weight, bias, activation or "none", corruption, float(param), seed)
@@ -150,7 +175,8 @@ class FusedLinear(nn.Linear):
 
 class FusedMLP(nn.Module):
     """The chain dims[0] -> ... -> dims[-1] of FusedLinear layers: ``activation`` after every layer
-    but the last, ``output_activation`` after the last."""
+    but the last, ``output_activation`` after the last. A layer with hooks (prune's, a forward hook
+    that reads features) is called on its own, so they run as in an nn.Sequential."""
 
     def __init__(self, dims: Sequence[int], activation: Optional[str] = "relu",
                  output_activation: Optional[str] = None, bias: bool = True, device=None, dtype=None):
@@ -168,10 +194,11 @@ class FusedMLP(nn.Module):
         return [self.layers[0].in_features] + [layer.out_features for layer in self.layers]
 
     def forward(self, x: Tensor) -> Tensor:
-        x, layers = _autocast(x, list(self.layers))
+        modules = list(self.layers)
+        x, layers = _autocast(x, modules)
         _check_input(x, layers[0].weight)
         _check_layers(layers, x)
-        return _run_layers(layers, x)
+        return _run_layers(layers, x, modules)
 
     @classmethod
     def from_sequential(cls, sequential: nn.Sequential) -> "FusedMLP":
@@ -182,9 +209,11 @@ class FusedMLP(nn.Module):
         return _mlp_from_sequential(cls, sequential, "sequential")
 
     def to_sequential(self) -> nn.Sequential:
-        """The equal nn.Sequential of nn.Linear and activation modules (a copy)."""
+        """The equal nn.Sequential of nn.Linear and activation modules (a copy; a layer with hooks is
+        refused, as ``from_sequential`` refuses one)."""
         modules = []
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
+            _refuse_hooks(layer, f"layers[{index}]")
             linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
                                device=layer.weight.device, dtype=layer.weight.dtype)
             linear.load_state_dict(layer.state_dict())
@@ -199,6 +228,9 @@ def _mlp_from_sequential(mlp_class: type, sequential, name: str) -> "FusedMLP":
     """FusedMLP.from_sequential (into ``mlp_class``), its errors naming the argument ``name``."""
     if not isinstance(sequential, nn.Sequential):
         raise TypeError(f"{name} must be an nn.Sequential, got {type(sequential).__name__}")
+    for path, module in sequential.named_modules():
+        _refuse_hooks(module, name + "".join(f"[{part}]" if part.isdigit() else f".{part}"
+                                             for part in path.split(".") if part))
     layers, modules = [], list(_opened(sequential, name))
     for label, module in modules:
         if isinstance(module, nn.Linear) and nn.utils.parametrize.is_parametrized(module):
@@ -246,6 +278,16 @@ def _mlp_from_sequential(mlp_class: type, sequential, name: str) -> "FusedMLP":
     return mlp
 
 
+def _refuse_hooks(module: nn.Module, label: str) -> None:
+    """A conversion refuses a module with hooks: it cannot carry them over (prune's and the old
+    weight_norm's refer to the module they sit on, and keep its weight under other state_dict keys)."""
+    if _own_hooks(module):
+        raise ValueError(f"{label} ({type(module).__name__}) has hooks (torch.nn.utils.prune and the old "
+                         "weight_norm work through them), which the converted layers would not keep: remove "
+                         "them first (prune.remove(module, 'weight'), nn.utils.remove_weight_norm(module)) "
+                         "and register what is still needed on the converted model")
+
+
 def _opened(sequential: nn.Sequential, label: str):
     """(label, module) for the modules of ``sequential`` in order, nested nn.Sequentials and FusedMLPs
     opened (their parameters come in the same order) and nn.Identity left out; labels index as
@@ -264,18 +306,20 @@ def _opened(sequential: nn.Sequential, label: str):
 MAX_NARROW_WIDTH = 128
 
 
-def _narrow_runs(layers) -> list[tuple[int, int]]:
+def _narrow_runs(layers, hooked) -> list[tuple[int, int]]:
     """[start, end) runs of 2+ consecutive layers that one narrow kernel can take: every width <= 128,
-    no GELU (its derivative needs the pre-activation), the same activation until the last layer, and
-    biases on all or none."""
-    def fusable(layer):
-        return max(layer.in_features, layer.out_features) <= MAX_NARROW_WIDTH and layer.activation != "gelu"
+    no GELU (its derivative needs the pre-activation), no hooks (``hooked[i]``: layer i is called on
+    its own), the same activation until the last layer, and biases on all or none."""
+    def fusable(index):
+        layer = layers[index]
+        return (max(layer.in_features, layer.out_features) <= MAX_NARROW_WIDTH and layer.activation != "gelu"
+                and not hooked[index])
 
     runs, start = [], 0
     while start < len(layers):
         end = start + 1
-        if fusable(layers[start]):
-            while (end < len(layers) and fusable(layers[end])
+        if fusable(start):
+            while (end < len(layers) and fusable(end)
                    and layers[end - 1].activation == layers[start].activation
                    and (layers[end].bias is None) == (layers[start].bias is None)):
                 end += 1
@@ -285,13 +329,15 @@ def _narrow_runs(layers) -> list[tuple[int, int]]:
     return runs
 
 
-def _run_layers(layers, x: Tensor) -> Tensor:
-    """x through the layers: narrow runs as one op each, the other layers one by one. The backend choice
-    is made once for the chain, on a plain list of the layers: on a small batch each layer's own lookups
+def _run_layers(layers, x: Tensor, modules: list) -> Tensor:
+    """x through the layers (``modules``' parameters, cast under autocast): narrow runs as one op each,
+    the other layers one by one, a layer with hooks through its module's call. The backend choice is
+    made once for the chain, on a plain list of the layers: on a small batch each layer's own lookups
     (and slices of the ModuleList, each a new Module) cost as much as its math."""
     layers = list(layers)
     plain = _plain(x.device)
-    runs = dict(_narrow_runs(layers))
+    hooked = [_has_hooks(module) for module in modules]
+    runs = dict(_narrow_runs(layers, hooked))
     index = 0
     while index < len(layers):
         if index in runs:
@@ -299,7 +345,8 @@ def _run_layers(layers, x: Tensor) -> Tensor:
             x = _narrow(layers[index:end], x, plain)
             index = end
         else:
-            x = _linear(x, layers[index], layers[index].activation, plain=plain)
+            layer = layers[index]
+            x = modules[index](x) if hooked[index] else _linear(x, layer, layer.activation, plain=plain)
             index += 1
     return x
 
@@ -370,10 +417,14 @@ class FusedAutoencoder(nn.Module):
         ``("mask", v)`` zeroes each input with probability v in [0, 1), ``("gaussian", sigma)`` adds
         sigma * N(0, 1), sigma >= 0 (the denoising autoencoder). ``l1_code`` adds l1_code times the
         mean over the batch of the code's L1 norm (the sparse autoencoder). ``loss="bce"`` needs a
-        sigmoid output and takes its logits. Equals ``loss_fn(forward(x~), x) + penalty``."""
+        sigmoid output and takes its logits. Equals ``loss_fn(forward(x~), x) + penalty``. With a hook
+        on the encoder, the decoder, the encoder's first layer or the decoder's last, it runs as that
+        expression through the modules' calls, so the hooks see what they would in plain PyTorch (BCE
+        then on the sigmoid's output)."""
         # Under autocast the target (x) is cast with the input: the fused loss reads both in one dtype.
-        x, layers = _autocast(x, list(self.encoder.layers) + list(self.decoder.layers))
-        encoder_layers, decoder_layers = layers[:len(self.encoder.layers)], layers[len(self.encoder.layers):]
+        encoder_modules, decoder_modules = list(self.encoder.layers), list(self.decoder.layers)
+        x, layers = _autocast(x, encoder_modules + decoder_modules)
+        encoder_layers, decoder_layers = layers[:len(encoder_modules)], layers[len(encoder_modules):]
         first = encoder_layers[0]
         _check_input(x, first.weight)
         _check_layers(encoder_layers, x, "encoder.")
@@ -386,10 +437,15 @@ class FusedAutoencoder(nn.Module):
         seed_tensor = _seed_tensor(seed)
         l1_code = non_negative(l1_code, "l1_code")
         rows = x.reshape(-1, x.shape[-1]).contiguous()
+        if any(map(_has_hooks, (self.encoder, self.decoder, encoder_modules[0], decoder_modules[-1]))):
+            # Hooks that a fused corruption or loss would pass by: the loss as plain PyTorch computes it.
+            code = self.encoder(corrupted(rows, kind, param, seed_tensor))
+            value = reference.loss_of_activated(self.decoder(code), rows, loss)
+            return value + l1_code * code.abs().sum(1).mean() if l1_code else value
         h = _linear(rows, first, first.activation, kind, param, seed_tensor)
-        h = _run_layers(encoder_layers[1:], h)
+        h = _run_layers(encoder_layers[1:], h, encoder_modules[1:])
         penalty = l1_code * h.abs().sum(1).mean() if l1_code else None
-        h = _run_layers(decoder_layers[:-1], h)
+        h = _run_layers(decoder_layers[:-1], h, decoder_modules[:-1])
         last = decoder_layers[-1]
         if _plain(rows.device):
             value = reference.loss_of_output(F.linear(h, last.weight, last.bias), rows, last.activation, loss)
@@ -409,7 +465,7 @@ def _check_corruption(corruption) -> tuple[str, float]:
         if not is_real(param) or not 0 <= param < 1:
             raise ValueError(f"corruption ('mask', v) needs v in [0, 1), got {param!r}")
     elif kind == "gaussian":
-        if not is_real(param) or not (math.isfinite(param) and param >= 0):
+        if not is_real(param) or not 0 <= param < math.inf:  # not math.isfinite: torch.compile traces floats
             raise ValueError(f"corruption ('gaussian', sigma) needs a finite sigma >= 0, got {param!r}")
     else:
         raise ValueError(f"corruption must be None, ('mask', v) or ('gaussian', sigma), got {corruption!r}")

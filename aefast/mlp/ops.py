@@ -8,6 +8,8 @@ registration of every backend's kernels.
   and d loss / d z (the reconstruction itself is never written).
 - ``aefast::fused_linear_backward``: dx, dW, db of either, the noise regenerated from the seed.
 - ``aefast::fused_narrow_mlp`` and its ``_backward``: consecutive layers of widths <= 128 in one pass.
+- ``aefast::corrupt``: x~ alone, the noise the fused first layer makes in its load, for the layers'
+  plain-PyTorch path under ``torch.compile`` (below).
 
 The seed is a CPU int64 scalar tensor so that a seed drawn from torch's generator traces under
 ``torch.compile(fullgraph=True)``. Activation ``"none"`` stands for None in the schemas. Every op checks
@@ -142,6 +144,39 @@ def fused_narrow_mlp_backward_op(grad_out: Tensor, x: Tensor, out: Tensor, saved
 def _(grad_out, x, out, saved, weights, biases, dims, activation, last_activation, need_input_grad):
     return (torch.empty_like(x) if need_input_grad else x.new_empty(0), torch.empty_like(weights),
             torch.empty_like(biases) if biases is not None else weights.new_empty(0))
+
+
+@torch.library.custom_op("aefast::corrupt", mutates_args=())
+def corrupt_op(x: Tensor, corruption: str, corruption_param: float, seed: Tensor) -> Tensor:
+    """x~, the denoising corruption of a 2-D x (reference.corrupt, the stream of every backend's fused
+    load), as one op: traced into torch.compile's graph, Philox's ten rounds on offsets made by arange
+    did not compile in 5 minutes for a 7 x 9 input (inductor inlines every use of every round)."""
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D (rows, features), got shape {tuple(x.shape)}")
+    _check_dtype(x, "x")
+    _check_corruption(corruption, corruption_param, seed)
+    with no_autocast(x.device):
+        return reference.corrupt(x, corruption, corruption_param, int(seed)).clone()  # never x itself
+
+
+@corrupt_op.register_fake
+def _(x, corruption, corruption_param, seed):
+    return torch.empty_like(x)
+
+
+def _setup_corrupt(ctx, inputs, output):
+    _, ctx.corruption, ctx.param, seed = inputs
+    ctx.save_for_backward(seed)
+
+
+def _corrupt_backward(ctx, grad):
+    """The mask's gradient is the same mask over grad (from the seed again); the added noise's is grad."""
+    if ctx.corruption == "mask":
+        grad = corrupt_op(grad, "mask", ctx.param, ctx.saved_tensors[0])
+    return grad, None, None, None
+
+
+corrupt_op.register_autograd(_corrupt_backward, setup_context=_setup_corrupt)
 
 
 def _check_narrow(x: Tensor, weights: Tensor, biases: Optional[Tensor], dims: list[int], activation: str,

@@ -136,6 +136,18 @@ def loss_of_output(output_pre_activation: Tensor, target: Tensor, output_activat
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
+def loss_of_activated(output: Tensor, target: Tensor, loss: str) -> Tensor:
+    """loss_of_output from the output itself, after its activation, as a plain-PyTorch autoencoder
+    computes it: BCE on the sigmoid's probabilities (torch clamps its logs at -100, so where the
+    sigmoid saturates it parts from the logits' form)."""
+    out, t = _wide(output), _wide(target)
+    if loss == "bce":
+        return F.binary_cross_entropy(out, t)
+    if loss == "mse":
+        return F.mse_loss(out, t)
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
 def loss_target_gradient(h, weight, bias, target, output_activation, loss) -> Tensor:
     """d loss / d target of linear_loss_forward's loss, for a target that needs a gradient itself (the
     clean input of an autoencoder whose input comes from a layer upstream): BCE with logits z is

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aefast.mlp import reference
 from aefast._checks import is_int, is_real, non_negative
-from aefast.mlp.layers import FusedMLP, _check_activation, _check_corruption, _seed_tensor, _widths, fused_linear
+from aefast.mlp.layers import (FusedMLP, _check_activation, _check_corruption, _seed_tensor, _widths, corrupted,
+                               fused_linear)
 
 
 def batch_inputs(batch) -> tuple[Tensor, Optional[Tensor]]:
@@ -118,7 +118,7 @@ class DenoisingAutoencoder(Autoencoder):
 
     def corrupt(self, x: Tensor, seed: Optional[int] = None) -> Tensor:
         kind, param = self.noise
-        return reference.corrupt(x, kind, param, int(_seed_tensor(seed)))
+        return corrupted(x, kind, param, _seed_tensor(seed))
 
     def loss(self, batch) -> Tensor:
         x, _ = batch_inputs(batch)

@@ -140,6 +140,7 @@ def valid_op_calls() -> dict:
         "fused_narrow_mlp_backward": dict(grad_out=grad_y, x=x, out=torch.rand(ROWS, 4), saved=torch.rand(ROWS * 6),
                                           weights=weights, biases=biases, dims=NARROW_DIMS, activation="relu",
                                           last_activation="sigmoid", need_input_grad=True),
+        "corrupt": dict(x=x, corruption="mask", corruption_param=0.25, seed=seed),
     }
 
 
@@ -195,6 +196,11 @@ BAD_OP_CALLS = [
     ("fused_narrow_mlp_backward", lambda c: as_float64(c, "saved"), ValueError, r"saved must be contiguous \(30,\)"),
     ("fused_narrow_mlp_backward", {"saved": torch.rand(ROWS * 5)}, ValueError, "saved must hold the activations"),
     ("fused_narrow_mlp_backward", {"activation": "gelu"}, ValueError, "^activation must be one of"),
+    ("corrupt", {"x": torch.randn(ROWS)}, ValueError, r"x must be 2-D \(rows, features\), got shape \(5,\)"),
+    ("corrupt", lambda c: as_dtype(c, torch.int64, "x"), TypeError, "x must be float32, bfloat16, float16 or float64"),
+    ("corrupt", {"corruption": "salt"}, ValueError, "corruption must be one of"),
+    ("corrupt", {"corruption_param": -0.25}, ValueError, r"corruption_param of 'mask' \(the drop rate\) must be in"),
+    ("corrupt", {"seed": torch.tensor(-1)}, ValueError, "seed must be a 0-d int64 tensor >= 0"),
 ]
 
 

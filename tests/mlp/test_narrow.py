@@ -17,7 +17,7 @@ from aefast.nn import FusedAutoencoder, FusedLinear, FusedMLP
 def test_narrow_stretch_equals_sequential(mlp_backend, dims, activation, output_activation):
     torch.manual_seed(sum(dims))
     mlp = FusedMLP(dims, activation=activation, output_activation=output_activation)
-    assert _narrow_runs(mlp.layers) == [(0, len(dims) - 1)]
+    assert _narrow_runs(mlp.layers, [False] * len(mlp.layers)) == [(0, len(dims) - 1)]
     sequential = mlp.to_sequential()
     for batch in (1, 7, 129):
         x = torch.randn(batch, dims[0])
@@ -74,14 +74,18 @@ def test_narrow_stretch_in_bfloat16(mlp_backend):
 
 
 def test_which_layers_fuse():
-    def layers(*specs):
-        return [FusedLinear(a, b, activation=act, bias=bias) for a, b, act, bias in specs]
+    def runs(*specs, hooked=()):
+        layers = [FusedLinear(a, b, activation=act, bias=bias) for a, b, act, bias in specs]
+        return _narrow_runs(layers, [index in hooked for index in range(len(layers))])
 
-    assert _narrow_runs(layers((784, 64, "relu", True), (64, 32, "relu", True), (32, 64, None, True))) == [(1, 3)]
-    assert _narrow_runs(layers((8, 8, "gelu", True), (8, 8, "gelu", True))) == []  # GELU needs its pre-activation
-    assert _narrow_runs(layers((8, 8, "relu", True), (8, 8, "tanh", True), (8, 8, "tanh", True))) == [(0, 2)]
-    assert _narrow_runs(layers((8, 8, "relu", True), (8, 8, "relu", False))) == []
-    assert _narrow_runs(layers((8, 200, "relu", True), (200, 8, "relu", True))) == []
+    assert runs((784, 64, "relu", True), (64, 32, "relu", True), (32, 64, None, True)) == [(1, 3)]
+    assert runs((8, 8, "gelu", True), (8, 8, "gelu", True)) == []  # GELU needs its pre-activation
+    assert runs((8, 8, "relu", True), (8, 8, "tanh", True), (8, 8, "tanh", True)) == [(0, 2)]
+    assert runs((8, 8, "relu", True), (8, 8, "relu", False)) == []
+    assert runs((8, 200, "relu", True), (200, 8, "relu", True)) == []
+    # a layer with hooks is called on its own (tests/mlp/test_hooks.py)
+    assert runs(*[(8, 8, "relu", True)] * 4, hooked=(1,)) == [(2, 4)]
+    assert runs(*[(8, 8, "relu", True)] * 4, hooked=(2,)) == [(0, 2)]
 
 
 def test_opcheck_narrow(mlp_backend):

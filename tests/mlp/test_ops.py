@@ -3,6 +3,7 @@ backward on every backend), and trace under torch.compile(fullgraph=True)."""
 import pytest
 import torch
 
+from aefast.mlp import reference
 from aefast.nn import FusedAutoencoder, FusedMLP
 from tests.conftest import aefast_ops_run_by
 
@@ -46,6 +47,37 @@ def test_opcheck_narrow_backward(mlp_backend):
     out, saved = torch.ops.aefast.fused_narrow_mlp(x, weights, biases, dims, "tanh", "sigmoid", True)
     torch.library.opcheck(torch.ops.aefast.fused_narrow_mlp_backward.default,
                           (torch.randn(9, 4), x, out, saved, weights, biases, dims, "tanh", "sigmoid", True))
+
+
+@pytest.mark.parametrize("corruption,param", [("mask", 0.3), ("gaussian", 0.5), ("none", 0.0)])
+def test_opcheck_and_gradcheck_corrupt(corruption, param):
+    """aefast::corrupt (the plain path's corruption under torch.compile) is the reference's, and its
+    backward regenerates the mask from the seed."""
+    x = torch.randn(9, 17, dtype=torch.float64, requires_grad=True)
+    seed = torch.tensor(4)
+    torch.library.opcheck(torch.ops.aefast.corrupt.default,
+                          (x.detach().float().requires_grad_(), corruption, param, seed))
+    assert torch.equal(torch.ops.aefast.corrupt(x, corruption, param, seed), reference.corrupt(x, corruption, param, 4))
+    assert torch.autograd.gradcheck(lambda x: torch.ops.aefast.corrupt(x, corruption, param, seed), (x,))
+    assert torch.autograd.gradgradcheck(lambda x: torch.ops.aefast.corrupt(x, corruption, param, seed), (x,))
+
+
+@pytest.mark.parametrize("corruption", [("mask", 0.2), ("gaussian", 0.3)])
+def test_the_denoising_loss_compiles_with_inductor_where_auto_runs_plain_ops(corruption):
+    """On the CPU auto runs the layers in plain ops, which torch.compile traces: the corruption goes in
+    as the op aefast::corrupt (traced as plain ops, inductor did not compile its noise in 5 minutes)."""
+    torch.manual_seed(2)
+    model = FusedAutoencoder([20, 9, 3], output_activation="sigmoid")
+    x = torch.rand(5, 20)
+
+    def loss_of(x):
+        return model.loss(x, corruption=corruption, seed=3)
+
+    loss, expected_loss = torch.compile(loss_of, fullgraph=True)(x), loss_of(x)
+    torch.testing.assert_close(loss, expected_loss)
+    for a, b in zip(torch.autograd.grad(loss, list(model.parameters())),
+                    torch.autograd.grad(expected_loss, list(model.parameters()))):
+        torch.testing.assert_close(a, b)
 
 
 def test_training_step_compiles_fullgraph(mlp_backend):

@@ -1,0 +1,212 @@
+"""Module hooks on the fused layers run as in plain PyTorch: a layer with hooks is called on its own
+(its neighbours still fuse), and the autoencoder's loss runs through module calls where a hook sits
+that its fused corruption or loss would pass by. Each test compares with the nn.Sequential of the
+same weights and the same hooks."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules import module as torch_module
+from torch.nn.utils import prune
+
+from aefast.mlp import ops, reference
+from aefast.nn import FusedAutoencoder, FusedMLP
+from tests.conftest import aefast_ops_run_by, backends_with_kernels, force_cpu_backend
+
+# float32 sums of at most 16 products added in another order: a few ulps of O(1) values
+ATOL, RTOL = 1e-5, 1e-5
+NARROW_DIMS = [9, 16, 12, 10, 5]  # one narrow stretch of four layers when no layer has hooks
+
+
+@pytest.fixture(params=["auto", *backends_with_kernels(ops.FORWARD)])
+def layer_backend(request):
+    """The default choice (plain autograd on the CPU), then each backend's op forced."""
+    if request.param == "auto":
+        yield request.param
+    else:
+        with force_cpu_backend(request.param):
+            yield request.param
+
+
+def fused_and_plain(dims=NARROW_DIMS, seed=0):
+    torch.manual_seed(seed)
+    fused = FusedMLP(dims, activation="tanh")
+    return fused, fused.to_sequential()  # layer i's output is plain[2 i + 1]'s (after its tanh)
+
+
+def test_a_forward_hook_sees_and_replaces_a_fused_layers_output(layer_backend):
+    fused, plain = fused_and_plain()
+    seen = {"fused": [], "plain": []}
+
+    def doubling(name):
+        def hook(module, inputs, output):
+            seen[name].append(output.detach().clone())
+            return 2 * output
+        return hook
+    fused.layers[1].register_forward_hook(doubling("fused"))
+    plain[3].register_forward_hook(doubling("plain"))
+    x = torch.randn(7, NARROW_DIMS[0])
+    x_fused, x_plain = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_fused, y_plain = fused(x_fused), plain(x_plain)
+    assert len(seen["fused"]) == 1
+    torch.testing.assert_close(seen["fused"][0], seen["plain"][0], atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(y_fused, y_plain, atol=ATOL, rtol=RTOL)
+    y_fused.sum().backward()
+    y_plain.sum().backward()
+    torch.testing.assert_close(x_fused.grad, x_plain.grad, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(fused.layers[0].weight.grad, plain[0].weight.grad, atol=ATOL, rtol=RTOL)
+
+
+def test_the_layers_without_hooks_still_run_as_one_narrow_stretch():
+    fused, _ = fused_and_plain()
+    x = torch.randn(7, NARROW_DIMS[0])
+    with force_cpu_backend("reference"):
+        assert "fused_narrow_mlp" in aefast_ops_run_by(lambda: fused(x))
+        fused.layers[1].register_forward_hook(lambda module, inputs, output: None)
+        assert "fused_narrow_mlp" in aefast_ops_run_by(lambda: fused(x))  # layers 2 and 3
+        fused.layers[2].register_forward_pre_hook(lambda module, inputs: None)
+        assert "fused_narrow_mlp" not in aefast_ops_run_by(lambda: fused(x))  # no two neighbours left
+
+
+def test_a_backward_hook_sees_a_fused_layers_output_gradient(layer_backend):
+    fused, plain = fused_and_plain()
+    seen = {"fused": [], "plain": []}
+    fused.layers[2].register_full_backward_hook(lambda m, grad_in, grad_out: seen["fused"].append(grad_out[0]))
+    plain[5].register_full_backward_hook(lambda m, grad_in, grad_out: seen["plain"].append(grad_out[0]))
+    x = torch.randn(129, NARROW_DIMS[0], requires_grad=True)
+    (fused(x) ** 2).sum().backward()
+    (plain(x) ** 2).sum().backward()
+    assert len(seen["fused"]) == 1
+    torch.testing.assert_close(seen["fused"][0], seen["plain"][0], atol=ATOL, rtol=RTOL)
+
+
+def test_a_global_forward_hook_sees_every_layer(layer_backend):
+    fused, _ = fused_and_plain()
+    called = []
+    handle = torch_module.register_module_forward_hook(
+        lambda module, inputs, output: called.append(type(module).__name__))
+    try:
+        fused(torch.randn(7, NARROW_DIMS[0]))
+    finally:
+        handle.remove()
+    assert called == ["FusedLinear"] * 4 + ["FusedMLP"]
+
+
+def train_pruned(model, loss_of, steps=3):
+    """Prune half of the first layer's weights by magnitude, then take SGD steps on a fixed batch:
+    prune's pre-hook recomputes the weight from weight_orig before every call."""
+    first = model.layers[0] if isinstance(model, FusedMLP) else model[0]
+    prune.l1_unstructured(first, "weight", amount=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    x = torch.randn(33, NARROW_DIMS[0], generator=torch.Generator().manual_seed(1))
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_of(model, x).backward()
+        optimizer.step()
+    return first.weight_orig, first.weight_mask
+
+
+def test_a_pruned_layer_trains_as_in_plain_pytorch(layer_backend):
+    # Before hooks were honoured, the second step failed: the weight prune set once, from weight_orig
+    # at pruning time, was used again ("Trying to backward through the graph a second time").
+    fused, plain = fused_and_plain()
+
+    def loss_of(model, x):
+        return (model(x) ** 2).mean()
+    fused_orig, fused_mask = train_pruned(fused, loss_of)
+    plain_orig, plain_mask = train_pruned(plain, loss_of)
+    assert torch.equal(fused_mask, plain_mask)
+    torch.testing.assert_close(fused_orig, plain_orig, atol=ATOL, rtol=RTOL)
+    assert not torch.equal(fused_orig * fused_mask, fused.layers[0].weight)  # the last step moved weight_orig
+
+
+def autoencoder_and_plain(output_activation=None, seed=0):
+    torch.manual_seed(seed)
+    model = FusedAutoencoder([9, 16, 5], activation="tanh", output_activation=output_activation)
+    return model, model.encoder.to_sequential(), model.decoder.to_sequential()
+
+
+@pytest.mark.parametrize("loss,output_activation", [("mse", None), ("bce", "sigmoid")])
+@pytest.mark.parametrize("hooked", ["encoder", "decoder", "first layer", "last layer"])
+def test_the_loss_runs_hooks_that_its_fused_corruption_and_loss_would_pass_by(layer_backend, loss,
+                                                                                  output_activation, hooked):
+    model, encoder, decoder = autoencoder_and_plain(output_activation)
+    module = {"encoder": model.encoder, "decoder": model.decoder, "first layer": model.encoder.layers[0],
+              "last layer": model.decoder.layers[-1]}[hooked]
+    seen = []
+    module.register_forward_hook(lambda m, inputs, output: seen.append((inputs[0].detach(), output.detach())))
+    x = torch.rand(7, 9)
+    x_fused, x_plain = x.clone().requires_grad_(), x.clone().requires_grad_()
+    value = model.loss(x_fused, loss=loss, corruption=("mask", 0.3), l1_code=0.1, seed=5)
+    corrupted = reference.corrupt(x_plain, "mask", 0.3, 5)
+    code = encoder(corrupted)
+    output = decoder(code)
+    loss_fn = F.mse_loss if loss == "mse" else F.binary_cross_entropy
+    expected = loss_fn(output, x_plain) + 0.1 * code.abs().sum(1).mean()
+    assert len(seen) == 1
+    hook_input = {"encoder": corrupted, "first layer": corrupted, "decoder": code}.get(hooked)
+    if hook_input is not None:
+        torch.testing.assert_close(seen[0][0], hook_input.detach(), atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(value, expected, atol=ATOL, rtol=RTOL)
+    value.backward()
+    expected.backward()
+    torch.testing.assert_close(x_fused.grad, x_plain.grad, atol=ATOL, rtol=RTOL)
+
+
+def test_a_pruned_autoencoder_trains_through_its_loss_as_in_plain_pytorch(layer_backend):
+    model, encoder, decoder = autoencoder_and_plain()
+    prune.l1_unstructured(model.encoder.layers[0], "weight", amount=0.5)
+    prune.l1_unstructured(encoder[0], "weight", amount=0.5)
+    fused_optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    plain_optimizer = torch.optim.SGD([*encoder.parameters(), *decoder.parameters()], lr=0.5)
+    x = torch.rand(33, 9, generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        fused_optimizer.zero_grad()
+        plain_optimizer.zero_grad()
+        model.loss(x).backward()
+        F.mse_loss(decoder(encoder(x)), x).backward()
+        fused_optimizer.step()
+        plain_optimizer.step()
+    torch.testing.assert_close(model.encoder.layers[0].weight_orig, encoder[0].weight_orig, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(model.decoder.layers[-1].weight, decoder[-1].weight, atol=ATOL, rtol=RTOL)
+
+
+def test_a_middle_layers_hook_keeps_the_fused_loss():
+    model, _, _ = autoencoder_and_plain()
+    model.encoder.layers[1].register_forward_hook(lambda module, inputs, output: None)
+    x = torch.rand(7, 9)
+    with force_cpu_backend("reference"):
+        assert "fused_linear_loss" in aefast_ops_run_by(lambda: model.loss(x))
+        model.decoder.layers[-1].register_forward_hook(lambda module, inputs, output: None)
+        assert "fused_linear_loss" not in aefast_ops_run_by(lambda: model.loss(x))
+
+
+def test_conversions_refuse_modules_with_hooks_they_could_not_keep():
+    # Before, a pruned or old-style weight_norm Linear failed with a state_dict key error, and a hook on
+    # an activation module was dropped without a word.
+    pruned = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    prune.l1_unstructured(pruned[0], "weight", amount=0.5)
+    with pytest.raises(ValueError, match=r"sequential\[0\] \(Linear\) has hooks .*prune.remove"):
+        FusedMLP.from_sequential(pruned)
+    hooked_activation = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+    hooked_activation[1].register_forward_hook(lambda module, inputs, output: None)
+    with pytest.raises(ValueError, match=r"sequential\[1\] \(ReLU\) has hooks"):
+        FusedMLP.from_sequential(hooked_activation)
+    nested = nn.Sequential(nn.Linear(4, 3), nn.Sequential(nn.Linear(3, 2)))
+    nested[1].register_forward_pre_hook(lambda module, inputs: None)
+    with pytest.raises(ValueError, match=r"sequential\[1\] \(Sequential\) has hooks"):
+        FusedMLP.from_sequential(nested)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the old weight_norm is deprecated (its replacement is a parametrization)
+        normalized = nn.utils.weight_norm(nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"encoder\[0\] \(Linear\) has hooks"):
+        FusedAutoencoder.from_sequential(nn.Sequential(normalized), nn.Sequential(nn.Linear(2, 4)))
+    fused, _ = fused_and_plain()
+    prune.l1_unstructured(fused.layers[2], "weight", amount=0.5)
+    with pytest.raises(ValueError, match=r"layers\[2\] \(FusedLinear\) has hooks"):
+        fused.to_sequential()
+    prune.remove(fused.layers[2], "weight")  # what the message advises: the pruned weight, made permanent
+    torch.testing.assert_close(fused.to_sequential()(torch.ones(2, NARROW_DIMS[0])), fused(torch.ones(2, NARROW_DIMS[0])),
+                               atol=ATOL, rtol=RTOL)
