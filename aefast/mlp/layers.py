@@ -228,9 +228,6 @@ def _mlp_from_sequential(mlp_class: type, sequential, name: str) -> "FusedMLP":
     """FusedMLP.from_sequential (into ``mlp_class``), its errors naming the argument ``name``."""
     if not isinstance(sequential, nn.Sequential):
         raise TypeError(f"{name} must be an nn.Sequential, got {type(sequential).__name__}")
-    for path, module in sequential.named_modules():
-        _refuse_hooks(module, name + "".join(f"[{part}]" if part.isdigit() else f".{part}"
-                                             for part in path.split(".") if part))
     layers, modules = [], list(_opened(sequential, name))
     for label, module in modules:
         if isinstance(module, nn.Linear) and nn.utils.parametrize.is_parametrized(module):
@@ -291,12 +288,17 @@ def _refuse_hooks(module: nn.Module, label: str) -> None:
 def _opened(sequential: nn.Sequential, label: str):
     """(label, module) for the modules of ``sequential`` in order, nested nn.Sequentials and FusedMLPs
     opened (their parameters come in the same order) and nn.Identity left out; labels index as
-    ``sequential[1][0]``."""
+    ``sequential[1][0]``. Every module on the way, containers too, is refused if it has hooks."""
+    _refuse_hooks(sequential, label)
     for index, module in enumerate(sequential):
         if isinstance(module, nn.Sequential):
             yield from _opened(module, f"{label}[{index}]")
-        elif isinstance(module, FusedMLP):
-            yield from ((f"{label}[{index}].layers[{i}]", layer) for i, layer in enumerate(module.layers))
+            continue
+        _refuse_hooks(module, f"{label}[{index}]")
+        if isinstance(module, FusedMLP):
+            for i, layer in enumerate(module.layers):
+                _refuse_hooks(layer, f"{label}[{index}].layers[{i}]")
+                yield f"{label}[{index}].layers[{i}]", layer
         elif not isinstance(module, nn.Identity):
             yield f"{label}[{index}]", module
 

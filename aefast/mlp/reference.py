@@ -128,12 +128,10 @@ def linear_backward(grad_y, x, weight, bias, activation, corruption="none", para
 
 def loss_of_output(output_pre_activation: Tensor, target: Tensor, output_activation, loss: str) -> Tensor:
     """Mean reconstruction loss over all elements; BCE takes the sigmoid output's logits (stable)."""
-    z, t = _wide(output_pre_activation), _wide(target)
+    z = _wide(output_pre_activation)
     if loss == "bce":
-        return F.binary_cross_entropy_with_logits(z, t)
-    if loss == "mse":
-        return F.mse_loss(activate(z, output_activation), t)
-    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        return F.binary_cross_entropy_with_logits(z, _wide(target))
+    return loss_of_activated(activate(z, output_activation), target, loss)
 
 
 def loss_of_activated(output: Tensor, target: Tensor, loss: str) -> Tensor:
