@@ -101,9 +101,16 @@ class ConditionalVAE(VAE):
         labels = torch.as_tensor(labels)
         if labels.shape != (rows,):
             raise ValueError(f"labels must be 1-D with one label per row ({rows}), got shape {tuple(labels.shape)}")
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or (
-                rows and (labels.min() < 0 or labels.max() >= self.num_classes)):
-            raise ValueError(f"labels must be integers in [0, {self.num_classes}), got {labels.tolist()[:8]}")
+        message = f"labels must be integers in [0, {self.num_classes})"
+        if labels.dtype.is_floating_point or labels.dtype.is_complex:
+            raise ValueError(f"{message}, got dtype {labels.dtype}")
+        in_range = ((labels >= 0) & (labels < self.num_classes)).all()
+        if torch.compiler.is_compiling():
+            # An `if` on tensor values would break a fullgraph trace: the traced assert raises
+            # (a RuntimeError) when the compiled step runs.
+            torch._assert_async(in_range, message)
+        elif not in_range:
+            raise ValueError(f"{message}, got {labels.tolist()[:8]}")
         weight = self.encoder.layers[0].weight
         return F.one_hot(labels.long(), self.num_classes).to(weight.dtype).to(weight.device)
 
