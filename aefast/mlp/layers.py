@@ -45,10 +45,16 @@ def _seed_tensor(seed: Optional[int]) -> Tensor:
     return torch.tensor(int(seed), dtype=torch.int64)
 
 
-def _check_input(x: Tensor, weight: Tensor, name: str = "x") -> None:
+def _check_tensor(x, name: str = "x") -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
+    if x.dim() < 1:
+        raise ValueError(f"{name} must have at least 1 dimension (the features), got a 0-d tensor")
+
+
+def _check_input(x: Tensor, weight: Tensor, name: str = "x") -> None:
+    _check_tensor(x, name)
+    if x.shape[-1] != weight.shape[1]:
         raise ValueError(f"{name} must have {weight.shape[1]} features in its last dimension, got shape {tuple(x.shape)}")
     if x.device != weight.device:
         raise ValueError(f"{name} is on {x.device} but the layer's parameters are on {weight.device}")
@@ -56,11 +62,14 @@ def _check_input(x: Tensor, weight: Tensor, name: str = "x") -> None:
         raise TypeError(f"{name} has dtype {x.dtype} but the layer's parameters are {weight.dtype}")
 
 
-def _check_layers(layers, x: Tensor, prefix: str = "") -> None:
+def _check_layers(layers, x: Tensor, hooked: list[bool], prefix: str = "") -> None:
     """Every layer's parameters on x's device and of x's dtype (a layer moved or cast on its own would
-    otherwise fail inside a kernel's checks, or in torch, without naming the layer)."""
+    otherwise fail inside a kernel's checks, or in torch, without naming the layer). A layer with hooks
+    checks its input itself when it is called."""
     dtype, device = x.dtype, x.device
     for index, layer in enumerate(layers):
+        if hooked[index]:
+            continue
         for tensor in (layer.weight, layer.bias):
             if tensor is not None and (tensor.dtype != dtype or tensor.device != device):
                 raise TypeError(f"{prefix}layers[{index}] is {tensor.dtype} on {tensor.device} but the input is {x.dtype} on "
@@ -70,8 +79,10 @@ def _check_layers(layers, x: Tensor, prefix: str = "") -> None:
 _NO_SEED = torch.zeros((), dtype=torch.int64)  # layers without corruption draw no noise
 
 
-class _CastLayer(NamedTuple):
-    """What the layer functions read of a layer, its parameters cast for one call under autocast."""
+class _LayerTensors(NamedTuple):
+    """What the layer functions read of a layer for one call: its parameters, read once (a parametrized
+    weight, such as spectral_norm's, is computed on each read, and nn.Linear reads it once a call),
+    cast under autocast."""
     weight: Tensor
     bias: Optional[Tensor]
     activation: Optional[str]
@@ -79,18 +90,21 @@ class _CastLayer(NamedTuple):
     out_features: int
 
 
-def _autocast(x, layers: list) -> tuple:
-    """(x, layers) as autocast runs nn.Linear: inside an autocast region on x's device, x and the
+def _read_layers(x, modules: list, hooked: list[bool]) -> tuple:
+    """(x, layers) as nn.Linear runs under autocast: inside an autocast region on x's device, x and the
     parameters cast to its dtype (bfloat16 or float16), float64 ones left as they are, as autocast
-    leaves them; the kernels then run in that dtype. Outside one, unchanged."""
+    leaves them; the kernels then run in that dtype. A layer with hooks is left as its module, unread:
+    it is called through the module, which reads its parameters after its pre-hooks have run."""
     dtype = autocast_dtype(x.device) if isinstance(x, Tensor) else None
-    if dtype is None:
-        return x, layers
 
     def cast(t):
-        return t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
-    return cast(x), [_CastLayer(cast(layer.weight), cast(layer.bias), layer.activation, layer.in_features,
-                                layer.out_features) for layer in layers]
+        if dtype is None or t is None or not t.is_floating_point() or t.dtype == torch.float64:
+            return t
+        return t.to(dtype)
+    layers = [module if hook else _LayerTensors(cast(module.weight), cast(module.bias), module.activation,
+                                                 module.in_features, module.out_features)
+              for module, hook in zip(modules, hooked)]
+    return cast(x), layers
 
 
 @torch.compiler.assume_constant_result  # a choice made when tracing, like the op's own dispatch
@@ -165,7 +179,7 @@ class FusedLinear(nn.Linear):
         self.activation = _check_activation(activation, "activation")
 
     def forward(self, x: Tensor) -> Tensor:
-        x, (layer,) = _autocast(x, [self])
+        x, (layer,) = _read_layers(x, [self], [False])  # this call runs its hooks itself
         _check_input(x, layer.weight)
         return _linear(x, layer, self.activation)
 
@@ -195,10 +209,14 @@ class FusedMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         modules = list(self.layers)
-        x, layers = _autocast(x, modules)
-        _check_input(x, layers[0].weight)
-        _check_layers(layers, x)
-        return _run_layers(layers, x, modules)
+        hooked = [_has_hooks(module) for module in modules]
+        x, layers = _read_layers(x, modules, hooked)
+        if hooked[0]:
+            _check_tensor(x)  # the layer's own call checks the rest
+        else:
+            _check_input(x, layers[0].weight)
+        _check_layers(layers, x, hooked)
+        return _run_layers(layers, x, modules, hooked)
 
     @classmethod
     def from_sequential(cls, sequential: nn.Sequential) -> "FusedMLP":
@@ -214,6 +232,7 @@ class FusedMLP(nn.Module):
         modules = []
         for index, layer in enumerate(self.layers):
             _refuse_hooks(layer, f"layers[{index}]")
+            _refuse_parametrized(layer, f"layers[{index}]", "the nn.Linear copy")
             linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
                                device=layer.weight.device, dtype=layer.weight.dtype)
             linear.load_state_dict(layer.state_dict())
@@ -230,10 +249,8 @@ def _mlp_from_sequential(mlp_class: type, sequential, name: str) -> "FusedMLP":
         raise TypeError(f"{name} must be an nn.Sequential, got {type(sequential).__name__}")
     layers, modules = [], list(_opened(sequential, name))
     for label, module in modules:
-        if isinstance(module, nn.Linear) and nn.utils.parametrize.is_parametrized(module):
-            raise ValueError(f"{label} has parametrized tensors (weight_norm, spectral_norm, ...), which a "
-                             "FusedLinear cannot hold; nn.utils.parametrize.remove_parametrizations(module, "
-                             "'weight') first converts their present values")
+        if isinstance(module, nn.Linear):
+            _refuse_parametrized(module, label, "a FusedLinear")
         if isinstance(module, FusedLinear):  # an nn.Linear too, whose activation must not be lost
             layers.append([module, module.activation])
             continue
@@ -285,6 +302,14 @@ def _refuse_hooks(module: nn.Module, label: str) -> None:
                          "and register what is still needed on the converted model")
 
 
+def _refuse_parametrized(linear: nn.Linear, label: str, target: str) -> None:
+    """A conversion refuses a layer with parametrized tensors: it copies plain state_dict values."""
+    if nn.utils.parametrize.is_parametrized(linear):
+        raise ValueError(f"{label} has parametrized tensors (weight_norm, spectral_norm, ...), which "
+                         f"{target} cannot hold; nn.utils.parametrize.remove_parametrizations(module, "
+                         "'weight') first converts their present values")
+
+
 def _opened(sequential: nn.Sequential, label: str):
     """(label, module) for the modules of ``sequential`` in order, nested nn.Sequentials and FusedMLPs
     opened (their parameters come in the same order) and nn.Identity left out; labels index as
@@ -331,14 +356,12 @@ def _narrow_runs(layers, hooked) -> list[tuple[int, int]]:
     return runs
 
 
-def _run_layers(layers, x: Tensor, modules: list) -> Tensor:
-    """x through the layers (``modules``' parameters, cast under autocast): narrow runs as one op each,
-    the other layers one by one, a layer with hooks through its module's call. The backend choice is
-    made once for the chain, on a plain list of the layers: on a small batch each layer's own lookups
+def _run_layers(layers, x: Tensor, modules: list, hooked: list[bool]) -> Tensor:
+    """x through the layers (``_read_layers`` of ``modules``): narrow runs as one op each, the other
+    layers one by one, a layer with hooks (``hooked[i]``) through its module's call. The backend choice
+    is made once for the chain, on a plain list of the layers: on a small batch each layer's own lookups
     (and slices of the ModuleList, each a new Module) cost as much as its math."""
-    layers = list(layers)
     plain = _plain(x.device)
-    hooked = [_has_hooks(module) for module in modules]
     runs = dict(_narrow_runs(layers, hooked))
     index = 0
     while index < len(layers):
@@ -425,30 +448,36 @@ class FusedAutoencoder(nn.Module):
         then on the sigmoid's output)."""
         # Under autocast the target (x) is cast with the input: the fused loss reads both in one dtype.
         encoder_modules, decoder_modules = list(self.encoder.layers), list(self.decoder.layers)
-        x, layers = _autocast(x, encoder_modules + decoder_modules)
+        modules = encoder_modules + decoder_modules
+        # Hooks that a fused corruption or loss would pass by: the loss as plain PyTorch computes it.
+        as_modules = any(map(_has_hooks, (self.encoder, self.decoder, encoder_modules[0], decoder_modules[-1])))
+        # That path calls the encoder and decoder, which read and check their layers themselves.
+        hooked = [True] * len(modules) if as_modules else [_has_hooks(module) for module in modules]
+        x, layers = _read_layers(x, modules, hooked)
         encoder_layers, decoder_layers = layers[:len(encoder_modules)], layers[len(encoder_modules):]
-        first = encoder_layers[0]
-        _check_input(x, first.weight)
-        _check_layers(encoder_layers, x, "encoder.")
-        _check_layers(decoder_layers, x, "decoder.")
+        first, last = encoder_layers[0], decoder_layers[-1]
+        if as_modules:
+            _check_tensor(x)
+        else:
+            _check_input(x, first.weight)
+            _check_layers(encoder_layers, x, hooked, "encoder.")
+            _check_layers(decoder_layers, x, hooked[len(encoder_modules):], "decoder.")
         if loss not in reference.LOSSES:
             raise ValueError(f"loss must be one of {reference.LOSSES}, got {loss!r}")
-        if loss == "bce" and decoder_layers[-1].activation != "sigmoid":
-            raise ValueError(f"loss='bce' needs output_activation='sigmoid', got {decoder_layers[-1].activation!r}")
+        if loss == "bce" and last.activation != "sigmoid":
+            raise ValueError(f"loss='bce' needs output_activation='sigmoid', got {last.activation!r}")
         kind, param = _check_corruption(corruption)
         seed_tensor = _seed_tensor(seed)
         l1_code = non_negative(l1_code, "l1_code")
         rows = x.reshape(-1, x.shape[-1]).contiguous()
-        if any(map(_has_hooks, (self.encoder, self.decoder, encoder_modules[0], decoder_modules[-1]))):
-            # Hooks that a fused corruption or loss would pass by: the loss as plain PyTorch computes it.
+        if as_modules:
             code = self.encoder(corrupted(rows, kind, param, seed_tensor))
             value = reference.loss_of_activated(self.decoder(code), rows, loss)
             return value + l1_code * code.abs().sum(1).mean() if l1_code else value
         h = _linear(rows, first, first.activation, kind, param, seed_tensor)
-        h = _run_layers(encoder_layers[1:], h, encoder_modules[1:])
+        h = _run_layers(encoder_layers[1:], h, encoder_modules[1:], hooked[1:len(encoder_modules)])
         penalty = l1_code * h.abs().sum(1).mean() if l1_code else None
-        h = _run_layers(decoder_layers[:-1], h, decoder_modules[:-1])
-        last = decoder_layers[-1]
+        h = _run_layers(decoder_layers[:-1], h, decoder_modules[:-1], hooked[len(encoder_modules):-1])
         if _plain(rows.device):
             value = reference.loss_of_output(F.linear(h, last.weight, last.bias), rows, last.activation, loss)
         else:

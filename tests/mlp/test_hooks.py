@@ -1,7 +1,8 @@
 """Module hooks on the fused layers run as in plain PyTorch: a layer with hooks is called on its own
 (its neighbours still fuse), and the autoencoder's loss runs through module calls where a hook sits
-that its fused corruption or loss would pass by. Each test compares with the nn.Sequential of the
-same weights and the same hooks."""
+that its fused corruption or loss would pass by. Parametrized weights (weight_norm, spectral_norm)
+train too. Each test compares with the nn.Sequential of the same weights and the same hooks or
+parametrizations."""
 import warnings
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as torch_module
-from torch.nn.utils import prune
+from torch.nn.utils import parametrizations, parametrize, prune
 
 from aefast.mlp import ops, reference
 from aefast.nn import FusedAutoencoder, FusedMLP
@@ -210,3 +211,71 @@ def test_conversions_refuse_modules_with_hooks_they_could_not_keep():
     prune.remove(fused.layers[2], "weight")  # what the message advises: the pruned weight, made permanent
     torch.testing.assert_close(fused.to_sequential()(torch.ones(2, NARROW_DIMS[0])), fused(torch.ones(2, NARROW_DIMS[0])),
                                atol=ATOL, rtol=RTOL)
+
+
+def test_parametrized_layers_train_as_in_plain_pytorch(layer_backend):
+    # A parametrization recomputes `weight` on each read, so the fused layers (narrow stretch included)
+    # see it as nn.Linear does and its gradient flows back to the parametrization's own tensors.
+    fused, plain = fused_and_plain()
+    for model, first, third in ((fused, fused.layers[0], fused.layers[2]), (plain, plain[0], plain[4])):
+        torch.manual_seed(3)  # spectral_norm starts its power iteration from a random vector
+        parametrizations.weight_norm(first)
+        parametrizations.spectral_norm(third)
+    x = torch.rand(33, NARROW_DIMS[0], generator=torch.Generator().manual_seed(1))
+    weights = []
+    for model in (fused, plain):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        for _ in range(3):
+            optimizer.zero_grad()
+            (model(x) ** 2).mean().backward()
+            optimizer.step()
+        weights.append([parameter.detach() for parameter in model.parameters()])
+    assert len(weights[0]) == len(weights[1]) == 9  # 4 layers, weight_norm splitting one weight in two
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL)
+
+
+def test_to_sequential_refuses_parametrized_layers_and_says_how_to_convert():
+    # Before, it failed inside nn.Linear.load_state_dict on the parametrization's keys.
+    fused, _ = fused_and_plain()
+    parametrizations.weight_norm(fused.layers[1])
+    with pytest.raises(ValueError, match=r"layers\[1\] has parametrized tensors .*remove_parametrizations"):
+        fused.to_sequential()
+    parametrize.remove_parametrizations(fused.layers[1], "weight")
+    x = torch.ones(2, NARROW_DIMS[0])
+    torch.testing.assert_close(fused.to_sequential()(x), fused(x), atol=ATOL, rtol=RTOL)
+
+
+class CountedReads(nn.Module):
+    """An identity parametrization that counts how often the weight it sits on is read."""
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def forward(self, weight):
+        self.reads += 1
+        return weight
+
+
+@pytest.mark.parametrize("dims", [NARROW_DIMS, [9, 200, 5]], ids=["narrow", "wide"])
+@pytest.mark.parametrize("hook_on_last", [False, True], ids=["fused loss", "loss through modules"])
+def test_each_parametrized_weight_is_read_once_a_call_as_nn_linear_reads_it(layer_backend, dims, hook_on_last):
+    # Before, each call read a weight three times (input check, layer check, math): spectral_norm ran
+    # three power iterations a call instead of one, and a costly parametrization was computed 3 times.
+    torch.manual_seed(0)
+    model = FusedAutoencoder(dims, activation="tanh")
+    counters = {name: CountedReads() for name in ("first", "middle", "last")}
+    parametrize.register_parametrization(model.encoder.layers[0], "weight", counters["first"])
+    parametrize.register_parametrization(model.encoder.layers[-1], "weight", counters["middle"])
+    parametrize.register_parametrization(model.decoder.layers[-1], "weight", counters["last"])
+    if hook_on_last:
+        model.decoder.layers[-1].register_forward_hook(lambda module, inputs, output: None)
+    x = torch.rand(7, dims[0])
+    for call in (lambda: model.encoder.layers[0](x), lambda: model.encoder(x), lambda: model(x),
+                 lambda: model.loss(x, corruption=("mask", 0.2))):
+        for counter in counters.values():
+            counter.reads = 0
+        call().sum().backward()
+        read = [counter.reads for counter in counters.values()]
+        assert all(count <= 1 for count in read), read
+    assert read == [1, 1, 1]
