@@ -452,20 +452,20 @@ class FusedAutoencoder(nn.Module):
         # Hooks that a fused corruption or loss would pass by: the loss as plain PyTorch computes it.
         as_modules = any(map(_has_hooks, (self.encoder, self.decoder, encoder_modules[0], decoder_modules[-1])))
         # That path calls the encoder and decoder, which read and check their layers themselves.
-        hooked = [True] * len(modules) if as_modules else [_has_hooks(module) for module in modules]
-        x, layers = _read_layers(x, modules, hooked)
+        hooked = [] if as_modules else [_has_hooks(module) for module in modules]
+        x, layers = _read_layers(x, [] if as_modules else modules, hooked)
         encoder_layers, decoder_layers = layers[:len(encoder_modules)], layers[len(encoder_modules):]
-        first, last = encoder_layers[0], decoder_layers[-1]
         if as_modules:
             _check_tensor(x)
         else:
-            _check_input(x, first.weight)
+            _check_input(x, encoder_layers[0].weight)
             _check_layers(encoder_layers, x, hooked, "encoder.")
             _check_layers(decoder_layers, x, hooked[len(encoder_modules):], "decoder.")
         if loss not in reference.LOSSES:
             raise ValueError(f"loss must be one of {reference.LOSSES}, got {loss!r}")
-        if loss == "bce" and last.activation != "sigmoid":
-            raise ValueError(f"loss='bce' needs output_activation='sigmoid', got {last.activation!r}")
+        output_activation = decoder_modules[-1].activation
+        if loss == "bce" and output_activation != "sigmoid":
+            raise ValueError(f"loss='bce' needs output_activation='sigmoid', got {output_activation!r}")
         kind, param = _check_corruption(corruption)
         seed_tensor = _seed_tensor(seed)
         l1_code = non_negative(l1_code, "l1_code")
@@ -474,6 +474,7 @@ class FusedAutoencoder(nn.Module):
             code = self.encoder(corrupted(rows, kind, param, seed_tensor))
             value = reference.loss_of_activated(self.decoder(code), rows, loss)
             return value + l1_code * code.abs().sum(1).mean() if l1_code else value
+        first, last = encoder_layers[0], decoder_layers[-1]
         h = _linear(rows, first, first.activation, kind, param, seed_tensor)
         h = _run_layers(encoder_layers[1:], h, encoder_modules[1:], hooked[1:len(encoder_modules)])
         penalty = l1_code * h.abs().sum(1).mean() if l1_code else None
