@@ -1,6 +1,10 @@
 """Philox random numbers inside Triton kernels, keyed by (seed, 64-bit offset) and equal to
 aefast/_philox.py's: the counter is (offset_lo, offset_hi, 0, 0) on every Triton version (older
-releases ran int64 offsets through Philox4x64 instead). Imported by the kernel modules only."""
+releases ran int64 offsets through Philox4x64 instead). Imported by the kernel modules only.
+
+A kernel that takes a seed declares ``do_not_specialize=["seed"]``: Triton otherwise compiles a
+variant for integers divisible by 16, and a training loop that draws a fresh seed each step met one
+at random (on an H200, steps of 0.6 and 1.6 s among steps of 3 ms, in bench_mlp.py's 2026-12-05 run)."""
 import triton
 import triton.language as tl
 

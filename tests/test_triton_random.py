@@ -32,3 +32,28 @@ def test_triton_philox_matches_the_reference_past_2_to_the_32(start):
     torch.testing.assert_close(uniform.cpu(), philox_uniform(7, offsets), atol=1e-7, rtol=0)
     if start >= 2**32:
         assert not torch.allclose(normal.cpu(), philox_normal(7, offsets % 2**32))
+
+
+def _kernels_taking_a_seed():
+    import importlib
+    for name in ("aefast.mlp.triton_kernels", "aefast.vae.triton_kernels", "aefast.willshaw.triton_kernels"):
+        module = importlib.import_module(name)
+        for attribute, value in vars(module).items():
+            if attribute.endswith("_kernel") and "seed" in getattr(value, "arg_names", ()):
+                yield f"{name}.{attribute}", value
+
+
+def _unspecialized(kernel) -> set:
+    """The parameters Triton compiles no variants for: a JITFunction's params, or the interpreter's
+    record of the jit decorator's arguments."""
+    if hasattr(kernel, "params"):
+        return {param.name for param in kernel.params if param.do_not_specialize}
+    return {kernel.arg_names[p] if isinstance(p, int) else p for p in kernel.kwargs.get("do_not_specialize", ())}
+
+
+def test_no_kernel_compiles_a_variant_per_seed():
+    """A fresh seed per step (the layers' and reparameterize_kl's default) must not pick among compiled
+    variants: Triton specializes integers on divisibility by 16 unless told not to."""
+    kernels = dict(_kernels_taking_a_seed())
+    assert len(kernels) == 5, sorted(kernels)  # the MLP's three linear kernels and the VAE's two
+    assert {name for name, kernel in kernels.items() if "seed" not in _unspecialized(kernel)} == set()

@@ -137,7 +137,7 @@ def _pre_activation(x_ptr, w_ptr, b_ptr, first_row, first_col, rows, cols, rows_
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _linear_forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, M, N, K, seed, param,
                            ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_BIAS: tl.constexpr,
                            SAVE_Z: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -181,7 +181,7 @@ def _grad_pre_activation(gy_ptr, saved_ptr, scale_ptr, start, offsets, mask, ACT
     return grad
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _linear_grad_input_kernel(gy_ptr, saved_ptr, w_ptr, gx_ptr, scale_ptr, M, N, K, seed, param,
                               ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_SCALE: tl.constexpr,
                               PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -211,7 +211,7 @@ def _linear_grad_input_kernel(gy_ptr, saved_ptr, w_ptr, gx_ptr, scale_ptr, M, N,
     tl.store(gx_ptr + out + out_offsets, acc.to(gx_ptr.dtype.element_ty), mask=out_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _linear_grad_weight_kernel(gy_ptr, saved_ptr, x_ptr, gw_ptr, gb_ptr, scale_ptr, M, N, K, seed, param,
                                rows_per_split,
                                ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_BIAS: tl.constexpr,

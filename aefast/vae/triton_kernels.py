@@ -25,7 +25,7 @@ def _clamp_keep_nan(x, lo, hi):
     return tl.where(x < lo, lo, tl.where(x > hi, hi, x))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _forward_kernel(mu_ptr, logvar_ptr, eps_ptr, z_ptr, kl_ptr, rows, cols, seed, clamp_min, clamp_max,
                     HAS_EPS: tl.constexpr, PER_ELEMENT: tl.constexpr, CLAMP: tl.constexpr,
                     BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
@@ -56,7 +56,7 @@ def _forward_kernel(mu_ptr, logvar_ptr, eps_ptr, z_ptr, kl_ptr, rows, cols, seed
         tl.store(kl_ptr + row_ids, row_sums, mask=row_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _backward_kernel(grad_z_ptr, grad_kl_ptr, mu_ptr, logvar_ptr, eps_ptr, grad_mu_ptr, grad_logvar_ptr,
                      rows, cols, seed, clamp_min, clamp_max,
                      HAS_EPS: tl.constexpr, PER_ELEMENT: tl.constexpr, CLAMP: tl.constexpr,
