@@ -202,3 +202,34 @@ def test_store_pairs_times_the_store_calls_not_the_drawing_of_the_pairs(monkeypa
     seconds = experiments.store_pairs(WillshawMemory(300), seed=5, ones=4, start=0, stop=1000, progress=False,
                                       clock=clock)
     assert seconds == 4.0  # 4 calls (300 + 300 + 300 + 100 pairs), each timed from one read to the next
+
+
+def test_scaling_times_neither_the_first_store_nor_the_first_recall(monkeypatch, tmp_path):
+    """On a GPU the first store and retrieval at a size autotune their kernels (made to take 1000 s
+    here): the rates count the later calls only, each 1 s of the clock's ticks."""
+    now = [0.0]
+    first_calls = set()
+
+    def slow_the_first(name):
+        method = getattr(WillshawMemory, name)
+
+        def run(self, *args, **kwargs):
+            if name not in first_calls:
+                first_calls.add(name)
+                now[0] += 1000.0
+            return method(self, *args, **kwargs)
+        monkeypatch.setattr(WillshawMemory, name, run)
+
+    def clock():
+        now[0] += 1.0
+        return now[0]
+
+    slow_the_first("store_indices")
+    slow_the_first("retrieve_indices")
+    rows = experiments.scaling(1024, seed=0, out=tmp_path, queries=50, progress=False, clock=clock)
+    ones = round(theory.optimal_ones(1024))
+    pairs = round(theory.capacity(1024, ones))
+    assert first_calls == {"store_indices", "retrieve_indices"}
+    assert rows[0]["pairs"] == pairs
+    assert rows[0]["store_pairs_per_second"] == (pairs - experiments.SCALING_WARMUP_PAIRS) / 1.0  # one timed call
+    assert rows[0]["recalls_per_second"] == 50 / 1.0
