@@ -150,18 +150,25 @@ def test_store_aefast(benchmark, store_problem):
                       nbytes=memory.nbytes, rounds=SLOW_ROUNDS, extra={"backend": KERNELS, "n": N, "ones": ONES})
 
 
-@pytest.mark.skipif(DEVICE.type != "cuda", reason="row order is a mode of the Triton store")
-def test_store_aefast_in_row_order(benchmark, store_problem, monkeypatch):
-    """The Triton store with the x ones sorted by row first (triton_kernels.STORE_ORDER), against the
-    same eager run; its summary row is marked "(row order)"."""
+def store_in_order(benchmark, monkeypatch, memory, x_idx, y_idx, order, case, ones):
+    """The Triton store in one order of work (triton_kernels.STORE_ORDER; "aefast" rows take the default,
+    which picks by the matrix's size), against the same eager run; its summary row is marked "(rows
+    order)" or "(pairs order)"."""
     from aefast.willshaw import triton_kernels
 
-    monkeypatch.setattr(triton_kernels, "STORE_ORDER", "rows")
-    memory, (x_idx, y_idx) = store_problem
+    if DEVICE.type != "cuda":
+        pytest.skip("the order of work is a mode of the Triton store")
+    monkeypatch.setattr(triton_kernels, "STORE_ORDER", order)
     with aefast.use_backend(KERNELS):
         run_benchmark(benchmark, lambda: memory.store_indices(x_idx, y_idx), DEVICE, component="willshaw",
-                      case=f"store n={N} M={ONES}", role="aefast row order", items=STORE_PAIRS, unit="pairs",
-                      nbytes=memory.nbytes, rounds=SLOW_ROUNDS, extra={"backend": KERNELS, "n": N, "ones": ONES})
+                      case=case, role=f"aefast {order} order", items=STORE_PAIRS, unit="pairs", nbytes=memory.nbytes,
+                      rounds=SLOW_ROUNDS, extra={"backend": KERNELS, "n": memory.n_in, "ones": ones})
+
+
+@pytest.mark.parametrize("order", ["pairs", "rows"])
+def test_store_aefast_in_order(benchmark, store_problem, monkeypatch, order):
+    memory, (x_idx, y_idx) = store_problem
+    store_in_order(benchmark, monkeypatch, memory, x_idx, y_idx, order, f"store n={N} M={ONES}", ONES)
 
 
 def test_store_aefast_cuda(benchmark, store_problem):
@@ -209,15 +216,25 @@ def test_dense_retrieve_user_code(benchmark, small, role):
                   role=role, items=SLOW_BATCH, nbytes=weights.numel() * 4, rounds=SLOW_ROUNDS)
 
 
-def test_dense_store_aefast(benchmark, small):
-    memory, _, _ = small
+@pytest.fixture(scope="module")
+def small_store_pairs():
     generator = torch.Generator(DEVICE).manual_seed(4)
-    x_idx = random_patterns(STORE_PAIRS, DENSE_N, DENSE_ONES, generator=generator, device=DEVICE)
-    y_idx = random_patterns(STORE_PAIRS, DENSE_N, DENSE_ONES, generator=generator, device=DEVICE)
+    return (random_patterns(STORE_PAIRS, DENSE_N, DENSE_ONES, generator=generator, device=DEVICE),
+            random_patterns(STORE_PAIRS, DENSE_N, DENSE_ONES, generator=generator, device=DEVICE))
+
+
+def test_dense_store_aefast(benchmark, small, small_store_pairs):
+    memory, _, _ = small
+    x_idx, y_idx = small_store_pairs
     with aefast.use_backend(KERNELS):
         run_benchmark(benchmark, lambda: memory.store_indices(x_idx, y_idx), DEVICE, component="willshaw",
                       case=DENSE_CASE_STORE, role="aefast", items=STORE_PAIRS, unit="pairs", nbytes=memory.nbytes,
                       rounds=SLOW_ROUNDS, extra={"backend": KERNELS, "n": DENSE_N, "ones": DENSE_ONES})
+
+
+@pytest.mark.parametrize("order", ["pairs", "rows"])
+def test_dense_store_aefast_in_order(benchmark, small, small_store_pairs, monkeypatch, order):
+    store_in_order(benchmark, monkeypatch, small[0], *small_store_pairs, order, DENSE_CASE_STORE, DENSE_ONES)
 
 
 @pytest.mark.parametrize("role", ["eager", "compile"])

@@ -3,8 +3,8 @@ of the n_out output units per input unit, bits past n_out zero) and patterns as 
 (``values[offsets[b]:offsets[b + 1]]``).
 
 - store: one program per pair ORs its x-by-y block of bits into the matrix with atomic ORs on int64
-  words, so pairs that share a word need no other coordination. STORE_ORDER = "rows" sorts the x ones
-  by row first, so that the updates of a row arrive together (to be timed against pair order).
+  words, so pairs that share a word need no other coordination. Row order (STORE_ORDER, by default
+  for matrices past the L2) sorts the x ones by row first, so that the updates of a row arrive together.
 - hard and soft thresholds: one program per (cue, block of words) ANDs the cue's rows and counts the
   answer's ones per group of words; a second kernel unpacks the words into the bool answer, or, for
   retrieve_indices, writes each group's positions at its place in the cumulative counts, reading only
@@ -273,19 +273,31 @@ _STORE_LAUNCH = _tuned(_store_kernel, [triton.Config({"BLOCK_X": STORE_X, "BLOCK
 
 # --- launchers: the kernels of ops.py's "triton" backend ------------------------------------------------
 
-# The store's order of work: "pairs" (one program per pair, as given: the order timed on the H200, 54M
-# pairs/s at n = 2^18, each of its 256 atomic ORs per pair fetching a sector of the 8 GiB matrix from
-# DRAM), or "rows" (each pair's x ones sorted by row first, _store_rows_kernel). The second is built
-# to be timed against the first on a GPU (bench_willshaw.py's "aefast row order"), not yet timed.
-STORE_ORDER = "pairs"
+# The store's order of work: "pairs" (one program per pair, as given), "rows" (each pair's x ones
+# sorted by row first, _store_rows_kernel, so that a row's updates arrive together while its words
+# are in L2), or "auto": rows for a matrix of ROW_ORDER_MIN_BYTES or more. H200, 2026-12-05
+# (bench_willshaw.py, 2^20 pairs of M = 16 per call): at n = 2^18 (8 GiB), where each of pair order's
+# 256 atomic ORs per pair fetches a sector from DRAM, row order stored 130M pairs/s against 60M; at
+# n = 2^14 (32 MiB, inside the 60 MB L2) pair order stored 444M/s. Row order was not timed there, so
+# the bound sits at a few times the L2, not at a measured crossing (the bench now times both orders
+# at both sizes).
+STORE_ORDER = "auto"
+ROW_ORDER_MIN_BYTES = 256 << 20
 STORE_ENTRIES = 16  # x ones (entries) per program in row order
+
+
+def store_order(matrix) -> str:
+    """The order of work ``store`` takes for ``matrix``: STORE_ORDER, "auto" resolved by its size."""
+    if STORE_ORDER != "auto":
+        return STORE_ORDER
+    return "rows" if matrix.numel() * matrix.element_size() >= ROW_ORDER_MIN_BYTES else "pairs"
 
 
 def store(matrix, n_out, x_values, x_offsets, y_values, y_offsets) -> None:
     pairs = x_offsets.numel() - 1
     if not (pairs and x_values.numel() and y_values.numel()):
         return
-    if STORE_ORDER == "rows":
+    if store_order(matrix) == "rows":
         _store_in_row_order(matrix, x_values, x_offsets, y_values, y_offsets)
         return
     _STORE_LAUNCH(lambda meta: (pairs,), matrix, matrix.shape[1], x_values, x_offsets, y_values, y_offsets)

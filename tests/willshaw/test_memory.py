@@ -84,6 +84,32 @@ def test_store_in_row_order_gives_the_matrix_of_pair_order(willshaw_backend, mon
     assert torch.equal(memories["rows"], memories["reference"])
 
 
+def test_the_store_takes_row_order_from_a_matrix_size_on(willshaw_backend, monkeypatch):
+    """STORE_ORDER "auto" (the default): pair order below ROW_ORDER_MIN_BYTES, row order from it on
+    (made 4 KiB here), and either order by name; every matrix equal to the reference's."""
+    if willshaw_backend != "triton":
+        pytest.skip("row order is the Triton store's")
+    from aefast.willshaw import triton_kernels
+
+    assert triton_kernels.STORE_ORDER == "auto"
+    monkeypatch.setattr(triton_kernels, "ROW_ORDER_MIN_BYTES", 4096)
+    orders = []
+    in_row_order = triton_kernels._store_in_row_order
+    monkeypatch.setattr(triton_kernels, "_store_in_row_order",
+                        lambda *args: (orders.append("rows"), in_row_order(*args))[1])
+    generator = torch.Generator().manual_seed(9)
+    for n_in, forced, expected in [(63, "auto", []), (64, "auto", ["rows"]), (64, "pairs", []), (63, "rows", ["rows"])]:
+        monkeypatch.setattr(triton_kernels, "STORE_ORDER", forced)
+        orders.clear()
+        x_idx, y_idx = random_patterns(50, n_in, 5, generator), random_patterns(50, 512, 5, generator)
+        memory = WillshawMemory(n_in, 512, backend="triton")  # 8 words of 8 bytes per row: 64 rows are 4 KiB
+        plain = WillshawMemory(n_in, 512, backend="reference")
+        for target in (memory, plain):
+            target.store_indices(x_idx, y_idx)
+        assert orders == expected, (n_in, forced)
+        assert torch.equal(memory.packed_matrix(), plain.packed_matrix())
+
+
 @pytest.mark.parametrize("kind", ["complete", "incomplete", "noisy"])
 @pytest.mark.parametrize("threshold,k", [("hard", None), ("soft", None), (0, None), (4, None), (ONES, None),
                                          ("topk", 1), ("topk", 12), ("topk", N_OUT)])
