@@ -27,28 +27,34 @@ BACKEND_NAMES = ("reference", "cpp", "triton", "cuda")
 AUTO_ORDER: dict[tuple[str, str], tuple[str, ...]] = {
     # bench_vae.py, fwd+bwd at 2^20 x 32 fp32, 2-core AVX-512 AMD EPYC: cpp 3.98x eager, 3.32x torch.compile.
     ("reparameterize_kl", "cpu"): ("cpp", "reference"),
-    # H200 (bench_vae.py, same shape): Triton 1.9x eager; the CUDA kernel was not timed. Triton first.
+    # H200, 2026-12-05 (bench_vae.py, same shape): Triton 2.6x eager, 0.83x torch.compile; the CUDA
+    # kernel was not timed. Triton first.
     ("reparameterize_kl", "cuda"): ("triton", "cuda", "reference"),
     # The fused MLP has no compiled CPU kernel; the reference runs a narrow stretch in row blocks that
     # stay in cache (bench_mlp.py, 64-wide stack at 2^18 rows, same CPU: 2.15x eager for inference,
-    # 1.36x for the training step). On the GPU Triton first: the one H200 run (code 9d87d56, float32
-    # with TF32 off) timed it at 0.34x eager for the autoencoder's training step, with tiles that
-    # spilled to local memory; they have been rebuilt spill-free since, not yet timed. Retime before
-    # reordering.
+    # 1.36x for the training step). On the GPU too the reference (plain autograd) first: the H200 run of
+    # 2026-12-05 (bench_mlp.py) timed the Triton kernels at 0.4x eager for the autoencoder's training
+    # step in float32 and bfloat16 (0.2-0.6x for its inference), and the 64-wide stack's training step at
+    # 0.7x (float32) and 1.0x (bfloat16); only the stack's bfloat16 inference was faster (1.4x). The
+    # autoencoder's step spends 3.3 ms where its kernels take 0.55 ms of GPU time: launch and op
+    # overhead on the host (benchmarks/profile_kernels.py mlp). use_backend("triton") runs the kernels,
+    # whose fused loss halves the step's peak memory (59 MiB against eager's 172 in bfloat16).
     **{(op, device): order for op in ("fused_linear", "fused_linear_backward", "fused_linear_loss",
                                       "fused_narrow_mlp", "fused_narrow_mlp_backward")
-       for device, order in (("cpu", ("reference",)), ("cuda", ("triton", "reference")))},
+       for device, order in (("cpu", ("reference",)), ("cuda", ("reference", "triton")))},
     # bench_willshaw.py at n = 2^16, M = 14 loaded to capacity, same CPU: cpp retrieves 1506x and stores
-    # 31400x faster per item than the reference. H200, n = 2^18, M = 16 at capacity: Triton retrieves
-    # 156x and stores 9300x faster per item than the reference, which unpacks each row it reads.
+    # 31400x faster per item than the reference. H200, 2026-12-05, n = 2^18, M = 16 at capacity: Triton
+    # retrieves 364x and stores 21000x (in row order) faster per item than the reference, which unpacks
+    # each row it reads.
     **{(op, "cpu"): ("cpp", "reference") for op in (
         "willshaw_store", "willshaw_sums", "willshaw_retrieve", "willshaw_retrieve_indices",
         "willshaw_check_patterns", "willshaw_count_ones", "willshaw_dense_to_rows")},
-    # The CUDA kernels (csrc/willshaw/willshaw_cuda.cu) have not been timed yet: second, for a GPU
-    # without triton, until bench_willshaw.py's "aefast cuda" rows say otherwise.
+    # Same H200 run: the CUDA kernels answer 4096 cues in 0.86 ms (hard) and 0.88 (soft) against Triton's
+    # 0.92 and 0.95 (59% and 55% of the copy probe's bandwidth), and store 60M pairs/s against Triton's
+    # 130M in row order. The others were not timed apart: Triton first, CUDA for a GPU without triton.
+    ("willshaw_retrieve_indices", "cuda"): ("cuda", "triton", "reference"),
     **{(op, "cuda"): ("triton", "cuda", "reference") for op in (
-        "willshaw_store", "willshaw_sums", "willshaw_retrieve", "willshaw_retrieve_indices",
-        "willshaw_check_patterns", "willshaw_count_ones")},
+        "willshaw_store", "willshaw_sums", "willshaw_retrieve", "willshaw_check_patterns", "willshaw_count_ones")},
 }
 
 

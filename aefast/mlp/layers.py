@@ -109,10 +109,11 @@ def _read_layers(x, modules: list, hooked: list[bool]) -> tuple:
 
 @torch.compiler.assume_constant_result  # a choice made when tracing, like the op's own dispatch
 def _plain_autograd(device: torch.device) -> bool:
-    """True where ``auto`` picks the reference (a CPU): the same math through plain autograd, without
-    the custom op's per-call cost, which made small models 2x slower than plain PyTorch there
-    (bench_models.py). A backend forced by name, the reference included, still runs through the op, and
-    so does a large narrow stretch on the CPU (``ops.narrow_in_blocks_pays``)."""
+    """True where ``auto`` picks the reference (a CPU, and a GPU while its kernels time slower than eager:
+    _backends.AUTO_ORDER): the same math through plain autograd, without the custom op's per-call cost,
+    which made small models 2x slower than plain PyTorch on the CPU (bench_models.py). A backend forced
+    by name, the reference included, still runs through the op, and so does a large narrow stretch on
+    the CPU (``ops.narrow_in_blocks_pays``)."""
     return _backends.requested_backend() == "auto" and _backends.select(ops.FORWARD, device)[0] == "reference"
 
 
