@@ -1,14 +1,16 @@
 """Where the time goes on a GPU: each component's main case timed with triton.testing.do_bench and
-profiled with torch.profiler (the kernels that take the most GPU time), for tuning. Not a benchmark:
-the figures aefast claims come from the bench_*.py files.
+profiled with torch.profiler (the kernels that take the most GPU time), for tuning, and the host's time
+per launch and per op call. Not a benchmark: the figures aefast claims come from the bench_*.py files.
 
-    python benchmarks/profile_kernels.py [mlp] [vae] [willshaw] [compile]
+    python benchmarks/profile_kernels.py [mlp] [vae] [willshaw] [compile] [host]
 """
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
 import triton
+import triton.language as tl
 from torch.profiler import ProfilerActivity, profile
 
 import aefast
@@ -37,8 +39,14 @@ def profiled(name, fn, calls=5, rows=10):
 
 
 def mlp():
-    """The autoencoder and the narrow stack in float32 (as eager: IEEE; aefast's 3xTF32 mode; both in
-    TF32) and bfloat16. The 3xTF32 rows time aefast only: eager's are the float32 rows'."""
+    """The autoencoder and the narrow stack on the Triton kernels (auto runs the reference on a GPU) in
+    float32 (as eager: IEEE; aefast's 3xTF32 mode; both in TF32) and bfloat16. The 3xTF32 rows time
+    aefast only: eager's are the float32 rows'."""
+    with aefast.use_backend("triton"):
+        _mlp_cases()
+
+
+def _mlp_cases():
     for dtype, tf32, precision in ((torch.float32, False, "torch"), (torch.float32, False, "tf32x3"),
                                    (torch.float32, True, "torch"), (torch.bfloat16, False, "torch")):
         torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -139,7 +147,60 @@ def willshaw():
     timed("copy probe 2 GiB", lambda: out.copy_(probe))
 
 
-PARTS = {"mlp": mlp, "vae": vae, "willshaw": willshaw, "compile": compile_time}
+@triton.jit
+def _empty_kernel(x_ptr, BLOCK: tl.constexpr):
+    pass
+
+
+def host_time(name, fn, calls=2000):
+    """The host's time per call of ``fn`` on problems so small that the GPU keeps up: the launch path's
+    cost, which bounds a step of small kernels (the 2026-12-05 run's autoencoder step: 3.3 ms for
+    0.55 ms of kernels)."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - start) / calls
+    torch.cuda.synchronize()
+    print(f"{name:<60} {host * 1e6:10.1f} us of host time a call", flush=True)
+
+
+def host():
+    """Host time per Triton launch, per launcher, per op call and per training step, beside eager's."""
+    from aefast.mlp import ops, triton_kernels
+
+    x = torch.randn(64, 32, device=DEVICE)
+    weight, bias = torch.randn(16, 32, device=DEVICE), torch.randn(16, device=DEVICE)
+    seed = torch.tensor(1)
+    y, _ = triton_kernels.linear_forward(x, weight, bias, "relu", "none", 0.0, 1)
+    grad_y = torch.randn_like(y)
+    host_time("empty Triton kernel (1 pointer)", lambda: _empty_kernel[(1,)](x, BLOCK=16))
+    host_time("torch.empty + relu_ (eager, 2 ops)", lambda: torch.empty_like(x).relu_())
+    host_time("F.linear + relu (eager)", lambda: F.relu(F.linear(x, weight, bias)))
+    host_time("triton_kernels.linear_forward (1 launch)",
+              lambda: triton_kernels.linear_forward(x, weight, bias, "relu", "none", 0.0, 1))
+    host_time("triton_kernels.linear_backward (2 launches)",
+              lambda: triton_kernels.linear_backward(grad_y, x, weight, bias, y, y, "relu", "none", 0.0, 1, None, True))
+    with aefast.use_backend("triton"):
+        host_time("torch.ops.aefast.fused_linear (op, triton)",
+                  lambda: ops.fused_linear_op(x, weight, bias, "relu", "none", 0.0, seed))
+        mu, logvar = torch.randn(64, 32, device=DEVICE), torch.randn(64, 32, device=DEVICE)
+        host_time("aefast.reparameterize_kl forward (triton)", lambda: aefast.reparameterize_kl(mu, logvar, seed=1))
+    torch.manual_seed(0)
+    ae = FusedAutoencoder([784, 256, 32], output_activation="sigmoid").to(DEVICE)
+    eager_ae = torch.nn.Sequential(ae.encoder.to_sequential(), ae.decoder.to_sequential())
+    small = torch.rand(64, 784, device=DEVICE)
+    params, eager_params = list(ae.parameters()), list(eager_ae.parameters())
+    host_time("ae train step, batch 64, eager", lambda: torch.autograd.grad(F.mse_loss(eager_ae(small), small),
+                                                                           eager_params), calls=300)
+    for backend in ("reference", "triton"):
+        with aefast.use_backend(backend):
+            host_time(f"ae train step, batch 64, aefast {backend}", lambda: torch.autograd.grad(ae.loss(small), params),
+                      calls=300)
+
+
+PARTS = {"mlp": mlp, "vae": vae, "willshaw": willshaw, "compile": compile_time, "host": host}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or ["vae", "willshaw", "mlp"]
