@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from triton.testing import do_bench
 
+from aefast._sizes import cdiv, next_power_of_2
 from aefast._triton_random import philox_normal, philox_uniform
 from aefast.mlp.precision import dot_precision
 
@@ -283,7 +284,7 @@ def _linear_loss_kernel(h_ptr, w_ptr, b_ptr, t_ptr, gz_ptr, partial_ptr, M, N, K
 
 def _block(size: int, largest: int) -> int:
     """A power-of-two tile edge: at least 16 (tl.dot's minimum), at most ``largest``."""
-    return max(16, min(largest, triton.next_power_of_2(size)))
+    return max(16, min(largest, next_power_of_2(size)))
 
 
 # Warps of a linear kernel whose output tile has this many elements or more. A 64 x 64 float32 tile in
@@ -413,7 +414,7 @@ def _pick_tiles(kind: str, operands: str, sizes: tuple[int, int, int], device: t
     rows, n, k = sizes
     if len(candidates) == 1 or rows * n * k < TUNE_MIN_WORK or not _tuning_on(device):
         return candidates[0]
-    key = (kind, operands, triton.next_power_of_2(rows), n, k, device.index)
+    key = (kind, operands, next_power_of_2(rows), n, k, device.index)
     if key not in _tuned:
         if _capturing(device):
             return candidates[0]
@@ -432,7 +433,7 @@ def linear_forward(x, weight, bias, activation, corruption, param, seed):
     z = torch.empty(M, N, dtype=x.dtype, device=x.device) if act == _GELU else y.new_empty(0)
 
     def launch(tiles: Tiles):
-        _linear_forward_kernel[(triton.cdiv(M, tiles.block_m), triton.cdiv(N, tiles.block_n))](
+        _linear_forward_kernel[(cdiv(M, tiles.block_m), cdiv(N, tiles.block_n))](
             x, weight, weight if bias is None else bias, y, y if z.numel() == 0 else z, M, N, K, seed, param,
             ACT=act, CORRUPT=corrupt, HAS_BIAS=bias is not None, SAVE_Z=act == _GELU, PRECISION=_precision(x.dtype),
             UPCAST=_upcast(x.dtype), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
@@ -457,13 +458,13 @@ def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption,
         grad_x = torch.empty_like(x)
 
         def launch_input(tiles: Tiles):
-            _linear_grad_input_kernel[(triton.cdiv(M, tiles.block_m), triton.cdiv(K, tiles.block_k))](
+            _linear_grad_input_kernel[(cdiv(M, tiles.block_m), cdiv(K, tiles.block_k))](
                 grad_y, saved, weight, grad_x, scale, M, N, K, seed, param, BLOCK_M=tiles.block_m,
                 BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, num_warps=tiles.warps, **common)
         launch_input(_pick_tiles("grad_input", operands, (M, N, K), x.device, launch_input))
 
     def launch_weight(tiles: Tiles):
-        grid = (triton.cdiv(N, tiles.block_n), triton.cdiv(K, tiles.block_k))
+        grid = (cdiv(N, tiles.block_n), cdiv(K, tiles.block_k))
         rows_per_split, splits = _weight_grad_splits(M, tiles.block_m, grid[0] * grid[1], x.device)
         if splits == 1:  # written in place, in the weight's dtype
             grad_w = torch.empty_like(weight)
@@ -501,9 +502,9 @@ def _weight_grad_splits(rows: int, block_m: int, tiles: int, device: torch.devic
     device, each over a whole number of row blocks."""
     target = _device_programs(device, SPLIT_PROGRAMS_PER_SM, INTERPRETER_SPLIT_PROGRAMS)
     most = max(1, rows // (SPLIT_MIN_ROW_BLOCKS * block_m))
-    splits = max(1, min(most, triton.cdiv(target, tiles)))
-    rows_per_split = max(1, triton.cdiv(triton.cdiv(rows, splits), block_m)) * block_m
-    return rows_per_split, max(1, triton.cdiv(rows, rows_per_split))  # one split, writing zeros, for no rows
+    splits = max(1, min(most, cdiv(target, tiles)))
+    rows_per_split = max(1, cdiv(cdiv(rows, splits), block_m)) * block_m
+    return rows_per_split, max(1, cdiv(rows, rows_per_split))  # one split, writing zeros, for no rows
 
 
 def linear_loss_forward(h, weight, bias, target, output_activation, loss):
@@ -512,7 +513,7 @@ def linear_loss_forward(h, weight, bias, target, output_activation, loss):
     grad_z = torch.empty(M, N, dtype=h.dtype, device=h.device)
 
     def launch(tiles: Tiles):
-        grid = (triton.cdiv(M, tiles.block_m), triton.cdiv(N, tiles.block_n))
+        grid = (cdiv(M, tiles.block_m), cdiv(N, tiles.block_n))
         partial = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=h.device)
         _linear_loss_kernel[grid](
             h, weight, weight if bias is None else bias, target, grad_z, partial, M, N, K, 1.0 / (M * N),
@@ -804,7 +805,7 @@ def narrow_dots_in_quarters(precision: str, block_d: int) -> bool:
 
 def _narrow_blocks(dims, rows, operands, direction):
     """(tile width, rows per program, warps) of a narrow kernel (``direction`` "forward"/"backward")."""
-    block_d = max(16, triton.next_power_of_2(max(dims)))
+    block_d = max(16, next_power_of_2(max(dims)))
     most = NARROW_ROWS[(operands, direction)][block_d]
     return block_d, min(_block(rows, NARROW_MAX_ROWS), most), NARROW_WARPS
 
@@ -817,7 +818,7 @@ def narrow_forward(x, weights, biases, dims, activation, last_activation, save):
     acts = torch.empty(rows * sum(dims[1:-1]) if save else 0, dtype=x.dtype, device=x.device)
     block_d, block_m, warps = _narrow_blocks(dims, rows, _operands(x.dtype), "forward")
     precision = _precision(x.dtype)
-    _narrow_forward_kernel[(triton.cdiv(rows, block_m),)](
+    _narrow_forward_kernel[(cdiv(rows, block_m),)](
         x, weights, weights if biases is None else biases, out, acts if acts.numel() else out, rows, **layout,
         ACT=ACTIVATION_CODES[activation], LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None,
         SAVE=save, PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
@@ -836,7 +837,7 @@ def _narrow_backward_grid(rows: int, block_m: int, device: torch.device) -> tupl
     """(row blocks per chunk, programs) of the narrow backward: one program per SM (the widest tiles'
     registers leave room for one), each looping over chunks."""
     chunk_blocks = max(1, NARROW_CHUNK_ROWS // block_m)
-    chunks = triton.cdiv(rows, chunk_blocks * block_m)
+    chunks = cdiv(rows, chunk_blocks * block_m)
     return chunk_blocks, max(1, min(chunks, _device_programs(device, 1, INTERPRETER_NARROW_PROGRAMS)))
 
 

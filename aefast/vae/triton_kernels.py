@@ -7,6 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
+from aefast._sizes import cdiv, next_power_of_2
 from aefast._triton_math import exp
 from aefast._triton_random import philox_normal
 from aefast.vae.reference import clamp_active, kl_dtype
@@ -94,9 +95,9 @@ def _backward_kernel(grad_z_ptr, grad_kl_ptr, mu_ptr, logvar_ptr, eps_ptr, grad_
 
 
 def _launch_shape(rows: int, cols: int) -> tuple[int, int, tuple[int]]:
-    block_cols = min(triton.next_power_of_2(max(cols, 1)), _MAX_BLOCK_COLS)
+    block_cols = min(next_power_of_2(max(cols, 1)), _MAX_BLOCK_COLS)
     block_rows = max(1, BLOCK_ELEMENTS // block_cols)
-    return block_rows, block_cols, (triton.cdiv(rows, block_rows),)
+    return block_rows, block_cols, (cdiv(rows, block_rows),)
 
 
 def forward(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from aefast import _backends
+from aefast._sizes import cdiv
 from aefast.willshaw import packed_retrieval
 from aefast.willshaw.packed_retrieval import ANSWER_GROUP, CHECK_LONGEST
 
@@ -246,7 +247,7 @@ def _word_chunks(words: int, block: int, align: int = 1):
 
 
 def _grid(rows: int, words: int, block: int) -> tuple[int, int]:
-    return rows, triton.cdiv(words, block)
+    return rows, cdiv(words, block)
 
 
 def _tuned(kernel, configs, key):
@@ -309,7 +310,7 @@ def _store_in_row_order(matrix, x_values, x_offsets, y_values, y_offsets) -> Non
     rows, order = torch.sort(x_values.to(torch.int32))
     pair_of_entry = torch.repeat_interleave(torch.arange(pairs, dtype=torch.int32, device=x_values.device),
                                             x_offsets.diff(), output_size=entries)
-    _store_rows_kernel[(triton.cdiv(entries, STORE_ENTRIES),)](
+    _store_rows_kernel[(cdiv(entries, STORE_ENTRIES),)](
         matrix, matrix.shape[1], rows, pair_of_entry[order], entries, y_values, y_offsets,
         BLOCK_E=STORE_ENTRIES, BLOCK_Y=STORE_Y)
 
@@ -332,7 +333,7 @@ def _and(matrix, cue_values, cue_offsets):
     """(the AND of each cue's rows as words (rows, words per row), its set bits per ANSWER_GROUP words
     (rows, groups) int32)."""
     rows, words_per_row = cue_offsets.numel() - 1, matrix.shape[1]
-    groups = triton.cdiv(words_per_row, ANSWER_GROUP)
+    groups = cdiv(words_per_row, ANSWER_GROUP)
     out = torch.empty(rows, words_per_row, dtype=torch.int64, device=matrix.device)
     counts = torch.empty(rows, groups, dtype=torch.int32, device=matrix.device)
     # Launches of whole multiples of the widest block, so that no block of one reaches into the next.
@@ -367,7 +368,7 @@ def row_flags(values, offsets, units, longest=None):
     if not rows:
         return flags
     if (int(offsets.diff().max()) if longest is None else longest) <= CHECK_BLOCK:
-        _check_short_rows_kernel[(triton.cdiv(rows, CHECK_ROWS),)](values, offsets, rows, units, flags,
+        _check_short_rows_kernel[(cdiv(rows, CHECK_ROWS),)](values, offsets, rows, units, flags,
                                                                    ROWS=CHECK_ROWS, BLOCK=CHECK_BLOCK,
                                                                    num_warps=CHECK_SHORT_WARPS)
     else:
@@ -377,7 +378,7 @@ def row_flags(values, offsets, units, longest=None):
 
 def count_ones(matrix) -> int:
     words = matrix.flatten()
-    blocks = triton.cdiv(words.numel(), COUNT_WORDS)
+    blocks = cdiv(words.numel(), COUNT_WORDS)
     partial = torch.empty(blocks, dtype=torch.int64, device=matrix.device)
     if blocks:
         _count_ones_kernel[(blocks,)](words, words.numel(), partial, BLOCK=COUNT_WORDS)
