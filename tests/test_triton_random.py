@@ -1,5 +1,8 @@
 """The Triton Philox helpers shared by the VAE and MLP kernels: the reference stream (aefast/_philox.py)
-at offsets past 2^32, where a 32-bit offset would wrap around to the first numbers."""
+at offsets past 2^32, where a 32-bit offset would wrap around to the first numbers; and the kernels
+that take a seed, which must not compile a variant per seed."""
+import importlib
+
 import pytest
 import torch
 
@@ -35,7 +38,6 @@ def test_triton_philox_matches_the_reference_past_2_to_the_32(start):
 
 
 def _kernels_taking_a_seed():
-    import importlib
     for name in ("aefast.mlp.triton_kernels", "aefast.vae.triton_kernels", "aefast.willshaw.triton_kernels"):
         module = importlib.import_module(name)
         for attribute, value in vars(module).items():

@@ -355,7 +355,7 @@ def _scaling_point(size: int, M: int, L: int, seed: int, queries: int, device: t
     two would not fit together at the top sizes."""
     memory = WillshawMemory(size, device=device)
     warmup = min(SCALING_WARMUP_PAIRS, L // 2)
-    store_pairs(memory, seed, M, 0, warmup, False, clock)  # the same pairs in all: the stream is cut in two
+    store_pairs(memory, seed, M, 0, warmup, progress=False)  # untimed; the same stream, cut in two
     store_seconds = store_pairs(memory, seed, M, warmup, L, progress, clock)
     cues, answers = stored_pairs(memory, seed, M, min(queries, L))
     memory.retrieve_indices(cues)
