@@ -83,15 +83,27 @@ def pytest_collection_modifyitems(config, items):
 
 
 def aefast_ops_run_by(function) -> set[str]:
-    """The names of the aefast ops that running ``function()`` dispatches."""
+    """The names of the aefast ops that running ``function()`` runs: those dispatched as
+    torch.ops.aefast.*, and the MLP's, which outside torch.compile skip the dispatch (their
+    autograd.Functions) but pick their kernel by op name (``aefast.mlp.ops._kernel``)."""
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    from aefast.mlp import ops as mlp_ops
 
     class Recorder(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func.namespace == "aefast":
                 names.add(func.__name__.split(".")[0])
             return func(*args, **(kwargs or {}))
+
+    def recording_kernel(op, x):
+        names.add(op)
+        return select_kernel(op, x)
     names = set()
-    with Recorder():
-        function()
+    select_kernel, mlp_ops._kernel = mlp_ops._kernel, recording_kernel
+    try:
+        with Recorder():
+            function()
+    finally:
+        mlp_ops._kernel = select_kernel
     return names

@@ -158,7 +158,7 @@ def fused_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation, 
             x = corrupted(x, corruption, param, seed)
         return reference.activate(F.linear(x, weight, bias), activation)
     rows = x.reshape(-1, x.shape[-1]).contiguous()
-    y, _ = ops.fused_linear_op(rows, weight, bias, activation or "none", corruption, float(param), seed)
+    y, _ = ops.fused_linear(rows, weight, bias, activation or "none", corruption, float(param), seed)
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
@@ -388,8 +388,8 @@ def _narrow(layers, x: Tensor, plain: bool) -> Tensor:
     weights = torch.cat([layer.weight.reshape(-1) for layer in layers])
     biases = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (rows, weights, biases))
-    out, _ = ops.fused_narrow_mlp_op(rows, weights, biases, dims, layers[0].activation or "none",
-                                     layers[-1].activation or "none", save)
+    out, _ = ops.fused_narrow_mlp(rows, weights, biases, dims, layers[0].activation or "none",
+                                  layers[-1].activation or "none", save)
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -483,7 +483,7 @@ class FusedAutoencoder(nn.Module):
         if _plain(rows.device):
             value = reference.loss_of_output(F.linear(h, last.weight, last.bias), rows, last.activation, loss)
         else:
-            value, _ = ops.fused_linear_loss_op(h.contiguous(), last.weight, last.bias, rows,
+            value, _ = ops.fused_linear_loss(h.contiguous(), last.weight, last.bias, rows,
                                                 last.activation or "none", loss)
         return value if penalty is None else value + penalty
 

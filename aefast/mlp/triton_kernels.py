@@ -214,14 +214,15 @@ def _linear_grad_input_kernel(gy_ptr, saved_ptr, w_ptr, gx_ptr, scale_ptr, M, N,
 
 @triton.jit(do_not_specialize=["seed"])
 def _linear_grad_weight_kernel(gy_ptr, saved_ptr, x_ptr, gw_ptr, gb_ptr, scale_ptr, M, N, K, seed, param,
-                               rows_per_split,
+                               rows_per_split, split_stride,
                                ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_BIAS: tl.constexpr,
                                HAS_SCALE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                LONG_ROWS: tl.constexpr):
     """dW = dz^T x~ as a (BLOCK_N x BLOCK_K) tile over the rows of split program_id(2) (x~ regenerated),
-    written to gw[split]; the first column of tiles adds db to gb[split]. The launcher sums the splits:
-    dW reduces over the batch, and a layer of 256 x 32 has only 4 such tiles to keep a GPU busy."""
+    written at gw + split * split_stride; the first column of tiles writes db at gb + split * split_stride.
+    _sum_splits_kernel adds the splits: dW reduces over the batch, and a layer of 256 x 32 has only 4
+    such tiles to keep a GPU busy."""
     first_out = tl.program_id(0).to(tl.int64) * BLOCK_N
     first_in = tl.program_id(1).to(tl.int64) * BLOCK_K
     outs, ins = _tile_indices(BLOCK_N, LONG_ROWS), _tile_indices(BLOCK_K, LONG_ROWS)
@@ -241,11 +242,28 @@ def _linear_grad_weight_kernel(gy_ptr, saved_ptr, x_ptr, gw_ptr, gb_ptr, scale_p
         x = _load_input(x_ptr, m0 * K + first_in, x_offsets, rows_in & ins_mask, seed, param, CORRUPT)
         acc += _dot(tl.trans(grad_z.to(x_ptr.dtype.element_ty)), x.to(x_ptr.dtype.element_ty), PRECISION, UPCAST)
         bias_acc += tl.sum(grad_z, axis=0)
-    tl.store(gw_ptr + (split * N + first_out) * K + first_in + outs[:, None] * K + ins[None, :],
+    tl.store(gw_ptr + split * split_stride + first_out * K + first_in + outs[:, None] * K + ins[None, :],
              acc.to(gw_ptr.dtype.element_ty), mask=(outs[:, None] < outs_in) & ins_mask)
     if HAS_BIAS:
         if tl.program_id(1) == 0:
-            tl.store(gb_ptr + split * N + first_out + outs, bias_acc.to(gb_ptr.dtype.element_ty), mask=outs < outs_in)
+            tl.store(gb_ptr + split * split_stride + first_out + outs, bias_acc.to(gb_ptr.dtype.element_ty),
+                     mask=outs < outs_in)
+
+
+@triton.jit
+def _sum_splits_kernel(partials_ptr, gw_ptr, gb_ptr, splits, split_stride, weight_size, total_size,
+                       BLOCK: tl.constexpr):
+    """The weight gradient's splits added: element i < total_size of each split's row (split_stride
+    floats: dW's weight_size, then db's) summed in float32 and stored in the gradients' dtype, to gw[i]
+    or gb[i - weight_size]. One launch where summing and casting dW and db took four torch ops."""
+    cols = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    in_range = cols < total_size
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for split in range(splits):
+        acc += tl.load(partials_ptr + split * split_stride + cols, mask=in_range, other=0.0)
+    in_weight = cols < weight_size
+    tl.store(gw_ptr + cols, acc.to(gw_ptr.dtype.element_ty), mask=in_range & in_weight)
+    tl.store(gb_ptr + (cols - weight_size), acc.to(gb_ptr.dtype.element_ty), mask=in_range & ~in_weight)
 
 
 @triton.jit
@@ -276,7 +294,7 @@ def _linear_loss_kernel(h_ptr, w_ptr, b_ptr, t_ptr, gz_ptr, partial_ptr, M, N, K
         else:
             grad_z = _times_activation_grad(2.0 * diff * inv_count, out, OUT_ACT)
     tl.store(gz_ptr + start + offsets, grad_z.to(gz_ptr.dtype.element_ty), mask=mask)
-    partial = tl.sum(tl.sum(tl.where(mask, loss, 0.0), axis=1), axis=0)
+    partial = tl.sum(tl.sum(tl.where(mask, loss, 0.0), axis=1), axis=0) * inv_count  # the launcher adds them
     tl.store(partial_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), partial)
 
 
@@ -466,19 +484,22 @@ def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption,
     def launch_weight(tiles: Tiles):
         grid = (cdiv(N, tiles.block_n), cdiv(K, tiles.block_k))
         rows_per_split, splits = _weight_grad_splits(M, tiles.block_m, grid[0] * grid[1], x.device)
+        grad_w = torch.empty_like(weight)
+        grad_b = torch.empty_like(bias) if bias is not None else weight.new_empty(0)
         if splits == 1:  # written in place, in the weight's dtype
-            grad_w = torch.empty_like(weight)
-            grad_b = torch.empty_like(bias) if bias is not None else weight.new_empty(0)
-        else:  # float32 partial sums, one per split, added below
-            grad_w = torch.empty(splits, N, K, dtype=torch.float32, device=x.device)
-            grad_b = torch.empty(splits, N, dtype=torch.float32, device=x.device) if bias is not None else weight.new_empty(0)
+            out_w, out_b, split_stride = grad_w, grad_b, 0
+        else:  # float32 partial sums, a row of dW then db per split, added by _sum_splits_kernel
+            split_stride = N * K + (N if bias is not None else 0)
+            partials = torch.empty(splits, split_stride, dtype=torch.float32, device=x.device)
+            out_w, out_b = partials, partials[0, N * K:]
         _linear_grad_weight_kernel[(*grid, splits)](
-            grad_y, saved, x, grad_w, grad_b if bias is not None else grad_w, scale, M, N, K, seed, param,
-            rows_per_split, HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
+            grad_y, saved, x, out_w, out_b if bias is not None else out_w, scale, M, N, K, seed, param,
+            rows_per_split, split_stride, HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
             BLOCK_K=tiles.block_k, num_warps=tiles.warps, **common)
         if splits > 1:
-            grad_w = grad_w.sum(0).to(weight.dtype)
-            grad_b = grad_b.sum(0).to(bias.dtype) if bias is not None else grad_b
+            _sum_splits_kernel[(cdiv(split_stride, SUM_SPLITS_BLOCK),)](
+                partials, grad_w, grad_b if bias is not None else grad_w, splits, split_stride, N * K, split_stride,
+                BLOCK=SUM_SPLITS_BLOCK)
         return grad_w, grad_b
     grad_w, grad_b = launch_weight(_pick_tiles("grad_weight", operands, (M, N, K), x.device, launch_weight))
     return grad_x, grad_w, grad_b
@@ -487,6 +508,7 @@ def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption,
 # Programs the weight gradient aims at on a GPU, per SM (two waves), and the fewest row blocks a split
 # keeps (its partial sum, N x K floats written and added, costs as much as about one row block).
 SPLIT_PROGRAMS_PER_SM, SPLIT_MIN_ROW_BLOCKS = 2, 4
+SUM_SPLITS_BLOCK = 1024  # elements of dW and db a program of _sum_splits_kernel adds over the splits
 INTERPRETER_SPLIT_PROGRAMS = 4  # so that the tests reach the split path with small shapes
 
 
@@ -522,7 +544,7 @@ def linear_loss_forward(h, weight, bias, target, output_activation, loss):
             BLOCK_K=tiles.block_k, LONG_ROWS=_long_rows(N, K), num_warps=tiles.warps)
         return partial
     partial = launch(_pick_tiles("loss", _operands(h.dtype), (M, N, K), h.device, launch))
-    return partial.sum() / (M * N), grad_z
+    return partial.sum(), grad_z  # each tile's share of the mean
 
 
 # --- a narrow stretch: consecutive layers of widths <= 128 in one kernel per row block --------------

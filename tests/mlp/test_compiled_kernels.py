@@ -90,7 +90,22 @@ def linear_cases() -> list[str]:
             for index in range(len(by_operands[operands_of(element, precision)]))]
 
 
+# The weight gradient's split sums, in the weights' dtypes (the partial sums are float32).
+SUM_SPLITS_CASES = ["sum-splits-fp32", "sum-splits-bf16"]
+
+
+def sum_splits_case(element: str) -> dict:
+    from aefast.mlp import triton_kernels as k
+
+    signature = {"partials_ptr": "*fp32", "gw_ptr": f"*{element}", "gb_ptr": f"*{element}", "splits": "i32",
+                 "split_stride": "i32", "weight_size": "i32", "total_size": "i32"}
+    return compile_for_sm90(k._sum_splits_kernel, signature, {"BLOCK": k.SUM_SPLITS_BLOCK}, 4,
+                            divisible=("split_stride", "weight_size", "total_size"))
+
+
 def compile_case(case: str) -> dict:
+    if case in SUM_SPLITS_CASES:
+        return sum_splits_case(case.removeprefix("sum-splits-"))
     one_row = case.startswith("one-row-")
     case = case.removeprefix("one-row-")
     if case.startswith("linear-"):
@@ -115,7 +130,7 @@ def compile_cases() -> dict:
     """{case id: compile_for_sm90's result} for every case, compiled by one worker per core (in a process
     that must not interpret Triton)."""
     cases = [f"{direction}-{element}-{precision}-{width}" for direction, (element, precision), width in CASES]
-    cases += linear_cases() + ONE_ROW_CASES
+    cases += linear_cases() + ONE_ROW_CASES + SUM_SPLITS_CASES
     with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
         return dict(zip(cases, pool.map(compile_case, cases)))
 
@@ -147,6 +162,12 @@ def test_every_linear_tile_compiles_for_sm90_without_spills(compiled, case):
 @pytest.mark.parametrize("case", ONE_ROW_CASES)
 def test_kernels_compile_for_a_batch_of_one_row(compiled, case):
     assert compiled[case]["registers"] > 0
+
+
+@pytest.mark.skipif(not CUOBJDUMP.exists(), reason="Triton's CUDA tools are not installed")
+@pytest.mark.parametrize("case", SUM_SPLITS_CASES)
+def test_the_split_sums_compile_without_spills(compiled, case):
+    assert compiled[case]["stack"] == 0 and compiled[case]["registers"] > 0
 
 
 @pytest.mark.skipif(not CUOBJDUMP.exists(), reason="Triton's CUDA tools are not installed")

@@ -337,3 +337,25 @@ def test_a_chain_of_layers_chooses_its_backend_once(monkeypatch):
     x = torch.randn(5, 6)
     torch.testing.assert_close(mlp(x), mlp.to_sequential()(x), atol=1e-6, rtol=1e-5)
     assert calls == [x.device]
+
+
+@pytest.mark.parametrize("bias,dtype", [(False, torch.float32), (True, torch.bfloat16), (False, torch.float16)])
+def test_the_split_weight_gradient_without_bias_and_in_16_bits(mlp_backend, bias, dtype):
+    """Batch 1000 splits the Triton weight gradient's batch sum in four: float32 partial sums of dW
+    (then db, when there is a bias) added and cast to the weights' dtype in one launch. Against
+    nn.Linear in float64 on the same (rounded) weights and input: a 16-bit gradient is the float32 sum
+    rounded once, so within 2 ulps (2^-7 relative for bfloat16) of the exact one."""
+    torch.manual_seed(17)
+    fused = FusedLinear(17, 3, bias=bias, activation="tanh").to(dtype)
+    exact = nn.Linear(17, 3, bias=bias).double()
+    exact.load_state_dict(fused.state_dict())
+    x = torch.randn(1000, 17).to(dtype)
+    grad_y = torch.randn(1000, 3).to(dtype)
+    got = torch.autograd.grad(fused(x), list(fused.parameters()), grad_y)
+    expected = torch.autograd.grad(torch.tanh(exact(x.double())), list(exact.parameters()), grad_y.double())
+    epsilon = torch.finfo(dtype).eps if dtype != torch.float32 else 1e-6
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == dtype
+        # The sum's own rounding (1000 terms in float32, and the tanh' of a 16-bit output) plus the final
+        # rounding of a value of |b|: 2 epsilon of the largest entry covers both.
+        torch.testing.assert_close(a.double(), b, atol=2 * epsilon * b.abs().max().item(), rtol=0)

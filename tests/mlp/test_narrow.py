@@ -138,8 +138,8 @@ def test_cpu_runs_many_rows_of_a_narrow_stretch_through_the_op(monkeypatch):
     from aefast.mlp import ops
 
     calls = []
-    op = ops.fused_narrow_mlp_op
-    monkeypatch.setattr(ops, "fused_narrow_mlp_op", lambda *args: calls.append(args[0].shape[0]) or op(*args))
+    op = ops.fused_narrow_mlp
+    monkeypatch.setattr(ops, "fused_narrow_mlp", lambda *args: calls.append(args[0].shape[0]) or op(*args))
     monkeypatch.setattr(ops, "NARROW_CPU_BLOCK_BYTES", 32 * 4 * 40)  # blocks of 32 rows
     monkeypatch.setattr(ops, "NARROW_CPU_MIN_BYTES", 100 * 4 * 40)  # from 100 rows of the 40-wide outputs on
     torch.manual_seed(13)

@@ -1,11 +1,27 @@
 """The fused-MLP custom ops pass opcheck and gradcheck (float64, which runs the reference's written-out
-backward on every backend), and trace under torch.compile(fullgraph=True)."""
+backward on every backend), and trace under torch.compile(fullgraph=True). The autograd.Functions that
+the layers call outside torch.compile (ops.fused_linear & co.) pass the same gradchecks and equal the
+ops bit for bit."""
+from types import SimpleNamespace
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from aefast.mlp import reference
+from aefast.mlp import ops, reference
 from aefast.nn import FusedAutoencoder, FusedMLP
 from tests.conftest import aefast_ops_run_by
+
+DIFFERENTIABLE_OPS = ("fused_linear", "fused_linear_loss", "fused_narrow_mlp")
+ENTRIES = {"op": SimpleNamespace(**{name: getattr(torch.ops.aefast, name) for name in DIFFERENTIABLE_OPS}),
+           "function": SimpleNamespace(**{name: getattr(ops, name) for name in DIFFERENTIABLE_OPS})}
+
+
+@pytest.fixture(params=sorted(ENTRIES))
+def entry(request):
+    """Each differentiable op both ways in: torch.ops.aefast.* (the op's registered autograd, which
+    torch.compile traces) and ops.fused_* (the autograd.Functions the layers call in eager mode)."""
+    return ENTRIES[request.param]
 
 
 @pytest.mark.parametrize("activation,corruption", [("relu", "none"), ("gelu", "mask"), ("tanh", "gaussian")])
@@ -112,34 +128,34 @@ def float64_leaves(*shapes, seed):
     ("none", "none"), ("relu", "mask"), ("leaky_relu", "gaussian"), ("tanh", "none"), ("sigmoid", "mask"),
     ("gelu", "gaussian"),
 ])
-def test_gradcheck_linear(mlp_backend, activation, corruption):
+def test_gradcheck_linear(mlp_backend, entry, activation, corruption):
     x, weight, bias = float64_leaves((7, 5), (3, 5), (3,), seed=len(activation))
 
     def layer(x, weight, bias):
-        return torch.ops.aefast.fused_linear(x, weight, bias, activation, corruption, 0.3, torch.tensor(9))[0]
+        return entry.fused_linear(x, weight, bias, activation, corruption, 0.3, torch.tensor(9))[0]
     assert layer(x, weight, bias).dtype == torch.float64
     assert torch.autograd.gradcheck(layer, (x, weight, bias))
 
 
 @pytest.mark.parametrize("loss,activation", [("mse", "none"), ("mse", "tanh"), ("mse", "gelu"), ("bce", "sigmoid")])
-def test_gradcheck_loss(mlp_backend, loss, activation):
+def test_gradcheck_loss(mlp_backend, entry, loss, activation):
     """The target too: an autoencoder's clean input may come from a layer upstream."""
     h, weight, bias = float64_leaves((6, 4), (5, 4), (5,), seed=3)
     target = torch.rand(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4)).requires_grad_()
 
     def value(h, weight, bias, target):
-        return torch.ops.aefast.fused_linear_loss(h, weight, bias, target, activation, loss)[0]
+        return entry.fused_linear_loss(h, weight, bias, target, activation, loss)[0]
     assert value(h, weight, bias, target).dtype == torch.float64
     assert torch.autograd.gradcheck(value, (h, weight, bias, target))
 
 
 @pytest.mark.parametrize("activation,last_activation", [("relu", "none"), ("tanh", "sigmoid"), ("leaky_relu", "tanh")])
-def test_gradcheck_narrow(mlp_backend, activation, last_activation):
+def test_gradcheck_narrow(mlp_backend, entry, activation, last_activation):
     dims = [5, 7, 3, 4]
     x, weights, biases = float64_leaves((6, 5), (5 * 7 + 7 * 3 + 3 * 4,), (7 + 3 + 4,), seed=5)
 
     def stretch(x, weights, biases):
-        return torch.ops.aefast.fused_narrow_mlp(x, weights, biases, dims, activation, last_activation, True)[0]
+        return entry.fused_narrow_mlp(x, weights, biases, dims, activation, last_activation, True)[0]
     assert torch.autograd.gradcheck(stretch, (x, weights, biases))
 
 
@@ -147,29 +163,29 @@ def test_gradcheck_narrow(mlp_backend, activation, last_activation):
 
 @pytest.mark.parametrize("activation,corruption", [("relu", "mask"), ("tanh", "gaussian"), ("gelu", "none"),
                                                    ("sigmoid", "none")])
-def test_gradgradcheck_linear(mlp_backend, activation, corruption):
+def test_gradgradcheck_linear(mlp_backend, entry, activation, corruption):
     x, weight, bias = float64_leaves((7, 5), (3, 5), (3,), seed=len(activation))
 
     def layer(x, weight, bias):
-        return torch.ops.aefast.fused_linear(x, weight, bias, activation, corruption, 0.3, torch.tensor(9))[0]
+        return entry.fused_linear(x, weight, bias, activation, corruption, 0.3, torch.tensor(9))[0]
     assert torch.autograd.gradgradcheck(layer, (x, weight, bias))
 
 
 @pytest.mark.parametrize("loss,activation", [("mse", "tanh"), ("bce", "sigmoid")])
-def test_gradgradcheck_loss(mlp_backend, loss, activation):
+def test_gradgradcheck_loss(mlp_backend, entry, loss, activation):
     h, weight, bias, target = float64_leaves((6, 4), (5, 4), (5,), (6, 5), seed=3)
 
     def value(h, weight, bias, target):
-        return torch.ops.aefast.fused_linear_loss(h, weight, bias, target, activation, loss)[0]
+        return entry.fused_linear_loss(h, weight, bias, target, activation, loss)[0]
     assert torch.autograd.gradgradcheck(value, (h, weight, bias, target.sigmoid().detach().requires_grad_()))
 
 
-def test_gradgradcheck_narrow(mlp_backend):
+def test_gradgradcheck_narrow(mlp_backend, entry):
     dims = [5, 7, 3, 4]
     x, weights, biases = float64_leaves((6, 5), (5 * 7 + 7 * 3 + 3 * 4,), (7 + 3 + 4,), seed=5)
 
     def stretch(x, weights, biases):
-        return torch.ops.aefast.fused_narrow_mlp(x, weights, biases, dims, "tanh", "sigmoid", True)[0]
+        return entry.fused_narrow_mlp(x, weights, biases, dims, "tanh", "sigmoid", True)[0]
     assert torch.autograd.gradgradcheck(stretch, (x, weights, biases))
 
 
@@ -202,3 +218,50 @@ def test_a_compiled_training_step_keeps_the_backward_kernels(mlp_backend):
     forward_graph, backward_graph = graphs
     assert "fused_linear_loss" in forward_graph and "fused_narrow_mlp.default" in forward_graph
     assert "fused_linear_backward" in backward_graph and "fused_narrow_mlp_backward" in backward_graph
+
+
+def _float32_cases():
+    """(op name, inputs, which of them are differentiable) on odd shapes."""
+    generator = torch.Generator().manual_seed(21)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator)
+    dims = [6, 9, 3, 5]
+    return [
+        ("fused_linear", (rand(7, 17), rand(5, 17), rand(5), "gelu", "mask", 0.3, torch.tensor(8)), (0, 1, 2)),
+        ("fused_linear", (rand(129, 3), rand(17, 3), None, "tanh", "gaussian", 0.5, torch.tensor(2)), (1,)),
+        ("fused_linear_loss", (rand(7, 4), rand(17, 4), rand(17), rand(7, 17).sigmoid(), "sigmoid", "bce"),
+         (0, 1, 2)),
+        ("fused_narrow_mlp", (rand(7, 6), rand(6 * 9 + 9 * 3 + 3 * 5), rand(9 + 3 + 5), dims, "relu", "sigmoid",
+                              True), (0, 1, 2)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_the_eager_functions_equal_the_ops_bit_for_bit_without_their_dispatch(mlp_backend, case):
+    """Outside torch.compile the layers call ops.fused_linear & co.: autograd.Functions over the ops' own
+    checks and kernels, without the op's dispatch (which took 40 of a differentiable call's 47 us of host
+    time). Same kernels, so the same outputs and gradients to the bit; and no aefast op dispatched, or
+    the eager path would pay that dispatch again."""
+    name, inputs, differentiable = _float32_cases()[case]
+
+    def outputs_and_gradients(call):
+        leaves = [t.clone().requires_grad_() if i in differentiable else t for i, t in enumerate(inputs)]
+        out = call(*leaves)[0]
+        grad_out = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+        return [out, *torch.autograd.grad(out, [leaves[i] for i in differentiable], grad_out)]
+
+    through_op = outputs_and_gradients(getattr(torch.ops.aefast, name))
+    ran = aefast_ops_run_by(lambda: outputs_and_gradients(getattr(ops, name)))
+    through_function = outputs_and_gradients(getattr(ops, name))
+    for got, expected in zip(through_function, through_op, strict=True):
+        assert got.dtype == expected.dtype == torch.float32
+        assert torch.equal(got, expected)
+
+    class RefuseAefastOps(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            assert func.namespace != "aefast", f"{func} dispatched"
+            return func(*args, **(kwargs or {}))
+    with RefuseAefastOps():
+        outputs_and_gradients(getattr(ops, name))
+    assert name in ran  # its kernel ran, picked by op name
