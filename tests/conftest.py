@@ -84,11 +84,12 @@ def pytest_collection_modifyitems(config, items):
 
 def aefast_ops_run_by(function) -> set[str]:
     """The names of the aefast ops that running ``function()`` runs: those dispatched as
-    torch.ops.aefast.*, and the MLP's, which outside torch.compile skip the dispatch (their
-    autograd.Functions) but pick their kernel by op name (``aefast.mlp.ops._kernel``)."""
+    torch.ops.aefast.*, and the MLP's and the VAE's, which outside torch.compile skip the dispatch
+    (their autograd.Functions) but pick their kernel by op name (``ops._kernel``)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from aefast.mlp import ops as mlp_ops
+    from aefast.vae import ops as vae_ops
 
     class Recorder(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -96,14 +97,22 @@ def aefast_ops_run_by(function) -> set[str]:
                 names.add(func.__name__.split(".")[0])
             return func(*args, **(kwargs or {}))
 
-    def recording_kernel(op, x):
-        names.add(op)
-        return select_kernel(op, x)
+    def recording(module):
+        select_kernel = module._kernel
+
+        def kernel(op, where):
+            names.add(op)
+            return select_kernel(op, where)
+        return kernel
     names = set()
-    select_kernel, mlp_ops._kernel = mlp_ops._kernel, recording_kernel
+    modules = (mlp_ops, vae_ops)
+    kernels = [module._kernel for module in modules]
     try:
+        for module in modules:
+            module._kernel = recording(module)
         with Recorder():
             function()
     finally:
-        mlp_ops._kernel = select_kernel
+        for module, kernel in zip(modules, kernels):
+            module._kernel = kernel
     return names

@@ -20,9 +20,18 @@ from aefast._dtypes import no_autocast
 from aefast.vae import reference
 from aefast.vae.reference import kl_dtype
 
-OP_NAME = "reparameterize_kl"
+OP_NAME, BACKWARD_NAME = "reparameterize_kl", "reparameterize_kl_backward"
 NO_CLAMP = (-math.inf, math.inf)  # clamp bounds that mean "no clamp"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Tensor, per_element: bool,
+                       clamp_min: float, clamp_max: float) -> tuple[Tensor, Tensor]:
+    _check_kernel_inputs(mu, logvar=logvar, eps=eps)
+    _check_seed_and_clamp(seed, clamp_min, clamp_max)
+    kernel = _kernel(OP_NAME, mu.device)
+    with no_autocast(mu.device):  # the reference's float32 math, not autocast's 16 bits
+        return kernel(mu, logvar, eps, int(seed), per_element, clamp_min, clamp_max)
 
 
 @torch.library.custom_op("aefast::reparameterize_kl", mutates_args=())
@@ -30,11 +39,7 @@ def reparameterize_kl_op(
     mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Tensor, per_element: bool,
     clamp_min: float, clamp_max: float,
 ) -> tuple[Tensor, Tensor]:
-    _check_kernel_inputs(mu, logvar=logvar, eps=eps)
-    _check_seed_and_clamp(seed, clamp_min, clamp_max)
-    _, kernel = _backends.select(OP_NAME, mu.device)
-    with no_autocast(mu.device):  # the reference's float32 math, not autocast's 16 bits
-        return kernel(mu, logvar, eps, int(seed), per_element, clamp_min, clamp_max)
+    return _reparameterize_kl(mu, logvar, eps, seed, per_element, clamp_min, clamp_max)
 
 
 @reparameterize_kl_op.register_fake
@@ -43,11 +48,8 @@ def _(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):
     return torch.empty_like(mu), mu.new_empty(kl_shape, dtype=kl_dtype(mu.dtype))
 
 
-@torch.library.custom_op("aefast::reparameterize_kl_backward", mutates_args=())
-def reparameterize_kl_backward_op(
-    grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Tensor,
-    clamp_min: float, clamp_max: float,
-) -> tuple[Tensor, Tensor]:
+def _reparameterize_kl_backward(grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor, eps: Optional[Tensor],
+                                seed: Tensor, clamp_min: float, clamp_max: float) -> tuple[Tensor, Tensor]:
     _check_kernel_inputs(mu, logvar=logvar, eps=eps, grad_z=grad_z)
     _check_seed_and_clamp(seed, clamp_min, clamp_max)
     rows, cols = mu.shape
@@ -56,14 +58,28 @@ def reparameterize_kl_backward_op(
             or grad_kl.device != mu.device or not grad_kl.is_contiguous()):
         raise ValueError(f"grad_kl must be contiguous ({rows},) or ({rows}, {cols}), {expected_dtype} on "
                          f"{mu.device}, got {tuple(grad_kl.shape)}, {grad_kl.dtype} on {grad_kl.device}")
-    name, _ = _backends.select(OP_NAME, mu.device)
+    kernel = _kernel(BACKWARD_NAME, mu.device)
     with no_autocast(mu.device):
-        return _BACKWARD_KERNELS[name](grad_z, grad_kl, mu, logvar, eps, int(seed), clamp_min, clamp_max)
+        return kernel(grad_z, grad_kl, mu, logvar, eps, int(seed), clamp_min, clamp_max)
+
+
+@torch.library.custom_op("aefast::reparameterize_kl_backward", mutates_args=())
+def reparameterize_kl_backward_op(
+    grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Tensor,
+    clamp_min: float, clamp_max: float,
+) -> tuple[Tensor, Tensor]:
+    return _reparameterize_kl_backward(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max)
 
 
 @reparameterize_kl_backward_op.register_fake
 def _(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max):
     return torch.empty_like(mu), torch.empty_like(mu)
+
+
+def _kernel(op: str, device: torch.device):
+    """The kernel of ``op`` (OP_NAME or BACKWARD_NAME) of the backend selected for ``device``."""
+    name, forward = _backends.select(OP_NAME, device)
+    return forward if op == OP_NAME else _BACKWARD_KERNELS[name]
 
 
 def _check_kernel_inputs(mu, **others):
@@ -91,7 +107,8 @@ def _check_seed_and_clamp(seed: Tensor, clamp_min: float, clamp_max: float) -> N
         raise ValueError(f"clamp_min and clamp_max must be ordered and not NaN, got {clamp_min} and {clamp_max}")
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output, backward_kernel=None):
+    ctx.backward_kernel = backward_kernel or reparameterize_kl_backward_op
     mu, logvar, eps, seed, _, clamp_min, clamp_max = inputs
     ctx.save_for_backward(mu, logvar, eps, seed)
     ctx.clamp = (clamp_min, clamp_max)
@@ -106,7 +123,7 @@ def _backward(ctx, grad_z, grad_kl):
         with no_autocast(mu.device):
             grad_mu, grad_logvar = reference.backward(grad_z, grad_kl, mu, logvar, eps, int(seed), *ctx.clamp)
     else:
-        grad_mu, grad_logvar = reparameterize_kl_backward_op(
+        grad_mu, grad_logvar = ctx.backward_kernel(
             grad_z.contiguous(), grad_kl.contiguous(), mu, logvar, eps, seed, *ctx.clamp
         )
     grad_eps = None
@@ -118,6 +135,28 @@ def _backward(ctx, grad_z, grad_kl):
 
 
 reparameterize_kl_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _ReparameterizeKL(torch.autograd.Function):
+    """The op's autograd outside torch.compile, over the same checks and kernels without the custom
+    op's dispatch (as the MLP's ops.fused_linear: most of a small call's host time)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _reparameterize_kl(*inputs)
+        _setup_context(ctx, inputs, output, _reparameterize_kl_backward)
+        return output
+
+    backward = staticmethod(_backward)
+
+
+def reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Tensor, per_element: bool,
+                      clamp_min: float, clamp_max: float) -> tuple[Tensor, Tensor]:
+    """``reparameterize_kl_op`` with its autograd: the op under torch.compile (which traces it), else
+    ``_ReparameterizeKL``."""
+    if torch.compiler.is_compiling():
+        return reparameterize_kl_op(mu, logvar, eps, seed, per_element, clamp_min, clamp_max)
+    return _ReparameterizeKL.apply(mu, logvar, eps, seed, per_element, clamp_min, clamp_max)
 
 
 # ---- backend kernels: each takes 2-D contiguous tensors and a Python int seed -------------------

@@ -8,7 +8,8 @@ import torch
 from aefast import _backends
 from aefast._checks import is_int
 from aefast.vae import reference
-from aefast.vae.ops import FLOAT_DTYPES, NO_CLAMP, reparameterize_kl_op
+from aefast.vae import ops
+from aefast.vae.ops import FLOAT_DTYPES, NO_CLAMP
 
 REDUCTIONS = ("per_sample", "none", "sum", "mean")
 _SEED_LIMIT = 2**63
@@ -54,7 +55,7 @@ def reparameterize_kl(mu, logvar, *, eps=None, seed=None, reduction="per_sample"
         # torch.func's transforms refuse the op's autograd: the same math, the same noise, in plain ops.
         z, kl = reference.forward(*tensors, int(seed_tensor), reduction == "none", clamp_min, clamp_max)
     else:
-        z, kl = reparameterize_kl_op(*tensors, seed_tensor, reduction == "none", clamp_min, clamp_max)
+        z, kl = ops.reparameterize_kl(*tensors, seed_tensor, reduction == "none", clamp_min, clamp_max)
     z = z.view(mu.shape)
     if reduction == "none":
         return z, kl.view(mu.shape)

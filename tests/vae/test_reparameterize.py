@@ -281,6 +281,48 @@ def test_gradgradcheck_float64(backend, with_eps, reduction, clamp):
 
 
 @pytest.mark.parametrize("with_eps", [True, False], ids=["eps", "seed"])
+def test_gradcheck_float64_of_the_op(backend, with_eps):
+    """The op's own autograd (what torch.compile traces); the public function takes an
+    autograd.Function outside torch.compile."""
+    mu, logvar, eps = make_inputs((5, 7), torch.float64, backend.device)
+    args = (eps if with_eps else None, torch.tensor(3), False, -2.0, 1.0)
+    assert torch.autograd.gradcheck(lambda m, lv: torch.ops.aefast.reparameterize_kl(m, lv, *args),
+                                    (mu.requires_grad_(), logvar.requires_grad_()))
+
+
+@pytest.mark.parametrize("with_eps", [True, False], ids=["eps", "seed"])
+@pytest.mark.parametrize("per_element", [False, True], ids=["per_row", "per_element"])
+def test_the_eager_function_equals_the_op_bit_for_bit_without_its_dispatch(backend, with_eps, per_element):
+    """Outside torch.compile, aefast.reparameterize_kl calls ops.reparameterize_kl, an autograd.Function
+    over the op's checks and kernels without its dispatch: the same outputs and gradients to the bit,
+    the eps given a gradient too, and no aefast op dispatched."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from aefast.vae import ops
+
+    mu, logvar, eps = make_inputs((9, 13), torch.float32, backend.device)
+    grad_z = torch.randn(9, 13, generator=torch.Generator().manual_seed(5)).to(backend.device)
+    grad_kl = torch.randn((9, 13) if per_element else (9,), generator=torch.Generator().manual_seed(6)).to(
+        backend.device)
+
+    def outputs_and_gradients(call):
+        leaves = [t.clone().requires_grad_() for t in ((mu, logvar, eps) if with_eps else (mu, logvar))]
+        z, kl = call(*leaves[:2], leaves[2] if with_eps else None, torch.tensor(17), per_element, -3.0, 3.0)
+        return [z, kl, *torch.autograd.grad((z, kl), leaves, (grad_z, grad_kl))]
+
+    class RefuseAefastOps(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            assert func.namespace != "aefast", f"{func} dispatched"
+            return func(*args, **(kwargs or {}))
+    with RefuseAefastOps():
+        through_function = outputs_and_gradients(ops.reparameterize_kl)
+    for got, expected in zip(through_function, outputs_and_gradients(torch.ops.aefast.reparameterize_kl), strict=True):
+        assert torch.equal(got, expected)
+    assert aefast_ops_run_by(lambda: outputs_and_gradients(ops.reparameterize_kl)) == {
+        "reparameterize_kl", "reparameterize_kl_backward"}
+
+
+@pytest.mark.parametrize("with_eps", [True, False], ids=["eps", "seed"])
 def test_a_gradient_penalty_matches_autograd_through_the_oracle(backend, with_eps):
     """A loss of the gradients themselves (a gradient penalty), in float32 on an odd shape, against
     autograd through the plain expression fed the same noise; every gradient, eps's included."""
