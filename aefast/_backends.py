@@ -78,8 +78,12 @@ def register_kernel(op: str, backend: str, kernel: Callable) -> None:
 def lazy_kernel(module: str, name: str) -> Callable:
     """``module.name``, imported on the first call: triton reads TRITON_INTERPRET when a module defines
     its kernels, and importing triton costs seconds that a CPU-only user should not pay."""
+    resolved = []  # the function, once imported (importlib's lookup took 3 us a call)
+
     def run(*args):
-        return getattr(importlib.import_module(module), name)(*args)
+        if not resolved:
+            resolved.append(getattr(importlib.import_module(module), name))
+        return resolved[0](*args)
     return run
 
 

@@ -357,12 +357,41 @@ def _narrow_runs(layers, hooked) -> list[tuple[int, int]]:
     return runs
 
 
+def _one_node(plain: bool, hooked: list[bool]) -> bool:
+    """Whether a chain of layers runs as one autograd node (``ops.fused_chain``): on the kernels, in
+    eager mode (torch.compile traces the ops one by one) and without hooks (each runs at its layer)."""
+    return not plain and not any(hooked) and not torch.compiler.is_compiling()
+
+
+def _steps(layers, hooked) -> tuple[list, list]:
+    """(ops.fused_chain's steps, their parameters) for the layers: narrow runs and single layers."""
+    runs = dict(_narrow_runs(layers, hooked))
+    steps, parameters, index = [], [], 0
+    while index < len(layers):
+        end = runs.get(index, index + 1)
+        stretch = layers[index:end]
+        if end - index > 1:
+            steps.append(ops.NarrowStep(tuple([stretch[0].in_features] + [layer.out_features for layer in stretch]),
+                                        stretch[0].activation or "none", stretch[-1].activation or "none"))
+        else:
+            steps.append(ops.LinearStep(stretch[0].activation or "none"))
+        parameters += [tensor for layer in stretch for tensor in (layer.weight, layer.bias)]
+        index = end
+    return steps, parameters
+
+
 def _run_layers(layers, x: Tensor, modules: list, hooked: list[bool]) -> Tensor:
     """x through the layers (``_read_layers`` of ``modules``): narrow runs as one op each, the other
-    layers one by one, a layer with hooks (``hooked[i]``) through its module's call. The backend choice
-    is made once for the chain, on a plain list of the layers: on a small batch each layer's own lookups
-    (and slices of the ModuleList, each a new Module) cost as much as its math."""
+    layers one by one, a layer with hooks (``hooked[i]``) through its module's call; all as one autograd
+    node where ``_one_node`` says so. The backend choice is made once for the chain, on a plain list of
+    the layers: on a small batch each layer's own lookups (and slices of the ModuleList, each a new
+    Module) cost as much as its math."""
     plain = _plain(x.device)
+    if layers and _one_node(plain, hooked):
+        steps, parameters = _steps(layers, hooked)
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        out = ops.fused_chain(rows, None, _NO_SEED, steps, parameters)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
     runs = dict(_narrow_runs(layers, hooked))
     index = 0
     while index < len(layers):
@@ -476,6 +505,14 @@ class FusedAutoencoder(nn.Module):
             value = reference.loss_of_activated(self.decoder(code), rows, loss)
             return value + l1_code * code.abs().sum(1).mean() if l1_code else value
         first, last = encoder_layers[0], decoder_layers[-1]
+        if not l1_code and _one_node(_plain(rows.device), hooked):
+            middle = encoder_layers[1:], decoder_layers[:-1]
+            steps, parameters = [ops.LinearStep(first.activation or "none", kind, param)], [first.weight, first.bias]
+            for stretch, stretch_hooked in zip(middle, (hooked[1:len(encoder_modules)], hooked[len(encoder_modules):-1])):
+                more_steps, more_parameters = _steps(stretch, stretch_hooked)
+                steps, parameters = steps + more_steps, parameters + more_parameters
+            steps.append(ops.LossStep(last.activation or "none", loss))
+            return ops.fused_chain(rows, rows, seed_tensor, steps, parameters + [last.weight, last.bias])
         h = _linear(rows, first, first.activation, kind, param, seed_tensor)
         h = _run_layers(encoder_layers[1:], h, encoder_modules[1:], hooked[1:len(encoder_modules)])
         penalty = l1_code * h.abs().sum(1).mean() if l1_code else None

@@ -447,6 +447,170 @@ def fused_narrow_mlp(x: Tensor, weights: Tensor, biases: Optional[Tensor], dims:
     return _FusedNarrowMLP.apply(x, weights, biases, dims, activation, last_activation, save)
 
 
+
+# --- a chain of layers as one autograd node ---------------------------------------------------------
+# A model's layers in eager mode when none has hooks: one autograd.Function for the whole chain runs
+# each layer's checks and kernels as the ops above do, but pays for one autograd node, one scan of its
+# arguments and one saved-tensor list instead of one of each per layer. Under torch.compile the layers
+# call the ops one by one, which it traces.
+
+class LinearStep(NamedTuple):
+    """One layer, act(x~ W^T + b); its parameters are (weight, bias or None)."""
+    activation: str
+    corruption: str = "none"
+    corruption_param: float = 0.0
+
+
+class NarrowStep(NamedTuple):
+    """A narrow stretch of len(dims) - 1 layers; its parameters are each layer's (weight, bias or None)."""
+    dims: tuple[int, ...]
+    activation: str
+    last_activation: str
+
+
+class LossStep(NamedTuple):
+    """The last layer and the mean reconstruction loss against the chain's target; (weight, bias or None)."""
+    output_activation: str
+    loss: str
+
+
+# Tensors each kind of step saves for backward: a layer its input, output and GELU's pre-activation; a
+# narrow stretch its input, output, saved activations and packed weights and biases; the loss its input
+# and d loss / d z.
+_SAVED_PER_STEP = {LinearStep: 3, NarrowStep: 5, LossStep: 2}
+_ZERO_SEED = torch.zeros((), dtype=torch.int64)  # the loss layer's backward regenerates no noise
+
+
+def _parameter_count(step) -> int:
+    return 2 * (len(step.dims) - 1) if isinstance(step, NarrowStep) else 2
+
+
+def _layout(steps) -> list[tuple[int, int]]:
+    """(first parameter, first saved tensor) of each step."""
+    layout, parameter, saved = [], 0, 0
+    for step in steps:
+        layout.append((parameter, saved))
+        parameter += _parameter_count(step)
+        saved += _SAVED_PER_STEP[type(step)]
+    return layout
+
+
+def _packed(parameters) -> tuple[Tensor, Optional[Tensor]]:
+    """A narrow stretch's (weight, bias) pairs packed as its op takes them."""
+    weights = torch.cat([weight.reshape(-1) for weight in parameters[0::2]])
+    biases = None if parameters[1] is None else torch.cat(parameters[1::2])
+    return weights, biases
+
+
+def _chain_reference(x: Tensor, target: Optional[Tensor], seed: Tensor, steps, *parameters) -> Tensor:
+    """The chain in the reference's plain differentiable ops (its backward under create_graph)."""
+    h = x
+    for step, (first, _) in zip(steps, _layout(steps)):
+        taken = parameters[first:first + _parameter_count(step)]
+        if isinstance(step, LinearStep):
+            h = reference.linear_forward(h, *taken, _activation(step.activation), step.corruption,
+                                         step.corruption_param, int(seed))
+        elif isinstance(step, NarrowStep):
+            h = reference.narrow_forward(h, *_packed(taken), step.dims, _activation(step.activation),
+                                         _activation(step.last_activation))
+        else:
+            h = reference.loss_of_output(reference.pre_activation(h, *taken), target,
+                                         _activation(step.output_activation), step.loss)
+    return h
+
+
+class _Chain(torch.autograd.Function):
+    """``fused_chain``'s autograd: forward runs each step's checks and kernel, backward each step's
+    backward kernel in reverse order (under create_graph, the reference's ops instead)."""
+
+    @staticmethod
+    def forward(ctx, x, target, seed, steps, differentiable, *parameters):
+        ctx.set_materialize_grads(False)
+        h, saved = x, []
+        for step, (first, _) in zip(steps, _layout(steps)):
+            taken = parameters[first:first + _parameter_count(step)]
+            if isinstance(step, LinearStep):
+                y, saved_z = _fused_linear(h, *taken, step.activation, step.corruption, step.corruption_param, seed)
+                saved += [h, y, saved_z]
+            elif isinstance(step, NarrowStep):
+                weights, biases = _packed(taken)
+                y, activations = _fused_narrow_mlp(h, weights, biases, list(step.dims), step.activation,
+                                                   step.last_activation, differentiable)
+                saved += [h, y, activations, weights, biases]
+            else:
+                y, grad_z = _fused_linear_loss(h, *taken, target, step.output_activation, step.loss)
+                saved += [h, grad_z]
+            h = y
+        ctx.steps = steps
+        if differentiable:
+            ctx.save_for_backward(x, target, seed, *parameters, *saved)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        steps = ctx.steps
+        count = sum(map(_parameter_count, steps))
+        if grad_out is None:
+            return (None,) * (5 + count)
+        x, target, seed, *rest = ctx.saved_tensors
+        parameters, saved = rest[:count], rest[count:]
+        if torch.is_grad_enabled():
+            grads = _gradients_by_recomputing(
+                lambda x, target, *parameters: _chain_reference(x, target, seed, steps, *parameters),
+                (x, target, *parameters), grad_out)
+            return (grads[0], grads[1], None, None, None, *grads[2:])
+        grad_parameters, grad_target, grad = [None] * count, None, grad_out
+        layout = _layout(steps)
+        for index in reversed(range(len(steps))):
+            step, (first, at) = steps[index], layout[index]
+            weight, bias = parameters[first], parameters[first + 1]
+            need_input_grad = index > 0 or ctx.needs_input_grad[0]
+            if isinstance(step, LinearStep):
+                h, y, saved_z = saved[at:at + 3]
+                grad, grad_w, grad_b = _fused_linear_backward(
+                    grad.contiguous(), h, weight, bias, y, saved_z, step.activation, step.corruption,
+                    step.corruption_param, seed, None, need_input_grad)
+                grad_parameters[first:first + 2] = [grad_w, grad_b if bias is not None else None]
+            elif isinstance(step, NarrowStep):
+                h, y, activations, weights, biases = saved[at:at + 5]
+                grad, grad_w, grad_b = _fused_narrow_mlp_backward(
+                    grad, h, y, activations, weights, biases, list(step.dims), step.activation,
+                    step.last_activation, need_input_grad)
+                dims = step.dims
+                grad_ws = [g.view(b, a) for g, a, b in zip(grad_w.split([a * b for a, b in zip(dims, dims[1:])]),
+                                                           dims, dims[1:])]
+                grad_bs = grad_b.split(dims[1:]) if biases is not None else [None] * len(grad_ws)
+                grad_parameters[first:first + 2 * len(grad_ws)] = [g for pair in zip(grad_ws, grad_bs) for g in pair]
+            else:
+                h, grad_z = saved[at:at + 2]
+                grad, grad_w, grad_b = _fused_linear_backward(
+                    grad_z, h, weight, bias, grad_z, h.new_empty(0), "none", "none", 0.0, _ZERO_SEED,
+                    grad.reshape(()).to(accumulation_dtype(h.dtype)), need_input_grad)
+                grad_parameters[first:first + 2] = [grad_w, grad_b if bias is not None else None]
+                if ctx.needs_input_grad[1]:  # the target: the clean input, which may come from upstream
+                    grad_target = grad_out * reference.loss_target_gradient(
+                        h, weight, bias, target, _activation(step.output_activation), step.loss)
+        return (grad if ctx.needs_input_grad[0] else None, grad_target, None, None, None, *grad_parameters)
+
+
+def fused_chain(x: Tensor, target: Optional[Tensor], seed: Tensor, steps, parameters) -> Tensor:
+    """x (2-D) through ``steps`` (LinearStep, NarrowStep; a LossStep last, against ``target``) with
+    ``parameters``, each step's (weight, bias) pairs in order, as one autograd node outside
+    torch.compile; returns the last step's output, or the loss. ``seed`` is the corruption's."""
+    steps = tuple(steps)
+    parameters = tuple(parameters)
+    if any(isinstance(step, LossStep) for step in steps[:-1]) or not steps:
+        raise ValueError(f"steps must be one or more LinearStep and NarrowStep, a LossStep only last; got {steps}")
+    if (target is not None) != isinstance(steps[-1], LossStep):
+        raise ValueError("target must be given exactly when the last step is a LossStep")
+    if len(parameters) != sum(map(_parameter_count, steps)):
+        raise ValueError(f"parameters must hold a (weight, bias) pair per layer of the steps: "
+                         f"{sum(map(_parameter_count, steps))} tensors, got {len(parameters)}")
+    differentiable = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, target, *parameters))
+    return _Chain.apply(x, target, seed, steps, differentiable, *parameters)
+
+
 # --- kernels ---------------------------------------------------------------------------------------
 
 def _reference_forward(x, weight, bias, activation, corruption, param, seed):
