@@ -168,6 +168,7 @@ def host_time(name, fn, calls=2000):
 
 def host():
     """Host time per Triton launch, per launcher, per op call and per training step, beside eager's."""
+    from aefast.mlp import layers as mlp_layers
     from aefast.mlp import ops, triton_kernels
 
     x = torch.randn(64, 32, device=DEVICE)
@@ -185,6 +186,11 @@ def host():
     with aefast.use_backend("triton"):
         host_time("torch.ops.aefast.fused_linear (op, triton)",
                   lambda: ops.fused_linear_op(x, weight, bias, "relu", "none", 0.0, seed))
+        leaf = weight.clone().requires_grad_()
+        host_time("torch.ops.aefast.fused_linear (op, differentiable)",
+                  lambda: ops.fused_linear_op(x, leaf, bias, "relu", "none", 0.0, seed))
+        host_time("ops.fused_linear (autograd.Function, differentiable)",
+                  lambda: ops.fused_linear(x, leaf, bias, "relu", "none", 0.0, seed))
         mu, logvar = torch.randn(64, 32, device=DEVICE), torch.randn(64, 32, device=DEVICE)
         host_time("aefast.reparameterize_kl forward (triton)", lambda: aefast.reparameterize_kl(mu, logvar, seed=1))
     torch.manual_seed(0)
@@ -198,6 +204,14 @@ def host():
         with aefast.use_backend(backend):
             host_time(f"ae train step, batch 64, aefast {backend}", lambda: torch.autograd.grad(ae.loss(small), params),
                       calls=300)
+    one_node = mlp_layers._one_node
+    mlp_layers._one_node = lambda plain, hooked: False  # each layer its own autograd node, as before 2026-12-05
+    try:
+        with aefast.use_backend("triton"):
+            host_time("ae train step, batch 64, aefast triton, layer by layer",
+                      lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
+    finally:
+        mlp_layers._one_node = one_node
 
 
 PARTS = {"mlp": mlp, "vae": vae, "willshaw": willshaw, "compile": compile_time, "host": host}
