@@ -42,8 +42,12 @@ def mlp():
     """The autoencoder and the narrow stack on the Triton kernels (auto runs the reference on a GPU) in
     float32 (as eager: IEEE; aefast's 3xTF32 mode; both in TF32) and bfloat16. The 3xTF32 rows time
     aefast only: eager's are the float32 rows'."""
+    from aefast.mlp import triton_kernels
+
     with aefast.use_backend("triton"):
         _mlp_cases()
+    for key, choice in triton_kernels._tuned.items():  # (kernel or "weight_grad", operands, M, N, K, GPU)
+        print(f"tuned {key}: {choice}", flush=True)
 
 
 def _mlp_cases():

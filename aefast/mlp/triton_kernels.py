@@ -20,7 +20,7 @@ from triton.testing import do_bench
 
 from aefast._sizes import cdiv, next_power_of_2
 from aefast._triton_random import philox_normal, philox_uniform
-from aefast.mlp.precision import dot_precision
+from aefast.mlp.precision import dot_precision, get_fp32_precision
 
 # Activation codes of the kernels, in the order of reference.ACTIVATIONS.
 ACTIVATION_CODES = {None: 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 4, "gelu": 5}
@@ -183,12 +183,14 @@ def _grad_pre_activation(gy_ptr, saved_ptr, scale_ptr, start, offsets, mask, ACT
 
 
 @triton.jit(do_not_specialize=["seed"])
-def _linear_grad_input_kernel(gy_ptr, saved_ptr, w_ptr, gx_ptr, scale_ptr, M, N, K, seed, param,
+def _linear_grad_input_kernel(gy_ptr, saved_ptr, w_ptr, gx_ptr, gz_ptr, scale_ptr, M, N, K, seed, param,
                               ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_SCALE: tl.constexpr,
-                              PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                              STORE_GZ: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                               LONG_ROWS: tl.constexpr):
-    """dx = dz W (times the kept mask of a mask-corrupted input), a (BLOCK_M x BLOCK_K) tile."""
+    """dx = dz W (times the kept mask of a mask-corrupted input), a (BLOCK_M x BLOCK_K) tile. With
+    STORE_GZ the first column of tiles also writes dz (M, N), rounded as the dot takes it, for a
+    weight gradient by matmul."""
     first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
     first_col = tl.program_id(1).to(tl.int64) * BLOCK_K
     rows, cols = _tile_indices(BLOCK_M, LONG_ROWS), _tile_indices(BLOCK_K, LONG_ROWS)
@@ -202,6 +204,10 @@ def _linear_grad_input_kernel(gy_ptr, saved_ptr, w_ptr, gx_ptr, scale_ptr, M, N,
                                       (rows[:, None] < rows_in) & inner_in[None, :], ACT, HAS_SCALE)
         w = tl.load(w_ptr + w_start + inner[:, None] * K + cols[None, :],
                     mask=inner_in[:, None] & (cols[None, :] < cols_in), other=0.0)
+        if STORE_GZ:
+            if tl.program_id(1) == 0:
+                tl.store(gz_ptr + first_row * N + n0 + rows[:, None] * N + inner[None, :],
+                         grad_z.to(gz_ptr.dtype.element_ty), mask=(rows[:, None] < rows_in) & inner_in[None, :])
         acc += _dot(grad_z.to(w.dtype), w, PRECISION, UPCAST)
         w_start += BLOCK_N * K
     out_mask = (rows[:, None] < rows_in) & (cols[None, :] < cols_in)
@@ -372,11 +378,14 @@ LINEAR_TILES = {
     "loss": {"16-bit": _FORWARD + _BIG_FORWARD[:1], "tf32": _FORWARD, "tf32x3": _FORWARD, "ieee": _FORWARD},
     "grad_input": {"16-bit": _GRAD_INPUT, "tf32": _GRAD_INPUT, "tf32x3": _GRAD_INPUT,
                    "ieee": _GRAD_INPUT + [(128, 32, 128)]},
+    # dX writing dZ too (the weight gradient by matmul): IEEE's 128 x 32 x 128 then spills.
+    "grad_input_dz": {"16-bit": _GRAD_INPUT, "tf32": _GRAD_INPUT, "tf32x3": _GRAD_INPUT, "ieee": _GRAD_INPUT},
     "grad_weight": {"16-bit": _GRAD_WEIGHT, "tf32": _GRAD_WEIGHT, "tf32x3": _GRAD_WEIGHT,
                     "ieee": [tile for tile in _GRAD_WEIGHT if tile != (32, 64, 128)]},
 }
 # Which two of (M, N, K) a kernel's output tile spans: it takes WIDE_TILE_WARPS from WIDE_TILE elements.
-_OUTPUT_EDGES = {"forward": (0, 1), "loss": (0, 1), "grad_input": (0, 2), "grad_weight": (1, 2)}
+_OUTPUT_EDGES = {"forward": (0, 1), "loss": (0, 1), "grad_input": (0, 2), "grad_input_dz": (0, 2),
+                 "grad_weight": (1, 2)}
 
 
 def fit_tiles(kind: str, largest: tuple[int, int, int], sizes: tuple[int, int, int]) -> Tiles:
@@ -405,7 +414,7 @@ def _candidates(kind: str, operands: str, sizes: tuple[int, int, int]) -> tuple[
 # Problems of fewer multiply-adds take the default tiles: tuning compiles and times every candidate
 # once (seconds), which a small layer would not win back.
 TUNE_MIN_WORK = 2**28
-_tuned: dict[tuple, Tiles] = {}
+_tuned: dict[tuple, Tiles | str] = {}  # tiles by problem, and the weight gradient's method
 
 
 def _tuning_on(device: torch.device) -> bool:
@@ -471,15 +480,13 @@ def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption,
     common = dict(ACT=act, CORRUPT=corrupt, HAS_SCALE=grad_scale is not None, PRECISION=_precision(x.dtype),
                   UPCAST=_upcast(x.dtype), LONG_ROWS=_long_rows(N, K))
     operands = _operands(x.dtype)
-    grad_x = x.new_empty(0)
-    if need_input_grad:
-        grad_x = torch.empty_like(x)
+    grad_x = torch.empty_like(x) if need_input_grad else x.new_empty(0)
 
-        def launch_input(tiles: Tiles):
-            _linear_grad_input_kernel[(cdiv(M, tiles.block_m), cdiv(K, tiles.block_k))](
-                grad_y, saved, weight, grad_x, scale, M, N, K, seed, param, BLOCK_M=tiles.block_m,
-                BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, num_warps=tiles.warps, **common)
-        launch_input(_pick_tiles("grad_input", operands, (M, N, K), x.device, launch_input))
+    def launch_input(tiles: Tiles, grad_z: torch.Tensor | None = None):
+        _linear_grad_input_kernel[(cdiv(M, tiles.block_m), cdiv(K, tiles.block_k))](
+            grad_y, saved, weight, grad_x, grad_x if grad_z is None else grad_z, scale, M, N, K, seed, param,
+            STORE_GZ=grad_z is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
+            num_warps=tiles.warps, **common)
 
     def launch_weight(tiles: Tiles):
         grid = (cdiv(N, tiles.block_n), cdiv(K, tiles.block_k))
@@ -501,8 +508,55 @@ def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption,
                 partials, grad_w, grad_b if bias is not None else grad_w, splits, split_stride, N * K, split_stride,
                 BLOCK=SUM_SPLITS_BLOCK)
         return grad_w, grad_b
-    grad_w, grad_b = launch_weight(_pick_tiles("grad_weight", operands, (M, N, K), x.device, launch_weight))
+
+    def by_kernel():
+        if need_input_grad:
+            launch_input(_pick_tiles("grad_input", operands, (M, N, K), x.device, launch_input))
+        return launch_weight(_pick_tiles("grad_weight", operands, (M, N, K), x.device, launch_weight))
+
+    def by_matmul():
+        grad_z = torch.empty(M, N, dtype=x.dtype, device=x.device)
+        launch_with_dz = functools.partial(launch_input, grad_z=grad_z)
+        launch_with_dz(_pick_tiles("grad_input_dz", operands, (M, N, K), x.device, launch_with_dz))
+        return torch.mm(grad_z.t(), x), (grad_z.sum(0) if bias is not None else weight.new_empty(0))
+
+    matmul_possible = need_input_grad and corrupt == 0 and (x.dtype != torch.float32 or get_fp32_precision() == "torch")
+    if matmul_possible and _weight_grad_method((M, N, K), operands, x.device, by_kernel, by_matmul) == "matmul":
+        grad_w, grad_b = by_matmul()
+    else:
+        grad_w, grad_b = by_kernel()
     return grad_x, grad_w, grad_b
+
+
+# How a layer's weight gradient is computed where it may be either way (its dX is computed, its input
+# is not corrupted, and float32 products follow torch's setting as cuBLAS does): "kernel", the fused
+# dW kernel (the activation's derivative applied to dY in its loads, the batch split over programs);
+# "matmul", dZ written by the dX kernel beside dX, then torch.mm and a column sum (cuBLAS: the H200 run
+# of 2026-12-05 timed the fused kernel at about 40 TFLOPS in bfloat16, two thirds of the autoencoder's
+# backward); "auto", on a GPU the faster of the two for a large problem (timed once, as the tiles
+# are), else the kernel.
+WEIGHT_GRAD_METHODS = ("auto", "kernel", "matmul")
+WEIGHT_GRAD = "auto"
+
+
+def _weight_grad_method(sizes: tuple[int, int, int], operands: str, device: torch.device, by_kernel,
+                        by_matmul) -> str:
+    """WEIGHT_GRAD, resolved for a problem of (M, N, K) = ``sizes``: ``by_kernel()`` and ``by_matmul()``
+    each run the whole backward one way (they must only write their outputs)."""
+    if WEIGHT_GRAD not in WEIGHT_GRAD_METHODS:
+        raise ValueError(f"WEIGHT_GRAD must be one of {WEIGHT_GRAD_METHODS}, got {WEIGHT_GRAD!r}")
+    if WEIGHT_GRAD != "auto":
+        return WEIGHT_GRAD
+    rows, n, k = sizes
+    if rows * n * k < TUNE_MIN_WORK or not _tuning_on(device):
+        return "kernel"
+    key = ("weight_grad", operands, next_power_of_2(rows), n, k, device.index)
+    if key not in _tuned:
+        if _capturing(device):
+            return "kernel"
+        times = {"kernel": _time_launch(by_kernel), "matmul": _time_launch(by_matmul)}
+        _tuned[key] = min(times, key=times.get)
+    return _tuned[key]
 
 
 # Programs the weight gradient aims at on a GPU, per SM (two waves), and the fewest row blocks a split

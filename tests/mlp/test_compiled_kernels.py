@@ -61,10 +61,11 @@ def narrow_case(direction, element, precision, width):
 # largest edges. The heaviest variants: GELU (it saves z), masked denoising (the noise regenerated in
 # the loads), the loss scale, BCE on a sigmoid output. (Gaussian corruption adds a 32-byte local array
 # of its Box-Muller, not a spill.)
-LINEAR_SIZES = {"forward": (2**14, 256, 784), "grad_input": (2**14, 256, 784), "grad_weight": (2**14, 256, 784),
-                "loss": (2**14, 784, 256)}
+LINEAR_SIZES = {"forward": (2**14, 256, 784), "grad_input": (2**14, 256, 784), "grad_input_dz": (2**14, 256, 784),
+                "grad_weight": (2**14, 256, 784), "loss": (2**14, 784, 256)}
 LINEAR_VARIANTS = {"forward": dict(ACT=5, CORRUPT=1, SAVE_Z=True, HAS_BIAS=True),
-                   "grad_input": dict(ACT=5, CORRUPT=1, HAS_SCALE=True),
+                   "grad_input": dict(ACT=5, CORRUPT=1, HAS_SCALE=True, STORE_GZ=False),
+                   "grad_input_dz": dict(ACT=5, CORRUPT=0, HAS_SCALE=True, STORE_GZ=True),
                    "grad_weight": dict(ACT=5, CORRUPT=1, HAS_SCALE=True, HAS_BIAS=True),
                    "loss": dict(OUT_ACT=4, LOSS=1, HAS_BIAS=True)}
 
@@ -75,6 +76,7 @@ def linear_case(kind, element, precision, index):
 
     tiles = k.fit_tiles(kind, k.LINEAR_TILES[kind][operands_of(element, precision)][index], LINEAR_SIZES[kind])
     kernel = {"forward": k._linear_forward_kernel, "grad_input": k._linear_grad_input_kernel,
+              "grad_input_dz": k._linear_grad_input_kernel,
               "grad_weight": k._linear_grad_weight_kernel, "loss": k._linear_loss_kernel}[kind]
     constants = dict(LINEAR_VARIANTS[kind], PRECISION=precision, UPCAST=False, LONG_ROWS=False,
                      BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k)
