@@ -3,7 +3,9 @@ profiled with torch.profiler (the kernels that take the most GPU time), for tuni
 per launch and per op call. Not a benchmark: the figures aefast claims come from the bench_*.py files.
 
     python benchmarks/profile_kernels.py [mlp] [vae] [willshaw] [compile] [host]
+    TRITON_INTERPRET=1 python benchmarks/profile_kernels.py stubbed  (on the CPU)
 """
+import os
 import sys
 import time
 
@@ -218,7 +220,62 @@ def host():
         mlp_layers._one_node = one_node
 
 
-PARTS = {"mlp": mlp, "vae": vae, "willshaw": willshaw, "compile": compile_time, "host": host}
+class _NoLaunch:
+    """A Triton kernel whose launches do nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def stubbed():
+    """On the CPU (TRITON_INTERPRET=1): the host time of the autoencoder's training step on the Triton
+    backend with every launch replaced by a no-op, so the layers', autograd's and the launchers' own
+    Python, without Triton's launch path or any kernel; through the three ways in the layers have had.
+    Eager's step beside it computes its small matmuls for real (batch 4)."""
+    from aefast.mlp import layers as mlp_layers
+    from aefast.mlp import ops, triton_kernels
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        sys.exit("the stubbed part runs the Triton backend on the CPU: set TRITON_INTERPRET=1")
+    for name in dir(triton_kernels):
+        if name.endswith("_kernel") and hasattr(getattr(triton_kernels, name), "run"):  # jitted or interpreted
+            setattr(triton_kernels, name, _NoLaunch())
+    torch.manual_seed(0)
+    ae = FusedAutoencoder([784, 256, 32])
+    eager_ae = torch.nn.Sequential(ae.encoder.to_sequential(), ae.decoder.to_sequential())
+    x = torch.rand(4, 784)
+    params, eager_params = list(ae.parameters()), list(eager_ae.parameters())
+
+    def per_call(name, fn, calls=3000):
+        for _ in range(100):
+            fn()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        print(f"{name:<70} {(time.perf_counter() - start) / calls * 1e6:8.1f} us a step", flush=True)
+    per_call("ae train step, batch 4, eager (its CPU math included)",
+             lambda: torch.autograd.grad(F.mse_loss(eager_ae(x), x), eager_params))
+    ways = {"one autograd node (ops.fused_chain)": {},
+            "layer by layer, autograd.Functions": {"_one_node": lambda plain, hooked: False},
+            "layer by layer, the custom ops": {"_one_node": lambda plain, hooked: False,
+                                               "fused_linear": ops.fused_linear_op,
+                                               "fused_linear_loss": ops.fused_linear_loss_op,
+                                               "fused_narrow_mlp": ops.fused_narrow_mlp_op}}
+    saved = {name: getattr(mlp_layers if name == "_one_node" else ops, name)
+             for name in ("_one_node", "fused_linear", "fused_linear_loss", "fused_narrow_mlp")}
+    with aefast.use_backend("triton"):
+        for way, patches in ways.items():
+            for name, value in patches.items():
+                setattr(mlp_layers if name == "_one_node" else ops, name, value)
+            try:
+                per_call(f"ae train step, batch 4, Triton launches stubbed, {way}",
+                         lambda: torch.autograd.grad(ae.loss(x), params))
+            finally:
+                for name, value in saved.items():
+                    setattr(mlp_layers if name == "_one_node" else ops, name, value)
+
+
+PARTS = {"mlp": mlp, "vae": vae, "willshaw": willshaw, "compile": compile_time, "host": host, "stubbed": stubbed}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or ["vae", "willshaw", "mlp"]
