@@ -933,8 +933,10 @@ def narrow_backward(grad_out, x, out, acts, weights, biases, dims, activation, l
         LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, NEED_GX=need_input_grad,
         PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
         CHUNK_BLOCKS=chunk_blocks, SPLIT_PASSES=block_d > NARROW_ONE_PASS_WIDTH, num_warps=warps)
-    grad_w = partials[:, :weight_count].sum(0).view(weights.shape).to(weights.dtype)
-    grad_b = weights.new_empty(0)
-    if biases is not None:
-        grad_b = partials[:, weight_count:].sum(0).view(biases.shape).to(biases.dtype)
+    grad_w = torch.empty_like(weights)
+    grad_b = torch.empty_like(biases) if biases is not None else weights.new_empty(0)
+    width = partials.shape[1]
+    _sum_splits_kernel[(cdiv(width, SUM_SPLITS_BLOCK),)](
+        partials, grad_w, grad_b if biases is not None else grad_w, programs, width, weight_count,
+        width if biases is not None else weight_count, BLOCK=SUM_SPLITS_BLOCK)
     return grad_x, grad_w, grad_b
