@@ -84,19 +84,19 @@ class RetrievalKernels:
         if threshold == reference.SOFT:
             below_flags = soft_fallback_flags(counts, cue_offsets)
             summary.append(below_flags.sum().view(1))
+        # Queued before the wait, so that the GPU makes them while it still runs the AND: after the wait
+        # it idles through each launch the host makes, and only the extraction is left for then.
+        offsets = answer_offsets(ends, counts.shape)
         offsets_ok, rows_plain, total, *below_count = torch.cat(summary).tolist()  # the one wait
         self._raise_for_verdict(offsets_ok, rows_plain, cue_values, cue_offsets, matrix.shape[0], name)
         if below_count and below_count[0]:  # rare at or below capacity: a second wait
             self._apply_soft_fallback(matrix, n_out, cue_values, cue_offsets, below_flags.nonzero().flatten(),
                                       words, counts)
             ends = counts.flatten().cumsum(0)
+            offsets = answer_offsets(ends, counts.shape)
             total = int(ends[-1])
         values = self.extract(words, counts, ends, total) if total else \
             torch.empty(0, dtype=torch.int64, device=matrix.device)
-        rows, groups = counts.shape
-        offsets = torch.zeros(rows + 1, dtype=torch.int64, device=matrix.device)
-        if rows:
-            offsets[1:] = ends.view(rows, groups)[:, -1]
         return values, offsets
 
     def check_patterns(self, values, offsets, units, name) -> None:
@@ -128,6 +128,16 @@ class RetrievalKernels:
         if bool(self.row_flags(values, offsets, units, longest).any()):
             reference.check_patterns(values, offsets, units, name)
             raise AssertionError("the pattern check's kernel flagged a row the reference accepts")  # a kernel bug
+
+
+def answer_offsets(ends, shape):
+    """The answers' offsets, (cues + 1) int64: 0, then each cue's inclusive count of ones (``ends``, the
+    cumulative counts over (cue, group), at the cue's last group)."""
+    rows, groups = shape
+    offsets = torch.zeros(rows + 1, dtype=torch.int64, device=ends.device)
+    if rows:
+        offsets[1:] = ends.view(rows, groups)[:, -1]
+    return offsets
 
 
 def soft_fallback_flags(counts, cue_offsets):
