@@ -505,11 +505,12 @@ class FusedAutoencoder(nn.Module):
             value = reference.loss_of_activated(self.decoder(code), rows, loss)
             return value + l1_code * code.abs().sum(1).mean() if l1_code else value
         first, last = encoder_layers[0], decoder_layers[-1]
-        if not l1_code and _one_node(_plain(rows.device), hooked):
-            middle = encoder_layers[1:], decoder_layers[:-1]
+        if not l1_code and _one_node(_plain(rows.device), hooked):  # (the code is not an output of the chain)
+            # The steps the layer-by-layer path below takes: the corrupting first layer, the encoder's and
+            # the decoder's narrow runs each apart, the loss layer.
             steps, parameters = [ops.LinearStep(first.activation or "none", kind, param)], [first.weight, first.bias]
-            for stretch, stretch_hooked in zip(middle, (hooked[1:len(encoder_modules)], hooked[len(encoder_modules):-1])):
-                more_steps, more_parameters = _steps(stretch, stretch_hooked)
+            for stretch in (encoder_layers[1:], decoder_layers[:-1]):
+                more_steps, more_parameters = _steps(stretch, [False] * len(stretch))
                 steps, parameters = steps + more_steps, parameters + more_parameters
             steps.append(ops.LossStep(last.activation or "none", loss))
             return ops.fused_chain(rows, rows, seed_tensor, steps, parameters + [last.weight, last.bias])
@@ -521,7 +522,7 @@ class FusedAutoencoder(nn.Module):
             value = reference.loss_of_output(F.linear(h, last.weight, last.bias), rows, last.activation, loss)
         else:
             value, _ = ops.fused_linear_loss(h.contiguous(), last.weight, last.bias, rows,
-                                                last.activation or "none", loss)
+                                             last.activation or "none", loss)
         return value if penalty is None else value + penalty
 
 

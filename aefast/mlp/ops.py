@@ -13,7 +13,8 @@ registration of every backend's kernels.
 
 The layers call ``fused_linear``, ``fused_linear_loss`` and ``fused_narrow_mlp`` (end of the autograd
 section): the ops under torch.compile, and otherwise autograd.Functions over the same checks and
-kernels, which skip the custom op's dispatch (most of a small layer's host time).
+kernels, which skip the custom op's dispatch (most of a small layer's host time). A whole model without
+hooks runs as one autograd node, ``fused_chain``, outside torch.compile.
 
 The seed is a CPU int64 scalar tensor so that a seed drawn from torch's generator traces under
 ``torch.compile(fullgraph=True)``. Activation ``"none"`` stands for None in the schemas. Every op checks
@@ -599,6 +600,8 @@ def fused_chain(x: Tensor, target: Optional[Tensor], seed: Tensor, steps, parame
     torch.compile; returns the last step's output, or the loss. ``seed`` is the corruption's."""
     steps = tuple(steps)
     parameters = tuple(parameters)
+    if not all(isinstance(step, (LinearStep, NarrowStep, LossStep)) for step in steps):
+        raise TypeError(f"steps must be LinearStep, NarrowStep and LossStep tuples, got {steps}")
     if any(isinstance(step, LossStep) for step in steps[:-1]) or not steps:
         raise ValueError(f"steps must be one or more LinearStep and NarrowStep, a LossStep only last; got {steps}")
     if (target is not None) != isinstance(steps[-1], LossStep):

@@ -114,6 +114,12 @@ def test_bad_chains_are_refused_by_name(change, message):
         ops.fused_chain(x, target, torch.tensor(5), steps, parameters)
 
 
+def test_a_step_of_another_kind_is_refused_by_name():
+    x, target, steps, parameters = _float64_chain()
+    with pytest.raises(TypeError, match="steps must be LinearStep"):
+        ops.fused_chain(x, target, torch.tensor(5), [("relu",)] + steps[1:], parameters)
+
+
 def test_a_layer_that_does_not_fit_is_refused_by_name(mlp_backend):
     """The steps' own checks run in the chain: a weight of the wrong width names it."""
     x, target, steps, parameters = _float64_chain()
