@@ -231,7 +231,8 @@ def stubbed():
     """On the CPU (TRITON_INTERPRET=1): the host time of the autoencoder's training step on the Triton
     backend with every launch replaced by a no-op, so the layers', autograd's and the launchers' own
     Python, without Triton's launch path or any kernel; through the three ways in the layers have had.
-    Eager's step beside it computes its small matmuls for real (batch 4)."""
+    Eager's step beside it computes its small matmuls for real (batch 4). Then reparameterize_kl's
+    forward and backward on a 4 x 8 input with the cpp kernels, through its op and its autograd.Function."""
     from aefast.mlp import layers as mlp_layers
     from aefast.mlp import ops, triton_kernels
 
@@ -273,6 +274,14 @@ def stubbed():
             finally:
                 for name, value in saved.items():
                     setattr(mlp_layers if name == "_one_node" else ops, name, value)
+    from aefast.vae import ops as vae_ops
+
+    mu, logvar, seed = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True), torch.tensor(3)
+    with aefast.use_backend("cpp"):
+        for way, call in (("the custom op", vae_ops.reparameterize_kl_op), ("its autograd.Function", vae_ops.reparameterize_kl)):
+            per_call(f"reparameterize_kl forward and backward, 4 x 8, cpp, through {way}",
+                     lambda: torch.autograd.grad(sum(t.sum() for t in call(mu, logvar, None, seed, False, -9.0, 9.0)),
+                                                 (mu, logvar)))
 
 
 PARTS = {"mlp": mlp, "vae": vae, "willshaw": willshaw, "compile": compile_time, "host": host, "stubbed": stubbed}
