@@ -265,8 +265,10 @@ def _sum_splits_kernel(partials_ptr, gw_ptr, gb_ptr, splits, split_stride, weigh
     cols = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_range = cols < total_size
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for split in range(splits):
-        acc += tl.load(partials_ptr + split * split_stride + cols, mask=in_range, other=0.0)
+    row = partials_ptr
+    for _ in range(splits):
+        acc += tl.load(row + cols, mask=in_range, other=0.0)
+        row += split_stride  # a pointer step: split * split_stride may pass 2^31
     in_weight = cols < weight_size
     tl.store(gw_ptr + cols, acc.to(gw_ptr.dtype.element_ty), mask=in_range & in_weight)
     tl.store(gb_ptr + (cols - weight_size), acc.to(gb_ptr.dtype.element_ty), mask=in_range & ~in_weight)
