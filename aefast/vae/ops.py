@@ -3,7 +3,9 @@ their autograd, and the registration of every backend's kernels.
 
 ``aefast::reparameterize_kl`` takes 2-D contiguous (rows, cols) tensors; the public function in
 reparameterize.py validates, reshapes and reduces. The seed is a CPU int64 scalar tensor so that a
-seed drawn from torch's generator traces under ``torch.compile(fullgraph=True)``.
+seed drawn from torch's generator traces under ``torch.compile(fullgraph=True)``. The public function
+calls ``reparameterize_kl`` (below the autograd): the op under torch.compile, otherwise an
+autograd.Function over the same checks and kernels without the custom op's dispatch.
 """
 from __future__ import annotations
 
