@@ -571,8 +571,14 @@ INTERPRETER_SPLIT_PROGRAMS = 4  # so that the tests reach the split path with sm
 def _device_programs(device: torch.device, per_sm: int, interpreted: int) -> int:
     """Programs that fill ``device``: ``per_sm`` per SM on a GPU, ``interpreted`` in the CPU interpreter."""
     if device.type == "cuda":
-        return per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+        return per_sm * _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
     return interpreted
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device_index: int) -> int:
+    """The SMs of GPU ``device_index``, asked once (every backward launch wants them)."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 def _weight_grad_splits(rows: int, block_m: int, tiles: int, device: torch.device) -> tuple[int, int]:
