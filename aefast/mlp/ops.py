@@ -311,6 +311,36 @@ def _gradients_by_recomputing(forward, inputs, grad_output) -> list[Optional[Ten
     return [next(grads) if t is not None and t.requires_grad else None for t in inputs]
 
 
+def _linear_grads(backward, grad_y, x, weight, bias, y, saved_z, activation, corruption, param, seed,
+                  need_input_grad) -> tuple:
+    """(dx or None, dW, db or None) of a layer by its backward kernel ``backward``."""
+    grad_x, grad_w, grad_b = backward(grad_y.contiguous(), x, weight, bias, y, saved_z, activation, corruption, param,
+                                      seed, None, need_input_grad)
+    return grad_x if need_input_grad else None, grad_w, grad_b if bias is not None else None
+
+
+def _loss_grads(backward, grad_loss, h, weight, bias, target, grad_z, output_activation, loss, need_h,
+                need_target) -> tuple:
+    """(dh or None, dW, db or None, d target or None) of the fused loss layer: its linear backward with
+    d loss / d z scaled by ``grad_loss``. ``output_activation`` is None or a name, as the reference's."""
+    grad_h, grad_w, grad_b = backward(
+        grad_z, h, weight, bias, grad_z, h.new_empty(0), "none", "none", 0.0,
+        torch.zeros((), dtype=torch.int64),  # no noise to regenerate; made here, where torch.compile traces it
+        grad_loss.reshape(()).to(accumulation_dtype(h.dtype)), need_h)
+    grad_target = None
+    if need_target:  # the target (the autoencoder's clean input) may come from a layer upstream
+        grad_target = grad_loss * reference.loss_target_gradient(h, weight, bias, target, output_activation, loss)
+    return grad_h if need_h else None, grad_w, grad_b if bias is not None else None, grad_target
+
+
+def _narrow_grads(backward, grad_out, x, out, saved, weights, biases, dims, activation, last_activation,
+                  need_input_grad) -> tuple:
+    """(dx or None, d weights, d biases or None) of a narrow stretch (the parameters packed)."""
+    grad_x, grad_w, grad_b = backward(grad_out, x, out, saved, weights, biases, list(dims), activation,
+                                      last_activation, need_input_grad)
+    return grad_x if need_input_grad else None, grad_w, grad_b if biases is not None else None
+
+
 def _setup_linear(ctx, inputs, output, backward_kernels=None):
     ctx.backward_kernels = backward_kernels or _BACKWARD_OPS
     ctx.set_materialize_grads(False)
@@ -330,10 +360,8 @@ def _linear_backward(ctx, grad_y, _grad_saved_z):
             lambda x, weight, bias: reference.linear_forward(x, weight, bias, _activation(activation), corruption,
                                                              param, int(seed)), (x, weight, bias), grad_y)
         return (*grads, None, None, None, None)
-    grad_x, grad_w, grad_b = ctx.backward_kernels.linear(grad_y.contiguous(), x, weight, bias, y, saved_z, activation,
-                                                         corruption, param, seed, None, ctx.needs_input_grad[0])
-    return (grad_x if ctx.needs_input_grad[0] else None, grad_w, grad_b if bias is not None else None,
-            None, None, None, None)
+    return (*_linear_grads(ctx.backward_kernels.linear, grad_y, x, weight, bias, y, saved_z, activation, corruption,
+                           param, seed, ctx.needs_input_grad[0]), None, None, None, None)
 
 
 def _setup_loss(ctx, inputs, output, backward_kernels=None):
@@ -355,14 +383,8 @@ def _loss_backward(ctx, grad_loss, _grad_grad_z):
                                                                      output_activation, loss),
             (h, weight, bias, target), grad_loss)
         return (*grads, None, None)
-    grad_h, grad_w, grad_b = ctx.backward_kernels.linear(
-        grad_z, h, weight, bias, grad_z, h.new_empty(0), "none", "none", 0.0, torch.zeros((), dtype=torch.int64),
-        grad_loss.reshape(()).to(accumulation_dtype(h.dtype)), ctx.needs_input_grad[0])
-    grad_target = None
-    if ctx.needs_input_grad[3]:  # the target (the autoencoder's clean input) may come from a layer upstream
-        grad_target = grad_loss * reference.loss_target_gradient(h, weight, bias, target, output_activation, loss)
-    return (grad_h if ctx.needs_input_grad[0] else None, grad_w, grad_b if bias is not None else None,
-            grad_target, None, None)
+    return (*_loss_grads(ctx.backward_kernels.linear, grad_loss, h, weight, bias, target, grad_z, output_activation,
+                         loss, ctx.needs_input_grad[0], ctx.needs_input_grad[3]), None, None)
 
 
 def _setup_narrow(ctx, inputs, output, backward_kernels=None):
@@ -386,10 +408,8 @@ def _narrow_backward(ctx, grad_out, _grad_saved):
                                                                 _activation(last_activation)),
             (x, weights, biases), grad_out)
         return (*grads, None, None, None, None)
-    grad_x, grad_w, grad_b = ctx.backward_kernels.narrow(grad_out, x, out, saved, weights, biases, dims, activation,
-                                                         last_activation, ctx.needs_input_grad[0])
-    return (grad_x if ctx.needs_input_grad[0] else None, grad_w, grad_b if biases is not None else None,
-            None, None, None, None)
+    return (*_narrow_grads(ctx.backward_kernels.narrow, grad_out, x, out, saved, weights, biases, dims, activation,
+                           last_activation, ctx.needs_input_grad[0]), None, None, None, None)
 
 
 fused_linear_op.register_autograd(_linear_backward, setup_context=_setup_linear)
@@ -479,7 +499,6 @@ class LossStep(NamedTuple):
 # narrow stretch its input, output, saved activations and packed weights and biases; the loss its input
 # and d loss / d z.
 _SAVED_PER_STEP = {LinearStep: 3, NarrowStep: 5, LossStep: 2}
-_ZERO_SEED = torch.zeros((), dtype=torch.int64)  # the loss layer's backward regenerates no noise
 
 
 def _parameter_count(step) -> int:
@@ -568,30 +587,24 @@ class _Chain(torch.autograd.Function):
             need_input_grad = index > 0 or ctx.needs_input_grad[0]
             if isinstance(step, LinearStep):
                 h, y, saved_z = saved[at:at + 3]
-                grad, grad_w, grad_b = _fused_linear_backward(
-                    grad.contiguous(), h, weight, bias, y, saved_z, step.activation, step.corruption,
-                    step.corruption_param, seed, None, need_input_grad)
-                grad_parameters[first:first + 2] = [grad_w, grad_b if bias is not None else None]
+                grad, grad_w, grad_b = _linear_grads(
+                    _fused_linear_backward, grad, h, weight, bias, y, saved_z, step.activation, step.corruption,
+                    step.corruption_param, seed, need_input_grad)
+                grad_parameters[first:first + 2] = [grad_w, grad_b]
             elif isinstance(step, NarrowStep):
                 h, y, activations, weights, biases = saved[at:at + 5]
-                grad, grad_w, grad_b = _fused_narrow_mlp_backward(
-                    grad, h, y, activations, weights, biases, list(step.dims), step.activation,
-                    step.last_activation, need_input_grad)
-                dims = step.dims
-                grad_ws = [g.view(b, a) for g, a, b in zip(grad_w.split([a * b for a, b in zip(dims, dims[1:])]),
-                                                           dims, dims[1:])]
-                grad_bs = grad_b.split(dims[1:]) if biases is not None else [None] * len(grad_ws)
-                grad_parameters[first:first + 2 * len(grad_ws)] = [g for pair in zip(grad_ws, grad_bs) for g in pair]
+                grad, grad_w, grad_b = _narrow_grads(_fused_narrow_mlp_backward, grad, h, y, activations, weights,
+                                                     biases, step.dims, step.activation, step.last_activation,
+                                                     need_input_grad)
+                layers = reference.narrow_layers(grad_w, grad_b, step.dims)  # views, one pair per layer
+                grad_parameters[first:first + 2 * len(layers)] = [g for pair in layers for g in pair]
             else:
                 h, grad_z = saved[at:at + 2]
-                grad, grad_w, grad_b = _fused_linear_backward(
-                    grad_z, h, weight, bias, grad_z, h.new_empty(0), "none", "none", 0.0, _ZERO_SEED,
-                    grad.reshape(()).to(accumulation_dtype(h.dtype)), need_input_grad)
-                grad_parameters[first:first + 2] = [grad_w, grad_b if bias is not None else None]
-                if ctx.needs_input_grad[1]:  # the target: the clean input, which may come from upstream
-                    grad_target = grad_out * reference.loss_target_gradient(
-                        h, weight, bias, target, _activation(step.output_activation), step.loss)
-        return (grad if ctx.needs_input_grad[0] else None, grad_target, None, None, None, *grad_parameters)
+                grad, grad_w, grad_b, grad_target = _loss_grads(
+                    _fused_linear_backward, grad, h, weight, bias, target, grad_z,
+                    _activation(step.output_activation), step.loss, need_input_grad, ctx.needs_input_grad[1])
+                grad_parameters[first:first + 2] = [grad_w, grad_b]
+        return (grad, grad_target, None, None, None, *grad_parameters)
 
 
 def fused_chain(x: Tensor, target: Optional[Tensor], seed: Tensor, steps, parameters) -> Tensor:
