@@ -5,9 +5,11 @@ per launch and per op call. Not a benchmark: the figures aefast claims come from
     python benchmarks/profile_kernels.py [mlp] [vae] [willshaw] [compile] [host]
     TRITON_INTERPRET=1 python benchmarks/profile_kernels.py stubbed  (on the CPU)
 """
+import contextlib
 import os
 import sys
 import time
+from unittest.mock import patch
 
 import torch
 import torch.nn.functional as F
@@ -210,14 +212,10 @@ def host():
         with aefast.use_backend(backend):
             host_time(f"ae train step, batch 64, aefast {backend}", lambda: torch.autograd.grad(ae.loss(small), params),
                       calls=300)
-    one_node = mlp_layers._one_node
-    mlp_layers._one_node = lambda plain, hooked: False  # each layer its own autograd node, as before 2026-12-05
-    try:
-        with aefast.use_backend("triton"):
-            host_time("ae train step, batch 64, aefast triton, layer by layer",
-                      lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
-    finally:
-        mlp_layers._one_node = one_node
+    # Each layer its own autograd node, as before 2026-12-05.
+    with patch.object(mlp_layers, "_one_node", lambda plain, hooked: False), aefast.use_backend("triton"):
+        host_time("ae train step, batch 64, aefast triton, layer by layer",
+                  lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
 
 
 class _NoLaunch:
@@ -256,24 +254,18 @@ def stubbed():
         print(f"{name:<70} {(time.perf_counter() - start) / calls * 1e6:8.1f} us a step", flush=True)
     per_call("ae train step, batch 4, eager (its CPU math included)",
              lambda: torch.autograd.grad(F.mse_loss(eager_ae(x), x), eager_params))
-    ways = {"one autograd node (ops.fused_chain)": {},
-            "layer by layer, autograd.Functions": {"_one_node": lambda plain, hooked: False},
-            "layer by layer, the custom ops": {"_one_node": lambda plain, hooked: False,
-                                               "fused_linear": ops.fused_linear_op,
-                                               "fused_linear_loss": ops.fused_linear_loss_op,
-                                               "fused_narrow_mlp": ops.fused_narrow_mlp_op}}
-    saved = {name: getattr(mlp_layers if name == "_one_node" else ops, name)
-             for name in ("_one_node", "fused_linear", "fused_linear_loss", "fused_narrow_mlp")}
+    layer_by_layer = [(mlp_layers, "_one_node", lambda plain, hooked: False)]
+    through_ops = layer_by_layer + [(ops, name, getattr(ops, f"{name}_op"))
+                                    for name in ("fused_linear", "fused_linear_loss", "fused_narrow_mlp")]
+    ways = {"one autograd node (ops.fused_chain)": [], "layer by layer, autograd.Functions": layer_by_layer,
+            "layer by layer, the custom ops": through_ops}
     with aefast.use_backend("triton"):
         for way, patches in ways.items():
-            for name, value in patches.items():
-                setattr(mlp_layers if name == "_one_node" else ops, name, value)
-            try:
+            with contextlib.ExitStack() as stack:
+                for module, name, value in patches:
+                    stack.enter_context(patch.object(module, name, value))
                 per_call(f"ae train step, batch 4, Triton launches stubbed, {way}",
                          lambda: torch.autograd.grad(ae.loss(x), params))
-            finally:
-                for name, value in saved.items():
-                    setattr(mlp_layers if name == "_one_node" else ops, name, value)
     from aefast.vae import ops as vae_ops
 
     mu, logvar, seed = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True), torch.tensor(3)

@@ -434,22 +434,29 @@ def _time_launch(launch) -> float:
     return do_bench(launch, warmup=5, rep=20, return_mode="median")
 
 
-def _pick_tiles(kind: str, operands: str, sizes: tuple[int, int, int], device: torch.device, launch) -> Tiles:
-    """The tiles to launch kernel ``kind`` with: the default, or on a GPU for a large problem the
-    fastest candidate, timed once per (kernel, operands, N, K, M rounded up to a power of two) and
-    remembered for the process (not timed while a CUDA graph is captured: the default runs then).
-    ``launch(tiles)`` runs the kernel (it must only write its outputs)."""
-    candidates = _candidates(kind, operands, sizes)
+def _fastest(kind: str, operands: str, sizes: tuple[int, int, int], device: torch.device, runs: dict):
+    """The key of ``runs`` (choice -> a function that runs the problem that way once, writing only its
+    outputs) to take: the first, or on a GPU for a large problem the fastest, timed once per (kind,
+    operands, N, K, M rounded up to a power of two) and remembered for the process (not timed while a
+    CUDA graph is captured: the first runs then)."""
+    default = next(iter(runs))
     rows, n, k = sizes
-    if len(candidates) == 1 or rows * n * k < TUNE_MIN_WORK or not _tuning_on(device):
-        return candidates[0]
+    if len(runs) == 1 or rows * n * k < TUNE_MIN_WORK or not _tuning_on(device):
+        return default
     key = (kind, operands, next_power_of_2(rows), n, k, device.index)
     if key not in _tuned:
         if _capturing(device):
-            return candidates[0]
-        times = [_time_launch(lambda: launch(tiles)) for tiles in candidates]
-        _tuned[key] = candidates[times.index(min(times))]
+            return default
+        times = {choice: _time_launch(run) for choice, run in runs.items()}
+        _tuned[key] = min(times, key=times.get)
     return _tuned[key]
+
+
+def _pick_tiles(kind: str, operands: str, sizes: tuple[int, int, int], device: torch.device, launch) -> Tiles:
+    """The tiles to launch kernel ``kind`` with (``_fastest`` of its candidates, the default first);
+    ``launch(tiles)`` runs the kernel (it must only write its outputs)."""
+    return _fastest(kind, operands, sizes, device,
+                    {tiles: functools.partial(launch, tiles) for tiles in _candidates(kind, operands, sizes)})
 
 
 # --- the linear launchers ---------------------------------------------------------------------------
@@ -549,16 +556,7 @@ def _weight_grad_method(sizes: tuple[int, int, int], operands: str, device: torc
         raise ValueError(f"WEIGHT_GRAD must be one of {WEIGHT_GRAD_METHODS}, got {WEIGHT_GRAD!r}")
     if WEIGHT_GRAD != "auto":
         return WEIGHT_GRAD
-    rows, n, k = sizes
-    if rows * n * k < TUNE_MIN_WORK or not _tuning_on(device):
-        return "kernel"
-    key = ("weight_grad", operands, next_power_of_2(rows), n, k, device.index)
-    if key not in _tuned:
-        if _capturing(device):
-            return "kernel"
-        times = {"kernel": _time_launch(by_kernel), "matmul": _time_launch(by_matmul)}
-        _tuned[key] = min(times, key=times.get)
-    return _tuned[key]
+    return _fastest("weight_grad", operands, sizes, device, {"kernel": by_kernel, "matmul": by_matmul})
 
 
 # Programs the weight gradient aims at on a GPU, per SM (two waves), and the fewest row blocks a split

@@ -369,8 +369,8 @@ def row_flags(values, offsets, units, longest=None):
         return flags
     if (int(offsets.diff().max()) if longest is None else longest) <= CHECK_BLOCK:
         _check_short_rows_kernel[(cdiv(rows, CHECK_ROWS),)](values, offsets, rows, units, flags,
-                                                                   ROWS=CHECK_ROWS, BLOCK=CHECK_BLOCK,
-                                                                   num_warps=CHECK_SHORT_WARPS)
+                                                            ROWS=CHECK_ROWS, BLOCK=CHECK_BLOCK,
+                                                            num_warps=CHECK_SHORT_WARPS)
     else:
         _check_rows_kernel[(rows,)](values, offsets, units, flags, BLOCK=CHECK_BLOCK)
     return flags
