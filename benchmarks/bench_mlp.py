@@ -1,7 +1,8 @@
 """Fused MLP: a training step (forward + loss + backward) and inference of the 784-256-32-256-784
 autoencoder at batch 2^14, and of a narrow 64-wide 4-layer stack at batch 2^20 (2^18 on a CPU),
 against the eager nn.Sequential a user writes, torch.compile of it (the default mode; see COMPILE_MODE),
-and same-run matmul and copy probes. On a GPU the peak memory of a training step is recorded for aefast and eager.
+and same-run matmul and copy probes. On a GPU the peak memory of a training step is recorded for aefast and eager;
+on any device, for them, the bytes a training step keeps for backward (its activations and parameters).
 Each case runs in float32 (TF32 off, torch's default) and, on a GPU, in bfloat16 (fp32 accumulation),
 where both sides use the tensor cores. The float32 cases time aefast twice: as eager computes (IEEE
 float32 products), and as role "aefast tf32x3", its 3xTF32 mode (aefast.mlp.precision: float32-like
@@ -56,6 +57,20 @@ def peak_memory(fn):
     fn()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - before
+
+
+def saved_for_backward(fn):
+    """Bytes of the distinct storages that autograd keeps for backward while ``fn`` runs: a step's
+    activation memory, on any device (not taken under torch.compile, whose graphs save on their own)."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(storages.values())
 
 
 def cases():
@@ -133,7 +148,8 @@ def record(benchmark, fn, key, mode, role):
     nbytes = x.numel() * x.element_size() * 2  # at least the input read and the output written
     if training:
         fn()  # compiles and tunes first: the tuner's timing buffers are not the step's memory
-    extra = {"dims": dims, "batch": batch, "dtype": str(dtype), "peak_memory_bytes": peak_memory(fn) if training else None}
+    extra = {"dims": dims, "batch": batch, "dtype": str(dtype), "peak_memory_bytes": peak_memory(fn) if training else None,
+             "saved_for_backward_bytes": saved_for_backward(fn) if training and role != "compile" else None}
     if role.startswith("aefast"):
         extra["backend"] = KERNELS or _backends.select("fused_linear", DEVICE)[0]
     run_benchmark(benchmark, fn, DEVICE, component="mlp", case=case_name(key, mode), role=role, nbytes=nbytes,

@@ -416,7 +416,8 @@ def _narrow(layers, x: Tensor, plain: bool) -> Tensor:
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     weights = torch.cat([layer.weight.reshape(-1) for layer in layers])
     biases = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (rows, weights, biases))
+    save = ops.NARROW_SAVES_ACTIVATIONS and torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (rows, weights, biases))
     out, _ = ops.fused_narrow_mlp(rows, weights, biases, dims, layers[0].activation or "none",
                                   layers[-1].activation or "none", save)
     return out.reshape(*x.shape[:-1], out.shape[-1])

@@ -42,6 +42,11 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the compi
 OP_DTYPES = KERNEL_DTYPES + (torch.float64,)  # float64 runs the reference's math (_kernel)
 ACTIVATION_NAMES = tuple(name or "none" for name in reference.ACTIVATIONS)
 NARROW_ACTIVATION_NAMES = tuple(name for name in ACTIVATION_NAMES if name != "gelu")  # GELU's derivative needs z
+# Whether the layers' narrow stretches save their hidden activations for backward (the op's save=True)
+# or leave backward to recompute them from the stretch's input, a chunk of rows at a time, on chip
+# (Triton) or in cache (the CPU's blocks of rows). Recomputing cuts a stretch's activation memory to
+# its output alone, for one more pass of its hidden layers' forward.
+NARROW_SAVES_ACTIVATIONS = False
 
 
 def _activation(name: str) -> Optional[str]:
@@ -134,7 +139,8 @@ def _fused_narrow_mlp(x: Tensor, weights: Tensor, biases: Optional[Tensor], dims
                       last_activation: str, save: bool) -> tuple[Tensor, Tensor]:
     """Consecutive layers dims[0] -> ... -> dims[-1] (each <= 128 wide) in one pass; ``weights`` and
     ``biases`` are the layers' parameters flattened and concatenated. Returns the output and, when
-    ``save``, the activations between the layers (packed) that backward reads."""
+    ``save``, the activations between the layers (packed) for backward to read; without them backward
+    recomputes them from x (NARROW_SAVES_ACTIVATIONS)."""
     _check_narrow(x, weights, biases, dims, activation, last_activation)
     kernel = _kernel(NARROW, x)
     return kernel(x, weights, biases, dims, _activation(activation), _activation(last_activation), save)
@@ -156,8 +162,9 @@ def _fused_narrow_mlp_backward(grad_out: Tensor, x: Tensor, out: Tensor, saved: 
                                biases: Optional[Tensor], dims: list[int], activation: str, last_activation: str,
                                need_input_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
     _check_narrow(x, weights, biases, dims, activation, last_activation)
-    if saved.numel() != x.shape[0] * sum(dims[1:-1]):
-        raise ValueError("saved must hold the activations the forward saved (call it with save=True)")
+    if saved.numel() not in (0, x.shape[0] * sum(dims[1:-1])):
+        raise ValueError(f"saved must hold the activations the forward saved with save=True "
+                         f"({x.shape[0] * sum(dims[1:-1])} elements), or none (recomputed), got {saved.numel()}")
     _check_like("saved", saved, (saved.numel(),), x)
     _check_like("out", out, (x.shape[0], dims[-1]), x)
     _check_like("grad_out", grad_out, (x.shape[0], dims[-1]), x, contiguous=False)  # made contiguous below
@@ -391,8 +398,6 @@ def _setup_narrow(ctx, inputs, output, backward_kernels=None):
     ctx.backward_kernels = backward_kernels or _BACKWARD_OPS
     ctx.set_materialize_grads(False)
     x, weights, biases, dims, activation, last_activation, save = inputs
-    if not save and any(ctx.needs_input_grad[:3]):
-        raise RuntimeError("fused_narrow_mlp needs save=True to be differentiated")
     ctx.save_for_backward(x, output[0], output[1], weights, biases)
     ctx.attributes = (dims, activation, last_activation)
 
@@ -496,8 +501,8 @@ class LossStep(NamedTuple):
 
 
 # Tensors each kind of step saves for backward: a layer its input, output and GELU's pre-activation; a
-# narrow stretch its input, output, saved activations and packed weights and biases; the loss its input
-# and d loss / d z.
+# narrow stretch its input, output, hidden activations (empty when recomputed) and packed weights and
+# biases; the loss its input and d loss / d z.
 _SAVED_PER_STEP = {LinearStep: 3, NarrowStep: 5, LossStep: 2}
 
 
@@ -555,7 +560,7 @@ class _Chain(torch.autograd.Function):
             elif isinstance(step, NarrowStep):
                 weights, biases = _packed(taken)
                 y, activations = _fused_narrow_mlp(h, weights, biases, list(step.dims), step.activation,
-                                                   step.last_activation, differentiable)
+                                                   step.last_activation, differentiable and NARROW_SAVES_ACTIVATIONS)
                 saved += [h, y, activations, weights, biases]
             else:
                 y, grad_z = _fused_linear_loss(h, *taken, target, step.output_activation, step.loss)
@@ -689,26 +694,40 @@ def _matmul(h: Tensor, weight_t: Tensor, bias: Optional[Tensor], out: Optional[T
     return torch.mm(h, weight_t, out=out) if bias is None else torch.addmm(bias, h, weight_t, out=out)
 
 
-def _reference_narrow(x, weights, biases, dims, activation, last_activation, save):
+def _narrow_block_forward(x_block: Tensor, layers, acts, outputs) -> list[Tensor]:
+    """One block of rows through ``layers`` ((weight^T, bias) in the accumulation dtype) with
+    activations ``acts``: each layer's output in x's dtype, also written to its block of ``outputs``
+    where that is not None."""
+    wide = layers[0][0].dtype
+    rounded = x_block.dtype != wide  # each output rounded to x's dtype, as the saved ones are
+    h, results = x_block.to(wide), []
+    for (weight_t, bias), act, dst in zip(layers, acts, outputs):
+        # In x's own dtype the matmul writes straight into the output.
+        h = reference.activate_(_matmul(h, weight_t, bias, out=None if rounded else dst), act)
+        if rounded:
+            low = h.to(x_block.dtype)
+            if dst is not None:
+                dst.copy_(low)
+            h = low.to(wide)
+        results.append(low if rounded else h)
+    return results
+
+
+def _narrow_parameters(x, weights, biases, dims, activation, last_activation):
+    """([(weight^T, bias) per layer] in the accumulation dtype, [each layer's activation])."""
     wide = accumulation_dtype(x.dtype)
     layers = [(w.to(wide).T, None if b is None else b.to(wide)) for w, b in reference.narrow_layers(weights, biases, dims)]
-    acts = [activation] * (len(layers) - 1) + [last_activation]
+    return layers, [activation] * (len(layers) - 1) + [last_activation]
+
+
+def _reference_narrow(x, weights, biases, dims, activation, last_activation, save):
+    layers, acts = _narrow_parameters(x, weights, biases, dims, activation, last_activation)
     out = empty_on_huge_pages(x.shape[0], dims[-1], dtype=x.dtype, device=x.device)
     saved = empty_on_huge_pages(x.shape[0] * sum(dims[1:-1]) if save else 0, dtype=x.dtype, device=x.device)
     # Where each layer's output goes: the saved activations when saving, else only the last's.
     outputs = _narrow_activations(x, saved, out, dims)[1:] if save else [None] * (len(layers) - 1) + [out]
-    rounded = x.dtype != wide  # each output rounded to x's dtype, as the saved ones are
     for block in _narrow_blocks(x, dims):
-        h = x[block].to(wide)
-        for (weight_t, bias), act, output in zip(layers, acts, outputs):
-            dst = None if output is None else output[block]
-            # In x's own dtype the matmul writes straight into the output.
-            h = reference.activate_(_matmul(h, weight_t, bias, out=None if rounded else dst), act)
-            if rounded:
-                h = h.to(x.dtype)
-                if dst is not None:
-                    dst.copy_(h)
-                h = h.to(wide)
+        _narrow_block_forward(x[block], layers, acts, [None if o is None else o[block] for o in outputs])
     return out, saved
 
 
@@ -717,15 +736,24 @@ def _reference_narrow_backward(grad_out, x, out, saved, weights, biases, dims, a
     wide = accumulation_dtype(x.dtype)
     layer_weights = [w.to(wide) for w, _ in reference.narrow_layers(weights, biases, dims)]
     acts = [activation] * (len(layer_weights) - 1) + [last_activation]
-    activations = _narrow_activations(x, saved, out, dims)
+    recompute = saved.numel() == 0 and len(dims) > 2  # the forward saved nothing: each block's again
+    if recompute:
+        layers, _ = _narrow_parameters(x, weights, biases, dims, activation, last_activation)
+    else:
+        activations = _narrow_activations(x, saved, out, dims)
     grad_ws = [torch.zeros_like(weight) for weight in layer_weights]
     grad_bs = [weight.new_zeros(weight.shape[0]) for weight in layer_weights]
     grad_x = empty_on_huge_pages(*x.shape, dtype=x.dtype, device=x.device) if need_input_grad else x.new_empty(0)
     for block in _narrow_blocks(x, dims):
+        if recompute:  # the hidden layers again, rounded as the forward rounded them
+            hidden = _narrow_block_forward(x[block], layers[:-1], acts[:-1], [None] * len(acts[:-1]))
+            block_activations = [x[block], *hidden, out[block]]
+        else:
+            block_activations = [a[block] for a in activations]
         grad = grad_out[block].to(wide)
         for index in reversed(range(len(layer_weights))):
-            grad_z = reference.activation_backward(grad, None, activations[index + 1][block].to(wide), acts[index])
-            grad_ws[index].addmm_(grad_z.T, activations[index][block].to(wide))
+            grad_z = reference.activation_backward(grad, None, block_activations[index + 1].to(wide), acts[index])
+            grad_ws[index].addmm_(grad_z.T, block_activations[index].to(wide))
             if biases is not None:
                 grad_bs[index] += grad_z.sum(0)
             if index:

@@ -700,22 +700,19 @@ def _narrow_rows(chunk, block, M, rows, CHUNK_ROWS: tl.constexpr, BLOCK_M: tl.co
 
 
 @triton.jit
-def _narrow_forward_kernel(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, M,
-                           DIMS: tl.constexpr, W_OFFSETS: tl.constexpr, B_OFFSETS: tl.constexpr,
-                           ACT_COLS: tl.constexpr, NUM_LAYERS: tl.constexpr, ACT: tl.constexpr,
-                           LAST_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr,
-                           PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
-                           BLOCK_D: tl.constexpr, SPLIT_DOTS: tl.constexpr):
-    """Every layer of the stretch on a block of rows; the activations between layers stay on chip
-    (written to ``acts`` only when training needs them for backward). Rows are addressed as the linear
-    kernels do: an int64 first row, 32-bit offsets inside the tile. SPLIT_DOTS multiplies in quarters
-    of the depth (_narrow_dot_in_quarters)."""
-    first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
-    rows, cols = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D)
-    rows_valid = rows[:, None] < _extent(first_row, M, BLOCK_M)
+def _narrow_forward_rows(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, acts_rows, first_row, acts_first_row, rows, cols,
+                         rows_valid, DIMS: tl.constexpr, W_OFFSETS: tl.constexpr, B_OFFSETS: tl.constexpr,
+                         ACT_COLS: tl.constexpr, NUM_LAYERS: tl.constexpr, LAYERS: tl.constexpr, ACT: tl.constexpr,
+                         LAST_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr,
+                         PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_D: tl.constexpr,
+                         SPLIT_DOTS: tl.constexpr):
+    """The first LAYERS layers of the stretch on one row block (``first_row`` of x): the activations
+    between layers stay on chip; when SAVE, the hidden ones are written at row ``acts_first_row`` of
+    packed activations ``acts_rows`` rows long; the last layer's output, when LAYERS reaches it, to
+    ``out``. Each activation is rounded to the output's dtype, as the unfused chain rounds each layer."""
     h = tl.load(x_ptr + first_row * DIMS[0] + (rows[:, None] * DIMS[0] + cols[None, :]),
                 mask=_row_tile_mask(rows_valid, cols, DIMS[0], BLOCK_D), other=0.0).to(tl.float32)
-    for layer in tl.static_range(NUM_LAYERS):
+    for layer in tl.static_range(LAYERS):
         width_out = DIMS[layer + 1]
         if SPLIT_DOTS:
             z = _narrow_dot_in_quarters(h, w_ptr + W_OFFSETS[layer], DIMS[layer], width_out, BLOCK_D, PRECISION,
@@ -732,22 +729,43 @@ def _narrow_forward_kernel(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, M,
         valid = _row_tile_mask(rows_valid, cols, width_out, BLOCK_D)
         if width_out < BLOCK_D:
             h = tl.where(valid, h, 0.0)  # padding columns stay zero whatever act(0) is
-        h = h.to(out_ptr.dtype.element_ty).to(tl.float32)  # rounded as the unfused chain rounds each layer
+        h = h.to(out_ptr.dtype.element_ty).to(tl.float32)
         tile = rows[:, None] * width_out + cols[None, :]
         if SAVE:
             if layer < NUM_LAYERS - 1:
-                tl.store(_saved_activations(acts_ptr, M, ACT_COLS, layer) + first_row * width_out + tile,
+                tl.store(_saved_activations(acts_ptr, acts_rows, ACT_COLS, layer) + acts_first_row * width_out + tile,
                          h.to(acts_ptr.dtype.element_ty), mask=valid)
         if layer == NUM_LAYERS - 1:
             tl.store(out_ptr + first_row * width_out + tile, h.to(out_ptr.dtype.element_ty), mask=valid)
 
 
 @triton.jit
-def _narrow_grad_z(gy_ptr, out_ptr, acts_ptr, grad_slot_ptr, M, first_row, rows, cols, rows_valid,
-                   LAYER: tl.constexpr, DIMS: tl.constexpr, ACT_COLS: tl.constexpr, NUM_LAYERS: tl.constexpr,
-                   ACT: tl.constexpr, LAST_ACT: tl.constexpr, BLOCK_D: tl.constexpr):
+def _narrow_forward_kernel(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, M,
+                           DIMS: tl.constexpr, W_OFFSETS: tl.constexpr, B_OFFSETS: tl.constexpr,
+                           ACT_COLS: tl.constexpr, NUM_LAYERS: tl.constexpr, ACT: tl.constexpr,
+                           LAST_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr,
+                           PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+                           BLOCK_D: tl.constexpr, SPLIT_DOTS: tl.constexpr):
+    """Every layer of the stretch on a block of rows; the activations between layers stay on chip
+    (written to ``acts`` only when backward is to read them rather than recompute them). Rows are
+    addressed as the linear kernels do: an int64 first row, 32-bit offsets inside the tile. SPLIT_DOTS
+    multiplies in quarters of the depth (_narrow_dot_in_quarters)."""
+    first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
+    rows, cols = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D)
+    rows_valid = rows[:, None] < _extent(first_row, M, BLOCK_M)
+    _narrow_forward_rows(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, M, first_row, first_row, rows, cols, rows_valid,
+                         DIMS, W_OFFSETS, B_OFFSETS, ACT_COLS, NUM_LAYERS, NUM_LAYERS, ACT, LAST_ACT, HAS_BIAS, SAVE,
+                         PRECISION, UPCAST, BLOCK_D, SPLIT_DOTS)
+
+
+@triton.jit
+def _narrow_grad_z(gy_ptr, out_ptr, acts_ptr, grad_slot_ptr, acts_rows, first_row, acts_first_row, rows, cols,
+                   rows_valid, LAYER: tl.constexpr, DIMS: tl.constexpr, ACT_COLS: tl.constexpr,
+                   NUM_LAYERS: tl.constexpr, ACT: tl.constexpr, LAST_ACT: tl.constexpr, BLOCK_D: tl.constexpr):
     """dL/dz of layer LAYER on one row block, zero outside it: the incoming gradient (the stretch's
-    output gradient for the last layer, else this program's scratch slot) times act'(y)."""
+    output gradient for the last layer, else this program's scratch slot) times act'(y). The block is
+    row ``first_row`` of the stretch's input and output, and row ``acts_first_row`` of the packed
+    activations (``acts_rows`` rows long)."""
     width_out: tl.constexpr = DIMS[LAYER + 1]
     out_mask = _row_tile_mask(rows_valid, cols, width_out, BLOCK_D)
     out_tile = first_row * width_out + (rows[:, None] * width_out + cols[None, :])
@@ -757,33 +775,37 @@ def _narrow_grad_z(gy_ptr, out_ptr, acts_ptr, grad_slot_ptr, M, first_row, rows,
         grad_z = _times_activation_grad(grad, y, LAST_ACT)
     else:
         grad = tl.load(grad_slot_ptr)
-        y = tl.load(_saved_activations(acts_ptr, M, ACT_COLS, LAYER) + out_tile, mask=out_mask, other=0.0).to(tl.float32)
+        acts_tile = acts_first_row * width_out + (rows[:, None] * width_out + cols[None, :])
+        y = tl.load(_saved_activations(acts_ptr, acts_rows, ACT_COLS, LAYER) + acts_tile, mask=out_mask,
+                    other=0.0).to(tl.float32)
         grad_z = _times_activation_grad(grad, y, ACT)
     return tl.where(out_mask, grad_z, 0.0)
 
 
 @triton.jit
-def _narrow_layer_input(x_ptr, acts_ptr, M, first_row, rows, cols, rows_valid, LAYER: tl.constexpr,
-                        DIMS: tl.constexpr, ACT_COLS: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The input of layer LAYER on one row block, in float32: x for the first layer, else the saved
-    activation of the layer before."""
+def _narrow_layer_input(x_ptr, acts_ptr, acts_rows, first_row, acts_first_row, rows, cols, rows_valid,
+                        LAYER: tl.constexpr, DIMS: tl.constexpr, ACT_COLS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The input of layer LAYER on one row block (rows as _narrow_grad_z's), in float32: x for the
+    first layer, else the activation of the layer before."""
     width_in: tl.constexpr = DIMS[LAYER]
     in_mask = _row_tile_mask(rows_valid, cols, width_in, BLOCK_D)
-    in_tile = first_row * width_in + (rows[:, None] * width_in + cols[None, :])
     if LAYER == 0:
-        h_in = tl.load(x_ptr + in_tile, mask=in_mask, other=0.0)
+        h_in = tl.load(x_ptr + first_row * width_in + (rows[:, None] * width_in + cols[None, :]), mask=in_mask,
+                       other=0.0)
     else:
-        h_in = tl.load(_saved_activations(acts_ptr, M, ACT_COLS, LAYER - 1) + in_tile, mask=in_mask, other=0.0)
+        h_in = tl.load(_saved_activations(acts_ptr, acts_rows, ACT_COLS, LAYER - 1) + acts_first_row * width_in
+                       + (rows[:, None] * width_in + cols[None, :]), mask=in_mask, other=0.0)
     return h_in.to(tl.float32)
 
 
 @triton.jit
-def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, gx_ptr, partials_ptr, scratch_ptr, M,
+def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, b_ptr, gx_ptr, partials_ptr, scratch_ptr, M,
                             DIMS: tl.constexpr, W_OFFSETS: tl.constexpr, B_OFFSETS: tl.constexpr,
                             ACT_COLS: tl.constexpr, NUM_LAYERS: tl.constexpr, ACT: tl.constexpr,
                             LAST_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, NEED_GX: tl.constexpr,
                             PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
-                            BLOCK_D: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, SPLIT_PASSES: tl.constexpr):
+                            BLOCK_D: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, SPLIT_PASSES: tl.constexpr,
+                            RECOMPUTE: tl.constexpr, ACTS_PER_ROW: tl.constexpr, SPLIT_DOTS: tl.constexpr):
     """Backward through the stretch, last layer first, over chunks of CHUNK_BLOCKS row blocks: per row
     block dz = dh * act'(h) and dh = dz W; a layer's weight and bias gradients are summed over the
     chunk on chip, then added to this program's own float32 partial sums (row program_id of
@@ -797,7 +819,13 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, gx_ptr, par
     SPLIT_PASSES runs each layer's chunk twice, first for dh (which needs the weight), then for the
     weight gradient (which needs its sum), for tiles where a weight and its gradient's sum do not fit
     one program's registers together. The second pass computes dz again from loads the first pass left
-    in L2."""
+    in L2.
+
+    RECOMPUTE: the forward saved no activations; each chunk first runs the forward's hidden layers
+    again on its rows (SPLIT_DOTS as the forward's), into this program's own rows of ``acts`` (a chunk
+    of packed activations, ACTS_PER_ROW to a row), which stay in L2 too. The stretch's activation
+    memory is then its output alone.
+    """
     cols = tl.arange(0, BLOCK_D)
     rows = tl.arange(0, BLOCK_M)
     CHUNK_ROWS: tl.constexpr = CHUNK_BLOCKS * BLOCK_M
@@ -805,7 +833,20 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, gx_ptr, par
     WEIGHT_COUNT: tl.constexpr = W_OFFSETS[NUM_LAYERS - 1] + DIMS[NUM_LAYERS - 1] * DIMS[NUM_LAYERS]
     BIAS_COUNT: tl.constexpr = B_OFFSETS[NUM_LAYERS - 1] + DIMS[NUM_LAYERS]
     slot_tile = rows[:, None] * BLOCK_D + cols[None, :]
+    if RECOMPUTE:
+        acts_ptr += tl.program_id(0).to(tl.int64) * (CHUNK_ROWS * ACTS_PER_ROW)
+        acts_rows = CHUNK_ROWS
+    else:
+        acts_rows = M
     for chunk in range(tl.program_id(0), tl.cdiv(M, CHUNK_ROWS), tl.num_programs(0)):
+        if RECOMPUTE:
+            for block in range(CHUNK_BLOCKS):
+                first_row, rows_valid = _narrow_rows(chunk, block, M, rows, CHUNK_ROWS, BLOCK_M)
+                _narrow_forward_rows(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, acts_rows, first_row, block * BLOCK_M,
+                                     rows, cols, rows_valid, DIMS, W_OFFSETS, B_OFFSETS, ACT_COLS, NUM_LAYERS,
+                                     NUM_LAYERS - 1, ACT, LAST_ACT, HAS_BIAS, True, PRECISION, UPCAST, BLOCK_D,
+                                     SPLIT_DOTS)
+            tl.debug_barrier()  # the layers below read rows other threads wrote
         for layer in tl.static_range(NUM_LAYERS - 1, -1, -1):
             width_in = DIMS[layer]
             w = _narrow_weight(w_ptr + W_OFFSETS[layer], cols, width_in, DIMS[layer + 1], BLOCK_D)
@@ -815,12 +856,13 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, gx_ptr, par
             grad_b = tl.zeros((BLOCK_D,), dtype=tl.float32)
             for block in range(CHUNK_BLOCKS):
                 first_row, rows_valid = _narrow_rows(chunk, block, M, rows, CHUNK_ROWS, BLOCK_M)
-                grad_z = _narrow_grad_z(gy_ptr, out_ptr, acts_ptr, grad_in_slots + block * BLOCK_M * BLOCK_D, M,
-                                        first_row, rows, cols, rows_valid, layer, DIMS, ACT_COLS, NUM_LAYERS,
-                                        ACT, LAST_ACT, BLOCK_D)
+                acts_first_row = block * BLOCK_M if RECOMPUTE else first_row
+                grad_z = _narrow_grad_z(gy_ptr, out_ptr, acts_ptr, grad_in_slots + block * BLOCK_M * BLOCK_D,
+                                        acts_rows, first_row, acts_first_row, rows, cols, rows_valid, layer, DIMS,
+                                        ACT_COLS, NUM_LAYERS, ACT, LAST_ACT, BLOCK_D)
                 if not SPLIT_PASSES:
-                    h_in = _narrow_layer_input(x_ptr, acts_ptr, M, first_row, rows, cols, rows_valid, layer, DIMS,
-                                               ACT_COLS, BLOCK_D)
+                    h_in = _narrow_layer_input(x_ptr, acts_ptr, acts_rows, first_row, acts_first_row, rows, cols,
+                                               rows_valid, layer, DIMS, ACT_COLS, BLOCK_D)
                     grad_w += _dot(tl.trans(grad_z.to(w.dtype)), h_in.to(w.dtype), PRECISION, UPCAST)
                 if HAS_BIAS:
                     grad_b += tl.sum(grad_z, axis=0)
@@ -833,11 +875,12 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, gx_ptr, par
             if SPLIT_PASSES:
                 for block in range(CHUNK_BLOCKS):
                     first_row, rows_valid = _narrow_rows(chunk, block, M, rows, CHUNK_ROWS, BLOCK_M)
+                    acts_first_row = block * BLOCK_M if RECOMPUTE else first_row
                     grad_z = _narrow_grad_z(gy_ptr, out_ptr, acts_ptr, grad_in_slots + block * BLOCK_M * BLOCK_D,
-                                            M, first_row, rows, cols, rows_valid, layer, DIMS, ACT_COLS,
-                                            NUM_LAYERS, ACT, LAST_ACT, BLOCK_D)
-                    h_in = _narrow_layer_input(x_ptr, acts_ptr, M, first_row, rows, cols, rows_valid, layer, DIMS,
-                                               ACT_COLS, BLOCK_D)
+                                            acts_rows, first_row, acts_first_row, rows, cols, rows_valid, layer,
+                                            DIMS, ACT_COLS, NUM_LAYERS, ACT, LAST_ACT, BLOCK_D)
+                    h_in = _narrow_layer_input(x_ptr, acts_ptr, acts_rows, first_row, acts_first_row, rows, cols,
+                                               rows_valid, layer, DIMS, ACT_COLS, BLOCK_D)
                     grad_w += _dot(tl.trans(grad_z.to(w.dtype)), h_in.to(w.dtype), PRECISION, UPCAST)
             # Added in place with atomics that return nothing (a load, add and store held the loaded tile
             # beside the sum, and spilled in six configurations), to addresses no other program adds
@@ -877,6 +920,13 @@ NARROW_ROWS = {
     ("tf32", "backward"): {16: 128, 32: 128, 64: 32, 128: 16},
     ("tf32x3", "backward"): {16: 64, 32: 16, 64: 16, 128: 16},
     ("ieee", "backward"): {16: 128, 32: 128, 64: 32, 128: 16},
+    # The backward that first recomputes a chunk's hidden activations (RECOMPUTE): the backward's rows,
+    # but where the two phases together spilled (3xTF32: 32 bytes at width 16 with 64 rows, 176 at 128
+    # with 16). At 128, none: there the launcher recomputes with the forward kernel instead.
+    ("16-bit", "recompute"): {16: 128, 32: 128, 64: 128, 128: 16},
+    ("tf32", "recompute"): {16: 128, 32: 128, 64: 32, 128: 16},
+    ("tf32x3", "recompute"): {16: 32, 32: 16, 64: 16, 128: None},
+    ("ieee", "recompute"): {16: 128, 32: 128, 64: 32, 128: 16},
 }
 
 
@@ -885,9 +935,14 @@ def narrow_dots_in_quarters(precision: str, block_d: int) -> bool:
     return precision == "ieee" and block_d >= NARROW_QUARTER_IEEE_DEPTH
 
 
+def _narrow_width(dims) -> int:
+    """The narrow kernels' tile width for a stretch's widths."""
+    return max(16, next_power_of_2(max(dims)))
+
+
 def _narrow_blocks(dims, rows, operands, direction):
-    """(tile width, rows per program, warps) of a narrow kernel (``direction`` "forward"/"backward")."""
-    block_d = max(16, next_power_of_2(max(dims)))
+    """(tile width, rows per program, warps) of a narrow kernel (``direction`` a key of NARROW_ROWS)."""
+    block_d = _narrow_width(dims)
     most = NARROW_ROWS[(operands, direction)][block_d]
     return block_d, min(_block(rows, NARROW_MAX_ROWS), most), NARROW_WARPS
 
@@ -924,21 +979,34 @@ def _narrow_backward_grid(rows: int, block_m: int, device: torch.device) -> tupl
 
 
 def narrow_backward(grad_out, x, out, acts, weights, biases, dims, activation, last_activation, need_input_grad):
+    """(dx or an empty tensor, d weights, d biases or an empty tensor); the hidden activations from
+    ``acts``, or, where it is empty, recomputed by each program for its chunks."""
     rows = x.shape[0]
     grad_x = torch.empty_like(x) if need_input_grad else x.new_empty(0)
-    block_d, block_m, warps = _narrow_blocks(dims, rows, _operands(x.dtype), "backward")
+    operands = _operands(x.dtype)
+    recompute = acts.numel() == 0 and len(dims) > 2
+    if recompute and NARROW_ROWS[(operands, "recompute")][_narrow_width(dims)] is None:
+        # No tile recomputes in registers here: the forward kernel writes them for this backward alone.
+        _, acts = narrow_forward(x, weights, biases, dims, activation, last_activation, save=True)
+        recompute = False
+    block_d, block_m, warps = _narrow_blocks(dims, rows, operands, "recompute" if recompute else "backward")
     chunk_blocks, programs = _narrow_backward_grid(rows, block_m, x.device)
     # Each program's float32 partial sums of the weights' gradients, then the biases' (a program without
     # rows adds none; the biases' columns stay zero without biases).
     weight_count = weights.numel()
     partials = torch.zeros(programs, weight_count + sum(dims[1:]), dtype=torch.float32, device=x.device)
     scratch = torch.empty(programs * 2 * chunk_blocks * block_m * block_d, dtype=torch.float32, device=x.device)
+    acts_per_row = sum(dims[1:-1])
+    if recompute:
+        acts = torch.empty(programs * chunk_blocks * block_m * acts_per_row, dtype=x.dtype, device=x.device)
+    precision = _precision(x.dtype)
     _narrow_backward_kernel[(programs,)](
-        grad_out, x, out, acts if acts.numel() else out, weights, grad_x if need_input_grad else out, partials,
-        scratch, rows, **narrow_constants(tuple(dims)), ACT=ACTIVATION_CODES[activation],
-        LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, NEED_GX=need_input_grad,
-        PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
-        CHUNK_BLOCKS=chunk_blocks, SPLIT_PASSES=block_d > NARROW_ONE_PASS_WIDTH, num_warps=warps)
+        grad_out, x, out, acts if acts.numel() else out, weights, weights if biases is None else biases,
+        grad_x if need_input_grad else out, partials, scratch, rows, **narrow_constants(tuple(dims)),
+        ACT=ACTIVATION_CODES[activation], LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None,
+        NEED_GX=need_input_grad, PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
+        CHUNK_BLOCKS=chunk_blocks, SPLIT_PASSES=block_d > NARROW_ONE_PASS_WIDTH, RECOMPUTE=recompute,
+        ACTS_PER_ROW=acts_per_row, SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps)
     grad_w = torch.empty_like(weights)
     grad_b = torch.empty_like(biases) if biases is not None else weights.new_empty(0)
     width = partials.shape[1]

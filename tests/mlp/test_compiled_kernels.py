@@ -17,7 +17,6 @@ import torch
 from tests.sm90 import CUOBJDUMP, compile_for_sm90, compiled_in_child
 
 PRECISIONS = (("fp32", "ieee"), ("fp32", "tf32x3"), ("fp32", "tf32"), ("bf16", "tf32"))
-CASES = list(itertools.product(("forward", "backward"), PRECISIONS, (16, 32, 64, 128)))
 
 
 # Parameters whose type does not follow the tensors' element type.
@@ -40,6 +39,20 @@ def operands_of(element: str, precision: str) -> str:
     return "16-bit" if element == "bf16" else precision
 
 
+def has_tile(direction, element, precision, width):
+    """Whether NARROW_ROWS gives the case rows: the recomputing backward has none where it spilled."""
+    from aefast.mlp import triton_kernels
+
+    return triton_kernels.NARROW_ROWS[(operands_of(element, precision), direction)][width] is not None
+
+
+# "recompute" is the backward that recomputes the hidden activations the forward did not save.
+CASES = [(direction, precision, width)
+         for direction, precision, width in itertools.product(("forward", "backward", "recompute"), PRECISIONS,
+                                                              (16, 32, 64, 128))
+         if has_tile(direction, *precision, width)]
+
+
 def narrow_case(direction, element, precision, width):
     from aefast.mlp import triton_kernels
 
@@ -54,6 +67,8 @@ def narrow_case(direction, element, precision, width):
         kernel, constants["NEED_GX"] = triton_kernels._narrow_backward_kernel, True
         constants["CHUNK_BLOCKS"] = triton_kernels._narrow_backward_grid(2**20, block_m, torch.device("cpu"))[0]
         constants["SPLIT_PASSES"] = block_d > triton_kernels.NARROW_ONE_PASS_WIDTH
+        constants["RECOMPUTE"], constants["ACTS_PER_ROW"] = direction == "recompute", 3 * width
+        constants["SPLIT_DOTS"] = triton_kernels.narrow_dots_in_quarters(precision, block_d)
     return kernel, constants, warps
 
 
@@ -125,6 +140,7 @@ def compile_case(case: str) -> dict:
 # A batch of one row compiles a kernel of its own, with M a constant: a kernel that treats M as a
 # tensor (M.to(...)) compiles for every other batch and fails there. The interpreter does not see it.
 ONE_ROW_CASES = ["one-row-forward-fp32-tf32-64", "one-row-backward-fp32-tf32-64", "one-row-backward-fp32-tf32-128",
+                 "one-row-recompute-fp32-tf32-64",
                  *(f"one-row-linear-{kind}-fp32-tf32-0" for kind in ("forward", "grad_input", "grad_weight", "loss"))]
 
 

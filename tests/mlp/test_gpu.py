@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import aefast
-from aefast.mlp import fp32_precision, reference
+from aefast.mlp import fp32_precision, ops, reference
 from aefast.nn import FusedAutoencoder, FusedLinear, FusedMLP
 from tests.mlp.test_layers import ACTIVATION_MODULES, float32_tolerance
 
@@ -63,7 +63,10 @@ def test_fused_linear_on_the_gpu_equals_linear_then_activation(batch, width_in, 
     ([784, 128, 16, 128, 784], "gelu", "sigmoid"),  # wide ends around a narrow stretch
 ])
 @pytest.mark.parametrize("batch", [1, 129, 4097, 2**16 + 3])
-def test_mlp_on_the_gpu_equals_sequential(dims, activation, output_activation, batch):
+@pytest.mark.parametrize("saves", [False, True], ids=["recomputed", "saved"])
+def test_mlp_on_the_gpu_equals_sequential(monkeypatch, dims, activation, output_activation, batch, saves):
+    """Narrow stretches' backward both from the hidden activations saved and from ones it recomputes."""
+    monkeypatch.setattr(ops, "NARROW_SAVES_ACTIVATIONS", saves)
     torch.manual_seed(sum(dims) + batch)
     mlp = FusedMLP(dims, activation=activation, output_activation=output_activation).to(CUDA)
     sequential = mlp.to_sequential()

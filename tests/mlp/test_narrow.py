@@ -1,11 +1,20 @@
 """Narrow stretches (consecutive widths <= 128) run as one op: the same outputs and gradients as the
-layer-by-layer chain and nn.Sequential, with training and inference (nothing saved) paths."""
+layer-by-layer chain and nn.Sequential, with training and inference (nothing saved) paths, and a
+backward that reads the hidden activations the forward saved or recomputes them."""
 import pytest
 import torch
 
 import aefast
+from aefast.mlp import ops
 from aefast.mlp.layers import _narrow_runs
 from aefast.nn import FusedAutoencoder, FusedLinear, FusedMLP
+
+
+@pytest.fixture(params=[False, True], ids=["recomputed", "saved"])
+def saves_activations(request, monkeypatch):
+    """Both ways backward gets a stretch's hidden activations (ops.NARROW_SAVES_ACTIVATIONS)."""
+    monkeypatch.setattr(ops, "NARROW_SAVES_ACTIVATIONS", request.param)
+    return request.param
 
 
 @pytest.mark.parametrize("dims,activation,output_activation", [
@@ -15,7 +24,7 @@ from aefast.nn import FusedAutoencoder, FusedLinear, FusedMLP
     ([3, 16, 16, 3], "sigmoid", "tanh"),
 ])
 @pytest.mark.parametrize("bias", [True, False])
-def test_narrow_stretch_equals_sequential(mlp_backend, dims, activation, output_activation, bias):
+def test_narrow_stretch_equals_sequential(mlp_backend, saves_activations, dims, activation, output_activation, bias):
     torch.manual_seed(sum(dims))
     mlp = FusedMLP(dims, activation=activation, output_activation=output_activation, bias=bias)
     assert _narrow_runs(mlp.layers, [False] * len(mlp.layers)) == [(0, len(dims) - 1)]
@@ -35,11 +44,12 @@ def test_narrow_stretch_equals_sequential(mlp_backend, dims, activation, output_
 
 
 @pytest.mark.parametrize("dims", [[64, 64, 64, 64, 64], [17, 100, 3, 33]])
-def test_narrow_backward_in_chunks(mlp_backend, monkeypatch, dims):
+def test_narrow_backward_in_chunks(mlp_backend, saves_activations, monkeypatch, dims):
     """The Triton backward adds a chunk of row blocks' weight gradients at once to its program's partial
     sums, and its programs loop over chunks: with chunks of 64 rows (2 or 4 blocks) and 2 programs,
-    batch 129 makes 3 chunks, the last of one row, so one program adds 2 into its sums; every gradient
-    must still be nn.Sequential's."""
+    batch 129 makes 3 chunks, the last of one row, so one program adds 2 into its sums (and, recomputing,
+    overwrites its chunk of activations with the next chunk's); every gradient must still be
+    nn.Sequential's."""
     if mlp_backend != "triton":
         pytest.skip("the reference has no chunks")
     from aefast.mlp import triton_kernels
@@ -74,7 +84,7 @@ def test_narrow_stretch_in_bfloat16(mlp_backend):
     assert fused_error <= 2 * torch_error
 
 
-def test_narrow_gradients_in_bfloat16(mlp_backend):
+def test_narrow_gradients_in_bfloat16(mlp_backend, saves_activations):
     """Each gradient's error against float64 at most twice nn.Sequential's in bfloat16 (DESIGN.md's bar
     for low precision): the weight gradients' float32 partial sums are added and rounded once."""
     torch.manual_seed(10)
@@ -90,6 +100,80 @@ def test_narrow_gradients_in_bfloat16(mlp_backend):
     for got, torch_got, expected in zip(fused, eager, want, strict=True):
         assert got.dtype == torch.bfloat16
         assert (got.double() - expected).abs().max() <= 2 * (torch_got.double() - expected).abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_recomputes_what_the_forward_did_not_save(mlp_backend, dtype):
+    """The backward op without saved activations recomputes them, rounded as the forward rounded them:
+    the same gradients as from the saved ones (up to the order of float32 sums: the recomputation's
+    row blocks need not be the forward's)."""
+    torch.manual_seed(18)
+    dims = [17, 100, 3, 33]
+    weights = torch.randn(17 * 100 + 100 * 3 + 3 * 33, dtype=dtype) / 4
+    biases = torch.randn(100 + 3 + 33, dtype=dtype)
+    x, grad = torch.randn(129, 17, dtype=dtype), torch.randn(129, 33, dtype=dtype)
+    out, saved = ops.fused_narrow_mlp_op(x, weights, biases, dims, "tanh", "sigmoid", True)
+    out_alone, nothing = ops.fused_narrow_mlp_op(x, weights, biases, dims, "tanh", "sigmoid", False)
+    assert nothing.numel() == 0 and torch.equal(out, out_alone)
+    from_saved = ops.fused_narrow_mlp_backward_op(grad, x, out, saved, weights, biases, dims, "tanh", "sigmoid", True)
+    recomputed = ops.fused_narrow_mlp_backward_op(grad, x, out, nothing, weights, biases, dims, "tanh", "sigmoid",
+                                                  True)
+    for a, b in zip(recomputed, from_saved, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5 * 129 if dtype == torch.float32 else 0.0,
+                                   rtol=1e-6 if dtype == torch.float32 else 0.0)
+
+
+def test_backward_without_a_recomputing_tile_saves_for_itself(mlp_backend, monkeypatch):
+    """Where no tile of the recomputing backward fits the registers (NARROW_ROWS gives None: 3xTF32 at
+    width 128), Triton's backward has the forward kernel write the hidden activations for it, and reads
+    them as the saving backward does: the gradients are still nn.Sequential's."""
+    if mlp_backend != "triton":
+        pytest.skip("the reference has no tiles")
+    from aefast.mlp import fp32_precision, triton_kernels
+
+    monkeypatch.setattr(ops, "NARROW_SAVES_ACTIVATIONS", False)
+    saves, forward = [], triton_kernels.narrow_forward
+
+    def recording_forward(x, weights, biases, dims, activation, last_activation, save):
+        saves.append(save)
+        return forward(x, weights, biases, dims, activation, last_activation, save)
+    monkeypatch.setattr(triton_kernels, "narrow_forward", recording_forward)
+    assert triton_kernels.NARROW_ROWS[("tf32x3", "recompute")][128] is None
+    torch.manual_seed(20)
+    mlp = FusedMLP([5, 128, 100, 7], activation="tanh")
+    sequential = mlp.to_sequential()
+    x, grad = torch.randn(33, 5), torch.randn(33, 7)
+    with fp32_precision("tf32x3"):
+        got = torch.autograd.grad(mlp(x), list(mlp.parameters()), grad)
+    assert saves.count(True) == 1  # the backward's own (the op's forward may call a cached function)
+    expected = torch.autograd.grad(sequential(x), list(sequential.parameters()), grad)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5 * 33, rtol=1e-5)
+
+
+def test_a_recomputing_stretch_saves_its_input_and_output_alone(mlp_backend, saves_activations):
+    """The tensors a training step keeps for backward (bench_mlp.py's step: the mean square of the
+    output), by the bytes that grow with the batch: a recomputing 64-wide stack of 4 layers keeps its
+    input and output, 2 of nn.Sequential's 5 row-sized tensors (the input and each layer's output); a
+    saving one also its 3 hidden activations."""
+    torch.manual_seed(19)
+    mlp = FusedMLP([64] * 5, activation="relu")
+    sequential = mlp.to_sequential()
+    x = torch.randn(1000, 64)
+
+    def kept_rows(model):
+        storages = {}
+
+        def pack(tensor):
+            if tensor.numel() >= x.numel():  # an activation, not a parameter
+                storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(x).square().mean().backward()
+        return sum(storages.values()) // (x.numel() * x.element_size())
+
+    assert kept_rows(sequential) == 5
+    assert kept_rows(mlp) == (5 if saves_activations else 2)
 
 
 def test_which_layers_fuse():
@@ -122,8 +206,6 @@ def test_reference_narrow_in_blocks_of_rows(monkeypatch, dtype, atol):
     widest layer's 100 outputs in float32 take 64 * 400 bytes), batch 129 makes 3 blocks, the last of
     one row, and every output and gradient must be nn.Sequential's (in bfloat16: bit for bit the
     one-block run's, each layer's output rounded as one block rounds it)."""
-    from aefast.mlp import ops
-
     torch.manual_seed(12)
     mlp = FusedMLP([17, 100, 3, 33], activation="tanh", output_activation="sigmoid").to(dtype)
     x = torch.randn(129, 17, dtype=dtype)
@@ -154,8 +236,6 @@ def test_cpu_runs_many_rows_of_a_narrow_stretch_through_the_op(monkeypatch):
     """Under auto on the CPU, a narrow stretch whose widest layer's output takes NARROW_CPU_MIN_BYTES
     or more goes through the op (its blocks), a smaller one layer by layer; both give nn.Sequential's
     outputs and gradients."""
-    from aefast.mlp import ops
-
     calls = []
     op = ops.fused_narrow_mlp
     monkeypatch.setattr(ops, "fused_narrow_mlp", lambda *args: calls.append(args[0].shape[0]) or op(*args))
@@ -182,8 +262,6 @@ def test_outputs_for_backward_only_get_no_gradient_filled(mlp_backend):
     """The ops' second outputs (saved activations, GELU's pre-activation, the loss's d loss / d z) are
     for backward: autograd passes None for their unused gradients instead of filling zeros as large as
     them, so a loss of those outputs alone differentiates to nothing."""
-    from aefast.mlp import ops
-
     torch.manual_seed(14)
     x = torch.randn(7, 6, requires_grad=True)
     weights = torch.randn(6 * 10 + 10 * 4, requires_grad=True)
@@ -201,8 +279,6 @@ def test_a_large_narrow_stretch_under_torch_func_and_torch_compile(monkeypatch):
     (which refuse the custom op's autograd: the layers run it layer by layer there) and traces whole
     under torch.compile(fullgraph=True) (through the op)."""
     from torch.func import functional_call, grad, vmap
-
-    from aefast.mlp import ops
 
     monkeypatch.setattr(ops, "NARROW_CPU_MIN_BYTES", 4 * 16)
     torch.manual_seed(16)

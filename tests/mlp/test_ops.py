@@ -56,11 +56,13 @@ def test_opcheck_linear_backward(mlp_backend, activation, corruption, scaled):
                            grad_scale, True))
 
 
-def test_opcheck_narrow_backward(mlp_backend):
+@pytest.mark.parametrize("save", [True, False])
+def test_opcheck_narrow_backward(mlp_backend, save):
+    """From the saved hidden activations, and without them (recomputed)."""
     torch.manual_seed(11)
     dims = [6, 10, 4]
     x, weights, biases = torch.randn(9, 6), torch.randn(6 * 10 + 10 * 4), torch.randn(14)
-    out, saved = torch.ops.aefast.fused_narrow_mlp(x, weights, biases, dims, "tanh", "sigmoid", True)
+    out, saved = torch.ops.aefast.fused_narrow_mlp(x, weights, biases, dims, "tanh", "sigmoid", save)
     torch.library.opcheck(torch.ops.aefast.fused_narrow_mlp_backward.default,
                           (torch.randn(9, 4), x, out, saved, weights, biases, dims, "tanh", "sigmoid", True))
 
