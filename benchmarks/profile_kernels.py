@@ -18,7 +18,7 @@ import triton.language as tl
 from torch.profiler import ProfilerActivity, profile
 
 import aefast
-from aefast.mlp import set_fp32_precision
+from aefast.mlp import ops, set_fp32_precision
 from aefast.nn import FusedAutoencoder, FusedMLP
 from aefast.willshaw import WillshawMemory, random_patterns
 
@@ -45,7 +45,8 @@ def profiled(name, fn, calls=5, rows=10):
 def mlp():
     """The autoencoder and the narrow stack on the Triton kernels (auto runs the reference on a GPU) in
     float32 (as eager: IEEE; aefast's 3xTF32 mode; both in TF32) and bfloat16. The 3xTF32 rows time
-    aefast only: eager's are the float32 rows'."""
+    aefast only: eager's are the float32 rows'. The stack's step is timed both with its backward
+    recomputing the hidden activations (the default) and reading saved ones."""
     from aefast.mlp import triton_kernels
 
     with aefast.use_backend("triton"):
@@ -84,6 +85,8 @@ def _mlp_cases():
         for name, fn in steps.items():
             if precision == "torch" or name.endswith("aefast"):
                 timed(f"mlp {label} {name}", fn)
+        with patch.object(ops, "NARROW_SAVES_ACTIVATIONS", True):  # the backward reads them (before 2026-12-05)
+            timed(f"mlp {label} narrow train aefast, activations saved", steps["narrow train aefast"])
         if dtype == torch.bfloat16 or not tf32:
             profiled(f"mlp {label} ae train aefast", steps["ae train aefast"])
             profiled(f"mlp {label} narrow train aefast", steps["narrow train aefast"])
@@ -177,7 +180,7 @@ def host_time(name, fn, calls=2000):
 def host():
     """Host time per Triton launch, per launcher, per op call and per training step, beside eager's."""
     from aefast.mlp import layers as mlp_layers
-    from aefast.mlp import ops, triton_kernels
+    from aefast.mlp import triton_kernels
 
     x = torch.randn(64, 32, device=DEVICE)
     weight, bias = torch.randn(16, 32, device=DEVICE), torch.randn(16, device=DEVICE)
@@ -232,7 +235,7 @@ def stubbed():
     Eager's step beside it computes its small matmuls for real (batch 4). Then reparameterize_kl's
     forward and backward on a 4 x 8 input with the cpp kernels, through its op and its autograd.Function."""
     from aefast.mlp import layers as mlp_layers
-    from aefast.mlp import ops, triton_kernels
+    from aefast.mlp import triton_kernels
 
     if os.environ.get("TRITON_INTERPRET") != "1":
         sys.exit("the stubbed part runs the Triton backend on the CPU: set TRITON_INTERPRET=1")
