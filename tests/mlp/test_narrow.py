@@ -124,8 +124,8 @@ def test_backward_recomputes_what_the_forward_did_not_save(mlp_backend, dtype):
 
 
 def test_backward_without_a_recomputing_tile_saves_for_itself(mlp_backend, monkeypatch):
-    """Where no tile of the recomputing backward fits the registers (NARROW_ROWS gives None: 3xTF32 at
-    width 128), Triton's backward has the forward kernel write the hidden activations for it, and reads
+    """Where no tile of the recomputing backward fits the registers (NARROW_ROWS gives None: 3xTF32 and
+    IEEE float32 at width 128), Triton's backward has the forward kernel write the hidden activations for it, and reads
     them as the saving backward does: the gradients are still nn.Sequential's."""
     if mlp_backend != "triton":
         pytest.skip("the reference has no tiles")
