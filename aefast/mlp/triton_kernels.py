@@ -434,20 +434,19 @@ def _time_launch(launch) -> float:
     return do_bench(launch, warmup=5, rep=20, return_mode="median")
 
 
-def _fastest(kind: str, operands: str, sizes: tuple[int, int, int], device: torch.device, runs: dict):
-    """The key of ``runs`` (choice -> a function that runs the problem that way once, writing only its
-    outputs) to take: the first, or on a GPU for a large problem the fastest, timed once per (kind,
-    operands, N, K, M rounded up to a power of two) and remembered for the process (not timed while a
-    CUDA graph is captured: the first runs then)."""
-    default = next(iter(runs))
+def _fastest(kind: str, operands: str, sizes: tuple[int, int, int], device: torch.device, choices: tuple, run):
+    """Which of ``choices`` to take (``run(choice)`` runs the problem that way once, writing only its
+    outputs): the first, or on a GPU for a large problem the fastest, timed once per (kind, operands,
+    N, K, M rounded up to a power of two) and remembered for the process (not timed while a CUDA graph
+    is captured: the first runs then). Nothing is built per call but the key: every launch asks."""
     rows, n, k = sizes
-    if len(runs) == 1 or rows * n * k < TUNE_MIN_WORK or not _tuning_on(device):
-        return default
+    if len(choices) == 1 or rows * n * k < TUNE_MIN_WORK or not _tuning_on(device):
+        return choices[0]
     key = (kind, operands, next_power_of_2(rows), n, k, device.index)
     if key not in _tuned:
         if _capturing(device):
-            return default
-        times = {choice: _time_launch(run) for choice, run in runs.items()}
+            return choices[0]
+        times = {choice: _time_launch(functools.partial(run, choice)) for choice in choices}
         _tuned[key] = min(times, key=times.get)
     return _tuned[key]
 
@@ -455,8 +454,7 @@ def _fastest(kind: str, operands: str, sizes: tuple[int, int, int], device: torc
 def _pick_tiles(kind: str, operands: str, sizes: tuple[int, int, int], device: torch.device, launch) -> Tiles:
     """The tiles to launch kernel ``kind`` with (``_fastest`` of its candidates, the default first);
     ``launch(tiles)`` runs the kernel (it must only write its outputs)."""
-    return _fastest(kind, operands, sizes, device,
-                    {tiles: functools.partial(launch, tiles) for tiles in _candidates(kind, operands, sizes)})
+    return _fastest(kind, operands, sizes, device, _candidates(kind, operands, sizes), launch)
 
 
 # --- the linear launchers ---------------------------------------------------------------------------
@@ -556,7 +554,8 @@ def _weight_grad_method(sizes: tuple[int, int, int], operands: str, device: torc
         raise ValueError(f"WEIGHT_GRAD must be one of {WEIGHT_GRAD_METHODS}, got {WEIGHT_GRAD!r}")
     if WEIGHT_GRAD != "auto":
         return WEIGHT_GRAD
-    return _fastest("weight_grad", operands, sizes, device, {"kernel": by_kernel, "matmul": by_matmul})
+    return _fastest("weight_grad", operands, sizes, device, WEIGHT_GRAD_METHODS[1:],
+                    lambda method: by_kernel() if method == "kernel" else by_matmul())
 
 
 # Programs the weight gradient aims at on a GPU, per SM (two waves), and the fewest row blocks a split
