@@ -136,7 +136,7 @@ class WillshawMemory:
             raise ValueError(f"{x_name} and {y_name} must hold the same number of patterns, "
                              f"got {x_rows.rows} and {y_rows.rows}")
         with self._store_lock, self._backend_scope():
-            ops.willshaw_store_op(self._matrix, self._n_out, x_rows.values, x_rows.offsets, y_rows.values,
+            ops.store(self._matrix, self._n_out, x_rows.values, x_rows.offsets, y_rows.values,
                                   y_rows.offsets)
             self._n_stored += x_rows.rows
 
@@ -176,19 +176,19 @@ class WillshawMemory:
         check_flat(flat)
         cue = self._index_cue(x_idx)
         with self._backend_scope(), ops.pattern_names(cue="x_idx"):
-            values, offsets = ops.willshaw_retrieve_indices_op(self._matrix, self._n_out, cue.values, cue.offsets,
+            values, offsets = ops.retrieve_indices(self._matrix, self._n_out, cue.values, cue.offsets,
                                                                code, value)
         return answers_of(values, offsets, cue.single, flat)
 
     def _sums_of(self, cue: PatternRows) -> Tensor:
         """(rows, n_out) int32 sums of checked cue rows (on this memory's device)."""
         with self._backend_scope():
-            return ops.willshaw_sums_op(self._matrix, self._n_out, cue.values, cue.offsets)
+            return ops.sums(self._matrix, self._n_out, cue.values, cue.offsets)
 
     def _answer_of(self, cue: PatternRows, code: int, value: int) -> Tensor:
         """(rows, n_out) bool answers of checked cue rows under threshold ``code``."""
         with self._backend_scope():
-            return ops.willshaw_retrieve_op(self._matrix, self._n_out, cue.values, cue.offsets, code, value)
+            return ops.retrieve(self._matrix, self._n_out, cue.values, cue.offsets, code, value)
 
     def _index_cue(self, x_idx: IndexPatterns) -> PatternRows:
         """The cue rows of ``x_idx``; their positions are checked by the op (under pattern_names)."""

@@ -48,3 +48,35 @@ def test_sums_compile_fullgraph(willshaw_backend, loaded_matrix):
 def test_opcheck_retrieve_indices(willshaw_backend, loaded_matrix):
     matrix, values, offsets = loaded_matrix
     torch.library.opcheck(torch.ops.aefast.willshaw_retrieve_indices.default, (matrix, 70, values, offsets, 1, 0))
+
+
+def test_the_memorys_calls_skip_the_ops_dispatch_outside_torch_compile(willshaw_backend, loaded_matrix):
+    """ops.store, sums, retrieve and retrieve_indices (what WillshawMemory calls) run the ops' checks and
+    kernels without the custom op's dispatch in eager mode (a dispatch mode sees no aefast op), and the
+    op under torch.compile: fullgraph traces it (it could not trace the compiled module's kernels)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from aefast.willshaw import ops
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    matrix, values, offsets = loaded_matrix
+    calls = [(ops.store, (matrix.clone(), 70, values, offsets, values % 70, offsets)),
+             (ops.sums, (matrix, 70, values, offsets)), (ops.retrieve, (matrix, 70, values, offsets, 1, 0)),
+             (ops.retrieve_indices, (matrix, 70, values, offsets, 0, 0))]
+    for call, args in calls:
+        with Calls() as seen:
+            call(*args)
+        assert not [name for name in seen.names if name.startswith("aefast.")], call
+    with Calls() as seen:  # the mode does see the op where it is called
+        torch.ops.aefast.willshaw_sums(matrix, 70, values, offsets)
+    assert "aefast.willshaw_sums.default" in seen.names
+    compiled = torch.compile(lambda *args: ops.sums(*args) >= 2, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(matrix, 70, values, offsets), ops.sums(matrix, 70, values, offsets) >= 2)
