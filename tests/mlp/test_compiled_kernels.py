@@ -39,17 +39,21 @@ def operands_of(element: str, precision: str) -> str:
     return "16-bit" if element == "bf16" else precision
 
 
+# The narrow kernels' cases by direction: "forward" saves the hidden activations, "unsaved" is the
+# forward that does not (inference, and training whose backward recomputes them: "recompute").
+NARROW_DIRECTIONS = {"forward": "forward", "unsaved": "forward", "backward": "backward", "recompute": "recompute"}
+
+
 def has_tile(direction, element, precision, width):
     """Whether NARROW_ROWS gives the case rows: the recomputing backward has none where it spilled."""
     from aefast.mlp import triton_kernels
 
-    return triton_kernels.NARROW_ROWS[(operands_of(element, precision), direction)][width] is not None
+    key = (operands_of(element, precision), NARROW_DIRECTIONS[direction])
+    return triton_kernels.NARROW_ROWS[key][width] is not None
 
 
-# "recompute" is the backward that recomputes the hidden activations the forward did not save.
 CASES = [(direction, precision, width)
-         for direction, precision, width in itertools.product(("forward", "backward", "recompute"), PRECISIONS,
-                                                              (16, 32, 64, 128))
+         for direction, precision, width in itertools.product(NARROW_DIRECTIONS, PRECISIONS, (16, 32, 64, 128))
          if has_tile(direction, *precision, width)]
 
 
@@ -57,11 +61,11 @@ def narrow_case(direction, element, precision, width):
     from aefast.mlp import triton_kernels
 
     block_d, block_m, warps = triton_kernels._narrow_blocks([width] * 5, 2**20, operands_of(element, precision),
-                                                            direction)
+                                                            NARROW_DIRECTIONS[direction])
     constants = dict(triton_kernels.narrow_constants((width,) * 5), ACT=1, LAST_ACT=0, HAS_BIAS=True,
                      PRECISION=precision, UPCAST=False, BLOCK_M=block_m, BLOCK_D=block_d)
-    if direction == "forward":
-        kernel, constants["SAVE"] = triton_kernels._narrow_forward_kernel, True
+    if direction in ("forward", "unsaved"):
+        kernel, constants["SAVE"] = triton_kernels._narrow_forward_kernel, direction == "forward"
         constants["SPLIT_DOTS"] = triton_kernels.narrow_dots_in_quarters(precision, block_d)
     else:
         kernel, constants["NEED_GX"] = triton_kernels._narrow_backward_kernel, True
@@ -192,7 +196,8 @@ def test_the_split_sums_compile_without_spills(compiled, case):
 def test_ieee_narrow_forward_at_width_64_leaves_room_for_two_programs_per_sm(compiled):
     """NARROW_ROWS gives this tile 32 rows where 64 compile, for two programs of 8 warps per SM: each
     thread may take at most 65536 / (2 * 256) = 128 of the SM's registers."""
-    assert compiled["forward-fp32-ieee-64"]["registers"] <= 128
+    for direction in ("forward", "unsaved"):
+        assert compiled[f"{direction}-fp32-ieee-64"]["registers"] <= 128, direction
 
 
 if __name__ == "__main__":
