@@ -522,6 +522,11 @@ def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption,
         return launch_weight(_pick_tiles("grad_weight", operands, (M, N, K), x.device, launch_weight))
 
     def by_matmul():
+        if act == 0:  # dZ is dY (times the loss's scale, applied after): none to write, no R x N buffer
+            if need_input_grad:
+                launch_input(_pick_tiles("grad_input", operands, (M, N, K), x.device, launch_input))
+            grad_w, grad_b = torch.mm(grad_y.t(), x), (grad_y.sum(0) if bias is not None else weight.new_empty(0))
+            return (grad_w, grad_b) if grad_scale is None else (grad_w.mul_(grad_scale), grad_b.mul_(grad_scale))
         grad_z = torch.empty(M, N, dtype=x.dtype, device=x.device)
         launch_with_dz = functools.partial(launch_input, grad_z=grad_z)
         launch_with_dz(_pick_tiles("grad_input_dz", operands, (M, N, K), x.device, launch_with_dz))
@@ -538,10 +543,11 @@ def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption,
 # How a layer's weight gradient is computed where it may be either way (its dX is computed, its input
 # is not corrupted, and float32 products follow torch's setting as cuBLAS does): "kernel", the fused
 # dW kernel (the activation's derivative applied to dY in its loads, the batch split over programs);
-# "matmul", dZ written by the dX kernel beside dX, then torch.mm and a column sum (cuBLAS: the H200 run
-# of 2026-12-05 timed the fused kernel at about 40 TFLOPS in bfloat16, two thirds of the autoencoder's
-# backward); "auto", on a GPU the faster of the two for a large problem (timed once, as the tiles
-# are), else the kernel.
+# "matmul", dZ written by the dX kernel beside dX (for a layer without activation, such as the fused
+# loss's, dZ is dY itself, times the loss's scale after: no buffer the size of dY), then torch.mm and
+# a column sum (cuBLAS: the H200 run of 2026-12-05 timed the fused kernel at about 40 TFLOPS in
+# bfloat16, two thirds of the autoencoder's backward); "auto", on a GPU the faster of the two for a
+# large problem (timed once, as the tiles are), else the kernel.
 WEIGHT_GRAD_METHODS = ("auto", "kernel", "matmul")
 WEIGHT_GRAD = "auto"
 

@@ -59,7 +59,8 @@ def assert_within_bfloat16_bound(got, want, grad_y, x, scale):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("activation,bias,scaled", [("relu", True, False), ("gelu", True, True),
-                                                    ("none", False, False), ("tanh", False, True)])
+                                                    ("none", False, False), ("tanh", False, True),
+                                                    ("none", True, True)])  # the fused loss's backward
 def test_the_weight_gradient_by_matmul_equals_the_kernels_and_the_reference(triton_kernels, monkeypatch, dtype,
                                                                           activation, bias, scaled):
     x, weight, b, grad_y = _layer(dtype, bias)
