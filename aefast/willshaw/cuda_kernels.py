@@ -2,10 +2,13 @@
 ops.py's "cuda" backend. The same work as triton_kernels.py, written in CUDA to be timed against it
 (bench_willshaw.py's "aefast cuda" rows); the retrieval's driver is shared (packed_retrieval.py).
 
-The pattern check is packed_retrieval's verdict (one wait); rows that are not sorted and inside the
-matrix are checked by the reference's sort, there being no pairwise CUDA kernel for that rare case.
+The pattern check is packed_retrieval's verdict (one wait), by Triton's kernel where triton runs
+(one launch, where torch's ops take fifteen); rows that are not sorted and inside the matrix are checked
+by the reference's sort, there being no pairwise CUDA kernel for that rare case.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -69,7 +72,21 @@ def count_ones(matrix) -> int:
     return int(total)
 
 
-KERNELS = packed_retrieval.RetrievalKernels(and_words=_and, sums=_sums, unpack=_unpack, extract=_extract)
+@functools.lru_cache(maxsize=None)
+def _triton_verdict():
+    """triton_kernels.pattern_verdict where triton runs on CUDA tensors, else None (torch's ops)."""
+    if _backends.can_run("triton", torch.device("cuda")) is not True:
+        return None
+    from aefast.willshaw import triton_kernels
+    return triton_kernels.pattern_verdict
+
+
+def _verdict(values, offsets, units):
+    return (_triton_verdict() or packed_retrieval.pattern_verdict)(values, offsets, units)
+
+
+KERNELS = packed_retrieval.RetrievalKernels(and_words=_and, sums=_sums, unpack=_unpack, extract=_extract,
+                                            verdict=_verdict)
 
 # What ops.py registers (packed_retrieval's driver over this module's kernels).
 retrieve, retrieve_indices, check_patterns = KERNELS.retrieve, KERNELS.retrieve_indices, KERNELS.check_patterns

@@ -45,12 +45,14 @@ class RetrievalKernels:
     row_flags(values, offsets, units, longest) -> int32 per row: 1 for a position outside [0, units),
         2 for one listed twice, else 0; None where the backend has no such kernel (the reference's sort
         checks the rows instead).
+    verdict(values, offsets, units) -> pattern_verdict's tensor in fewer launches; None: its torch ops.
     """
     and_words: Callable
     sums: Callable
     unpack: Callable
     extract: Callable
     row_flags: Callable | None = None
+    verdict: Callable | None = None
 
     # The backend's entry points, as ops.py registers them.
 
@@ -80,7 +82,7 @@ class RetrievalKernels:
         # less than reading the answer unpacked to one byte per unit.
         words, counts = self.and_words(matrix, cue_values, cue_offsets)
         ends = counts.flatten().cumsum(0)
-        summary = [pattern_verdict(cue_values, cue_offsets, matrix.shape[0]), ends[-1:].sum().view(1)]
+        summary = [self._verdict(cue_values, cue_offsets, matrix.shape[0]), ends[-1:].sum().view(1)]
         if threshold == reference.SOFT:
             below_flags = soft_fallback_flags(counts, cue_offsets)
             summary.append(below_flags.sum().view(1))
@@ -102,8 +104,11 @@ class RetrievalKernels:
     def check_patterns(self, values, offsets, units, name) -> None:
         """reference.check_patterns without its sort, in one wait; a bad row is reported by the
         reference's message."""
-        offsets_ok, rows_plain = pattern_verdict(values, offsets, units).tolist()
+        offsets_ok, rows_plain = self._verdict(values, offsets, units).tolist()
         self._raise_for_verdict(offsets_ok, rows_plain, values, offsets, units, name)
+
+    def _verdict(self, values, offsets, units):
+        return (self.verdict or pattern_verdict)(values, offsets, units)
 
     def _apply_soft_fallback(self, matrix, n_out, cue_values, cue_offsets, below, words, counts):
         """Rewrites the answer words and counts of the cues ``below`` with the soft threshold of their sums."""

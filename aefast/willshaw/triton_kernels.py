@@ -14,6 +14,8 @@ of the n_out output units per input unit, bits past n_out zero) and patterns as 
 - count of ones: a SWAR popcount (libdevice's popc does not run in the interpreter).
 - pattern check: one program per row compares the row's positions pairwise and with [0, units), in
   place of the reference's sort of every (row, position) key, the slowest step of a store on a GPU.
+  Its first step, the verdict of every row at once (packed_retrieval.pattern_verdict), is one kernel
+  that a retrieval queues behind its AND, where torch's ops took fifteen.
 
 Every offset is computed in int64: a matrix of 10^6 x 15625 words has offsets past 2^33.
 """
@@ -38,6 +40,7 @@ CHECK_ROWS = 8  # rows per program when every row fits one tile
 # Its (rows, 32, 32) comparison takes 64 elements per thread in 4 warps: 255 registers and a spill with
 # triton 3.6 (tests/willshaw/test_compiled_kernels.py); 8 warps halve that.
 CHECK_SHORT_WARPS = 8
+VERDICT_ROWS, VERDICT_BLOCK = 32, 32  # rows per program of the verdict, and positions per tile of a row
 
 
 @triton.jit
@@ -233,6 +236,34 @@ def _check_short_rows_kernel(values_ptr, offsets_ptr, rows_total, units, flags_p
     tl.store(flags_ptr + rows, tl.maximum(outside, 2 * repeated), mask=row_ok)
 
 
+@triton.jit
+def _pattern_verdict_kernel(values_ptr, offsets_ptr, rows_total, count, units, verdict_ptr, ROWS: tl.constexpr,
+                            BLOCK: tl.constexpr):
+    """verdict (int64, two ones) AND= [whether the offsets run from 0 to ``count`` without decreasing,
+    whether every row is strictly increasing inside [0, units)], over ROWS rows per program. Positions
+    are read between offsets clamped into [0, count], so bad offsets read nothing outside the values."""
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < rows_total
+    start = tl.load(offsets_ptr + rows, mask=row_ok, other=0)
+    stop = tl.load(offsets_ptr + rows + 1, mask=row_ok, other=0)
+    offsets_ok = tl.min(((start <= stop) | ~row_ok).to(tl.int64), axis=0)
+    if tl.program_id(0) == 0:
+        ends_ok = (tl.load(offsets_ptr) == 0) & (tl.load(offsets_ptr + rows_total) == count)
+        offsets_ok = offsets_ok & ends_ok.to(tl.int64)
+    low = tl.minimum(tl.maximum(start, 0), count)
+    high = tl.minimum(tl.maximum(stop, low), count)
+    bad = tl.zeros((ROWS, BLOCK), tl.int64)
+    for first in range(0, tl.max(high - low, axis=0), BLOCK):
+        at = low[:, None] + first + tl.arange(0, BLOCK)[None, :]
+        inside = at < high[:, None]
+        value = tl.load(values_ptr + at, mask=inside, other=0)
+        # A row's first position compares with -1, below any position that passes the range test.
+        previous = tl.load(values_ptr + at - 1, mask=inside & (at > low[:, None]), other=-1)
+        bad = tl.maximum(bad, (inside & ((value < 0) | (value >= units) | (value <= previous))).to(tl.int64))
+    tl.atomic_and(verdict_ptr, offsets_ok, sem="relaxed")
+    tl.atomic_and(verdict_ptr + 1, 1 - tl.max(tl.max(bad, axis=1), axis=0), sem="relaxed")
+
+
 # A launch grid's second axis holds at most 2^16 - 1 programs (CUDA's limit): the kernels whose second
 # axis runs over a row's words take them in launches of at most that many blocks (one launch unless a
 # row passes 8 million words, or 1 million for the sums' 16-word blocks).
@@ -376,6 +407,17 @@ def row_flags(values, offsets, units, longest=None):
     return flags
 
 
+def pattern_verdict(values, offsets, units):
+    """packed_retrieval.pattern_verdict in one launch (and the ones it starts from): on the device,
+    without a wait, int64 [whether the offsets delimit the values, whether every row is strictly
+    increasing and inside [0, units)]."""
+    verdict = torch.ones(2, dtype=torch.int64, device=values.device)
+    rows = offsets.numel() - 1
+    _pattern_verdict_kernel[(max(1, cdiv(rows, VERDICT_ROWS)),)](values, offsets, rows, values.numel(), units,
+                                                                 verdict, ROWS=VERDICT_ROWS, BLOCK=VERDICT_BLOCK)
+    return verdict
+
+
 def count_ones(matrix) -> int:
     words = matrix.flatten()
     blocks = cdiv(words.numel(), COUNT_WORDS)
@@ -388,7 +430,8 @@ def count_ones(matrix) -> int:
 # In the CPU interpreter, where a program per row is slow, the reference's sort checks the rows that are
 # not plain (tests/willshaw/test_errors.py runs row_flags itself).
 KERNELS = packed_retrieval.RetrievalKernels(and_words=_and, sums=_sums, unpack=_unpack, extract=_extract,
-                                            row_flags=None if _backends.triton_interpreted() else row_flags)
+                                            row_flags=None if _backends.triton_interpreted() else row_flags,
+                                            verdict=pattern_verdict)
 
 # What ops.py registers (packed_retrieval's driver over this module's kernels).
 retrieve, retrieve_indices, check_patterns = KERNELS.retrieve, KERNELS.retrieve_indices, KERNELS.check_patterns

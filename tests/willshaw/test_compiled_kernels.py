@@ -30,6 +30,8 @@ SIGNATURES = {
     "_check_rows_kernel": dict(values_ptr="*i64", offsets_ptr="*i64", units="i32", flags_ptr="*i32"),
     "_check_short_rows_kernel": dict(values_ptr="*i64", offsets_ptr="*i64", rows_total="i32", units="i32",
                                      flags_ptr="*i32"),
+    "_pattern_verdict_kernel": dict(values_ptr="*i64", offsets_ptr="*i64", rows_total="i32", count="i32", units="i32",
+                                    verdict_ptr="*i64"),
 }
 
 
@@ -52,10 +54,12 @@ def launches():
     yield "check-rows", "_check_rows_kernel", dict(BLOCK=k.CHECK_BLOCK), 4
     yield "check-short-rows", "_check_short_rows_kernel", dict(ROWS=k.CHECK_ROWS, BLOCK=k.CHECK_BLOCK), \
         k.CHECK_SHORT_WARPS
+    yield "pattern-verdict", "_pattern_verdict_kernel", dict(ROWS=k.VERDICT_ROWS, BLOCK=k.VERDICT_BLOCK), 4
 
 
 CASE_IDS = ["store-1", "store-2", "store-4", "store-8", "store-rows", *(f"and-{w}-{n}" for w in (128, 256, 512) for n in (4, 8)),
-            "extract", "unpack", "sums-False", "sums-True", "count-ones", "check-rows", "check-short-rows"]
+            "extract", "unpack", "sums-False", "sums-True", "count-ones", "check-rows", "check-short-rows",
+            "pattern-verdict"]
 
 
 def compile_launches() -> dict:

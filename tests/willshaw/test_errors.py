@@ -279,6 +279,46 @@ def test_triton_pattern_check_of_ragged_short_rows_flags_exactly_the_bad_rows():
     assert triton_kernels.row_flags(values, offsets, units).tolist() == expected
 
 
+VERDICT_CASES = [  # (values, offsets, units): the verdict's edges, then random rows below
+    ([], [0], 5), ([], [0, 0, 0], 5), ([1, 2, 3], [0, 3], 5), ([1, 1], [0, 2], 5), ([3, 1], [0, 1, 2], 5),
+    ([3, 1], [0, 2], 5), ([0, 4], [0, 2], 5), ([0, 5], [0, 2], 5), ([-1], [0, 1], 5), ([1, 2], [0, 1], 5),
+    ([1, 2], [1, 2], 5), ([1, 2], [0, 3], 5), ([1, 2, 3], [0, 2, 1, 3], 5), ([1, 2], [0, 5, 2], 9),
+    ([1, 2], [0, -1, 2], 9)]
+
+
+@pytest.mark.parametrize("case", range(len(VERDICT_CASES) + 60))
+def test_triton_pattern_verdict_is_torchs(case):
+    """Triton's verdict kernel (one launch) against packed_retrieval.pattern_verdict (torch's ops): the
+    offsets' verdict always, the rows' wherever the offsets pass (with bad offsets it means nothing,
+    and the caller reports the offsets). Random cases: up to 70 rows of up to 80 positions (more rows
+    than a program takes, rows longer than a tile), some with one position or one offset moved."""
+    if _backends.can_run("triton", torch.device("cpu")) is not True and not torch.cuda.is_available():
+        pytest.skip("triton cannot run here")
+    from aefast.willshaw import packed_retrieval, triton_kernels
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if case < len(VERDICT_CASES):
+        values, offsets, units = (torch.tensor(v, dtype=torch.int64) if isinstance(v, list) else v
+                                  for v in VERDICT_CASES[case])
+    else:
+        generator, units = torch.Generator().manual_seed(case), 200
+        lengths = torch.randint(0, 81, (int(torch.randint(1, 71, (1,), generator=generator)),), generator=generator)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+        values = torch.cat([torch.randperm(units, generator=generator)[:length].sort().values for length in lengths])
+        if case % 3 == 1 and values.numel():
+            values[int(torch.randint(0, values.numel(), (1,), generator=generator))] = int(
+                torch.randint(-3, units + 10, (1,), generator=generator))
+        if case % 5 == 2:
+            offsets[int(torch.randint(0, offsets.numel(), (1,), generator=generator))] += int(
+                torch.randint(-3, 4, (1,), generator=generator))
+    values, offsets = values.to(device), offsets.to(device)
+    got = triton_kernels.pattern_verdict(values, offsets, units).tolist()
+    expected = packed_retrieval.pattern_verdict(values, offsets, units).tolist()
+    assert got[0] == expected[0]
+    if expected[0]:
+        assert got[1] == expected[1]
+
+
 def test_the_gpu_memory_check_counts_the_allocators_unused_cached_blocks(monkeypatch):
     """An allocation that does not fit makes torch's caching allocator free its unused blocks and retry,
     so they are available: free device memory plus reserved minus allocated (real run: test_gpu_backends)."""
