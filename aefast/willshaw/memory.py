@@ -136,8 +136,7 @@ class WillshawMemory:
             raise ValueError(f"{x_name} and {y_name} must hold the same number of patterns, "
                              f"got {x_rows.rows} and {y_rows.rows}")
         with self._store_lock, self._backend_scope():
-            ops.store(self._matrix, self._n_out, x_rows.values, x_rows.offsets, y_rows.values,
-                                  y_rows.offsets)
+            ops.store(self._matrix, self._n_out, x_rows.values, x_rows.offsets, y_rows.values, y_rows.offsets)
             self._n_stored += x_rows.rows
 
     # --- retrieval -----------------------------------------------------------------------------------
@@ -176,8 +175,7 @@ class WillshawMemory:
         check_flat(flat)
         cue = self._index_cue(x_idx)
         with self._backend_scope(), ops.pattern_names(cue="x_idx"):
-            values, offsets = ops.retrieve_indices(self._matrix, self._n_out, cue.values, cue.offsets,
-                                                               code, value)
+            values, offsets = ops.retrieve_indices(self._matrix, self._n_out, cue.values, cue.offsets, code, value)
         return answers_of(values, offsets, cue.single, flat)
 
     def _sums_of(self, cue: PatternRows) -> Tensor:

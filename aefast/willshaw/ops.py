@@ -5,7 +5,9 @@ Every op takes the packed matrix (int64, n_in x ceil(n_out / 64), see reference.
 rows of active positions (int64 ``values`` and ``offsets``). The ops check the patterns (offsets, range,
 repeats), since torch.ops.aefast.* is reachable directly; WillshawMemory converts the user's patterns
 and leaves the check to the op, naming its arguments with ``pattern_names`` so that the error names
-what the user passed. One check, not two: on a GPU each is a wait for the device.
+what the user passed. One check, not two: on a GPU each is a wait for the device. WillshawMemory calls
+``store``, ``sums``, ``retrieve`` and ``retrieve_indices``: the ops under torch.compile, and the same
+checks and kernels without the ops' dispatch elsewhere.
 A GPU backend joins by registering its kernels here (``_backends.register_kernel``), not by changing
 the class.
 """
