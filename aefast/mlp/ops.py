@@ -734,12 +734,10 @@ def _reference_narrow(x, weights, biases, dims, activation, last_activation, sav
 def _reference_narrow_backward(grad_out, x, out, saved, weights, biases, dims, activation, last_activation,
                                need_input_grad):
     wide = accumulation_dtype(x.dtype)
-    layer_weights = [w.to(wide) for w, _ in reference.narrow_layers(weights, biases, dims)]
-    acts = [activation] * (len(layer_weights) - 1) + [last_activation]
+    layers, acts = _narrow_parameters(x, weights, biases, dims, activation, last_activation)
+    layer_weights = [weight_t.T for weight_t, _ in layers]
     recompute = saved.numel() == 0 and len(dims) > 2  # the forward saved nothing: each block's again
-    if recompute:
-        layers, _ = _narrow_parameters(x, weights, biases, dims, activation, last_activation)
-    else:
+    if not recompute:
         activations = _narrow_activations(x, saved, out, dims)
     grad_ws = [torch.zeros_like(weight) for weight in layer_weights]
     grad_bs = [weight.new_zeros(weight.shape[0]) for weight in layer_weights]
