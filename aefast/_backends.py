@@ -40,7 +40,8 @@ AUTO_ORDER: dict[tuple[str, str], tuple[str, ...]] = {
     # overhead on the host (benchmarks/profile_kernels.py mlp). use_backend("triton") runs the kernels,
     # whose fused loss halves the step's peak memory (59 MiB against eager's 172 in bfloat16).
     **{(op, device): order for op in ("fused_linear", "fused_linear_backward", "fused_linear_loss",
-                                      "fused_narrow_mlp", "fused_narrow_mlp_backward")
+                                      "fused_narrow_mlp", "fused_narrow_mlp_backward", "fused_narrow_mlp_loss",
+                                      "fused_narrow_mlp_loss_backward")
        for device, order in (("cpu", ("reference",)), ("cuda", ("reference", "triton")))},
     # bench_willshaw.py at n = 2^16, M = 14 loaded to capacity, same CPU: cpp retrieves 1506x and stores
     # 31400x faster per item than the reference. H200, 2026-12-05, n = 2^18, M = 16 at capacity: Triton

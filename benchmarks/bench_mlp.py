@@ -1,8 +1,11 @@
 """Fused MLP: a training step (forward + loss + backward) and inference of the 784-256-32-256-784
 autoencoder at batch 2^14, and of a narrow 64-wide 4-layer stack at batch 2^20 (2^18 on a CPU),
 against the eager nn.Sequential a user writes, torch.compile of it (the default mode; see COMPILE_MODE),
-and same-run matmul and copy probes. On a GPU the peak memory of a training step is recorded for aefast and eager;
-on any device, for them, the bytes a training step keeps for backward (its activations and parameters).
+and same-run matmul and copy probes. The training step is the mean squared error: of the autoencoder's
+reconstruction against its input, and of the stack's output against a target (aefast: the models' ``loss``,
+which fuse it in; eager: F.mse_loss). For each, the peak memory of a training step (aefast._memory.peak_bytes:
+the GPU's allocator statistics, or the CPU allocator's record), and, for aefast and eager, the bytes it keeps
+for backward (its activations and parameters).
 Each case runs in float32 (TF32 off, torch's default) and, on a GPU, in bfloat16 (fp32 accumulation),
 where both sides use the tensor cores. The float32 cases time aefast twice: as eager computes (IEEE
 float32 products), and as role "aefast tf32x3", its 3xTF32 mode (aefast.mlp.precision: float32-like
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 
 import aefast
 from aefast import _backends
+from aefast._memory import peak_bytes
 from aefast.mlp import fp32_precision
 from aefast.nn import FusedAutoencoder, FusedMLP
 from conftest import bench_device, copy_probe, matmul_probe, quick, run_benchmark
@@ -47,18 +51,6 @@ def linear_flops(dims, batch, backward):
     return 3 * forward if backward else forward
 
 
-def peak_memory(fn):
-    """Peak bytes the step allocates above what was live before it (GPU only)."""
-    if DEVICE.type != "cuda":
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before
-
-
 def saved_for_backward(fn):
     """Bytes of the distinct storages that autograd keeps for backward while ``fn`` runs: a step's
     activation memory, on any device (not taken under torch.compile, whose graphs save on their own)."""
@@ -74,8 +66,8 @@ def saved_for_backward(fn):
 
 
 def cases():
-    """{case key: (fused model, its eager Sequential (same weights), input, dims, batch, dtype)}; the key
-    is the kind ("autoencoder" or "narrow") and the dtype's name."""
+    """{case key: (fused model, its eager Sequential (same weights), input, dims, batch, dtype, target)};
+    the key is the kind ("autoencoder" or "narrow") and the dtype's name."""
     out = {}
     for dtype in DTYPES:
         torch.manual_seed(0)
@@ -85,9 +77,12 @@ def cases():
         narrow = FusedMLP(NARROW_DIMS, activation="relu").to(DEVICE, dtype)
         x_ae = torch.rand(AE_BATCH, AE_DIMS[0], device=DEVICE, dtype=dtype)
         x_narrow = torch.randn(NARROW_BATCH, NARROW_DIMS[0], device=DEVICE, dtype=dtype)
+        target_narrow = torch.randn(NARROW_BATCH, NARROW_DIMS[-1], device=DEVICE, dtype=dtype)
         name = dtype_name(dtype)
-        out[f"autoencoder {name}"] = (autoencoder, eager_autoencoder, x_ae, AE_DIMS + AE_DIMS[-2::-1], AE_BATCH, dtype)
-        out[f"narrow {name}"] = (narrow, narrow.to_sequential(), x_narrow, NARROW_DIMS, NARROW_BATCH, dtype)
+        out[f"autoencoder {name}"] = (autoencoder, eager_autoencoder, x_ae, AE_DIMS + AE_DIMS[-2::-1], AE_BATCH, dtype,
+                                      x_ae)
+        out[f"narrow {name}"] = (narrow, narrow.to_sequential(), x_narrow, NARROW_DIMS, NARROW_BATCH, dtype,
+                                 target_narrow)
     return out
 
 
@@ -99,19 +94,19 @@ CASES = cases()
 
 
 def case_name(key, mode):
-    _, _, x, dims, batch, dtype = CASES[key]
+    _, _, x, dims, batch, dtype, _ = CASES[key]
     return f"{mode} {'-'.join(map(str, dims))} batch {batch} {dtype_name(dtype)}"
 
 
 def training_step(key, model, eager):
     """The step a user runs: the loss of a batch and its parameter gradients."""
-    x = CASES[key][2]
+    x, target = CASES[key][2], CASES[key][6]
     parameters = list(model.parameters())
+    if eager:
+        return lambda: torch.autograd.grad(F.mse_loss(model(x), target), parameters)
     if key.startswith("autoencoder"):
-        if eager:
-            return lambda: torch.autograd.grad(F.mse_loss(model(x), x), parameters)
         return lambda: torch.autograd.grad(model.loss(x), parameters)
-    return lambda: torch.autograd.grad(model(x).square().mean(), parameters)
+    return lambda: torch.autograd.grad(model.loss(x, target), parameters)
 
 
 def inference(key, model):
@@ -142,13 +137,13 @@ def on_kernels(fn):
 
 
 def record(benchmark, fn, key, mode, role):
-    _, _, x, dims, batch, dtype = CASES[key]
+    _, _, x, dims, batch, dtype, _ = CASES[key]
     training = mode == "train"
     flops = linear_flops(dims, batch, backward=training)
     nbytes = x.numel() * x.element_size() * 2  # at least the input read and the output written
     if training:
         fn()  # compiles and tunes first: the tuner's timing buffers are not the step's memory
-    extra = {"dims": dims, "batch": batch, "dtype": str(dtype), "peak_memory_bytes": peak_memory(fn) if training else None,
+    extra = {"dims": dims, "batch": batch, "dtype": str(dtype), "peak_memory_bytes": peak_bytes(fn, DEVICE) if training else None,
              "saved_for_backward_bytes": saved_for_backward(fn) if training and role != "compile" else None}
     if role.startswith("aefast"):
         extra["backend"] = KERNELS or _backends.select("fused_linear", DEVICE)[0]
@@ -160,7 +155,7 @@ def record(benchmark, fn, key, mode, role):
 @pytest.mark.parametrize("mode", ["train", "infer"])
 @pytest.mark.parametrize("role", ["aefast", "aefast tf32x3", "eager", "compile", "matmul probe", "copy probe"])
 def test_mlp(benchmark, key, mode, role):
-    fused, plain, x, _, _, dtype = CASES[key]
+    fused, plain, x, _, _, dtype, _ = CASES[key]
     if role == "aefast tf32x3":
         if dtype != torch.float32:
             pytest.skip("3xTF32 is a float32 mode")

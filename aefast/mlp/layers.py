@@ -219,6 +219,56 @@ class FusedMLP(nn.Module):
         _check_layers(layers, x, hooked)
         return _run_layers(layers, x, modules, hooked)
 
+    def loss(self, x: Tensor, target: Tensor, loss: str = "mse") -> Tensor:
+        """The mean loss of ``forward(x)`` against ``target`` (of the output's shape): ``"mse"`` is
+        ``F.mse_loss(forward(x), target)``; ``"bce"`` needs a sigmoid output and is
+        ``F.binary_cross_entropy(forward(x), target)`` taken from the logits (the stable form). The last
+        layer computes it without writing the output; where the last layers form a narrow stretch
+        (widths <= 128), that stretch writes nothing but the loss, and backward recomputes its
+        activations. Returned in float32 for 16-bit models (float64 for float64). With a hook on the
+        model or its last layer it runs as that expression through the modules' calls."""
+        modules = list(self.layers)
+        as_modules = _has_hooks(self) or _has_hooks(modules[-1])
+        hooked = [] if as_modules else [_has_hooks(module) for module in modules]
+        x, layers = _read_layers(x, [] if as_modules else modules, hooked)
+        target, _ = _read_layers(target, [], [])  # cast with x under autocast: the kernels read both in one dtype
+        _check_tensor(x)
+        if not as_modules:
+            _check_input(x, layers[0].weight)
+            _check_layers(layers, x, hooked)
+        _check_target(target, x, self.dims[-1])
+        if loss not in reference.LOSSES:
+            raise ValueError(f"loss must be one of {reference.LOSSES}, got {loss!r}")
+        last_activation = modules[-1].activation
+        if loss == "bce" and last_activation != "sigmoid":
+            raise ValueError(f"loss='bce' needs output_activation='sigmoid', got {last_activation!r}")
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        target_rows = target.reshape(-1, target.shape[-1]).contiguous()
+        if as_modules:
+            return reference.loss_of_activated(self(rows), target_rows, loss)
+        plain = _plain(rows.device)
+        if _one_node(plain, hooked):
+            steps, parameters = _steps(layers, hooked)
+            last = steps[-1]
+            steps[-1] = (ops.NarrowLossStep(last.dims, last.activation, last.last_activation, loss)
+                         if isinstance(last, ops.NarrowStep) else ops.LossStep(last_activation or "none", loss))
+            return ops.fused_chain(rows, target_rows, _NO_SEED, steps, parameters)
+        # Layer by layer: under torch.compile, with hooks on the layers before the last, in plain autograd.
+        start = next((start for start, end in _narrow_runs(layers, hooked) if end == len(layers)), None)
+        if start is not None and _narrow_by_op(plain, rows.shape[0], layers[start:], rows.dtype, rows.device):
+            h = _run_layers(layers[:start], rows, modules[:start], hooked[:start]).contiguous()
+            stretch = layers[start:]
+            weights, biases = _narrow_parameters(stretch)
+            return ops.fused_narrow_mlp_loss(h, weights, biases, target_rows, _narrow_dims(stretch),
+                                             stretch[0].activation or "none", last_activation or "none", loss)
+        h = _run_layers(layers[:-1], rows, modules[:-1], hooked[:-1])
+        last = layers[-1]
+        if plain:
+            return reference.loss_of_output(F.linear(h, last.weight, last.bias), target_rows, last_activation, loss)
+        value, _ = ops.fused_linear_loss(h.contiguous(), last.weight, last.bias, target_rows,
+                                         last_activation or "none", loss)
+        return value
+
     @classmethod
     def from_sequential(cls, sequential: nn.Sequential) -> "FusedMLP":
         """An MLP equal to ``sequential`` (nn.Linear layers, each followed by at most one activation
@@ -406,16 +456,32 @@ def _run_layers(layers, x: Tensor, modules: list, hooked: list[bool]) -> Tensor:
     return x
 
 
+def _narrow_dims(layers) -> list[int]:
+    return [layers[0].in_features] + [layer.out_features for layer in layers]
+
+
+def _narrow_parameters(layers) -> tuple[Tensor, Optional[Tensor]]:
+    """A narrow stretch's weights and biases packed as the narrow ops take them."""
+    weights = torch.cat([layer.weight.reshape(-1) for layer in layers])
+    biases = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
+    return weights, biases
+
+
+def _narrow_by_op(plain: bool, rows: int, layers, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a narrow stretch runs through its op: always on the kernels; in plain autograd where the
+    reference's blocks pay (ops.narrow_in_blocks_pays) and no torch.func transform wants plain ops."""
+    return not plain or (ops.narrow_in_blocks_pays(rows, max(_narrow_dims(layers)), dtype, device)
+                         and not _backends.func_transform_takes_plain_ops())
+
+
 def _narrow(layers, x: Tensor, plain: bool) -> Tensor:
-    dims = [layers[0].in_features] + [layer.out_features for layer in layers]
-    if plain and (not ops.narrow_in_blocks_pays(x.numel() // x.shape[-1], max(dims), x.dtype, x.device)
-                  or _backends.func_transform_takes_plain_ops()):
+    dims = _narrow_dims(layers)
+    if not _narrow_by_op(plain, x.numel() // x.shape[-1], layers, x.dtype, x.device):
         for layer in layers:
             x = _linear(x, layer, layer.activation, plain=True)
         return x
     rows = x.reshape(-1, x.shape[-1]).contiguous()
-    weights = torch.cat([layer.weight.reshape(-1) for layer in layers])
-    biases = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
+    weights, biases = _narrow_parameters(layers)
     save = ops.NARROW_SAVES_ACTIVATIONS and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (rows, weights, biases))
     out, _ = ops.fused_narrow_mlp(rows, weights, biases, dims, layers[0].activation or "none",
@@ -525,6 +591,18 @@ class FusedAutoencoder(nn.Module):
             value, _ = ops.fused_linear_loss(h.contiguous(), last.weight, last.bias, rows,
                                              last.activation or "none", loss)
         return value if penalty is None else value + penalty
+
+
+def _check_target(target, x: Tensor, width: int) -> None:
+    """``target`` of the output's shape (x's, ``width`` features last), x's dtype and device."""
+    _check_tensor(target, "target")
+    expected = (*x.shape[:-1], width)
+    if tuple(target.shape) != expected:
+        raise ValueError(f"target must have the output's shape {expected}, got {tuple(target.shape)}")
+    if target.device != x.device:
+        raise ValueError(f"target is on {target.device} but x is on {x.device}")
+    if target.dtype != x.dtype:
+        raise TypeError(f"target has dtype {target.dtype} but x is {x.dtype}")
 
 
 def _check_corruption(corruption) -> tuple[str, float]:

@@ -8,6 +8,8 @@ registration of every backend's kernels.
   and d loss / d z (the reconstruction itself is never written).
 - ``aefast::fused_linear_backward``: dx, dW, db of either, the noise regenerated from the seed.
 - ``aefast::fused_narrow_mlp`` and its ``_backward``: consecutive layers of widths <= 128 in one pass.
+- ``aefast::fused_narrow_mlp_loss`` and its ``_backward``: such a stretch ending in the mean loss; its
+  forward writes the loss alone, and its backward recomputes every activation from x.
 - ``aefast::corrupt``: x~ alone, the noise the fused first layer makes in its load, for the layers'
   plain-PyTorch path under ``torch.compile`` (below).
 
@@ -37,6 +39,7 @@ from aefast.mlp import reference
 
 FORWARD, BACKWARD, LOSS = "fused_linear", "fused_linear_backward", "fused_linear_loss"
 NARROW, NARROW_BACKWARD = "fused_narrow_mlp", "fused_narrow_mlp_backward"
+NARROW_LOSS, NARROW_LOSS_BACKWARD = "fused_narrow_mlp_loss", "fused_narrow_mlp_loss_backward"
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the compiled kernels load and store
 OP_DTYPES = KERNEL_DTYPES + (torch.float64,)  # float64 runs the reference's math (_kernel)
@@ -116,10 +119,7 @@ def _fused_linear_loss(h: Tensor, weight: Tensor, bias: Optional[Tensor], target
     _check_linear(h, weight, bias, input_name="h")
     _check_like("target", target, (h.shape[0], weight.shape[0]), h)
     _check_choice("output_activation", output_activation, ACTIVATION_NAMES)
-    _check_choice("loss", loss, reference.LOSSES)
-    if loss == "bce" and output_activation != "sigmoid":
-        raise ValueError(f"loss 'bce' takes the logits of a sigmoid output: output_activation must be 'sigmoid', "
-                         f"got {output_activation!r}")
+    _check_loss(loss, output_activation, "output_activation")
     kernel = _kernel(LOSS, h)
     return kernel(h, weight, bias, target, _activation(output_activation), loss)
 
@@ -187,6 +187,52 @@ def _(grad_out, x, out, saved, weights, biases, dims, activation, last_activatio
             torch.empty_like(biases) if biases is not None else weights.new_empty(0))
 
 
+def _fused_narrow_mlp_loss(x: Tensor, weights: Tensor, biases: Optional[Tensor], target: Tensor, dims: list[int],
+                           activation: str, last_activation: str, loss: str) -> Tensor:
+    """The mean loss of a narrow stretch's output against ``target`` (as ``fused_linear_loss`` takes
+    it), in one pass that writes neither the output nor any activation: backward recomputes them."""
+    _check_narrow_loss(x, weights, biases, target, dims, activation, last_activation, loss)
+    kernel = _kernel(NARROW_LOSS, x)
+    return kernel(x, weights, biases, target, dims, _activation(activation), _activation(last_activation), loss)
+
+
+@torch.library.custom_op("aefast::fused_narrow_mlp_loss", mutates_args=())
+def fused_narrow_mlp_loss_op(x: Tensor, weights: Tensor, biases: Optional[Tensor], target: Tensor, dims: list[int],
+                             activation: str, last_activation: str, loss: str) -> Tensor:
+    return _fused_narrow_mlp_loss(x, weights, biases, target, dims, activation, last_activation, loss)
+
+
+@fused_narrow_mlp_loss_op.register_fake
+def _(x, weights, biases, target, dims, activation, last_activation, loss):
+    return x.new_empty((), dtype=accumulation_dtype(x.dtype))
+
+
+def _fused_narrow_mlp_loss_backward(grad_loss: Tensor, x: Tensor, weights: Tensor, biases: Optional[Tensor],
+                                    target: Tensor, dims: list[int], activation: str, last_activation: str, loss: str,
+                                    need_input_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    _check_narrow_loss(x, weights, biases, target, dims, activation, last_activation, loss)
+    if grad_loss.numel() != 1 or grad_loss.device != x.device or not grad_loss.is_floating_point():
+        raise ValueError(f"grad_loss must be one floating-point value on {x.device}, got {tuple(grad_loss.shape)} "
+                         f"{grad_loss.dtype} on {grad_loss.device}")
+    kernel = _kernel(NARROW_LOSS_BACKWARD, x)
+    return kernel(grad_loss.reshape(()).to(accumulation_dtype(x.dtype)), x, weights, biases, target, dims,
+                  _activation(activation), _activation(last_activation), loss, need_input_grad)
+
+
+@torch.library.custom_op("aefast::fused_narrow_mlp_loss_backward", mutates_args=())
+def fused_narrow_mlp_loss_backward_op(grad_loss: Tensor, x: Tensor, weights: Tensor, biases: Optional[Tensor],
+                                      target: Tensor, dims: list[int], activation: str, last_activation: str,
+                                      loss: str, need_input_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return _fused_narrow_mlp_loss_backward(grad_loss, x, weights, biases, target, dims, activation, last_activation,
+                                           loss, need_input_grad)
+
+
+@fused_narrow_mlp_loss_backward_op.register_fake
+def _(grad_loss, x, weights, biases, target, dims, activation, last_activation, loss, need_input_grad):
+    return (torch.empty_like(x) if need_input_grad else x.new_empty(0), torch.empty_like(weights),
+            torch.empty_like(biases) if biases is not None else weights.new_empty(0))
+
+
 @torch.library.custom_op("aefast::corrupt", mutates_args=())
 def corrupt_op(x: Tensor, corruption: str, corruption_param: float, seed: Tensor) -> Tensor:
     """x~, the denoising corruption of a 2-D x (reference.corrupt, the stream of every backend's fused
@@ -232,6 +278,20 @@ def _check_narrow(x: Tensor, weights: Tensor, biases: Optional[Tensor], dims: li
     _check_like("weights", weights, (sum(a * b for a, b in zip(dims[:-1], dims[1:])),), x)
     if biases is not None:
         _check_like("biases", biases, (sum(dims[1:]),), x)
+
+
+def _check_narrow_loss(x: Tensor, weights: Tensor, biases: Optional[Tensor], target: Tensor, dims: list[int],
+                       activation: str, last_activation: str, loss: str) -> None:
+    _check_narrow(x, weights, biases, dims, activation, last_activation)
+    _check_like("target", target, (x.shape[0], dims[-1]), x)
+    _check_loss(loss, last_activation, "last_activation")
+
+
+def _check_loss(loss: str, output_activation: str, activation_name: str) -> None:
+    _check_choice("loss", loss, reference.LOSSES)
+    if loss == "bce" and output_activation != "sigmoid":
+        raise ValueError(f"loss 'bce' takes the logits of a sigmoid output: {activation_name} must be 'sigmoid', "
+                         f"got {output_activation!r}")
 
 
 def _check_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], input_name: str = "x") -> None:
@@ -417,18 +477,60 @@ def _narrow_backward(ctx, grad_out, _grad_saved):
                            last_activation, ctx.needs_input_grad[0]), None, None, None, None)
 
 
+def _narrow_loss_grads(backward, grad_loss, x, weights, biases, target, dims, activation, last_activation, loss,
+                       need_input_grad, need_target) -> tuple:
+    """(dx or None, d weights, d biases or None, d target or None) of a narrow stretch ending in its loss."""
+    grad_x, grad_w, grad_b = backward(grad_loss, x, weights, biases, target, list(dims), activation, last_activation,
+                                      loss, need_input_grad)
+    grad_target = None
+    if need_target:  # a target computed upstream: rare, so through autograd over the reference
+        with torch.enable_grad(), no_autocast(x.device):
+            detached = target.detach().requires_grad_()
+            value = reference.narrow_loss(x, weights, biases, detached, dims, _activation(activation),
+                                          _activation(last_activation), loss)
+            grad_target, = torch.autograd.grad(value, detached, grad_loss)
+    return grad_x if need_input_grad else None, grad_w, grad_b if biases is not None else None, grad_target
+
+
+def _setup_narrow_loss(ctx, inputs, output, backward_kernels=None):
+    ctx.backward_kernels = backward_kernels or _BACKWARD_OPS
+    x, weights, biases, target, dims, activation, last_activation, loss = inputs
+    ctx.save_for_backward(x, weights, biases, target)
+    ctx.attributes = (dims, activation, last_activation, loss)
+
+
+def _narrow_loss_backward(ctx, grad_loss):
+    if grad_loss is None:
+        return (None,) * 8
+    x, weights, biases, target = ctx.saved_tensors
+    dims, activation, last_activation, loss = ctx.attributes
+    if torch.is_grad_enabled():
+        grads = _gradients_by_recomputing(
+            lambda x, weights, biases, target: reference.narrow_loss(
+                x, weights, biases, target, dims, _activation(activation), _activation(last_activation), loss),
+            (x, weights, biases, target), grad_loss)
+        return (*grads, None, None, None, None)
+    return (*_narrow_loss_grads(ctx.backward_kernels.narrow_loss, grad_loss, x, weights, biases, target, dims,
+                                activation, last_activation, loss, ctx.needs_input_grad[0], ctx.needs_input_grad[3]),
+            None, None, None, None)
+
+
 fused_linear_op.register_autograd(_linear_backward, setup_context=_setup_linear)
 fused_narrow_mlp_op.register_autograd(_narrow_backward, setup_context=_setup_narrow)
 fused_linear_loss_op.register_autograd(_loss_backward, setup_context=_setup_loss)
+fused_narrow_mlp_loss_op.register_autograd(_narrow_loss_backward, setup_context=_setup_narrow_loss)
 
 
 class _BackwardKernels(NamedTuple):
     linear: Callable
     narrow: Callable
+    narrow_loss: Callable
 
 
-_BACKWARD_OPS = _BackwardKernels(fused_linear_backward_op, fused_narrow_mlp_backward_op)
-_BACKWARD_FUNCTIONS = _BackwardKernels(_fused_linear_backward, _fused_narrow_mlp_backward)
+_BACKWARD_OPS = _BackwardKernels(fused_linear_backward_op, fused_narrow_mlp_backward_op,
+                                 fused_narrow_mlp_loss_backward_op)
+_BACKWARD_FUNCTIONS = _BackwardKernels(_fused_linear_backward, _fused_narrow_mlp_backward,
+                                       _fused_narrow_mlp_loss_backward)
 
 
 def _function(name: str, implementation: Callable, setup: Callable, backward: Callable) -> type:
@@ -446,6 +548,8 @@ def _function(name: str, implementation: Callable, setup: Callable, backward: Ca
 _FusedLinear = _function("_FusedLinear", _fused_linear, _setup_linear, _linear_backward)
 _FusedLinearLoss = _function("_FusedLinearLoss", _fused_linear_loss, _setup_loss, _loss_backward)
 _FusedNarrowMLP = _function("_FusedNarrowMLP", _fused_narrow_mlp, _setup_narrow, _narrow_backward)
+_FusedNarrowMLPLoss = _function("_FusedNarrowMLPLoss", _fused_narrow_mlp_loss, _setup_narrow_loss,
+                                _narrow_loss_backward)
 
 
 def fused_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str, corruption: str,
@@ -471,6 +575,14 @@ def fused_narrow_mlp(x: Tensor, weights: Tensor, biases: Optional[Tensor], dims:
     if torch.compiler.is_compiling():
         return fused_narrow_mlp_op(x, weights, biases, dims, activation, last_activation, save)
     return _FusedNarrowMLP.apply(x, weights, biases, dims, activation, last_activation, save)
+
+
+def fused_narrow_mlp_loss(x: Tensor, weights: Tensor, biases: Optional[Tensor], target: Tensor, dims: list[int],
+                          activation: str, last_activation: str, loss: str) -> Tensor:
+    """``fused_narrow_mlp_loss_op`` with its autograd, as ``fused_linear`` calls its op."""
+    if torch.compiler.is_compiling():
+        return fused_narrow_mlp_loss_op(x, weights, biases, target, dims, activation, last_activation, loss)
+    return _FusedNarrowMLPLoss.apply(x, weights, biases, target, dims, activation, last_activation, loss)
 
 
 
@@ -500,14 +612,25 @@ class LossStep(NamedTuple):
     loss: str
 
 
+class NarrowLossStep(NamedTuple):
+    """A narrow stretch ending in the mean loss against the chain's target (``fused_narrow_mlp_loss``);
+    its parameters are each layer's (weight, bias or None)."""
+    dims: tuple[int, ...]
+    activation: str
+    last_activation: str
+    loss: str
+
+
+_LOSS_STEPS = (LossStep, NarrowLossStep)
 # Tensors each kind of step saves for backward: a layer its input, output and GELU's pre-activation; a
 # narrow stretch its input, output, hidden activations (empty when recomputed) and packed weights and
-# biases; the loss its input and d loss / d z.
-_SAVED_PER_STEP = {LinearStep: 3, NarrowStep: 5, LossStep: 2}
+# biases; the loss its input and d loss / d z; a narrow stretch ending in its loss its input and packed
+# weights and biases (backward recomputes the rest).
+_SAVED_PER_STEP = {LinearStep: 3, NarrowStep: 5, LossStep: 2, NarrowLossStep: 3}
 
 
 def _parameter_count(step) -> int:
-    return 2 * (len(step.dims) - 1) if isinstance(step, NarrowStep) else 2
+    return 2 * (len(step.dims) - 1) if isinstance(step, (NarrowStep, NarrowLossStep)) else 2
 
 
 def _layout(steps) -> list[tuple[int, int]]:
@@ -538,6 +661,9 @@ def _chain_reference(x: Tensor, target: Optional[Tensor], seed: Tensor, steps, *
         elif isinstance(step, NarrowStep):
             h = reference.narrow_forward(h, *_packed(taken), step.dims, _activation(step.activation),
                                          _activation(step.last_activation))
+        elif isinstance(step, NarrowLossStep):
+            h = reference.narrow_loss(h, *_packed(taken), target, step.dims, _activation(step.activation),
+                                      _activation(step.last_activation), step.loss)
         else:
             h = reference.loss_of_output(reference.pre_activation(h, *taken), target,
                                          _activation(step.output_activation), step.loss)
@@ -562,6 +688,11 @@ class _Chain(torch.autograd.Function):
                 y, activations = _fused_narrow_mlp(h, weights, biases, list(step.dims), step.activation,
                                                    step.last_activation, differentiable and NARROW_SAVES_ACTIVATIONS)
                 saved += [h, y, activations, weights, biases]
+            elif isinstance(step, NarrowLossStep):
+                weights, biases = _packed(taken)
+                y = _fused_narrow_mlp_loss(h, weights, biases, target, list(step.dims), step.activation,
+                                           step.last_activation, step.loss)
+                saved += [h, weights, biases]
             else:
                 y, grad_z = _fused_linear_loss(h, *taken, target, step.output_activation, step.loss)
                 saved += [h, grad_z]
@@ -603,6 +734,13 @@ class _Chain(torch.autograd.Function):
                                                      need_input_grad)
                 layers = reference.narrow_layers(grad_w, grad_b, step.dims)  # views, one pair per layer
                 grad_parameters[first:first + 2 * len(layers)] = [g for pair in layers for g in pair]
+            elif isinstance(step, NarrowLossStep):
+                h, weights, biases = saved[at:at + 3]
+                grad, grad_w, grad_b, grad_target = _narrow_loss_grads(
+                    _fused_narrow_mlp_loss_backward, grad, h, weights, biases, target, step.dims, step.activation,
+                    step.last_activation, step.loss, need_input_grad, ctx.needs_input_grad[1])
+                layers = reference.narrow_layers(grad_w, grad_b, step.dims)
+                grad_parameters[first:first + 2 * len(layers)] = [g for pair in layers for g in pair]
             else:
                 h, grad_z = saved[at:at + 2]
                 grad, grad_w, grad_b, grad_target = _loss_grads(
@@ -613,17 +751,19 @@ class _Chain(torch.autograd.Function):
 
 
 def fused_chain(x: Tensor, target: Optional[Tensor], seed: Tensor, steps, parameters) -> Tensor:
-    """x (2-D) through ``steps`` (LinearStep, NarrowStep; a LossStep last, against ``target``) with
+    """x (2-D) through ``steps`` (LinearStep, NarrowStep; a LossStep or NarrowLossStep last, against
+    ``target``) with
     ``parameters``, each step's (weight, bias) pairs in order, as one autograd node outside
     torch.compile; returns the last step's output, or the loss. ``seed`` is the corruption's."""
     steps = tuple(steps)
     parameters = tuple(parameters)
-    if not all(isinstance(step, (LinearStep, NarrowStep, LossStep)) for step in steps):
-        raise TypeError(f"steps must be LinearStep, NarrowStep and LossStep tuples, got {steps}")
-    if any(isinstance(step, LossStep) for step in steps[:-1]) or not steps:
-        raise ValueError(f"steps must be one or more LinearStep and NarrowStep, a LossStep only last; got {steps}")
-    if (target is not None) != isinstance(steps[-1], LossStep):
-        raise ValueError("target must be given exactly when the last step is a LossStep")
+    if not all(isinstance(step, (LinearStep, NarrowStep, *_LOSS_STEPS)) for step in steps):
+        raise TypeError(f"steps must be LinearStep, NarrowStep, LossStep and NarrowLossStep tuples, got {steps}")
+    if any(isinstance(step, _LOSS_STEPS) for step in steps[:-1]) or not steps:
+        raise ValueError(f"steps must be one or more LinearStep and NarrowStep, a LossStep or NarrowLossStep "
+                         f"only last; got {steps}")
+    if (target is not None) != isinstance(steps[-1], _LOSS_STEPS):
+        raise ValueError("target must be given exactly when the last step is a LossStep or NarrowLossStep")
     if len(parameters) != sum(map(_parameter_count, steps)):
         raise ValueError(f"parameters must hold a (weight, bias) pair per layer of the steps: "
                          f"{sum(map(_parameter_count, steps))} tensors, got {len(parameters)}")
@@ -748,21 +888,68 @@ def _reference_narrow_backward(grad_out, x, out, saved, weights, biases, dims, a
             block_activations = [x[block], *hidden, out[block]]
         else:
             block_activations = [a[block] for a in activations]
-        grad = grad_out[block].to(wide)
-        for index in reversed(range(len(layer_weights))):
-            grad_z = reference.activation_backward(grad, None, block_activations[index + 1].to(wide), acts[index])
-            grad_ws[index].addmm_(grad_z.T, block_activations[index].to(wide))
-            if biases is not None:
-                grad_bs[index] += grad_z.sum(0)
-            if index:
-                grad = grad_z @ layer_weights[index]
-            elif need_input_grad and x.dtype == wide:
-                torch.mm(grad_z, layer_weights[0], out=grad_x[block])
-            elif need_input_grad:
-                grad_x[block] = grad_z @ layer_weights[0]
+        _narrow_block_backward(grad_out[block].to(wide), block_activations, layer_weights, acts, grad_ws,
+                               grad_bs if biases is not None else None, grad_x[block] if need_input_grad else None)
+    return _narrow_packed_grads(grad_x, grad_ws, grad_bs, weights, biases)
+
+
+def _narrow_block_backward(grad, block_activations, layer_weights, acts, grad_ws, grad_bs, grad_x_block) -> None:
+    """Backward through a block of rows: ``grad`` (accumulation dtype) at the last layer's output,
+    [its input, each layer's output] of the block, and each layer's weight and activation; adds to
+    the weights' and (unless None) biases' gradient sums, and writes dx to ``grad_x_block`` unless None."""
+    for index in reversed(range(len(layer_weights))):
+        wide = grad.dtype
+        grad_z = reference.activation_backward(grad, None, block_activations[index + 1].to(wide), acts[index])
+        grad_ws[index].addmm_(grad_z.T, block_activations[index].to(wide))
+        if grad_bs is not None:
+            grad_bs[index] += grad_z.sum(0)
+        if index:
+            grad = grad_z @ layer_weights[index]
+        elif grad_x_block is not None and grad_x_block.dtype == wide:
+            torch.mm(grad_z, layer_weights[0], out=grad_x_block)
+        elif grad_x_block is not None:
+            grad_x_block.copy_(grad_z @ layer_weights[0])
+
+
+def _narrow_packed_grads(grad_x, grad_ws, grad_bs, weights, biases) -> tuple[Tensor, Tensor, Tensor]:
     grad_w = torch.cat([g.reshape(-1) for g in grad_ws]).to(weights.dtype)
     grad_b = torch.cat(grad_bs).to(biases.dtype) if biases is not None else weights.new_empty(0)
     return grad_x, grad_w, grad_b
+
+
+def _narrow_block_pre_activation(x_block, layers, acts) -> tuple[list[Tensor], Tensor]:
+    """(the hidden layers' outputs, rounded as the forward rounds them; the last layer's pre-activation
+    in the accumulation dtype) of a block of rows."""
+    hidden = _narrow_block_forward(x_block, layers[:-1], acts[:-1], [None] * len(acts[:-1])) if len(layers) > 1 else []
+    last_input = (hidden[-1] if hidden else x_block).to(layers[-1][0].dtype)
+    return hidden, _matmul(last_input, *layers[-1])
+
+
+def _reference_narrow_loss(x, weights, biases, target, dims, activation, last_activation, loss):
+    layers, acts = _narrow_parameters(x, weights, biases, dims, activation, last_activation)
+    total = 0.0
+    for block in _narrow_blocks(x, dims):
+        _, z = _narrow_block_pre_activation(x[block], layers, acts)
+        total = total + reference.loss_of_output(z, target[block], last_activation, loss) * z.numel()
+    count = x.shape[0] * dims[-1]
+    return torch.as_tensor(total / count if count else math.nan, dtype=accumulation_dtype(x.dtype), device=x.device)
+
+
+def _reference_narrow_loss_backward(grad_loss, x, weights, biases, target, dims, activation, last_activation, loss,
+                                    need_input_grad):
+    layers, acts = _narrow_parameters(x, weights, biases, dims, activation, last_activation)
+    layer_weights = [weight_t.T for weight_t, _ in layers]
+    grad_ws = [torch.zeros_like(weight) for weight in layer_weights]
+    grad_bs = [weight.new_zeros(weight.shape[0]) for weight in layer_weights]
+    grad_x = empty_on_huge_pages(*x.shape, dtype=x.dtype, device=x.device) if need_input_grad else x.new_empty(0)
+    scale = grad_loss.to(layer_weights[0].dtype) / max(1, x.shape[0] * dims[-1])
+    for block in _narrow_blocks(x, dims):  # every activation recomputed, a block at a time
+        hidden, z = _narrow_block_pre_activation(x[block], layers, acts)
+        grad_z = reference.loss_gradient(z, target[block], last_activation, loss, scale)
+        # The last layer's derivative is in grad_z already: it passes as a layer without activation.
+        _narrow_block_backward(grad_z, [x[block], *hidden, z], layer_weights, acts[:-1] + [None], grad_ws,
+                               grad_bs if biases is not None else None, grad_x[block] if need_input_grad else None)
+    return _narrow_packed_grads(grad_x, grad_ws, grad_bs, weights, biases)
 
 
 for _op, _reference_kernel, _triton_name in (
@@ -771,6 +958,8 @@ for _op, _reference_kernel, _triton_name in (
     (LOSS, _reference_loss, "linear_loss_forward"),
     (NARROW, _reference_narrow, "narrow_forward"),
     (NARROW_BACKWARD, _reference_narrow_backward, "narrow_backward"),
+    (NARROW_LOSS, _reference_narrow_loss, "narrow_loss_forward"),
+    (NARROW_LOSS_BACKWARD, _reference_narrow_loss_backward, "narrow_loss_backward"),
 ):
     _backends.register_kernel(_op, "reference", _reference_kernel)
     _backends.register_kernel(_op, "triton", _backends.lazy_kernel("aefast.mlp.triton_kernels", _triton_name))

@@ -175,13 +175,26 @@ def narrow_forward(x, weights, biases, dims, activation, last_activation) -> Ten
     return x
 
 
+def loss_gradient(z: Tensor, target: Tensor, output_activation, loss: str, scale) -> Tensor:
+    """``scale`` times d loss / d z of the summed (not mean) loss of the output pre-activation z (in
+    the accumulation dtype): BCE with logits sigmoid(z) - t, MSE 2 (act(z) - t) act'(z)."""
+    if loss == "bce":
+        return (torch.sigmoid(z) - _wide(target)) * scale
+    out = activate(z, output_activation)
+    return activation_backward(2 * (out - _wide(target)) * scale, z, out, output_activation)
+
+
 def linear_loss_forward(h, weight, bias, target, output_activation, loss) -> tuple[Tensor, Tensor]:
     """(mean loss, d loss / d z) of the last layer, z = h W^T + b, without its output as a result."""
     z = pre_activation(h, weight, bias)
-    count = z.numel()
-    if loss == "bce":
-        grad_z = (torch.sigmoid(z) - _wide(target)) / count
-    else:
-        out = activate(z, output_activation)
-        grad_z = activation_backward(2 * (out - _wide(target)) / count, z, out, output_activation)
+    grad_z = loss_gradient(z, target, output_activation, loss, 1 / z.numel())
     return loss_of_output(z, target, output_activation, loss), grad_z.to(h.dtype)
+
+
+def narrow_loss(x, weights, biases, target, dims, activation, last_activation, loss) -> Tensor:
+    """The narrow op's stretch with the loss fused into its last layer (the narrow loss op), in plain
+    differentiable ops: the hidden layers as ``narrow_forward``, the last as ``linear_loss_forward``."""
+    layers = narrow_layers(weights, biases, dims)
+    for weight, bias in layers[:-1]:
+        x = linear_forward(x, weight, bias, activation)
+    return loss_of_output(pre_activation(x, *layers[-1]), target, last_activation, loss)

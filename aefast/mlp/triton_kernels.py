@@ -10,6 +10,7 @@ Every kernel takes contiguous row-major tensors: x (M, K), weight (N, K), y (M, 
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from triton.testing import do_bench
 
 from aefast._sizes import cdiv, next_power_of_2
 from aefast._triton_random import philox_normal, philox_uniform
+from aefast.mlp import reference
 from aefast.mlp.precision import dot_precision, get_fp32_precision
 
 # Activation codes of the kernels, in the order of reference.ACTIVATIONS.
@@ -705,16 +707,41 @@ def _narrow_rows(chunk, block, M, rows, CHUNK_ROWS: tl.constexpr, BLOCK_M: tl.co
 
 
 @triton.jit
-def _narrow_forward_rows(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, acts_rows, first_row, acts_first_row, rows, cols,
-                         rows_valid, DIMS: tl.constexpr, W_OFFSETS: tl.constexpr, B_OFFSETS: tl.constexpr,
-                         ACT_COLS: tl.constexpr, NUM_LAYERS: tl.constexpr, LAYERS: tl.constexpr, ACT: tl.constexpr,
-                         LAST_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr,
-                         PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_D: tl.constexpr,
-                         SPLIT_DOTS: tl.constexpr):
+def _narrow_loss_rows(z, t_ptrs, valid, grad_ptrs, grad_scale, LAST_ACT: tl.constexpr, LOSS: tl.constexpr,
+                      WRITE_GRAD: tl.constexpr):
+    """The summed loss of a row block of the last layer's pre-activation z against the target at
+    ``t_ptrs`` (as _linear_loss_kernel computes it); when WRITE_GRAD, also grad_scale times d loss / d z
+    at ``grad_ptrs`` (float32, zero outside ``valid``)."""
+    target = tl.load(t_ptrs, mask=valid, other=0.0).to(tl.float32)
+    if LOSS == 1:  # BCE with logits, the stable form
+        loss = tl.maximum(z, 0.0) - z * target + tl.log(1.0 + tl.exp(-tl.abs(z)))
+        grad_z = _sigmoid(z) - target
+    else:
+        out = _activate(z, LAST_ACT)
+        diff = out - target
+        loss = diff * diff
+        grad_z = _times_activation_grad(2.0 * diff, out, LAST_ACT)
+    if WRITE_GRAD:
+        tl.store(grad_ptrs, tl.where(valid, grad_z * grad_scale, 0.0))
+    return tl.sum(tl.sum(tl.where(valid, loss, 0.0), axis=1), axis=0)
+
+
+@triton.jit
+def _narrow_forward_rows(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, t_ptr, grad_slot_ptr, grad_scale, acts_rows,
+                         first_row, acts_first_row, rows, cols, rows_valid, DIMS: tl.constexpr,
+                         W_OFFSETS: tl.constexpr, B_OFFSETS: tl.constexpr, ACT_COLS: tl.constexpr,
+                         NUM_LAYERS: tl.constexpr, LAYERS: tl.constexpr, ACT: tl.constexpr, LAST_ACT: tl.constexpr,
+                         HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, HAS_LOSS: tl.constexpr, LOSS: tl.constexpr,
+                         WRITE_GRAD: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                         BLOCK_D: tl.constexpr, SPLIT_DOTS: tl.constexpr):
     """The first LAYERS layers of the stretch on one row block (``first_row`` of x): the activations
     between layers stay on chip; when SAVE, the hidden ones are written at row ``acts_first_row`` of
     packed activations ``acts_rows`` rows long; the last layer's output, when LAYERS reaches it, to
-    ``out``. Each activation is rounded to the output's dtype, as the unfused chain rounds each layer."""
+    ``out``. Each activation is rounded to the output's dtype, as the unfused chain rounds each layer.
+    HAS_LOSS: the last layer's output is not written; returned is the block's summed loss against the
+    target ``t`` (_narrow_loss_rows), and, when WRITE_GRAD, grad_scale times d loss / d z is written to
+    this block's scratch slot at ``grad_slot_ptr`` (BLOCK_D float32 columns a row)."""
+    loss_sum = 0.0
     h = tl.load(x_ptr + first_row * DIMS[0] + (rows[:, None] * DIMS[0] + cols[None, :]),
                 mask=_row_tile_mask(rows_valid, cols, DIMS[0], BLOCK_D), other=0.0).to(tl.float32)
     for layer in tl.static_range(LAYERS):
@@ -727,54 +754,68 @@ def _narrow_forward_rows(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, acts_rows, firs
             z = _dot(h.to(w.dtype), tl.trans(w), PRECISION, UPCAST)
         if HAS_BIAS:
             z += tl.load(b_ptr + B_OFFSETS[layer] + cols, mask=cols < width_out, other=0.0).to(tl.float32)[None, :]
-        if layer == NUM_LAYERS - 1:
-            h = _activate(z, LAST_ACT)
-        else:
-            h = _activate(z, ACT)
         valid = _row_tile_mask(rows_valid, cols, width_out, BLOCK_D)
-        if width_out < BLOCK_D:
-            h = tl.where(valid, h, 0.0)  # padding columns stay zero whatever act(0) is
-        h = h.to(out_ptr.dtype.element_ty).to(tl.float32)
         tile = rows[:, None] * width_out + cols[None, :]
-        if SAVE:
-            if layer < NUM_LAYERS - 1:
-                tl.store(_saved_activations(acts_ptr, acts_rows, ACT_COLS, layer) + acts_first_row * width_out + tile,
-                         h.to(acts_ptr.dtype.element_ty), mask=valid)
-        if layer == NUM_LAYERS - 1:
-            tl.store(out_ptr + first_row * width_out + tile, h.to(out_ptr.dtype.element_ty), mask=valid)
+        if HAS_LOSS and layer == NUM_LAYERS - 1:
+            loss_sum = _narrow_loss_rows(z, t_ptr + first_row * width_out + tile, valid,
+                                         grad_slot_ptr + (rows[:, None] * BLOCK_D + cols[None, :]), grad_scale,
+                                         LAST_ACT, LOSS, WRITE_GRAD)
+        else:
+            if layer == NUM_LAYERS - 1:
+                h = _activate(z, LAST_ACT)
+            else:
+                h = _activate(z, ACT)
+            if width_out < BLOCK_D:
+                h = tl.where(valid, h, 0.0)  # padding columns stay zero whatever act(0) is
+            h = h.to(out_ptr.dtype.element_ty).to(tl.float32)
+            if SAVE:
+                if layer < NUM_LAYERS - 1:
+                    tl.store(_saved_activations(acts_ptr, acts_rows, ACT_COLS, layer) + acts_first_row * width_out
+                             + tile, h.to(acts_ptr.dtype.element_ty), mask=valid)
+            if layer == NUM_LAYERS - 1:
+                tl.store(out_ptr + first_row * width_out + tile, h.to(out_ptr.dtype.element_ty), mask=valid)
+    return loss_sum
 
 
 @triton.jit
-def _narrow_forward_kernel(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, M,
+def _narrow_forward_kernel(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, t_ptr, partial_ptr, inv_count, M,
                            DIMS: tl.constexpr, W_OFFSETS: tl.constexpr, B_OFFSETS: tl.constexpr,
                            ACT_COLS: tl.constexpr, NUM_LAYERS: tl.constexpr, ACT: tl.constexpr,
-                           LAST_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr,
-                           PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+                           LAST_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, HAS_LOSS: tl.constexpr,
+                           LOSS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
                            BLOCK_D: tl.constexpr, SPLIT_DOTS: tl.constexpr):
     """Every layer of the stretch on a block of rows; the activations between layers stay on chip
     (written to ``acts`` only when backward is to read them rather than recompute them). Rows are
     addressed as the linear kernels do: an int64 first row, 32-bit offsets inside the tile. SPLIT_DOTS
-    multiplies in quarters of the depth (_narrow_dot_in_quarters)."""
+    multiplies in quarters of the depth (_narrow_dot_in_quarters). HAS_LOSS: nothing is written but the
+    block's share of the mean loss against ``t``, at ``partial[program]`` (``out`` is only its dtype)."""
     first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
     rows, cols = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D)
     rows_valid = rows[:, None] < _extent(first_row, M, BLOCK_M)
-    _narrow_forward_rows(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, M, first_row, first_row, rows, cols, rows_valid,
-                         DIMS, W_OFFSETS, B_OFFSETS, ACT_COLS, NUM_LAYERS, NUM_LAYERS, ACT, LAST_ACT, HAS_BIAS, SAVE,
-                         PRECISION, UPCAST, BLOCK_D, SPLIT_DOTS)
+    loss_sum = _narrow_forward_rows(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, t_ptr, partial_ptr, 0.0, M, first_row,
+                                    first_row, rows, cols, rows_valid, DIMS, W_OFFSETS, B_OFFSETS, ACT_COLS, NUM_LAYERS,
+                                    NUM_LAYERS, ACT, LAST_ACT, HAS_BIAS, SAVE, HAS_LOSS, LOSS, False, PRECISION,
+                                    UPCAST, BLOCK_D, SPLIT_DOTS)
+    if HAS_LOSS:
+        tl.store(partial_ptr + tl.program_id(0), loss_sum * inv_count)  # the launcher adds them
 
 
 @triton.jit
 def _narrow_grad_z(gy_ptr, out_ptr, acts_ptr, grad_slot_ptr, acts_rows, first_row, acts_first_row, rows, cols,
                    rows_valid, LAYER: tl.constexpr, DIMS: tl.constexpr, ACT_COLS: tl.constexpr,
-                   NUM_LAYERS: tl.constexpr, ACT: tl.constexpr, LAST_ACT: tl.constexpr, BLOCK_D: tl.constexpr):
+                   NUM_LAYERS: tl.constexpr, ACT: tl.constexpr, LAST_ACT: tl.constexpr, HAS_LOSS: tl.constexpr,
+                   BLOCK_D: tl.constexpr):
     """dL/dz of layer LAYER on one row block, zero outside it: the incoming gradient (the stretch's
-    output gradient for the last layer, else this program's scratch slot) times act'(y). The block is
+    output gradient for the last layer, else this program's scratch slot) times act'(y); with HAS_LOSS,
+    the last layer's is in the scratch slot already. The block is
     row ``first_row`` of the stretch's input and output, and row ``acts_first_row`` of the packed
     activations (``acts_rows`` rows long)."""
     width_out: tl.constexpr = DIMS[LAYER + 1]
     out_mask = _row_tile_mask(rows_valid, cols, width_out, BLOCK_D)
     out_tile = first_row * width_out + (rows[:, None] * width_out + cols[None, :])
-    if LAYER == NUM_LAYERS - 1:
+    if LAYER == NUM_LAYERS - 1 and HAS_LOSS:
+        grad_z = tl.load(grad_slot_ptr)  # d loss / d z, which the recomputing forward left there
+    elif LAYER == NUM_LAYERS - 1:
         grad = tl.load(gy_ptr + out_tile, mask=out_mask, other=0.0).to(tl.float32)
         y = tl.load(out_ptr + out_tile, mask=out_mask, other=0.0).to(tl.float32)
         grad_z = _times_activation_grad(grad, y, LAST_ACT)
@@ -804,13 +845,14 @@ def _narrow_layer_input(x_ptr, acts_ptr, acts_rows, first_row, acts_first_row, r
 
 
 @triton.jit
-def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, b_ptr, gx_ptr, partials_ptr, scratch_ptr, M,
-                            DIMS: tl.constexpr, W_OFFSETS: tl.constexpr, B_OFFSETS: tl.constexpr,
+def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, b_ptr, gx_ptr, partials_ptr, scratch_ptr,
+                            t_ptr, scale_ptr, inv_count, M, DIMS: tl.constexpr, W_OFFSETS: tl.constexpr, B_OFFSETS: tl.constexpr,
                             ACT_COLS: tl.constexpr, NUM_LAYERS: tl.constexpr, ACT: tl.constexpr,
                             LAST_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, NEED_GX: tl.constexpr,
                             PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_D: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, SPLIT_PASSES: tl.constexpr,
-                            RECOMPUTE: tl.constexpr, ACTS_PER_ROW: tl.constexpr, SPLIT_DOTS: tl.constexpr):
+                            RECOMPUTE: tl.constexpr, ACTS_PER_ROW: tl.constexpr, SPLIT_DOTS: tl.constexpr,
+                            HAS_LOSS: tl.constexpr, LOSS: tl.constexpr):
     """Backward through the stretch, last layer first, over chunks of CHUNK_BLOCKS row blocks: per row
     block dz = dh * act'(h) and dh = dz W; a layer's weight and bias gradients are summed over the
     chunk on chip, then added to this program's own float32 partial sums (row program_id of
@@ -830,6 +872,10 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, b_ptr, gx_p
     again on its rows (SPLIT_DOTS as the forward's), into this program's own rows of ``acts`` (a chunk
     of packed activations, ACTS_PER_ROW to a row), which stay in L2 too. The stretch's activation
     memory is then its output alone.
+
+    HAS_LOSS (with RECOMPUTE): the stretch ends in the mean loss against ``t``, and the forward kept
+    nothing. The recomputing forward runs the last layer too, and leaves d loss / d z times the loss's
+    gradient (``scale``) over the count in the last layer's scratch slots, where dh would wait.
     """
     cols = tl.arange(0, BLOCK_D)
     rows = tl.arange(0, BLOCK_M)
@@ -843,14 +889,19 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, b_ptr, gx_p
         acts_rows = CHUNK_ROWS
     else:
         acts_rows = M
+    grad_scale = 0.0
+    if HAS_LOSS:
+        grad_scale = tl.load(scale_ptr).to(tl.float32) * inv_count
+    FORWARD_LAYERS: tl.constexpr = NUM_LAYERS if HAS_LOSS else NUM_LAYERS - 1
     for chunk in range(tl.program_id(0), tl.cdiv(M, CHUNK_ROWS), tl.num_programs(0)):
         if RECOMPUTE:
             for block in range(CHUNK_BLOCKS):
                 first_row, rows_valid = _narrow_rows(chunk, block, M, rows, CHUNK_ROWS, BLOCK_M)
-                _narrow_forward_rows(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, acts_rows, first_row, block * BLOCK_M,
-                                     rows, cols, rows_valid, DIMS, W_OFFSETS, B_OFFSETS, ACT_COLS, NUM_LAYERS,
-                                     NUM_LAYERS - 1, ACT, LAST_ACT, HAS_BIAS, True, PRECISION, UPCAST, BLOCK_D,
-                                     SPLIT_DOTS)
+                _narrow_forward_rows(x_ptr, w_ptr, b_ptr, out_ptr, acts_ptr, t_ptr,
+                                     slots + (NUM_LAYERS % 2) * CHUNK_ROWS * BLOCK_D + block * BLOCK_M * BLOCK_D,
+                                     grad_scale, acts_rows, first_row, block * BLOCK_M, rows, cols, rows_valid, DIMS,
+                                     W_OFFSETS, B_OFFSETS, ACT_COLS, NUM_LAYERS, FORWARD_LAYERS, ACT, LAST_ACT,
+                                     HAS_BIAS, True, HAS_LOSS, LOSS, True, PRECISION, UPCAST, BLOCK_D, SPLIT_DOTS)
             tl.debug_barrier()  # the layers below read rows other threads wrote
         for layer in tl.static_range(NUM_LAYERS - 1, -1, -1):
             width_in = DIMS[layer]
@@ -864,7 +915,7 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, b_ptr, gx_p
                 acts_first_row = block * BLOCK_M if RECOMPUTE else first_row
                 grad_z = _narrow_grad_z(gy_ptr, out_ptr, acts_ptr, grad_in_slots + block * BLOCK_M * BLOCK_D,
                                         acts_rows, first_row, acts_first_row, rows, cols, rows_valid, layer, DIMS,
-                                        ACT_COLS, NUM_LAYERS, ACT, LAST_ACT, BLOCK_D)
+                                        ACT_COLS, NUM_LAYERS, ACT, LAST_ACT, HAS_LOSS, BLOCK_D)
                 if not SPLIT_PASSES:
                     h_in = _narrow_layer_input(x_ptr, acts_ptr, acts_rows, first_row, acts_first_row, rows, cols,
                                                rows_valid, layer, DIMS, ACT_COLS, BLOCK_D)
@@ -883,7 +934,7 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, b_ptr, gx_p
                     acts_first_row = block * BLOCK_M if RECOMPUTE else first_row
                     grad_z = _narrow_grad_z(gy_ptr, out_ptr, acts_ptr, grad_in_slots + block * BLOCK_M * BLOCK_D,
                                             acts_rows, first_row, acts_first_row, rows, cols, rows_valid, layer,
-                                            DIMS, ACT_COLS, NUM_LAYERS, ACT, LAST_ACT, BLOCK_D)
+                                            DIMS, ACT_COLS, NUM_LAYERS, ACT, LAST_ACT, HAS_LOSS, BLOCK_D)
                     h_in = _narrow_layer_input(x_ptr, acts_ptr, acts_rows, first_row, acts_first_row, rows, cols,
                                                rows_valid, layer, DIMS, ACT_COLS, BLOCK_D)
                     grad_w += _dot(tl.trans(grad_z.to(w.dtype)), h_in.to(w.dtype), PRECISION, UPCAST)
@@ -963,11 +1014,33 @@ def narrow_forward(x, weights, biases, dims, activation, last_activation, save):
     block_d, block_m, warps = _narrow_blocks(dims, rows, _operands(x.dtype), "forward")
     precision = _precision(x.dtype)
     _narrow_forward_kernel[(cdiv(rows, block_m),)](
-        x, weights, weights if biases is None else biases, out, acts if acts.numel() else out, rows, **layout,
-        ACT=ACTIVATION_CODES[activation], LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None,
-        SAVE=save, PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
-        SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps)
+        x, weights, weights if biases is None else biases, out, acts if acts.numel() else out, out, out, 0.0, rows,
+        **layout, ACT=ACTIVATION_CODES[activation], LAST_ACT=ACTIVATION_CODES[last_activation],
+        HAS_BIAS=biases is not None, SAVE=save, HAS_LOSS=False, LOSS=0, PRECISION=precision, UPCAST=_upcast(x.dtype),
+        BLOCK_M=block_m, BLOCK_D=block_d, SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps)
     return out, acts
+
+
+def _inverse_count(count: int) -> float:
+    """1 / count, the mean's factor (NaN for no elements, as torch's mean of nothing)."""
+    return 1.0 / count if count else math.nan
+
+
+def narrow_loss_forward(x, weights, biases, target, dims, activation, last_activation, loss):
+    """The mean loss of the stretch's output against ``target``, the output never written: each row
+    block adds its share (accumulation dtype, a 0-d tensor)."""
+    rows = x.shape[0]
+    block_d, block_m, warps = _narrow_blocks(dims, rows, _operands(x.dtype), "forward")
+    grid = max(1, cdiv(rows, block_m))
+    partial = torch.zeros(grid, dtype=torch.float32, device=x.device)
+    precision = _precision(x.dtype)
+    _narrow_forward_kernel[(grid,)](
+        x, weights, weights if biases is None else biases, x, x, target, partial,
+        _inverse_count(rows * dims[-1]), rows, **narrow_constants(tuple(dims)), ACT=ACTIVATION_CODES[activation],
+        LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, SAVE=False, HAS_LOSS=True,
+        LOSS=LOSS_CODES[loss], PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
+        SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps)
+    return partial.sum() if rows else torch.full((), math.nan, device=x.device)
 
 
 # Rows of a narrow backward chunk (its weight gradients are added once per chunk): the scratch of one
@@ -989,14 +1062,40 @@ def _narrow_backward_grid(rows: int, block_m: int, device: torch.device) -> tupl
 def narrow_backward(grad_out, x, out, acts, weights, biases, dims, activation, last_activation, need_input_grad):
     """(dx or an empty tensor, d weights, d biases or an empty tensor); the hidden activations from
     ``acts``, or, where it is empty, recomputed by each program for its chunks."""
-    rows = x.shape[0]
-    grad_x = torch.empty_like(x) if need_input_grad else x.new_empty(0)
     operands = _operands(x.dtype)
     recompute = acts.numel() == 0 and len(dims) > 2
     if recompute and NARROW_ROWS[(operands, "recompute")][_narrow_width(dims)] is None:
         # No tile recomputes in registers here: the forward kernel writes them for this backward alone.
         _, acts = narrow_forward(x, weights, biases, dims, activation, last_activation, save=True)
         recompute = False
+    return _narrow_backward_launch(grad_out, x, out, acts, weights, biases, dims, activation, last_activation,
+                                   need_input_grad, recompute)
+
+
+def narrow_loss_backward(grad_loss, x, weights, biases, target, dims, activation, last_activation, loss,
+                         need_input_grad):
+    """narrow_backward of narrow_loss_forward (``grad_loss`` a 0-d float32 tensor): every activation and
+    d loss / d z recomputed on chip, where a recomputing tile fits; elsewhere (a single layer, or no such
+    tile) the forward kernel writes the hidden activations and the last layer's pre-activation, from
+    which d loss / d z is taken in torch (in float32: only float32 modes lack the tile)."""
+    operands = _operands(x.dtype)
+    if len(dims) == 2 or NARROW_ROWS[(operands, "recompute")][_narrow_width(dims)] is None:
+        z, acts = narrow_forward(x, weights, biases, dims, activation, None, save=True)
+        scale = grad_loss * _inverse_count(z.numel())
+        grad_z = reference.loss_gradient(z.float(), target, last_activation, loss, scale).to(x.dtype)
+        return _narrow_backward_launch(grad_z, x, z, acts, weights, biases, dims, activation, None, need_input_grad,
+                                       recompute=False)
+    return _narrow_backward_launch(x, x, x, x.new_empty(0), weights, biases, dims, activation, last_activation,
+                                   need_input_grad, recompute=True, loss=(target, grad_loss, loss))
+
+
+def _narrow_backward_launch(grad_out, x, out, acts, weights, biases, dims, activation, last_activation,
+                            need_input_grad, recompute, loss=None):
+    """The narrow backward kernel (RECOMPUTE: ``acts`` is this launch's to allocate); ``loss``: the
+    (target, loss gradient, loss name) of a stretch ending in its loss, which always recomputes."""
+    rows = x.shape[0]
+    grad_x = torch.empty_like(x) if need_input_grad else x.new_empty(0)
+    operands = _operands(x.dtype)
     block_d, block_m, warps = _narrow_blocks(dims, rows, operands, "recompute" if recompute else "backward")
     chunk_blocks, programs = _narrow_backward_grid(rows, block_m, x.device)
     # Each program's float32 partial sums of the weights' gradients, then the biases' (a program without
@@ -1007,14 +1106,17 @@ def narrow_backward(grad_out, x, out, acts, weights, biases, dims, activation, l
     acts_per_row = sum(dims[1:-1])
     if recompute:
         acts = torch.empty(programs * chunk_blocks * block_m * acts_per_row, dtype=x.dtype, device=x.device)
+    target, grad_loss, loss_name = loss if loss is not None else (x, partials, "mse")
     precision = _precision(x.dtype)
     _narrow_backward_kernel[(programs,)](
         grad_out, x, out, acts if acts.numel() else out, weights, weights if biases is None else biases,
-        grad_x if need_input_grad else out, partials, scratch, rows, **narrow_constants(tuple(dims)),
-        ACT=ACTIVATION_CODES[activation], LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None,
-        NEED_GX=need_input_grad, PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
-        CHUNK_BLOCKS=chunk_blocks, SPLIT_PASSES=block_d > NARROW_ONE_PASS_WIDTH, RECOMPUTE=recompute,
-        ACTS_PER_ROW=acts_per_row, SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps)
+        grad_x if need_input_grad else out, partials, scratch, target, grad_loss, _inverse_count(rows * dims[-1]),
+        rows, **narrow_constants(tuple(dims)), ACT=ACTIVATION_CODES[activation],
+        LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, NEED_GX=need_input_grad,
+        PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, CHUNK_BLOCKS=chunk_blocks,
+        SPLIT_PASSES=block_d > NARROW_ONE_PASS_WIDTH, RECOMPUTE=recompute, ACTS_PER_ROW=acts_per_row,
+        SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), HAS_LOSS=loss is not None,
+        LOSS=LOSS_CODES[loss_name], num_warps=warps)
     grad_w = torch.empty_like(weights)
     grad_b = torch.empty_like(biases) if biases is not None else weights.new_empty(0)
     width = partials.shape[1]

@@ -21,7 +21,7 @@ PRECISIONS = (("fp32", "ieee"), ("fp32", "tf32x3"), ("fp32", "tf32"), ("bf16", "
 
 # Parameters whose type does not follow the tensors' element type.
 FIXED_TYPES = {"partial_ptr": "*fp32", "gw_ptr": "*fp32", "gb_ptr": "*fp32", "partials_ptr": "*fp32",
-               "scratch_ptr": "*fp32", "seed": "i64", "param": "fp32", "inv_count": "fp32"}
+               "scratch_ptr": "*fp32", "scale_ptr": "*fp32", "seed": "i64", "param": "fp32", "inv_count": "fp32"}
 
 
 def signature(kernel, element: str, constants: dict) -> dict:
@@ -40,8 +40,10 @@ def operands_of(element: str, precision: str) -> str:
 
 
 # The narrow kernels' cases by direction: "forward" saves the hidden activations, "unsaved" is the
-# forward that does not (inference, and training whose backward recomputes them: "recompute").
-NARROW_DIRECTIONS = {"forward": "forward", "unsaved": "forward", "backward": "backward", "recompute": "recompute"}
+# forward that does not (inference, and training whose backward recomputes them: "recompute"); "loss"
+# is the forward that ends in the loss (BCE, the heavier), "lossrecompute" its backward.
+NARROW_DIRECTIONS = {"forward": "forward", "unsaved": "forward", "backward": "backward", "recompute": "recompute",
+                     "loss": "forward", "lossrecompute": "recompute"}
 
 
 def has_tile(direction, element, precision, width):
@@ -62,16 +64,18 @@ def narrow_case(direction, element, precision, width):
 
     block_d, block_m, warps = triton_kernels._narrow_blocks([width] * 5, 2**20, operands_of(element, precision),
                                                             NARROW_DIRECTIONS[direction])
-    constants = dict(triton_kernels.narrow_constants((width,) * 5), ACT=1, LAST_ACT=0, HAS_BIAS=True,
-                     PRECISION=precision, UPCAST=False, BLOCK_M=block_m, BLOCK_D=block_d)
-    if direction in ("forward", "unsaved"):
+    has_loss = direction in ("loss", "lossrecompute")
+    constants = dict(triton_kernels.narrow_constants((width,) * 5), ACT=1, LAST_ACT=4 if has_loss else 0,
+                     HAS_BIAS=True, HAS_LOSS=has_loss, LOSS=1 if has_loss else 0, PRECISION=precision, UPCAST=False,
+                     BLOCK_M=block_m, BLOCK_D=block_d)
+    if direction in ("forward", "unsaved", "loss"):
         kernel, constants["SAVE"] = triton_kernels._narrow_forward_kernel, direction == "forward"
         constants["SPLIT_DOTS"] = triton_kernels.narrow_dots_in_quarters(precision, block_d)
     else:
         kernel, constants["NEED_GX"] = triton_kernels._narrow_backward_kernel, True
         constants["CHUNK_BLOCKS"] = triton_kernels._narrow_backward_grid(2**20, block_m, torch.device("cpu"))[0]
         constants["SPLIT_PASSES"] = block_d > triton_kernels.NARROW_ONE_PASS_WIDTH
-        constants["RECOMPUTE"], constants["ACTS_PER_ROW"] = direction == "recompute", 3 * width
+        constants["RECOMPUTE"], constants["ACTS_PER_ROW"] = direction in ("recompute", "lossrecompute"), 3 * width
         constants["SPLIT_DOTS"] = triton_kernels.narrow_dots_in_quarters(precision, block_d)
     return kernel, constants, warps
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import aefast
+from aefast._memory import peak_bytes
 from aefast.mlp import fp32_precision, ops, reference
 from aefast.nn import FusedAutoencoder, FusedLinear, FusedMLP
 from tests.mlp.test_layers import ACTIVATION_MODULES, float32_tolerance
@@ -219,14 +220,10 @@ def test_under_autocast_on_the_gpu_the_layers_compute_what_their_16_bit_copies_d
 
 
 def _peak_step_bytes(step) -> int:
-    """Bytes a training step allocates above what was live before it, at its peak."""
-    step()  # compiles and tunes first
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
+    """Bytes a training step allocates above what was live before it, at its peak (after a first
+    step, which compiles and tunes)."""
     step()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before
+    return peak_bytes(step, CUDA)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -244,19 +241,37 @@ def test_the_autoencoders_training_step_peaks_at_under_half_of_eagers_memory(dty
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_narrow_stacks_training_step_peaks_three_activations_below_eagers(dtype):
-    """bench_mlp.py's step of the 64-wide stack (the mean square of its output) at a quarter of its
-    batch: eager keeps the 3 hidden activations and the output for backward, the stack (recomputing)
-    the output alone, and both peak in the loss's backward, whose tensors are common to both (square's
-    backward holds 4 output-sized ones). So the stack's peak is eager's less at least 3 activations
-    (1 MiB of slack for small buffers); the H200 run of 2026-12-05, which saved them, peaked at
-    eager's."""
+def test_the_narrow_stacks_training_step_peaks_at_under_half_of_eagers_memory(dtype):
+    """bench_mlp.py's step of the 64-wide stack at a quarter of its batch: FusedMLP.loss against a target
+    keeps nothing of the stack for backward, which recomputes it a chunk at a time (a few MiB of
+    scratch per SM), while eager's F.mse_loss(stack(x), target) holds each layer's output and two
+    output-sized gradients at once (6 activations on the CPU allocator's record)."""
     torch.manual_seed(6)
     fused = FusedMLP([64] * 5, activation="relu").to(CUDA, dtype)
     eager = fused.to_sequential()
-    x = random(2**18, 64, seed=6).to(dtype)
-    peaks = [_peak_step_bytes(lambda model=model: torch.autograd.grad(model(x).square().mean(),
-                                                                      list(model.parameters())))
-             for model in (fused, eager)]
-    activation = x.numel() * x.element_size()
-    assert peaks[0] + 3 * activation <= peaks[1] + 2**20, (peaks, activation)
+    x, target = random(2**18, 64, seed=6).to(dtype), random(2**18, 64, seed=7).to(dtype)
+    fused_peak = _peak_step_bytes(lambda: torch.autograd.grad(fused.loss(x, target), list(fused.parameters())))
+    eager_peak = _peak_step_bytes(lambda: torch.autograd.grad(F.mse_loss(eager(x), target), list(eager.parameters())))
+    assert fused_peak <= 0.5 * eager_peak, (fused_peak, eager_peak)
+
+
+@pytest.mark.parametrize("dims,output_activation,loss", [([64] * 5, None, "mse"), ([17, 100, 3, 33], "sigmoid", "bce"),
+                                                         ([33, 128, 128, 5], "sigmoid", "mse")])
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+def test_mlp_loss_on_the_gpu_equals_sequential(dims, output_activation, loss, precision):
+    """FusedMLP.loss through the narrow loss kernels (and at width 128 in 3xTF32, their fallback), at
+    the benchmark's batch and an odd one."""
+    torch.manual_seed(8)
+    fused = FusedMLP(dims, activation="tanh", output_activation=output_activation).to(CUDA)
+    eager = fused.to_sequential()
+    for batch in (129, 2**16 + 3):
+        x, target = random(batch, dims[0], seed=batch), random(batch, dims[-1], seed=batch + 1).sigmoid()
+        with fp32_precision(precision):
+            value = fused.loss(x, target, loss)
+            got = torch.autograd.grad(value, list(fused.parameters()))
+        output = eager(x)
+        expected = F.mse_loss(output, target) if loss == "mse" else F.binary_cross_entropy(output, target)
+        want = torch.autograd.grad(expected, list(eager.parameters()))
+        torch.testing.assert_close(value, expected, atol=1e-6, rtol=1e-5)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

@@ -12,7 +12,7 @@ from aefast.mlp import ops, reference
 from aefast.nn import FusedAutoencoder, FusedMLP
 from tests.conftest import aefast_ops_run_by
 
-DIFFERENTIABLE_OPS = ("fused_linear", "fused_linear_loss", "fused_narrow_mlp")
+DIFFERENTIABLE_OPS = ("fused_linear", "fused_linear_loss", "fused_narrow_mlp", "fused_narrow_mlp_loss")
 ENTRIES = {"op": SimpleNamespace(**{name: getattr(torch.ops.aefast, name) for name in DIFFERENTIABLE_OPS}),
            "function": SimpleNamespace(**{name: getattr(ops, name) for name in DIFFERENTIABLE_OPS})}
 
@@ -191,6 +191,32 @@ def test_gradgradcheck_narrow(mlp_backend, entry):
     assert torch.autograd.gradgradcheck(stretch, (x, weights, biases))
 
 
+@pytest.mark.parametrize("loss,last_activation", [("mse", "relu"), ("bce", "sigmoid")])
+def test_gradgradcheck_narrow_loss(mlp_backend, entry, loss, last_activation):
+    """With the target differentiable too (backward takes its gradient through the reference)."""
+    dims = [5, 7, 3, 4]
+    x, weights, biases, target = float64_leaves((6, 5), (5 * 7 + 7 * 3 + 3 * 4,), (7 + 3 + 4,), (6, 4), seed=7)
+
+    def value(x, weights, biases, target):
+        return entry.fused_narrow_mlp_loss(x, weights, biases, target, dims, "tanh", last_activation, loss)
+    assert torch.autograd.gradgradcheck(value, (x, weights, biases, target.sigmoid().detach().requires_grad_()))
+
+
+@pytest.mark.parametrize("loss,last_activation", [("mse", "none"), ("bce", "sigmoid")])
+def test_opcheck_narrow_loss(mlp_backend, loss, last_activation):
+    torch.manual_seed(11)
+    dims = [6, 10, 4]
+    x = torch.randn(9, 6, requires_grad=True)
+    weights = torch.randn(6 * 10 + 10 * 4, requires_grad=True)
+    biases = torch.randn(14, requires_grad=True)
+    target = torch.rand(9, 4)
+    torch.library.opcheck(torch.ops.aefast.fused_narrow_mlp_loss.default,
+                          (x, weights, biases, target, dims, "leaky_relu", last_activation, loss))
+    torch.library.opcheck(torch.ops.aefast.fused_narrow_mlp_loss_backward.default,
+                          (torch.tensor(0.5), x.detach(), weights.detach(), biases.detach(), target, dims, "leaky_relu",
+                           last_activation, loss, True))
+
+
 def test_a_plain_backward_runs_the_backward_kernels_and_a_create_graph_one_the_plain_ops(mlp_backend):
     torch.manual_seed(6)
     model = FusedAutoencoder([9, 6, 5, 3], activation="tanh", output_activation="sigmoid")
@@ -236,10 +262,12 @@ def _float32_cases():
          (0, 1, 2)),
         ("fused_narrow_mlp", (rand(7, 6), rand(6 * 9 + 9 * 3 + 3 * 5), rand(9 + 3 + 5), dims, "relu", "sigmoid",
                               True), (0, 1, 2)),
+        ("fused_narrow_mlp_loss", (rand(7, 6), rand(6 * 9 + 9 * 3 + 3 * 5), rand(9 + 3 + 5), rand(7, 5).sigmoid(),
+                                   dims, "relu", "sigmoid", "bce"), (0, 1, 2)),
     ]
 
 
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(5))
 def test_the_eager_functions_equal_the_ops_bit_for_bit_without_their_dispatch(mlp_backend, case):
     """Outside torch.compile the layers call ops.fused_linear & co.: autograd.Functions over the ops' own
     checks and kernels, without the op's dispatch (which took 40 of a differentiable call's 47 us of host
@@ -249,7 +277,8 @@ def test_the_eager_functions_equal_the_ops_bit_for_bit_without_their_dispatch(ml
 
     def outputs_and_gradients(call):
         leaves = [t.clone().requires_grad_() if i in differentiable else t for i, t in enumerate(inputs)]
-        out = call(*leaves)[0]
+        out = call(*leaves)
+        out = out if isinstance(out, torch.Tensor) else out[0]  # (output, tensor for backward only) but the loss
         grad_out = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
         return [out, *torch.autograd.grad(out, [leaves[i] for i in differentiable], grad_out)]
 
