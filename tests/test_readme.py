@@ -22,6 +22,7 @@ reconstruction_loss = torch.nn.functional.mse_loss
 import torch
 x = torch.rand(5, 784)
 my_sequential = torch.nn.Sequential(torch.nn.Linear(784, 100), torch.nn.Tanh(), torch.nn.Linear(100, 17))
+x64, target = torch.randn(9, 64), torch.randn(9, 64)
 """,
     "from aefast.train import fit": "",
     "WillshawMemory(n)": "",
