@@ -2,8 +2,10 @@
 FusedAutoencoder (encoder + decoder with the seeds' undercomplete, sparse and denoising losses).
 
 Each layer runs the op ``aefast::fused_linear`` (Triton on the GPU, the PyTorch reference on the
-CPU); the autoencoder's loss runs its last layer as ``aefast::fused_linear_loss`` and its first
-with the corruption generated in the load.
+CPU), a narrow stretch ``aefast::fused_narrow_mlp``. The losses (``FusedMLP.loss``,
+``FusedAutoencoder.loss``) run the last layer as ``aefast::fused_linear_loss``, or a narrow stretch that
+ends the model as ``aefast::fused_narrow_mlp_loss``; the autoencoder's first layer generates the
+corruption in its load.
 """
 from __future__ import annotations
 
@@ -248,26 +250,9 @@ class FusedMLP(nn.Module):
             return reference.loss_of_activated(self(rows), target_rows, loss)
         plain = _plain(rows.device)
         if _one_node(plain, hooked):
-            steps, parameters = _steps(layers, hooked)
-            last = steps[-1]
-            steps[-1] = (ops.NarrowLossStep(last.dims, last.activation, last.last_activation, loss)
-                         if isinstance(last, ops.NarrowStep) else ops.LossStep(last_activation or "none", loss))
+            steps, parameters = _steps_with_loss(layers, hooked, loss)
             return ops.fused_chain(rows, target_rows, _NO_SEED, steps, parameters)
-        # Layer by layer: under torch.compile, with hooks on the layers before the last, in plain autograd.
-        start = next((start for start, end in _narrow_runs(layers, hooked) if end == len(layers)), None)
-        if start is not None and _narrow_by_op(plain, rows.shape[0], layers[start:], rows.dtype, rows.device):
-            h = _run_layers(layers[:start], rows, modules[:start], hooked[:start]).contiguous()
-            stretch = layers[start:]
-            weights, biases = _narrow_parameters(stretch)
-            return ops.fused_narrow_mlp_loss(h, weights, biases, target_rows, _narrow_dims(stretch),
-                                             stretch[0].activation or "none", last_activation or "none", loss)
-        h = _run_layers(layers[:-1], rows, modules[:-1], hooked[:-1])
-        last = layers[-1]
-        if plain:
-            return reference.loss_of_output(F.linear(h, last.weight, last.bias), target_rows, last_activation, loss)
-        value, _ = ops.fused_linear_loss(h.contiguous(), last.weight, last.bias, target_rows,
-                                         last_activation or "none", loss)
-        return value
+        return _layers_loss(layers, rows, target_rows, modules, hooked, loss, plain)
 
     @classmethod
     def from_sequential(cls, sequential: nn.Sequential) -> "FusedMLP":
@@ -430,6 +415,36 @@ def _steps(layers, hooked) -> tuple[list, list]:
     return steps, parameters
 
 
+def _steps_with_loss(layers, hooked, loss: str) -> tuple[list, list]:
+    """``_steps`` of layers whose last computes the mean loss: a narrow run that ends them becomes a
+    NarrowLossStep (nothing of it written), else the last layer a LossStep."""
+    steps, parameters = _steps(layers, hooked)
+    last = steps[-1]
+    steps[-1] = (ops.NarrowLossStep(last.dims, last.activation, last.last_activation, loss)
+                 if isinstance(last, ops.NarrowStep) else ops.LossStep(layers[-1].activation or "none", loss))
+    return steps, parameters
+
+
+def _layers_loss(layers, h: Tensor, target: Tensor, modules: list, hooked: list[bool], loss: str,
+                 plain: bool) -> Tensor:
+    """The mean loss of the layers' output on rows ``h`` against ``target``, layer by layer as
+    ``_run_layers`` runs them (under torch.compile, with hooks, in plain autograd), the loss fused into a
+    narrow run that ends them (where it runs through its op) or into the last layer. The last layer has
+    no hooks (the callers take the modules' own calls then)."""
+    start = next((start for start, end in _narrow_runs(layers, hooked) if end == len(layers)), None)
+    if start is not None and _narrow_by_op(plain, h.shape[0], layers[start:], h.dtype, h.device):
+        h = _run_layers(layers[:start], h, modules[:start], hooked[:start]).contiguous()
+        stretch = layers[start:]
+        return ops.fused_narrow_mlp_loss(h, *_narrow_parameters(stretch), target, _narrow_dims(stretch),
+                                         stretch[0].activation or "none", stretch[-1].activation or "none", loss)
+    h = _run_layers(layers[:-1], h, modules[:-1], hooked[:-1])
+    last = layers[-1]
+    if plain:
+        return reference.loss_of_output(F.linear(h, last.weight, last.bias), target, last.activation, loss)
+    value, _ = ops.fused_linear_loss(h.contiguous(), last.weight, last.bias, target, last.activation or "none", loss)
+    return value
+
+
 def _run_layers(layers, x: Tensor, modules: list, hooked: list[bool]) -> Tensor:
     """x through the layers (``_read_layers`` of ``modules``): narrow runs as one op each, the other
     layers one by one, a layer with hooks (``hooked[i]``) through its module's call; all as one autograd
@@ -571,25 +586,20 @@ class FusedAutoencoder(nn.Module):
             code = self.encoder(corrupted(rows, kind, param, seed_tensor))
             value = reference.loss_of_activated(self.decoder(code), rows, loss)
             return value + l1_code * code.abs().sum(1).mean() if l1_code else value
-        first, last = encoder_layers[0], decoder_layers[-1]
-        if not l1_code and _one_node(_plain(rows.device), hooked):  # (the code is not an output of the chain)
+        first = encoder_layers[0]
+        plain = _plain(rows.device)
+        if not l1_code and _one_node(plain, hooked):  # (the code is not an output of the chain)
             # The steps the layer-by-layer path below takes: the corrupting first layer, the encoder's and
-            # the decoder's narrow runs each apart, the loss layer.
-            steps, parameters = [ops.LinearStep(first.activation or "none", kind, param)], [first.weight, first.bias]
-            for stretch in (encoder_layers[1:], decoder_layers[:-1]):
-                more_steps, more_parameters = _steps(stretch, [False] * len(stretch))
-                steps, parameters = steps + more_steps, parameters + more_parameters
-            steps.append(ops.LossStep(last.activation or "none", loss))
-            return ops.fused_chain(rows, rows, seed_tensor, steps, parameters + [last.weight, last.bias])
+            # the decoder's narrow runs each apart, the loss fused into the decoder's last.
+            encoder_steps, encoder_parameters = _steps(encoder_layers[1:], [False] * (len(encoder_layers) - 1))
+            decoder_steps, decoder_parameters = _steps_with_loss(decoder_layers, [False] * len(decoder_layers), loss)
+            steps = [ops.LinearStep(first.activation or "none", kind, param)] + encoder_steps + decoder_steps
+            parameters = [first.weight, first.bias] + encoder_parameters + decoder_parameters
+            return ops.fused_chain(rows, rows, seed_tensor, steps, parameters)
         h = _linear(rows, first, first.activation, kind, param, seed_tensor)
         h = _run_layers(encoder_layers[1:], h, encoder_modules[1:], hooked[1:len(encoder_modules)])
         penalty = l1_code * h.abs().sum(1).mean() if l1_code else None
-        h = _run_layers(decoder_layers[:-1], h, decoder_modules[:-1], hooked[len(encoder_modules):-1])
-        if _plain(rows.device):
-            value = reference.loss_of_output(F.linear(h, last.weight, last.bias), rows, last.activation, loss)
-        else:
-            value, _ = ops.fused_linear_loss(h.contiguous(), last.weight, last.bias, rows,
-                                             last.activation or "none", loss)
+        value = _layers_loss(decoder_layers, h, rows, decoder_modules, hooked[len(encoder_modules):], loss, plain)
         return value if penalty is None else value + penalty
 
 

@@ -223,7 +223,7 @@ def test_a_plain_backward_runs_the_backward_kernels_and_a_create_graph_one_the_p
     x = torch.rand(4, 9)
     loss = model.loss(x, corruption=("mask", 0.2), seed=1)
     assert aefast_ops_run_by(lambda: torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)) == {
-        "fused_linear_backward", "fused_narrow_mlp_backward"}
+        "fused_linear_backward", "fused_narrow_mlp_backward", "fused_narrow_mlp_loss_backward"}
     assert aefast_ops_run_by(lambda: torch.autograd.grad(loss, list(model.parameters()), create_graph=True)) == set()
 
 
@@ -241,11 +241,16 @@ def test_a_compiled_training_step_keeps_the_backward_kernels(mlp_backend):
         return aot_module_simplified(graph_module, example_inputs, fw_compiler=keep, bw_compiler=keep)
 
     torch.manual_seed(2)
-    model = FusedAutoencoder([20, 9, 6, 3], output_activation="sigmoid")  # 9 -> 6 -> 3 and back: narrow
-    torch.compile(lambda x: model.loss(x, seed=3), fullgraph=True, backend=backend)(torch.rand(5, 20)).backward()
-    forward_graph, backward_graph = graphs
-    assert "fused_linear_loss" in forward_graph and "fused_narrow_mlp.default" in forward_graph
-    assert "fused_linear_backward" in backward_graph and "fused_narrow_mlp_backward" in backward_graph
+    # 9 -> 6 -> 3 and back to 9: narrow; the loss in a 9 -> 200 layer, or in the decoder's narrow stretch.
+    for width, loss_op in ((200, "fused_linear_loss"), (20, "fused_narrow_mlp_loss")):
+        graphs.clear()
+        model = FusedAutoencoder([width, 9, 6, 3], output_activation="sigmoid")
+        torch.compile(lambda x: model.loss(x, seed=3), fullgraph=True, backend=backend)(torch.rand(5, width)).backward()
+        forward_graph, backward_graph = graphs
+        assert f"{loss_op}.default" in forward_graph and "fused_narrow_mlp.default" in forward_graph
+        assert "fused_linear_backward" in backward_graph and "fused_narrow_mlp_backward" in backward_graph
+        if loss_op == "fused_narrow_mlp_loss":
+            assert "fused_narrow_mlp_loss_backward" in backward_graph
 
 
 def _float32_cases():
