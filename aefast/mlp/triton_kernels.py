@@ -846,8 +846,8 @@ def _narrow_layer_input(x_ptr, acts_ptr, acts_rows, first_row, acts_first_row, r
 
 @triton.jit
 def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, b_ptr, gx_ptr, partials_ptr, scratch_ptr,
-                            t_ptr, scale_ptr, inv_count, M, DIMS: tl.constexpr, W_OFFSETS: tl.constexpr, B_OFFSETS: tl.constexpr,
-                            ACT_COLS: tl.constexpr, NUM_LAYERS: tl.constexpr, ACT: tl.constexpr,
+                            t_ptr, scale_ptr, inv_count, M, DIMS: tl.constexpr, W_OFFSETS: tl.constexpr,
+                            B_OFFSETS: tl.constexpr, ACT_COLS: tl.constexpr, NUM_LAYERS: tl.constexpr, ACT: tl.constexpr,
                             LAST_ACT: tl.constexpr, HAS_BIAS: tl.constexpr, NEED_GX: tl.constexpr,
                             PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_D: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, SPLIT_PASSES: tl.constexpr,
@@ -1075,9 +1075,10 @@ def narrow_backward(grad_out, x, out, acts, weights, biases, dims, activation, l
 def narrow_loss_backward(grad_loss, x, weights, biases, target, dims, activation, last_activation, loss,
                          need_input_grad):
     """narrow_backward of narrow_loss_forward (``grad_loss`` a 0-d float32 tensor): every activation and
-    d loss / d z recomputed on chip, where a recomputing tile fits; elsewhere (a single layer, or no such
-    tile) the forward kernel writes the hidden activations and the last layer's pre-activation, from
-    which d loss / d z is taken in torch (in float32: only float32 modes lack the tile)."""
+    d loss / d z recomputed on chip, where a recomputing tile fits; elsewhere (a single layer, which the
+    layers never make a stretch of, or no such tile: only float32 modes lack one) the forward kernel
+    writes the hidden activations and the last layer's pre-activation in x's dtype, from which d loss / d z
+    is taken in torch."""
     operands = _operands(x.dtype)
     if len(dims) == 2 or NARROW_ROWS[(operands, "recompute")][_narrow_width(dims)] is None:
         z, acts = narrow_forward(x, weights, biases, dims, activation, None, save=True)
