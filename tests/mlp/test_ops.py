@@ -161,6 +161,21 @@ def test_gradcheck_narrow(mlp_backend, entry, activation, last_activation):
     assert torch.autograd.gradcheck(stretch, (x, weights, biases))
 
 
+@pytest.mark.parametrize("loss,activation,last_activation",
+                         [("mse", "relu", "none"), ("mse", "tanh", "sigmoid"), ("bce", "leaky_relu", "sigmoid")])
+def test_gradcheck_narrow_loss(mlp_backend, entry, loss, activation, last_activation):
+    """The written-out backward that recomputes every activation and d loss / d z (float64 runs the
+    reference's on every backend), the target differentiable too."""
+    dims = [5, 7, 3, 4]
+    x, weights, biases = float64_leaves((6, 5), (5 * 7 + 7 * 3 + 3 * 4,), (7 + 3 + 4,), seed=6)
+    target = torch.rand(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(7)).requires_grad_()
+
+    def value(x, weights, biases, target):
+        return entry.fused_narrow_mlp_loss(x, weights, biases, target, dims, activation, last_activation, loss)
+    assert value(x, weights, biases, target).dtype == torch.float64
+    assert torch.autograd.gradcheck(value, (x, weights, biases, target))
+
+
 # --- double backward: under create_graph each op's backward redoes its forward in plain ops ---------
 
 @pytest.mark.parametrize("activation,corruption", [("relu", "mask"), ("tanh", "gaussian"), ("gelu", "none"),
