@@ -56,7 +56,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("willshaw_sums_cuda", &aefast::willshaw_sums_cuda, "matrix"_a, "n_in"_a, "n_out"_a, "cue_values"_a,
         "value_count"_a, "cue_offsets"_a, "cues"_a, "out"_a, "at_least"_a, "stream"_a,
         "int32 sums, or with at_least >= 0, uint8 sum >= at_least");
-  m.def("willshaw_unpack_cuda", &aefast::willshaw_unpack_cuda, "words"_a, "rows"_a, "n_out"_a, "out"_a, "stream"_a);
+  m.def("willshaw_unpack_cuda", &aefast::willshaw_unpack_cuda, "words"_a, "counts"_a, "rows"_a, "n_out"_a, "out"_a,
+        "stream"_a);
   m.def("willshaw_count_ones_cuda", &aefast::willshaw_count_ones_cuda, "words"_a, "count"_a, "total"_a, "stream"_a,
         "Adds the set bits of the words to *total");
 #endif

@@ -53,9 +53,10 @@ def _and(matrix, cue_values, cue_offsets):
     return words, counts
 
 
-def _unpack(words, n_out):
+def _unpack(words, counts, n_out):
     out = torch.empty(words.shape[0], n_out, dtype=torch.uint8, device=words.device)
-    _launch("unpack", words.device, device_pointer(words), words.shape[0], n_out, device_pointer(out))
+    _launch("unpack", words.device, device_pointer(words), device_pointer(counts), words.shape[0], n_out,
+            device_pointer(out))
     return out.view(torch.bool)
 
 

@@ -36,10 +36,11 @@ class RetrievalKernels:
 
     and_words(matrix, cue_values, cue_offsets) -> (words, counts): the AND of each cue's rows,
         (cues, words per row) int64, 0 for an empty cue; its set bits per ANSWER_GROUP words,
-        (cues, groups) int32.
+        (cues, groups) int32. A group whose count is 0 may be left unwritten: every reader takes the
+        counts first.
     sums(matrix, n_out, cue_values, cue_offsets, at_least) -> (cues, n_out) int32 sums, or with
         ``at_least`` an int, uint8 sum >= at_least.
-    unpack(words, n_out) -> (rows, n_out) bool.
+    unpack(words, counts, n_out) -> (rows, n_out) bool, False in the groups whose count is 0.
     extract(words, counts, ends, total) -> int64 positions of the set bits, group by group, at
         ends[cue, group] - counts[cue, group] (ends: inclusive cumulative counts over (cue, group)).
     row_flags(values, offsets, units, longest) -> int32 per row: 1 for a position outside [0, units),
@@ -64,7 +65,7 @@ class RetrievalKernels:
                 below = soft_fallback_flags(counts, cue_offsets).nonzero().flatten()
                 if below.numel():
                     self._apply_soft_fallback(matrix, n_out, cue_values, cue_offsets, below, words, counts)
-            return self.unpack(words, n_out)
+            return self.unpack(words, counts, n_out)
         if threshold == reference.FIXED:
             return self.sums(matrix, n_out, cue_values, cue_offsets, value).view(torch.bool)
         unit_sums = self.sums(matrix, n_out, cue_values, cue_offsets, None)

@@ -105,8 +105,10 @@ def _popcount(x):
 @triton.jit
 def _and_kernel(matrix_ptr, n_in, words_per_row, first_word, cue_values_ptr, value_count, cue_offsets_ptr, out_ptr,
                 counts_ptr, groups, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr, GROUP: tl.constexpr):
-    """out[cue, words] = AND of the cue's rows (0 for an empty cue); counts[cue, group] = its set bits in
-    each GROUP words. BLOCK_R rows are loaded at once: their loads are in flight together instead of one
+    """out[cue, words] = AND of the cue's rows (0 for an empty cue), written only in the GROUPs of words
+    that hold a set bit (at capacity nearly every group holds none, and writing it would add a row to
+    the M rows read: the readers take counts first); counts[cue, group] = its set bits in each GROUP
+    words. BLOCK_R rows are loaded at once: their loads are in flight together instead of one
     after another. Offsets and rows are clamped and masked to the tensors' bounds: a cue that fails its
     check (the verdict comes later) reads nothing outside them and loops no longer than its values."""
     cue = tl.program_id(0).to(tl.int64)
@@ -124,10 +126,11 @@ def _and_kernel(matrix_ptr, n_in, words_per_row, first_word, cue_values_ptr, val
                              mask=row_mask[:, None] & mask[None, :], other=-1)
         acc &= tl.reduce(tile_words, 0, _bit_and)
     acc = tl.where((stop > start) & mask, acc, 0)
-    tl.store(out_ptr + cue * words_per_row + words, acc, mask=mask)
     ones = tl.sum(tl.reshape(_popcount(acc.to(tl.uint64, bitcast=True)), (BLOCK_W // GROUP, GROUP)), axis=1)
     group_ids = first_word // GROUP + block * (BLOCK_W // GROUP) + tl.arange(0, BLOCK_W // GROUP)
     tl.store(counts_ptr + cue * groups + group_ids, ones, mask=group_ids < groups)
+    written = tl.reshape(tl.broadcast_to((ones > 0)[:, None], (BLOCK_W // GROUP, GROUP)), (BLOCK_W,))
+    tl.store(out_ptr + cue * words_per_row + words, acc, mask=mask & written)
 
 
 @triton.jit
@@ -157,11 +160,15 @@ def _extract_kernel(words_ptr, words_per_row, first_group, counts_ptr, ends_ptr,
 
 
 @triton.jit
-def _unpack_kernel(words_ptr, words_per_row, first_word, n_out, out_ptr, BLOCK_W: tl.constexpr):
-    """out[row, unit] (uint8 0/1) = bit unit % 64 of words[row, unit // 64]."""
+def _unpack_kernel(words_ptr, counts_ptr, groups, words_per_row, first_word, n_out, out_ptr, BLOCK_W: tl.constexpr,
+                   GROUP: tl.constexpr):
+    """out[row, unit] (uint8 0/1) = bit unit % 64 of words[row, unit // 64], 0 in a GROUP of words whose
+    count of ones is 0 (_and_kernel leaves those unwritten)."""
     row = tl.program_id(0).to(tl.int64)
     words = first_word + tl.program_id(1).to(tl.int64) * BLOCK_W + tl.arange(0, BLOCK_W)
-    packed = tl.load(words_ptr + row * words_per_row + words, mask=words < words_per_row, other=0)
+    inside = words < words_per_row
+    written = tl.load(counts_ptr + row * groups + words // GROUP, mask=inside, other=0) > 0
+    packed = tl.load(words_ptr + row * words_per_row + words, mask=inside & written, other=0)
     shifts = tl.arange(0, 64).to(tl.int64)
     bits = (packed[:, None] >> shifts[None, :]) & 1
     units = words[:, None] * 64 + shifts[None, :]
@@ -374,11 +381,11 @@ def _and(matrix, cue_values, cue_offsets):
     return out, counts
 
 
-def _unpack(words, n_out):
+def _unpack(words, counts, n_out):
     out = torch.empty(words.shape[0], n_out, dtype=torch.uint8, device=words.device)
     for first, count in _word_chunks(words.shape[1], AND_WORDS) if words.shape[0] else []:
-        _unpack_kernel[_grid(words.shape[0], count, AND_WORDS)](words, words.shape[1], first, n_out, out,
-                                                                BLOCK_W=AND_WORDS)
+        _unpack_kernel[_grid(words.shape[0], count, AND_WORDS)](words, counts, counts.shape[1], words.shape[1], first,
+                                                                n_out, out, BLOCK_W=AND_WORDS, GROUP=ANSWER_GROUP)
     return out.view(torch.bool)
 
 

@@ -91,7 +91,8 @@ void willshaw_extract_cuda(uintptr_t words, int64_t cues, int64_t words_per_row,
                            uintptr_t ends, uintptr_t out, int64_t total, uintptr_t stream);
 void willshaw_sums_cuda(uintptr_t matrix, int64_t n_in, int64_t n_out, uintptr_t cue_values, int64_t value_count,
                         uintptr_t cue_offsets, int64_t cues, uintptr_t out, int64_t at_least, uintptr_t stream);
-void willshaw_unpack_cuda(uintptr_t words, int64_t rows, int64_t n_out, uintptr_t out, uintptr_t stream);
+void willshaw_unpack_cuda(uintptr_t words, uintptr_t counts, int64_t rows, int64_t n_out, uintptr_t out,
+                          uintptr_t stream);
 void willshaw_count_ones_cuda(uintptr_t words, int64_t count, uintptr_t total, uintptr_t stream);
 #endif
 

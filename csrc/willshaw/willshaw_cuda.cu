@@ -82,6 +82,7 @@ __global__ void and_kernel(const Word* matrix, int64_t n_in, int64_t words_per_r
                            int64_t groups) {
   using Reduce = cub::BlockReduce<int, kGroupWords>;
   __shared__ typename Reduce::TempStorage reduce_storage;
+  __shared__ int group_ones;
   const int64_t cue = blockIdx.x;
   const int64_t start = clamped_offset(cue_offsets, cue, 0, value_count);
   const int64_t stop = clamped_offset(cue_offsets, cue + 1, start, value_count);
@@ -95,10 +96,16 @@ __global__ void and_kernel(const Word* matrix, int64_t n_in, int64_t words_per_r
 #pragma unroll
       for (int r = 0; r < kRowsInFlight; ++r) answer &= loaded[r];
     }
-    if (inside) out[cue * words_per_row + word] = answer;
     const int ones = Reduce(reduce_storage).Sum(inside ? __popcll(answer) : 0);
-    if (threadIdx.x == 0) counts[cue * groups + group] = ones;
-    __syncthreads();  // reduce_storage is used again by the next group
+    if (threadIdx.x == 0) {
+      counts[cue * groups + group] = ones;
+      group_ones = ones;
+    }
+    __syncthreads();
+    // A group without ones is not written (its readers take the count first): at capacity nearly every
+    // group, whose write would add a row to the M rows read.
+    if (inside && group_ones > 0) out[cue * words_per_row + word] = answer;
+    __syncthreads();  // reduce_storage and group_ones are used again by the next group
   }
 }
 
@@ -153,13 +160,17 @@ __global__ void sums_kernel(const Word* matrix, int64_t n_in, int64_t n_out, int
   }
 }
 
-// out[row, unit] (uint8 0/1) = bit unit % 64 of words[row, unit / 64].
-__global__ void unpack_kernel(const Word* words, int64_t words_per_row, int64_t n_out, uint8_t* out,
-                              int64_t unit_blocks) {
+// out[row, unit] (uint8 0/1) = bit unit % 64 of words[row, unit / 64], 0 in a group whose count of
+// ones is 0 (and_kernel leaves its words unwritten).
+__global__ void unpack_kernel(const Word* words, const int32_t* counts, int64_t groups, int64_t words_per_row,
+                              int64_t n_out, uint8_t* out, int64_t unit_blocks) {
   const int64_t row = blockIdx.x;
   for (int64_t block = blockIdx.y; block < unit_blocks; block += gridDim.y) {
     const int64_t unit = block * kUnitThreads + threadIdx.x;
-    if (unit < n_out) out[row * n_out + unit] = (words[row * words_per_row + (unit >> 6)] >> (unit & 63)) & 1;
+    if (unit >= n_out) continue;
+    const int64_t word = unit >> 6;
+    const bool written = counts[row * groups + word / kGroupWords] > 0;
+    out[row * n_out + unit] = written ? (words[row * words_per_row + word] >> (unit & 63)) & 1 : 0;
   }
 }
 
@@ -291,15 +302,18 @@ void willshaw_sums_cuda(uintptr_t matrix, int64_t n_in, int64_t n_out, uintptr_t
   check_cuda(cudaGetLastError(), "willshaw sums kernel");
 }
 
-void willshaw_unpack_cuda(uintptr_t words, int64_t rows, int64_t n_out, uintptr_t out, uintptr_t stream) {
+void willshaw_unpack_cuda(uintptr_t words, uintptr_t counts, int64_t rows, int64_t n_out, uintptr_t out,
+                          uintptr_t stream) {
   check_nonnegative(rows, "rows");
   const int64_t words_per_row = checked_words_per_row(n_out);
   if (rows == 0) return;
   const int64_t unit_blocks = blocks_of(n_out, kUnitThreads);
   const dim3 grid = rows_grid(rows, unit_blocks, "rows");
   const auto* words_p = required_device_pointer<const Word>(words, "words");
+  const auto* counts_p = required_device_pointer<const int32_t>(counts, "counts");
   uint8_t* out_p = required_device_pointer<uint8_t>(out, "out");
-  unpack_kernel<<<grid, kUnitThreads, 0, as_stream(stream)>>>(words_p, words_per_row, n_out, out_p, unit_blocks);
+  unpack_kernel<<<grid, kUnitThreads, 0, as_stream(stream)>>>(words_p, counts_p, blocks_of(words_per_row, kGroupWords),
+                                                              words_per_row, n_out, out_p, unit_blocks);
   check_cuda(cudaGetLastError(), "willshaw unpack kernel");
 }
 

@@ -23,7 +23,8 @@ SIGNATURES = {
                         cue_offsets_ptr="*i64", out_ptr="*i64", counts_ptr="*i32", groups="i32"),
     "_extract_kernel": dict(words_ptr="*i64", words_per_row="i32", first_group="i32", counts_ptr="*i32",
                             ends_ptr="*i64", groups="i32", out_ptr="*i64"),
-    "_unpack_kernel": dict(words_ptr="*i64", words_per_row="i32", first_word="i32", n_out="i32", out_ptr="*u8"),
+    "_unpack_kernel": dict(words_ptr="*i64", counts_ptr="*i32", groups="i32", words_per_row="i32", first_word="i32",
+                           n_out="i32", out_ptr="*u8"),
     "_sums_kernel": dict(matrix_ptr="*i64", words_per_row="i32", first_word="i32", n_out="i32", cue_values_ptr="*i64",
                          cue_offsets_ptr="*i64", out_ptr="*i32", threshold="i32"),
     "_count_ones_kernel": dict(words_ptr="*i64", count="i32", out_ptr="*i64"),
@@ -47,7 +48,7 @@ def launches():
             yield f"and-{words}-{warps}", "_and_kernel", dict(BLOCK_R=k.AND_ROWS, BLOCK_W=words,
                                                               GROUP=k.ANSWER_GROUP), warps
     yield "extract", "_extract_kernel", dict(GROUP=k.ANSWER_GROUP), 4
-    yield "unpack", "_unpack_kernel", dict(BLOCK_W=k.AND_WORDS), 4
+    yield "unpack", "_unpack_kernel", dict(BLOCK_W=k.AND_WORDS, GROUP=k.ANSWER_GROUP), 4
     for at_least in (False, True):
         yield f"sums-{at_least}", "_sums_kernel", dict(AT_LEAST=at_least, BLOCK_W=k.SUMS_WORDS), 4
     yield "count-ones", "_count_ones_kernel", dict(BLOCK=k.COUNT_WORDS), 4

@@ -26,7 +26,7 @@ def calls(pointer):
         "and": lambda: compiled.willshaw_and_cuda(p, 4, 2, p, 2, p, 1, p, p, STREAM),
         "extract": lambda: compiled.willshaw_extract_cuda(p, 1, 2, p, p, p, 3, STREAM),
         "sums": lambda: compiled.willshaw_sums_cuda(p, 4, 70, p, 2, p, 1, p, -1, STREAM),
-        "unpack": lambda: compiled.willshaw_unpack_cuda(p, 1, 70, p, STREAM),
+        "unpack": lambda: compiled.willshaw_unpack_cuda(p, p, 1, 70, p, STREAM),
         "count_ones": lambda: compiled.willshaw_count_ones_cuda(p, 8, p, STREAM),
     }
 
@@ -41,7 +41,7 @@ def calls(pointer):
     ("extract", lambda: compiled.willshaw_extract_cuda(0, 1, 2, 0, 0, 0, -3, STREAM), "total"),
     ("sums", lambda: compiled.willshaw_sums_cuda(0, 4, -70, 0, 0, 0, 1, 0, -1, STREAM), "n_out"),
     ("sums", lambda: compiled.willshaw_sums_cuda(0, 4, 70, 0, -1, 0, 1, 0, -1, STREAM), "value_count"),
-    ("unpack", lambda: compiled.willshaw_unpack_cuda(0, -1, 70, 0, STREAM), "rows"),
+    ("unpack", lambda: compiled.willshaw_unpack_cuda(0, 0, -1, 70, 0, STREAM), "rows"),
     ("count_ones", lambda: compiled.willshaw_count_ones_cuda(0, -8, 0, STREAM), "count"),
 ], ids=lambda value: value if isinstance(value, str) else "")
 def test_bad_sizes_raise_naming_the_argument(name, call, argument):
@@ -59,7 +59,7 @@ def test_empty_work_returns_without_touching_a_pointer():
     compiled.willshaw_and_cuda(0, 4, 2, 0, 0, 0, 0, 0, 0, STREAM)  # no cues
     compiled.willshaw_extract_cuda(0, 1, 2, 0, 0, 0, 0, STREAM)  # no positions
     compiled.willshaw_sums_cuda(0, 4, 70, 0, 0, 0, 0, 0, -1, STREAM)
-    compiled.willshaw_unpack_cuda(0, 0, 70, 0, STREAM)
+    compiled.willshaw_unpack_cuda(0, 0, 0, 70, 0, STREAM)
     compiled.willshaw_count_ones_cuda(0, 0, 0, STREAM)
 
 

@@ -389,3 +389,37 @@ def test_triton_launches_over_rows_wider_than_one_grid(monkeypatch):
         expected = oracle.retrieve_indices(cue_rows, threshold, k=k, flat=True)
         assert all(torch.equal(a, b) for a, b in zip(got, expected)), threshold
     assert len(grids) > 100  # every kernel went through the limit, in several launches per call
+
+
+def test_the_triton_and_writes_only_the_groups_with_ones(willshaw_backend, monkeypatch):
+    """The AND leaves the answer words of a group without ones unwritten (at capacity nearly all of them:
+    writing them would add a row to the M rows each cue reads), and the readers take the counts first:
+    words made with garbage in those groups still unpack and extract to the reference's answers."""
+    if willshaw_backend != "triton":
+        pytest.skip("the Triton kernels' contract")
+    from aefast.willshaw import packed_retrieval, triton_kernels
+
+    garbage = []
+    empty = torch.empty
+
+    def filled_with_ones(*shape, **kwargs):  # what torch.empty may hand back: any bits
+        tensor = empty(*shape, **kwargs)
+        if kwargs.get("dtype") == torch.int64:
+            tensor.fill_(-1)
+            garbage.append(tensor)
+        return tensor
+    monkeypatch.setattr(torch, "empty", filled_with_ones)  # for the whole test: every int64 buffer starts as garbage
+    n = 64 * packed_retrieval.ANSWER_GROUP * 3  # 3 groups of words per row
+    generator = torch.Generator().manual_seed(12)
+    memory, plain = WillshawMemory(50, n, backend="triton"), WillshawMemory(50, n, backend="reference")
+    x_idx, y_idx = random_patterns(20, 50, 4, generator), random_patterns(20, 200, 3, generator) + 64 * 128
+    for target in (memory, plain):  # every answer in the middle group
+        target.store_indices(x_idx, y_idx)
+    words, counts = triton_kernels._and(memory.packed_matrix(), x_idx.flatten(), torch.arange(0, 81, 4))
+    assert garbage and words is garbage[-1]
+    assert (counts[:, [0, 2]] == 0).all() and (counts[:, 1] > 0).all()
+    assert (words[:, :128] == -1).all() and (words[:, 256:] == -1).all()  # left as they were
+    dense_cue = dense_from_indices(x_idx, 50)
+    assert torch.equal(memory.retrieve(dense_cue), plain.retrieve(dense_cue))
+    for got, expected in zip(memory.retrieve_indices(x_idx), plain.retrieve_indices(x_idx), strict=True):
+        assert torch.equal(got, expected)
