@@ -1,5 +1,5 @@
-"""The peak memory a callable allocates, on a GPU or the CPU: the measure of the benchmarks' and the
-tests' memory figures."""
+"""What a callable holds in memory, on a GPU or the CPU: its peak allocation, and what autograd keeps
+for backward. The measures of the benchmarks' and the tests' memory figures."""
 from __future__ import annotations
 
 from typing import Callable
@@ -32,3 +32,20 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
         live += nbytes
         peak = max(peak, live)
     return peak
+
+
+def saved_for_backward_bytes(fn: Callable[[], object], smallest: int = 0) -> int:
+    """Bytes of the distinct storages that autograd saves for backward while ``fn()`` runs (a step's
+    activation memory, its parameters included), each storage once, counting only tensors of at least
+    ``smallest`` elements (so that a large ``smallest`` leaves the parameters out). Not what
+    torch.compile's graphs save, which they do on their own."""
+    storages = {}
+
+    def pack(tensor):
+        if tensor.numel() >= smallest:
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(storages.values())

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import aefast
 from aefast import _backends
-from aefast._memory import peak_bytes
+from aefast._memory import peak_bytes, saved_for_backward_bytes
 from aefast.mlp import fp32_precision
 from aefast.nn import FusedAutoencoder, FusedMLP
 from conftest import bench_device, copy_probe, matmul_probe, quick, run_benchmark
@@ -49,20 +49,6 @@ KERNELS = "triton" if DEVICE.type == "cuda" else None
 def linear_flops(dims, batch, backward):
     forward = sum(2 * batch * a * b for a, b in zip(dims[:-1], dims[1:]))
     return 3 * forward if backward else forward
-
-
-def saved_for_backward(fn):
-    """Bytes of the distinct storages that autograd keeps for backward while ``fn`` runs: a step's
-    activation memory, on any device (not taken under torch.compile, whose graphs save on their own)."""
-    storages = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        fn()
-    return sum(storages.values())
 
 
 def cases():
@@ -144,7 +130,7 @@ def record(benchmark, fn, key, mode, role):
     if training:
         fn()  # compiles and tunes first: the tuner's timing buffers are not the step's memory
     extra = {"dims": dims, "batch": batch, "dtype": str(dtype), "peak_memory_bytes": peak_bytes(fn, DEVICE) if training else None,
-             "saved_for_backward_bytes": saved_for_backward(fn) if training and role != "compile" else None}
+             "saved_for_backward_bytes": saved_for_backward_bytes(fn) if training and role != "compile" else None}
     if role.startswith("aefast"):
         extra["backend"] = KERNELS or _backends.select("fused_linear", DEVICE)[0]
     run_benchmark(benchmark, fn, DEVICE, component="mlp", case=case_name(key, mode), role=role, nbytes=nbytes,

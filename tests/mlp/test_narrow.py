@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import aefast
+from aefast._memory import saved_for_backward_bytes
 from aefast.mlp import ops
 from aefast.mlp.layers import _narrow_runs
 from aefast.nn import FusedAutoencoder, FusedLinear, FusedMLP
@@ -161,16 +162,9 @@ def test_a_recomputing_stretch_saves_its_input_and_output_alone(mlp_backend, sav
     sequential = mlp.to_sequential()
     x = torch.randn(1000, 64)
 
-    def kept_rows(model):
-        storages = {}
-
-        def pack(tensor):
-            if tensor.numel() >= x.numel():  # an activation, not a parameter
-                storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-            return tensor
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            model(x).square().mean().backward()
-        return sum(storages.values()) // (x.numel() * x.element_size())
+    def kept_rows(model):  # activations: tensors of at least a row-sized tensor's elements, not parameters
+        return saved_for_backward_bytes(lambda: model(x).square().mean().backward(),
+                                        smallest=x.numel()) // (x.numel() * x.element_size())
 
     assert kept_rows(sequential) == 5
     assert kept_rows(mlp) == (5 if saves_activations else 2)
