@@ -259,8 +259,8 @@ def test_the_narrow_stacks_training_step_peaks_at_under_half_of_eagers_memory(dt
                                                          ([33, 128, 128, 5], "sigmoid", "mse")])
 @pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
 def test_mlp_loss_on_the_gpu_equals_sequential(dims, output_activation, loss, precision):
-    """FusedMLP.loss through the narrow loss kernels (and at width 128 in 3xTF32, their fallback), at
-    the benchmark's batch and an odd one."""
+    """FusedMLP.loss through the narrow loss kernels (and at width 128 in 3xTF32, their fallback), at a
+    small odd batch and a large one (many chunks per program)."""
     torch.manual_seed(8)
     fused = FusedMLP(dims, activation="tanh", output_activation=output_activation).to(CUDA)
     eager = fused.to_sequential()
