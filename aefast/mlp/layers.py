@@ -234,16 +234,13 @@ class FusedMLP(nn.Module):
         hooked = [] if as_modules else [_has_hooks(module) for module in modules]
         x, layers = _read_layers(x, [] if as_modules else modules, hooked)
         target, _ = _read_layers(target, [], [])  # cast with x under autocast: the kernels read both in one dtype
-        _check_tensor(x)
-        if not as_modules:
+        if as_modules:
+            _check_tensor(x)
+        else:
             _check_input(x, layers[0].weight)
             _check_layers(layers, x, hooked)
         _check_target(target, x, self.dims[-1])
-        if loss not in reference.LOSSES:
-            raise ValueError(f"loss must be one of {reference.LOSSES}, got {loss!r}")
-        last_activation = modules[-1].activation
-        if loss == "bce" and last_activation != "sigmoid":
-            raise ValueError(f"loss='bce' needs output_activation='sigmoid', got {last_activation!r}")
+        _check_loss(loss, modules[-1].activation)
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         target_rows = target.reshape(-1, target.shape[-1]).contiguous()
         if as_modules:
@@ -573,11 +570,7 @@ class FusedAutoencoder(nn.Module):
             _check_input(x, encoder_layers[0].weight)
             _check_layers(encoder_layers, x, hooked, "encoder.")
             _check_layers(decoder_layers, x, hooked[len(encoder_modules):], "decoder.")
-        if loss not in reference.LOSSES:
-            raise ValueError(f"loss must be one of {reference.LOSSES}, got {loss!r}")
-        output_activation = decoder_modules[-1].activation
-        if loss == "bce" and output_activation != "sigmoid":
-            raise ValueError(f"loss='bce' needs output_activation='sigmoid', got {output_activation!r}")
+        _check_loss(loss, decoder_modules[-1].activation)
         kind, param = _check_corruption(corruption)
         seed_tensor = _seed_tensor(seed)
         l1_code = non_negative(l1_code, "l1_code")
@@ -601,6 +594,14 @@ class FusedAutoencoder(nn.Module):
         penalty = l1_code * h.abs().sum(1).mean() if l1_code else None
         value = _layers_loss(decoder_layers, h, rows, decoder_modules, hooked[len(encoder_modules):], loss, plain)
         return value if penalty is None else value + penalty
+
+
+def _check_loss(loss, output_activation: Optional[str]) -> None:
+    """``loss`` one of reference.LOSSES; BCE (taken from the logits) only after a sigmoid output."""
+    if loss not in reference.LOSSES:
+        raise ValueError(f"loss must be one of {reference.LOSSES}, got {loss!r}")
+    if loss == "bce" and output_activation != "sigmoid":
+        raise ValueError(f"loss='bce' needs output_activation='sigmoid', got {output_activation!r}")
 
 
 def _check_target(target, x: Tensor, width: int) -> None:
