@@ -15,11 +15,13 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 import aefast  # noqa: E402
 from aefast import _backends  # noqa: E402
-from tests.interpreter_rounding import round_bfloat16_to_nearest  # noqa: E402
+from tests.interpreter_patches import reduce_bitwise_and_with_numpy, round_bfloat16_to_nearest  # noqa: E402
 
 HAS_GPU = torch.cuda.is_available()
 if not HAS_GPU:
-    round_bfloat16_to_nearest()  # as the GPU rounds (tests/interpreter_rounding.py)
+    # Kernels in the interpreter round as the GPU does, and reduce bits faster (tests/interpreter_patches.py).
+    round_bfloat16_to_nearest()
+    reduce_bitwise_and_with_numpy()
 
 # Property tests (test_properties.py in each component): the same examples on every run, so that CI
 # is repeatable; HYPOTHESIS_PROFILE=explore draws new ones, and more of them, when hunting for bugs.

@@ -203,12 +203,15 @@ def test_different_seeds_give_different_noise(backend):
     assert (z1 - z2).abs().min() > 0
 
 
-def test_noise_statistics_on_a_million_samples(backend):
-    """Mean 0 and variance 1 within 5 standard errors (a false alarm once in ~3.5 million runs)."""
-    n = 1_000_000
-    zeros = torch.zeros(n // 125, 125, device=backend.device)
+def test_noise_mean_variance_and_tail_on_many_samples(backend):
+    """Mean 0 and variance 1 within 5 standard errors (a false alarm once in ~3.5 million runs). Triton's
+    interpreter draws 2^18 samples (a million took it 48 s), with bounds twice as wide: its stream is
+    the reference's, element for element (test_seeded_noise_is_the_reference_stream)."""
+    rows = 2**18 // 125 if backend.name == "triton" and backend.device.type == "cpu" else 1_000_000 // 125
+    zeros = torch.zeros(rows, 125, device=backend.device)
     z, _ = aefast.reparameterize_kl(zeros, zeros, seed=12345)
     z = z.double().flatten()
+    n = z.numel()
     assert abs(z.mean().item()) < 5 / math.sqrt(n)
     assert abs(z.var().item() - 1) < 5 * math.sqrt(2 / n)
     tail = (z.abs() > 2).double().mean().item()  # P(|N| > 2) = 0.0455
