@@ -20,7 +20,7 @@ from torch.nn.modules import module as torch_module
 from aefast import _backends
 from aefast._checks import check_seed, is_real, non_negative, positive_int
 from aefast._dtypes import autocast_dtype
-from aefast.mlp import ops, reference
+from aefast.mlp import ops, reference, reference_kernels
 
 _MODULE_ACTIVATIONS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
                        nn.GELU: "gelu"}
@@ -115,7 +115,7 @@ def _plain_autograd(device: torch.device) -> bool:
     _backends.AUTO_ORDER): the same math through plain autograd, without the custom op's per-call cost,
     which made small models 2x slower than plain PyTorch on the CPU (bench_models.py). A backend forced
     by name, the reference included, still runs through the op, and so does a large narrow stretch on
-    the CPU (``ops.narrow_in_blocks_pays``)."""
+    the CPU (``reference_kernels.narrow_in_blocks_pays``)."""
     return _backends.requested_backend() == "auto" and _backends.select(ops.FORWARD, device)[0] == "reference"
 
 
@@ -481,8 +481,8 @@ def _narrow_parameters(layers) -> tuple[Tensor, Optional[Tensor]]:
 
 def _narrow_by_op(plain: bool, rows: int, layers, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether a narrow stretch runs through its op: always on the kernels; in plain autograd where the
-    reference's blocks pay (ops.narrow_in_blocks_pays) and no torch.func transform wants plain ops."""
-    return not plain or (ops.narrow_in_blocks_pays(rows, max(_narrow_dims(layers)), dtype, device)
+    reference's blocks pay (reference_kernels.narrow_in_blocks_pays) and no torch.func transform wants plain ops."""
+    return not plain or (reference_kernels.narrow_in_blocks_pays(rows, max(_narrow_dims(layers)), dtype, device)
                          and not _backends.func_transform_takes_plain_ops())
 
 

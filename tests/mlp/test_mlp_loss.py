@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import aefast
 from aefast._memory import peak_bytes, saved_for_backward_bytes
-from aefast.mlp import ops
+from aefast.mlp import reference_kernels
 from aefast.nn import FusedMLP
 from tests.conftest import aefast_ops_run_by
 
@@ -147,7 +147,7 @@ def test_the_cpu_step_peaks_far_below_eagers(monkeypatch):
     block's activations and their gradients at a time (about 11 block-sized tensors, whatever the batch).
     Blocks of 256 rows here (64 KiB), 128 of them."""
     block_bytes = 256 * 4 * 64
-    monkeypatch.setattr(ops, "NARROW_CPU_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(reference_kernels, "NARROW_CPU_BLOCK_BYTES", block_bytes)
     torch.manual_seed(20)
     mlp = FusedMLP([64] * 5, activation="relu")
     sequential = mlp.to_sequential()

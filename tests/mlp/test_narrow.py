@@ -6,7 +6,7 @@ import torch
 
 import aefast
 from aefast._memory import saved_for_backward_bytes
-from aefast.mlp import ops
+from aefast.mlp import ops, reference_kernels
 from aefast.mlp.layers import _narrow_runs
 from aefast.nn import FusedAutoencoder, FusedLinear, FusedMLP
 
@@ -214,8 +214,9 @@ def test_reference_narrow_in_blocks_of_rows(monkeypatch, dtype, atol):
         return [y, y_inference, *torch.autograd.grad(y, [x_fused] + list(mlp.parameters()), grad)]
 
     one_block = outputs_and_gradients()
-    monkeypatch.setattr(ops, "NARROW_CPU_BLOCK_BYTES", 64 * 4 * 100)
-    assert [block.stop - block.start for block in ops._narrow_blocks(x, [17, 100, 3, 33])] == [64, 64, 1]
+    monkeypatch.setattr(reference_kernels, "NARROW_CPU_BLOCK_BYTES", 64 * 4 * 100)
+    blocks_of_x = reference_kernels._narrow_blocks(x, [17, 100, 3, 33])
+    assert [block.stop - block.start for block in blocks_of_x] == [64, 64, 1]
     blocks = outputs_and_gradients()
     if dtype == torch.float32:
         sequential = mlp.to_sequential()
@@ -233,12 +234,14 @@ def test_cpu_runs_many_rows_of_a_narrow_stretch_through_the_op(monkeypatch):
     calls = []
     op = ops.fused_narrow_mlp
     monkeypatch.setattr(ops, "fused_narrow_mlp", lambda *args: calls.append(args[0].shape[0]) or op(*args))
-    monkeypatch.setattr(ops, "NARROW_CPU_BLOCK_BYTES", 32 * 4 * 40)  # blocks of 32 rows
-    monkeypatch.setattr(ops, "NARROW_CPU_MIN_BYTES", 100 * 4 * 40)  # from 100 rows of the 40-wide outputs on
+    monkeypatch.setattr(reference_kernels, "NARROW_CPU_BLOCK_BYTES", 32 * 4 * 40)  # blocks of 32 rows
+    # From 100 rows of the 40-wide outputs on:
+    monkeypatch.setattr(reference_kernels, "NARROW_CPU_MIN_BYTES", 100 * 4 * 40)
     torch.manual_seed(13)
     mlp = FusedMLP([9, 40, 40, 5], activation="relu")
     sequential = mlp.to_sequential()
-    assert not ops.narrow_in_blocks_pays(10**6, 64, torch.bfloat16, torch.device("cpu"))  # eager's own is faster
+    # In bfloat16 eager's own is faster:
+    assert not reference_kernels.narrow_in_blocks_pays(10**6, 64, torch.bfloat16, torch.device("cpu"))
     for batch, through_op in ((99, False), (100, True), (3 * 50, True)):
         calls.clear()
         x = torch.randn(batch, 9)
@@ -274,7 +277,7 @@ def test_a_large_narrow_stretch_under_torch_func_and_torch_compile(monkeypatch):
     under torch.compile(fullgraph=True) (through the op)."""
     from torch.func import functional_call, grad, vmap
 
-    monkeypatch.setattr(ops, "NARROW_CPU_MIN_BYTES", 4 * 16)
+    monkeypatch.setattr(reference_kernels, "NARROW_CPU_MIN_BYTES", 4 * 16)
     torch.manual_seed(16)
     mlp = FusedMLP([6, 16, 16, 4], activation="tanh")
     sequential = mlp.to_sequential()
