@@ -409,16 +409,17 @@ def test_the_triton_and_writes_only_the_groups_with_ones(willshaw_backend, monke
             garbage.append(tensor)
         return tensor
     monkeypatch.setattr(torch, "empty", filled_with_ones)  # for the whole test: every int64 buffer starts as garbage
-    n = 64 * packed_retrieval.ANSWER_GROUP * 3  # 3 groups of words per row
+    group = packed_retrieval.ANSWER_GROUP  # words
+    n = 64 * group * 3  # 3 groups of words per row
     generator = torch.Generator().manual_seed(12)
     memory, plain = WillshawMemory(50, n, backend="triton"), WillshawMemory(50, n, backend="reference")
-    x_idx, y_idx = random_patterns(20, 50, 4, generator), random_patterns(20, 200, 3, generator) + 64 * 128
+    x_idx, y_idx = random_patterns(20, 50, 4, generator), random_patterns(20, 200, 3, generator) + 64 * group
     for target in (memory, plain):  # every answer in the middle group
         target.store_indices(x_idx, y_idx)
     words, counts = triton_kernels._and(memory.packed_matrix(), x_idx.flatten(), torch.arange(0, 81, 4))
     assert garbage and words is garbage[-1]
     assert (counts[:, [0, 2]] == 0).all() and (counts[:, 1] > 0).all()
-    assert (words[:, :128] == -1).all() and (words[:, 256:] == -1).all()  # left as they were
+    assert (words[:, :group] == -1).all() and (words[:, 2 * group:] == -1).all()  # left as they were
     dense_cue = dense_from_indices(x_idx, 50)
     assert torch.equal(memory.retrieve(dense_cue), plain.retrieve(dense_cue))
     for got, expected in zip(memory.retrieve_indices(x_idx), plain.retrieve_indices(x_idx), strict=True):
