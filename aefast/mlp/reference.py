@@ -175,6 +175,12 @@ def narrow_forward(x, weights, biases, dims, activation, last_activation) -> Ten
     return x
 
 
+def mean_factor(count: int) -> float:
+    """1 / count, the factor of a mean over ``count`` elements: NaN for none, as torch's mean of
+    nothing (an empty batch's loss is NaN and its gradients empty)."""
+    return 1.0 / count if count else math.nan
+
+
 def loss_gradient(z: Tensor, target: Tensor, output_activation, loss: str, scale) -> Tensor:
     """``scale`` times d loss / d z of the summed (not mean) loss of the output pre-activation z (in
     the accumulation dtype): BCE with logits sigmoid(z) - t, MSE 2 (act(z) - t) act'(z)."""
@@ -187,7 +193,7 @@ def loss_gradient(z: Tensor, target: Tensor, output_activation, loss: str, scale
 def linear_loss_forward(h, weight, bias, target, output_activation, loss) -> tuple[Tensor, Tensor]:
     """(mean loss, d loss / d z) of the last layer, z = h W^T + b, without its output as a result."""
     z = pre_activation(h, weight, bias)
-    grad_z = loss_gradient(z, target, output_activation, loss, 1 / z.numel())
+    grad_z = loss_gradient(z, target, output_activation, loss, mean_factor(z.numel()))
     return loss_of_output(z, target, output_activation, loss), grad_z.to(h.dtype)
 
 

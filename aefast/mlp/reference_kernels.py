@@ -3,7 +3,6 @@ as triton_kernels.py's): reference.py's math in each op's kernel signature, on a
 large narrow stretch runs in blocks of rows that stay in cache (NARROW_CPU_BLOCK_BYTES)."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -172,7 +171,7 @@ def narrow_loss_forward(x, weights, biases, target, dims, activation, last_activ
         _, z = _narrow_block_pre_activation(x[block], layers, acts)
         total = total + reference.loss_of_output(z, target[block], last_activation, loss) * z.numel()
     count = x.shape[0] * dims[-1]
-    return torch.as_tensor(total / count if count else math.nan, dtype=accumulation_dtype(x.dtype), device=x.device)
+    return torch.as_tensor(total * reference.mean_factor(count), dtype=accumulation_dtype(x.dtype), device=x.device)
 
 
 def narrow_loss_backward(grad_loss, x, weights, biases, target, dims, activation, last_activation, loss,

@@ -600,12 +600,14 @@ def linear_loss_forward(h, weight, bias, target, output_activation, loss):
     M, K = h.shape
     N = weight.shape[0]
     grad_z = torch.empty(M, N, dtype=h.dtype, device=h.device)
+    if grad_z.numel() == 0:  # no tiles to launch; the mean of nothing
+        return torch.full((), math.nan, device=h.device), grad_z
 
     def launch(tiles: Tiles):
         grid = (cdiv(M, tiles.block_m), cdiv(N, tiles.block_n))
         partial = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=h.device)
         _linear_loss_kernel[grid](
-            h, weight, weight if bias is None else bias, target, grad_z, partial, M, N, K, 1.0 / (M * N),
+            h, weight, weight if bias is None else bias, target, grad_z, partial, M, N, K, reference.mean_factor(M * N),
             OUT_ACT=ACTIVATION_CODES[output_activation], LOSS=LOSS_CODES[loss], HAS_BIAS=bias is not None,
             PRECISION=_precision(h.dtype), UPCAST=_upcast(h.dtype), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
             BLOCK_K=tiles.block_k, LONG_ROWS=_long_rows(N, K), num_warps=tiles.warps)
@@ -1021,11 +1023,6 @@ def narrow_forward(x, weights, biases, dims, activation, last_activation, save):
     return out, acts
 
 
-def _inverse_count(count: int) -> float:
-    """1 / count, the mean's factor (NaN for no elements, as torch's mean of nothing)."""
-    return 1.0 / count if count else math.nan
-
-
 def narrow_loss_forward(x, weights, biases, target, dims, activation, last_activation, loss):
     """The mean loss of the stretch's output against ``target``, the output never written: each row
     block adds its share (accumulation dtype, a 0-d tensor)."""
@@ -1036,7 +1033,7 @@ def narrow_loss_forward(x, weights, biases, target, dims, activation, last_activ
     precision = _precision(x.dtype)
     _narrow_forward_kernel[(grid,)](
         x, weights, weights if biases is None else biases, x, x, target, partial,
-        _inverse_count(rows * dims[-1]), rows, **narrow_constants(tuple(dims)), ACT=ACTIVATION_CODES[activation],
+        reference.mean_factor(rows * dims[-1]), rows, **narrow_constants(tuple(dims)), ACT=ACTIVATION_CODES[activation],
         LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, SAVE=False, HAS_LOSS=True,
         LOSS=LOSS_CODES[loss], PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
         SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps)
@@ -1082,7 +1079,7 @@ def narrow_loss_backward(grad_loss, x, weights, biases, target, dims, activation
     operands = _operands(x.dtype)
     if len(dims) == 2 or NARROW_ROWS[(operands, "recompute")][_narrow_width(dims)] is None:
         z, acts = narrow_forward(x, weights, biases, dims, activation, None, save=True)
-        scale = grad_loss * _inverse_count(z.numel())
+        scale = grad_loss * reference.mean_factor(z.numel())
         grad_z = reference.loss_gradient(z.float(), target, last_activation, loss, scale).to(x.dtype)
         return _narrow_backward_launch(grad_z, x, z, acts, weights, biases, dims, activation, None, need_input_grad,
                                        recompute=False)
@@ -1111,7 +1108,7 @@ def _narrow_backward_launch(grad_out, x, out, acts, weights, biases, dims, activ
     precision = _precision(x.dtype)
     _narrow_backward_kernel[(programs,)](
         grad_out, x, out, acts if acts.numel() else out, weights, weights if biases is None else biases,
-        grad_x if need_input_grad else out, partials, scratch, target, grad_loss, _inverse_count(rows * dims[-1]),
+        grad_x if need_input_grad else out, partials, scratch, target, grad_loss, reference.mean_factor(rows * dims[-1]),
         rows, **narrow_constants(tuple(dims)), ACT=ACTIVATION_CODES[activation],
         LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, NEED_GX=need_input_grad,
         PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, CHUNK_BLOCKS=chunk_blocks,

@@ -316,3 +316,26 @@ def test_the_eager_functions_equal_the_ops_bit_for_bit_without_their_dispatch(ml
     with RefuseAefastOps():
         outputs_and_gradients(getattr(ops, name))
     assert name in ran  # its kernel ran, picked by op name
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_an_empty_batch_gives_empty_outputs_a_nan_loss_and_zero_parameter_gradients(mlp_backend, entry, case):
+    """Zero rows, as torch gives them: F.mse_loss of an empty batch is NaN (the mean of nothing) and the
+    parameters' gradients are empty sums, zero. The linear loss op once divided by the element count in
+    Python and raised ZeroDivisionError."""
+    name, inputs, differentiable = _float32_cases()[case]
+    rows = inputs[0].shape[0]
+    batched = (0, 3) if name.endswith("_loss") else (0,)  # x, and the loss ops' target
+    inputs = [t[:0] if i in batched else t for i, t in enumerate(inputs)]
+    assert inputs[0].shape[0] == 0 and rows > 0
+    leaves = [t.clone().requires_grad_() if i in differentiable else t for i, t in enumerate(inputs)]
+    out = getattr(entry, name)(*leaves)
+    out = out if isinstance(out, torch.Tensor) else out[0]
+    if name.endswith("_loss"):
+        assert out.shape == () and out.isnan()
+    else:
+        assert out.shape == (0, inputs[1].shape[0] if name == "fused_linear" else inputs[3][-1])
+    gradients = torch.autograd.grad(out, [leaves[i] for i in differentiable], torch.ones_like(out))
+    for index, gradient in zip(differentiable, gradients, strict=True):
+        assert gradient.shape == inputs[index].shape
+        assert torch.equal(gradient, torch.zeros_like(gradient))  # an input's is empty; a parameter's, zero
