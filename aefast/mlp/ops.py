@@ -153,6 +153,8 @@ def fused_narrow_mlp_op(x: Tensor, weights: Tensor, biases: Optional[Tensor], di
 
 @fused_narrow_mlp_op.register_fake
 def _(x, weights, biases, dims, activation, last_activation, save):
+    # The op's own checks first: a traced or meta-device call with bad dims fails as a real one does.
+    _check_narrow(x, weights, biases, dims, activation, last_activation)
     saved = x.shape[0] * sum(dims[1:-1]) if save else 0
     return x.new_empty(x.shape[0], dims[-1]), x.new_empty(saved)
 

@@ -217,3 +217,15 @@ def test_direct_op_calls_check_every_argument(mlp_backend, op, change, error, ma
     call.update(change(call) if callable(change) else change)
     with pytest.raises(error, match=match):
         getattr(torch.ops.aefast, op)(**call)
+
+
+@pytest.mark.parametrize("dims", [[], [3], [3, 200, 4], [3, 0, 4]])
+def test_the_narrow_ops_fake_checks_dims_as_the_op_does(dims):
+    """On meta tensors (and under torch.compile's tracing) the op runs its fake implementation, which
+    once shaped its outputs without checking dims: an IndexError for dims=[], and outputs for widths
+    the op refuses."""
+    x, weights = torch.empty(ROWS, 3, device="meta"), torch.empty(42, device="meta")
+    with pytest.raises(ValueError, match=r"dims must list at least 2 widths in \[1, 128\]"):
+        torch.ops.aefast.fused_narrow_mlp(x, weights, None, dims, "relu", "none", True)
+    out, saved = torch.ops.aefast.fused_narrow_mlp(x, weights, None, [3, 6, 4], "relu", "none", True)
+    assert out.shape == (ROWS, 4) and saved.shape == (ROWS * 6,) and out.device.type == "meta"
