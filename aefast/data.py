@@ -96,6 +96,10 @@ def load_npz(path: str | os.PathLike, x_key: str = "x", labels_key: Optional[str
     ``labels_key`` (one integer per row) of a .npz file."""
     try:
         with open(path, "rb") as handle:  # ours to close: np.load leaves a file it opened open on a bad zip
+            # np.load takes any other content for a pickle, and refuses it as "pickled (object) data"
+            if not handle.read(6).startswith((b"PK", b"\x93NUMPY")):
+                raise ValueError("it is neither a .npz (zip) archive nor a .npy file")
+            handle.seek(0)
             archive = np.load(handle, allow_pickle=False)
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise ValueError("it holds one array (a .npy file), not named arrays")

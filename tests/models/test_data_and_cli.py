@@ -109,7 +109,8 @@ def test_npz_contents_are_checked(tmp_path, arrays, match):
 
 @pytest.mark.parametrize("content,match", [
     (b"PK\x03\x04 damaged", "cannot be read as a .npz file: File is not a zip file"),
-    (b"plain text", "cannot be read as a .npz file"),
+    (b"plain text", r"cannot be read as a .npz file: it is neither a .npz \(zip\) archive nor a .npy file"),
+    (b"", r"cannot be read as a .npz file: it is neither"),
 ])
 def test_damaged_npz_files(tmp_path, content, match):
     path = tmp_path / "set.npz"
