@@ -5,7 +5,9 @@
 # kernels) into .sanitize/, and the tests that reach csrc/ run against it with the sanitizer runtimes
 # preloaded (python itself is not instrumented, so ASan must come first in the process). Any report
 # aborts the test process (-fno-sanitize-recover), so a clean exit means the sanitizers found nothing.
-# The Triton cases are left out: they run in the interpreter, which reaches no C++ of ours.
+# Left out, as they reach no C++ of ours: the Triton cases (they run in the interpreter), the cases the
+# backend fixtures force onto the reference (plain torch), and the sm_90 compile checks (Triton's
+# compiler and nvcc, in child processes).
 # Needs scripts/setup.sh to have made .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,4 +31,5 @@ LD_PRELOAD="$runtimes" ASAN_OPTIONS=detect_leaks=0 ../.venv/bin/python -c \
   "import aefast._C as c, sys; sys.exit(0 if '/.sanitize/' in c.__file__ else f'not the sanitizer build: {c.__file__}')"
 LD_PRELOAD="$runtimes" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ../.venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "not gpu" -k "not triton" \
+  --skip-backend reference --ignore tests/vae/test_compiled_kernels.py --ignore tests/willshaw/test_compiled_kernels.py \
   tests/willshaw tests/vae tests/test_backends.py "$@"

@@ -78,7 +78,27 @@ def seed():
     return 20261122
 
 
+def pytest_addoption(parser):
+    parser.addoption("--skip-backend", action="append", default=[], choices=_backends.BACKEND_NAMES,
+                     help="leave out the cases that a backend fixture runs on this backend (repeatable); "
+                          "scripts/sanitize.sh leaves out the reference, whose plain torch reaches no C++ of ours")
+
+
+def _forced_backend(item) -> str | None:
+    """The backend a case's backend fixture forces (backend, mlp_backend, willshaw_backend...), if any."""
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    for name, value in params.items():
+        if name.endswith("backend"):
+            return value.name if isinstance(value, Backend) else value
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
+    skipped_backends = set(config.getoption("--skip-backend"))
+    if skipped_backends:
+        kept = [item for item in items if _forced_backend(item) not in skipped_backends]
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
     if HAS_GPU:
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
