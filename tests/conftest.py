@@ -96,8 +96,10 @@ def _forced_backend(item) -> str | None:
 def pytest_collection_modifyitems(config, items):
     skipped_backends = set(config.getoption("--skip-backend"))
     if skipped_backends:
-        kept = [item for item in items if _forced_backend(item) not in skipped_backends]
-        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        kept, left_out = [], []
+        for item in items:
+            (left_out if _forced_backend(item) in skipped_backends else kept).append(item)
+        config.hook.pytest_deselected(items=left_out)
         items[:] = kept
     if HAS_GPU:
         return

@@ -607,7 +607,8 @@ def linear_loss_forward(h, weight, bias, target, output_activation, loss):
         grid = (cdiv(M, tiles.block_m), cdiv(N, tiles.block_n))
         partial = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=h.device)
         _linear_loss_kernel[grid](
-            h, weight, weight if bias is None else bias, target, grad_z, partial, M, N, K, reference.mean_factor(M * N),
+            h, weight, weight if bias is None else bias, target, grad_z, partial, M, N, K,
+            reference.mean_factor(M * N),
             OUT_ACT=ACTIVATION_CODES[output_activation], LOSS=LOSS_CODES[loss], HAS_BIAS=bias is not None,
             PRECISION=_precision(h.dtype), UPCAST=_upcast(h.dtype), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
             BLOCK_K=tiles.block_k, LONG_ROWS=_long_rows(N, K), num_warps=tiles.warps)
@@ -1108,8 +1109,8 @@ def _narrow_backward_launch(grad_out, x, out, acts, weights, biases, dims, activ
     precision = _precision(x.dtype)
     _narrow_backward_kernel[(programs,)](
         grad_out, x, out, acts if acts.numel() else out, weights, weights if biases is None else biases,
-        grad_x if need_input_grad else out, partials, scratch, target, grad_loss, reference.mean_factor(rows * dims[-1]),
-        rows, **narrow_constants(tuple(dims)), ACT=ACTIVATION_CODES[activation],
+        grad_x if need_input_grad else out, partials, scratch, target, grad_loss,
+        reference.mean_factor(rows * dims[-1]), rows, **narrow_constants(tuple(dims)), ACT=ACTIVATION_CODES[activation],
         LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, NEED_GX=need_input_grad,
         PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, CHUNK_BLOCKS=chunk_blocks,
         SPLIT_PASSES=block_d > NARROW_ONE_PASS_WIDTH, RECOMPUTE=recompute, ACTS_PER_ROW=acts_per_row,
