@@ -25,7 +25,9 @@ def positive_int(value, name: str) -> int:
 
 
 def non_negative(value, name: str) -> float:
-    if not is_real(value) or not (math.isfinite(value) and value >= 0):
+    # Comparisons, not math.isfinite: torch.compile(dynamic=True) traces a float as a SymFloat, which
+    # math.isfinite cannot take; NaN fails both comparisons.
+    if not is_real(value) or not 0 <= value < math.inf:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 

@@ -115,6 +115,27 @@ def test_training_step_compiles_fullgraph(mlp_backend):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("loss_options", [dict(corruption=("gaussian", 0.1), l1_code=0.01),
+                                          dict(loss="bce", corruption=("mask", 0.3))])
+def test_training_step_compiles_fullgraph_with_dynamic_shapes(mlp_backend, loss_options):
+    """dynamic=True traces Python floats (corruption parameters, l1_code) as SymFloats, which the
+    layers' checks must take: math.isfinite of one once broke the trace."""
+    torch.manual_seed(2)
+    model = FusedAutoencoder([20, 9, 3], output_activation="sigmoid")
+
+    def loss_of(x):
+        return model.loss(x, seed=3, **loss_options)
+
+    compiled = torch.compile(loss_of, fullgraph=True, dynamic=True, backend="aot_eager")
+    for rows in (5, 2, 9):
+        x = torch.rand(rows, 20)
+        loss, expected_loss = compiled(x), loss_of(x)
+        torch.testing.assert_close(loss, expected_loss)
+        for a, b in zip(torch.autograd.grad(loss, list(model.parameters())),
+                        torch.autograd.grad(expected_loss, list(model.parameters()))):
+            torch.testing.assert_close(a, b)
+
+
 def test_forward_compiles_fullgraph(mlp_backend):
     mlp = FusedMLP([8, 16, 4], activation="gelu")
     x = torch.randn(3, 8)
