@@ -1,5 +1,6 @@
 """Test set-up: the Triton interpreter when no GPU is present, a fixture over the backends that can
-run here, a ``gpu`` marker that skips cleanly, and a seed fixture."""
+run here, a ``gpu`` marker that skips cleanly, a seed fixture, and ``--skip-backend`` to leave out a
+backend's cases."""
 import os
 
 import torch
