@@ -110,6 +110,41 @@ class WillshawMemory:
         return (f"WillshawMemory(n_in={self._n_in}, n_out={self._n_out}, device={str(self._device)!r}, "
                 f"n_stored={self._n_stored}, nbytes={self.nbytes})")
 
+    # --- copies and pickling --------------------------------------------------------------------------
+    # A copy holds its own bits, counter and lock, whether by copy.copy, copy.deepcopy or pickle (and so
+    # torch.save): a copy sharing the bits would store into them without the original's lock, and its
+    # n_stored would go apart from theirs. Each is a snapshot taken under the store lock, so a copy made
+    # while another thread stores holds whole calls' pairs only.
+
+    def __copy__(self) -> "WillshawMemory":
+        copied = WillshawMemory(self._n_in, self._n_out, device=self._device, backend=self._backend)
+        with self._store_lock:
+            copied._matrix.copy_(self._matrix)
+            copied._n_stored = self._n_stored
+        return copied
+
+    def __deepcopy__(self, memo: dict) -> "WillshawMemory":
+        return self.__copy__()  # nothing else in a memory is mutable
+
+    def __getstate__(self) -> dict:
+        with self._store_lock:
+            return {"n_in": self._n_in, "n_out": self._n_out, "device": str(self._device),
+                    "backend": self._backend, "n_stored": self._n_stored, "matrix": self._matrix.clone()}
+
+    def __setstate__(self, state: dict) -> None:
+        # Through the constructor: the sizes are checked again and the bits land on fresh (huge) pages.
+        self.__init__(state["n_in"], state["n_out"], device=state["device"], backend=state["backend"])
+        matrix, n_stored = state["matrix"], state["n_stored"]
+        if not isinstance(matrix, Tensor) or matrix.dtype != torch.int64 or matrix.shape != self._matrix.shape:
+            raise ValueError(f"the pickled memory's matrix must be int64 of shape {tuple(self._matrix.shape)}, got "
+                             f"{getattr(matrix, 'dtype', type(matrix).__name__)} {tuple(getattr(matrix, 'shape', ()))}")
+        if not is_int(n_stored) or n_stored < 0:
+            raise ValueError(f"the pickled memory's n_stored must be an int >= 0, got {n_stored!r}")
+        if reference.has_bits_past(matrix, self._n_out):
+            raise ValueError(f"the pickled memory's matrix sets bits past unit n_out - 1 = {self._n_out - 1}")
+        self._matrix.copy_(matrix)
+        self._n_stored = int(n_stored)
+
     # --- storage -------------------------------------------------------------------------------------
 
     def store(self, x: Tensor, y: Optional[Tensor] = None) -> None:

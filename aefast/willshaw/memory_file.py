@@ -27,6 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from aefast._files import atomic_write
+from aefast.willshaw import reference
 
 FORMAT_NAME = "aefast.willshaw"
 FORMAT_VERSION = 1
@@ -109,14 +110,22 @@ def read_matrix_into(path: str | os.PathLike, sizes: dict[str, int], matrix: tor
             raise WillshawFileError(f"{path} changed while it was loaded")
         digest = _sizes_digest(sizes)
         saved = handle.get_slice("matrix")
+        padding_set_in = None  # the first block whose padding holds a one: reported if the checksum holds
         for start, stop in _row_blocks(*matrix.shape):
             block = saved[start:stop]
             if block.dtype != torch.int64:
                 raise WillshawFileError(f"{path}: the matrix is {block.dtype}, not int64")
+            if padding_set_in is None and reference.has_bits_past(block, sizes["n_out"]):
+                padding_set_in = (start, stop - 1)
             digest.update(_bytes_of(block))
             matrix[start:stop].copy_(block)
         if digest.hexdigest() != metadata["sha256"]:
             raise WillshawFileError(f"{path}: checksum mismatch, the stored bits or sizes are damaged")
+        if padding_set_in is not None:
+            # Not damage: a writer other than aefast's. The kernels read whole words, and would answer
+            # with these units.
+            raise WillshawFileError(f"{path}: rows {padding_set_in[0]}-{padding_set_in[1]} set bits past unit "
+                                    f"n_out - 1 = {sizes['n_out'] - 1}, which no store sets")
     _open(path, copy)
 
 

@@ -21,6 +21,15 @@ def words_per_row(n_out: int) -> int:
     return (n_out + 63) // 64
 
 
+def has_bits_past(matrix: Tensor, n_out: int) -> bool:
+    """Whether a packed (rows, ceil(n_out / 64)) matrix sets a bit past unit n_out - 1, in its last word's
+    padding. No store sets one; kernels that read whole words would answer with such units."""
+    used = n_out % 64
+    if used == 0 or matrix.numel() == 0:
+        return False
+    return bool((matrix[:, -1] & ~((1 << used) - 1)).any())
+
+
 def unpack(words: Tensor, n: int) -> Tensor:
     """(..., W) int64 words -> (..., n) bool: bit i of word w is unit 64 w + i."""
     shifts = torch.arange(64, device=words.device)

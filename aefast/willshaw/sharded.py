@@ -12,6 +12,7 @@ different methods get an error, and the collectives run in a group with a timeou
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 from pathlib import Path
@@ -116,6 +117,25 @@ class ShardedWillshawMemory:
     def __repr__(self) -> str:
         return (f"ShardedWillshawMemory(n_in={self._n_in}, n_out={self._n_out}, rank={self._rank} of {self._world}, "
                 f"units=[{self._unit_start}, {self._unit_stop}), n_stored={self.n_stored})")
+
+    # --- copies and pickling --------------------------------------------------------------------------
+    # A copy (copy.copy or copy.deepcopy) shares the process group and holds its own copy of this rank's
+    # slice. Copying is local, no collective: every rank copies its own, as with every method. Pickling
+    # is refused, since a process group does not travel to another process: save() and load() do.
+
+    def __copy__(self) -> "ShardedWillshawMemory":
+        copied = object.__new__(ShardedWillshawMemory)
+        copied.__dict__.update(self.__dict__)
+        copied._local = copy.copy(self._local)
+        return copied
+
+    def __deepcopy__(self, memo: dict) -> "ShardedWillshawMemory":
+        return self.__copy__()
+
+    def __getstate__(self):
+        raise TypeError("a ShardedWillshawMemory is bound to its process group and cannot be pickled: save() "
+                        "writes each rank's shard and ShardedWillshawMemory.load() reads them; its .local, this "
+                        "rank's slice, is a WillshawMemory that pickles")
 
     # --- storage -------------------------------------------------------------------------------------
 

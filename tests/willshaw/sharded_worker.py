@@ -1,8 +1,10 @@
 """One rank of the sharded-memory tests, launched by test_sharded.py with torch.distributed.run (gloo on
 the CPU; NCCL on the GPU for the ``nccl`` scenario, one rank per GPU).
 Each scenario asserts on every rank and writes ``<rank>.ok`` into the output folder when all held."""
+import copy
 import datetime
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -57,6 +59,13 @@ def agree(rank: int, out: Path) -> None:
     assert loaded.n_stored == 400 and loaded.density == plain.density and loaded.units == sharded.units
     assert same_answers(loaded.retrieve_indices(x[:40, :4] if first else None, "soft"),
                         plain.retrieve_indices(x[:40, :4], "soft"))
+
+    copied = copy.deepcopy(sharded)  # its own slice on every rank: storing into it leaves the original
+    copied.store_indices((x[:50, :3] + 1) % N_IN if first else None, (y[:50, :3] + 1) % N_OUT if first else None)
+    assert copied.n_stored == 450 and sharded.n_stored == 400 and sharded.density == plain.density
+    assert copied.density > plain.density and copied.units == sharded.units
+    with pytest.raises(TypeError, match="bound to its process group and cannot be pickled"):
+        pickle.dumps(sharded)
 
     auto, auto_plain = ShardedWillshawMemory(N_IN), WillshawMemory(N_IN)
     auto.store_indices(x if first else None)

@@ -1,5 +1,8 @@
 """WillshawMemory on every backend against the rule and the threshold definitions written out densely,
 and the cpp backend against the reference: identical matrices, sums and answers."""
+import copy
+import io
+import pickle
 import subprocess
 import sys
 
@@ -202,6 +205,54 @@ def test_clear_forgets_everything(willshaw_backend, hetero_pairs):
     memory.clear()
     assert memory.density == 0 and memory.n_stored == 0
     assert not memory.retrieve_indices(hetero_pairs[0][:3], threshold=1)[0].numel()
+
+
+def _pickled(memory):
+    return pickle.loads(pickle.dumps(memory))
+
+
+def _saved_by_torch(memory):
+    buffer = io.BytesIO()
+    torch.save(memory, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+@pytest.mark.parametrize("make_copy", [copy.copy, copy.deepcopy, _pickled, _saved_by_torch],
+                         ids=["copy", "deepcopy", "pickle", "torch.save"])
+def test_a_copy_holds_its_own_bits(willshaw_backend, hetero_pairs, make_copy):
+    x_idx, y_idx = hetero_pairs
+    memory = WillshawMemory(N_IN, N_OUT, backend=willshaw_backend)
+    memory.store_indices(x_idx[:50], y_idx[:50])
+    bits = memory.packed_matrix()
+    copied = make_copy(memory)
+    assert (copied.n_in, copied.n_out, copied.device, copied.backend, copied.n_stored) == \
+        (N_IN, N_OUT, memory.device, willshaw_backend, 50)
+    assert torch.equal(copied.packed_matrix(), bits)
+    assert torch.equal(copied.sums_indices(x_idx[:9]), memory.sums_indices(x_idx[:9]))
+    copied.store_indices(x_idx[50:], y_idx[50:])  # the copy learns; the original does not
+    assert torch.equal(memory.packed_matrix(), bits) and memory.n_stored == 50
+    memory.clear()  # and the other way round
+    every_pair = WillshawMemory(N_IN, N_OUT)
+    every_pair.store_indices(x_idx, y_idx)
+    assert torch.equal(copied.packed_matrix(), every_pair.packed_matrix()) and copied.n_stored == len(x_idx)
+
+
+def test_an_unpickled_memory_with_a_bad_state_is_refused(hetero_pairs):
+    memory = WillshawMemory(N_IN, N_OUT)
+    memory.store_indices(hetero_pairs[0][:20], hetero_pairs[1][:20])
+    good = memory.__getstate__()
+    padding = good["matrix"].clone()
+    padding[7, -1] |= 1 << 9  # unit 777, past the last (776 = 12 * 64 + 8)
+    for changes, match in [({"matrix": good["matrix"][:1]}, "matrix must be int64 of shape"),
+                           ({"matrix": good["matrix"].int()}, "matrix must be int64 of shape"),
+                           ({"matrix": None}, "matrix must be int64 of shape"),
+                           ({"matrix": padding}, "sets bits past unit n_out - 1 = 776"),
+                           ({"n_stored": -1}, "n_stored must be an int >= 0"),
+                           ({"n_in": 0}, "n_in must be in")]:
+        restored = WillshawMemory.__new__(WillshawMemory)
+        with pytest.raises(ValueError, match=match):
+            restored.__setstate__({**good, **changes})
 
 
 def assert_cpp_stores_like_the_reference(n_in, n_out, store):

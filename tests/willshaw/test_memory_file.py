@@ -135,6 +135,18 @@ def test_other_files_are_refused(tmp_path):
         WillshawMemory.load(tmp_path / "missing.safetensors")
 
 
+def test_a_file_whose_matrix_sets_bits_past_n_out_is_refused(saved, tmp_path):
+    # A file with a valid checksum, as a program other than aefast could write it: no store sets these
+    # bits, and kernels that read whole words would answer with units past n_out.
+    memory, _ = saved
+    matrix = memory.packed_matrix()
+    matrix[250, -1] |= 1 << 2  # unit 130 (n_out = 130 units, 3 words a row)
+    path = tmp_path / "padded.safetensors"
+    memory_file.write(path, matrix, 300, 130, memory.n_stored)
+    with pytest.raises(WillshawFileError, match="rows 0-299 set bits past unit n_out - 1 = 129"):
+        WillshawMemory.load(path)
+
+
 def test_a_saved_file_is_a_safetensors_file_that_its_library_reads(saved):
     memory, path = saved
     assert torch.equal(load_file(path)["matrix"], memory.packed_matrix())
