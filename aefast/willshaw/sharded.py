@@ -8,7 +8,8 @@ each rank works on its slice, and every rank receives the whole answer. The soft
 largest sum over all slices with a MAX all-reduce; top-k merges each slice's k best.
 
 Failures never hang: a bad argument on the first rank is raised on every rank, ranks that call
-different methods get an error, and the collectives run in a group with a timeout.
+different methods (or one retrieval with different thresholds) get an error, and the collectives run in
+a group with a timeout.
 """
 from __future__ import annotations
 
@@ -187,7 +188,8 @@ class ShardedWillshawMemory:
     def retrieve(self, x: Optional[Tensor], threshold: str | int = "hard", *, k: Optional[int] = None) -> Tensor:
         """(B, n_out) bool answers to the dense cues given on the first rank (see WillshawMemory.retrieve)."""
         code, value = _threshold(threshold, k, self._n_out)
-        cue = self._broadcast_rows("retrieve", lambda: [from_dense(x, self._n_in, "x", self._comm_device)])[0]
+        cue = self._broadcast_rows(_retrieval_call("retrieve", code, value),
+                                   lambda: [from_dense(x, self._n_in, "x", self._comm_device)])[0]
         if code == reference.TOPK:
             values, offsets = self._top_k(cue, value)
             return _unbatch(reference.dense(values, offsets, self._n_out), cue)
@@ -199,7 +201,8 @@ class ShardedWillshawMemory:
         ``flat=True`` all of them as (values, offsets), as WillshawMemory.retrieve_indices."""
         code, value = _threshold(threshold, k, self._n_out)
         check_flat(flat)
-        cue = self._broadcast_rows("retrieve_indices", lambda: [self._index_cue(x_idx)])[0]
+        cue = self._broadcast_rows(_retrieval_call("retrieve_indices", code, value, flat=flat),
+                                   lambda: [self._index_cue(x_idx)])[0]
         if code == reference.TOPK:
             values, offsets = self._top_k(cue, value)
         else:
@@ -256,7 +259,7 @@ class ShardedWillshawMemory:
     def _check_same_call(self, op: str, first_rank_op: str) -> None:
         if first_rank_op != op:
             raise RuntimeError(f"rank {self._rank} called {op} while the first rank called {first_rank_op}: every "
-                               "rank must call the same methods in the same order")
+                               "rank must make the same calls, with the same thresholds, in the same order")
 
     def _broadcast_rows(self, op: str, make_rows) -> list[PatternRows]:
         """``make_rows()`` on the first rank, broadcast to every rank; an error it raises is raised on all."""
@@ -404,6 +407,14 @@ def _communication_group(process_group, timeout):
         raise ValueError(f"timeout must be a positive datetime.timedelta or None, got {timeout!r}")
     return dist.new_group(ranks=dist.get_process_group_ranks(group), timeout=timeout,
                           backend=dist.get_backend(group))
+
+
+def _retrieval_call(op: str, code: int, value: int, **options) -> str:
+    """A retrieval as the ranks compare it, its threshold as checked: ranks that ask for different
+    thresholds would each answer their slice by their own, and the gathered answer would mix them."""
+    threshold = {reference.HARD: "'hard'", reference.SOFT: "'soft'", reference.FIXED: str(value),
+                 reference.TOPK: f"'topk', k={value}"}[code]
+    return f"{op}(threshold={threshold}" + "".join(f", {name}={option}" for name, option in options.items()) + ")"
 
 
 def _slice(n_out: int, world: int, rank: int) -> tuple[int, int]:

@@ -135,13 +135,19 @@ def errors(rank: int, out: Path) -> None:
     with pytest.raises((WillshawFileError, RuntimeError), match="no shard for rank 1 of 2"):
         ShardedWillshawMemory.load(out / "partial")
 
-    # Ranks that call different methods: rank 1 sees the mismatch, rank 0 times out instead of hanging.
+    # Ranks that call different methods, or one method with different thresholds (each rank would
+    # answer its slice by its own): rank 1 sees the mismatch, rank 0 times out instead of hanging.
     quick = ShardedWillshawMemory(N_IN, N_OUT, timeout=datetime.timedelta(seconds=3))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="rank 1 called clear while the first rank called density" if rank else ""):
         if rank == 0:
             quick.density
         else:
             quick.clear()
+    dist.barrier()  # rank 1 raised at once, rank 0 after its timeout: together again before the next group
+    quick = ShardedWillshawMemory(N_IN, N_OUT, timeout=datetime.timedelta(seconds=3))
+    with pytest.raises(RuntimeError, match=r"rank 1 called retrieve_indices\(threshold=2, flat=False\) while the "
+                       r"first rank called retrieve_indices\(threshold='hard', flat=False\)" if rank else ""):
+        quick.retrieve_indices(torch.tensor([[1, 2, 3]]) if rank == 0 else None, "hard" if rank == 0 else 2)
 
 
 def nccl(rank: int, out: Path) -> None:
