@@ -110,18 +110,27 @@ class WillshawMemory:
         return (f"WillshawMemory(n_in={self._n_in}, n_out={self._n_out}, device={str(self._device)!r}, "
                 f"n_stored={self._n_stored}, nbytes={self.nbytes})")
 
-    # --- copies and pickling --------------------------------------------------------------------------
-    # A copy holds its own bits, counter and lock, whether by copy.copy, copy.deepcopy or pickle (and so
-    # torch.save): a copy sharing the bits would store into them without the original's lock, and its
+    # --- devices, copies and pickling -------------------------------------------------------------------
+    # A copy holds its own bits, counter and lock, whether by to(), copy.copy, copy.deepcopy or pickle (and
+    # so torch.save): a copy sharing the bits would store into them without the original's lock, and its
     # n_stored would go apart from theirs. Each is a snapshot taken under the store lock, so a copy made
     # while another thread stores holds whole calls' pairs only.
 
-    def __copy__(self) -> "WillshawMemory":
-        copied = WillshawMemory(self._n_in, self._n_out, device=self._device, backend=self._backend)
+    def to(self, device: str | torch.device) -> "WillshawMemory":
+        """This memory on ``device``: itself when it is there already, else a copy there (refused, as the
+        constructor refuses, when the device lacks the room or the memory's backend cannot run there)."""
+        device = check_device(device)
+        return self if device == self._device else self._copy_to(device)
+
+    def _copy_to(self, device: torch.device) -> "WillshawMemory":
+        copied = WillshawMemory(self._n_in, self._n_out, device=device, backend=self._backend)
         with self._store_lock:
             copied._matrix.copy_(self._matrix)
             copied._n_stored = self._n_stored
         return copied
+
+    def __copy__(self) -> "WillshawMemory":
+        return self._copy_to(self._device)
 
     def __deepcopy__(self, memo: dict) -> "WillshawMemory":
         return self.__copy__()  # nothing else in a memory is mutable

@@ -238,6 +238,18 @@ def test_a_copy_holds_its_own_bits(willshaw_backend, hetero_pairs, make_copy):
     assert torch.equal(copied.packed_matrix(), every_pair.packed_matrix()) and copied.n_stored == len(x_idx)
 
 
+def test_to_the_memorys_own_device_is_the_memory_and_other_devices_are_checked():
+    memory = WillshawMemory(N_IN, N_OUT)
+    assert memory.to("cpu") is memory and memory.to(torch.device("cpu")) is memory
+    with pytest.raises(ValueError, match="device must be 'cpu' or a CUDA device, got meta"):
+        memory.to("meta")
+    with pytest.raises(ValueError, match="device must name a torch device"):
+        memory.to("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device is available"):
+            memory.to("cuda")
+
+
 def test_an_unpickled_memory_with_a_bad_state_is_refused(hetero_pairs):
     memory = WillshawMemory(N_IN, N_OUT)
     memory.store_indices(hetero_pairs[0][:20], hetero_pairs[1][:20])
@@ -360,6 +372,24 @@ def test_a_memory_on_the_gpu_matches_the_cpu(hetero_pairs):
     cue = dense_from_indices(x_idx[:30, :6], N_IN)
     for threshold in ("hard", "soft", 3):
         assert torch.equal(on_gpu.retrieve(cue.cuda(), threshold).cpu(), on_cpu.retrieve(cue, threshold))
+
+
+@pytest.mark.gpu
+def test_to_moves_a_memory_between_devices_as_a_copy(hetero_pairs):
+    x_idx, y_idx = hetero_pairs
+    on_cpu = WillshawMemory(N_IN, N_OUT)
+    on_cpu.store_indices(x_idx[:300], y_idx[:300])
+    bits = on_cpu.packed_matrix()
+    on_gpu = on_cpu.to("cuda")
+    assert on_gpu.device.type == "cuda" and on_gpu.n_stored == 300 and on_gpu.to("cuda") is on_gpu
+    assert torch.equal(on_gpu.packed_matrix().cpu(), bits)
+    on_gpu.store_indices(x_idx[300:].cuda(), y_idx[300:].cuda())
+    assert torch.equal(on_cpu.packed_matrix(), bits) and on_cpu.n_stored == 300
+    back = on_gpu.to("cpu")
+    on_cpu.store_indices(x_idx[300:], y_idx[300:])
+    assert torch.equal(back.packed_matrix(), on_cpu.packed_matrix()) and back.n_stored == on_cpu.n_stored
+    with pytest.raises(_backends.BackendUnavailableError, match="backend 'cpp' cannot hold a memory on cuda"):
+        WillshawMemory(N_IN, N_OUT, backend="cpp").to("cuda")
 
 
 @pytest.mark.gpu
