@@ -137,16 +137,19 @@ class WillshawMemory:
 
     def __getstate__(self) -> dict:
         with self._store_lock:
-            return {"n_in": self._n_in, "n_out": self._n_out, "device": str(self._device),
-                    "backend": self._backend, "n_stored": self._n_stored, "matrix": self._matrix.clone()}
+            return {"n_in": self._n_in, "n_out": self._n_out, "backend": self._backend, "n_stored": self._n_stored,
+                    "matrix": self._matrix.clone()}
 
     def __setstate__(self, state: dict) -> None:
-        # Through the constructor: the sizes are checked again and the bits land on fresh (huge) pages.
-        self.__init__(state["n_in"], state["n_out"], device=state["device"], backend=state["backend"])
         matrix, n_stored = state["matrix"], state["n_stored"]
-        if not isinstance(matrix, Tensor) or matrix.dtype != torch.int64 or matrix.shape != self._matrix.shape:
+        if not isinstance(matrix, Tensor):
+            raise ValueError(f"the pickled memory's matrix must be a tensor, got {type(matrix).__name__}")
+        # Through the constructor: the sizes are checked again and the bits land on fresh (huge) pages. On
+        # the matrix's device, so that torch.load's map_location moves the memory as it moves tensors.
+        self.__init__(state["n_in"], state["n_out"], device=matrix.device, backend=state["backend"])
+        if matrix.dtype != torch.int64 or matrix.shape != self._matrix.shape:
             raise ValueError(f"the pickled memory's matrix must be int64 of shape {tuple(self._matrix.shape)}, got "
-                             f"{getattr(matrix, 'dtype', type(matrix).__name__)} {tuple(getattr(matrix, 'shape', ()))}")
+                             f"{matrix.dtype} {tuple(matrix.shape)}")
         if not is_int(n_stored) or n_stored < 0:
             raise ValueError(f"the pickled memory's n_stored must be an int >= 0, got {n_stored!r}")
         if reference.has_bits_past(matrix, self._n_out):

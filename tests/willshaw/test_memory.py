@@ -258,7 +258,8 @@ def test_an_unpickled_memory_with_a_bad_state_is_refused(hetero_pairs):
     padding[7, -1] |= 1 << 9  # unit 777, past the last (776 = 12 * 64 + 8)
     for changes, match in [({"matrix": good["matrix"][:1]}, "matrix must be int64 of shape"),
                            ({"matrix": good["matrix"].int()}, "matrix must be int64 of shape"),
-                           ({"matrix": None}, "matrix must be int64 of shape"),
+                           ({"matrix": None}, "matrix must be a tensor, got NoneType"),
+                           ({"matrix": good["matrix"].to("meta")}, "device must be 'cpu' or a CUDA device"),
                            ({"matrix": padding}, "sets bits past unit n_out - 1 = 776"),
                            ({"n_stored": -1}, "n_stored must be an int >= 0"),
                            ({"n_in": 0}, "n_in must be in")]:
@@ -388,6 +389,11 @@ def test_to_moves_a_memory_between_devices_as_a_copy(hetero_pairs):
     back = on_gpu.to("cpu")
     on_cpu.store_indices(x_idx[300:], y_idx[300:])
     assert torch.equal(back.packed_matrix(), on_cpu.packed_matrix()) and back.n_stored == on_cpu.n_stored
+    buffer = io.BytesIO()
+    torch.save(on_gpu, buffer)
+    buffer.seek(0)
+    mapped = torch.load(buffer, map_location="cpu", weights_only=False)  # a GPU memory loaded on the CPU
+    assert mapped.device == torch.device("cpu") and torch.equal(mapped.packed_matrix(), back.packed_matrix())
     with pytest.raises(_backends.BackendUnavailableError, match="backend 'cpp' cannot hold a memory on cuda"):
         WillshawMemory(N_IN, N_OUT, backend="cpp").to("cuda")
 
