@@ -316,6 +316,11 @@ SCALING_COLUMNS = ("n", "ones", "pairs", "density", "false_ones", "bits_per_syna
                    "store_pairs_per_second", "recalls_per_second")
 
 
+def _default_ones(size: int) -> int:
+    """The notes' optimal ones, log2(size / 4), rounded; one where that is under one (below 8 units)."""
+    return max(1, round(theory.optimal_ones(size))) if size > 4 else 1
+
+
 def scaling(n: int, ones: Optional[int] = None, *, seed: int = 0, out: str | Path = "willshaw-scaling",
             sizes: Optional[Sequence[int]] = None, queries: int = DEFAULT_QUERIES, device: str = "cpu",
             progress: bool = True, clock: Callable[[], float] = time.perf_counter) -> list[dict]:
@@ -334,7 +339,7 @@ def scaling(n: int, ones: Optional[int] = None, *, seed: int = 0, out: str | Pat
     for size in tqdm(sizes, desc="scaling", unit="size", disable=not progress):
         if results.done(n=size):
             continue
-        M = ones if ones is not None else max(1, round(theory.optimal_ones(size)))
+        M = ones if ones is not None else _default_ones(size)
         if not 1 <= M < size:
             raise ValueError(f"ones={M} does not fit a memory of {size} units")
         results.add(_scaling_point(size, M, max(1, round(theory.capacity(size, M))), seed, queries, device,

@@ -14,8 +14,11 @@ from aefast._checks import is_int, is_real, non_negative
 
 
 def optimal_ones(n: float) -> float:
-    """The number of ones per pattern that maximizes capacity: M = log2(n / 4)."""
+    """The number of ones per pattern that maximizes capacity: M = log2(n / 4), for n > 4 (the notes'
+    asymptotic optimum; below n = 8 it is under one)."""
     _positive(n, "n")
+    if not n > 4:
+        raise ValueError(f"n must be > 4 for the optimal ones log2(n / 4) to be positive, got {n!r}")
     return math.log2(n / 4)
 
 

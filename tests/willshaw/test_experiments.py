@@ -1,6 +1,7 @@
 """The storage experiments: their measurements against the theory, CSV + PNG output, runs that repeat
 from their seed, resuming after an interruption, and the CLI."""
 import csv
+import math
 import subprocess
 import sys
 import time
@@ -96,6 +97,13 @@ def test_scaling_below_the_default_sizes_runs_n_itself(tmp_path):
     # The default sizes start at 2^10: below it they were empty, and the plot failed on no data.
     rows = experiments.scaling(300, seed=1, out=tmp_path, queries=20, progress=False)
     assert [row["n"] for row in rows] == [256] and (tmp_path / "scaling.png").exists()
+
+
+@pytest.mark.parametrize("n", [2, 4, 7])
+def test_scaling_of_a_few_units_stores_one_one_per_pattern(tmp_path, n):
+    # log2(n / 4), the notes' optimal ones, is zero or less up to 4 units, which optimal_ones refuses.
+    rows = experiments.scaling(n, seed=1, out=tmp_path, queries=5, progress=False)
+    assert [(row["n"], row["ones"]) for row in rows] == [(2 ** int(math.log2(n)), 1)]
 
 
 def test_scaling_frees_each_sizes_memory_before_it_makes_the_next(tmp_path, monkeypatch):

@@ -44,6 +44,8 @@ def test_bits_per_synapse():
 @pytest.mark.parametrize("call,match", [
     (lambda: theory.optimal_ones(0), "n must be a finite number > 0, got 0"),
     (lambda: theory.optimal_ones("a"), "n must be a finite number > 0, got 'a'"),
+    (lambda: theory.optimal_ones(4), "n must be > 4 for the optimal ones log2\\(n / 4\\) to be positive, got 4"),
+    (lambda: theory.optimal_ones(2.5), "n must be > 4"),
     (lambda: theory.memory_load(10, 10, 2, 2, -1), "L must be a finite number >= 0, got -1"),
     (lambda: theory.memory_load(10, 10, -2, -2, 1), "M_in must be a finite number >= 0"),
     (lambda: theory.capacity(10, 11), "M must be <= n"),
