@@ -30,7 +30,7 @@ def memory_load(n_in: float, n_out: float, M_in: float, M_out: float, L: float) 
         raise ValueError(f"M_in * M_out must be in [0, n_in * n_out], got {M_in} * {M_out}")
     if M_in * M_out == n_in * n_out:  # every pair sets every synapse (log1p(-1) is -inf)
         return 1.0 if L > 0 else 0.0
-    return -math.expm1(L * math.log1p(-M_in * M_out / (n_in * n_out)))
+    return 0.0 - math.expm1(L * math.log1p(-M_in * M_out / (n_in * n_out)))  # 0.0, not -0.0, at L = 0
 
 
 def false_ones(n: int, M: int, L: int, *, cue_ones: Optional[int] = None, n_out: Optional[int] = None,

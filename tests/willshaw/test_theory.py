@@ -12,6 +12,8 @@ def test_formulas_of_the_notes():
     assert theory.optimal_ones(4 * 2**18) == pytest.approx(18)
     assert theory.capacity(1_000_000, 18) == pytest.approx(math.log(2) * 1e12 / 324)
     assert theory.memory_load(2000, 2000, 10, 10, 20000) == pytest.approx(1 - (1 - 100 / 4e6) ** 20000, rel=1e-12)
+    # Nothing stored sets nothing: +0.0, which a CSV writes as 0.0 (-expm1(0) is -0.0).
+    assert math.copysign(1.0, theory.memory_load(2000, 2000, 10, 10, 0)) == 1.0
     # At the asymptotic capacity half the synapses are set.
     assert theory.memory_load(2**16, 2**16, 14, 14, theory.capacity(2**16, 14)) == pytest.approx(0.5, abs=1e-4)
     p1 = theory.memory_load(2000, 2000, 10, 10, 20000)
