@@ -318,7 +318,10 @@ def _threshold(threshold, k, n_out: int) -> tuple[int, int]:
 
 def _zeroed_matrix(rows: int, words: int, device: torch.device) -> Tensor:
     # Rows are read at random: with 2 MiB pages a row costs no TLB miss (see the kernels' figures).
-    return empty_on_huge_pages(rows, words, dtype=torch.int64, device=device).zero_()
+    # Never an inference tensor: a memory made inside torch.inference_mode() is stored into after it,
+    # and torch refuses in-place updates of inference tensors outside the mode.
+    with torch.inference_mode(False):
+        return empty_on_huge_pages(rows, words, dtype=torch.int64, device=device).zero_()
 
 
 def _available_bytes(device: torch.device) -> int:

@@ -207,6 +207,23 @@ def test_clear_forgets_everything(willshaw_backend, hetero_pairs):
     assert not memory.retrieve_indices(hetero_pairs[0][:3], threshold=1)[0].numel()
 
 
+def test_a_memory_made_in_inference_mode_stores_and_clears_after_it(willshaw_backend, hetero_pairs, tmp_path):
+    # Its matrix was an inference tensor, which torch refuses to update in place outside the mode.
+    x_idx, y_idx = hetero_pairs
+    with torch.inference_mode():
+        made = WillshawMemory(N_IN, N_OUT)
+        made.store_indices(x_idx[:10], y_idx[:10])
+        made.save(tmp_path / "memory.safetensors")
+        loaded = WillshawMemory.load(tmp_path / "memory.safetensors")
+    every_pair = WillshawMemory(N_IN, N_OUT)
+    every_pair.store_indices(x_idx, y_idx)
+    for memory in (made, loaded):
+        memory.store_indices(x_idx[10:], y_idx[10:])
+        assert torch.equal(memory.packed_matrix(), every_pair.packed_matrix())
+        memory.clear()
+        assert memory.density == 0
+
+
 def _pickled(memory):
     return pickle.loads(pickle.dumps(memory))
 
