@@ -213,5 +213,6 @@ def _resume(path: Path, model, optimizer, generator) -> dict:
         history = state["history"]
     except (KeyError, RuntimeError, ValueError, TypeError) as error:
         model.load_state_dict(before)
-        raise CheckpointError(f"{path} does not fit this model or run: {error}") from None
+        raise CheckpointError(f"{path} does not fit this model or run (another model's or settings' checkpoint? "
+                              f"give another folder, or remove it to start afresh): {error}") from None
     return history
