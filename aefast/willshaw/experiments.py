@@ -114,9 +114,11 @@ def _dense(rows: torch.Tensor | list, n: int, device) -> torch.Tensor:
 class _Results:
     """The experiment's CSV and its arguments (``<name>.json``): rows already measured, and appending."""
 
-    def __init__(self, out: Path, name: str, columns: Sequence[str], key: Sequence[str], arguments: dict):
+    def __init__(self, out: Path, name: str, columns: Sequence[str], key: Sequence[str], arguments: dict,
+                 text_columns: Sequence[str] = ()):
         make_output_folder(out)
         self.path, self.columns, self.key = out / f"{name}.csv", list(columns), list(key)
+        self.text_columns = set(text_columns)  # the others hold numbers
         arguments_path = out / f"{name}.json"
         if arguments_path.exists() and self.path.exists():
             before = json.loads(arguments_path.read_text())
@@ -135,8 +137,23 @@ class _Results:
         lines = text.splitlines()
         if not lines or lines[0].split(",") != self.columns:
             raise ValueError(f"{self.path} is not a CSV of this experiment (header {lines[:1]}); delete it to start again")
+        rows = [self._parsed(row, line) for line, row in enumerate(csv.reader(lines[1:]), start=2)]
         self.path.write_text(text)
-        return [{column: _number(value) for column, value in row.items()} for row in csv.DictReader(lines)]
+        return rows
+
+    def _parsed(self, fields: list[str], line: int) -> dict:
+        """A row of the CSV, checked: a row another program changed is refused, not measured around."""
+        def refuse(what: str):
+            raise ValueError(f"{self.path}, line {line}: {what}; delete it to start again")
+        if len(fields) != len(self.columns):
+            refuse(f"{len(fields)} fields where the header has {len(self.columns)}")
+        row = {column: _number(text) for column, text in zip(self.columns, fields)}
+        for column, value in row.items():
+            if column in self.text_columns:
+                continue
+            if isinstance(value, str) or (column in self.key and not math.isfinite(value)):
+                refuse(f"{column} is {value!r}, not a{' finite' if column in self.key else ''} number")
+        return row
 
     def done(self, **key) -> bool:
         return any(all(row[k] == v for k, v in key.items()) for row in self.rows)
@@ -261,7 +278,7 @@ def noise(n: int, ones: int, *, seed: int = 0, out: str | Path = "willshaw-noise
     out = output_folder(out)
     results = _Results(out, "noise", NOISE_COLUMNS, ["cue", "amount", "threshold"],
                        {"n": n, "ones": ones, "seed": seed, "pairs": L, "queries": queries, "fixed_threshold": T,
-                        "device": str(device)})
+                        "device": str(device)}, text_columns=("cue", "threshold"))
     thresholds = {"hard": ("hard", None), "soft": ("soft", None), f"fixed T={T}": (T, None), f"top-{ones}": ("topk", ones)}
     conditions = [("incomplete", k) for k in range(1, ones + 1)] + \
                  [("noisy", f) for f in sorted({0, 1, 2, max(1, ones // 2), ones, 2 * ones}) if f <= n - ones]

@@ -61,6 +61,23 @@ def test_an_interrupted_run_resumes_from_its_csv(tmp_path, monkeypatch):
     assert (tmp_path / "cut" / "capacity.csv").read_text() == whole
 
 
+@pytest.mark.parametrize("damage,match", [
+    (lambda lines: lines[:2] + ["abc,def,ghi\n"] + lines[3:], "line 3: 3 fields where the header has 8"),
+    (lambda lines: lines[:2] + ["nan" + lines[2][lines[2].index(","):]] + lines[3:], "line 3: pairs is nan, not a finite number"),
+    (lambda lines: lines[:2] + [lines[2].rsplit(",", 1)[0] + ",oops\n"] + lines[3:], "line 3: false_ones_exact is 'oops', not a number"),
+])
+def test_a_csv_with_a_changed_row_is_refused_and_left_as_it_is(tmp_path, damage, match):
+    # The rows were read as found: a row without its fields failed later in int(None), and a key of
+    # "nan" was kept beside the point measured again for it.
+    experiments.capacity(N, ONES, seed=2, out=tmp_path, pairs=[5000, 20000], queries=50, progress=False)
+    path = tmp_path / "capacity.csv"
+    path.write_text("".join(damage(path.read_text().splitlines(keepends=True))))
+    damaged = path.read_text()
+    with pytest.raises(ValueError, match=f"capacity.csv, {match}; delete it to start again"):
+        experiments.capacity(N, ONES, seed=2, out=tmp_path, pairs=[5000, 20000], queries=50, progress=False)
+    assert path.read_text() == damaged
+
+
 def test_other_arguments_in_the_same_folder_are_refused(tmp_path):
     experiments.capacity(N, ONES, seed=2, out=tmp_path, pairs=[5000], queries=50, progress=False)
     with pytest.raises(ValueError, match="other arguments"):
