@@ -601,7 +601,7 @@ def linear_loss_forward(h, weight, bias, target, output_activation, loss):
     N = weight.shape[0]
     grad_z = torch.empty(M, N, dtype=h.dtype, device=h.device)
     if grad_z.numel() == 0:  # no tiles to launch; the mean of nothing
-        return torch.full((), math.nan, device=h.device), grad_z
+        return torch.full((), math.nan, dtype=torch.float32, device=h.device), grad_z
 
     def launch(tiles: Tiles):
         grid = (cdiv(M, tiles.block_m), cdiv(N, tiles.block_n))
@@ -1038,7 +1038,7 @@ def narrow_loss_forward(x, weights, biases, target, dims, activation, last_activ
         LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, SAVE=False, HAS_LOSS=True,
         LOSS=LOSS_CODES[loss], PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
         SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps)
-    return partial.sum() if rows else torch.full((), math.nan, device=x.device)
+    return partial.sum() if rows else torch.full((), math.nan, dtype=torch.float32, device=x.device)
 
 
 # Rows of a narrow backward chunk (its weight gradients are added once per chunk): the scratch of one
