@@ -74,19 +74,23 @@ def main(argv: list[str] | None = None) -> int:
     info_parser = commands.add_parser("info", help="versions, devices, backends and build features")
     info_parser.add_argument("--json", action="store_true", help="print the information as JSON")
     train_parser = commands.add_parser("train", help="train one of the seeds' autoencoders and draw its figures")
-    train_parser.add_argument("--model", required=True, choices=["ae", "sparse", "denoising", "vae", "cvae", "conv"])
+    train_parser.add_argument("--model", required=True, choices=["ae", "sparse", "denoising", "vae", "cvae", "conv"],
+                              help="the seeds' model: plain, sparse (L1 code), denoising, VAE, conditional VAE, conv")
     train_parser.add_argument("--data", required=True, help="digits, synthetic, or a path to an .npz or IDX file")
-    train_parser.add_argument("--epochs", type=int, required=True)
+    train_parser.add_argument("--epochs", type=int, required=True, help="passes over the data")
     train_parser.add_argument("--out", required=True, help="folder for the PNGs, summary.json and checkpoints")
-    train_parser.add_argument("--batch-size", type=int, default=128)
-    train_parser.add_argument("--lr", type=float, default=3e-3)
-    train_parser.add_argument("--seed", type=int, default=0)
-    train_parser.add_argument("--device", default="cpu", help="where the model trains: cpu, cuda or cuda:N")
+    train_parser.add_argument("--batch-size", type=int, default=128, help="rows per step (default: %(default)s)")
+    train_parser.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate (default: %(default)s)")
+    train_parser.add_argument("--seed", type=int, default=0,
+                              help="seeds the initial weights, the batch order and the noise (default: %(default)s)")
+    train_parser.add_argument("--device", default="cpu",
+                              help="where the model trains: cpu, cuda or cuda:N (default: %(default)s)")
     bench_parser = commands.add_parser("bench", help="run the benchmarks and print what aefast buys")
     bench_parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
-    bench_parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    bench_parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                              help="where to time (default: cuda when there is one, else cpu)")
     bench_parser.add_argument("--only", default="vae,mlp,willshaw,models",
-                              help="comma-separated components (vae, mlp, willshaw, models)")
+                              help="comma-separated components (default: %(default)s)")
     bench_parser.add_argument("--json", dest="json_path", default=None, help="write the table's rows here")
     bench_parser.add_argument("--markdown", dest="markdown_path", default=None, help="write a Markdown table here")
     willshaw_parser = commands.add_parser("willshaw", help="the Willshaw memory's storage experiments (CSV + PNG)")
@@ -99,10 +103,12 @@ def main(argv: list[str] | None = None) -> int:
                                 help="units per side" + (" (the largest size)" if name == "scaling" else ""))
         experiment.add_argument("--ones", type=int, required=name != "scaling",
                                 help="ones per pattern M" + (" (default: log2(n/4) per size)" if name == "scaling" else ""))
-        experiment.add_argument("--seed", type=int, default=0)
+        experiment.add_argument("--seed", type=int, default=0,
+                                help="seeds the patterns and cues; a run repeats exactly from it (default: %(default)s)")
         experiment.add_argument("--out", required=True, help="folder for the CSV and PNG; a rerun resumes from its CSV")
-        experiment.add_argument("--queries", type=int, default=1000, help="recalls measured per point")
-        experiment.add_argument("--device", default="cpu")
+        experiment.add_argument("--queries", type=int, default=1000,
+                                help="recalls measured per point (default: %(default)s)")
+        experiment.add_argument("--device", default="cpu", help="where the memory lives: cpu, cuda or cuda:N (default: %(default)s)")
         if name == "capacity":
             experiment.add_argument("--pairs", type=_int_list,
                                     help="comma-separated pair counts (default: 12 up to 2 x capacity)")
