@@ -22,6 +22,8 @@ CASES = [
     ([20, 300, 30, 30, 17], "sigmoid", "tanh", "mse", "fused_narrow_mlp_loss"),  # a wide layer, then a narrow stretch
     ([17, 100, 784], "relu", "sigmoid", "bce", "fused_linear_loss"),  # a wide last layer: the linear loss
     ([5, 7], None, "relu", "mse", "fused_linear_loss"),  # one layer
+    ([9, 200, 13], "gelu", "gelu", "mse", "fused_linear_loss"),  # GELU's derivative takes z, not the output
+    ([6, 40, 24], "relu", "leaky_relu", "mse", "fused_narrow_mlp_loss"),
 ]
 
 
