@@ -2,6 +2,8 @@
 ValueError that names the argument. bool is refused where a number is asked for (True is an int to Python)."""
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 
@@ -63,3 +65,22 @@ def check_device(device) -> torch.device:
             raise ValueError(f"device {device} asked for, but this machine has {torch.cuda.device_count()} "
                              "CUDA device(s)")
     return device
+
+
+def one_device(fake):
+    """A custom op's fake (meta) implementation that first refuses tensors on different devices, as the
+    real one does. The dispatcher runs the fake for the whole call when any argument is a meta tensor,
+    even beside CPU or CUDA ones, and the fake alone would answer with uninitialized tensors (or, for an
+    op that writes, do nothing). The seed, which is read on the host, may also sit on the CPU."""
+    names = tuple(inspect.signature(fake).parameters)
+
+    @functools.wraps(fake)
+    def checked(*args, **kwargs):
+        tensors = [(name, value) for name, value in {**dict(zip(names, args)), **kwargs}.items()
+                   if isinstance(value, torch.Tensor)]
+        first_name, first = next((item for item in tensors if item[0] != "seed"), tensors[0])
+        for name, tensor in tensors:
+            if tensor.device != first.device and not (name == "seed" and tensor.device.type == "cpu"):
+                raise ValueError(f"{name} is on {tensor.device} but {first_name} is on {first.device}")
+        return fake(*args, **kwargs)
+    return checked

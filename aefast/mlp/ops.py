@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from aefast import _backends
-from aefast._checks import check_seed_tensor
+from aefast._checks import check_seed_tensor, one_device
 from aefast._dtypes import accumulation_dtype, no_autocast
 from aefast.mlp import reference, reference_kernels
 
@@ -71,6 +71,7 @@ def fused_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], activatio
 
 
 @fused_linear_op.register_fake
+@one_device
 def _(x, weight, bias, activation, corruption, corruption_param, seed):
     y = x.new_empty(x.shape[0], weight.shape[0])
     return y, (torch.empty_like(y) if activation == "gelu" else x.new_empty(0))
@@ -107,6 +108,7 @@ def fused_linear_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Op
 
 
 @fused_linear_backward_op.register_fake
+@one_device
 def _(grad_y, x, weight, bias, y, saved_z, activation, corruption, corruption_param, seed, grad_scale,
       need_input_grad):
     grad_x = torch.empty_like(x) if need_input_grad else x.new_empty(0)
@@ -130,6 +132,7 @@ def fused_linear_loss_op(h: Tensor, weight: Tensor, bias: Optional[Tensor], targ
 
 
 @fused_linear_loss_op.register_fake
+@one_device
 def _(h, weight, bias, target, output_activation, loss):
     return h.new_empty((), dtype=accumulation_dtype(h.dtype)), h.new_empty(h.shape[0], weight.shape[0])
 
@@ -152,6 +155,7 @@ def fused_narrow_mlp_op(x: Tensor, weights: Tensor, biases: Optional[Tensor], di
 
 
 @fused_narrow_mlp_op.register_fake
+@one_device
 def _(x, weights, biases, dims, activation, last_activation, save):
     # The op's own checks first: a traced or meta-device call with bad dims fails as a real one does.
     _check_narrow(x, weights, biases, dims, activation, last_activation)
@@ -183,6 +187,7 @@ def fused_narrow_mlp_backward_op(grad_out: Tensor, x: Tensor, out: Tensor, saved
 
 
 @fused_narrow_mlp_backward_op.register_fake
+@one_device
 def _(grad_out, x, out, saved, weights, biases, dims, activation, last_activation, need_input_grad):
     return (torch.empty_like(x) if need_input_grad else x.new_empty(0), torch.empty_like(weights),
             torch.empty_like(biases) if biases is not None else weights.new_empty(0))
@@ -204,6 +209,7 @@ def fused_narrow_mlp_loss_op(x: Tensor, weights: Tensor, biases: Optional[Tensor
 
 
 @fused_narrow_mlp_loss_op.register_fake
+@one_device
 def _(x, weights, biases, target, dims, activation, last_activation, loss):
     return x.new_empty((), dtype=accumulation_dtype(x.dtype))
 
@@ -229,6 +235,7 @@ def fused_narrow_mlp_loss_backward_op(grad_loss: Tensor, x: Tensor, weights: Ten
 
 
 @fused_narrow_mlp_loss_backward_op.register_fake
+@one_device
 def _(grad_loss, x, weights, biases, target, dims, activation, last_activation, loss, need_input_grad):
     return (torch.empty_like(x) if need_input_grad else x.new_empty(0), torch.empty_like(weights),
             torch.empty_like(biases) if biases is not None else weights.new_empty(0))
@@ -248,6 +255,7 @@ def corrupt_op(x: Tensor, corruption: str, corruption_param: float, seed: Tensor
 
 
 @corrupt_op.register_fake
+@one_device
 def _(x, corruption, corruption_param, seed):
     return torch.empty_like(x)
 

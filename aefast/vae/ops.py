@@ -17,7 +17,7 @@ from torch import Tensor
 
 from aefast import _backends
 from aefast._buffers import DTYPE_NAMES, cpu_buffer, current_stream, device_pointer, empty_on_huge_pages
-from aefast._checks import check_seed_tensor
+from aefast._checks import check_seed_tensor, one_device
 from aefast._dtypes import no_autocast
 from aefast.vae import reference
 from aefast.vae.reference import kl_dtype
@@ -45,6 +45,7 @@ def reparameterize_kl_op(
 
 
 @reparameterize_kl_op.register_fake
+@one_device
 def _(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):
     kl_shape = mu.shape if per_element else mu.shape[:1]
     return torch.empty_like(mu), mu.new_empty(kl_shape, dtype=kl_dtype(mu.dtype))
@@ -74,6 +75,7 @@ def reparameterize_kl_backward_op(
 
 
 @reparameterize_kl_backward_op.register_fake
+@one_device
 def _(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max):
     return torch.empty_like(mu), torch.empty_like(mu)
 

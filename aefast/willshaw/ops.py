@@ -22,6 +22,7 @@ from torch import Tensor
 
 from aefast import _backends
 from aefast._buffers import cpu_buffer, empty_on_huge_pages
+from aefast._checks import one_device
 from aefast.willshaw import reference
 
 STORE, SUMS, RETRIEVE, RETRIEVE_INDICES = "willshaw_store", "willshaw_sums", "willshaw_retrieve", "willshaw_retrieve_indices"
@@ -47,6 +48,7 @@ def willshaw_store_op(matrix: Tensor, n_out: int, x_values: Tensor, x_offsets: T
 
 
 @willshaw_store_op.register_fake
+@one_device
 def _(matrix, n_out, x_values, x_offsets, y_values, y_offsets):
     return None
 
@@ -64,6 +66,7 @@ def willshaw_sums_op(matrix: Tensor, n_out: int, cue_values: Tensor, cue_offsets
 
 
 @willshaw_sums_op.register_fake
+@one_device
 def _(matrix, n_out, cue_values, cue_offsets):
     return matrix.new_empty((cue_offsets.shape[0] - 1, n_out), dtype=torch.int32)
 
@@ -75,6 +78,7 @@ def willshaw_retrieve_op(matrix: Tensor, n_out: int, cue_values: Tensor, cue_off
 
 
 @willshaw_retrieve_op.register_fake
+@one_device
 def _(matrix, n_out, cue_values, cue_offsets, threshold, value):
     return matrix.new_empty((cue_offsets.shape[0] - 1, n_out), dtype=torch.bool)
 
@@ -87,6 +91,7 @@ def willshaw_retrieve_indices_op(matrix: Tensor, n_out: int, cue_values: Tensor,
 
 
 @willshaw_retrieve_indices_op.register_fake
+@one_device
 def _(matrix, n_out, cue_values, cue_offsets, threshold, value):
     count = torch.library.get_ctx().new_dynamic_size()
     return matrix.new_empty((count,), dtype=torch.int64), cue_offsets.new_empty(cue_offsets.shape)

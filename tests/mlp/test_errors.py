@@ -89,6 +89,14 @@ def test_from_sequential_refuses_what_it_cannot_fuse():
         FusedMLP.from_sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2).double()))
     with pytest.raises(TypeError, match="sequential must be an nn.Sequential, got Linear"):
         FusedMLP.from_sequential(torch.nn.Linear(3, 4))
+    with pytest.raises(ValueError, match=r"sequential\[1\]: only the exact GELU \(approximate='none'\) is fused"):
+        FusedMLP.from_sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.GELU(approximate="tanh")))
+    with pytest.raises(ValueError, match=r"sequential\[2\] \(ReLU\) is not an activation after a Linear"):
+        FusedMLP.from_sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.ReLU()))
+    with pytest.raises(ValueError, match="sequential must hold at least one nn.Linear"):
+        FusedMLP.from_sequential(torch.nn.Sequential())
+    with pytest.raises(ValueError, match="every Linear of sequential must have a bias, or none"):
+        FusedMLP.from_sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2, bias=False)))
     with pytest.raises(TypeError, match="decoder must be an nn.Sequential, got FusedMLP"):
         FusedAutoencoder.from_sequential(torch.nn.Sequential(torch.nn.Linear(6, 2)), FusedMLP([2, 6]))
     with pytest.raises(ValueError, match=r"decoder\[1\] \(Dropout\) is not an activation"):
@@ -140,6 +148,11 @@ def valid_op_calls() -> dict:
         "fused_narrow_mlp_backward": dict(grad_out=grad_y, x=x, out=torch.rand(ROWS, 4), saved=torch.rand(ROWS * 6),
                                           weights=weights, biases=biases, dims=NARROW_DIMS, activation="relu",
                                           last_activation="sigmoid", need_input_grad=True),
+        "fused_narrow_mlp_loss": dict(x=x, weights=weights, biases=biases, target=torch.rand(ROWS, 4), dims=NARROW_DIMS,
+                                      activation="relu", last_activation="sigmoid", loss="bce"),
+        "fused_narrow_mlp_loss_backward": dict(grad_loss=torch.tensor(0.5), x=x, weights=weights, biases=biases,
+                                               target=torch.rand(ROWS, 4), dims=NARROW_DIMS, activation="relu",
+                                               last_activation="sigmoid", loss="bce", need_input_grad=True),
         "corrupt": dict(x=x, corruption="mask", corruption_param=0.25, seed=seed),
     }
 
@@ -217,6 +230,27 @@ def test_direct_op_calls_check_every_argument(mlp_backend, op, change, error, ma
     call.update(change(call) if callable(change) else change)
     with pytest.raises(error, match=match):
         getattr(torch.ops.aefast, op)(**call)
+
+
+@pytest.mark.parametrize("op", list(valid_op_calls()))
+def test_a_meta_tensor_among_cpu_ones_is_refused(op):
+    """With any argument on the meta device the dispatcher runs the op's fake implementation for the
+    whole call, which alone would answer with uninitialized CPU tensors: it refuses mixed devices as the
+    op does. All on meta, the call gives the outputs' shapes (the seed, read on the host, may stay on
+    the CPU)."""
+    call = valid_op_calls()[op]
+    tensors = [name for name, value in call.items() if isinstance(value, torch.Tensor)]
+    for name in tensors:
+        if tensors == [name, "seed"]:
+            continue  # the one data tensor on meta, the seed on the CPU: a valid call
+        with pytest.raises(ValueError, match=rf"^({name} is on meta but \w+ is on cpu|\w+ is on cpu but {name} is on meta)$"):
+            getattr(torch.ops.aefast, op)(**{**call, name: call[name].to("meta")})
+    on_meta = {name: value.to("meta") if isinstance(value, torch.Tensor) and name != "seed" else value
+               for name, value in call.items()}
+    outputs = [getattr(torch.ops.aefast, op)(**arguments) for arguments in (on_meta, call)]
+    got, expected = [list(output) if isinstance(output, tuple) else [output] for output in outputs]
+    for got, want in zip(got, expected, strict=True):
+        assert got.device.type == "meta" and got.shape == want.shape and got.dtype == want.dtype
 
 
 @pytest.mark.parametrize("dims", [[], [3], [3, 200, 4], [3, 0, 4]])

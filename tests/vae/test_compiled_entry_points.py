@@ -114,3 +114,14 @@ def test_direct_op_calls_are_checked_before_any_kernel():
         backward(good, torch.zeros(5), good, good, None, seed, -math.inf, math.inf)
     with pytest.raises(ValueError, match="grad_z must match mu"):
         backward(torch.zeros(2, 2), torch.zeros(4), good, good, None, seed, -math.inf, math.inf)
+    # One meta tensor among CPU ones sends the call to the ops' fake implementations, which would answer
+    # with uninitialized tensors: they refuse mixed devices as the kernels' checks do.
+    meta = good.to("meta")
+    with pytest.raises(ValueError, match="^logvar is on meta but mu is on cpu$"):
+        op(good, meta, None, seed, False, -math.inf, math.inf)
+    with pytest.raises(ValueError, match="^seed is on meta but mu is on cpu$"):
+        op(good, good, good, seed.to("meta"), False, -math.inf, math.inf)
+    with pytest.raises(ValueError, match="^grad_kl is on cpu but grad_z is on meta$"):
+        backward(meta, torch.zeros(4), good, good, None, seed, -math.inf, math.inf)
+    z, kl = op(meta, meta, None, seed, False, -math.inf, math.inf)  # all on meta: the shapes alone
+    assert (z.device.type, z.shape, kl.shape) == ("meta", (4, 3), (4,))

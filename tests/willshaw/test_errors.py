@@ -165,6 +165,23 @@ def test_direct_op_calls_with_broken_rows_raise(willshaw_backend):
         torch.ops.aefast.willshaw_store(matrix, 80, values, offsets, values, torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="k must be in"):
         torch.ops.aefast.willshaw_retrieve(matrix, 80, values, offsets, 3, 0)
+    with pytest.raises(ValueError, match=r"threshold must be 0 \(hard\), 1 \(soft\), 2 \(fixed\) or 3 \(topk\), got 4"):
+        torch.ops.aefast.willshaw_retrieve(matrix, 80, values, offsets, 4, 0)
+    with pytest.raises(ValueError, match="a fixed threshold must be >= 0, got -1"):
+        torch.ops.aefast.willshaw_retrieve_indices(matrix, 80, values, offsets, 2, -1)
+    with pytest.raises(ValueError, match="cue_offsets must hold rows \\+ 1 entries, got none"):
+        torch.ops.aefast.willshaw_sums(matrix, 80, values, torch.tensor([], dtype=torch.int64))
+    # With one meta tensor among CPU ones the dispatcher runs the op's fake implementation, which must
+    # refuse the call too rather than answer with uninitialized tensors (or store nothing).
+    with pytest.raises(ValueError, match="x_values is on meta but matrix is on cpu"):
+        torch.ops.aefast.willshaw_store(matrix, 80, values.to("meta"), offsets, values, offsets)
+    with pytest.raises(ValueError, match="cue_offsets is on meta but matrix is on cpu"):
+        torch.ops.aefast.willshaw_retrieve(matrix, 80, values, offsets.to("meta"), 0, 0)
+    with pytest.raises(ValueError, match="x_values is on cpu but matrix is on meta"):
+        torch.ops.aefast.willshaw_store(matrix.to("meta"), 80, values, offsets, values, offsets)
+    for bad_matrix in (matrix.int(), matrix.t(), matrix[0]):
+        with pytest.raises(ValueError, match="matrix must be a contiguous 2-D int64 tensor"):
+            torch.ops.aefast.willshaw_store(bad_matrix, 80, values, offsets, values, offsets)
     assert not matrix.any()
 
 
