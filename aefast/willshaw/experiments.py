@@ -350,15 +350,16 @@ def scaling(n: int, ones: Optional[int] = None, *, seed: int = 0, out: str | Pat
         top = int(math.log2(n))
         sizes = [2**e for e in range(min(10, top), top + 1)]
     sizes = _check_pairs(sizes, "sizes")
+    ones_per_size = {size: ones if ones is not None else _default_ones(size) for size in sizes}
+    for size, M in ones_per_size.items():  # before any folder or file is made
+        if not 1 <= M < size:
+            raise ValueError(f"ones={M} does not fit a memory of {size} units: sizes must exceed the ones per pattern")
     out = output_folder(out)
     results = _Results(out, "scaling", SCALING_COLUMNS, ["n"],
                        {"n": n, "ones": ones, "seed": seed, "sizes": sizes, "queries": queries, "device": str(device)})
-    for size in tqdm(sizes, desc="scaling", unit="size", disable=not progress):
+    for size, M in tqdm(ones_per_size.items(), desc="scaling", unit="size", disable=not progress):
         if results.done(n=size):
             continue
-        M = ones if ones is not None else _default_ones(size)
-        if not 1 <= M < size:
-            raise ValueError(f"ones={M} does not fit a memory of {size} units")
         results.add(_scaling_point(size, M, max(1, round(theory.capacity(size, M))), seed, queries, device,
                                    progress, clock))
     _plot_scaling(results.rows, out / "scaling.png")

@@ -161,12 +161,18 @@ def test_scaling_times_the_gpus_work_not_its_queueing(tmp_path):
     (["scaling", "--n", "100", "--sizes", "64,"], "argument --sizes: expected comma-separated ints"),
     (["noise", "--n", "100", "--ones", "3", "--queries", "0"], "queries must be"),
     (["scaling", "--n", "2048", "--device", "abacus"], "device must name a torch device"),
+    (["capacity", "--n", "100", "--ones", "3", "--seed", "-1"], "seed must be >= 0, got -1"),
+    (["noise", "--n", "100", "--ones", "3", "--fixed-threshold", "-1"], "fixed_threshold must be an int >= 0, got -1"),
+    (["scaling", "--n", "100", "--ones", "70", "--sizes", "100,64"],
+     "ones=70 does not fit a memory of 64 units: sizes must exceed the ones per pattern"),
+    (["scaling", "--n", "100", "--sizes", "1,64"], "ones=1 does not fit a memory of 1 units"),
 ])
 def test_cli_errors(tmp_path, capsys, arguments, message):
     # In this process (a subprocess each took 4 s to import torch); the exit code is argparse's 2.
     with pytest.raises(SystemExit) as exit_info:
         main(["willshaw", *arguments, "--out", str(tmp_path)])
     assert exit_info.value.code == 2 and message.replace("\\", "") in capsys.readouterr().err.replace("\\", "")
+    assert not any(tmp_path.iterdir())  # refused before anything is written
 
 
 def test_cli_writes_the_csv_and_plot(tmp_path):
