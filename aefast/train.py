@@ -133,7 +133,7 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
             batch = _batch_for_model(batch, device)
             loss = model.loss(batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss became {float(loss)} in epoch {epoch + 1}; lower lr?")
+                raise FloatingPointError(f"the loss became {loss.item()} in epoch {epoch + 1}; lower lr?")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

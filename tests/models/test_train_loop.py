@@ -1,9 +1,14 @@
 """fit: repeatable from a seed, resumes from its checkpoint after an interruption, stops early, and
 refuses bad data and damaged checkpoints with a clear error."""
+import hashlib
+import io
+import math
+
 import pytest
 import torch
 
 from aefast.models import Autoencoder
+from aefast import train
 from aefast.train import CheckpointError, fit
 
 
@@ -94,6 +99,31 @@ def test_bad_options_are_refused_by_name(data, options, match):
         fit(model(), data, **{"epochs": 1, "progress": False, **options})
 
 
+def test_a_model_without_a_loss_method_is_refused(data):
+    with pytest.raises(TypeError, match=r"model must have a loss\(batch\) method, got Linear"):
+        fit(torch.nn.Linear(12, 12), data, epochs=1, progress=False)
+
+
+class _DivergingModel(torch.nn.Module):
+    """A loss that is finite for the first step and infinite after it, as a too-large lr makes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(1.0))
+        self.steps = 0
+
+    def loss(self, batch):
+        self.steps += 1
+        return self.scale * batch.mean() * (1.0 if self.steps == 1 else math.inf)
+
+
+def test_a_loss_that_stops_being_finite_stops_the_run_and_says_so(data):
+    model = _DivergingModel()
+    with pytest.raises(FloatingPointError, match=r"the loss became inf in epoch 1; lower lr\?"):
+        fit(model, data, epochs=3, batch_size=100, progress=False)
+    assert model.steps == 2  # stopped at the first such step, before its backward and update
+
+
 def test_wrong_width_names_x(data):
     with pytest.raises(ValueError, match="x must have 12 features"):
         fit(model(), torch.rand(10, 5), epochs=1, progress=False)
@@ -107,6 +137,32 @@ DAMAGES = {
     "garbage": lambda data: b"not a checkpoint at all",
     "empty": lambda data: b"",
 }
+
+
+def _checkpoint_with_a_valid_checksum(payload: bytes) -> bytes:
+    """What another program writing our header and checksum over its own bytes would leave."""
+    return train._CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+
+
+def _saved(state) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("payload,match", [
+    (b"these bytes are no torch.save archive", "checkpoint.pt cannot be read: "),
+    (_saved({"model": {}}), "checkpoint.pt is not an aefast training checkpoint"),
+    (_saved([1, 2, 3]), "checkpoint.pt is not an aefast training checkpoint"),
+])
+def test_a_checkpoint_with_a_valid_checksum_over_other_contents_is_refused(data, tmp_path, payload, match):
+    (tmp_path / "checkpoint.pt").write_bytes(_checkpoint_with_a_valid_checksum(payload))
+    target = model()
+    before = {name: value.clone() for name, value in target.state_dict().items()}
+    with pytest.raises(CheckpointError, match=match):
+        fit(target, data, epochs=1, checkpoint_dir=tmp_path, progress=False)
+    for name, value in target.state_dict().items():
+        assert torch.equal(value, before[name]), name
 
 
 @pytest.mark.parametrize("damage", [*DAMAGES, "other model"])
