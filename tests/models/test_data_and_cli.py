@@ -54,6 +54,9 @@ def test_damaged_idx_files(tmp_path):
     path.write_bytes(path.read_bytes()[:4] + b"\0")
     with pytest.raises(ValueError, match="is not an IDX file"):  # an IDX file of no dimensions
         data.load_idx(path)
+    path.write_bytes(b"\0\0\x08\x03" + (3).to_bytes(4, "big"))  # three dimensions, one size given
+    with pytest.raises(ValueError, match="images.idx cannot be read as an IDX file: "):
+        data.load_idx(path)
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -99,6 +102,7 @@ def test_npz(tmp_path):
     ({"x": np.ones((3, 2)), "y": np.array([0, 1e30, 2])}, r"'y': labels must be at most 2\*\*53"),
     ({"x": np.ones((3, 2)), "y": np.array([0, -1e30, 2])}, r"'y': labels must be at most 2\*\*53"),
     ({"x": np.ones((3, 2)), "y": np.array([0, 2**64 - 1, 2], dtype=np.uint64)}, r"'y': labels must be at most 2\*\*53"),
+    ({"x": np.ones((3, 2)), "y": np.array(["cat", "dog", "cat"])}, r"'y': labels must be integers, got <U3"),
 ])
 def test_npz_contents_are_checked(tmp_path, arrays, match):
     path = tmp_path / "set.npz"

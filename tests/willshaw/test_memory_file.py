@@ -171,6 +171,32 @@ def test_a_file_written_by_safetensors_itself_loads(saved, tmp_path):
     assert torch.equal(WillshawMemory.load(path).packed_matrix(), matrix)
 
 
+@pytest.mark.parametrize("change,match", [
+    ("float64 matrix", "the matrix is torch.float64, not int64"),
+    ("another tensor", r"expected one tensor 'matrix', found \['bias', 'matrix'\]"),
+    ("no checksum", "the checksum is missing"),
+])
+def test_a_safetensors_file_of_another_layout_is_refused(saved, tmp_path, change, match):
+    """Files another program wrote with the library's save_file and our metadata, but not our layout."""
+    memory, _ = saved
+    matrix = memory.packed_matrix()
+    digest = hashlib.sha256(b"n_in=300 n_out=130 n_stored=400")
+    digest.update(matrix.numpy().tobytes())
+    metadata = {"format": "aefast.willshaw", "version": "1", "n_in": "300", "n_out": "130", "n_stored": "400",
+                "sha256": digest.hexdigest()}
+    tensors = {"matrix": matrix}
+    if change == "float64 matrix":  # the same bytes as float64: only the dtype tells
+        tensors = {"matrix": matrix.view(torch.float64)}
+    elif change == "another tensor":
+        tensors["bias"] = torch.zeros(3)
+    else:
+        del metadata["sha256"]
+    path = tmp_path / "other-layout.safetensors"
+    save_file(tensors, path, metadata=metadata)
+    with pytest.raises(WillshawFileError, match=match):
+        WillshawMemory.load(path)
+
+
 @pytest.mark.parametrize("rows_per_block", [1, 7, 299, 300])
 def test_saves_and_loads_in_blocks_of_rows_keep_every_bit_and_check_every_block(saved, tmp_path, monkeypatch,
                                                                                  rows_per_block):
