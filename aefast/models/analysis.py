@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from aefast._checks import is_int
 from aefast.models.autoencoders import Autoencoder
 
 
@@ -43,8 +44,11 @@ def pca_check(model: Autoencoder, x: Tensor) -> PcaCheck:
 @torch.no_grad()
 def interpolate(model, x1: Tensor, x2: Tensor, steps: int = 8) -> Tensor:
     """g((1 - a) f(x1) + a f(x2)) for ``steps`` values of a from 0 to 1: (steps, width)."""
-    if steps < 2:
-        raise ValueError(f"steps must be >= 2, got {steps}")
+    if not is_int(steps) or steps < 2:
+        raise ValueError(f"steps must be an int >= 2, got {steps!r}")
+    if not isinstance(x1, Tensor) or not isinstance(x2, Tensor) or x1.numel() != x2.numel():
+        raise ValueError(f"x1 and x2 must be tensors of one input each, got {getattr(x1, 'shape', type(x1).__name__)} "
+                         f"and {getattr(x2, 'shape', type(x2).__name__)}")
     codes = model.encode(torch.stack([x1.reshape(-1), x2.reshape(-1)]))
     weights = torch.linspace(0, 1, steps, dtype=codes.dtype, device=codes.device).unsqueeze(1)
     return model.decode((1 - weights) * codes[0] + weights * codes[1])

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from aefast.models import VAE, Autoencoder, ConditionalVAE, SparseAutoencoder, pretrain_layerwise
+from aefast.models import VAE, Autoencoder, ConditionalVAE, SparseAutoencoder, interpolate, pca_check, pretrain_layerwise
 
 
 @pytest.mark.parametrize("make,match", [
@@ -17,6 +17,7 @@ from aefast.models import VAE, Autoencoder, ConditionalVAE, SparseAutoencoder, p
     (lambda: VAE([8, 3], beta=math.nan), "beta must be a finite number >= 0"),
     (lambda: VAE([8, 3], free_bits=math.inf), "free_bits must be a finite number >= 0"),
     (lambda: ConditionalVAE([8, 3], num_classes=True), "num_classes must be an int >= 2"),
+    (lambda: SparseAutoencoder([8, 3]), "a SparseAutoencoder needs l1 > 0, rho or k"),
 ])
 def test_bad_construction(make, match):
     with pytest.raises(ValueError, match=match):
@@ -51,3 +52,29 @@ def test_pretrain_layerwise_names_its_epochs():
         pretrain_layerwise(model, x, fine_tune_epochs=-2)
     with pytest.raises(ValueError, match="takes epochs_per_layer and fine_tune_epochs, not epochs"):
         pretrain_layerwise(model, x, epochs=3)
+
+
+def test_pretrain_layerwise_takes_an_untied_autoencoder():
+    for model in (Autoencoder([8, 4, 2], tied=True), VAE([8, 4, 2])):
+        with pytest.raises(ValueError, match="pretrain_layerwise takes an untied aefast.models.Autoencoder"):
+            pretrain_layerwise(model, torch.rand(10, 8))
+
+
+def test_analysis_tools_name_their_arguments():
+    with pytest.raises(ValueError, match=r"pca_check needs a linear autoencoder \(activation=None"):
+        pca_check(Autoencoder([8, 2]), torch.rand(10, 8))
+    model = Autoencoder([8, 4, 2])
+    for steps in (1, 2.5, "3"):
+        with pytest.raises(ValueError, match=f"steps must be an int >= 2, got {steps!r}"):
+            interpolate(model, torch.rand(8), torch.rand(8), steps)
+    with pytest.raises(ValueError, match=r"x1 and x2 must be tensors of one input each, got torch.Size\(\[8\]\) and "
+                                         r"torch.Size\(\[7\]\)"):
+        interpolate(model, torch.rand(8), torch.rand(7))
+    assert interpolate(model, torch.rand(1, 8), torch.rand(8), 3).shape == (3, 8)
+
+
+def test_a_batch_must_be_a_tensor_or_a_pair_and_labels_integers():
+    with pytest.raises(TypeError, match="a batch must be a tensor or an \\(x, labels\\) pair, got str"):
+        Autoencoder([8, 2]).loss("batch")
+    with pytest.raises(ValueError, match=r"labels must be integers in \[0, 3\), got dtype torch.float32"):
+        ConditionalVAE([8, 3], num_classes=3).loss((torch.rand(2, 8), torch.tensor([0.0, 1.0])))
