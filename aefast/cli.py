@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             summary = run(args.model, args.data, args.epochs, Path(args.out), batch_size=args.batch_size, lr=args.lr,
                           seed=args.seed, device=args.device)
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, FloatingPointError) as error:  # FloatingPointError: the loss diverged
             parser.error(str(error))
         print(json.dumps(summary, indent=2))
     if args.command == "info":

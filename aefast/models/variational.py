@@ -57,8 +57,9 @@ class VAE(nn.Module):
         mu, logvar = self.encode_distribution(encoder_input)
         z, kl = aefast.reparameterize_kl(mu, logvar, reduction="none", logvar_clamp=(-30.0, 20.0))
         decoder_input = z if decoder_condition is None else torch.cat([z, decoder_condition], dim=-1)
-        output = self.decode(decoder_input).clamp(1e-7, 1 - 1e-7)
-        reconstruction = F.binary_cross_entropy(output, x, reduction="sum") / x.shape[0]
+        # The decoder's fused BCE, taken from the logits (stable where the sigmoid saturates, and NaN,
+        # not an error, once training has diverged), is a mean over every unit: times the units per input.
+        reconstruction = self.decoder.loss(decoder_input, x, loss="bce") * x.shape[-1]
         return reconstruction, kl.mean(0)
 
     def elbo(self, batch) -> Tensor:

@@ -169,6 +169,11 @@ def test_cli_train_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--model", "ae", "--data", "digits", "--epochs", "1", "--out", str(tmp_path), "--device", "abacus"])
     assert "device must name a torch device" in capsys.readouterr().err
+    # An lr that makes the first step's weights overflow: the second loss is NaN, and the run says so.
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "vae", "--data", "synthetic", "--epochs", "1", "--out", str(tmp_path / "diverged"),
+              "--lr", "1e30"])
+    assert "the loss became nan in epoch 1; lower lr?" in capsys.readouterr().err
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):
             main(["train", "--model", "ae", "--data", "digits", "--epochs", "1", "--out", str(tmp_path), "--device", "cuda"])
