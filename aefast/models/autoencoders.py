@@ -48,22 +48,39 @@ class Autoencoder(nn.Module):
     def decode(self, code: Tensor) -> Tensor:
         if not self.tied:
             return self.decoder(code)
-        h = code
-        for index, layer in enumerate(self.decoder.layers):
-            h = fused_linear(h, self.encoder.layers[-1 - index].weight.t().contiguous(), layer.bias, layer.activation)
+        return self._tied_decode(code, self.output_activation)
+
+    def _tied_decode(self, code: Tensor, output_activation: Optional[str]) -> Tensor:
+        h, layers = code, self.decoder.layers
+        for index, layer in enumerate(layers):
+            activation = layer.activation if index < len(layers) - 1 else output_activation
+            h = fused_linear(h, self.encoder.layers[-1 - index].weight.t().contiguous(), layer.bias, activation)
         return h
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
 
     def reconstruction_loss(self, output: Tensor, x: Tensor) -> Tensor:
+        """The loss of a reconstruction ``output`` against ``x``: binary cross-entropy for a sigmoid
+        output, else the mean square error. Training takes it from the code instead (``_code_loss``)."""
         if self.output_activation == "sigmoid":
             return F.binary_cross_entropy(output.clamp(1e-7, 1 - 1e-7), x)
         return F.mse_loss(output, x)
 
+    def _code_loss(self, code: Tensor, x: Tensor) -> Tensor:
+        """The loss of decode(code) against x, fused into the decoder's last layer; for a sigmoid output
+        the binary cross-entropy is taken from the logits: stable where the sigmoid saturates, and NaN
+        rather than an error once training has diverged (which fit then reports)."""
+        loss = "bce" if self.output_activation == "sigmoid" else "mse"
+        if not self.tied:
+            return self.decoder.loss(code, x, loss=loss)
+        if loss == "bce":
+            return F.binary_cross_entropy_with_logits(self._tied_decode(code, None), x)
+        return F.mse_loss(self.decode(code), x)
+
     def loss(self, batch) -> Tensor:
         x, _ = batch_inputs(batch)
-        return self.reconstruction_loss(self(x), x)
+        return self._code_loss(self.encode(x), x)
 
 
 class SparseAutoencoder(Autoencoder):
@@ -96,7 +113,7 @@ class SparseAutoencoder(Autoencoder):
     def loss(self, batch) -> Tensor:
         x, _ = batch_inputs(batch)
         code = self.encode(x)
-        loss = self.reconstruction_loss(self.decode(code), x)
+        loss = self._code_loss(code, x)
         if self.l1:
             loss = loss + self.l1 * code.abs().sum(-1).mean()
         if self.rho is not None:
@@ -122,4 +139,4 @@ class DenoisingAutoencoder(Autoencoder):
 
     def loss(self, batch) -> Tensor:
         x, _ = batch_inputs(batch)
-        return self.reconstruction_loss(self(self.corrupt(x)), x)
+        return self._code_loss(self.encode(self.corrupt(x)), x)

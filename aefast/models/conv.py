@@ -47,4 +47,7 @@ class ConvAutoencoder(nn.Module):
 
     def loss(self, batch) -> Tensor:
         x, _ = batch_inputs(batch)
-        return F.binary_cross_entropy(self(x), x)
+        # From the logits, before the decoder's last Sigmoid: stable where it saturates, and NaN rather
+        # than an error once training has diverged (which fit then reports).
+        logits = self.decoder[:-1](self.encode(x).reshape(-1, 8, 4, 4))
+        return F.binary_cross_entropy_with_logits(logits.reshape(x.shape), x)

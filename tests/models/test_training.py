@@ -1,6 +1,8 @@
 """Every model of the seeds trains on the bundled digits to a documented bound in seconds; the
 comparisons the notes make hold (denoising beats plain on corrupted inputs, the sparse code is
 sparser, the linear autoencoder reaches PCA's error, the VAE's ELBO improves)."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -104,6 +106,24 @@ def test_vae_elbo_improves_and_samples(digits):
     assert history["train_loss"][-1] < history["train_loss"][0]
     samples = model.sample(5, generator=torch.Generator().manual_seed(0))
     assert samples.shape == (5, 64) and ((samples >= 0) & (samples <= 1)).all()
+
+
+@pytest.mark.parametrize("make,width", [
+    (lambda: Autoencoder([64, 20, 5], output_activation="sigmoid"), 64),
+    (lambda: Autoencoder([64, 20, 5], output_activation="sigmoid", tied=True), 64),
+    (lambda: SparseAutoencoder([64, 20, 5], k=3, output_activation="sigmoid"), 64),
+    (lambda: ConvAutoencoder(), 784),
+], ids=["autoencoder", "tied", "k-sparse", "conv"])
+def test_a_sigmoid_models_loss_is_the_bce_of_its_output_and_nan_once_diverged(make, width):
+    """Taken from the logits, the loss equals torch's BCE of the sigmoid output; once a weight is NaN
+    (a diverged run) it is NaN, which fit reports, where torch's BCE of a NaN output raised."""
+    torch.manual_seed(0)
+    model, x = make(), torch.rand(9, width)
+    # float32 means of 9 x 64 (or 784) terms in two orders, and log(sigmoid) against the logits' form
+    torch.testing.assert_close(model.loss(x), F.binary_cross_entropy(model(x), x), rtol=1e-5, atol=0)
+    with torch.no_grad():
+        next(model.parameters()).fill_(math.nan)
+    assert model.loss(x).isnan()
 
 
 def test_the_vae_reconstruction_term_is_the_summed_bce_per_input(digits):
