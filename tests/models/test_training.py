@@ -56,7 +56,7 @@ def test_denoising_beats_plain_on_corrupted_digits(digits, plain):
     corrupted = reference.corrupt(x, "mask", 0.4, seed=123)
     with torch.no_grad():
         denoised, copied = ((model(corrupted) - x) ** 2).mean(), ((plain(corrupted) - x) ** 2).mean()
-    assert denoised < 0.7 * copied  # measured 0.028 against 0.056
+    assert denoised < 0.7 * copied  # measured 0.028 against 0.049
 
 
 def test_sparse_codes_are_sparser(digits, plain):
@@ -65,7 +65,7 @@ def test_sparse_codes_are_sparser(digits, plain):
     fit(model, x, epochs=60, batch_size=64, lr=3e-3, seed=1, progress=False)
     with torch.no_grad():
         sparse_l1, plain_l1 = model.encode(x).abs().mean(), plain.encode(x).abs().mean()
-    assert sparse_l1 < 0.25 * plain_l1 and mse(model, x) < 0.03  # measured 0.13 against 2.1
+    assert sparse_l1 < 0.25 * plain_l1 and mse(model, x) < 0.03  # measured 0.13 against 2.2
 
 
 @pytest.mark.parametrize("kwargs", [{"rho": 0.1, "beta": 0.05}, {"k": 4}])
@@ -80,7 +80,7 @@ def test_other_sparsity_forms(digits, kwargs):
     else:
         assert code.mean() < 0.15  # the target rho = 0.1; measured 0.11
     mean_image_error = float(((x - x.mean(0)) ** 2).mean())  # what predicting the mean digit costs: 0.073
-    assert mse(model, x) < 0.5 * mean_image_error  # measured 0.022 (rho) and about 0.03 (k = 4)
+    assert mse(model, x) < 0.5 * mean_image_error  # measured 0.023 (rho) and 0.022 (k = 4)
 
 
 def test_linear_autoencoder_reaches_pca(digits):
@@ -102,7 +102,7 @@ def test_vae_elbo_improves_and_samples(digits):
     with torch.no_grad():
         torch.manual_seed(0)
         after = float(model.elbo(x))
-    assert after > before + 10  # nats per digit; measured about -42 -> -25
+    assert after > before + 10  # nats per digit; measured -45 -> -25
     assert history["train_loss"][-1] < history["train_loss"][0]
     samples = model.sample(5, generator=torch.Generator().manual_seed(0))
     assert samples.shape == (5, 64) and ((samples >= 0) & (samples <= 1)).all()
