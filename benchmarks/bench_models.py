@@ -22,12 +22,22 @@ X, _ = load_digits()
 X = (X[:256] if quick() else X).to(DEVICE)
 
 
+class EagerReconstructionLoss:
+    """The autoencoders' loss as a user writes it: decode, then torch's loss of the output (aefast's
+    models fuse it into the decoder's last layer, which an nn.Sequential decoder has no method for)."""
+
+    def _code_loss(self, code, x):
+        return self.reconstruction_loss(self.decode(code), x)
+
+
 def plain_twin(model):
     """The same model with every FusedMLP swapped for its nn.Sequential (same weights)."""
     twin = copy.deepcopy(model)
     for name, module in list(twin.named_children()):
         if isinstance(module, FusedMLP):
             setattr(twin, name, module.to_sequential())
+    if isinstance(twin, Autoencoder):
+        twin.__class__ = type(f"Eager{type(model).__name__}", (EagerReconstructionLoss, type(model)), {})
     return twin
 
 
