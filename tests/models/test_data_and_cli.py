@@ -21,6 +21,12 @@ def test_synthetic_manifold_repeats_from_its_seed():
     x, labels = data.synthetic_manifold(500, 32, seed=3)
     assert x.shape == (500, 32) and ((x >= 0) & (x <= 1)).all() and set(labels.tolist()) <= {0, 1, 2, 3}
     assert torch.equal(data.synthetic_manifold(500, 32, seed=3)[0], x)
+    threads = torch.get_num_threads()
+    try:  # the same points whatever the threads (a matmul's blocking may change with them)
+        torch.set_num_threads(1)
+        assert torch.equal(data.synthetic_manifold(500, 32, seed=3)[0], x)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def write_idx(path, array, type_code=0x08, compress=False):
