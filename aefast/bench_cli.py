@@ -31,6 +31,9 @@ def run(components: list[str], *, quick: bool, device: str | None) -> dict:
     # Without pytest-xdist's worker variables: run from an xdist worker (the test suite runs in two),
     # the child would take itself for one and disable pytest-benchmark's timing.
     env = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_XDIST_")}
+    # The child imports this aefast, the checkout's, even where it is not installed (run from the
+    # checkout's root, which the child, started in benchmarks/, would not have on its path).
+    env["PYTHONPATH"] = os.pathsep.join([str(folder.parent), *filter(None, [env.get("PYTHONPATH")])])
     env["AEFAST_BENCH_QUICK"] = "1" if quick else "0"
     if device:
         env["AEFAST_BENCH_DEVICE"] = device
