@@ -9,6 +9,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
+# The tests' child processes (torchrun workers, the CLI, scripts run from elsewhere) import this
+# checkout's aefast, as the tests do, whether or not it is installed.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+
 import dataclasses  # noqa: E402
 
 import pytest  # noqa: E402
