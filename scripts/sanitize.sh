@@ -32,4 +32,4 @@ LD_PRELOAD="$runtimes" ASAN_OPTIONS=detect_leaks=0 ../.venv/bin/python -c \
 LD_PRELOAD="$runtimes" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ../.venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "not gpu" -k "not triton" \
   --skip-backend reference --ignore tests/vae/test_compiled_kernels.py --ignore tests/willshaw/test_compiled_kernels.py \
-  tests/willshaw tests/vae tests/test_backends.py "$@"
+  tests/willshaw tests/vae tests/test_backends.py tests/test_compiled_inputs.py "$@"

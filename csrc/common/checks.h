@@ -55,6 +55,17 @@ inline void check_nonnegative(int64_t value, const char* name) {
   if (value < 0) throw py::value_error(std::string(name) + " must be >= 0, got " + std::to_string(value));
 }
 
+// a * b for sizes a, b >= 0, refused where it would overflow: a wrapped product could match a small
+// buffer and let the kernel run over memory it does not own.
+inline int64_t checked_product(int64_t a, int64_t b, const char* what) {
+  int64_t product = 0;
+  if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &product)) {
+    throw py::value_error(std::string(what) + " (" + std::to_string(a) + " x " + std::to_string(b) +
+                          ") must be a size >= 0 that fits in 64 bits");
+  }
+  return product;
+}
+
 inline void check_positive(int64_t value, const char* name) {
   if (value < 1) throw py::value_error(std::string(name) + " must be >= 1, got " + std::to_string(value));
 }

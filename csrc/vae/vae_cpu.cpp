@@ -23,7 +23,7 @@ void vae_forward_cpu(const py::buffer& mu, const py::buffer& logvar, const py::o
   check_nonnegative(rows, "rows");
   check_nonnegative(cols, "cols");
   const DType dtype = parse_dtype(dtype_name);
-  const py::ssize_t count = rows * cols, item = itemsize(dtype);
+  const py::ssize_t count = checked_product(rows, cols, "rows x cols"), item = itemsize(dtype);
   VaeForwardArgs args{
       checked_buffer(mu, "mu", count, item, false),
       checked_buffer(logvar, "logvar", count, item, false),
@@ -43,7 +43,7 @@ void vae_backward_cpu(const py::buffer& grad_z, const py::buffer& grad_kl, const
   check_nonnegative(rows, "rows");
   check_nonnegative(cols, "cols");
   const DType dtype = parse_dtype(dtype_name);
-  const py::ssize_t count = rows * cols, item = itemsize(dtype);
+  const py::ssize_t count = checked_product(rows, cols, "rows x cols"), item = itemsize(dtype);
   VaeBackwardArgs args{
       checked_buffer(grad_z, "grad_z", count, item, false),
       checked_buffer(grad_kl, "grad_kl", per_element ? count : rows, kl_item_bytes(dtype), false),

@@ -41,6 +41,7 @@ struct RowProblem {
 PatternRows checked_rows(const py::buffer& values, const py::buffer& offsets, int64_t rows, int64_t units,
                          const std::string& name, bool check_duplicates) {
   check_nonnegative(rows, "rows");
+  if (rows == std::numeric_limits<int64_t>::max()) throw py::value_error("rows must be < 2^63 - 1");
   py::buffer_info values_info = values.request();
   const auto* offsets_p =
       static_cast<const int64_t*>(checked_buffer(offsets, (name + " offsets").c_str(), rows + 1, 8, false));
@@ -116,7 +117,7 @@ void willshaw_sums_cpu(const py::buffer& matrix, int64_t n_in, int64_t n_out, co
                        const py::buffer& cue_offsets, int64_t rows, const py::buffer& sums) {
   const WillshawMatrix m = checked_matrix(matrix, n_in, n_out, false);
   const PatternRows cue = checked_rows(cue_values, cue_offsets, rows, n_in, "cue", false);
-  auto* sums_p = static_cast<int32_t*>(checked_buffer(sums, "sums", rows * n_out, sizeof(int32_t), true));
+  auto* sums_p = static_cast<int32_t*>(checked_buffer(sums, "sums", checked_product(rows, n_out, "rows x n_out"), sizeof(int32_t), true));
   py::gil_scoped_release release;
   by_isa(generic::willshaw_sums, avx2::willshaw_sums, avx512::willshaw_sums)(m, cue, sums_p);
 }
@@ -159,7 +160,7 @@ void willshaw_retrieve_cpu(const py::buffer& matrix, int64_t n_in, int64_t n_out
                            const py::buffer& cue_offsets, int64_t rows, int threshold, int64_t value,
                            const py::buffer& answer) {
   const RetrieveRequest r = checked_request(matrix, n_in, n_out, cue_values, cue_offsets, rows, threshold, value);
-  auto* answer_p = static_cast<uint8_t*>(checked_buffer(answer, "answer", rows * n_out, 1, true));
+  auto* answer_p = static_cast<uint8_t*>(checked_buffer(answer, "answer", checked_product(rows, n_out, "rows x n_out"), 1, true));
   std::vector<uint64_t> bits(static_cast<size_t>(std::min(rows, kQueryBlock) * r.matrix.words_per_row));
   py::gil_scoped_release release;
   for (int64_t b0 = 0; b0 < rows; b0 += kQueryBlock) {
@@ -201,9 +202,14 @@ py::tuple willshaw_retrieve_indices_cpu(const py::buffer& matrix, int64_t n_in, 
 }
 
 py::tuple willshaw_dense_to_rows(const py::buffer& dense, int64_t rows, int64_t width) {
-  check_nonnegative(rows, "rows");
-  check_nonnegative(width, "width");
-  const auto* dense_p = static_cast<const uint8_t*>(checked_buffer(dense, "dense", rows * width, 1, false));
+  // The buffer's own shape, not only its size: with width 0 any rows would match an empty buffer, and
+  // the offsets (rows + 1 of them) are allocated from it.
+  const py::buffer_info info = dense.request();
+  if (info.ndim != 2 || info.shape[0] != rows || info.shape[1] != width) {
+    throw py::value_error("dense must be a 2-D buffer of shape (rows=" + std::to_string(rows) + ", width=" +
+                          std::to_string(width) + ")");
+  }
+  const auto* dense_p = static_cast<const uint8_t*>(checked_buffer(dense, "dense", checked_product(rows, width, "rows x width"), 1, false));
   py::array_t<int64_t> offsets(rows + 1);
   int64_t* offsets_p = offsets.mutable_data();
   offsets_p[0] = 0;
