@@ -117,7 +117,8 @@ void willshaw_sums_cpu(const py::buffer& matrix, int64_t n_in, int64_t n_out, co
                        const py::buffer& cue_offsets, int64_t rows, const py::buffer& sums) {
   const WillshawMatrix m = checked_matrix(matrix, n_in, n_out, false);
   const PatternRows cue = checked_rows(cue_values, cue_offsets, rows, n_in, "cue", false);
-  auto* sums_p = static_cast<int32_t*>(checked_buffer(sums, "sums", checked_product(rows, n_out, "rows x n_out"), sizeof(int32_t), true));
+  const int64_t sums_count = checked_product(rows, n_out, "rows x n_out");
+  auto* sums_p = static_cast<int32_t*>(checked_buffer(sums, "sums", sums_count, sizeof(int32_t), true));
   py::gil_scoped_release release;
   by_isa(generic::willshaw_sums, avx2::willshaw_sums, avx512::willshaw_sums)(m, cue, sums_p);
 }
@@ -160,7 +161,8 @@ void willshaw_retrieve_cpu(const py::buffer& matrix, int64_t n_in, int64_t n_out
                            const py::buffer& cue_offsets, int64_t rows, int threshold, int64_t value,
                            const py::buffer& answer) {
   const RetrieveRequest r = checked_request(matrix, n_in, n_out, cue_values, cue_offsets, rows, threshold, value);
-  auto* answer_p = static_cast<uint8_t*>(checked_buffer(answer, "answer", checked_product(rows, n_out, "rows x n_out"), 1, true));
+  const int64_t answer_count = checked_product(rows, n_out, "rows x n_out");
+  auto* answer_p = static_cast<uint8_t*>(checked_buffer(answer, "answer", answer_count, 1, true));
   std::vector<uint64_t> bits(static_cast<size_t>(std::min(rows, kQueryBlock) * r.matrix.words_per_row));
   py::gil_scoped_release release;
   for (int64_t b0 = 0; b0 < rows; b0 += kQueryBlock) {
@@ -209,7 +211,8 @@ py::tuple willshaw_dense_to_rows(const py::buffer& dense, int64_t rows, int64_t 
     throw py::value_error("dense must be a 2-D buffer of shape (rows=" + std::to_string(rows) + ", width=" +
                           std::to_string(width) + ")");
   }
-  const auto* dense_p = static_cast<const uint8_t*>(checked_buffer(dense, "dense", checked_product(rows, width, "rows x width"), 1, false));
+  const int64_t dense_count = checked_product(rows, width, "rows x width");
+  const auto* dense_p = static_cast<const uint8_t*>(checked_buffer(dense, "dense", dense_count, 1, false));
   py::array_t<int64_t> offsets(rows + 1);
   int64_t* offsets_p = offsets.mutable_data();
   offsets_p[0] = 0;
