@@ -95,13 +95,24 @@ def vae_call(rng, npr):
     ])
 
 
+def buffer_call(rng, npr):
+    """The two entry points that take any buffer: Philox normals into it, huge pages under it."""
+    buffer = npr.standard_normal(rng.choice([0, 1, 7, 1000])).astype(rng.choice([np.float32, np.float64, np.int8]))
+    if rng.random() < 0.2:
+        buffer = buffer[::2]
+    return rng.choice([
+        lambda: C.philox_normal_cpu(rng.randrange(0, 2**64), rng.randrange(0, 2**64), buffer),
+        lambda: C.advise_huge_pages(buffer),
+    ])
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_random_calls_run_or_raise(seed):
     """Well-formed buffers with damaged contents and claimed sizes one off: each call runs or raises."""
     rng, npr = random.Random(seed), np.random.default_rng(seed)
     outcomes = {"ran": 0, "raised": 0}
     for _ in range(1500):
-        call = (willshaw_call if rng.random() < 0.7 else vae_call)(rng, npr)
+        call = rng.choices([willshaw_call, vae_call, buffer_call], weights=[7, 2, 1])[0](rng, npr)
         try:
             call()
             outcomes["ran"] += 1
