@@ -1,6 +1,7 @@
 """`aefast info` (versions, devices, backends with reasons, build features) and `aefast bench`."""
 import importlib.util
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -74,6 +75,25 @@ def test_bench_checks_its_output_paths_before_running(tmp_path, capsys, monkeypa
     assert "cannot create the folder of" in capsys.readouterr().err
     bench_cli._check_output_path(tmp_path / "new" / "folders" / "bench.json")
     assert (tmp_path / "new" / "folders").is_dir()
+
+
+def test_bench_runs_the_benchmarks_with_this_checkouts_aefast(monkeypatch):
+    # The child starts in benchmarks/: without the checkout on its path, an aefast that is not installed
+    # (imported from the checkout's root) would not import there, and an installed one might be another.
+    from aefast import bench_cli
+
+    seen = {}
+
+    def fake_run(command, cwd, env):
+        seen.update(cwd=cwd, path=env["PYTHONPATH"].split(os.pathsep), quick=env["AEFAST_BENCH_QUICK"])
+        pathlib.Path(command[command.index("--benchmark-only") + 1].split("=", 1)[1]).write_text('{"benchmarks": []}')
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    monkeypatch.setattr(bench_cli.subprocess, "run", fake_run)
+    assert bench_cli.run(["vae"], quick=True, device=None) == {"benchmarks": []}
+    checkout = pathlib.Path(aefast.__file__).resolve().parent.parent
+    assert seen == {"cwd": checkout / "benchmarks", "path": [str(checkout), "/elsewhere"], "quick": "1"}
 
 
 def test_bench_rows_keep_variants_of_aefast_apart():
