@@ -59,6 +59,24 @@ def assert_close(actual, expected, atol, rtol, what):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("reduction", ["per_sample", "none", "sum"])
+def test_without_gradients_the_same_outputs_without_a_graph(backend, shape, reduction):
+    # Nothing to differentiate (no_grad, or inputs that need no gradient) runs the kernel without the
+    # autograd.Function: the same values and shapes, bit for bit, and no grad_fn.
+    mu, logvar, _ = make_inputs(shape, torch.float32, backend.device)
+    with_graph = aefast.reparameterize_kl(mu.requires_grad_(), logvar, seed=3, reduction=reduction)
+    assert all(t.grad_fn is not None for t in with_graph)
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            without = aefast.reparameterize_kl(mu, logvar, seed=3, reduction=reduction)
+        for got, expected in zip(without, with_graph):
+            assert got.grad_fn is None and got.shape == expected.shape and torch.equal(got, expected.detach())
+    plain = aefast.reparameterize_kl(mu.detach(), logvar, seed=3, reduction=reduction)
+    assert all(t.grad_fn is None and not t.requires_grad for t in plain)
+    assert torch.equal(plain[0], with_graph[0].detach())
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 @pytest.mark.parametrize("reduction", ["per_sample", "none"])
 def test_matches_oracle_with_eps(backend, shape, dtype, atol, rtol, reduction):
