@@ -59,10 +59,9 @@ def compile_for_sm90(kernel, signature: dict, constants: dict, warps: int, stage
 
 
 def compiled_in_child(module_file: str) -> dict:
-    """Runs ``module_file`` as a script without TRITON_INTERPRET, with this checkout's aefast, and
-    returns the JSON its last line prints."""
+    """Runs ``module_file`` as a script without TRITON_INTERPRET, with this checkout's aefast (which
+    tests/conftest.py puts on every child's PYTHONPATH), and returns the JSON its last line prints."""
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     done = subprocess.run([sys.executable, module_file], capture_output=True, text=True, env=env, timeout=600,
                           cwd=ROOT)
     assert done.returncode == 0, done.stderr[-4000:]
