@@ -195,3 +195,38 @@ def test_an_overcomplete_autoencoder_trains(data):
     overcomplete = Autoencoder([12, 24])  # MSE loss: BCE on non-binary targets never nears 0
     history = fit(overcomplete, data, epochs=30, lr=1e-2, seed=1, progress=False)
     assert history["train_loss"][-1] < 0.2 * history["train_loss"][0]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_tensors_are_batched_as_dataloaders_shuffle_batches_them(data, shuffle):
+    """as_loader indexes a whole batch of a tensor at once; its batches, and what it draws from the
+    generator, are those of DataLoader's own row-by-row loading (so seeded runs and checkpoints from
+    before still repeat)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    labels = torch.arange(data.shape[0])
+    for given, dataset in ((data, TensorDataset(data)), ((data, labels), TensorDataset(data, labels))):
+        ours, theirs = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+        for _ in range(2):  # two epochs: the generator carries on between them in both
+            batched = list(train.as_loader(given, 128, shuffle=shuffle, generator=ours))
+            expected = list(DataLoader(dataset, batch_size=128, shuffle=shuffle, generator=theirs))
+            assert [len(batch[0]) for batch in batched] == [128, 128, 44]
+            assert len(batched) == len(expected)
+            for batch, reference in zip(batched, expected):
+                assert len(batch) == len(reference)
+                for part, reference_part in zip(batch, reference):
+                    assert torch.equal(part, reference_part)
+        assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+def test_a_tensordataset_subclass_keeps_its_own_rows(data):
+    """A subclass of TensorDataset may build each row in __getitem__: it is loaded row by row."""
+    from torch.utils.data import TensorDataset
+
+    class Doubled(TensorDataset):
+        def __getitem__(self, index):
+            assert isinstance(index, int)
+            return (2 * self.tensors[0][index],)
+
+    (batch,) = next(iter(train.as_loader(Doubled(data), 50, shuffle=False)))
+    assert torch.equal(batch, 2 * data[:50])
