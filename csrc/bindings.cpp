@@ -24,6 +24,8 @@ PYBIND11_MODULE(_C, m) {
         "clamp_max"_a);
   m.def("philox_normal_cpu", &aefast::philox_normal_cpu, "seed"_a, "offset"_a, "out"_a,
         "Fill a float32 buffer with the normals of Philox (seed, offset + i)");
+  m.def("philox_uniform_cpu", &aefast::philox_uniform_cpu, "seed"_a, "offset"_a, "out"_a,
+        "Fill a float32 buffer with the uniforms in [0, 1) of Philox (seed, offset + i)");
 
   m.def("willshaw_check_patterns", &aefast::willshaw_check_patterns, "values"_a, "offsets"_a, "rows"_a, "units"_a,
         "name"_a, "Raise ValueError naming `name` for an index outside [0, units) or listed twice in a row");

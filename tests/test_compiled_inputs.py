@@ -96,12 +96,13 @@ def vae_call(rng, npr):
 
 
 def buffer_call(rng, npr):
-    """The two entry points that take any buffer: Philox normals into it, huge pages under it."""
+    """The entry points that take any buffer: Philox normals or uniforms into it, huge pages under it."""
     buffer = npr.standard_normal(rng.choice([0, 1, 7, 1000])).astype(rng.choice([np.float32, np.float64, np.int8]))
     if rng.random() < 0.2:
         buffer = buffer[::2]
     return rng.choice([
         lambda: C.philox_normal_cpu(rng.randrange(0, 2**64), rng.randrange(0, 2**64), buffer),
+        lambda: C.philox_uniform_cpu(rng.randrange(0, 2**64), rng.randrange(0, 2**64), buffer),
         lambda: C.advise_huge_pages(buffer),
     ])
 

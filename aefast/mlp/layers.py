@@ -142,11 +142,11 @@ def _has_hooks(module: nn.Module) -> bool:
 
 
 def corrupted(x: Tensor, corruption: str, param: float, seed: Tensor) -> Tensor:
-    """x~ (2-D) in plain ops, or under torch.compile through the op ``aefast::corrupt`` (inductor
-    takes minutes over the noise's plain ops: ``ops.corrupt_op``)."""
+    """x~ (2-D) in plain ops, the noise from aefast._C on the CPU, or under torch.compile through the
+    op ``aefast::corrupt`` (inductor takes minutes over the noise's plain ops: ``ops.corrupt_op``)."""
     if torch.compiler.is_compiling():
         return ops.corrupt_op(x, corruption, param, seed)
-    return reference.corrupt(x, corruption, param, int(seed))
+    return reference.corrupt(x, corruption, param, int(seed), compiled_noise=True)
 
 
 def fused_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation, corruption="none", param=0.0,

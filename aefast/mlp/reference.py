@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from aefast._dtypes import accumulation_dtype
-from aefast._philox import philox_normal, philox_uniform
+from aefast._philox import compiled_stream, philox_normal, philox_uniform
 
 ACTIVATIONS = (None, "relu", "leaky_relu", "tanh", "sigmoid", "gelu")
 LEAKY_SLOPE = 0.01  # nn.LeakyReLU's default
@@ -81,18 +81,30 @@ def noise_offsets(rows: int, cols: int, device) -> Tensor:
     return torch.arange(rows * cols, device=device, dtype=torch.int64).reshape(rows, cols)
 
 
-def corruption_keep(shape, seed: int, rate: float, device) -> Tensor:
+def _noise(kind: str, seed: int, shape, device, compiled: bool) -> Tensor:
+    """Philox uniforms or normals of (seed, r * cols + c) over ``shape``: by the formulas, or where
+    ``compiled`` by aefast._C on the CPU when it can (``_philox.compiled_stream``)."""
+    if compiled and torch.device(device).type == "cpu":
+        values = compiled_stream(kind, seed, math.prod(shape))
+        if values is not None:
+            return values.reshape(shape)
+    return (philox_uniform if kind == "uniform" else philox_normal)(seed, noise_offsets(*shape, device))
+
+
+def corruption_keep(shape, seed: int, rate: float, device, compiled_noise: bool = False) -> Tensor:
     """The mask corruption's kept inputs: Philox uniform >= rate."""
-    return philox_uniform(seed, noise_offsets(*shape, device)) >= rate
+    return _noise("uniform", seed, shape, device, compiled_noise) >= rate
 
 
-def corrupt(x: Tensor, corruption: str, param: float, seed: int) -> Tensor:
+def corrupt(x: Tensor, corruption: str, param: float, seed: int, compiled_noise: bool = False) -> Tensor:
+    """x~. ``compiled_noise``: the noise from aefast._C on the CPU (the same mask bit for bit, normals
+    within 2e-6), which the layers' plain-autograd path takes; the oracle keeps the formulas."""
     if corruption == "none":
         return x
     if corruption == "mask":
-        return x * corruption_keep(x.shape, seed, param, x.device).to(x.dtype)
+        return x * corruption_keep(x.shape, seed, param, x.device, compiled_noise).to(x.dtype)
     if corruption == "gaussian":
-        return (_wide(x) + param * philox_normal(seed, noise_offsets(*x.shape, x.device))).to(x.dtype)
+        return (_wide(x) + param * _noise("normal", seed, x.shape, x.device, compiled_noise)).to(x.dtype)
     raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {corruption!r}")
 
 

@@ -45,6 +45,7 @@ struct VaeBackwardArgs {
   void vae_forward(const VaeForwardArgs& args);                                \
   void vae_backward(const VaeBackwardArgs& args);                              \
   void philox_normal(uint64_t seed, uint64_t offset, int64_t count, float* out); \
+  void philox_uniform(uint64_t seed, uint64_t offset, int64_t count, float* out); \
   }
 AEFAST_DECLARE_VAE_KERNELS(generic)
 AEFAST_DECLARE_VAE_KERNELS(avx2)
@@ -61,6 +62,7 @@ void vae_backward_cpu(const py::buffer& grad_z, const py::buffer& grad_kl, const
                       const py::buffer& grad_logvar, int64_t rows, int64_t cols, const std::string& dtype,
                       uint64_t seed, bool per_element, double clamp_min, double clamp_max);
 void philox_normal_cpu(uint64_t seed, uint64_t offset, const py::buffer& out);
+void philox_uniform_cpu(uint64_t seed, uint64_t offset, const py::buffer& out);
 
 #ifdef AEFAST_WITH_CUDA
 // CUDA entry points: device pointers (0 for an absent eps) and the stream to launch on.

@@ -65,4 +65,11 @@ void philox_normal_cpu(uint64_t seed, uint64_t offset, const py::buffer& out) {
   by_isa(generic::philox_normal, avx2::philox_normal, avx512::philox_normal)(seed, offset, count, out_p);
 }
 
+void philox_uniform_cpu(uint64_t seed, uint64_t offset, const py::buffer& out) {
+  const py::ssize_t count = out.request().size;
+  float* out_p = static_cast<float*>(checked_buffer(out, "out", count, sizeof(float), true));
+  py::gil_scoped_release release;
+  by_isa(generic::philox_uniform, avx2::philox_uniform, avx512::philox_uniform)(seed, offset, count, out_p);
+}
+
 }  // namespace aefast

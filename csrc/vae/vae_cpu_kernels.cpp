@@ -212,4 +212,17 @@ void philox_normal(uint64_t seed, uint64_t offset, int64_t count, float* out) {
   }
 }
 
+// Uniforms in [0, 1) of Philox (seed, offset + i), as Triton's tl.rand gives them: integer work and
+// one exact conversion, so bit for bit the values of the PyTorch formulas (aefast/_philox.py).
+void philox_uniform(uint64_t seed, uint64_t offset, int64_t count, float* out) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t0 = 0; t0 < count; t0 += kTile) {
+    const int64_t n = std::min(kTile, count - t0);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      out[t0 + i] = uint_to_uniform(philox4x32_10(seed, offset + static_cast<uint64_t>(t0 + i)).x0);
+    }
+  }
+}
+
 AEFAST_ISA_END

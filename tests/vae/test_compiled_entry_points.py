@@ -60,6 +60,37 @@ def test_philox_offsets_are_64_bit():
     assert not torch.allclose(torch.from_numpy(out[8:]), wrapped_around)
 
 
+@pytest.mark.parametrize("isa", ["generic", "avx2", "native"])
+def test_philox_uniforms_are_the_formulas_bit_for_bit(isa):
+    """The uniforms the layers' mask corruption draws on the CPU (``_philox.compiled_stream``) equal
+    the PyTorch formulas exactly, in every kernel copy, at offsets past 2^32 and counts that end inside
+    a SIMD vector and a tile; their normals stay within the C++ math's 2e-6."""
+    code = """
+import numpy as np, torch
+from aefast import _backends
+from aefast._philox import compiled_stream, philox_normal, philox_uniform
+C = _backends.compiled_module()
+for seed in (0, 5, 2**63 - 25, 2**64 - 1):
+    for start, count in ((0, 1), (0, 1037), (2**32 - 700, 2053), (2**64 - 300, 300)):
+        out = np.full(count, -1.0, np.float32)
+        C.philox_uniform_cpu(seed, start, out)
+        offsets = torch.arange(count, dtype=torch.int64) + (start - 2**64 if start >= 2**63 else start)
+        assert torch.equal(torch.from_numpy(out), philox_uniform(seed, offsets)), (seed, start, count)
+        assert 0.0 <= out.min() and out.max() < 1.0
+    assert torch.equal(compiled_stream("uniform", seed, 3001), philox_uniform(seed, torch.arange(3001)))
+    torch.testing.assert_close(compiled_stream("normal", seed, 3001), philox_normal(seed, torch.arange(3001)),
+                               atol=2e-6, rtol=2e-6)
+print("ok")
+"""
+    env = {**os.environ, **({} if isa == "native" else {"AEFAST_CPU_ISA": isa})}
+    cpu = C.cpu_features()
+    if isa == "avx2" and not (cpu["avx2"] and cpu["fma"]):
+        pytest.skip("this CPU has no AVX2+FMA")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
 def test_philox_reference_matches_known_answer():
     """Philox4x32-10 known-answer vector (Random123 kat_vectors: counter 0, key 0)."""
     from aefast._philox import philox4x32_10
