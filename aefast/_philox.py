@@ -70,7 +70,7 @@ def compiled_stream(kind: str, seed: int, count: int) -> torch.Tensor | None:
     compiled = _backends.compiled_module()
     if compiled is None or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return None
-    out = torch.empty(count, dtype=torch.float32)
+    out = torch.empty(count, dtype=torch.float32, device="cpu")  # not torch.set_default_device's
     if type(out) is not torch.Tensor:
         return None
     fill = compiled.philox_uniform_cpu if kind == "uniform" else compiled.philox_normal_cpu

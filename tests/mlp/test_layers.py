@@ -322,6 +322,10 @@ def test_the_layers_noise_from_the_compiled_module_is_the_formulas(shape, monkey
         torch.testing.assert_close(corrupted(x, kind, param, seed), formulas, atol=tolerance, rtol=0)
         assert drawn == [("uniform" if kind == "mask" else "normal", True)]
         drawn.clear()
+        with torch.device("meta"):  # a default device elsewhere: the noise is still made on the CPU
+            torch.testing.assert_close(corrupted(x, kind, param, seed), formulas, atol=tolerance, rtol=0)
+        assert drawn == [("uniform" if kind == "mask" else "normal", True)]
+        drawn.clear()
 
 
 def test_unseeded_losses_follow_torch_manual_seed(mlp_backend):
