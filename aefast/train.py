@@ -84,7 +84,7 @@ def _model_device(model: nn.Module) -> Optional[torch.device]:
     return None
 
 
-def _mean_loss(model: nn.Module, loader: DataLoader) -> float:
+def _mean_loss(model: nn.Module, loader) -> float:
     model.eval()
     total, count = 0.0, 0
     device = _model_device(model)
@@ -119,7 +119,7 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
         raise TypeError(f"model must have a loss(batch) method, got {type(model).__name__}")
     if seed is not None:
         torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ())))
+    generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (), device="cpu")))
     loader = as_loader(data, batch_size, shuffle=True, generator=generator)
     val_loader = as_loader(val_data, batch_size, shuffle=False, name="val_data") if val_data is not None else None
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
@@ -136,7 +136,7 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
             break
         model.train()
         total, count = 0.0, 0
-        for batch in loader:
+        for batch in _batches(loader, data):
             batch = _batch_for_model(batch, device)
             loss = model.loss(batch)
             if not torch.isfinite(loss):
@@ -149,13 +149,34 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
             count += size
         history["train_loss"].append(total / count)
         if val_loader is not None:
-            history["val_loss"].append(_mean_loss(model, val_loader))
+            history["val_loss"].append(_mean_loss(model, _batches(val_loader, val_data)))
         history["epochs_run"] = epoch + 1
         best, since_best = _best_so_far(history)
         bar.set_postfix(loss=f"{history['train_loss'][-1]:.4g}")
         if checkpoint is not None:
             _save(checkpoint, model, optimizer, generator, history)
     return history
+
+
+_END = object()
+
+
+def _batches(loader: DataLoader, data):
+    """The batches of ``loader`` (``as_loader(data)``). One that fit made is drawn with the CPU as
+    torch's default device: DataLoader draws its base seed, and its sampler the shuffle, on the default
+    device, where a CPU generator cannot draw (a user's torch.set_default_device("cuda") made fit
+    fail); a DataLoader the caller made is iterated as it is."""
+    if isinstance(data, DataLoader):
+        yield from data
+        return
+    with torch.device("cpu"):
+        batches = iter(loader)
+    while True:
+        with torch.device("cpu"):
+            batch = next(batches, _END)
+        if batch is _END:
+            return
+        yield batch
 
 
 def _best_so_far(history: dict) -> tuple[float, int]:

@@ -41,10 +41,11 @@ def _widths(widths, name: str) -> list[int]:
 
 
 def _seed_tensor(seed: Optional[int]) -> Tensor:
+    """The seed as the ops take it, a CPU int64 scalar (on the CPU whatever torch's default device)."""
     if seed is None:  # from torch's generator, so torch.manual_seed repeats a run
-        return torch.randint(0, 2**62, (), dtype=torch.int64)
+        return torch.randint(0, 2**62, (), dtype=torch.int64, device="cpu")
     check_seed(seed)
-    return torch.tensor(int(seed), dtype=torch.int64)
+    return torch.tensor(int(seed), dtype=torch.int64, device="cpu")
 
 
 def _check_tensor(x, name: str = "x") -> None:
@@ -78,7 +79,7 @@ def _check_layers(layers, x: Tensor, hooked: list[bool], prefix: str = "") -> No
                                 f"{x.device}: every layer's parameters must match the input's dtype and device")
 
 
-_NO_SEED = torch.zeros((), dtype=torch.int64)  # layers without corruption draw no noise
+_NO_SEED = torch.zeros((), dtype=torch.int64, device="cpu")  # layers without corruption draw no noise
 
 
 class _LayerTensors(NamedTuple):

@@ -66,7 +66,8 @@ class LatentGaussian:
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         # Drawn on the CPU, as VAE.sample: a CPU generator's seed gives the same samples on any device.
-        noise = torch.randn(n, self.mean.numel(), generator=generator, dtype=self.mean.dtype).to(self.mean.device)
+        noise = torch.randn(n, self.mean.numel(), generator=generator, dtype=self.mean.dtype,
+                            device="cpu").to(self.mean.device)
         return self.model.decode(self.mean + self.std * noise)
 
 

@@ -80,7 +80,7 @@ class VAE(nn.Module):
         """n inputs decoded from z ~ N(0, I)."""
         _check_count(n)
         weight = self.decoder.layers[0].weight
-        z = torch.randn(n, self.latent_dim, generator=generator, dtype=weight.dtype).to(weight.device)
+        z = torch.randn(n, self.latent_dim, generator=generator, dtype=weight.dtype, device="cpu").to(weight.device)
         return self.decode(z)
 
 
@@ -99,7 +99,7 @@ class ConditionalVAE(VAE):
         """The one-hot codes of ``labels``, one label for each of ``rows`` rows."""
         if labels is None:
             raise ValueError("ConditionalVAE needs labels: pass (x, labels) batches")
-        labels = torch.as_tensor(labels)
+        labels = labels if isinstance(labels, Tensor) else torch.as_tensor(labels, device="cpu")
         if labels.shape != (rows,):
             raise ValueError(f"labels must be 1-D with one label per row ({rows}), got shape {tuple(labels.shape)}")
         message = f"labels must be integers in [0, {self.num_classes})"
@@ -129,9 +129,9 @@ class ConditionalVAE(VAE):
     @torch.no_grad()
     def sample(self, n: int, labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
         _check_count(n)
-        labels = torch.arange(n) % self.num_classes if labels is None else torch.as_tensor(labels)
+        labels = torch.arange(n, device="cpu") % self.num_classes if labels is None else labels
         weight = self.decoder.layers[0].weight
-        z = torch.randn(n, self.latent_dim, generator=generator, dtype=weight.dtype).to(weight.device)
+        z = torch.randn(n, self.latent_dim, generator=generator, dtype=weight.dtype, device="cpu").to(weight.device)
         return self.decode(torch.cat([z, self.one_hot(labels, n)], dim=-1))
 
 

@@ -98,9 +98,9 @@ def _check_clamp(logvar_clamp):
 
 def _seed_tensor(seed):
     if seed is None:
-        return torch.randint(0, _SEED_LIMIT - 1, (), dtype=torch.int64)
+        return torch.randint(0, _SEED_LIMIT - 1, (), dtype=torch.int64, device="cpu")
     if not is_int(seed):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     if not 0 <= seed < _SEED_LIMIT:
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
-    return torch.tensor(int(seed), dtype=torch.int64)
+    return torch.tensor(int(seed), dtype=torch.int64, device="cpu")

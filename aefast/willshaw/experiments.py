@@ -302,12 +302,12 @@ def _noisy_cues(x: torch.Tensor, n: int, kind: str, amount: int, generator: torc
     cues = []
     for row in x.cpu():
         if kind == "incomplete":
-            cues.append(row[torch.randperm(row.numel(), generator=generator)[:amount]])
+            cues.append(row[torch.randperm(row.numel(), generator=generator, device="cpu")[:amount]])
         else:
-            free = torch.ones(n, dtype=torch.bool)
+            free = torch.ones(n, dtype=torch.bool, device="cpu")
             free[row] = False
             others = free.nonzero().flatten()
-            cues.append(torch.cat([row, others[torch.randperm(others.numel(), generator=generator)[:amount]]]))
+            cues.append(torch.cat([row, others[torch.randperm(others.numel(), generator=generator, device="cpu")[:amount]]]))
     return cues
 
 
