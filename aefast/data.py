@@ -36,16 +36,17 @@ def synthetic_manifold(n: int = 2000, dim: int = 64, *, intrinsic_dim: int = 2, 
     for name, value in (("n", n), ("dim", dim), ("intrinsic_dim", intrinsic_dim)):
         positive_int(value, name)
     generator = torch.Generator().manual_seed(seed)
-    cpu = torch.device("cpu")  # the generator's, whatever torch's default device
-    latent = torch.rand(n, intrinsic_dim, generator=generator, device=cpu) * 2 - 1
-    frequencies = torch.randn(intrinsic_dim, dim, generator=generator, device=cpu) * 2
-    phases = torch.rand(dim, generator=generator, device=cpu) * 2 * math.pi
+    # On the generator's device and in float32, whatever torch's defaults: one seed, one data set.
+    made = dict(device="cpu", dtype=torch.float32)
+    latent = torch.rand(n, intrinsic_dim, generator=generator, **made) * 2 - 1
+    frequencies = torch.randn(intrinsic_dim, dim, generator=generator, **made) * 2
+    phases = torch.rand(dim, generator=generator, **made) * 2 * math.pi
     # Summed term by term, not by a matmul: BLAS may split a matmul by the threads it finds free,
     # and the last bit then changes from call to call; the same seed must give the same points.
-    projection = torch.zeros(n, dim, device=cpu)
+    projection = torch.zeros(n, dim, **made)
     for k in range(intrinsic_dim):
         projection.addcmul_(latent[:, k:k + 1], frequencies[k])
-    x = 0.5 + 0.4 * torch.sin(projection + phases) + noise * torch.randn(n, dim, generator=generator, device=cpu)
+    x = 0.5 + 0.4 * torch.sin(projection + phases) + noise * torch.randn(n, dim, generator=generator, **made)
     angle = torch.atan2(latent[:, 1 % intrinsic_dim], latent[:, 0])
     labels = ((angle + math.pi) / (math.pi / 2)).long().clamp(max=3)
     return x.clamp(0, 1).float(), labels

@@ -1,5 +1,5 @@
 """What aefast makes itself (seeds, noise, generated data, labels, sampling draws) is made on the CPU,
-whatever torch's default device: a GPU user's ``torch.set_default_device("cuda")`` must not send a seed
+in its own dtype, whatever torch's default device and dtype: a GPU user's ``torch.set_default_device("cuda")`` must not send a seed
 to the GPU (the ops take a CPU seed) or clash with a CPU generator. The meta device stands in for
 that default here, since any value read back from it fails (on a GPU machine, cuda too): every call
 must give what it gives without the default."""
@@ -68,4 +68,18 @@ def test_aefast_makes_its_own_tensors_on_the_cpu_whatever_the_default_device(def
     call = cases(tmp_path / default)[case]
     with torch.device(default):
         got = call()
+    assert same(got, expected)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_results_do_not_follow_the_default_dtype(case, tmp_path):
+    """torch.set_default_dtype(torch.float64) changes no result of a call on float32 models and data."""
+    expected = cases(tmp_path / "plain")[case]()
+    call = cases(tmp_path / "float64")[case]
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = call()
+    finally:
+        torch.set_default_dtype(previous)
     assert same(got, expected)
