@@ -1,6 +1,8 @@
 // Fused reparameterized sample and KL term on the CPU: one OpenMP pass forward, one backward; the
 // noise is regenerated from (seed, element index) in both passes and never written to memory.
-// Compiled once per instruction set (see common/isa.h); nothing here touches Python.
+// Also the plain Philox fills (normals, uniforms) that Python draws noise with on the CPU
+// (aefast/_philox.py compiled_stream: the fused MLP's corruption). Compiled once per instruction set
+// (see common/isa.h); nothing here touches Python.
 #include <omp.h>
 
 #include <algorithm>
