@@ -15,6 +15,18 @@ from aefast._philox import philox_normal
 C = _backends.compiled_module()
 
 
+def run_with_kernel_copy(isa, code):
+    """Run ``code`` (which prints "ok") in a child process whose aefast._C dispatches to the kernel
+    copy ``isa`` ("native": the one this CPU gets)."""
+    env = {**os.environ, **({} if isa == "native" else {"AEFAST_CPU_ISA": isa})}
+    cpu = C.cpu_features()
+    if isa == "avx2" and not (cpu["avx2"] and cpu["fma"]):
+        pytest.skip("this CPU has no AVX2+FMA")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
 def buffers(rows, cols, dtype=np.float32):
     make = lambda n: np.zeros(n, dtype)  # noqa: E731
     return make(rows * cols), make(rows * cols), make(rows * cols), np.zeros(rows, np.float32)
@@ -82,13 +94,7 @@ for seed in (0, 5, 2**63 - 25, 2**64 - 1):
                                atol=2e-6, rtol=2e-6)
 print("ok")
 """
-    env = {**os.environ, **({} if isa == "native" else {"AEFAST_CPU_ISA": isa})}
-    cpu = C.cpu_features()
-    if isa == "avx2" and not (cpu["avx2"] and cpu["fma"]):
-        pytest.skip("this CPU has no AVX2+FMA")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    run_with_kernel_copy(isa, code)
 
 
 def test_philox_reference_matches_known_answer():
@@ -119,13 +125,7 @@ for dtype, tol in [(torch.float32, 2e-6), (torch.float64, 1e-6), (torch.float16,
         torch.testing.assert_close(got.double(), want.double(), atol=tol, rtol=tol)
 print("ok")
 """.replace("{isa}", isa)
-    env = {**os.environ, "AEFAST_CPU_ISA": isa}
-    cpu = C.cpu_features()
-    if isa == "avx2" and not (cpu["avx2"] and cpu["fma"]):
-        pytest.skip("this CPU has no AVX2+FMA")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    run_with_kernel_copy(isa, code)
 
 
 def test_direct_op_calls_are_checked_before_any_kernel():
