@@ -119,7 +119,8 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
         raise TypeError(f"model must have a loss(batch) method, got {type(model).__name__}")
     if seed is not None:
         torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (), device="cpu")))
+    loader_seed = seed if seed is not None else int(torch.randint(0, 2**62, (), device="cpu"))
+    generator = torch.Generator().manual_seed(loader_seed)
     loader = as_loader(data, batch_size, shuffle=True, generator=generator)
     val_loader = as_loader(val_data, batch_size, shuffle=False, name="val_data") if val_data is not None else None
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)

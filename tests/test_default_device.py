@@ -1,8 +1,8 @@
 """What aefast makes itself (seeds, noise, generated data, labels, sampling draws) is made on the CPU,
-in its own dtype, whatever torch's default device and dtype: a GPU user's ``torch.set_default_device("cuda")`` must not send a seed
-to the GPU (the ops take a CPU seed) or clash with a CPU generator. The meta device stands in for
-that default here, since any value read back from it fails (on a GPU machine, cuda too): every call
-must give what it gives without the default."""
+in its own dtype, whatever torch's default device and dtype: a GPU user's
+``torch.set_default_device("cuda")`` must not send a seed to the GPU (the ops take a CPU seed) or
+clash with a CPU generator. The meta device stands in for that default here, since any value read
+back from it fails (on a GPU machine, cuda too): every call must give what it gives without it."""
 import pytest
 import torch
 
@@ -26,14 +26,16 @@ def seeded(call, seed=0):
 def cases(tmp_path):
     torch.manual_seed(3)
     autoencoder = FusedAutoencoder([20, 8, 3], output_activation="sigmoid")
-    vae, conditional, denoising = VAE([20, 8, 2]), ConditionalVAE([20, 8, 2], num_classes=3), DenoisingAutoencoder([20, 8, 3])
+    vae, conditional = VAE([20, 8, 2]), ConditionalVAE([20, 8, 2], num_classes=3)
+    denoising = DenoisingAutoencoder([20, 8, 3])
     trained, trained_unseeded = FusedAutoencoder([20, 4]), FusedAutoencoder([20, 4])  # made here, on the CPU
     x = torch.rand(6, 20)
     mu, logvar = torch.randn(5, 3), torch.randn(5, 3)
     # The models are made here: made under a default device, their parameters would be on it.
     return {
         "autoencoder loss, mask, seed from torch": seeded(lambda: autoencoder.loss(x, corruption=("mask", 0.3))),
-        "autoencoder loss, gaussian, seed given": lambda: autoencoder.loss(x, loss="bce", corruption=("gaussian", 0.2), seed=7),
+        "autoencoder loss, gaussian, seed given": lambda: autoencoder.loss(x, loss="bce", corruption=("gaussian", 0.2),
+                                                                           seed=7),
         "denoising autoencoder loss": seeded(lambda: denoising.loss(x)),
         "VAE loss": seeded(lambda: vae.loss(x)),
         "VAE sample": lambda: vae.sample(4, generator=torch.Generator().manual_seed(1)),

@@ -401,7 +401,8 @@ def _loss_grads(backward, grad_loss, h, weight, bias, target, grad_z, output_act
     d loss / d z scaled by ``grad_loss``. ``output_activation`` is None or a name, as the reference's."""
     grad_h, grad_w, grad_b = backward(
         grad_z, h, weight, bias, grad_z, h.new_empty(0), "none", "none", 0.0,
-        torch.zeros((), dtype=torch.int64, device="cpu"),  # no noise to regenerate; made here, where torch.compile traces it
+        # No noise to regenerate; made here, where torch.compile traces it.
+        torch.zeros((), dtype=torch.int64, device="cpu"),
         grad_loss.reshape(()).to(accumulation_dtype(h.dtype)), need_h)
     grad_target = None
     if need_target:  # the target (the autoencoder's clean input) may come from a layer upstream

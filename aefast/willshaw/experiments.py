@@ -299,15 +299,18 @@ def noise(n: int, ones: int, *, seed: int = 0, out: str | Path = "willshaw-noise
 
 def _noisy_cues(x: torch.Tensor, n: int, kind: str, amount: int, generator: torch.Generator) -> list[torch.Tensor]:
     """``amount`` of each row's ones kept at random (incomplete), or ``amount`` other units added (noisy)."""
+    def shuffled(count):  # on the generator's device, whatever torch's default one
+        return torch.randperm(count, generator=generator, device="cpu")
+
     cues = []
     for row in x.cpu():
         if kind == "incomplete":
-            cues.append(row[torch.randperm(row.numel(), generator=generator, device="cpu")[:amount]])
+            cues.append(row[shuffled(row.numel())[:amount]])
         else:
             free = torch.ones(n, dtype=torch.bool, device="cpu")
             free[row] = False
             others = free.nonzero().flatten()
-            cues.append(torch.cat([row, others[torch.randperm(others.numel(), generator=generator, device="cpu")[:amount]]]))
+            cues.append(torch.cat([row, others[shuffled(others.numel())[:amount]]]))
     return cues
 
 
