@@ -245,13 +245,15 @@ def _(grad_loss, x, weights, biases, target, dims, activation, last_activation, 
 def corrupt_op(x: Tensor, corruption: str, corruption_param: float, seed: Tensor) -> Tensor:
     """x~, the denoising corruption of a 2-D x (reference.corrupt, the stream of every backend's fused
     load), as one op: traced into torch.compile's graph, Philox's ten rounds on offsets made by arange
-    did not compile in 5 minutes for a 7 x 9 input (inductor inlines every use of every round)."""
+    did not compile in 5 minutes for a 7 x 9 input (inductor inlines every use of every round). On the
+    CPU the noise comes from aefast._C, as in the layers' plain path outside torch.compile."""
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D (rows, features), got shape {tuple(x.shape)}")
     _check_dtype(x, "x")
     _check_corruption(corruption, corruption_param, seed)
     with no_autocast(x.device):
-        return reference.corrupt(x, corruption, corruption_param, int(seed)).clone()  # never x itself
+        corrupted = reference.corrupt(x, corruption, corruption_param, int(seed), compiled_noise=True)
+        return corrupted.clone()  # never x itself
 
 
 @corrupt_op.register_fake
