@@ -17,7 +17,7 @@ import importlib
 import os
 import threading
 import warnings
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -196,10 +196,11 @@ def func_transform_takes_plain_ops() -> bool:
             and requested_backend() == "auto")
 
 
-def select(op: str, device: torch.device) -> tuple[str, Callable]:
-    """The backend that runs ``op`` on ``device`` now, and its kernel."""
+def select(op: str, device: torch.device, requested: Optional[str] = None) -> tuple[str, Callable]:
+    """The backend that runs ``op`` on ``device`` now, and its kernel. ``requested``: the caller's
+    ``requested_backend()``, where it has read it already (the environment's read costs a microsecond)."""
     kernels = _KERNELS[op]
-    requested = requested_backend()
+    requested = requested or requested_backend()
     if requested != "auto":
         why = can_run(requested, device) if requested in kernels else f"it has no kernel for {op}"
         if why is not True:

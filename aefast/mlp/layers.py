@@ -99,9 +99,13 @@ def _read_layers(x, modules: list, hooked: list[bool]) -> tuple:
     leaves them; the kernels then run in that dtype. A layer with hooks is left as its module, unread:
     it is called through the module, which reads its parameters after its pre-hooks have run."""
     dtype = autocast_dtype(x.device) if isinstance(x, Tensor) else None
+    if dtype is None:  # (most calls: no cast to make, none to call)
+        return x, [module if hook else _LayerTensors(module.weight, module.bias, module.activation,
+                                                      module.in_features, module.out_features)
+                   for module, hook in zip(modules, hooked)]
 
     def cast(t):
-        if dtype is None or t is None or not t.is_floating_point() or t.dtype == torch.float64:
+        if t is None or not t.is_floating_point() or t.dtype == torch.float64:
             return t
         return t.to(dtype)
     layers = [module if hook else _LayerTensors(cast(module.weight), cast(module.bias), module.activation,
@@ -117,7 +121,8 @@ def _plain_autograd(device: torch.device) -> bool:
     which made small models 2x slower than plain PyTorch on the CPU (bench_models.py). A backend forced
     by name, the reference included, still runs through the op, and so does a large narrow stretch on
     the CPU (``reference_kernels.narrow_in_blocks_pays``)."""
-    return _backends.requested_backend() == "auto" and _backends.select(ops.FORWARD, device)[0] == "reference"
+    requested = _backends.requested_backend()
+    return requested == "auto" and _backends.select(ops.FORWARD, device, requested)[0] == "reference"
 
 
 def _plain(device: torch.device) -> bool:
@@ -455,7 +460,11 @@ def _run_layers(layers, x: Tensor, modules: list, hooked: list[bool]) -> Tensor:
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         out = ops.fused_chain(rows, None, _NO_SEED, steps, parameters)
         return out.reshape(*x.shape[:-1], out.shape[-1])
-    runs = dict(_narrow_runs(layers, hooked))
+    # In plain autograd a narrow run goes through its op only where the rows fill enough memory
+    # (_narrow_by_op): below that for the widest run there is, no run needs to be looked for.
+    rows = x.numel() // x.shape[-1]
+    may_narrow = not plain or reference_kernels.narrow_in_blocks_pays(rows, MAX_NARROW_WIDTH, x.dtype, x.device)
+    runs = dict(_narrow_runs(layers, hooked)) if may_narrow else {}
     index = 0
     while index < len(layers):
         if index in runs:
