@@ -117,6 +117,8 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
     check_seed(seed)
     if not callable(getattr(model, "loss", None)):
         raise TypeError(f"model must have a loss(batch) method, got {type(model).__name__}")
+    if torch.is_inference_mode_enabled():  # (its tensors cannot be saved for backward)
+        raise RuntimeError("fit trains with autograd, which torch.inference_mode() turns off: call it outside")
     if seed is not None:
         torch.manual_seed(seed)
     loader_seed = seed if seed is not None else int(torch.randint(0, 2**62, (), device="cpu"))
@@ -139,7 +141,8 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
         total, count = 0.0, 0
         for batch in _batches(loader, data):
             batch = _batch_for_model(batch, device)
-            loss = model.loss(batch)
+            with torch.enable_grad():  # also inside a caller's torch.no_grad(): training needs the graph
+                loss = model.loss(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the loss became {loss.item()} in epoch {epoch + 1}; lower lr?")
             optimizer.zero_grad(set_to_none=True)

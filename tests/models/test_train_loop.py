@@ -230,3 +230,15 @@ def test_a_tensordataset_subclass_keeps_its_own_rows(data):
 
     (batch,) = next(iter(train.as_loader(Doubled(data), 50, shuffle=False)))
     assert torch.equal(batch, 2 * data[:50])
+
+
+def test_fit_trains_inside_no_grad_and_refuses_inference_mode(data):
+    """A caller's torch.no_grad() (an evaluation harness around it) does not stop training: the run
+    equals one outside it. torch.inference_mode() makes tensors that backward cannot use: refused by name."""
+    outside, inside = model(), model()
+    expected = fit(outside, data, epochs=2, seed=5, progress=False)
+    with torch.no_grad():
+        assert fit(inside, data, epochs=2, seed=5, progress=False) == expected
+    assert all(torch.equal(a, b) for a, b in zip(inside.parameters(), outside.parameters()))
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"torch\.inference_mode\(\)"):
+        fit(model(), data, epochs=1, progress=False)
