@@ -11,6 +11,7 @@ from aefast.data import synthetic_manifold
 from aefast.models import VAE, ConditionalVAE, DenoisingAutoencoder, LatentGaussian
 from aefast.nn import FusedAutoencoder
 from aefast.train import fit
+from aefast import WillshawMemory
 from aefast.willshaw import experiments
 
 DEFAULTS = ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -21,6 +22,18 @@ def seeded(call, seed=0):
         torch.manual_seed(seed)
         return call()
     return run
+
+
+def willshaw_round_trip(folder):
+    """A memory's answers after save and load."""
+    generator = torch.Generator().manual_seed(0)
+    x, y = ((torch.rand(30, 200, generator=generator, device="cpu", dtype=torch.float32) < 0.03).to(torch.uint8)
+            for _ in range(2))
+    memory = WillshawMemory(200)
+    memory.store(x, y)
+    folder.mkdir(parents=True, exist_ok=True)
+    memory.save(folder / "memory.safetensors")
+    return WillshawMemory.load(folder / "memory.safetensors").retrieve(x)
 
 
 def cases(tmp_path):
@@ -47,6 +60,7 @@ def cases(tmp_path):
         "synthetic_manifold": lambda: synthetic_manifold(50, dim=12, seed=4),
         "fit": lambda: fit(trained, x, epochs=2, seed=5, val_data=x, progress=False),
         "fit without a seed": seeded(lambda: fit(trained_unseeded, x, epochs=1, progress=False)),
+        "Willshaw memory saved and loaded": lambda: willshaw_round_trip(tmp_path / "saved"),
         "Willshaw noise experiment": lambda: experiments.noise(
             64, 3, pairs=20, queries=8, out=tmp_path / "noise", progress=False),
     }

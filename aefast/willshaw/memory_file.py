@@ -134,7 +134,9 @@ def _open(path: Path, then):
     if not path.is_file():
         raise FileNotFoundError(f"no Willshaw memory file at {path}")
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        # safetensors makes a slice's tensor on torch's default device (a user's set_default_device
+        # would send every block there, or to meta): the file's blocks come to the CPU first.
+        with torch.device("cpu"), safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             _check_metadata(path, metadata)
             if list(handle.keys()) != ["matrix"]:
