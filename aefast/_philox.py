@@ -58,17 +58,23 @@ def philox_uniform(seed: int, offsets: torch.Tensor) -> torch.Tensor:
     return _uint_to_uniform(philox4x32_10(seed, offsets)[0])
 
 
-def compiled_stream(kind: str, seed: int, count: int) -> torch.Tensor | None:
-    """The stream's first ``count`` values, float32 on the CPU: ``kind`` "uniform" (bit for bit
-    ``philox_uniform``'s) or "normal" (``philox_normal``'s within 2e-6: the C++ kernels' own math),
-    from aefast._C's kernels, about 80x the formulas above (a 128 x 64 batch of uniforms: 10 us
-    against 850 on the CI machine). None where they cannot run: aefast._C not built, torch.compile
-    tracing, torch.func's transforms, or a mode that makes torch.empty give no real tensor (fake
-    tensors): their tensors have no memory to hand to C++."""
+def compiled_stream(kind: str, seed: int, count: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """The stream's first ``count`` values, float32 on ``device``: ``kind`` "uniform" (bit for bit
+    ``philox_uniform``'s) or "normal" (``philox_normal``'s within 2e-6), from compiled kernels: on the
+    CPU aefast._C's, about 80x the formulas above (a 128 x 64 batch of uniforms: 10 us against 850 on
+    the CI machine); on a GPU one Triton launch (``_triton_random.fill``) where the formulas launch
+    about 260 small kernels. None where they cannot run: no aefast._C (or Triton), another device,
+    torch.compile tracing, torch.func's transforms, or a mode that makes torch.empty give no real
+    tensor (fake tensors): their tensors have no memory to hand to a kernel."""
     from aefast import _backends, _buffers
 
+    device = torch.device(device)
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return None
+    if device.type == "cuda":
+        return _triton_fill(kind, seed, count, device) if _backends.can_run("triton", device) is True else None
     compiled = _backends.compiled_module()
-    if compiled is None or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if device.type != "cpu" or compiled is None:
         return None
     out = torch.empty(count, dtype=torch.float32, device="cpu")  # not torch.set_default_device's
     if type(out) is not torch.Tensor:
@@ -76,3 +82,9 @@ def compiled_stream(kind: str, seed: int, count: int) -> torch.Tensor | None:
     fill = compiled.philox_uniform_cpu if kind == "uniform" else compiled.philox_normal_cpu
     fill(seed, 0, _buffers.cpu_buffer(out))
     return out
+
+
+def _triton_fill(kind: str, seed: int, count: int, device: torch.device) -> torch.Tensor:
+    from aefast import _triton_random  # imports triton: only on a GPU
+
+    return _triton_random.fill(kind, seed, count, device)

@@ -1,10 +1,17 @@
 """Philox random numbers inside Triton kernels, keyed by (seed, 64-bit offset) and equal to
 aefast/_philox.py's: the counter is (offset_lo, offset_hi, 0, 0) on every Triton version (older
-releases ran int64 offsets through Philox4x64 instead). Imported by the kernel modules only.
+releases ran int64 offsets through Philox4x64 instead). Imported by the kernel modules, and by
+``_philox.compiled_stream`` on a GPU.
 
 A kernel that takes a seed declares ``do_not_specialize=["seed"]``: Triton otherwise compiles a
 variant for integers divisible by 16, and a training loop that draws a fresh seed each step met one
-at random (on an H200, steps of 0.6 and 1.6 s among steps of 3 ms, in bench_mlp.py's 2026-12-05 run)."""
+at random (on an H200, steps of 0.6 and 1.6 s among steps of 3 ms, in bench_mlp.py's 2026-12-05 run).
+
+``fill`` writes the stream itself into a tensor: the GPU's noise for the layers' plain path
+(aefast/_philox.py compiled_stream)."""
+import contextlib
+
+import torch
 import triton
 import triton.language as tl
 
@@ -31,3 +38,28 @@ def philox_uniform(seed, offsets):
     """tl.rand's uniform in [0, 1) for 64-bit offsets."""
     c0, _ = _philox_words(seed, offsets)
     return tl.uint_to_uniform_float(c0)
+
+
+FILL_BLOCK = 1024  # values a program writes
+
+
+@triton.jit(do_not_specialize=["seed", "count"])
+def fill_kernel(out_ptr, seed, count, NORMAL: tl.constexpr, BLOCK: tl.constexpr):
+    """out[i] = the stream's normal (or uniform) at offset i, for i < count."""
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    if NORMAL:
+        values = philox_normal(seed, offsets)
+    else:
+        values = philox_uniform(seed, offsets)
+    tl.store(out_ptr + offsets, values, mask=offsets < count)
+
+
+def fill(kind: str, seed: int, count: int, device: torch.device) -> torch.Tensor:
+    """The stream's first ``count`` uniforms (``kind`` "uniform") or normals, float32 on ``device``, in
+    one launch (the formulas of aefast/_philox.py launch about 260 small kernels on a GPU)."""
+    out = torch.empty(count, dtype=torch.float32, device=device)
+    if count:
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            fill_kernel[(triton.cdiv(count, FILL_BLOCK),)](out, seed, count, NORMAL=kind == "normal",
+                                                           BLOCK=FILL_BLOCK)
+    return out

@@ -37,8 +37,23 @@ def test_triton_philox_matches_the_reference_past_2_to_the_32(start):
         assert not torch.allclose(normal.cpu(), philox_normal(7, offsets % 2**32))
 
 
+@pytest.mark.parametrize("seed", [0, 7, 2**40 + 3, 2**63 - 25])
+def test_fill_writes_the_reference_stream(seed):
+    """_triton_random.fill, the layers' noise on a GPU: the formulas' uniforms exactly and their normals
+    within 2e-6, for counts that end inside a program's block, on a block's edge and past several."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for count in (0, 1, 1023, 1024, 2500):
+        offsets = torch.arange(count)
+        uniform = _triton_random.fill("uniform", seed, count, torch.device(device))
+        normal = _triton_random.fill("normal", seed, count, torch.device(device))
+        assert uniform.shape == normal.shape == (count,) and uniform.device.type == device
+        assert torch.equal(uniform.cpu(), philox_uniform(seed, offsets))
+        torch.testing.assert_close(normal.cpu(), philox_normal(seed, offsets), atol=2e-6, rtol=2e-6)
+
+
 def _kernels_taking_a_seed():
-    for name in ("aefast.mlp.triton_kernels", "aefast.vae.triton_kernels", "aefast.willshaw.triton_kernels"):
+    for name in ("aefast.mlp.triton_kernels", "aefast.vae.triton_kernels", "aefast.willshaw.triton_kernels",
+                 "aefast._triton_random"):
         module = importlib.import_module(name)
         for attribute, value in vars(module).items():
             if attribute.endswith("_kernel") and "seed" in getattr(value, "arg_names", ()):
@@ -57,5 +72,5 @@ def test_no_kernel_compiles_a_variant_per_seed():
     """A fresh seed per step (the layers' and reparameterize_kl's default) must not pick among compiled
     variants: Triton specializes integers on divisibility by 16 unless told not to."""
     kernels = dict(_kernels_taking_a_seed())
-    assert len(kernels) == 5, sorted(kernels)  # the MLP's three linear kernels and the VAE's two
+    assert len(kernels) == 6, sorted(kernels)  # the MLP's three linear kernels, the VAE's two, the fill
     assert {name for name, kernel in kernels.items() if "seed" not in _unspecialized(kernel)} == set()

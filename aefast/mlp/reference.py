@@ -83,9 +83,9 @@ def noise_offsets(rows: int, cols: int, device) -> Tensor:
 
 def _noise(kind: str, seed: int, shape, device, compiled: bool) -> Tensor:
     """Philox uniforms or normals of (seed, r * cols + c) over ``shape``: by the formulas, or where
-    ``compiled`` by aefast._C on the CPU when it can (``_philox.compiled_stream``)."""
-    if compiled and torch.device(device).type == "cpu":
-        values = compiled_stream(kind, seed, math.prod(shape))
+    ``compiled`` by a compiled kernel where one can run (``_philox.compiled_stream``)."""
+    if compiled:
+        values = compiled_stream(kind, seed, math.prod(shape), device)
         if values is not None:
             return values.reshape(shape)
     return (philox_uniform if kind == "uniform" else philox_normal)(seed, noise_offsets(*shape, device))
@@ -97,8 +97,9 @@ def corruption_keep(shape, seed: int, rate: float, device, compiled_noise: bool 
 
 
 def corrupt(x: Tensor, corruption: str, param: float, seed: int, compiled_noise: bool = False) -> Tensor:
-    """x~. ``compiled_noise``: the noise from aefast._C on the CPU (the same mask bit for bit, normals
-    within 2e-6), which the layers' plain-autograd path takes; the oracle keeps the formulas."""
+    """x~. ``compiled_noise``: the noise from a compiled kernel (aefast._C on the CPU, Triton on a GPU:
+    the same mask bit for bit, normals within 2e-6), which the layers' plain-autograd path takes; the
+    oracle keeps the formulas."""
     if corruption == "none":
         return x
     if corruption == "mask":
