@@ -78,14 +78,28 @@ def register_kernel(op: str, backend: str, kernel: Callable) -> None:
 
 def lazy_kernel(module: str, name: str) -> Callable:
     """``module.name``, imported on the first call: triton reads TRITON_INTERPRET when a module defines
-    its kernels, and importing triton costs seconds that a CPU-only user should not pay."""
+    its kernels, and importing triton costs seconds that a CPU-only user should not pay. It runs with its
+    CUDA tensors' device as the current one: Triton launches on the current device (and its stream),
+    not on its arguments' as torch's ops do, so tensors on cuda:1 under cuda:0 would reach another GPU."""
     resolved = []  # the function, once imported (importlib's lookup took 3 us a call)
 
     def run(*args):
         if not resolved:
             resolved.append(getattr(importlib.import_module(module), name))
-        return resolved[0](*args)
+        device = _cuda_device_of(args)
+        if device is None or device.index == torch.cuda.current_device():
+            return resolved[0](*args)
+        with torch.cuda.device(device):
+            return resolved[0](*args)
     return run
+
+
+def _cuda_device_of(args) -> torch.device | None:
+    """The device of the first CUDA tensor among ``args``, or None."""
+    for arg in args:
+        if isinstance(arg, torch.Tensor) and arg.device.type == "cuda":
+            return arg.device
+    return None
 
 
 def has_kernel(op: str, backend: str) -> bool:

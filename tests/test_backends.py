@@ -80,3 +80,32 @@ def test_triton_needs_interpreter_for_cpu_tensors():
     code = "import torch, aefast._backends as b; print(b.can_run('triton', torch.device('cpu')))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert "TRITON_INTERPRET=1" in out.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_kernels_run_on_their_tensors_device_not_the_current_one(backend):
+    """With cuda:0 current and every tensor on cuda:1, the kernels give what the reference gives on the
+    CPU: Triton launches on the current device unless _backends.lazy_kernel sets it."""
+    from aefast import WillshawMemory
+    from aefast.nn import FusedLinear
+
+    torch.manual_seed(3)
+    layer, x = FusedLinear(33, 17, activation="tanh"), torch.randn(9, 33)
+    mu, logvar = torch.randn(7, 5), torch.randn(7, 5)
+    cues = (torch.rand(12, 300) < 0.02).to(torch.uint8)
+    memory = WillshawMemory(300)
+    memory.store(cues, cues)
+    expected = (layer(x), aefast.reparameterize_kl(mu, logvar, seed=4), memory.retrieve(cues))
+    with torch.cuda.device(0), aefast.use_backend(backend):
+        other = WillshawMemory(300, device="cuda:1")
+        other.store(cues.to("cuda:1"), cues.to("cuda:1"))
+        got = ((layer.to("cuda:1")(x.to("cuda:1")) if backend == "triton" else None),  # (no CUDA MLP kernels)
+               aefast.reparameterize_kl(mu.to("cuda:1"), logvar.to("cuda:1"), seed=4),
+               other.retrieve(cues.to("cuda:1")))
+    if got[0] is not None:
+        torch.testing.assert_close(got[0].cpu(), expected[0], atol=1e-4, rtol=1e-4)  # TF32 dots on the GPU
+    for got_part, expected_part in zip(got[1], expected[1]):
+        torch.testing.assert_close(got_part.cpu(), expected_part, atol=2e-6, rtol=2e-6)
+    assert torch.equal(got[2].cpu(), expected[2])
