@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from aefast import _backends
+from aefast._buffers import cpu_buffer
+
 _MASK32 = 0xFFFFFFFF
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
@@ -66,25 +69,25 @@ def compiled_stream(kind: str, seed: int, count: int, device: torch.device | str
     about 260 small kernels. None where they cannot run: no aefast._C (or Triton), another device,
     torch.compile tracing, torch.func's transforms, or a mode that makes torch.empty give no real
     tensor (fake tensors): their tensors have no memory to hand to a kernel."""
-    from aefast import _backends, _buffers
-
     device = torch.device(device)
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return None
-    if device.type == "cuda":
-        return _triton_fill(kind, seed, count, device) if _backends.can_run("triton", device) is True else None
-    compiled = _backends.compiled_module()
-    if device.type != "cpu" or compiled is None:
+    if device.type == "cuda" and _backends.can_run("triton", device) is True:
+        fill = _triton_fill
+    elif device.type == "cpu" and _backends.compiled_module() is not None:
+        fill = _cpp_fill
+    else:
         return None
-    out = torch.empty(count, dtype=torch.float32, device="cpu")  # not torch.set_default_device's
+    out = torch.empty(count, dtype=torch.float32, device=device)  # not torch.set_default_device's
     if type(out) is not torch.Tensor:
         return None
-    fill = compiled.philox_uniform_cpu if kind == "uniform" else compiled.philox_normal_cpu
-    fill(seed, 0, _buffers.cpu_buffer(out))
+    fill(out, kind, seed)
     return out
 
 
-def _triton_fill(kind: str, seed: int, count: int, device: torch.device) -> torch.Tensor:
-    from aefast import _triton_random  # imports triton: only on a GPU
+def _cpp_fill(out: torch.Tensor, kind: str, seed: int) -> None:
+    compiled = _backends.compiled_module()
+    (compiled.philox_uniform_cpu if kind == "uniform" else compiled.philox_normal_cpu)(seed, 0, cpu_buffer(out))
 
-    return _triton_random.fill(kind, seed, count, device)
+
+_triton_fill = _backends.lazy_kernel("aefast._triton_random", "fill")  # imports triton on the first call

@@ -9,8 +9,6 @@ at random (on an H200, steps of 0.6 and 1.6 s among steps of 3 ms, in bench_mlp.
 
 ``fill`` writes the stream itself into a tensor: the GPU's noise for the layers' plain path
 (aefast/_philox.py compiled_stream)."""
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
@@ -54,12 +52,10 @@ def fill_kernel(out_ptr, seed, count, NORMAL: tl.constexpr, BLOCK: tl.constexpr)
     tl.store(out_ptr + offsets, values, mask=offsets < count)
 
 
-def fill(kind: str, seed: int, count: int, device: torch.device) -> torch.Tensor:
-    """The stream's first ``count`` uniforms (``kind`` "uniform") or normals, float32 on ``device``, in
-    one launch (the formulas of aefast/_philox.py launch about 260 small kernels on a GPU)."""
-    out = torch.empty(count, dtype=torch.float32, device=device)
+def fill(out: torch.Tensor, kind: str, seed: int) -> None:
+    """``out`` (contiguous float32) = the stream's first ``out.numel()`` uniforms (``kind`` "uniform")
+    or normals, in one launch (the formulas of aefast/_philox.py launch about 260 small kernels on a
+    GPU). Called through _backends.lazy_kernel, which makes ``out``'s GPU the current one."""
+    count = out.numel()
     if count:
-        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-            fill_kernel[(triton.cdiv(count, FILL_BLOCK),)](out, seed, count, NORMAL=kind == "normal",
-                                                           BLOCK=FILL_BLOCK)
-    return out
+        fill_kernel[(triton.cdiv(count, FILL_BLOCK),)](out, seed, count, NORMAL=kind == "normal", BLOCK=FILL_BLOCK)

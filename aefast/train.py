@@ -170,8 +170,8 @@ def _batches(loader: DataLoader, data):
     torch's default device: DataLoader draws its base seed, and its sampler the shuffle, on the default
     device, where a CPU generator cannot draw (a user's torch.set_default_device("cuda") made fit
     fail); a DataLoader the caller made is iterated as it is."""
-    if isinstance(data, DataLoader):
-        yield from data
+    if isinstance(data, DataLoader):  # (then ``loader`` is ``data``)
+        yield from loader
         return
     with torch.device("cpu"):
         batches = iter(loader)

@@ -44,8 +44,9 @@ def test_fill_writes_the_reference_stream(seed):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for count in (0, 1, 1023, 1024, 2500):
         offsets = torch.arange(count)
-        uniform = _triton_random.fill("uniform", seed, count, torch.device(device))
-        normal = _triton_random.fill("normal", seed, count, torch.device(device))
+        uniform, normal = (torch.empty(count, device=device) for _ in range(2))
+        _triton_random.fill(uniform, "uniform", seed)
+        _triton_random.fill(normal, "normal", seed)
         assert uniform.shape == normal.shape == (count,) and uniform.device.type == device
         assert torch.equal(uniform.cpu(), philox_uniform(seed, offsets))
         torch.testing.assert_close(normal.cpu(), philox_normal(seed, offsets), atol=2e-6, rtol=2e-6)
