@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,9 +34,13 @@ def _check_activation(activation, name: str) -> Optional[str]:
 
 
 def _widths(widths, name: str) -> list[int]:
-    """``widths`` (a list, tuple or range of at least 2 positive ints) as a list; ValueError naming
-    ``name``, and the entry at fault, otherwise."""
-    if not isinstance(widths, (list, tuple, range)) or len(widths) < 2:
+    """``widths`` (a list, tuple or range of at least 2 positive ints, or a 1-d NumPy array or tensor of
+    them) as a list; ValueError naming ``name``, and the entry at fault, otherwise."""
+    if isinstance(widths, (np.ndarray, Tensor)) and widths.ndim == 1:
+        widths = widths.tolist()  # Python ints (or floats, refused below by entry)
+    if not isinstance(widths, (list, tuple, range)):
+        raise ValueError(f"{name} must be a list of widths, got {type(widths).__name__} {widths!r}")
+    if len(widths) < 2:
         raise ValueError(f"{name} must list at least 2 widths, got {widths!r}")
     return [positive_int(width, f"{name}[{index}]") for index, width in enumerate(widths)]
 

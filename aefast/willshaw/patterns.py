@@ -1,6 +1,7 @@
 """What users pass as patterns, turned into what the kernels take: rows of active positions.
 
-Dense patterns are 0/1 tensors (bool or integer) of shape (B, n), or (n,) for one pattern. Index
+Dense patterns are 0/1 tensors (bool, integer or floating: any value other than 0 and 1 is refused,
+NaN included) of shape (B, n), or (n,) for one pattern. Index
 patterns are (B, M) or (M,) integer tensors, or a list of 1-D tensors (or lists of ints) when rows
 have different numbers of ones. Values of index patterns are checked by the backend's
 ``check_patterns`` kernel (range and repeats), in one pass.
@@ -39,8 +40,8 @@ def _offsets_from_counts(counts: Tensor) -> Tensor:
 def from_dense(x, width: int, name: str, device: torch.device) -> PatternRows:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of 0/1 values, got {type(x).__name__}")
-    if x.dtype.is_floating_point or x.dtype.is_complex:
-        raise TypeError(f"{name} must be a bool or integer tensor of 0/1 values, got {x.dtype}")
+    if x.dtype.is_complex:
+        raise TypeError(f"{name} must be a real tensor of 0/1 values, got {x.dtype}")
     if x.dim() not in (1, 2):
         raise ValueError(f"{name} must have shape (B, {width}) or ({width},), got {tuple(x.shape)}")
     if x.shape[-1] != width:

@@ -2,6 +2,7 @@
 every backend with MLP kernels: odd batches (1, 7, 129) and widths (3, 17, 100, 784)."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -189,6 +190,15 @@ def test_fused_mlp_dims_and_activations():
     mlp = FusedMLP([10, 8, 6, 4], activation="gelu", output_activation="sigmoid")
     assert mlp.dims == [10, 8, 6, 4]
     assert [layer.activation for layer in mlp.layers] == ["gelu", "gelu", "sigmoid"]
+
+
+def test_widths_may_come_as_a_numpy_array_or_a_tensor():
+    """Widths computed with NumPy or torch (np.linspace(...).astype(int), a tensor of sizes) are taken
+    as the list of their Python ints."""
+    assert FusedMLP(np.array([10, 8, 4])).dims == [10, 8, 4]
+    assert FusedMLP([np.int64(10), np.int32(4)]).dims == [10, 4]
+    assert FusedAutoencoder(torch.tensor([10, 6, 3]), decoder_dims=np.array([3, 10])).decoder.dims == [3, 10]
+    assert all(type(width) is int for width in FusedMLP(np.array([10, 8, 4])).dims)
 
 
 def assert_loss_matches_the_sequential(model, x, loss, corruption, l1_code, atol, rtol):

@@ -8,7 +8,7 @@ from aefast.models import VAE, Autoencoder, ConditionalVAE, SparseAutoencoder, i
 
 
 @pytest.mark.parametrize("make,match", [
-    (lambda: Autoencoder(None), "dims must list at least 2 widths"),
+    (lambda: Autoencoder(None), "dims must be a list of widths, got NoneType"),
     (lambda: Autoencoder([8, 4, 0]), r"^dims\[2\] must be a positive int, got 0"),
     (lambda: SparseAutoencoder([8, 3], l1=math.nan), "l1 must be a finite number >= 0"),
     (lambda: SparseAutoencoder([8, 3], rho=0.1, beta=-1.0), "beta must be a finite number >= 0"),

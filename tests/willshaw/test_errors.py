@@ -1,5 +1,7 @@
 """Bad input to WillshawMemory raises an error that names the argument, and a failed store leaves the
 memory unchanged. The ops check their contract too, since torch.ops.aefast.* is reachable directly."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -47,7 +49,9 @@ def test_a_backend_that_cannot_hold_the_memory_is_refused(monkeypatch):
 
 
 DENSE_CASES = [
-    (lambda: torch.zeros(2, 100), TypeError, "x must be a bool or integer tensor"),
+    (lambda: torch.zeros(2, 100, dtype=torch.complex64), TypeError, "x must be a real tensor of 0/1 values"),
+    (lambda: torch.full((2, 100), 0.5), ValueError, "x must hold only 0 and 1, found 0.5"),
+    (lambda: torch.full((2, 100), math.nan), ValueError, "x must hold only 0 and 1, found nan"),
     (lambda: torch.full((2, 100), 2), ValueError, "x must hold only 0 and 1, found 2"),
     (lambda: -torch.ones(2, 100, dtype=torch.int8), ValueError, "x must hold only 0 and 1, found -1"),
     (lambda: torch.zeros(2, 99, dtype=torch.bool), ValueError, "x must have 100 columns"),

@@ -180,6 +180,20 @@ def test_auto_association_and_ragged_rows(willshaw_backend):
     assert memory.n_stored == 5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.uint8, torch.int32])
+def test_dense_patterns_of_any_real_dtype_act_as_their_bool_twins(willshaw_backend, hetero_pairs, dtype):
+    """A 0/1 float tensor (torch.zeros then ones set: the usual way to write a pattern) stores, sums
+    and retrieves exactly as the same pattern in bool."""
+    x, y = dense_from_indices(hetero_pairs[0], N_IN), dense_from_indices(hetero_pairs[1], N_OUT)
+    as_bool, as_dtype = WillshawMemory(N_IN, N_OUT), WillshawMemory(N_IN, N_OUT)
+    as_bool.store(x.bool(), y.bool())
+    as_dtype.store(x.to(dtype), y.to(dtype))
+    assert torch.equal(as_dtype.packed_matrix(), as_bool.packed_matrix())
+    cue = x[:5].to(dtype)
+    assert torch.equal(as_dtype.sums(cue), as_bool.sums(x[:5].bool()))
+    assert torch.equal(as_dtype.retrieve(cue, "soft"), as_bool.retrieve(x[:5].bool(), "soft"))
+
+
 def test_single_patterns_drop_the_batch_dimension(willshaw_backend):
     memory = WillshawMemory(130, 70)
     memory.store_indices(torch.tensor([0, 64, 129]), torch.tensor([1, 69]))
