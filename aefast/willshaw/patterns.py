@@ -1,9 +1,9 @@
 """What users pass as patterns, turned into what the kernels take: rows of active positions.
 
-Dense patterns are 0/1 tensors (bool, integer or floating: any value other than 0 and 1 is refused,
-NaN included) of shape (B, n), or (n,) for one pattern. Index
-patterns are (B, M) or (M,) integer tensors, or a list of 1-D tensors (or lists of ints) when rows
-have different numbers of ones. Values of index patterns are checked by the backend's
+Dense patterns are 0/1 tensors of shape (B, n), or (n,) for one pattern, in any real dtype (bool,
+integer or floating: any value other than 0 and 1 is refused, NaN included). Index patterns are
+(B, M) or (M,) integer tensors, or a list of 1-D tensors (or lists of ints) when rows have different
+numbers of ones. Values of index patterns are checked by the backend's
 ``check_patterns`` kernel (range and repeats), in one pass.
 """
 from __future__ import annotations
