@@ -9,8 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+is_triton36() { PYTHONPATH=$1 .venv/bin/python -c "import triton; assert triton.__version__.startswith('3.6.')" 2>/dev/null; }
 overlay=.triton36
-if ! PYTHONPATH=$overlay .venv/bin/python -c "import triton; assert triton.__version__.startswith('3.6')" 2>/dev/null; then
+if is_triton36 ""; then
+  overlay=""  # .venv has triton 3.6 itself (a GPU machine's environment): nothing to install
+elif ! is_triton36 "$overlay"; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --upgrade --target "$overlay" \
     "triton==3.6.*" "numpy<2.4"
 fi
