@@ -103,20 +103,19 @@ def _read_layers(x, modules: list, hooked: list[bool]) -> tuple:
     parameters cast to its dtype (bfloat16 or float16), float64 ones left as they are, as autocast
     leaves them; the kernels then run in that dtype. A layer with hooks is left as its module, unread:
     it is called through the module, which reads its parameters after its pre-hooks have run."""
+    layers = [module if hook else _LayerTensors(module.weight, module.bias, module.activation,
+                                                 module.in_features, module.out_features)
+              for module, hook in zip(modules, hooked)]
     dtype = autocast_dtype(x.device) if isinstance(x, Tensor) else None
     if dtype is None:  # (most calls: no cast to make, none to call)
-        return x, [module if hook else _LayerTensors(module.weight, module.bias, module.activation,
-                                                      module.in_features, module.out_features)
-                   for module, hook in zip(modules, hooked)]
+        return x, layers
 
     def cast(t):
         if t is None or not t.is_floating_point() or t.dtype == torch.float64:
             return t
         return t.to(dtype)
-    layers = [module if hook else _LayerTensors(cast(module.weight), cast(module.bias), module.activation,
-                                                 module.in_features, module.out_features)
-              for module, hook in zip(modules, hooked)]
-    return cast(x), layers
+    return cast(x), [layer if hook else layer._replace(weight=cast(layer.weight), bias=cast(layer.bias))
+                     for layer, hook in zip(layers, hooked)]
 
 
 @torch.compiler.assume_constant_result  # a choice made when tracing, like the op's own dispatch
