@@ -278,7 +278,7 @@ def test_a_cuda_index_past_the_devices_is_refused(monkeypatch):
 
 def test_triton_pattern_check_of_ragged_short_rows_flags_exactly_the_bad_rows():
     """Rows of up to 32 positions go through the kernel that checks several rows per program: ragged
-    lengths, empty rows, and more rows than one program takes."""
+    lengths, empty rows, more rows than one program takes, repeats far apart and side by side."""
     if _backends.can_run("triton", torch.device("cpu")) is not True and not torch.cuda.is_available():
         pytest.skip("triton cannot run here")
     from aefast.willshaw import triton_kernels
@@ -291,6 +291,9 @@ def test_triton_pattern_check_of_ragged_short_rows_flags_exactly_the_bad_rows():
     for index, length in enumerate(lengths):
         if length >= 2 and index % 3 == 0:
             rows[index][-1] = rows[index][0]
+            expected[index] = 2
+        elif length >= 2 and index % 6 == 2:  # a repeat at the next position, as in [7, 7]
+            rows[index][1] = rows[index][0]
             expected[index] = 2
         elif length and index % 3 == 1:
             rows[index][length // 2] = units if index % 2 else -5
