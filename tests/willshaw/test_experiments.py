@@ -84,6 +84,20 @@ def test_other_arguments_in_the_same_folder_are_refused(tmp_path):
         experiments.capacity(N, ONES, seed=3, out=tmp_path, pairs=[5000], queries=50, progress=False)
 
 
+def test_recall_errors_count_false_ones_misses_and_exact_recalls():
+    """Per recall: the units recalled that the answer lacks, the answer's units not recalled, and
+    whether the recall is the answer itself. Three disjoint pairs of three ones: each recalls its own
+    answer exactly; top-2 recalls two of its three units (a miss, no false one, not exact); checked
+    against another pair's answer, each recall has three false ones and three misses."""
+    memory = WillshawMemory(64)
+    x = torch.tensor([[0, 1, 2], [10, 11, 12], [20, 21, 22]])
+    y = torch.tensor([[3, 4, 5], [13, 14, 15], [23, 24, 25]])
+    memory.store_indices(x, y)
+    assert experiments.recall_errors(memory, x, y) == {"false_ones": 0, "misses": 0, "exact_recalls": 1}
+    assert experiments.recall_errors(memory, x, y, "topk", k=2) == {"false_ones": 0, "misses": 1, "exact_recalls": 0}
+    assert experiments.recall_errors(memory, x, y.roll(1, 0)) == {"false_ones": 3, "misses": 3, "exact_recalls": 0}
+
+
 def test_noise_thresholds_behave_as_the_notes_say(tmp_path):
     rows = experiments.noise(N, ONES, seed=1, out=tmp_path, queries=200, progress=False)
     assert (tmp_path / "noise.png").exists()
