@@ -66,3 +66,20 @@ def test_sharded_example_runs_under_torchrun(tmp_path):
     ranks = int(re.search(r"--nproc-per-node=(\d+)", " ".join(command)).group(1))
     assert sorted(path.name for path in (tmp_path / "shards").iterdir()) == [
         f"shard-{rank}-of-{ranks}.safetensors" for rank in range(ranks)]
+
+
+def test_the_tests_the_readme_names_exist():
+    """Each `file.py::name` the README cites (relative to tests/, or starting with it; a bare `::name`
+    is in the last file named) is a test function of that file, so that a renamed or moved test cannot leave a promise
+    without its test."""
+    tests = README.parent / "tests"
+    cited, file = [], None
+    for path, name in re.findall(r"`((?:[\w/]+/)?test_\w+\.py)?(?:::(\w+))?`", README.read_text()):
+        file = path.removeprefix("tests/") or file
+        if name:
+            assert file is not None, f"`::{name}` in the README names no file before it"
+            cited.append((file, name))
+    assert len(cited) > 40  # the Guarantees section's
+    missing = [f"{file}::{name}" for file, name in cited
+               if not re.search(rf"^def {name}\(", (tests / file).read_text(), flags=re.M)]
+    assert missing == []
