@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from aefast.models import Autoencoder
+from aefast.models import Autoencoder, DenoisingAutoencoder
 from aefast import train
 from aefast.train import CheckpointError, fit
 
@@ -23,13 +23,22 @@ def model():
     return Autoencoder([12, 6, 3], output_activation="sigmoid")
 
 
+def denoising_model():
+    """A model that draws from torch's generator each step (its corruption's seed)."""
+    torch.manual_seed(1)
+    return DenoisingAutoencoder([12, 6, 3], noise=("mask", 0.3), output_activation="sigmoid")
+
+
 def test_a_seed_repeats_the_run(data):
     first, second = model(), model()
     assert fit(first, data, epochs=3, seed=5, progress=False) == fit(second, data, epochs=3, seed=5, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
 
 
-def test_an_interrupted_run_resumes_from_its_checkpoint(data, tmp_path):
+@pytest.mark.parametrize("model", [model, denoising_model], ids=["plain", "denoising"])
+def test_an_interrupted_run_resumes_from_its_checkpoint(data, tmp_path, model):
+    """The same parameters and losses as the run that was not interrupted: the checkpoint restores the
+    loader's shuffle and torch's generator (the denoising corruption's seeds)."""
     whole = model()
     expected = fit(whole, data, epochs=6, seed=5, progress=False)
 
