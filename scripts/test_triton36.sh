@@ -20,4 +20,4 @@ fi
 PYTHONPATH=$overlay .venv/bin/python -c "import triton, numpy; print(f'triton {triton.__version__}, numpy {numpy.__version__}')"
 PYTHONPATH=$overlay .venv/bin/python -m pytest -n 2 --dist loadfile -q -p no:cacheprovider \
   tests/mlp/test_compiled_kernels.py tests/willshaw/test_compiled_kernels.py tests/test_compiled_fill.py \
-  tests/test_triton_random.py tests/test_triton_math.py
+  tests/test_triton_random.py tests/test_triton_math.py tests/test_philox_tail.py

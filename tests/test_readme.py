@@ -70,8 +70,8 @@ def test_sharded_example_runs_under_torchrun(tmp_path):
 
 def test_the_tests_the_readme_names_exist():
     """Each `file.py::name` the README cites (relative to tests/, or starting with it; a bare `::name`
-    is in the last file named) is a test function of that file, so that a renamed or moved test cannot leave a promise
-    without its test."""
+    is in the last file named) is a test function of that file: a renamed or moved test cannot leave a
+    promise without its test."""
     tests = README.parent / "tests"
     cited, file = [], None
     for path, name in re.findall(r"`((?:[\w/]+/)?test_\w+\.py)?(?:::(\w+))?`", README.read_text()):
