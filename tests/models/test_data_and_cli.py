@@ -51,8 +51,12 @@ def test_idx_images_and_labels(tmp_path, compress):
 def test_damaged_idx_files(tmp_path):
     path = tmp_path / "images.idx"
     write_idx(path, np.zeros((3, 4, 5), dtype=np.uint8))
-    path.write_bytes(path.read_bytes()[:-7])
-    with pytest.raises(ValueError, match="the header promises 60 bytes"):
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-7])
+    with pytest.raises(ValueError, match="the header promises 60 bytes of data, the file holds 53"):
+        data.load_idx(path)
+    path.write_bytes(whole + b"\0")  # a byte past the data: sizes from another file, or two files joined
+    with pytest.raises(ValueError, match="the header promises 60 bytes of data, the file holds more"):
         data.load_idx(path)
     path.write_bytes(b"PK\x03\x04 not idx")
     with pytest.raises(ValueError, match="is not an IDX file"):
