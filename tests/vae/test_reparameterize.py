@@ -421,11 +421,15 @@ def test_torch_func_transforms_under_auto():
     assert_close(per_sample, looped, 2e-6, 2e-6, "vmap")
 
 
-def test_gradient_flows_to_eps_when_asked(backend):
+@pytest.mark.parametrize("clamp", [(-math.inf, math.inf), (-0.5, 0.5)], ids=["unclamped", "clamped"])
+def test_gradient_flows_to_eps_when_asked(backend, clamp):
+    """dz/deps = exp(logvar / 2) of the logvar the sample used: the clamped one under a clamp."""
     mu, logvar, eps = make_inputs((6, 5), torch.float64, backend.device)
+    logvar = logvar * 3  # most of it outside the clamp's bounds
     eps.requires_grad_()
-    (grad_eps,) = torch.autograd.grad(aefast.reparameterize_kl(mu, logvar, eps=eps)[0].sum(), eps)
-    assert_close(grad_eps, torch.exp(0.5 * logvar), 1e-12, 1e-12, "grad eps")
+    z = aefast.reparameterize_kl(mu, logvar, eps=eps, logvar_clamp=clamp)[0]
+    (grad_eps,) = torch.autograd.grad(z.sum(), eps)
+    assert_close(grad_eps, torch.exp(0.5 * logvar.clamp(*clamp)), 1e-12, 1e-12, "grad eps")
 
 
 def test_works_under_torch_compile_fullgraph(backend):
