@@ -154,11 +154,12 @@ def test_scalar_reductions(backend, reduction):
         assert_close(actual, expected, 1e-5, 1e-5, what)
 
 
-@pytest.mark.parametrize("clamp", [(-1.0, 1.0), (-math.inf, 0.5), (-0.25, math.inf)], ids=str)
+@pytest.mark.parametrize("clamp", [(-1.0, 1.0), (-math.inf, 0.5), (-0.25, math.inf), (0.25, 0.25)], ids=str)
 def test_logvar_clamp_matches_torch_clamp(backend, clamp):
+    """Bounds on both sides, one side, and equal bounds (a fixed variance)."""
     mu, logvar, eps = make_inputs((7, 33), torch.float32, backend.device)
     logvar = logvar * 3
-    logvar[0, :4] = torch.tensor([-1.0, 1.0, 0.5, -0.25])  # on the bounds: torch passes the gradient
+    logvar[0, :5] = torch.tensor([-1.0, 1.0, 0.5, -0.25, 0.25])  # on the bounds: torch passes the gradient
     grad_z = torch.randn(7, 33).to(backend.device)
     grad_kl = torch.randn(7).to(backend.device)
     got = run_backend(mu, logvar, grad_z, grad_kl, eps=eps, logvar_clamp=clamp)
