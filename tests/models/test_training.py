@@ -74,9 +74,12 @@ def test_other_sparsity_forms(digits, kwargs):
     model = SparseAutoencoder([64, 32, 16], output_activation="sigmoid", **kwargs)
     fit(model, x, epochs=40, batch_size=64, lr=1e-2, seed=1, progress=False)
     with torch.no_grad():
-        code = model.encode(x)
+        code, dense = model.encode(x), Autoencoder.encode(model, x)  # the code before the k-sparse cut
     if "k" in kwargs:
         assert ((code != 0).sum(1) <= 4).all()
+        # The units kept are the dense code's 4 largest, unchanged: their sum is the largest of any 4.
+        assert ((code == 0) | (code == dense)).all()
+        torch.testing.assert_close(code.sum(1), dense.topk(4, dim=1).values.sum(1))
     else:
         assert code.mean() < 0.15  # the target rho = 0.1; measured 0.11
     mean_image_error = float(((x - x.mean(0)) ** 2).mean())  # what predicting the mean digit costs: 0.073
