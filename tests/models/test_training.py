@@ -145,16 +145,22 @@ def test_the_vae_reconstruction_term_is_the_summed_bce_per_input(digits):
     torch.testing.assert_close(kl, expected_kl.mean(0))
 
 
-def test_free_bits_keep_the_kl_penalty_at_least_that(digits):
+@pytest.mark.parametrize("beta", [1.0, 0.25])
+def test_loss_weighs_the_kl_by_beta_with_free_bits_and_the_elbo_by_neither(digits, beta):
+    """loss = reconstruction + beta * sum_j max(KL_j, free_bits) (the free bits keep the KL penalty at
+    least free_bits a unit); elbo = -(reconstruction + sum_j KL_j)."""
     x, _ = digits
-    model = VAE([64, 32, 4], free_bits=0.5)
+    model = VAE([64, 32, 4], beta=beta, free_bits=0.5)
     with torch.no_grad():
-        torch.manual_seed(0)  # the same noise for both calls
+        torch.manual_seed(0)  # the same noise for every call
         reconstruction, kl = model.negative_elbo_terms(x, x)
         torch.manual_seed(0)
         loss = model.loss(x)
-    torch.testing.assert_close(loss, reconstruction + kl.clamp(min=0.5).sum())
-    assert loss >= reconstruction + 4 * 0.5
+        torch.manual_seed(0)
+        elbo = model.elbo(x)
+    torch.testing.assert_close(loss, reconstruction + beta * kl.clamp(min=0.5).sum())
+    assert loss >= reconstruction + beta * 4 * 0.5
+    torch.testing.assert_close(elbo, -(reconstruction + kl.sum()))
 
 
 def test_conditional_vae_needs_labels_and_trains(digits):
