@@ -113,6 +113,8 @@ def errors(rank: int, out: Path) -> None:
         memory.store_indices(torch.tensor([[1, 2], [3, 999]]) if rank == 0 else None, torch.tensor([[1], [2]]))
     with pytest.raises(ValueError, match="y is required"):
         memory.store(torch.ones(1, N_IN, dtype=torch.bool) if rank == 0 else None)
+    with pytest.raises(TypeError, match="x_idx must hold integer indices"):  # its type reaches every rank too
+        memory.retrieve_indices(torch.tensor([1.0, 2.0]) if rank == 0 else None)
     assert memory.density == 0 and memory.n_stored == 0  # nothing was stored anywhere
     memory.store_indices(torch.tensor([[1, 2]]), torch.tensor([[3, 200]]))
 
