@@ -95,6 +95,25 @@ def test_linear_autoencoder_reaches_pca(digits):
     assert check.pca_error <= check.autoencoder_error < 1.05 * check.pca_error  # measured 2.8% above
 
 
+def test_pca_check_of_an_autoencoder_set_to_pca(digits):
+    """An autoencoder set by hand to PCA's top 5 components (encoder: the centred input projected on
+    them; decoder: back, plus the mean) spans the PCA subspace exactly whatever its biases: every
+    principal angle 0 and PCA's own error."""
+    x, _ = digits
+    mean = x.mean(0)
+    components = torch.linalg.svd((x - mean).double(), full_matrices=False)[2][:5].float()  # (5, 64)
+    model = Autoencoder([64, 5], activation=None)
+    encoder, decoder = model.encoder.layers[0], model.decoder.layers[0]
+    with torch.no_grad():
+        encoder.weight.copy_(components)
+        encoder.bias.copy_(-components @ mean)
+        decoder.weight.copy_(components.T)
+        decoder.bias.copy_(mean)
+    check = pca_check(model, x)
+    assert check.principal_angles.max() < 1e-3
+    assert check.autoencoder_error == pytest.approx(check.pca_error, rel=1e-4)
+
+
 def test_vae_elbo_improves_and_samples(digits):
     x, _ = digits
     model = VAE([64, 64, 2])
@@ -205,8 +224,13 @@ def test_latent_tools(digits, plain):
         torch.testing.assert_close(path[-1], plain(x[1:2])[0])
     samples = LatentGaussian(plain, x).sample(6, generator=torch.Generator().manual_seed(0))
     assert samples.shape == (6, 64)
+    with torch.no_grad():  # decoded draws from N(the codes' mean, their std^2) per unit
+        codes = plain.encode(x)
+        noise = torch.randn(6, 16, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(samples, plain.decode(codes.mean(0) + codes.std(0) * noise))
     bits, thresholds = binary_codes(plain, x)
     assert bits.dtype == torch.bool and bits.shape == (1797, 16)
+    assert (bits.sum(0) <= 1797 // 2).all()  # strictly above each unit's median: at most half the digits
     # A digit's own code is its nearest neighbour by Hamming distance (distance 0).
     nearest = hamming_search(bits[:20], bits, k=1)
     assert (bits[nearest[:, 0]] == bits[:20]).all()
