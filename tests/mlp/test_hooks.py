@@ -156,6 +156,17 @@ def test_the_loss_runs_hooks_that_its_fused_corruption_and_loss_would_pass_by(la
     torch.testing.assert_close(x_fused.grad, x_plain.grad, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.parametrize("hooked", ["model", "last layer"])
+def test_the_mlps_loss_runs_a_hook_on_the_model_or_its_last_layer(layer_backend, hooked):
+    # A forward hook that replaces the output: the loss is that of the replaced output, as in plain
+    # PyTorch, not the fused loss of the layers' own output.
+    fused, plain = fused_and_plain()
+    {"model": fused, "last layer": fused.layers[-1]}[hooked].register_forward_hook(
+        lambda module, inputs, output: 2 * output)
+    x, target = torch.rand(7, NARROW_DIMS[0]), torch.rand(7, NARROW_DIMS[-1])
+    torch.testing.assert_close(fused.loss(x, target), F.mse_loss(2 * plain(x), target), atol=ATOL, rtol=RTOL)
+
+
 def test_a_pruned_autoencoder_trains_through_its_loss_as_in_plain_pytorch(layer_backend):
     model, encoder, decoder = autoencoder_and_plain()
     prune.l1_unstructured(model.encoder.layers[0], "weight", amount=0.5)

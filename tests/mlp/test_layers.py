@@ -347,6 +347,8 @@ def test_unseeded_losses_follow_torch_manual_seed(mlp_backend):
     first = model.loss(x, corruption=("mask", 0.5))
     torch.manual_seed(8)
     assert torch.equal(model.loss(x, corruption=("mask", 0.5)), first)
+    # Without reseeding, the generator has moved on: a new mask (a fixed seed would repeat the first).
+    assert not torch.equal(model.loss(x, corruption=("mask", 0.5)), first)
 
 
 def test_auto_on_the_cpu_gives_what_the_forced_reference_gives():
