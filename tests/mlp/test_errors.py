@@ -96,6 +96,8 @@ def test_from_sequential_refuses_what_it_cannot_fuse():
         FusedMLP.from_sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.GELU(approximate="tanh")))
     with pytest.raises(ValueError, match=r"sequential\[2\] \(ReLU\) is not an activation after a Linear"):
         FusedMLP.from_sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.ReLU()))
+    with pytest.raises(ValueError, match=r"sequential\[0\] \(Tanh\) is not an activation after a Linear"):
+        FusedMLP.from_sequential(torch.nn.Sequential(torch.nn.Tanh(), torch.nn.Linear(3, 4)))
     with pytest.raises(ValueError, match="sequential must hold at least one nn.Linear"):
         FusedMLP.from_sequential(torch.nn.Sequential())
     with pytest.raises(ValueError, match="every Linear of sequential must have a bias, or none"):

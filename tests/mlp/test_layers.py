@@ -109,6 +109,22 @@ def test_autoencoder_loss_under_autocast_is_its_bfloat16_copys(mlp_backend):
         assert a.dtype == torch.float32 and torch.equal(a, b.float())
 
 
+def test_mlp_loss_under_autocast_is_its_bfloat16_copys(mlp_backend):
+    """FusedMLP.loss casts the target with x under autocast, as the autoencoder's loss does: the loss
+    and gradients of float32 x and target are the bfloat16 copy's on both in bfloat16."""
+    torch.manual_seed(14)
+    model = FusedMLP([40, 20, 12, 6], activation="tanh", output_activation="sigmoid")
+    x, target = torch.rand(33, 40), torch.rand(33, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = model.loss(x, target, loss="bce")
+    low = copy.deepcopy(model).bfloat16()
+    expected = low.loss(x.bfloat16(), target.bfloat16(), loss="bce")
+    assert value.dtype == expected.dtype == torch.float32 and torch.equal(value, expected)
+    for a, b in zip(torch.autograd.grad(value, list(model.parameters())),
+                    torch.autograd.grad(expected, list(low.parameters()))):
+        assert a.dtype == torch.float32 and torch.equal(a, b.float())
+
+
 def test_float64_layers_under_autocast_stay_float64():
     mlp = FusedMLP([5, 4, 3]).double()
     with torch.autocast("cpu", dtype=torch.bfloat16):
