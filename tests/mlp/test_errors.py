@@ -27,6 +27,8 @@ from aefast.nn import FusedAutoencoder, FusedLinear, FusedMLP
     (lambda: FusedAutoencoder([7, 0]), ValueError, r"^encoder_dims\[1\] must be a positive int"),
     (lambda: FusedAutoencoder([7, 3], decoder_dims=[3, 0, 7]), ValueError, r"^decoder_dims\[1\] must be a positive int"),
     (lambda: FusedAutoencoder([7, 3], decoder_dims=[4, 7]), ValueError, "decoder_dims must run from the code width 3"),
+    (lambda: FusedAutoencoder([7, 3], decoder_dims=[3, 5, 6]), ValueError,
+     r"decoder_dims must run from the code width 3 to the input width 7, got \[3, 5, 6\]"),
 ])
 def test_bad_construction(make, error, match):
     with pytest.raises(error, match=match):

@@ -211,6 +211,10 @@ def test_conversions_refuse_modules_with_hooks_they_could_not_keep():
     nested[1].register_forward_pre_hook(lambda module, inputs: None)
     with pytest.raises(ValueError, match=r"sequential\[1\] \(Sequential\) has hooks"):
         FusedMLP.from_sequential(nested)
+    inner, _ = fused_and_plain()  # a FusedMLP inside the sequential is opened: its layers are checked too
+    inner.layers[1].register_forward_hook(lambda module, inputs, output: None)
+    with pytest.raises(ValueError, match=r"sequential\[1\]\.layers\[1\] \(FusedLinear\) has hooks"):
+        FusedMLP.from_sequential(nn.Sequential(nn.Linear(4, NARROW_DIMS[0]), inner))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the old weight_norm is deprecated (its replacement is a parametrization)
         normalized = nn.utils.weight_norm(nn.Linear(4, 2))

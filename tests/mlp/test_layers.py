@@ -143,6 +143,23 @@ def test_bias_free_layers_and_leading_dimensions(mlp_backend):
                                atol=1e-5, rtol=1e-5)
 
 
+def test_a_layer_whose_bias_was_removed_runs_apart_from_its_narrow_neighbours(mlp_backend):
+    """nn.Linear lets its bias be set to None after construction. A narrow kernel takes biases for all
+    of its layers or none, so the layers with and without one run in separate stretches: the model
+    still computes its nn.Sequential's output, loss and gradients."""
+    torch.manual_seed(16)
+    mlp = FusedMLP([9, 16, 12, 10, 5], activation="tanh")
+    mlp.layers[2].bias = None
+    plain = mlp.to_sequential()
+    x, target = torch.rand(7, 9), torch.rand(7, 5)
+    torch.testing.assert_close(mlp(x), plain(x), atol=1e-5, rtol=1e-5)
+    value, expected = mlp.loss(x, target), F.mse_loss(plain(x), target)
+    torch.testing.assert_close(value, expected, atol=1e-6, rtol=1e-5)
+    for a, b in zip(torch.autograd.grad(value, list(mlp.parameters())),
+                    torch.autograd.grad(expected, list(plain.parameters()))):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 def test_fused_linear_is_a_drop_in_for_nn_linear():
     torch.manual_seed(5)
     fused = FusedLinear(20, 7)
