@@ -2,6 +2,8 @@
 layer, and, where the last layers form a narrow stretch, into that stretch (aefast::fused_narrow_mlp_loss:
 its forward writes the loss alone, its backward recomputes every activation). Against F.mse_loss and
 F.binary_cross_entropy of the equal nn.Sequential, for the loss and every gradient."""
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -169,6 +171,11 @@ def test_mlp_loss_refuses_bad_input():
         mlp.loss(x, torch.randn(4, 6))
     with pytest.raises(ValueError, match="target must have the output's shape"):
         mlp.loss(x, torch.randn(5, 5))
+    for shape in [(5, 4), (20,), (4, 5, 1)]:  # the output's 20 values in another shape
+        with pytest.raises(ValueError, match=rf"target must have the output's shape \(4, 5\), got {re.escape(str(shape))}"):
+            mlp.loss(x, torch.randn(shape))
+    with pytest.raises(ValueError, match="target is on meta but x is on cpu"):
+        mlp.loss(x, torch.randn(4, 5, device="meta"))
     with pytest.raises(TypeError, match="target has dtype torch.float64"):
         mlp.loss(x, torch.randn(4, 5, dtype=torch.float64))
     with pytest.raises(TypeError, match="target must be a torch.Tensor"):
