@@ -3,12 +3,14 @@ import gzip
 import json
 import struct
 
+import matplotlib.axes
 import numpy as np
 import pytest
 import torch
 
-from aefast import data
+from aefast import data, train_cli
 from aefast.cli import main
+from aefast.train import fit
 
 
 def test_digits():
@@ -156,6 +158,47 @@ def test_cli_train_writes_the_figures(tmp_path, capsys, model, dataset, figures)
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_cli_train_is_fit_of_the_seeded_model_and_draws_what_it_learned(tmp_path, capsys, monkeypatch):
+    """`aefast train` seeds the initial weights from --seed and runs fit with the batch size and learning
+    rate it is given: fit called so gives the summary's loss, and the reconstructions figure draws each
+    input beside that model's reconstruction of it. A rerun in the same folder resumes from its
+    checkpoint: it ends where one longer run ends, and a shorter rerun trains no further."""
+    drawn = []  # every image the figures draw, in order
+    imshow = matplotlib.axes.Axes.imshow
+
+    def recording_imshow(axes, image, *args, **kwargs):
+        drawn.append(np.array(image))
+        return imshow(axes, image, *args, **kwargs)
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", recording_imshow)
+    out = tmp_path / "run"
+    arguments = ["train", "--model", "ae", "--data", "digits", "--out", str(out), "--seed", "3",
+                 "--batch-size", "100", "--lr", "0.01"]
+    x, labels = data.load_digits()
+
+    def fit_directly(epochs):
+        torch.manual_seed(3)
+        model = train_cli.build_model("ae", x.shape[1], 10)
+        return model, fit(model, (x, labels), epochs=epochs, batch_size=100, lr=0.01, seed=3, progress=False)
+
+    assert main([*arguments, "--epochs", "2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    model, history = fit_directly(2)
+    assert summary["epochs"] == 2 and summary["final_train_loss"] == history["train_loss"][-1]
+    with torch.no_grad():
+        reconstructed = model.eval()(x[:10])
+    # Column by column, the input (top) then its reconstruction (bottom); the digits are 8 x 8.
+    for column in range(10):
+        np.testing.assert_array_equal(drawn[2 * column], x[column].reshape(8, 8).numpy())
+        np.testing.assert_array_equal(drawn[2 * column + 1], reconstructed[column].reshape(8, 8).numpy())
+    assert main([*arguments, "--epochs", "3"]) == 0
+    _, longer = fit_directly(3)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["final_train_loss"] == longer["train_loss"][-1]
+    assert main([*arguments, "--epochs", "1"]) == 0
+    assert json.loads((out / "summary.json").read_text()) == summary
+    capsys.readouterr()
+
+
 def test_cli_train_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--model", "ae", "--data", str(tmp_path / "missing.npz"), "--epochs", "1", "--out", str(tmp_path)])
@@ -172,6 +215,22 @@ def test_cli_train_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--model", "ae", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "a-file" / "run")])
     assert "out: cannot create the folder" in capsys.readouterr().err
+    # The models end in a sigmoid: data outside [0, 1], above or below, is refused before training.
+    for name, values in (("above.npz", np.linspace(0, 1.5, 320)), ("below.npz", np.linspace(-0.25, 1, 320))):
+        np.savez(tmp_path / name, x=values.reshape(20, 16))
+        with pytest.raises(SystemExit):
+            main(["train", "--model", "ae", "--data", str(tmp_path / name), "--epochs", "1", "--out", str(tmp_path)])
+        low, high = values.min(), values.max()
+        assert f"the models' sigmoid outputs need inputs in [0, 1], got [{low:.3g}, {high:.3g}]" in capsys.readouterr().err
+    np.savez(tmp_path / "not-square.npz", x=np.random.rand(20, 15))
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "conv", "--data", str(tmp_path / "not-square.npz"), "--epochs", "1",
+              "--out", str(tmp_path)])
+    assert "--model conv needs square images, got rows of 15 values" in capsys.readouterr().err
+    np.savez(tmp_path / "featureless.npz", x=np.zeros((20, 0)))
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "ae", "--data", str(tmp_path / "featureless.npz"), "--epochs", "1", "--out", str(tmp_path)])
+    assert r"featureless.npz holds no data: its rows have shape (20, 0)" in capsys.readouterr().err
     np.savez(tmp_path / "empty.npz", x=np.zeros((0, 16)))
     with pytest.raises(SystemExit):
         main(["train", "--model", "ae", "--data", str(tmp_path / "empty.npz"), "--epochs", "1", "--out", str(tmp_path)])
