@@ -49,6 +49,7 @@ def test_bench_quick_writes_rows_with_speedups_a_plot_and_markdown(tmp_path, cap
     assert all(row["speedup"] > 0 for row in rows)
     assert (tmp_path / "bench_speedup.png").read_bytes()[:4] == b"\x89PNG"
     assert markdown_path.read_text().startswith("| component | case |")
+    assert json.loads(json_path.read_text())["quick"] is True
     assert "x eager" in capsys.readouterr().out
 
 
@@ -75,6 +76,73 @@ def test_bench_checks_its_output_paths_before_running(tmp_path, capsys, monkeypa
     assert "cannot create the folder of" in capsys.readouterr().err
     bench_cli._check_output_path(tmp_path / "new" / "folders" / "bench.json")
     assert (tmp_path / "new" / "folders").is_dir()
+
+
+def test_bench_cannot_write_into_a_folder(tmp_path, capsys, monkeypatch):
+    # As root (CI) every folder is writable: the refusal is seen through os.access.
+    from aefast import bench_cli
+    from aefast.cli import main
+
+    monkeypatch.setattr(bench_cli, "run", lambda *args, **kwargs: pytest.fail("the benchmarks ran"))
+    monkeypatch.setattr(bench_cli.os, "access", lambda path, mode: pathlib.Path(path) != tmp_path)
+    with pytest.raises(SystemExit):
+        main(["bench", "--quick", "--json", str(tmp_path / "bench.json")])
+    assert f"cannot write into {tmp_path}" in capsys.readouterr().err
+
+
+def fake_benchmark_run(seen: dict, returncode: int = 0):
+    """A stand-in for subprocess.run of the benchmarks: records the child's command, folder and
+    environment, writes an empty pytest-benchmark JSON and exits with ``returncode``."""
+    def fake_run(command, cwd, env):
+        seen.update(command=command, cwd=cwd, env=env)
+        pathlib.Path(command[command.index("--benchmark-only") + 1].split("=", 1)[1]).write_text('{"benchmarks": []}')
+        return subprocess.CompletedProcess(command, returncode)
+    return fake_run
+
+
+def test_bench_passes_its_device_and_not_xdists_worker_to_the_benchmarks(monkeypatch, capsys):
+    # Run from an xdist worker (the suite runs in two), the child must not take itself for one.
+    from aefast import bench_cli
+    from aefast.cli import main
+
+    seen = {}
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    monkeypatch.setattr(bench_cli.subprocess, "run", fake_benchmark_run(seen))
+    assert main(["bench", "--quick", "--only", "vae, mlp", "--device", "cpu"]) == 0
+    assert seen["env"]["AEFAST_BENCH_DEVICE"] == "cpu" and seen["env"]["AEFAST_BENCH_QUICK"] == "1"
+    assert not [name for name in seen["env"] if name.startswith("PYTEST_XDIST_")]
+    assert [arg for arg in seen["command"] if arg.startswith("bench_")] == ["bench_vae.py", "bench_mlp.py"]
+    assert main(["bench"]) == 0  # no --device: the benchmarks choose (a GPU when there is one)
+    assert "AEFAST_BENCH_DEVICE" not in seen["env"] and seen["env"]["AEFAST_BENCH_QUICK"] == "0"
+    capsys.readouterr()
+
+
+def test_bench_fails_when_the_benchmarks_fail_even_with_their_json_written(monkeypatch, capsys):
+    from aefast import bench_cli
+    from aefast.cli import main
+
+    monkeypatch.setattr(bench_cli.subprocess, "run", fake_benchmark_run({}, returncode=1))
+    with pytest.raises(SystemExit):
+        main(["bench", "--quick", "--only", "vae"])
+    assert "the benchmarks failed (exit 1)" in capsys.readouterr().err
+
+
+def test_the_table_cells_and_markdown():
+    from aefast.bench_cli import HEADER, markdown, table_cells
+
+    row = {"component": "vae", "case": "forward 4096x64", "device": "cpu", "dtype": "float32", "aefast_s": 0.002,
+           "eager_s": 0.004, "compile_s": 0.003, "speedup": 2.0, "speedup_vs_compile": 1.5,
+           "fraction_of_copy_bandwidth": 0.5}
+    assert table_cells(row) == ["vae", "forward 4096x64", "cpu", "float32", "2.00", "4.00", "3.00", "2.00", "1.50",
+                                "50% copy"]
+    # Each row's limit is the one its case measures against; a row without timings shows dashes.
+    matmul_row = {key: value for key, value in row.items() if key != "fraction_of_copy_bandwidth"}
+    assert table_cells({**matmul_row, "fraction_of_matmul_flops": 0.25})[-1] == "25% matmul"
+    bare = {"component": "willshaw", "case": "store", "fraction_of_read_bandwidth": 0.75}
+    assert table_cells(bare)[2:] == ["-"] * 7 + ["75% read"]
+    lines = markdown([row, bare]).splitlines()
+    assert lines[0] == "| " + " | ".join(HEADER) + " |"
+    assert all(line.count("|") == len(HEADER) + 1 for line in lines)
 
 
 def test_bench_runs_the_benchmarks_with_this_checkouts_aefast(monkeypatch):

@@ -1,10 +1,12 @@
 """Bad arguments to the models and to layer-wise pretraining raise ValueError naming the argument."""
 import math
+import re
 
 import pytest
 import torch
 
-from aefast.models import VAE, Autoencoder, ConditionalVAE, SparseAutoencoder, interpolate, pca_check, pretrain_layerwise
+from aefast.models import (VAE, Autoencoder, ConditionalVAE, ConvAutoencoder, SparseAutoencoder, interpolate, pca_check,
+                           pretrain_layerwise)
 
 
 @pytest.mark.parametrize("make,match", [
@@ -22,6 +24,12 @@ from aefast.models import VAE, Autoencoder, ConditionalVAE, SparseAutoencoder, i
 def test_bad_construction(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 28, 28), (2, 1, 27, 27), (2, 783), (784,)])
+def test_the_conv_autoencoder_takes_28_by_28_images_only(shape):
+    with pytest.raises(ValueError, match=rf"x must be \(B, 784\) or \(B, 1, 28, 28\), got {re.escape(str(shape))}"):
+        ConvAutoencoder().encode(torch.rand(shape))
 
 
 @pytest.mark.parametrize("n", [-1, 2.5, None])
