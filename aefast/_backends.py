@@ -150,8 +150,14 @@ def _backend_status(name: str) -> bool | str:
     raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
 
 
+# The values Triton (its getenv_bool) reads as true, in any case: TRITON_INTERPRET=true runs its
+# interpreter as =1 does, and the backends must agree with it.
+_TRITON_TRUE = ("1", "true", "on", "yes", "y")
+
+
 def triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether Triton runs its kernels in its CPU interpreter (TRITON_INTERPRET read as Triton reads it)."""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in _TRITON_TRUE
 
 
 def available_backends() -> dict[str, bool | str]:

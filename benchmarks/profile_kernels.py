@@ -6,7 +6,6 @@ per launch and per op call. Not a benchmark: the figures aefast claims come from
     TRITON_INTERPRET=1 python benchmarks/profile_kernels.py stubbed  (on the CPU)
 """
 import contextlib
-import os
 import sys
 import time
 from unittest.mock import patch
@@ -18,6 +17,7 @@ import triton.language as tl
 from torch.profiler import ProfilerActivity, profile
 
 import aefast
+from aefast import _backends
 from aefast.mlp import ops, set_fp32_precision
 from aefast.nn import FusedAutoencoder, FusedMLP
 from aefast.willshaw import WillshawMemory, random_patterns
@@ -241,7 +241,7 @@ def stubbed():
     from aefast.mlp import layers as mlp_layers
     from aefast.mlp import triton_kernels
 
-    if os.environ.get("TRITON_INTERPRET") != "1":
+    if not _backends.triton_interpreted():
         sys.exit("the stubbed part runs the Triton backend on the CPU: set TRITON_INTERPRET=1")
     for name in dir(triton_kernels):
         if name.endswith("_kernel") and hasattr(getattr(triton_kernels, name), "run"):  # jitted or interpreted

@@ -109,3 +109,102 @@ def test_kernels_run_on_their_tensors_device_not_the_current_one(backend):
     for got_part, expected_part in zip(got[1], expected[1]):
         torch.testing.assert_close(got_part.cpu(), expected_part, atol=2e-6, rtol=2e-6)
     assert torch.equal(got[2].cpu(), expected[2])
+
+
+def test_register_kernel_refuses_an_unknown_backend():
+    with pytest.raises(ValueError, match="backend must be one of .*, got 'fortran'"):
+        _backends.register_kernel("reparameterize_kl", "fortran", lambda *args: None)
+    assert not _backends.has_kernel("reparameterize_kl", "fortran")
+
+
+class _Compiled:
+    """A stand-in for aefast._C, built with or without CUDA."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+
+    def build_info(self):
+        return {"cuda": self.cuda}
+
+
+@pytest.fixture
+def world(monkeypatch):
+    """Sets what the backends' status depends on: whether aefast._C imports (and was built with CUDA),
+    whether a CUDA device is available, and TRITON_INTERPRET; the statuses are cached, so the cache is
+    cleared before and after."""
+    def set_world(compiled, gpu: bool, interpret: str | None):
+        monkeypatch.setattr(_backends, "_import_compiled", lambda: compiled)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+        if interpret is None:
+            monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        else:
+            monkeypatch.setenv("TRITON_INTERPRET", interpret)
+        _backends._backend_status.cache_clear()
+    yield set_world
+    _backends._backend_status.cache_clear()
+
+
+NOT_BUILT = (None, "aefast._C is not built (no module); reinstall with `pip install -e .`")
+
+
+@pytest.mark.parametrize("compiled,gpu,interpret,expected", [
+    (NOT_BUILT, False, None, {"cpp": NOT_BUILT[1], "cuda": NOT_BUILT[1],
+                              "triton": "no CUDA device, and TRITON_INTERPRET=1 is not set for the CPU interpreter"}),
+    ((_Compiled(cuda=False), None), True, "0", {"cpp": True, "triton": True, "cuda": (
+        "aefast._C was built without CUDA (no CUDA toolkit at build time, or AEFAST_CUDA=0)")}),
+    ((_Compiled(cuda=True), None), False, "1", {"cpp": True, "triton": True, "cuda": "no CUDA device is available"}),
+    ((_Compiled(cuda=True), None), True, None, {"cpp": True, "triton": True, "cuda": True}),
+])
+def test_each_backend_says_why_it_is_unavailable(world, compiled, gpu, interpret, expected):
+    world(compiled, gpu, interpret)
+    assert aefast.available_backends() == {"reference": True, **expected}
+
+
+def test_can_run_names_the_device_a_backend_cannot_take(world):
+    world((_Compiled(cuda=True), None), gpu=True, interpret=None)
+    cpu, cuda, meta = torch.device("cpu"), torch.device("cuda", 0), torch.device("meta")
+    assert _backends.can_run("cuda", cpu) == "cuda runs CUDA tensors only, got a tensor on cpu"
+    assert _backends.can_run("cuda", cuda) is True and _backends.can_run("triton", cuda) is True
+    # With a GPU but no interpreter, Triton compiles for the GPU: CPU tensors are not for it.
+    assert _backends.can_run("triton", cpu) == "triton runs CPU tensors only under TRITON_INTERPRET=1"
+    assert _backends.can_run("triton", meta) == "triton runs CUDA tensors, got a tensor on meta"
+    assert _backends.can_run("reference", meta) is True
+
+
+@pytest.mark.parametrize("value,interpreted", [
+    ("1", True), ("true", True), ("On", True), ("YES", True), ("y", True),
+    ("0", False), ("", False), ("false", False), ("off", False), ("2", False), (" 1", False),
+])
+def test_triton_interpret_is_read_as_triton_reads_it(monkeypatch, value, interpreted):
+    # TRITON_INTERPRET=true runs Triton's interpreter as =1 does: the triton backend must then take CPU
+    # tensors. The expectations are Triton's own reading (its getenv_bool), checked where triton imports.
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert _backends.triton_interpreted() is interpreted
+    try:
+        from triton._C.libtriton import getenv_bool
+    except ImportError:
+        return
+    assert getenv_bool("TRITON_INTERPRET", False) is interpreted
+
+
+def test_use_backend_takes_precedence_over_the_environment(monkeypatch):
+    monkeypatch.setenv("AEFAST_BACKEND", "reference")
+    with aefast.use_backend("cpp"):
+        assert _backends.requested_backend() == "cpp"
+        assert _backends.select("reparameterize_kl", torch.device("cpu"))[0] == "cpp"
+
+
+def test_a_forced_backend_without_a_kernel_for_the_op_says_so(monkeypatch):
+    # The MLP has no cpp kernel: forcing cpp must not run another backend, nor fail inside a lookup.
+    with aefast.use_backend("cpp"):
+        with pytest.raises(aefast.BackendUnavailableError,
+                           match="backend 'cpp' cannot run fused_linear on cpu: it has no kernel for fused_linear"):
+            _backends.select("fused_linear", torch.device("cpu"))
+
+
+def test_an_op_without_an_auto_order_for_a_device_runs_the_reference(monkeypatch):
+    monkeypatch.delenv("AEFAST_BACKEND", raising=False)
+    monkeypatch.delitem(_backends.AUTO_ORDER, ("reparameterize_kl", "cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the reference is the first choice then, not a fallback
+        assert _backends.select("reparameterize_kl", torch.device("cpu"))[0] == "reference"

@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 from triton.testing import do_bench
 
+from aefast import _backends
 from aefast._sizes import cdiv, next_power_of_2
 from aefast._triton_random import philox_normal, philox_uniform
 from aefast.mlp import reference
@@ -344,7 +345,7 @@ def _operands(dtype: torch.dtype) -> str:
 
 
 def _upcast(dtype: torch.dtype) -> bool:
-    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return dtype == torch.bfloat16 and _backends.triton_interpreted()
 
 
 def _codes(activation, corruption):

@@ -60,6 +60,26 @@ def test_a_saved_file_gets_the_mode_of_a_plain_open(saved, tmp_path):
     assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
 
 
+def test_a_save_over_a_file_keeps_its_mode(saved):
+    memory, path = saved
+    path.chmod(0o640)  # the owner's choice (a shared group's read, say): a new save must not undo it
+    memory.save(path)
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_save_that_fails_midway_leaves_the_old_file_and_no_temporary(saved, tmp_path, monkeypatch):
+    memory, path = saved
+    before = path.read_bytes()
+
+    def disk_full(block):  # after the header is written: the temporary file holds a part
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(memory_file, "_bytes_of", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        memory.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["memory.safetensors"]
+
+
 def _damage(path, offset_from_end=None, offset=None, xor=0x01):
     data = bytearray(path.read_bytes())
     position = len(data) - offset_from_end if offset_from_end is not None else offset
