@@ -1,6 +1,7 @@
 """Bundled and generated data, the IDX and .npz loaders (including damaged files), and `aefast train`."""
 import gzip
 import json
+import pathlib
 import struct
 
 import matplotlib.axes
@@ -197,6 +198,17 @@ def test_cli_train_is_fit_of_the_seeded_model_and_draws_what_it_learned(tmp_path
     assert main([*arguments, "--epochs", "1"]) == 0
     assert json.loads((out / "summary.json").read_text()) == summary
     capsys.readouterr()
+
+
+def test_cli_train_refuses_a_folder_it_cannot_write_into(tmp_path, capsys, monkeypatch):
+    # As root (CI) every folder is writable: the refusal is seen through os.access.
+    from aefast import _files
+
+    monkeypatch.setattr(_files.os, "access", lambda path, mode: pathlib.Path(path) != tmp_path / "locked")
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "ae", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "locked")])
+    assert f"out: cannot write into the folder {tmp_path / 'locked'}" in capsys.readouterr().err
+    assert not (tmp_path / "locked" / "checkpoints").exists()
 
 
 def test_cli_train_errors(tmp_path, capsys):
