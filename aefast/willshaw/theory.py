@@ -84,7 +84,8 @@ def capacity(n: float, M: float, *, false_ones_budget: Optional[float] = None) -
 
     Without a budget: the asymptotic L = ln2 n^2 / M^2 (p1 = 1/2). With ``false_ones_budget`` = the
     expected false ones per complete-cue recall allowed: the L at which the textbook form reaches it,
-    p1 = (budget / (n - M))^(1/M) and L = ln(1 - p1) / ln(1 - M^2 / n^2).
+    p1 = (budget / (n - M))^(1/M) and L = ln(1 - p1) / ln(1 - M^2 / n^2). A budget of n - M or more
+    (every unit may fire) is never reached: p1 stops just below 1, which gives a finite L.
     """
     _positive(n, "n"), _positive(M, "M")
     if not M <= n:

@@ -26,6 +26,28 @@ def test_capacity_with_a_false_ones_budget_meets_the_budget():
     pairs = theory.capacity(2000, 10, false_ones_budget=0.1)
     assert theory.false_ones(2000, 10, pairs) == pytest.approx(0.1, rel=1e-9)
     assert pairs < theory.capacity(2000, 10, false_ones_budget=0.2)
+    # A budget of n - M false ones or more lets every unit fire: p1 stops just below 1, a finite L.
+    assert math.isfinite(theory.capacity(100, 5, false_ones_budget=95)) and (
+        theory.capacity(100, 5, false_ones_budget=95) > theory.capacity(100, 5, false_ones_budget=90))
+
+
+def test_false_ones_of_a_memory_with_other_output_sizes():
+    # n_out units with M_out ones each: the cue still has the input's M ones (c = M, not M_out).
+    p1 = theory.memory_load(2000, 1500, 10, 8, 20000)
+    assert theory.false_ones(2000, 10, 20000, n_out=1500, M_out=8) == pytest.approx((1500 - 8) * p1**10, rel=1e-12)
+    assert theory.false_ones(2000, 10, 20000, n_out=1500, M_out=8, cue_ones=4) == pytest.approx(
+        (1500 - 8) * p1**4, rel=1e-12)
+
+
+def test_false_ones_at_the_edges():
+    # Output patterns of every unit: no unit is off, so none can fire falsely, even after one pair
+    # (where the exact form's (1 - pi (1 - r))^(L - 1) is 0^0).
+    assert theory.false_ones(3, 2, 1, n_out=3, M_out=3, form="exact") == 0.0
+    # Two pairs at n = 10^6: the true count is below 1e-90, under the exact form's rounding (60 + c
+    # digits); the alternating sum may round below 0, and a count is never negative.
+    assert theory.false_ones(10**6, 18, 2, form="exact") == 0.0
+    # Many false ones leave nothing known of an answer: no information, rather than a negative amount.
+    assert theory.bits_per_synapse(100, 5, 10, false_ones=1000) == 0.0
 
 
 def test_exact_form_reduces_to_the_textbook_form_for_one_cue_unit():
@@ -46,6 +68,8 @@ def test_bits_per_synapse():
 @pytest.mark.parametrize("call,match", [
     (lambda: theory.optimal_ones(0), "n must be a finite number > 0, got 0"),
     (lambda: theory.optimal_ones("a"), "n must be a finite number > 0, got 'a'"),
+    (lambda: theory.optimal_ones(math.inf), "n must be a finite number > 0, got inf"),
+    (lambda: theory.false_ones(100, 10, 5, n_out=50, M_out=51), "M_out <= n_out"),
     (lambda: theory.optimal_ones(4), "n must be > 4 for the optimal ones log2\\(n / 4\\) to be positive, got 4"),
     (lambda: theory.optimal_ones(2.5), "n must be > 4"),
     (lambda: theory.memory_load(10, 10, 2, 2, -1), "L must be a finite number >= 0, got -1"),
