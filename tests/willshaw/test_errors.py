@@ -57,6 +57,7 @@ DENSE_CASES = [
     (lambda: torch.zeros(2, 99, dtype=torch.bool), ValueError, "x must have 100 columns"),
     (lambda: torch.zeros(2, 2, 100, dtype=torch.bool), ValueError, r"x must have shape \(B, 100\)"),
     (lambda: [[0, 1]], TypeError, "x must be a torch.Tensor"),
+    (lambda: torch.zeros(2, 100, dtype=torch.bool, device="meta"), ValueError, r"x must be on the memory's device \S+, got meta"),
 ]
 
 
@@ -83,6 +84,9 @@ INDEX_CASES = [
     # A list row is read with the dtype torch infers, so a float is refused rather than cut to an int.
     (lambda: [[1.5, 2]], TypeError, r"x_idx\[0\] must hold integer indices, got torch.float32"),
     (lambda: [[1, 2**70]], ValueError, r"x_idx\[0\] must be a list of ints that fit int64"),
+    (lambda: torch.tensor([[1, 2]], device="meta"), ValueError, r"x_idx must be on the memory's device \S+, got meta"),
+    (lambda: [torch.tensor([1, 2]), torch.tensor([3], device="meta")], ValueError,
+     r"x_idx\[1\] must be on the memory's device \S+, got meta"),
 ]
 
 
