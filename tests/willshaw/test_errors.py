@@ -78,6 +78,7 @@ INDEX_CASES = [
     (lambda: torch.tensor([[1, 2], [3, -1]]), ValueError, r"x_idx: row 1: index -1 is outside \[0, 100\)"),
     (lambda: torch.tensor([[7, 7]]), ValueError, "x_idx: row 0 lists index 7 more than once"),
     (lambda: torch.tensor([[1.0, 2.0]]), TypeError, "x_idx must hold integer indices"),
+    (lambda: torch.tensor([[True, False]]), TypeError, "x_idx must hold integer indices, got torch.bool"),
     (lambda: [[1, 2], "ab"], TypeError, r"x_idx\[1\] must be a 1-D integer tensor or a list of ints"),
     (lambda: [torch.tensor([[1]])], ValueError, r"x_idx\[0\] must be 1-D"),
     (lambda: "12", TypeError, "x_idx must be an integer tensor"),

@@ -178,6 +178,12 @@ def test_auto_association_and_ragged_rows(willshaw_backend):
     assert answers[2].tolist() == []  # an empty cue retrieves nothing under the hard threshold
     assert answers[3].tolist() == []
     assert memory.n_stored == 5
+    # An empty list of rows (a batch that happens to be empty) stores nothing and answers nothing.
+    before = memory.packed_matrix()
+    memory.store_indices([], [])
+    assert memory.n_stored == 5 and torch.equal(memory.packed_matrix(), before)
+    assert memory.retrieve_indices([]) == []
+    assert memory.sums_indices([]).shape == (0, 301)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.uint8, torch.int32])
