@@ -215,6 +215,30 @@ def test_layerwise_pretraining_then_fine_tuning(digits):
     assert mse(model, x) < 0.04
 
 
+def test_layerwise_pretraining_freezes_the_outer_layers_while_an_inner_pair_trains(digits, monkeypatch):
+    # Each stage trains one encoder layer and its mirror on the codes of the layers outside it, which
+    # stay as their own stage left them; fine-tuning then trains every layer.
+    from aefast.models import pretrain
+
+    x, _ = digits
+    model = Autoencoder([64, 32, 16, 8], activation="tanh", output_activation="sigmoid")
+    changed = []  # per stage: which of the model's parameters the stage changed
+
+    def recording_fit(trained, data, **options):
+        before = [p.detach().clone() for p in model.parameters()]
+        history = fit(trained, data, **options)
+        changed.append([not torch.equal(p, b) for p, b in zip(model.parameters(), before)])
+        return history
+    monkeypatch.setattr(pretrain, "fit", recording_fit)
+    pretrain_layerwise(model, x[:256], epochs_per_layer=1, fine_tune_epochs=1, batch_size=64, seed=5)
+    names = [name for name, _ in model.named_parameters()]
+    trained = [{name for name, was_changed in zip(names, stage) if was_changed} for stage in changed]
+    for index, stage in enumerate(trained[:3]):  # encoder layer k and decoder layer 2 - k, nothing else
+        assert stage == {f"encoder.layers.{index}.weight", f"encoder.layers.{index}.bias",
+                         f"decoder.layers.{2 - index}.weight", f"decoder.layers.{2 - index}.bias"}
+    assert trained[3] == set(names)
+
+
 def test_latent_tools(digits, plain):
     x, _ = digits
     path = interpolate(plain, x[0], x[1], steps=5)
