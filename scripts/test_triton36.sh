@@ -3,9 +3,10 @@
 # GPU machines (.venv has the newest): every kernel compiled for sm_90 in every configuration its
 # launcher picks, which must not spill (register use differs between releases: the narrow MLP kernels
 # took 112 registers a thread with 3.9 and 127 with 3.6 in one case), the Philox and math helpers
-# in 3.6's interpreter, and the backends' reading of TRITON_INTERPRET against 3.6's own. Needs scripts/setup.sh first. triton 3.6 and numpy<2.4 (3.6's interpreter
-# converts 1-element arrays to scalars, which NumPy 2.4 refuses) go into .triton36/, put in front of
-# .venv's packages for these tests alone.
+# in 3.6's interpreter, and the backends' reading of TRITON_INTERPRET against 3.6's own. Needs
+# scripts/setup.sh first. triton 3.6 and numpy<2.4 (3.6's interpreter converts 1-element arrays to
+# scalars, which NumPy 2.4 refuses) go into .triton36/, put in front of .venv's packages for these
+# tests alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
