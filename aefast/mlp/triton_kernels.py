@@ -344,8 +344,13 @@ def _operands(dtype: torch.dtype) -> str:
     return _precision(dtype) if dtype == torch.float32 else "16-bit"
 
 
+# Whether this module's kernels run in Triton's interpreter: triton.jit decides it when it defines them,
+# at import, so it is read once here rather than from the environment on every launch.
+_INTERPRETED = _backends.triton_interpreted()
+
+
 def _upcast(dtype: torch.dtype) -> bool:
-    return dtype == torch.bfloat16 and _backends.triton_interpreted()
+    return dtype == torch.bfloat16 and _INTERPRETED
 
 
 def _codes(activation, corruption):
