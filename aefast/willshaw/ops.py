@@ -165,8 +165,10 @@ def _check_matrix(matrix: Tensor, n_out: int) -> None:
         raise ValueError(f"matrix must be a contiguous 2-D int64 tensor, got {tuple(matrix.shape)} {matrix.dtype}")
     if not 1 <= n_out <= reference.MAX_UNITS:
         raise ValueError(f"n_out must be in [1, {reference.MAX_UNITS}], got {n_out}")
-    if matrix.shape[0] > reference.MAX_UNITS:
-        raise ValueError(f"matrix must have at most {reference.MAX_UNITS} rows (input units), got {matrix.shape[0]}")
+    # At least one row, as WillshawMemory's n_in: the C++ kernels refuse an empty matrix, so without this
+    # check the backends would disagree on it.
+    if not 1 <= matrix.shape[0] <= reference.MAX_UNITS:
+        raise ValueError(f"matrix must have 1 to {reference.MAX_UNITS} rows (input units), got {matrix.shape[0]}")
     if matrix.shape[1] != reference.words_per_row(n_out):
         raise ValueError(f"matrix must have ceil(n_out / 64) = {reference.words_per_row(n_out)} words per "
                          f"row for n_out={n_out}, got {matrix.shape[1]}")

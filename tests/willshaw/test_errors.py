@@ -106,6 +106,22 @@ def test_bad_index_patterns(memory, make_x, error, match):
     assert torch.equal(memory.packed_matrix(), before) and memory.n_stored == 1
 
 
+@pytest.mark.parametrize("problem,match", [
+    ("outside", r"x_idx: row 3: index 100 is outside \[0, 100\)"),
+    ("repeat", r"x_idx: row 3 lists index 7 more than once"),
+])
+def test_of_several_bad_rows_the_first_is_named(memory, problem, match):
+    """The C++ check scans rows in parallel (chunks of 256 a thread): it reports the lowest bad row, as
+    the reference does, not the one a thread happened to find last."""
+    x = torch.arange(3).repeat(1000, 1) + torch.arange(1000).unsqueeze(1) % 90
+    for row in (3, 700, 999):
+        x[row] = torch.tensor([7, 100, 8]) if problem == "outside" else torch.tensor([7, 9, 7])
+    with pytest.raises(ValueError, match=match):
+        memory.retrieve_indices(x)
+    with pytest.raises(ValueError, match=match):
+        memory.store_indices(x, torch.zeros(1000, 1, dtype=torch.int64))
+
+
 def test_a_store_that_fails_on_y_changes_nothing(memory):
     before = memory.packed_matrix()
     with pytest.raises(ValueError, match=r"y_idx: row 1: index 80 is outside \[0, 80\)"):
@@ -161,8 +177,13 @@ def test_direct_op_calls_with_broken_rows_raise(willshaw_backend):
         torch.ops.aefast.willshaw_store(matrix, 80, torch.tensor([1, 2, 300]), offsets, values, offsets)
     with pytest.raises(ValueError, match="words per row"):
         torch.ops.aefast.willshaw_sums(matrix, 200, values, offsets)
+    with pytest.raises(ValueError, match=r"ceil\(n_out / 64\) = 1 words per row for n_out=60, got 2"):
+        torch.ops.aefast.willshaw_sums(matrix, 60, values, offsets)  # too wide, not only too narrow
     with pytest.raises(ValueError, match=r"n_out must be in \[1, 2147483647\], got 0"):
         torch.ops.aefast.willshaw_store(matrix, 0, values, offsets, values, offsets)
+    # A matrix without rows (input units) is refused on every backend alike, the C++'s own check aside.
+    with pytest.raises(ValueError, match=r"matrix must have 1 to 2147483647 rows \(input units\), got 0"):
+        torch.ops.aefast.willshaw_retrieve(matrix[:0], 80, values[:0], torch.tensor([0, 0]), 0, 0)
     # Past 2^31 - 1 units the C++ store's 32-bit answer units would wrap: refused before any kernel
     # (and before the matrix's size is looked at).
     with pytest.raises(ValueError, match=r"n_out must be in \[1, 2147483647\], got 2147483649"):
@@ -170,10 +191,14 @@ def test_direct_op_calls_with_broken_rows_raise(willshaw_backend):
                                         torch.tensor([2**31]), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="must be a contiguous 1-D int64 tensor"):
         torch.ops.aefast.willshaw_sums(matrix, 80, values.int(), offsets)
+    with pytest.raises(ValueError, match=r"cue_values must be a contiguous 1-D int64 tensor, got \(3,\)"):
+        torch.ops.aefast.willshaw_sums(matrix, 80, torch.tensor([1, 0, 2, 0, 3, 0])[::2], offsets)
     with pytest.raises(ValueError, match="the same number of patterns"):
         torch.ops.aefast.willshaw_store(matrix, 80, values, offsets, values, torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="k must be in"):
         torch.ops.aefast.willshaw_retrieve(matrix, 80, values, offsets, 3, 0)
+    with pytest.raises(ValueError, match=r"k must be in \[1, n_out=80\], got 81"):
+        torch.ops.aefast.willshaw_retrieve(matrix, 80, values, offsets, 3, 81)
     with pytest.raises(ValueError, match=r"threshold must be 0 \(hard\), 1 \(soft\), 2 \(fixed\) or 3 \(topk\), got 4"):
         torch.ops.aefast.willshaw_retrieve(matrix, 80, values, offsets, 4, 0)
     with pytest.raises(ValueError, match="a fixed threshold must be >= 0, got -1"):
@@ -192,6 +217,39 @@ def test_direct_op_calls_with_broken_rows_raise(willshaw_backend):
         with pytest.raises(ValueError, match="matrix must be a contiguous 2-D int64 tensor"):
             torch.ops.aefast.willshaw_store(bad_matrix, 80, values, offsets, values, offsets)
     assert not matrix.any()
+
+
+def test_direct_op_calls_refuse_a_matrix_with_more_rows_than_units_allow(willshaw_backend, monkeypatch):
+    """The ops refuse more than MAX_UNITS input units (2^31 - 1, a 16 GiB matrix at one word a row),
+    read at each call: lowered here so that a small matrix passes it."""
+    from aefast.willshaw import reference
+    monkeypatch.setattr(reference, "MAX_UNITS", 50)
+    matrix = torch.zeros(51, 1, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"matrix must have 1 to 50 rows \(input units\), got 51"):
+        torch.ops.aefast.willshaw_sums(matrix, 40, torch.tensor([1]), torch.tensor([0, 1]))
+    torch.ops.aefast.willshaw_sums(matrix[:50], 40, torch.tensor([1]), torch.tensor([0, 1]))
+
+
+def test_the_ops_entry_points_refuse_patterns_on_another_device(willshaw_backend):
+    """What WillshawMemory calls outside torch.compile (ops.sums & co., without the custom ops' dispatch,
+    whose fake implementation refuses mixed devices) checks the devices itself."""
+    from aefast.willshaw import ops
+    matrix, offsets = torch.zeros(100, 2, dtype=torch.int64), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="cue_values must be on the matrix's device cpu, got meta"):
+        ops.sums(matrix, 80, torch.tensor([1], device="meta"), offsets)
+    with pytest.raises(ValueError, match="y_offsets must be on the matrix's device cpu, got meta"):
+        ops.store(matrix, 80, torch.tensor([1]), offsets, torch.tensor([2]), offsets.to("meta"))
+    assert not matrix.any()
+
+
+def test_pattern_names_nest():
+    """An inner pattern_names renames its own roles and keeps the outer block's others."""
+    from aefast.willshaw import ops
+    with ops.pattern_names(x="x_idx", cue="q"):
+        with ops.pattern_names(cue="x_idx"):
+            assert (ops.pattern_name("x"), ops.pattern_name("cue"), ops.pattern_name("y")) == ("x_idx", "x_idx", "y")
+        assert ops.pattern_name("cue") == "q"
+    assert ops.pattern_name("x") == "x"
 
 
 def test_the_compiled_entry_points_refuse_sizes_past_2_to_the_31():
