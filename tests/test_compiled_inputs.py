@@ -22,6 +22,9 @@ def test_sizes_whose_product_wraps_to_an_empty_buffer_are_refused():
         C.willshaw_dense_to_rows(np.zeros((0, 5), np.uint8), 2**31, HUGE)
     with pytest.raises(ValueError, match=r"dense must be a 2-D buffer of shape \(rows=0, width=-1\)"):
         C.willshaw_dense_to_rows(np.zeros((0, 0), np.uint8), 0, -1)
+    for wrong_rank in (np.zeros(6, np.uint8), np.zeros((2, 3, 1), np.uint8)):  # the same bytes as (2, 3)
+        with pytest.raises(ValueError, match=r"dense must be a 2-D buffer of shape \(rows=2, width=3\)"):
+            C.willshaw_dense_to_rows(wrong_rank, 2, 3)
     empty = np.zeros(0, np.float32)
     for entry, args in (
         (C.vae_forward_cpu, (empty, empty, None, empty, empty, 2**32, 2**32, "float32", 0, True, -1.0, 1.0)),
@@ -36,6 +39,44 @@ def test_a_row_count_with_no_room_for_its_offsets_is_refused():
     offsets = np.zeros(1, np.int64)
     with pytest.raises(ValueError, match="rows must be < 2"):
         C.willshaw_check_patterns(np.zeros(0, np.int64), offsets, 2**63 - 1, 10, "x")
+
+
+@pytest.mark.parametrize("threshold,value,match", [
+    (-1, 0, r"threshold must be 0 \(hard\), 1 \(soft\), 2 \(fixed\) or 3 \(topk\), got -1"),
+    (4, 0, r"threshold must be .* got 4"),
+    (2, -1, "a fixed threshold must be >= 0"),
+    (3, 0, r"k must be in \[1, n_out=70\], got 0"),
+    (3, 71, r"k must be in \[1, n_out=70\], got 71"),
+])
+def test_the_retrievals_refuse_a_bad_threshold_themselves(threshold, value, match):
+    """Checked again in C++: the threshold code picks the kernel's branch, and k sizes its selection."""
+    matrix = np.zeros(5 * 2, np.int64)
+    cue_values, cue_offsets = np.array([1, 3], np.int64), np.array([0, 2], np.int64)
+    with pytest.raises(ValueError, match=match):
+        C.willshaw_retrieve_cpu(matrix, 5, 70, cue_values, cue_offsets, 1, threshold, value, np.zeros(70, np.uint8))
+    with pytest.raises(ValueError, match=match):
+        C.willshaw_retrieve_indices_cpu(matrix, 5, 70, cue_values, cue_offsets, 1, threshold, value)
+
+
+def test_a_memory_without_units_is_refused():
+    empty, start = np.zeros(0, np.int64), np.array([0], np.int64)
+    for n_in, n_out in ((0, 70), (5, 0)):
+        with pytest.raises(ValueError, match=rf"n_in and n_out must be in \[1, 2\^31 - 1\], got {n_in} and {n_out}"):
+            C.willshaw_sums_cpu(empty, n_in, n_out, empty, start, 0, np.zeros(0, np.int32))
+
+
+def test_an_output_buffer_of_the_wrong_size_is_refused():
+    """The sums and the answer take rows x n_out items: one short, or one over, is refused before the kernel
+    writes a byte (the random calls below always size them right)."""
+    matrix, cue_values, cue_offsets = np.zeros(5 * 2, np.int64), np.array([1, 3], np.int64), np.array([0, 2], np.int64)
+    for extra in (-1, 1):
+        sums = np.full(70 + extra, -1, np.int32)
+        with pytest.raises(ValueError, match=f"sums: expected 70 elements, got {70 + extra}"):
+            C.willshaw_sums_cpu(matrix, 5, 70, cue_values, cue_offsets, 1, sums)
+        answer = np.full(70 + extra, 7, np.uint8)
+        with pytest.raises(ValueError, match=f"answer: expected 70 elements, got {70 + extra}"):
+            C.willshaw_retrieve_cpu(matrix, 5, 70, cue_values, cue_offsets, 1, 0, 0, answer)
+        assert (sums == -1).all() and (answer == 7).all()
 
 
 def pattern_rows(rng, npr, rows, units):
