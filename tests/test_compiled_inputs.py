@@ -79,6 +79,54 @@ def test_an_output_buffer_of_the_wrong_size_is_refused():
         assert (sums == -1).all() and (answer == 7).all()
 
 
+def test_a_negative_row_count_is_refused_before_its_offsets_are_read():
+    """rows = -1 asks for no offsets at all: an empty offsets buffer would pass the size check."""
+    empty = np.zeros(0, np.int64)
+    with pytest.raises(ValueError, match="rows must be >= 0, got -1"):
+        C.willshaw_check_patterns(empty, empty, -1, 10, "x")
+
+
+def test_outputs_in_read_only_buffers_are_refused():
+    """What a call writes (the matrix a store ORs into, the sums, the answer, z and the KL) must be a
+    writable buffer: numpy's read-only arrays (np.broadcast_to views among them) are refused."""
+    def read_only(array):
+        array.flags.writeable = False
+        return array
+    matrix, values, offsets = np.zeros(5 * 2, np.int64), np.array([1, 3], np.int64), np.array([0, 2], np.int64)
+    with pytest.raises(ValueError, match="read-only"):
+        C.willshaw_store_cpu(read_only(matrix.copy()), 5, 70, values, offsets, values, offsets, 1)
+    with pytest.raises(ValueError, match="read-only"):
+        C.willshaw_sums_cpu(matrix, 5, 70, values, offsets, 1, read_only(np.zeros(70, np.int32)))
+    with pytest.raises(ValueError, match="read-only"):
+        C.willshaw_retrieve_cpu(matrix, 5, 70, values, offsets, 1, 0, 0, read_only(np.zeros(70, np.uint8)))
+    mu = np.zeros(6, np.float32)
+    with pytest.raises(ValueError, match="read-only"):
+        C.vae_forward_cpu(mu, mu, None, read_only(np.zeros(6, np.float32)), np.zeros(2, np.float32), 2, 3,
+                          "float32", 0, False, -math.inf, math.inf)
+    with pytest.raises(ValueError, match="read-only"):
+        C.philox_normal_cpu(0, 0, read_only(np.zeros(4, np.float32)))
+
+
+@pytest.mark.parametrize("per_element", [False, True])
+def test_vae_buffers_of_the_wrong_size_are_refused(per_element):
+    """mu, logvar, eps, z and grad_* take rows x cols items, kl and grad_kl rows (per_element: rows x cols)."""
+    rows, cols, inf = 2, 3, math.inf
+    full, kl = np.zeros(6, np.float32), np.zeros(6 if per_element else 2, np.float32)
+    short, short_kl = full[:5], kl[:-1]
+    with pytest.raises(ValueError, match="eps: expected 6 elements, got 5"):
+        C.vae_forward_cpu(full, full, short, full.copy(), kl, rows, cols, "float32", 0, per_element, -inf, inf)
+    with pytest.raises(ValueError, match=f"kl: expected {kl.size} elements, got {kl.size - 1}"):
+        C.vae_forward_cpu(full, full, None, full.copy(), short_kl, rows, cols, "float32", 0, per_element, -inf, inf)
+    with pytest.raises(ValueError, match="z: expected 6 elements, got 5"):
+        C.vae_forward_cpu(full, full, None, short.copy(), kl, rows, cols, "float32", 0, per_element, -inf, inf)
+    with pytest.raises(ValueError, match=f"grad_kl: expected {kl.size} elements, got {kl.size - 1}"):
+        C.vae_backward_cpu(full, short_kl, full, full, None, full.copy(), full.copy(), rows, cols, "float32", 0,
+                           per_element, -inf, inf)
+    with pytest.raises(ValueError, match="grad_logvar: expected 6 elements, got 5"):
+        C.vae_backward_cpu(full, kl, full, full, None, full.copy(), short.copy(), rows, cols, "float32", 0,
+                           per_element, -inf, inf)
+
+
 def pattern_rows(rng, npr, rows, units):
     """(values, offsets) of ``rows`` patterns, one time in four damaged in one place."""
     offsets = np.concatenate([[0], np.cumsum(npr.integers(0, 4, size=rows))]).astype(np.int64)

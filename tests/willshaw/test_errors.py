@@ -264,7 +264,7 @@ def test_the_compiled_entry_points_refuse_sizes_past_2_to_the_31():
     assert not wide.any()
 
 
-@pytest.mark.parametrize("threshold", [0, 1])
+@pytest.mark.parametrize("threshold", [0, 1, 2, 3])
 @pytest.mark.parametrize("values,offsets,match", [
     ([1, 2, 3], [0, 2, 5], "offsets must run from 0 to the number of values"),
     ([1, 2, 3], [0, 3, 2, 3], "offsets must"),
@@ -274,15 +274,16 @@ def test_the_compiled_entry_points_refuse_sizes_past_2_to_the_31():
     ([4, 9, 9], [0, 1, 3], "cue: row 1 lists index 9 more than once"),
 ])
 def test_direct_retrieve_indices_with_broken_cues_raises(willshaw_backend, threshold, values, offsets, match):
-    """Triton's retrieve_indices checks the cue after its kernels run (the verdict comes with the
-    answer's size): the kernels must read nothing outside the tensors, and the error must still come."""
+    """The GPU backends' retrieve_indices checks the cue itself, for the hard and soft thresholds after its
+    kernels run (the verdict comes with the answer's size): the kernels must read nothing outside the
+    tensors, and the error must still come. The fixed and top-k thresholds check it first."""
     matrix = torch.zeros(100, 2, dtype=torch.int64)
     torch.ops.aefast.willshaw_store(matrix, 80, torch.tensor([1, 2, 3, 9]), torch.tensor([0, 3, 4]),
                                     torch.tensor([5, 70, 79]), torch.tensor([0, 2, 3]))
     before = matrix.clone()
     with pytest.raises(ValueError, match=match):
         torch.ops.aefast.willshaw_retrieve_indices(matrix, 80, torch.tensor(values), torch.tensor(offsets),
-                                                   threshold, 0)
+                                                   threshold, 1 if threshold == 3 else 0)
     assert torch.equal(matrix, before)
 
 
