@@ -97,6 +97,22 @@ print("ok")
     run_with_kernel_copy(isa, code)
 
 
+def test_compiled_stream_gives_way_where_tensors_have_no_memory():
+    """Fake tensors (torch.compile's tracing, FakeTensorMode) and torch.func's transforms get None, and
+    the caller the formulas: a kernel has no buffer to write there."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from aefast._philox import compiled_stream
+    if C is None:
+        pytest.skip("aefast._C is not built")
+    with FakeTensorMode():
+        assert compiled_stream("uniform", 1, 10) is None
+    inside = []
+    torch.func.vmap(lambda x: inside.append(compiled_stream("uniform", 1, 10)) or x)(torch.zeros(2))
+    assert inside == [None]
+    assert compiled_stream("uniform", 1, 10).shape == (10,)
+
+
 def test_philox_reference_matches_known_answer():
     """Philox4x32-10 known-answer vector (Random123 kat_vectors: counter 0, key 0)."""
     from aefast._philox import philox4x32_10

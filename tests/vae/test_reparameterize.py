@@ -470,6 +470,8 @@ BAD_INPUTS = [
     (dict(mu=M, logvar=M, eps=torch.zeros(3, 4)), ValueError, r"eps must have mu's shape \(4, 3\), got \(3, 4\)"),
     (dict(mu=M, logvar=M, eps=M.double()), TypeError, "eps must have mu's dtype"),
     (dict(mu=M, logvar=M, eps=M.int()), TypeError, "eps must be float32"),
+    (dict(mu=M, logvar=M.to("meta")), ValueError, "logvar must be on mu's device cpu, got meta"),
+    (dict(mu=M, logvar=M, eps=M.to("meta")), ValueError, "eps must be on mu's device cpu, got meta"),
     (dict(mu=M, logvar=M, eps=M, seed=1), ValueError, "seed: give either eps or seed"),
     (dict(mu=M, logvar=M, reduction="avg"), ValueError, "reduction must be one of .* got 'avg'"),
     (dict(mu=M, logvar=M, seed=-1), ValueError, r"seed must be in \[0, 2\*\*63\), got -1"),
