@@ -155,7 +155,7 @@ def test_other_files_are_refused(tmp_path):
         WillshawMemory.load(tmp_path / "missing.safetensors")
 
 
-def test_a_file_whose_matrix_sets_bits_past_n_out_is_refused(saved, tmp_path):
+def test_a_file_whose_matrix_sets_bits_past_n_out_is_refused(saved, tmp_path, monkeypatch):
     # A file with a valid checksum, as a program other than aefast could write it: no store sets these
     # bits, and kernels that read whole words would answer with units past n_out.
     memory, _ = saved
@@ -165,6 +165,24 @@ def test_a_file_whose_matrix_sets_bits_past_n_out_is_refused(saved, tmp_path):
     memory_file.write(path, matrix, 300, 130, memory.n_stored)
     with pytest.raises(WillshawFileError, match="rows 0-299 set bits past unit n_out - 1 = 129"):
         WillshawMemory.load(path)
+    # Read in blocks of 7 rows, the error names the first block that sets one (a second sets one too).
+    matrix[290, -1] |= 1 << 63
+    memory_file.write(path, matrix, 300, 130, memory.n_stored)
+    monkeypatch.setattr(memory_file, "BLOCK_BYTES", 7 * 3 * 8)
+    with pytest.raises(WillshawFileError, match="rows 245-251 set bits past unit n_out - 1 = 129"):
+        WillshawMemory.load(path)
+
+
+def test_a_file_replaced_between_its_sizes_and_its_bits_is_refused(saved):
+    """A load reads the sizes, allocates the memory, then opens the file again for the bits: a file saved
+    over it in between (other sizes, or only another count of pairs) is refused, not mixed in."""
+    memory, path = saved
+    sizes = memory_file.read_sizes(path)
+    memory.store_indices([[1, 2]], [[3, 4]])
+    memory.save(path)
+    matrix = torch.zeros(300, 3, dtype=torch.int64)
+    with pytest.raises(WillshawFileError, match="changed while it was loaded"):
+        memory_file.read_matrix_into(path, sizes, matrix)
 
 
 def test_a_saved_file_is_a_safetensors_file_that_its_library_reads(saved):
