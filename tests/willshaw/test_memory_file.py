@@ -192,6 +192,12 @@ def test_a_saved_file_is_a_safetensors_file_that_its_library_reads(saved):
         metadata = handle.metadata()
     assert {key: metadata[key] for key in ("format", "version", "n_in", "n_out", "n_stored")} == \
         {"format": "aefast.willshaw", "version": "1", "n_in": "300", "n_out": "130", "n_stored": "400"}
+    # The bits start 8-byte aligned, as safetensors' own writer pads its header (a reader may map them).
+    header_length, = struct.unpack("<Q", path.read_bytes()[:8])
+    assert header_length % 8 == 0
+    for extra in range(8):  # every length the JSON can take, modulo 8
+        header = memory_file._header({"note": "x" * extra}, 300, 3)
+        assert struct.unpack("<Q", header[:8])[0] == len(header) - 8 and len(header) % 8 == 0
     expected = hashlib.sha256(b"n_in=300 n_out=130 n_stored=400")
     expected.update(memory.packed_matrix().numpy().tobytes())
     assert metadata["sha256"] == expected.hexdigest()
