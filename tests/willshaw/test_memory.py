@@ -299,6 +299,7 @@ def test_an_unpickled_memory_with_a_bad_state_is_refused(hetero_pairs):
                            ({"matrix": good["matrix"].to("meta")}, "device must be 'cpu' or a CUDA device"),
                            ({"matrix": padding}, "sets bits past unit n_out - 1 = 776"),
                            ({"n_stored": -1}, "n_stored must be an int >= 0"),
+                           ({"n_stored": 2.5}, r"n_stored must be an int >= 0, got 2.5"),
                            ({"n_in": 0}, "n_in must be in")]:
         restored = WillshawMemory.__new__(WillshawMemory)
         with pytest.raises(ValueError, match=match):
