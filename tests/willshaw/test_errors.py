@@ -143,7 +143,9 @@ def test_a_store_that_fails_on_y_changes_nothing(memory):
     ("topk", None, TypeError, "threshold='topk' needs k"),
     ("topk", 0, ValueError, r"k must be in \[1, n_out=80\]"),
     ("topk", 81, ValueError, r"k must be in \[1, n_out=80\]"),
+    ("topk", 2.5, TypeError, "threshold='topk' needs k, an int, got 2.5"),
     ("hard", 3, ValueError, "k goes with threshold='topk' only"),
+    (3, 3, ValueError, "k goes with threshold='topk' only"),
 ])
 def test_bad_thresholds(memory, threshold, k, error, match):
     with pytest.raises(error, match=match):
