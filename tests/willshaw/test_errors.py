@@ -37,6 +37,16 @@ def test_a_matrix_larger_than_memory_is_refused_before_allocating():
         WillshawMemory(MAX_UNITS, MAX_UNITS)
 
 
+def test_the_room_check_takes_exactly_the_matrixs_bytes(monkeypatch):
+    """WillshawMemory(100, 130): 100 rows of 3 words, 2400 bytes; one byte less available is refused."""
+    from aefast.willshaw import memory as memory_module
+    monkeypatch.setattr(memory_module, "_available_bytes", lambda device: 2399)
+    with pytest.raises(MemoryError, match=r"needs 2400 bytes .* has 2399 bytes"):
+        WillshawMemory(100, 130)
+    monkeypatch.setattr(memory_module, "_available_bytes", lambda device: 2400)
+    assert WillshawMemory(100, 130).nbytes == 2400
+
+
 def test_a_backend_that_cannot_hold_the_memory_is_refused(monkeypatch):
     with pytest.raises(aefast.BackendUnavailableError, match="backend 'cuda' cannot hold a memory on cpu: "):
         WillshawMemory(10, backend="cuda")
