@@ -35,6 +35,15 @@ def test_a_seed_repeats_the_run(data):
     assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
 
 
+def test_the_seed_alone_decides_the_run(data):
+    """Whatever torch's generator held before fit: the denoising corruption's seeds come from it."""
+    first, second = denoising_model(), denoising_model()
+    torch.manual_seed(123)
+    expected = fit(first, data, epochs=2, seed=5, progress=False)
+    torch.manual_seed(456)
+    assert fit(second, data, epochs=2, seed=5, progress=False) == expected
+
+
 @pytest.mark.parametrize("model", [model, denoising_model], ids=["plain", "denoising"])
 def test_an_interrupted_run_resumes_from_its_checkpoint(data, tmp_path, model):
     """The same parameters and losses as the run that was not interrupted: the checkpoint restores the
@@ -59,8 +68,12 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(data, tmp_path, model):
     with pytest.raises(Interrupt):
         fit(interrupted, data, epochs=6, batch_size=128, seed=5, checkpoint_dir=tmp_path, progress=False)
     resumed = model()
+    steps = []
+    original_resumed_loss = resumed.loss
+    resumed.loss = lambda batch: steps.append(1) or original_resumed_loss(batch)
     history = fit(resumed, data, epochs=6, batch_size=128, seed=5, checkpoint_dir=tmp_path, progress=False)
     assert history["epochs_run"] == 6
+    assert len(steps) == 3 * 3  # epochs 4 to 6 only: the checkpoint of epoch 3 was there to resume from
     assert history["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-6)
     for a, b in zip(resumed.parameters(), whole.parameters()):
         torch.testing.assert_close(a, b)
@@ -82,7 +95,7 @@ def test_validation_loss_is_recorded(data):
 
 
 @pytest.mark.parametrize("bad,error,match", [
-    (lambda d: d.index_put_((torch.tensor([7]), torch.tensor([3])), torch.tensor(float("nan"))), ValueError,
+    (lambda d: d.index_put_((torch.tensor([7, 200]), torch.tensor([3, 0])), torch.tensor(float("nan"))), ValueError,
      "data: row 7 holds NaN"),
     (lambda d: "digits", TypeError, "data must be a tensor"),
     (lambda d: (d, torch.zeros(5)), ValueError, "5 labels for 300 rows"),
@@ -124,6 +137,29 @@ class _DivergingModel(torch.nn.Module):
     def loss(self, batch):
         self.steps += 1
         return self.scale * batch.mean() * (1.0 if self.steps == 1 else math.inf)
+
+
+class _RecordingModel(torch.nn.Module):
+    """A loss of the batch alone (the parameter beside it gets zero gradients, so Adam leaves it as it
+    is), recording whether the model was in training mode at each call."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+        self.training_at_call = []
+
+    def loss(self, batch):
+        self.training_at_call.append(self.training)
+        return batch.mean() + 0 * self.unused
+
+
+def test_epoch_losses_are_means_over_rows_and_validation_runs_in_eval_mode():
+    """Batches of 2, 2 and 1 rows: each epoch's loss is the mean over rows, not over batches."""
+    recording = _RecordingModel()
+    history = fit(recording, torch.arange(5.0).unsqueeze(1), epochs=2, batch_size=2, seed=0, progress=False,
+                  val_data=torch.tensor([[1.0], [2.0], [6.0]]))
+    assert history["train_loss"] == [2.0, 2.0] and history["val_loss"] == [3.0, 3.0]
+    assert recording.training_at_call == [True] * 3 + [False] * 2 + [True] * 3 + [False] * 2
 
 
 def test_a_loss_that_stops_being_finite_stops_the_run_and_says_so(data):
@@ -184,7 +220,9 @@ def test_damaged_checkpoints_are_refused_and_leave_the_model_as_it_was(data, tmp
     target = Autoencoder([12, 5, 3], output_activation="sigmoid") if damage == "other model" else model()
     before = {name: value.clone() for name, value in target.state_dict().items()}
     # A checkpoint that reads but fits no model says how to go on.
-    match = "does not fit this model or run .*remove it to start afresh" if damage == "other model" else "checkpoint.pt"
+    match = {"other model": "does not fit this model or run .*remove it to start afresh",
+             "wrong version": r"another format version \('aefast-checkpoint v9'\); this aefast reads "
+                              r"'aefast-checkpoint v1'"}.get(damage, "checkpoint.pt")
     with pytest.raises(CheckpointError, match=match):
         fit(target, data, epochs=2, checkpoint_dir=tmp_path, progress=False)
     for name, value in target.state_dict().items():
