@@ -41,6 +41,11 @@ def test_a_row_count_with_no_room_for_its_offsets_is_refused():
         C.willshaw_check_patterns(np.zeros(0, np.int64), offsets, 2**63 - 1, 10, "x")
 
 
+def one_cue():
+    """An empty 5 x 70 memory (2 words a row) and one cue (values, offsets) of units 1 and 3."""
+    return np.zeros(5 * 2, np.int64), np.array([1, 3], np.int64), np.array([0, 2], np.int64)
+
+
 @pytest.mark.parametrize("threshold,value,match", [
     (-1, 0, r"threshold must be 0 \(hard\), 1 \(soft\), 2 \(fixed\) or 3 \(topk\), got -1"),
     (4, 0, r"threshold must be .* got 4"),
@@ -50,8 +55,7 @@ def test_a_row_count_with_no_room_for_its_offsets_is_refused():
 ])
 def test_the_retrievals_refuse_a_bad_threshold_themselves(threshold, value, match):
     """Checked again in C++: the threshold code picks the kernel's branch, and k sizes its selection."""
-    matrix = np.zeros(5 * 2, np.int64)
-    cue_values, cue_offsets = np.array([1, 3], np.int64), np.array([0, 2], np.int64)
+    matrix, cue_values, cue_offsets = one_cue()
     with pytest.raises(ValueError, match=match):
         C.willshaw_retrieve_cpu(matrix, 5, 70, cue_values, cue_offsets, 1, threshold, value, np.zeros(70, np.uint8))
     with pytest.raises(ValueError, match=match):
@@ -68,7 +72,7 @@ def test_a_memory_without_units_is_refused():
 def test_an_output_buffer_of_the_wrong_size_is_refused():
     """The sums and the answer take rows x n_out items: one short, or one over, is refused before the kernel
     writes a byte (the random calls below always size them right)."""
-    matrix, cue_values, cue_offsets = np.zeros(5 * 2, np.int64), np.array([1, 3], np.int64), np.array([0, 2], np.int64)
+    matrix, cue_values, cue_offsets = one_cue()
     for extra in (-1, 1):
         sums = np.full(70 + extra, -1, np.int32)
         with pytest.raises(ValueError, match=f"sums: expected 70 elements, got {70 + extra}"):
@@ -92,7 +96,7 @@ def test_outputs_in_read_only_buffers_are_refused():
     def read_only(array):
         array.flags.writeable = False
         return array
-    matrix, values, offsets = np.zeros(5 * 2, np.int64), np.array([1, 3], np.int64), np.array([0, 2], np.int64)
+    matrix, values, offsets = one_cue()
     with pytest.raises(ValueError, match="read-only"):
         C.willshaw_store_cpu(read_only(matrix.copy()), 5, 70, values, offsets, values, offsets, 1)
     with pytest.raises(ValueError, match="read-only"):

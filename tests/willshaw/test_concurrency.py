@@ -3,6 +3,8 @@ serialized by the memory's lock and lose nothing (without the lock the reference
 bits here, the cpp kernels a few now and then); retrievals from several threads, with no store running,
 give the answers of one thread. Both backends release the GIL inside, so the threads overlap. Copies,
 saves and clears take the store lock too."""
+import copy
+import pickle
 import threading
 
 import pytest
@@ -85,9 +87,6 @@ def test_retrievals_from_several_threads_agree_with_one_thread(threaded_backend)
 def test_copies_saves_and_clears_take_the_store_lock(action, tmp_path):
     """What must not interleave with a store runs under the memory's store lock (a snapshot holds whole
     calls' pairs): recorded here by a stand-in lock, since a race would show only now and then."""
-    import copy
-    import pickle
-
     class RecordingLock:
         def __init__(self):
             self.held = 0

@@ -8,7 +8,8 @@ import torch
 
 import aefast
 from aefast import _backends
-from aefast.willshaw import MAX_UNITS, WillshawMemory
+from aefast.willshaw import MAX_UNITS, WillshawMemory, ops, reference
+from aefast.willshaw import memory as memory_module
 
 
 @pytest.fixture
@@ -39,7 +40,6 @@ def test_a_matrix_larger_than_memory_is_refused_before_allocating():
 
 def test_the_room_check_takes_exactly_the_matrixs_bytes(monkeypatch):
     """WillshawMemory(100, 130): 100 rows of 3 words, 2400 bytes; one byte less available is refused."""
-    from aefast.willshaw import memory as memory_module
     monkeypatch.setattr(memory_module, "_available_bytes", lambda device: 2399)
     with pytest.raises(MemoryError, match=r"needs 2400 bytes .* has 2399 bytes"):
         WillshawMemory(100, 130)
@@ -234,7 +234,6 @@ def test_direct_op_calls_with_broken_rows_raise(willshaw_backend):
 def test_direct_op_calls_refuse_a_matrix_with_more_rows_than_units_allow(willshaw_backend, monkeypatch):
     """The ops refuse more than MAX_UNITS input units (2^31 - 1, a 16 GiB matrix at one word a row),
     read at each call: lowered here so that a small matrix passes it."""
-    from aefast.willshaw import reference
     monkeypatch.setattr(reference, "MAX_UNITS", 50)
     matrix = torch.zeros(51, 1, dtype=torch.int64)
     with pytest.raises(ValueError, match=r"matrix must have 1 to 50 rows \(input units\), got 51"):
@@ -245,7 +244,6 @@ def test_direct_op_calls_refuse_a_matrix_with_more_rows_than_units_allow(willsha
 def test_the_ops_entry_points_refuse_patterns_on_another_device(willshaw_backend):
     """What WillshawMemory calls outside torch.compile (ops.sums & co., without the custom ops' dispatch,
     whose fake implementation refuses mixed devices) checks the devices itself."""
-    from aefast.willshaw import ops
     matrix, offsets = torch.zeros(100, 2, dtype=torch.int64), torch.tensor([0, 1])
     with pytest.raises(ValueError, match="cue_values must be on the matrix's device cpu, got meta"):
         ops.sums(matrix, 80, torch.tensor([1], device="meta"), offsets)
@@ -256,7 +254,6 @@ def test_the_ops_entry_points_refuse_patterns_on_another_device(willshaw_backend
 
 def test_pattern_names_nest():
     """An inner pattern_names renames its own roles and keeps the outer block's others."""
-    from aefast.willshaw import ops
     with ops.pattern_names(x="x_idx", cue="q"):
         with ops.pattern_names(cue="x_idx"):
             assert (ops.pattern_name("x"), ops.pattern_name("cue"), ops.pattern_name("y")) == ("x_idx", "x_idx", "y")
