@@ -35,6 +35,10 @@ _FIELDS = ("n_in", "n_out", "n_stored")
 # A shard of a ShardedWillshawMemory also records where it belongs: its rank among how many, and its
 # slice [unit_start, unit_stop) of the n_out_total output units (n_out is the slice's width).
 SHARD_FIELDS = ("shard_rank", "shard_count", "unit_start", "unit_stop", "n_out_total")
+# And which save wrote it: one number drawn per save and shared by its shards, so that shards of two
+# saves (a save that failed on some ranks leaves the others' new shards beside old ones) are not
+# loaded as one memory. Shards written before it existed lack it and load as before.
+SAVE_FIELD = "save_id"
 # Matrix bytes per step of a save or load. A block is hashed, then written while still in cache: saving
 # 1 GiB took 1.4-1.9 s in blocks of 8 MiB (as safetensors' whole-tensor writer), 2.3-4.6 s in 64 MiB.
 BLOCK_BYTES = 1 << 23
@@ -45,7 +49,8 @@ class WillshawFileError(ValueError):
 
 
 def _fields(sizes: dict) -> tuple[str, ...]:
-    return _FIELDS + (SHARD_FIELDS if "shard_rank" in sizes else ())
+    shard = "shard_rank" in sizes
+    return _FIELDS + (SHARD_FIELDS if shard else ()) + ((SAVE_FIELD,) if shard and SAVE_FIELD in sizes else ())
 
 
 def _sizes_digest(sizes: dict[str, int]):

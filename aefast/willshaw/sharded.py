@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import datetime
 import os
+import secrets
 from pathlib import Path
 from typing import Optional
 
@@ -320,15 +321,18 @@ class ShardedWillshawMemory:
 
     def save(self, directory: str | os.PathLike) -> None:
         """Each rank writes its slice to ``directory/shard-<rank>-of-<ranks>.safetensors`` (atomically, with
-        its rank, slice and a checksum in the file)."""
+        its rank, slice, the save's identity and a checksum in the file)."""
         directory = Path(directory)
-        self._collective("save", lambda: None)
+        # The first rank draws the save's identity; every shard records it (memory_file.SAVE_FIELD).
+        save_id = self._collective("save", lambda: _broadcast_object(self._group, self._source,
+                                                                     secrets.randbits(63) if self._rank == 0 else None))
 
         def write():
             directory.mkdir(parents=True, exist_ok=True)
             with self._local._store_lock:
                 memory_file.write(_shard_path(directory, self._rank, self._world), self._local._matrix, self._n_in,
-                                  self._local.n_out, self._local.n_stored, shard=self._shard_fields())
+                                  self._local.n_out, self._local.n_stored,
+                                  shard={**self._shard_fields(), memory_file.SAVE_FIELD: save_id})
         _agreed(self._group, write)
 
     @classmethod
@@ -336,8 +340,8 @@ class ShardedWillshawMemory:
              backend: Optional[str] = None,
              timeout: Optional[datetime.timedelta] = DEFAULT_TIMEOUT) -> "ShardedWillshawMemory":
         """The memory saved by ``save`` into ``directory``, each rank reading its own shard; the group must
-        have as many ranks as saved it. Raises on every rank when any shard is missing, damaged, or not the
-        one its rank saved."""
+        have as many ranks as saved it. Raises on every rank when any shard is missing, damaged, not the
+        one its rank saved, or from another save than the others."""
         group = _communication_group(process_group, timeout)
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         path = _shard_path(Path(directory), rank, world)
@@ -357,6 +361,7 @@ class ShardedWillshawMemory:
             return sizes
 
         sizes = _agreed(group, read)
+        _check_one_save(group, path, sizes)
         memory = cls(sizes["n_in"], sizes["n_out_total"], process_group=group, device=device, backend=backend,
                      timeout=None)
 
@@ -379,6 +384,24 @@ def _all_gather_object(group, value) -> list:
     gathered = [None] * dist.get_world_size(group)
     dist.all_gather_object(gathered, value, group=group)
     return gathered
+
+
+def _broadcast_object(group, source: int, value):
+    """``value`` as given on the rank ``source``, on every rank."""
+    box = [value]
+    dist.broadcast_object_list(box, src=source, group=group)
+    return box[0]
+
+
+def _check_one_save(group, path: Path, sizes: dict[str, int]) -> None:
+    """Raise on every rank unless every rank's shard comes from the same save: the same identity (where
+    the shards have one) and the same number of pairs stored."""
+    every = _all_gather_object(group, (str(path), sizes.get(memory_file.SAVE_FIELD), sizes["n_stored"]))
+    if len({(save_id, n_stored) for _, save_id, n_stored in every}) != 1:
+        raise memory_file.WillshawFileError(
+            "the shards come from different saves (did a save fail on some ranks?): " +
+            "; ".join(f"rank {rank}: {shard_path} (save {save_id}, n_stored={n_stored})"
+                      for rank, (shard_path, save_id, n_stored) in enumerate(every)))
 
 
 def _agreed(group, run):

@@ -5,6 +5,7 @@ import copy
 import datetime
 import os
 import pickle
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from aefast.willshaw import ShardedWillshawMemory, WillshawFileError, WillshawMemory, random_patterns
+from aefast.willshaw import ShardedWillshawMemory, WillshawFileError, WillshawMemory, memory_file, random_patterns
 
 N_IN, N_OUT = 300, 250  # 4 words of output units: not a multiple of 64, and uneven over 3 ranks
 
@@ -136,6 +137,34 @@ def errors(rank: int, out: Path) -> None:
     dist.barrier()
     with pytest.raises((WillshawFileError, RuntimeError), match="no shard for rank 1 of 2"):
         ShardedWillshawMemory.load(out / "partial")
+
+    # Shards of two saves, as a save that failed on some ranks leaves them, are refused on every rank:
+    # with different numbers of pairs, and with the same (two saves of one unchanged memory).
+    memory.save(out / "before")
+    memory.save(out / "again")
+    memory.store_indices(torch.tensor([[4, 5]]), torch.tensor([[6, 7]]))
+    memory.save(out / "after")
+    dist.barrier()
+    if rank == 0:
+        for mixed, newer in (("again", "before"), ("before", "after")):  # "again" takes the original
+            shutil.copy(out / newer / "shard-1-of-2.safetensors", out / mixed / "shard-1-of-2.safetensors")
+    dist.barrier()
+    with pytest.raises(WillshawFileError, match=r"the shards come from different saves \(did a save fail on some "
+                       r"ranks\?\): rank 0: \S*before/shard-0-of-2.safetensors \(save \d+, n_stored=1\); "
+                       r"rank 1: \S*before/shard-1-of-2.safetensors \(save \d+, n_stored=2\)$"):
+        ShardedWillshawMemory.load(out / "before")
+    with pytest.raises(WillshawFileError, match=r"different saves .*\(save \d+, n_stored=1\); .*\(save \d+, n_stored=1\)"):
+        ShardedWillshawMemory.load(out / "again")
+    # Shards written before saves had an identity (no save_id field) load as before.
+    shard = out / "after" / f"shard-{rank}-of-2.safetensors"
+    assert memory_file.read_sizes(shard)[memory_file.SAVE_FIELD] >= 0
+    memory_file.write(shard, memory.local._matrix, N_IN, memory.local.n_out, memory.n_stored,
+                      shard=memory._shard_fields())
+    assert memory_file.SAVE_FIELD not in memory_file.read_sizes(shard)
+    loaded = ShardedWillshawMemory.load(out / "after")
+    assert loaded.n_stored == 2 and loaded.density == memory.density
+    cue = torch.tensor([[1, 2, 4, 5]])
+    assert torch.equal(loaded.sums_indices(cue), memory.sums_indices(cue))
 
     # Ranks that call different methods, or one method with different thresholds (each rank would
     # answer its slice by its own): rank 1 sees the mismatch, rank 0 times out instead of hanging.
