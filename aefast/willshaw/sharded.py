@@ -264,18 +264,21 @@ class ShardedWillshawMemory:
 
     def _broadcast_rows(self, op: str, make_rows) -> list[PatternRows]:
         """``make_rows()`` on the first rank, broadcast to every rank; an error it raises is raised on all."""
-        header = [None]
+        header, failure = [None], None
         if self._rank == 0:
             try:
                 rows = make_rows()
                 header = [(op, None, [(r.values.numel(), r.offsets.numel(), r.single) for r in rows])]
-            except (ValueError, TypeError) as error:
-                header = [(op, (type(error).__name__, str(error)), None)]
+            except Exception as error:  # any failure, told to every rank: none waits on a broadcast to come
+                failure, header = error, [(op, (type(error).__name__, str(error)), None)]
         dist.broadcast_object_list(header, src=self._source, group=self._group)
         their_op, error, shapes = header[0]
         self._check_same_call(op, their_op)
-        if error is not None:
-            raise (ValueError if error[0] == "ValueError" else TypeError)(error[1])
+        if failure is not None:
+            raise failure
+        if error is not None:  # a bad argument is the same error on every rank; anything else is named
+            kind = {"ValueError": ValueError, "TypeError": TypeError}.get(error[0])
+            raise kind(error[1]) if kind else RuntimeError(f"the first rank failed in {op}: {error[0]}: {error[1]}")
         if self._rank != 0:
             rows = [PatternRows(torch.empty(values, dtype=torch.int64, device=self._comm_device),
                                 torch.empty(offsets, dtype=torch.int64, device=self._comm_device), single)
@@ -408,7 +411,7 @@ def _agreed(group, run):
     """``run()`` on every rank of ``group``; if it fails on any, every rank raises."""
     try:
         result, error = run(), None
-    except (ValueError, TypeError, MemoryError, OSError) as caught:
+    except Exception as caught:  # any failure (a CUDA out-of-memory is a RuntimeError), told to every rank
         result, error = None, caught
     messages = _all_gather_object(group, None if error is None else f"{type(error).__name__}: {error}")
     if error is not None:

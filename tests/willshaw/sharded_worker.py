@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from aefast.willshaw import sharded as sharded_module
 from aefast.willshaw import ShardedWillshawMemory, WillshawFileError, WillshawMemory, memory_file, random_patterns
 
 N_IN, N_OUT = 300, 250  # 4 words of output units: not a multiple of 64, and uneven over 3 ranks
@@ -165,6 +166,32 @@ def errors(rank: int, out: Path) -> None:
     assert loaded.n_stored == 2 and loaded.density == memory.density
     cue = torch.tensor([[1, 2, 4, 5]])
     assert torch.equal(loaded.sums_indices(cue), memory.sums_indices(cue))
+
+    # A failure other than a bad argument, on one rank, reaches the others at once, named, instead of
+    # leaving them to wait out the timeout: here a device running out of memory on rank 1 as the
+    # memory is made, and a failure on the first rank as it reads the patterns it broadcasts.
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    def unreadable(*args, **kwargs):
+        raise RuntimeError("the patterns could not be read (injected)")
+
+    with pytest.MonkeyPatch.context() as patch:
+        if rank == 1:
+            patch.setattr(sharded_module, "WillshawMemory", out_of_memory)
+        with pytest.raises(RuntimeError, match=r"other ranks failed: rank 1: OutOfMemoryError: CUDA out of memory "
+                           r"\(injected\)$" if rank == 0 else r"^CUDA out of memory \(injected\)$"):
+            ShardedWillshawMemory(N_IN, N_OUT, timeout=datetime.timedelta(seconds=3))
+    dist.barrier()
+    quick = ShardedWillshawMemory(N_IN, N_OUT, timeout=datetime.timedelta(seconds=3))
+    with pytest.MonkeyPatch.context() as patch:
+        if rank == 0:
+            patch.setattr(sharded_module, "from_indices", unreadable)
+        with pytest.raises(RuntimeError, match=r"^the patterns could not be read \(injected\)$" if rank == 0 else
+                           r"^the first rank failed in store_indices: RuntimeError: the patterns could not be read "
+                           r"\(injected\)$"):
+            quick.store_indices(torch.tensor([[1, 2]]) if rank == 0 else None, torch.tensor([[3, 4]]))
+    dist.barrier()
 
     # Ranks that call different methods, or one method with different thresholds (each rank would
     # answer its slice by its own): rank 1 sees the mismatch, rank 0 times out instead of hanging.
