@@ -37,8 +37,9 @@ class ShardedWillshawMemory:
 
     ``device``: where this rank's slice lives (default: the current CUDA device with NCCL, else the CPU).
     ``timeout``: the collectives' time limit. Given a value, the memory makes its own group over the same
-    ranks with that timeout, which is a collective over the default group (every process constructs the
-    memory); ``None`` uses ``process_group`` as it is, with the timeout it was made with.
+    ranks with that timeout, a collective over those ranks (all of them construct the memory; processes
+    outside ``process_group`` do not); ``None`` uses ``process_group`` as it is, with the timeout it was
+    made with.
     """
 
     def __init__(self, n_in: int, n_out: Optional[int] = None, *, process_group=None,
@@ -427,12 +428,19 @@ def _communication_group(process_group, timeout):
         raise RuntimeError("ShardedWillshawMemory needs torch.distributed: call torch.distributed.init_process_group "
                            "first (or launch with torchrun)")
     group = process_group if process_group is not None else dist.group.WORLD
+    if dist.get_rank(group) < 0:  # torch's own error here says only "Invalid process group specified"
+        raise ValueError(f"process_group does not include this process (rank {dist.get_rank()} of "
+                         f"{dist.get_world_size()}): only the group's ranks construct the memory")
     if timeout is None:
         return group
     if not isinstance(timeout, datetime.timedelta) or timeout.total_seconds() <= 0:
         raise ValueError(f"timeout must be a positive datetime.timedelta or None, got {timeout!r}")
-    return dist.new_group(ranks=dist.get_process_group_ranks(group), timeout=timeout,
-                          backend=dist.get_backend(group))
+    ranks = dist.get_process_group_ranks(group)
+    # Over some of the processes, the others do not make this group: it synchronizes its own ranks only.
+    # Made as a group of every process, it would count on each rank that makes it, and the next group
+    # that every process makes would be named differently on the others and never meet.
+    return dist.new_group(ranks=ranks, timeout=timeout, backend=dist.get_backend(group),
+                          use_local_synchronization=len(ranks) < dist.get_world_size())
 
 
 def _retrieval_call(op: str, code: int, value: int, **options) -> str:

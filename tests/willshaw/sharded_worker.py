@@ -78,6 +78,33 @@ def agree(rank: int, out: Path) -> None:
     assert sharded.density == 0 and sharded.n_stored == 0
 
 
+def subgroup(rank: int, out: Path) -> None:
+    """A memory over some of the processes (ranks 1 and 2 of 3): its first rank (global rank 1) gives the
+    patterns, it answers as one memory, the process outside is refused, and groups that every process
+    makes afterwards still meet."""
+    group = dist.new_group([1, 2])
+    generator = torch.Generator().manual_seed(3)
+    x, y = random_patterns(300, N_IN, 7, generator=generator), random_patterns(300, N_OUT, 7, generator=generator)
+    if rank == 0:
+        with pytest.raises(ValueError, match=r"process_group does not include this process \(rank 0 of 3\)"):
+            ShardedWillshawMemory(N_IN, N_OUT, process_group=group)
+    else:
+        first = rank == 1
+        for timeout in (datetime.timedelta(seconds=30), None):  # its own group, or the one given
+            sharded, plain = ShardedWillshawMemory(N_IN, N_OUT, process_group=group, timeout=timeout), \
+                WillshawMemory(N_IN, N_OUT)
+            assert (sharded.rank, sharded.world_size) == (rank - 1, 2)
+            sharded.store_indices(x if first else None, y if first else None)
+            plain.store_indices(x, y)
+            assert sharded.density == plain.density and sharded.n_stored == 300
+            for threshold, k in (("hard", None), ("soft", None), ("topk", 7)):
+                assert same_answers(sharded.retrieve_indices(x[:30, :4] if first else None, threshold, k=k),
+                                    plain.retrieve_indices(x[:30, :4], threshold, k=k)), (threshold, k)
+    everyone = ShardedWillshawMemory(N_IN, N_OUT, timeout=datetime.timedelta(seconds=30))
+    everyone.store_indices(x if rank == 0 else None, y if rank == 0 else None)
+    assert everyone.n_stored == 300
+
+
 def random_cases(rank: int, out: Path) -> None:
     """Random sizes (down to one unit per rank), ragged patterns with 0 to 20 ones, every threshold: the
     sharded memory answers as one memory. Every rank draws the same cases from the same seed."""
@@ -242,7 +269,7 @@ def main() -> None:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     dist.init_process_group("nccl" if scenario == "nccl" else "gloo", timeout=datetime.timedelta(seconds=60))
     rank = dist.get_rank()
-    {"agree": agree, "random": random_cases, "errors": errors, "nccl": nccl}[scenario](rank, out)
+    {"agree": agree, "subgroup": subgroup, "random": random_cases, "errors": errors, "nccl": nccl}[scenario](rank, out)
     (out / f"{rank}.ok").write_text("ok")
     sys.stdout.flush()
     os._exit(0)  # after a timed-out collective the group cannot be torn down cleanly

@@ -25,6 +25,10 @@ def test_three_ranks_answer_as_one_memory(tmp_path):
     launch("agree", 3, tmp_path)
 
 
+def test_a_memory_over_some_of_the_processes(tmp_path):
+    launch("subgroup", 3, tmp_path)
+
+
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_random_sizes_and_patterns_answer_as_one_memory(tmp_path, ranks):
     launch("random", ranks, tmp_path)
