@@ -238,13 +238,13 @@ class ShardedWillshawMemory:
         order = torch.sort(unit_sums, dim=1, descending=True, stable=True).indices[:, :offered]
         best_sums = torch.gather(unit_sums, 1, order).to(torch.int64)
         candidates = torch.stack([best_sums, order + self._unit_start], -1)  # (B, offered, 2)
-        padding = torch.tensor([-1, self._n_out], device=self._comm_device)  # below any sum, after any unit
+        padding = torch.tensor([-1, self._n_out], device=self._comm_device)  # below any sum: never chosen
         candidates = torch.cat([candidates, padding.expand(cue.rows, k - offered, 2)], 1)
         gathered = [torch.empty_like(candidates) for _ in range(self._world)]
         dist.all_gather(gathered, candidates, group=self._group)
-        every = torch.cat(gathered, 1)  # (B, world * k, 2), slices in unit order
-        by_unit = torch.sort(every[..., 1], dim=1, stable=True).indices
-        every = torch.gather(every, 1, by_unit.unsqueeze(-1).expand_as(every))
+        # (B, world * k, 2): slices in unit order, each slice's equal sums in unit order, so the stable
+        # sort's equal sums keep the lower unit first over all slices too.
+        every = torch.cat(gathered, 1)
         chosen = torch.sort(every[..., 0], dim=1, descending=True, stable=True).indices[:, :k]
         units = torch.gather(every[..., 1], 1, chosen).sort(1).values
         return units.flatten(), torch.arange(0, units.numel() + 1, k, device=self._comm_device)

@@ -55,8 +55,31 @@ def agree(rank: int, out: Path) -> None:
                            plain.retrieve(cue_dense, threshold, k=k)), (threshold, k)
     assert torch.equal(sharded.sums(cue_dense if first else None), plain.sums(cue_dense))
     assert torch.equal(sharded.retrieve_indices(x[0] if first else None), plain.retrieve_indices(x[0]))
+    one = x[0, :1]  # a cue of one one: a single value to broadcast
+    for threshold in ("hard", "soft"):
+        assert torch.equal(sharded.retrieve_indices(one if first else None, threshold),
+                           plain.retrieve_indices(one, threshold))
 
-    sharded.save(out / "memory")
+    # Each rank writes its shard under its slice's store lock: a store from another thread cannot
+    # change the slice halfway through the write.
+    class RecordingLock:
+        held = False
+
+        def __enter__(self):
+            self.held = True
+
+        def __exit__(self, *exc):
+            self.held = False
+
+    lock, real_lock, writes_under_lock = RecordingLock(), sharded.local._store_lock, []
+    sharded.local._store_lock = lock
+    with pytest.MonkeyPatch.context() as patch:
+        real_write = memory_file.write
+        patch.setattr(memory_file, "write", lambda *args, **kwargs: writes_under_lock.append(lock.held) or
+                      real_write(*args, **kwargs))
+        sharded.save(out / "memory")
+    sharded.local._store_lock = real_lock
+    assert writes_under_lock == [True]
     loaded = ShardedWillshawMemory.load(out / "memory")
     assert loaded.n_stored == 400 and loaded.density == plain.density and loaded.units == sharded.units
     assert same_answers(loaded.retrieve_indices(x[:40, :4] if first else None, "soft"),
@@ -140,8 +163,15 @@ def errors(rank: int, out: Path) -> None:
     memory = ShardedWillshawMemory(N_IN, N_OUT)
     with pytest.raises(ValueError, match="x_idx: row 1: index 999 is outside"):
         memory.store_indices(torch.tensor([[1, 2], [3, 999]]) if rank == 0 else None, torch.tensor([[1], [2]]))
+    with pytest.raises(ValueError, match="y_idx: row 0: index 250 is outside"):  # no slice would take it
+        memory.store_indices(torch.tensor([[1, 2]]) if rank == 0 else None, torch.tensor([[3, 250]]))
+    with pytest.raises(ValueError, match="x_idx and y_idx must hold the same number of patterns, got 2 and 1"):
+        memory.store_indices(torch.tensor([[1, 2], [3, 4]]) if rank == 0 else None, torch.tensor([[3, 4]]))
     with pytest.raises(ValueError, match="y is required"):
         memory.store(torch.ones(1, N_IN, dtype=torch.bool) if rank == 0 else None)
+    for retrieval in (memory.retrieve_indices, memory.sums_indices):
+        with pytest.raises(ValueError, match="x_idx: row 1: index 300 is outside"):
+            retrieval(torch.tensor([[1, 2], [3, 300]]) if rank == 0 else None)
     with pytest.raises(TypeError, match="x_idx must hold integer indices"):  # its type reaches every rank too
         memory.retrieve_indices(torch.tensor([1.0, 2.0]) if rank == 0 else None)
     assert memory.density == 0 and memory.n_stored == 0  # nothing was stored anywhere
@@ -183,7 +213,8 @@ def errors(rank: int, out: Path) -> None:
         ShardedWillshawMemory.load(out / "before")
     with pytest.raises(WillshawFileError, match=r"different saves .*\(save \d+, n_stored=1\); .*\(save \d+, n_stored=1\)"):
         ShardedWillshawMemory.load(out / "again")
-    # Shards written before saves had an identity (no save_id field) load as before.
+    # Shards written before saves had an identity (no save_id field) load as before, and are refused
+    # where their pairs stored disagree.
     shard = out / "after" / f"shard-{rank}-of-2.safetensors"
     assert memory_file.read_sizes(shard)[memory_file.SAVE_FIELD] >= 0
     memory_file.write(shard, memory.local._matrix, N_IN, memory.local.n_out, memory.n_stored,
@@ -193,6 +224,25 @@ def errors(rank: int, out: Path) -> None:
     assert loaded.n_stored == 2 and loaded.density == memory.density
     cue = torch.tensor([[1, 2, 4, 5]])
     assert torch.equal(loaded.sums_indices(cue), memory.sums_indices(cue))
+    memory_file.write(shard, memory.local._matrix, N_IN, memory.local.n_out, memory.n_stored + rank,
+                      shard=memory._shard_fields())
+    with pytest.raises(WillshawFileError, match=r"different saves .*\(save None, n_stored=2\); .*\(save None, n_stored=3\)"):
+        ShardedWillshawMemory.load(out / "after")
+
+    # A plain memory's file where a shard belongs, and a shard whose units are not its rank's slice
+    # (written by hand here; its sizes and checksum are whole) are refused on every rank.
+    for folder in ("plain", "shifted"):
+        (out / folder).mkdir(exist_ok=True)
+    WillshawMemory(N_IN, N_OUT).save(out / "plain" / f"shard-{rank}-of-2.safetensors")
+    with pytest.raises((WillshawFileError, RuntimeError), match="is a WillshawMemory file, not a shard"):
+        ShardedWillshawMemory.load(out / "plain")
+    start, stop = memory.units
+    shifted = {**memory._shard_fields(), "unit_start": start + 1, "unit_stop": stop + 1}
+    memory_file.write(out / "shifted" / f"shard-{rank}-of-2.safetensors", memory.local._matrix, N_IN,
+                      memory.local.n_out, memory.n_stored, shard=shifted)
+    with pytest.raises((WillshawFileError, RuntimeError), match=rf"holds units \[{start + 1}, {stop + 1}\), but rank "
+                       rf"{rank} of 2 holds \[{start}, {stop}\)"):
+        ShardedWillshawMemory.load(out / "shifted")
 
     # A failure other than a bad argument, on one rank, reaches the others at once, named, instead of
     # leaving them to wait out the timeout: here a device running out of memory on rank 1 as the
@@ -233,6 +283,11 @@ def errors(rank: int, out: Path) -> None:
     with pytest.raises(RuntimeError, match=r"rank 1 called retrieve_indices\(threshold=2, flat=False\) while the "
                        r"first rank called retrieve_indices\(threshold='hard', flat=False\)" if rank else ""):
         quick.retrieve_indices(torch.tensor([[1, 2, 3]]) if rank == 0 else None, "hard" if rank == 0 else 2)
+    dist.barrier()
+    quick = ShardedWillshawMemory(N_IN, N_OUT, timeout=datetime.timedelta(seconds=3))
+    with pytest.raises(RuntimeError, match=r"rank 1 called retrieve\(threshold='topk', k=3\) while the first rank "
+                       r"called retrieve\(threshold='topk', k=2\)" if rank else ""):
+        quick.retrieve(torch.ones(N_IN) if rank == 0 else None, "topk", k=2 + rank)
 
 
 def nccl(rank: int, out: Path) -> None:
