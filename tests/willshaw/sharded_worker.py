@@ -55,6 +55,12 @@ def agree(rank: int, out: Path) -> None:
                            plain.retrieve(cue_dense, threshold, k=k)), (threshold, k)
     assert torch.equal(sharded.sums(cue_dense if first else None), plain.sums(cue_dense))
     assert torch.equal(sharded.retrieve_indices(x[0] if first else None), plain.retrieve_indices(x[0]))
+    for threshold, k in (("hard", None), ("topk", 4)):  # one dense cue without a batch dimension: none back
+        answer = sharded.retrieve(cue_dense[0] if first else None, threshold, k=k)
+        assert answer.shape == (N_OUT,) and torch.equal(answer, plain.retrieve(cue_dense[0], threshold, k=k))
+    assert torch.equal(sharded.sums(cue_dense[0] if first else None), plain.sums(cue_dense[0]))
+    # The slices are whole 64-unit words (4 words of 250 units over 3 ranks), so no word is split.
+    assert sharded.units == [(0, 64), (64, 128), (128, 250)][rank]
     one = x[0, :1]  # a cue of one one: a single value to broadcast
     for threshold in ("hard", "soft"):
         assert torch.equal(sharded.retrieve_indices(one if first else None, threshold),
@@ -174,7 +180,12 @@ def errors(rank: int, out: Path) -> None:
             retrieval(torch.tensor([[1, 2], [3, 300]]) if rank == 0 else None)
     with pytest.raises(TypeError, match="x_idx must hold integer indices"):  # its type reaches every rank too
         memory.retrieve_indices(torch.tensor([1.0, 2.0]) if rank == 0 else None)
+    with pytest.raises(TypeError, match="flat must be True or False, got 'yes'"):
+        memory.retrieve_indices(torch.tensor([[1, 2]]) if rank == 0 else None, flat="yes")
     assert memory.density == 0 and memory.n_stored == 0  # nothing was stored anywhere
+    for timeout in (datetime.timedelta(0), 5):
+        with pytest.raises(ValueError, match=r"timeout must be a positive datetime.timedelta or None, got "):
+            ShardedWillshawMemory(N_IN, N_OUT, timeout=timeout)
     memory.store_indices(torch.tensor([[1, 2]]), torch.tensor([[3, 200]]))
 
     memory.save(out / "swapped")
