@@ -1,6 +1,7 @@
 """The storage experiments: their measurements against the theory, CSV + PNG output, runs that repeat
 from their seed, resuming after an interruption, and the CLI."""
 import csv
+import json
 import math
 import subprocess
 import sys
@@ -76,6 +77,114 @@ def test_a_csv_with_a_changed_row_is_refused_and_left_as_it_is(tmp_path, damage,
     with pytest.raises(ValueError, match=f"capacity.csv, {match}; delete it to start again"):
         experiments.capacity(N, ONES, seed=2, out=tmp_path, pairs=[5000, 20000], queries=50, progress=False)
     assert path.read_text() == damaged
+
+
+def test_a_csv_of_another_experiment_is_refused_and_left_as_it_is(tmp_path):
+    experiments.capacity(N, ONES, seed=2, out=tmp_path, pairs=[5000], queries=50, progress=False)
+    path = tmp_path / "capacity.csv"
+    other = path.read_text().replace("pairs,density,", "pairs,dens,", 1)
+    path.write_text(other)
+    with pytest.raises(ValueError, match=r"capacity.csv is not a CSV of this experiment \(header \['pairs,dens,"):
+        experiments.capacity(N, ONES, seed=2, out=tmp_path, pairs=[5000], queries=50, progress=False)
+    assert path.read_text() == other
+
+
+def test_a_noise_run_resumes_from_its_csv_with_its_text_columns(tmp_path, monkeypatch):
+    """The noise CSV's cue and threshold columns hold words: a rerun reads them back and measures nothing."""
+    first = experiments.noise(200, 3, seed=4, out=tmp_path, pairs=300, queries=20, progress=False)
+    measured = []
+    monkeypatch.setattr(experiments, "recall_errors", lambda *args: measured.append(args) or {})
+    again = experiments.noise(200, 3, seed=4, out=tmp_path, pairs=300, queries=20, progress=False)
+    assert measured == [] and again == first
+    assert {row["threshold"] for row in first} == {"hard", "soft", "fixed T=1", "top-3"}
+
+
+@pytest.mark.parametrize("run", [experiments.capacity, experiments.noise, experiments.scaling])
+@pytest.mark.parametrize("argument", ["n", "ones", "seed", "queries"])
+def test_counts_given_as_bools_or_floats_are_refused_by_name(tmp_path, run, argument):
+    arguments = {"n": 100, "ones": 3, "seed": 0, "queries": 10}
+    for bad in (True, 3.0):
+        with pytest.raises(TypeError, match=f"{argument} must be an int, got {type(bad).__name__}"):
+            run(**{**arguments, argument: bad}, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_noise_run_cut_inside_a_cue_condition_measures_only_the_rest(tmp_path, monkeypatch):
+    whole = experiments.noise(200, 3, seed=4, out=tmp_path / "whole", pairs=300, queries=20, progress=False)
+    experiments.noise(200, 3, seed=4, out=tmp_path / "cut", pairs=300, queries=20, progress=False)
+    path = tmp_path / "cut" / "noise.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:7]))  # the header, the first condition's 4 rows, 2 of the second's
+    measured, drawn = [], []
+    recall_errors, noisy_cues = experiments.recall_errors, experiments._noisy_cues
+    monkeypatch.setattr(experiments, "recall_errors", lambda *args: measured.append(args[3]) or recall_errors(*args))
+    monkeypatch.setattr(experiments, "_noisy_cues", lambda *args: drawn.append(args[2:4]) or noisy_cues(*args))
+    again = experiments.noise(200, 3, seed=4, out=tmp_path / "cut", pairs=300, queries=20, progress=False)
+    assert measured[:2] == [1, "topk"] and len(measured) == len(whole) - 6  # (T = 1; top-k)
+    assert drawn[0] == ("incomplete", 2) and ("incomplete", 1) not in drawn  # a whole condition: no cues drawn
+    assert path.read_text() == (tmp_path / "whole" / "noise.csv").read_text() and again == whole
+
+
+def test_a_scaling_run_resumes_from_its_csv(tmp_path, monkeypatch):
+    first = experiments.scaling(2048, seed=0, sizes=[256, 512], out=tmp_path, queries=20, progress=False)
+    measured = []
+    monkeypatch.setattr(experiments, "_scaling_point", lambda size, *args: measured.append(size))
+    again = experiments.scaling(2048, seed=0, sizes=[256, 512], out=tmp_path, queries=20, progress=False)
+    assert measured == [] and again == first
+
+
+def test_noisy_cues_add_other_units_and_incomplete_cues_keep_a_random_part():
+    generator = torch.Generator().manual_seed(0)
+    x = experiments.random_patterns(200, 60, 5, generator=generator)
+    noisy = experiments._noisy_cues(x, 60, "noisy", 4, torch.Generator().manual_seed(1))
+    for row, cue in zip(x, noisy):
+        assert cue.unique().numel() == 9 and torch.isin(row, cue).all()
+    incomplete = experiments._noisy_cues(x, 60, "incomplete", 1, torch.Generator().manual_seed(1))
+    kept_position = [int((row == cue).nonzero()) for row, cue in zip(x, incomplete)]  # rows are sorted
+    assert sorted(set(kept_position)) == [0, 1, 2, 3, 4]  # any of the five ones, not the first
+
+
+def test_noise_points_fit_the_memory_and_its_stored_pairs(tmp_path):
+    """A noisy cue adds at most the n - M units outside its pattern; queries are stored pairs only
+    (at most ``pairs``); the default fixed threshold is at least 1."""
+    rows = experiments.noise(8, 3, seed=0, out=tmp_path / "small", pairs=4, queries=50, progress=False)
+    assert sorted({row["amount"] for row in rows if row["cue"] == "noisy"}) == [0, 1, 2, 3]  # not 6 > 8 - 3
+    assert json.loads((tmp_path / "small" / "noise.json").read_text())["queries"] == 4
+    assert all(row["misses"] == 0 for row in rows if (row["cue"], row["amount"], row["threshold"]) == ("incomplete", 3, "hard"))
+    rows = experiments.noise(40, 1, seed=0, out=tmp_path / "one", pairs=10, queries=5, progress=False)
+    assert "fixed T=1" in {row["threshold"] for row in rows}
+
+
+def test_capacity_queries_are_stored_pairs_and_points_are_sorted(tmp_path):
+    rows = experiments.capacity(N, ONES, seed=1, out=tmp_path / "a", pairs=[3000, 30, 3000], queries=200,
+                                progress=False)
+    assert [row["pairs"] for row in rows] == [30, 3000]
+    assert rows[0]["misses"] == 0 and rows[0]["exact_recalls"] == 1  # the 30 stored pairs, not 200
+    assert json.loads((tmp_path / "a" / "capacity.json").read_text()) == \
+        {"n": N, "ones": ONES, "seed": 1, "queries": 30, "device": "cpu"}
+    assert rows == experiments.capacity(N, ONES, seed=1, out=tmp_path / "b", pairs=[30, 3000], queries=200,
+                                        progress=False)
+
+
+@pytest.mark.parametrize("pairs", [[True], [0], [5, 2.0], []])
+def test_bad_pairs_are_refused(tmp_path, pairs):
+    with pytest.raises(ValueError, match="pairs must be a non-empty list of ints >= 1"):
+        experiments.capacity(N, ONES, out=tmp_path, pairs=pairs, progress=False)
+
+
+def test_the_storing_bar_counts_every_pair(monkeypatch):
+    bars = []
+
+    class RecordingBar(experiments.tqdm):
+        def close(self):
+            bars.append((self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(experiments, "CHUNK_PAIRS", 100)
+    monkeypatch.setattr(experiments, "STORE_CALL_PAIRS", 250)
+    monkeypatch.setattr(experiments, "tqdm", RecordingBar)
+    experiments.store_pairs(WillshawMemory(300), seed=5, ones=4, start=30, stop=1234, progress=True)
+    assert set(bars) == {(1204, 1204)}  # (closed by the with block, and again as it is collected)
 
 
 def test_other_arguments_in_the_same_folder_are_refused(tmp_path):
@@ -174,6 +283,7 @@ def test_scaling_times_the_gpus_work_not_its_queueing(tmp_path):
     (["capacity", "--n", "100", "--ones", "3", "--pairs", "5,a"], "argument --pairs: expected comma-separated ints, got '5,a'"),
     (["scaling", "--n", "100", "--sizes", "64,"], "argument --sizes: expected comma-separated ints"),
     (["noise", "--n", "100", "--ones", "3", "--queries", "0"], "queries must be"),
+    (["noise", "--n", "100", "--ones", "3", "--queries", "65537"], "queries must be in [1, 65536], got 65537"),
     (["scaling", "--n", "2048", "--device", "abacus"], "device must name a torch device"),
     (["capacity", "--n", "100", "--ones", "3", "--seed", "-1"], "seed must be >= 0, got -1"),
     (["noise", "--n", "100", "--ones", "3", "--fixed-threshold", "-1"], "fixed_threshold must be an int >= 0, got -1"),
