@@ -15,7 +15,11 @@ from aefast.models import (VAE, Autoencoder, ConditionalVAE, ConvAutoencoder, Sp
     (lambda: SparseAutoencoder([8, 3], l1=math.nan), "l1 must be a finite number >= 0"),
     (lambda: SparseAutoencoder([8, 3], rho=0.1, beta=-1.0), "beta must be a finite number >= 0"),
     (lambda: SparseAutoencoder([8, 3], rho=math.nan), r"rho must be in \(0, 1\)"),
+    (lambda: SparseAutoencoder([8, 3], rho=0.0), r"rho must be in \(0, 1\), got 0.0"),
+    (lambda: SparseAutoencoder([8, 3], rho=1), r"rho must be in \(0, 1\), got 1"),
     (lambda: SparseAutoencoder([8, 3], k=2.5), r"k must be an int in \[1, code width 3\]"),
+    (lambda: SparseAutoencoder([8, 3], k=4), r"k must be an int in \[1, code width 3\], got 4"),
+    (lambda: SparseAutoencoder([8, 3], k=0), r"k must be an int in \[1, code width 3\], got 0"),
     (lambda: VAE([8, 3], beta=math.nan), "beta must be a finite number >= 0"),
     (lambda: VAE([8, 3], free_bits=math.inf), "free_bits must be a finite number >= 0"),
     (lambda: ConditionalVAE([8, 3], num_classes=True), "num_classes must be an int >= 2"),
@@ -84,5 +88,9 @@ def test_analysis_tools_name_their_arguments():
 def test_a_batch_must_be_a_tensor_or_a_pair_and_labels_integers():
     with pytest.raises(TypeError, match="a batch must be a tensor or an \\(x, labels\\) pair, got str"):
         Autoencoder([8, 2]).loss("batch")
+    x = torch.rand(2, 8)
+    for batch in ((x, torch.zeros(2), torch.zeros(2)), (), [torch.zeros(2).tolist(), x]):
+        with pytest.raises(TypeError, match="a batch must be a tensor or an \\(x, labels\\) pair, got "):
+            Autoencoder([8, 2]).loss(batch)
     with pytest.raises(ValueError, match=r"labels must be integers in \[0, 3\), got dtype torch.float32"):
         ConditionalVAE([8, 3], num_classes=3).loss((torch.rand(2, 8), torch.tensor([0.0, 1.0])))

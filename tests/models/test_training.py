@@ -258,3 +258,19 @@ def test_latent_tools(digits, plain):
     # A digit's own code is its nearest neighbour by Hamming distance (distance 0).
     nearest = hamming_search(bits[:20], bits, k=1)
     assert (bits[nearest[:, 0]] == bits[:20]).all()
+
+
+def test_the_code_layer_and_the_reconstruction_loss_follow_the_model():
+    """The code is linear (the notes' bottleneck) unless rho asks for a sigmoid code; a sigmoid output's
+    reconstruction loss is the binary cross-entropy, any other's the mean square error."""
+    torch.manual_seed(0)
+    x = torch.rand(64, 8)
+    model = Autoencoder([8, 6, 3], activation="relu", output_activation="sigmoid")
+    assert model.encoder.layers[-1].activation is None and (model.encode(x) < 0).any()
+    with torch.no_grad():
+        output = model(x)
+        assert torch.equal(model.reconstruction_loss(output, x), F.binary_cross_entropy(output, x))
+        linear_output = Autoencoder([8, 6, 3])(x)
+        assert torch.equal(Autoencoder([8, 6, 3]).reconstruction_loss(linear_output, x), F.mse_loss(linear_output, x))
+        code = SparseAutoencoder([8, 6, 3], rho=0.1).encode(x)
+    assert ((code > 0) & (code < 1)).all()
