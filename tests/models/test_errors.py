@@ -23,6 +23,7 @@ from aefast.models import (VAE, Autoencoder, ConditionalVAE, ConvAutoencoder, Sp
     (lambda: VAE([8, 3], beta=math.nan), "beta must be a finite number >= 0"),
     (lambda: VAE([8, 3], free_bits=math.inf), "free_bits must be a finite number >= 0"),
     (lambda: ConditionalVAE([8, 3], num_classes=True), "num_classes must be an int >= 2"),
+    (lambda: ConditionalVAE([8, 3], num_classes=1), "num_classes must be an int >= 2, got 1"),
     (lambda: SparseAutoencoder([8, 3]), "a SparseAutoencoder needs l1 > 0, rho or k"),
 ])
 def test_bad_construction(make, match):
@@ -94,3 +95,6 @@ def test_a_batch_must_be_a_tensor_or_a_pair_and_labels_integers():
             Autoencoder([8, 2]).loss(batch)
     with pytest.raises(ValueError, match=r"labels must be integers in \[0, 3\), got dtype torch.float32"):
         ConditionalVAE([8, 3], num_classes=3).loss((torch.rand(2, 8), torch.tensor([0.0, 1.0])))
+    for labels in ([0, -1], [3, 0]):
+        with pytest.raises(ValueError, match=rf"labels must be integers in \[0, 3\), got \{labels}"):
+            ConditionalVAE([8, 3], num_classes=3).loss((torch.rand(2, 8), torch.tensor(labels)))

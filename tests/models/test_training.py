@@ -222,21 +222,26 @@ def test_layerwise_pretraining_freezes_the_outer_layers_while_an_inner_pair_trai
 
     x, _ = digits
     model = Autoencoder([64, 32, 16, 8], activation="tanh", output_activation="sigmoid")
-    changed = []  # per stage: which of the model's parameters the stage changed
+    changed, graded = [], []  # per stage: which of the model's parameters the stage changed, gave a gradient
 
     def recording_fit(trained, data, **options):
         before = [p.detach().clone() for p in model.parameters()]
+        for p in model.parameters():
+            p.grad = None
         history = fit(trained, data, **options)
         changed.append([not torch.equal(p, b) for p, b in zip(model.parameters(), before)])
+        graded.append([p.grad is not None for p in model.parameters()])
         return history
     monkeypatch.setattr(pretrain, "fit", recording_fit)
     pretrain_layerwise(model, x[:256], epochs_per_layer=1, fine_tune_epochs=1, batch_size=64, seed=5)
     names = [name for name, _ in model.named_parameters()]
     trained = [{name for name, was_changed in zip(names, stage) if was_changed} for stage in changed]
+    # The frozen layers run without autograd: they get no gradient, not only no step.
+    with_gradient = [{name for name, has_grad in zip(names, stage) if has_grad} for stage in graded]
     for index, stage in enumerate(trained[:3]):  # encoder layer k and decoder layer 2 - k, nothing else
-        assert stage == {f"encoder.layers.{index}.weight", f"encoder.layers.{index}.bias",
-                         f"decoder.layers.{2 - index}.weight", f"decoder.layers.{2 - index}.bias"}
-    assert trained[3] == set(names)
+        assert stage == with_gradient[index] == {f"encoder.layers.{index}.weight", f"encoder.layers.{index}.bias",
+                                                 f"decoder.layers.{2 - index}.weight", f"decoder.layers.{2 - index}.bias"}
+    assert trained[3] == with_gradient[3] == set(names)
 
 
 def test_latent_tools(digits, plain):
@@ -274,3 +279,32 @@ def test_the_code_layer_and_the_reconstruction_loss_follow_the_model():
         assert torch.equal(Autoencoder([8, 6, 3]).reconstruction_loss(linear_output, x), F.mse_loss(linear_output, x))
         code = SparseAutoencoder([8, 6, 3], rho=0.1).encode(x)
     assert ((code > 0) & (code < 1)).all()
+
+
+def test_the_vae_clamps_logvar_and_the_conditional_decoder_sees_the_label():
+    torch.manual_seed(0)
+    x = torch.rand(5, 8)
+    model = VAE([8, 4, 2])
+    with torch.no_grad():  # logvar = 100: exp(logvar) overflows float32 unless clamped (to 20)
+        model.encoder.layers[-1].weight[2:] = 0
+        model.encoder.layers[-1].bias[2:] = 100.0
+    assert torch.isfinite(model.loss(x))
+    conditional = ConditionalVAE([8, 4, 2], num_classes=3)
+    with torch.no_grad():
+        conditional.encoder.layers[0].weight[:, 8:] = 0  # the encoder ignores the label: only the decoder sees it
+    losses = []
+    for label in (0, 1):
+        torch.manual_seed(1)  # the same eps for both
+        losses.append(float(conditional.loss((x, torch.full((5,), label))).detach()))
+    assert losses[0] != losses[1]
+    generator_seed = 3
+    assert torch.equal(conditional.sample(6, generator=torch.Generator().manual_seed(generator_seed)),
+                       conditional.sample(6, labels=torch.arange(6) % 3,
+                                          generator=torch.Generator().manual_seed(generator_seed)))
+
+
+def test_hamming_search_breaks_ties_by_the_lower_index():
+    database = torch.zeros(3000, 16, dtype=torch.bool)
+    database[::3, 0] = True  # every third row one bit away from the query, the others equal to it
+    nearest = hamming_search(torch.zeros(1, 16, dtype=torch.bool), database, k=5)
+    assert nearest.tolist() == [[1, 2, 4, 5, 7]]
