@@ -630,18 +630,18 @@ def _check_target(target, x: Tensor, width: int) -> None:
         raise TypeError(f"target has dtype {target.dtype} but x is {x.dtype}")
 
 
-def _check_corruption(corruption) -> tuple[str, float]:
+def _check_corruption(corruption, name: str = "corruption") -> tuple[str, float]:
     if corruption is None:
         return "none", 0.0
     if not isinstance(corruption, (tuple, list)) or len(corruption) != 2:
-        raise ValueError(f"corruption must be None, ('mask', v) or ('gaussian', sigma), got {corruption!r}")
+        raise ValueError(f"{name} must be None, ('mask', v) or ('gaussian', sigma), got {corruption!r}")
     kind, param = corruption
     if kind == "mask":
         if not is_real(param) or not 0 <= param < 1:
-            raise ValueError(f"corruption ('mask', v) needs v in [0, 1), got {param!r}")
+            raise ValueError(f"{name} ('mask', v) needs v in [0, 1), got {param!r}")
     elif kind == "gaussian":
         if not is_real(param) or not 0 <= param < math.inf:  # not math.isfinite: torch.compile traces floats
-            raise ValueError(f"corruption ('gaussian', sigma) needs a finite sigma >= 0, got {param!r}")
+            raise ValueError(f"{name} ('gaussian', sigma) needs a finite sigma >= 0, got {param!r}")
     else:
-        raise ValueError(f"corruption must be None, ('mask', v) or ('gaussian', sigma), got {corruption!r}")
+        raise ValueError(f"{name} must be None, ('mask', v) or ('gaussian', sigma), got {corruption!r}")
     return kind, float(param)

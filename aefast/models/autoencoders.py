@@ -131,7 +131,7 @@ class DenoisingAutoencoder(Autoencoder):
     def __init__(self, dims: Sequence[int], noise=("mask", 0.3), activation: Optional[str] = "relu",
                  output_activation: Optional[str] = None):
         super().__init__(dims, activation, output_activation)
-        self.noise = _check_corruption(noise)
+        self.noise = _check_corruption(noise, "noise")
 
     def corrupt(self, x: Tensor, seed: Optional[int] = None) -> Tensor:
         kind, param = self.noise

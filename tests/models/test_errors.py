@@ -5,8 +5,8 @@ import re
 import pytest
 import torch
 
-from aefast.models import (VAE, Autoencoder, ConditionalVAE, ConvAutoencoder, SparseAutoencoder, interpolate, pca_check,
-                           pretrain_layerwise)
+from aefast.models import (VAE, Autoencoder, ConditionalVAE, ConvAutoencoder, DenoisingAutoencoder, SparseAutoencoder,
+                           interpolate, pca_check, pretrain_layerwise)
 
 
 @pytest.mark.parametrize("make,match", [
@@ -25,6 +25,9 @@ from aefast.models import (VAE, Autoencoder, ConditionalVAE, ConvAutoencoder, Sp
     (lambda: ConditionalVAE([8, 3], num_classes=True), "num_classes must be an int >= 2"),
     (lambda: ConditionalVAE([8, 3], num_classes=1), "num_classes must be an int >= 2, got 1"),
     (lambda: SparseAutoencoder([8, 3]), "a SparseAutoencoder needs l1 > 0, rho or k"),
+    (lambda: DenoisingAutoencoder([8, 3], noise=("mask", 1.5)), r"^noise \('mask', v\) needs v in \[0, 1\), got 1.5"),
+    (lambda: DenoisingAutoencoder([8, 3], noise=("gaussian", -1.0)), r"^noise \('gaussian', sigma\) needs a finite sigma"),
+    (lambda: DenoisingAutoencoder([8, 3], noise="mask"), r"^noise must be None, \('mask', v\) or \('gaussian', sigma\), got 'mask'"),
 ])
 def test_bad_construction(make, match):
     with pytest.raises(ValueError, match=match):
