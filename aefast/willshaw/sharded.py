@@ -36,10 +36,11 @@ class ShardedWillshawMemory:
     ``process_group`` (default: every process). Same methods as :class:`WillshawMemory`.
 
     ``device``: where this rank's slice lives (default: the current CUDA device with NCCL, else the CPU).
-    ``timeout``: the collectives' time limit. Given a value, the memory makes its own group over the same
-    ranks with that timeout, a collective over those ranks (all of them construct the memory; processes
-    outside ``process_group`` do not); ``None`` uses ``process_group`` as it is, with the timeout it was
-    made with.
+    ``timeout``: the collectives' time limit. Given a value, the memory makes its own group over every
+    process with that timeout (a collective: every process constructs the memory); ``None`` uses
+    ``process_group`` as it is, with the timeout it was made with. A ``process_group`` of some of the
+    processes is always used as it is (only its ranks construct the memory, and a group of their own
+    would need the others too): make it with the timeout it needs, ``dist.new_group(ranks, timeout=...)``.
     """
 
     def __init__(self, n_in: int, n_out: Optional[int] = None, *, process_group=None,
@@ -431,16 +432,20 @@ def _communication_group(process_group, timeout):
     if dist.get_rank(group) < 0:  # torch's own error here says only "Invalid process group specified"
         raise ValueError(f"process_group does not include this process (rank {dist.get_rank()} of "
                          f"{dist.get_world_size()}): only the group's ranks construct the memory")
-    if timeout is None:
-        return group
-    if not isinstance(timeout, datetime.timedelta) or timeout.total_seconds() <= 0:
+    if timeout is not None and (not isinstance(timeout, datetime.timedelta) or timeout.total_seconds() <= 0):
         raise ValueError(f"timeout must be a positive datetime.timedelta or None, got {timeout!r}")
     ranks = dist.get_process_group_ranks(group)
-    # Over some of the processes, the others do not make this group: it synchronizes its own ranks only.
-    # Made as a group of every process, it would count on each rank that makes it, and the next group
-    # that every process makes would be named differently on the others and never meet.
-    return dist.new_group(ranks=ranks, timeout=timeout, backend=dist.get_backend(group),
-                          use_local_synchronization=len(ranks) < dist.get_world_size())
+    if len(ranks) < dist.get_world_size() and timeout is not None:
+        # A new group is made by every process, members or not: made by some, it leaves the others' count
+        # of groups behind, and the next group that every process makes never meets. (torch's
+        # use_local_synchronization names groups by how many each rank knows, which differ as well.)
+        if timeout is not DEFAULT_TIMEOUT:
+            raise ValueError("timeout: a memory over some of the processes uses process_group as it is; make the "
+                             "group with the timeout it needs, torch.distributed.new_group(ranks, timeout=...)")
+        timeout = None
+    if timeout is None:
+        return group
+    return dist.new_group(ranks=ranks, timeout=timeout, backend=dist.get_backend(group))
 
 
 def _retrieval_call(op: str, code: int, value: int, **options) -> str:

@@ -109,9 +109,9 @@ def agree(rank: int, out: Path) -> None:
 
 def subgroup(rank: int, out: Path) -> None:
     """A memory over some of the processes (ranks 1 and 2 of 3): its first rank (global rank 1) gives the
-    patterns, it answers as one memory, the process outside is refused, and groups that every process
-    makes afterwards still meet."""
-    group = dist.new_group([1, 2])
+    patterns, it answers as one memory, the process outside is refused, a timeout of its own is refused
+    (the group is used as it is), and groups that every process makes afterwards still meet."""
+    group = dist.new_group([1, 2], timeout=datetime.timedelta(seconds=30))
     generator = torch.Generator().manual_seed(3)
     x, y = random_patterns(300, N_IN, 7, generator=generator), random_patterns(300, N_OUT, 7, generator=generator)
     if rank == 0:
@@ -119,8 +119,11 @@ def subgroup(rank: int, out: Path) -> None:
             ShardedWillshawMemory(N_IN, N_OUT, process_group=group)
     else:
         first = rank == 1
-        for timeout in (datetime.timedelta(seconds=30), None):  # its own group, or the one given
-            sharded, plain = ShardedWillshawMemory(N_IN, N_OUT, process_group=group, timeout=timeout), \
+        with pytest.raises(ValueError, match=r"timeout: a memory over some of the processes uses process_group as "
+                           r"it is; make the group with the timeout it needs"):
+            ShardedWillshawMemory(N_IN, N_OUT, process_group=group, timeout=datetime.timedelta(seconds=30))
+        for options in ({}, {"timeout": None}):  # the group as it is, either way
+            sharded, plain = ShardedWillshawMemory(N_IN, N_OUT, process_group=group, **options), \
                 WillshawMemory(N_IN, N_OUT)
             assert (sharded.rank, sharded.world_size) == (rank - 1, 2)
             sharded.store_indices(x if first else None, y if first else None)
