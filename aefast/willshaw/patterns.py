@@ -37,7 +37,8 @@ def _offsets_from_counts(counts: Tensor) -> Tensor:
     return torch.nn.functional.pad(counts.to(torch.int64).cumsum(0), (1, 0))
 
 
-def from_dense(x, width: int, name: str, device: torch.device) -> PatternRows:
+def from_dense(x, width: int, name: str, device: torch.device, where: str = "the memory's device") -> PatternRows:
+    """``where`` names ``device`` in the refusal of a tensor elsewhere."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of 0/1 values, got {type(x).__name__}")
     if x.dtype.is_complex:
@@ -47,7 +48,7 @@ def from_dense(x, width: int, name: str, device: torch.device) -> PatternRows:
     if x.shape[-1] != width:
         raise ValueError(f"{name} must have {width} columns, got shape {tuple(x.shape)}")
     if x.device != device:
-        raise ValueError(f"{name} must be on the memory's device {device}, got {x.device}")
+        raise ValueError(f"{name} must be on {where} {device}, got {x.device}")
     single = x.dim() == 1
     x = x.reshape(-1, width)
     if x.dtype != torch.bool:
@@ -59,11 +60,13 @@ def from_dense(x, width: int, name: str, device: torch.device) -> PatternRows:
     return PatternRows(values, offsets, single)
 
 
-def from_indices(x_idx: IndexPatterns, name: str, device: torch.device) -> PatternRows:
+def from_indices(x_idx: IndexPatterns, name: str, device: torch.device,
+                 where: str = "the memory's device") -> PatternRows:
+    """``where`` names ``device`` in the refusal of a tensor elsewhere."""
     if isinstance(x_idx, Tensor):
         _check_index_tensor(x_idx, name, (1, 2))
         if x_idx.device != device:
-            raise ValueError(f"{name} must be on the memory's device {device}, got {x_idx.device}")
+            raise ValueError(f"{name} must be on {where} {device}, got {x_idx.device}")
         single = x_idx.dim() == 1
         rows = x_idx.unsqueeze(0) if single else x_idx
         counts = torch.full((rows.shape[0],), rows.shape[1], dtype=torch.int64, device=device)
@@ -78,7 +81,7 @@ def from_indices(x_idx: IndexPatterns, name: str, device: torch.device) -> Patte
                 row = _index_row(row, f"{name}[{b}]", device)
             _check_index_tensor(row, f"{name}[{b}]", (1,))
             if row.device != device:
-                raise ValueError(f"{name}[{b}] must be on the memory's device {device}, got {row.device}")
+                raise ValueError(f"{name}[{b}] must be on {where} {device}, got {row.device}")
             rows.append(row.to(torch.int64))
         counts = torch.tensor([row.numel() for row in rows], dtype=torch.int64, device=device)
         values = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64, device=device)

@@ -53,6 +53,9 @@ class ShardedWillshawMemory:
         self._source = dist.get_global_rank(self._group, 0)
         nccl = dist.get_backend(self._group) == "nccl"
         self._comm_device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        # Patterns are taken where the group broadcasts them from, which with gloo is the CPU even for
+        # slices on a GPU: the refusal of a tensor elsewhere says so.
+        self._comm_place = f"the device {dist.get_backend(self._group)} broadcasts from,"
         device = device if device is not None else self._comm_device
         every = _all_gather_object(self._group, (n_in, n_out))
         if len(set(every)) != 1:
@@ -146,18 +149,18 @@ class ShardedWillshawMemory:
     def store(self, x: Optional[Tensor], y: Optional[Tensor] = None) -> None:
         """Store the dense 0/1 pairs given on the first rank (see WillshawMemory.store)."""
         def rows():
-            x_rows = from_dense(x, self._n_in, "x", self._comm_device)
-            return x_rows, (None if y is None else from_dense(y, self._n_out, "y", self._comm_device))
+            x_rows = from_dense(x, self._n_in, "x", self._comm_device, self._comm_place)
+            return x_rows, (None if y is None else from_dense(y, self._n_out, "y", self._comm_device, self._comm_place))
         self._store("store", rows, "x", "y")
 
     def store_indices(self, x_idx: Optional[IndexPatterns], y_idx: Optional[IndexPatterns] = None) -> None:
         """Store the pairs given as active positions on the first rank (see WillshawMemory.store_indices)."""
         def rows():
-            x_rows = from_indices(x_idx, "x_idx", self._comm_device)
+            x_rows = from_indices(x_idx, "x_idx", self._comm_device, self._comm_place)
             ops.check_patterns(x_rows.values, x_rows.offsets, self._n_in, "x_idx")
             if y_idx is None:
                 return x_rows, None
-            y_rows = from_indices(y_idx, "y_idx", self._comm_device)
+            y_rows = from_indices(y_idx, "y_idx", self._comm_device, self._comm_place)
             ops.check_patterns(y_rows.values, y_rows.offsets, self._n_out, "y_idx")
             return x_rows, y_rows
         self._store("store_indices", rows, "x_idx", "y_idx")
@@ -181,7 +184,8 @@ class ShardedWillshawMemory:
 
     def sums(self, x: Optional[Tensor]) -> Tensor:
         """(B, n_out) int32 dendritic sums of the dense cues given on the first rank."""
-        cue = self._broadcast_rows("sums", lambda: [from_dense(x, self._n_in, "x", self._comm_device)])[0]
+        cue = self._broadcast_rows("sums", lambda: [from_dense(x, self._n_in, "x", self._comm_device,
+                                                               self._comm_place)])[0]
         return _unbatch(self._gather_columns(self._local_sums(cue)), cue)
 
     def sums_indices(self, x_idx: Optional[IndexPatterns]) -> Tensor:
@@ -192,7 +196,7 @@ class ShardedWillshawMemory:
         """(B, n_out) bool answers to the dense cues given on the first rank (see WillshawMemory.retrieve)."""
         code, value = _threshold(threshold, k, self._n_out)
         cue = self._broadcast_rows(_retrieval_call("retrieve", code, value),
-                                   lambda: [from_dense(x, self._n_in, "x", self._comm_device)])[0]
+                                   lambda: [from_dense(x, self._n_in, "x", self._comm_device, self._comm_place)])[0]
         if code == reference.TOPK:
             values, offsets = self._top_k(cue, value)
             return _unbatch(reference.dense(values, offsets, self._n_out), cue)
@@ -214,7 +218,7 @@ class ShardedWillshawMemory:
         return answers_of(values, offsets, cue.single, flat)
 
     def _index_cue(self, x_idx) -> PatternRows:
-        cue = from_indices(x_idx, "x_idx", self._comm_device)
+        cue = from_indices(x_idx, "x_idx", self._comm_device, self._comm_place)
         ops.check_patterns(cue.values, cue.offsets, self._n_in, "x_idx")
         return cue
 

@@ -183,6 +183,12 @@ def errors(rank: int, out: Path) -> None:
             retrieval(torch.tensor([[1, 2], [3, 300]]) if rank == 0 else None)
     with pytest.raises(TypeError, match="x_idx must hold integer indices"):  # its type reaches every rank too
         memory.retrieve_indices(torch.tensor([1.0, 2.0]) if rank == 0 else None)
+    # Patterns are taken on the device the group broadcasts from (the CPU with gloo, even for slices
+    # on a GPU), and the refusal says which.
+    with pytest.raises(ValueError, match=r"^x_idx must be on the device gloo broadcasts from, cpu, got meta$"):
+        memory.retrieve_indices(torch.tensor([[1, 2]], device="meta") if rank == 0 else None)
+    with pytest.raises(ValueError, match=r"^y must be on the device gloo broadcasts from, cpu, got meta$"):
+        memory.store(torch.ones(1, N_IN) if rank == 0 else None, torch.ones(1, N_OUT, device="meta"))
     with pytest.raises(TypeError, match="flat must be True or False, got 'yes'"):
         memory.retrieve_indices(torch.tensor([[1, 2]]) if rank == 0 else None, flat="yes")
     assert memory.density == 0 and memory.n_stored == 0  # nothing was stored anywhere
