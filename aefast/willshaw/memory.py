@@ -93,8 +93,12 @@ class WillshawMemory:
     @property
     def density(self) -> float:
         """The fraction of synapses set to 1 (p1 of the storage analysis)."""
+        return self._count_ones() / (self._n_in * self._n_out)
+
+    def _count_ones(self) -> int:
+        """The synapses set to 1, counted by this memory's backend."""
         with self._backend_scope():
-            return ops.count_ones(self._matrix) / (self._n_in * self._n_out)
+            return ops.count_ones(self._matrix)
 
     def packed_matrix(self) -> Tensor:
         """A copy of the packed matrix (int64, n_in x ceil(n_out / 64)): bit i of row j is w_ij."""

@@ -113,7 +113,7 @@ class ShardedWillshawMemory:
 
     @property
     def density(self) -> float:
-        ones = torch.tensor([ops.count_ones(self._local._matrix)], dtype=torch.int64, device=self._comm_device)
+        ones = torch.tensor([self._local._count_ones()], dtype=torch.int64, device=self._comm_device)
         self._collective("density", lambda: dist.all_reduce(ones, group=self._group))
         return int(ones) / (self._n_in * self._n_out)
 

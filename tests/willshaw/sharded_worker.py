@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from aefast import _backends
 from aefast.willshaw import sharded as sharded_module
 from aefast.willshaw import ShardedWillshawMemory, WillshawFileError, WillshawMemory, memory_file, random_patterns
 
@@ -97,6 +98,15 @@ def agree(rank: int, out: Path) -> None:
     assert copied.density > plain.density and copied.units == sharded.units
     with pytest.raises(TypeError, match="bound to its process group and cannot be pickled"):
         pickle.dumps(sharded)
+
+    # A memory made with a backend runs every op on it, its density's count included.
+    chosen = ShardedWillshawMemory(N_IN, N_OUT, backend="reference")
+    chosen.store_indices(x[:50] if first else None, y[:50] if first else None)
+    with pytest.MonkeyPatch.context() as patch:
+        backends_counting, count_ones = [], sharded_module.ops.count_ones
+        patch.setattr(sharded_module.ops, "count_ones", lambda matrix: backends_counting.append(
+            _backends.requested_backend()) or count_ones(matrix))
+        assert chosen.density > 0 and backends_counting == ["reference"]
 
     auto, auto_plain = ShardedWillshawMemory(N_IN), WillshawMemory(N_IN)
     auto.store_indices(x if first else None)
