@@ -149,20 +149,14 @@ class ShardedWillshawMemory:
     def store(self, x: Optional[Tensor], y: Optional[Tensor] = None) -> None:
         """Store the dense 0/1 pairs given on the first rank (see WillshawMemory.store)."""
         def rows():
-            x_rows = from_dense(x, self._n_in, "x", self._comm_device, self._comm_place)
-            return x_rows, (None if y is None else from_dense(y, self._n_out, "y", self._comm_device, self._comm_place))
+            return self._dense_rows(x, self._n_in, "x"), (None if y is None else self._dense_rows(y, self._n_out, "y"))
         self._store("store", rows, "x", "y")
 
     def store_indices(self, x_idx: Optional[IndexPatterns], y_idx: Optional[IndexPatterns] = None) -> None:
         """Store the pairs given as active positions on the first rank (see WillshawMemory.store_indices)."""
         def rows():
-            x_rows = from_indices(x_idx, "x_idx", self._comm_device, self._comm_place)
-            ops.check_patterns(x_rows.values, x_rows.offsets, self._n_in, "x_idx")
-            if y_idx is None:
-                return x_rows, None
-            y_rows = from_indices(y_idx, "y_idx", self._comm_device, self._comm_place)
-            ops.check_patterns(y_rows.values, y_rows.offsets, self._n_out, "y_idx")
-            return x_rows, y_rows
+            x_rows = self._index_rows(x_idx, self._n_in, "x_idx")
+            return x_rows, (None if y_idx is None else self._index_rows(y_idx, self._n_out, "y_idx"))
         self._store("store_indices", rows, "x_idx", "y_idx")
 
     def _store(self, op: str, make_rows, x_name: str, y_name: str) -> None:
@@ -184,19 +178,18 @@ class ShardedWillshawMemory:
 
     def sums(self, x: Optional[Tensor]) -> Tensor:
         """(B, n_out) int32 dendritic sums of the dense cues given on the first rank."""
-        cue = self._broadcast_rows("sums", lambda: [from_dense(x, self._n_in, "x", self._comm_device,
-                                                               self._comm_place)])[0]
+        cue = self._broadcast_rows("sums", lambda: [self._dense_rows(x, self._n_in, "x")])[0]
         return _unbatch(self._gather_columns(self._local_sums(cue)), cue)
 
     def sums_indices(self, x_idx: Optional[IndexPatterns]) -> Tensor:
-        cue = self._broadcast_rows("sums_indices", lambda: [self._index_cue(x_idx)])[0]
+        cue = self._broadcast_rows("sums_indices", lambda: [self._index_rows(x_idx, self._n_in, "x_idx")])[0]
         return _unbatch(self._gather_columns(self._local_sums(cue)), cue)
 
     def retrieve(self, x: Optional[Tensor], threshold: str | int = "hard", *, k: Optional[int] = None) -> Tensor:
         """(B, n_out) bool answers to the dense cues given on the first rank (see WillshawMemory.retrieve)."""
         code, value = _threshold(threshold, k, self._n_out)
         cue = self._broadcast_rows(_retrieval_call("retrieve", code, value),
-                                   lambda: [from_dense(x, self._n_in, "x", self._comm_device, self._comm_place)])[0]
+                                   lambda: [self._dense_rows(x, self._n_in, "x")])[0]
         if code == reference.TOPK:
             values, offsets = self._top_k(cue, value)
             return _unbatch(reference.dense(values, offsets, self._n_out), cue)
@@ -209,7 +202,7 @@ class ShardedWillshawMemory:
         code, value = _threshold(threshold, k, self._n_out)
         check_flat(flat)
         cue = self._broadcast_rows(_retrieval_call("retrieve_indices", code, value, flat=flat),
-                                   lambda: [self._index_cue(x_idx)])[0]
+                                   lambda: [self._index_rows(x_idx, self._n_in, "x_idx")])[0]
         if code == reference.TOPK:
             values, offsets = self._top_k(cue, value)
         else:
@@ -217,10 +210,13 @@ class ShardedWillshawMemory:
             values, offsets = self._gather_rows(values + self._unit_start, offsets)
         return answers_of(values, offsets, cue.single, flat)
 
-    def _index_cue(self, x_idx) -> PatternRows:
-        cue = from_indices(x_idx, "x_idx", self._comm_device, self._comm_place)
-        ops.check_patterns(cue.values, cue.offsets, self._n_in, "x_idx")
-        return cue
+    def _dense_rows(self, x, width: int, name: str) -> PatternRows:
+        return from_dense(x, width, name, self._comm_device, self._comm_place)
+
+    def _index_rows(self, x_idx, width: int, name: str) -> PatternRows:
+        rows = from_indices(x_idx, name, self._comm_device, self._comm_place)
+        ops.check_patterns(rows.values, rows.offsets, width, name)
+        return rows
 
     def _local_sums(self, cue: PatternRows) -> Tensor:
         return self._local._sums_of(_to(cue, self._local.device))
@@ -258,9 +254,7 @@ class ShardedWillshawMemory:
 
     def _collective(self, op: str, run):
         """Check that every rank is in ``op``, then run it."""
-        header = [op]
-        dist.broadcast_object_list(header, src=self._source, group=self._group)
-        self._check_same_call(op, header[0])
+        self._check_same_call(op, _broadcast_object(self._group, self._source, op))
         return run()
 
     def _check_same_call(self, op: str, first_rank_op: str) -> None:
