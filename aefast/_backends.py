@@ -76,6 +76,12 @@ def register_kernel(op: str, backend: str, kernel: Callable) -> None:
     _KERNELS.setdefault(op, {})[backend] = kernel
 
 
+# Options every Triton launch of aefast passes. enable_fp_fusion: multiplies and adds contract into FMAs,
+# as every kernel was tested, compiled without spills and timed; left unset, Triton 3.9 warns at each
+# process's first compile and 3.10 turns fusion off (other roundings, slower float32 dots on FMA units).
+TRITON_LAUNCH = {"enable_fp_fusion": True}
+
+
 def lazy_kernel(module: str, name: str) -> Callable:
     """``module.name``, imported on the first call: triton reads TRITON_INTERPRET when a module defines
     its kernels, and importing triton costs seconds that a CPU-only user should not pay. It runs with its

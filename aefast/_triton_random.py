@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from aefast import _backends
+
 
 @triton.jit
 def _philox_words(seed, offsets):
@@ -58,4 +60,5 @@ def fill(out: torch.Tensor, kind: str, seed: int) -> None:
     GPU). Called through _backends.lazy_kernel, which makes ``out``'s GPU the current one."""
     count = out.numel()
     if count:
-        fill_kernel[(triton.cdiv(count, FILL_BLOCK),)](out, seed, count, NORMAL=kind == "normal", BLOCK=FILL_BLOCK)
+        fill_kernel[(triton.cdiv(count, FILL_BLOCK),)](out, seed, count, NORMAL=kind == "normal", BLOCK=FILL_BLOCK,
+                                                         **_backends.TRITON_LAUNCH)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import triton
 
+from aefast import _backends
+
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +47,8 @@ def compile_for_sm90(kernel, signature: dict, constants: dict, warps: int, stage
         knobs.compilation.always_compile = True
         knobs.nvidia.dump_ptxas_log = True  # printed by Triton once ptxas has run
         compiled = triton.compile(ASTSource(fn=kernel, signature=full_signature, constexprs=constants, attrs=aligned),
-                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages,
+                                                                          **_backends.TRITON_LAUNCH})
     with tempfile.TemporaryDirectory() as folder:
         cubin = Path(folder) / "kernel.cubin"
         cubin.write_bytes(compiled.asm["cubin"])

@@ -479,7 +479,7 @@ def linear_forward(x, weight, bias, activation, corruption, param, seed):
             x, weight, weight if bias is None else bias, y, y if z.numel() == 0 else z, M, N, K, seed, param,
             ACT=act, CORRUPT=corrupt, HAS_BIAS=bias is not None, SAVE_Z=act == _GELU, PRECISION=_precision(x.dtype),
             UPCAST=_upcast(x.dtype), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
-            LONG_ROWS=_long_rows(N, K), num_warps=tiles.warps)
+            LONG_ROWS=_long_rows(N, K), num_warps=tiles.warps, **_backends.TRITON_LAUNCH)
     launch(_pick_tiles("forward", _operands(x.dtype), (M, N, K), x.device, launch))
     return y, z
 
@@ -493,7 +493,7 @@ def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption,
     saved = saved_z if act == _GELU else y
     scale = grad_scale if grad_scale is not None else grad_y
     common = dict(ACT=act, CORRUPT=corrupt, HAS_SCALE=grad_scale is not None, PRECISION=_precision(x.dtype),
-                  UPCAST=_upcast(x.dtype), LONG_ROWS=_long_rows(N, K))
+                  UPCAST=_upcast(x.dtype), LONG_ROWS=_long_rows(N, K), **_backends.TRITON_LAUNCH)
     operands = _operands(x.dtype)
     grad_x = torch.empty_like(x) if need_input_grad else x.new_empty(0)
 
@@ -521,7 +521,7 @@ def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption,
         if splits > 1:
             _sum_splits_kernel[(cdiv(split_stride, SUM_SPLITS_BLOCK),)](
                 partials, grad_w, grad_b if bias is not None else grad_w, splits, split_stride, N * K, split_stride,
-                BLOCK=SUM_SPLITS_BLOCK)
+                BLOCK=SUM_SPLITS_BLOCK, **_backends.TRITON_LAUNCH)
         return grad_w, grad_b
 
     def by_kernel():
@@ -617,7 +617,7 @@ def linear_loss_forward(h, weight, bias, target, output_activation, loss):
             reference.mean_factor(M * N),
             OUT_ACT=ACTIVATION_CODES[output_activation], LOSS=LOSS_CODES[loss], HAS_BIAS=bias is not None,
             PRECISION=_precision(h.dtype), UPCAST=_upcast(h.dtype), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-            BLOCK_K=tiles.block_k, LONG_ROWS=_long_rows(N, K), num_warps=tiles.warps)
+            BLOCK_K=tiles.block_k, LONG_ROWS=_long_rows(N, K), num_warps=tiles.warps, **_backends.TRITON_LAUNCH)
         return partial
     partial = launch(_pick_tiles("loss", _operands(h.dtype), (M, N, K), h.device, launch))
     return partial.sum(), grad_z  # each tile's share of the mean
@@ -1026,7 +1026,8 @@ def narrow_forward(x, weights, biases, dims, activation, last_activation, save):
         x, weights, weights if biases is None else biases, out, acts if acts.numel() else out, out, out, 0.0, rows,
         **layout, ACT=ACTIVATION_CODES[activation], LAST_ACT=ACTIVATION_CODES[last_activation],
         HAS_BIAS=biases is not None, SAVE=save, HAS_LOSS=False, LOSS=0, PRECISION=precision, UPCAST=_upcast(x.dtype),
-        BLOCK_M=block_m, BLOCK_D=block_d, SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps)
+        BLOCK_M=block_m, BLOCK_D=block_d, SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps,
+        **_backends.TRITON_LAUNCH)
     return out, acts
 
 
@@ -1043,7 +1044,7 @@ def narrow_loss_forward(x, weights, biases, target, dims, activation, last_activ
         reference.mean_factor(rows * dims[-1]), rows, **narrow_constants(tuple(dims)), ACT=ACTIVATION_CODES[activation],
         LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, SAVE=False, HAS_LOSS=True,
         LOSS=LOSS_CODES[loss], PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
-        SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps)
+        SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps, **_backends.TRITON_LAUNCH)
     return partial.sum() if rows else torch.full((), math.nan, dtype=torch.float32, device=x.device)
 
 
@@ -1121,11 +1122,11 @@ def _narrow_backward_launch(grad_out, x, out, acts, weights, biases, dims, activ
         PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, CHUNK_BLOCKS=chunk_blocks,
         SPLIT_PASSES=block_d > NARROW_ONE_PASS_WIDTH, RECOMPUTE=recompute, ACTS_PER_ROW=acts_per_row,
         SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), HAS_LOSS=loss is not None,
-        LOSS=LOSS_CODES[loss_name], num_warps=warps)
+        LOSS=LOSS_CODES[loss_name], num_warps=warps, **_backends.TRITON_LAUNCH)
     grad_w = torch.empty_like(weights)
     grad_b = torch.empty_like(biases) if biases is not None else weights.new_empty(0)
     width = partials.shape[1]
     _sum_splits_kernel[(cdiv(width, SUM_SPLITS_BLOCK),)](
         partials, grad_w, grad_b if biases is not None else grad_w, programs, width, weight_count,
-        width if biases is not None else weight_count, BLOCK=SUM_SPLITS_BLOCK)
+        width if biases is not None else weight_count, BLOCK=SUM_SPLITS_BLOCK, **_backends.TRITON_LAUNCH)
     return grad_x, grad_w, grad_b

@@ -7,6 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
+from aefast import _backends
 from aefast._sizes import cdiv, next_power_of_2
 from aefast._triton_math import exp
 from aefast._triton_random import philox_normal
@@ -110,7 +111,7 @@ def forward(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):
     _forward_kernel[grid](
         mu, logvar, eps if eps is not None else mu, z, kl, rows, cols, seed, clamp_min, clamp_max,
         HAS_EPS=eps is not None, PER_ELEMENT=per_element, CLAMP=clamp_active(clamp_min, clamp_max),
-        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=WARPS,
+        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=WARPS, **_backends.TRITON_LAUNCH,
     )
     return z, kl
 
@@ -126,6 +127,6 @@ def backward(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max):
         grad_z, grad_kl, mu, logvar, eps if eps is not None else mu, grad_mu, grad_logvar,
         rows, cols, seed, clamp_min, clamp_max,
         HAS_EPS=eps is not None, PER_ELEMENT=grad_kl.dim() == 2, CLAMP=clamp_active(clamp_min, clamp_max),
-        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=WARPS,
+        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=WARPS, **_backends.TRITON_LAUNCH,
     )
     return grad_mu, grad_logvar

@@ -296,10 +296,10 @@ def _tuned(kernel, configs, key):
         first = configs[0]
 
         def launch(grid, *args, **kwargs):
-            return kernel[grid(first.kwargs)](*args, **kwargs, **first.kwargs)
+            return kernel[grid(first.kwargs)](*args, **kwargs, **first.kwargs, **_backends.TRITON_LAUNCH)
         return launch
     tuned = triton.autotune(configs=configs, key=key)(kernel)
-    return lambda grid, *args, **kwargs: tuned[grid](*args, **kwargs)
+    return lambda grid, *args, **kwargs: tuned[grid](*args, **kwargs, **_backends.TRITON_LAUNCH)
 
 
 AND_WIDEST = 512
@@ -350,7 +350,7 @@ def _store_in_row_order(matrix, x_values, x_offsets, y_values, y_offsets) -> Non
                                             x_offsets.diff(), output_size=entries)
     _store_rows_kernel[(cdiv(entries, STORE_ENTRIES),)](
         matrix, matrix.shape[1], rows, pair_of_entry[order], entries, y_values, y_offsets,
-        BLOCK_E=STORE_ENTRIES, BLOCK_Y=STORE_Y)
+        BLOCK_E=STORE_ENTRIES, BLOCK_Y=STORE_Y, **_backends.TRITON_LAUNCH)
 
 
 def sums(matrix, n_out, cue_values, cue_offsets):
@@ -363,7 +363,7 @@ def _sums(matrix, n_out, cue_values, cue_offsets, at_least):
     for first, words in _word_chunks(matrix.shape[1], SUMS_WORDS) if rows else []:
         _sums_kernel[_grid(rows, words, SUMS_WORDS)](
             matrix, matrix.shape[1], first, n_out, cue_values, cue_offsets, out, 0 if at_least is None else at_least,
-            AT_LEAST=at_least is not None, BLOCK_W=SUMS_WORDS)
+            AT_LEAST=at_least is not None, BLOCK_W=SUMS_WORDS, **_backends.TRITON_LAUNCH)
     return out
 
 
@@ -385,7 +385,8 @@ def _unpack(words, counts, n_out):
     out = torch.empty(words.shape[0], n_out, dtype=torch.uint8, device=words.device)
     for first, count in _word_chunks(words.shape[1], AND_WORDS) if words.shape[0] else []:
         _unpack_kernel[_grid(words.shape[0], count, AND_WORDS)](words, counts, counts.shape[1], words.shape[1], first,
-                                                                n_out, out, BLOCK_W=AND_WORDS, GROUP=ANSWER_GROUP)
+                                                                n_out, out, BLOCK_W=AND_WORDS, GROUP=ANSWER_GROUP,
+                                                                **_backends.TRITON_LAUNCH)
     return out.view(torch.bool)
 
 
@@ -394,7 +395,7 @@ def _extract(words, counts, ends, total):
     rows, groups = counts.shape
     for first, count in _word_chunks(groups, 1):  # in groups, not words
         _extract_kernel[_grid(rows, count, 1)](words, words.shape[1], first, counts, ends, groups, values,
-                                               GROUP=ANSWER_GROUP)
+                                               GROUP=ANSWER_GROUP, **_backends.TRITON_LAUNCH)
     return values
 
 
@@ -408,9 +409,9 @@ def row_flags(values, offsets, units, longest=None):
     if (int(offsets.diff().max()) if longest is None else longest) <= CHECK_BLOCK:
         _check_short_rows_kernel[(cdiv(rows, CHECK_ROWS),)](values, offsets, rows, units, flags,
                                                             ROWS=CHECK_ROWS, BLOCK=CHECK_BLOCK,
-                                                            num_warps=CHECK_SHORT_WARPS)
+                                                            num_warps=CHECK_SHORT_WARPS, **_backends.TRITON_LAUNCH)
     else:
-        _check_rows_kernel[(rows,)](values, offsets, units, flags, BLOCK=CHECK_BLOCK)
+        _check_rows_kernel[(rows,)](values, offsets, units, flags, BLOCK=CHECK_BLOCK, **_backends.TRITON_LAUNCH)
     return flags
 
 
@@ -421,7 +422,8 @@ def pattern_verdict(values, offsets, units):
     verdict = torch.ones(2, dtype=torch.int64, device=values.device)
     rows = offsets.numel() - 1
     _pattern_verdict_kernel[(max(1, cdiv(rows, VERDICT_ROWS)),)](values, offsets, rows, values.numel(), units,
-                                                                 verdict, ROWS=VERDICT_ROWS, BLOCK=VERDICT_BLOCK)
+                                                                 verdict, ROWS=VERDICT_ROWS, BLOCK=VERDICT_BLOCK,
+                                                                 **_backends.TRITON_LAUNCH)
     return verdict
 
 
@@ -430,7 +432,7 @@ def count_ones(matrix) -> int:
     blocks = cdiv(words.numel(), COUNT_WORDS)
     partial = torch.empty(blocks, dtype=torch.int64, device=matrix.device)
     if blocks:
-        _count_ones_kernel[(blocks,)](words, words.numel(), partial, BLOCK=COUNT_WORDS)
+        _count_ones_kernel[(blocks,)](words, words.numel(), partial, BLOCK=COUNT_WORDS, **_backends.TRITON_LAUNCH)
     return int(partial.sum())
 
 

@@ -1,0 +1,93 @@
+"""A GPU that Triton compiles for but never runs: Triton's own launch path (argument binding, specialization,
+the sm_90 compile, its cache, autotuning, the shared-memory and thread limits) on a machine without one.
+
+``install()`` makes a stand-in the active driver (``triton.runtime.driver.set_active``, an interface 3.6
+and 3.9 share) and returns the record of what was compiled and launched. A launch runs nothing: buffers
+keep what they held, so a workload on it must not depend on a kernel's output. An autotuner's timing
+runs each config once and calls every config equal (the first wins). Only for a process that runs no
+other Triton code: tests start it as a child without TRITON_INTERPRET (tests/sm90.py's
+``compiled_in_child``), as the interpreter replaces the kernels when a module defines them."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from triton.backends.compiler import GPUTarget
+from triton.runtime import driver
+
+# An H100's and H200's: 227 KiB of shared memory a program at most, 132 SMs.
+H200_SHARED_BYTES = 232448
+H200_SMS = 132
+
+
+@dataclass
+class Record:
+    """What the fake GPU saw: launches per kernel name, and each compiled kernel's options."""
+    launches: Counter = field(default_factory=Counter)
+    fp_fusion: dict = field(default_factory=dict)  # kernel name -> set of enable_fp_fusion values compiled
+    shared_bytes: dict = field(default_factory=dict)  # kernel name -> most shared memory of its compiles
+
+
+class _Utils:
+    @staticmethod
+    def load_binary(name, kernel, shared, device):
+        """(module, function, registers, spills, most threads a program) as the CUDA driver reports them."""
+        return 1, 1, 0, 0, 1024
+
+    @staticmethod
+    def get_device_properties(device):
+        return {"max_shared_mem": H200_SHARED_BYTES, "multiprocessor_count": H200_SMS}
+
+
+class _Driver:
+    """The parts of Triton's active driver that compiling and launching use."""
+
+    utils = _Utils()
+
+    def __init__(self, record: Record):
+        self.record = record
+
+    def get_current_device(self):
+        return 0
+
+    def set_current_device(self, device):
+        pass
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+    def get_benchmarker(self):
+        def bench(kernel_call, quantiles=None, **_):
+            kernel_call()
+            return [1.0] * len(quantiles) if quantiles else 1.0
+        return bench
+
+    def get_empty_cache_for_benchmark(self):
+        return torch.empty(0)
+
+    def clear_cache(self, cache):
+        pass
+
+    def launcher_cls(self, src, metadata):
+        """The launcher of one compiled kernel: records its options, then counts its launches."""
+        name = metadata.name
+        self.record.fp_fusion.setdefault(name, set()).add(metadata.enable_fp_fusion)
+        self.record.shared_bytes[name] = max(self.record.shared_bytes.get(name, 0), metadata.shared)
+
+        def launch(*args):
+            self.record.launches[name] += 1
+        return launch
+
+
+def install() -> Record:
+    """Makes the fake GPU Triton's active driver for the rest of the process; returns its record."""
+    record = Record()
+    driver.set_active(_Driver(record))
+    return record

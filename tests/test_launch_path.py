@@ -1,0 +1,143 @@
+"""Every Triton kernel through Triton's real launch path, as a GPU gets it: aefast's ops on the triton
+backend on a fake sm_90 GPU (tests/fake_gpu.py) that compiles each launch and runs none. The interpreter,
+which runs the kernels on this CPU, skips all of it (binding, specialization, compiling, the options a
+launch passes); the sm_90 compile tests take signatures written by hand. Here the launchers' own
+arguments reach the compiler, and the record says what each compiled kernel was given: every launch
+asks for FMA contraction, which Triton 3.10 stops giving by default."""
+import json
+import warnings
+
+import pytest
+
+from tests.sm90 import compiled_in_child
+
+# Every @triton.jit kernel aefast launches, by module.
+KERNELS = {
+    "aefast.mlp.triton_kernels": ["_linear_forward_kernel", "_linear_grad_input_kernel", "_linear_grad_weight_kernel",
+                                  "_sum_splits_kernel", "_linear_loss_kernel", "_narrow_forward_kernel",
+                                  "_narrow_backward_kernel"],
+    "aefast.vae.triton_kernels": ["_forward_kernel", "_backward_kernel"],
+    "aefast._triton_random": ["fill_kernel"],
+    "aefast.willshaw.triton_kernels": ["_store_kernel", "_store_rows_kernel", "_and_kernel", "_extract_kernel",
+                                       "_unpack_kernel", "_sums_kernel", "_count_ones_kernel", "_check_rows_kernel",
+                                       "_check_short_rows_kernel", "_pattern_verdict_kernel"],
+}
+
+
+@pytest.fixture(scope="module")
+def record():
+    return compiled_in_child(__file__)
+
+
+def test_every_kernel_went_through_the_launch_path(record):
+    expected = sorted(name for names in KERNELS.values() for name in names)
+    assert sorted(record["launches"]) == expected
+
+
+def test_the_list_holds_every_kernel_of_its_module():
+    """KERNELS names each module's kernels (jitted functions named *_kernel, as aefast names the ones it
+    launches), all of them: a kernel added to a module must be launched above too."""
+    import importlib
+
+    from triton.runtime.jit import KernelInterface  # jitted and interpreted kernels alike
+
+    for module_name, names in KERNELS.items():
+        module = importlib.import_module(module_name)
+        kernels = {name for name, value in vars(module).items()
+                   if name.endswith("_kernel") and isinstance(value, KernelInterface)}
+        assert kernels == set(names), module_name
+
+
+def test_every_compile_asked_for_fma_contraction(record):
+    assert record["fp_fusion"] == {name: [True] for name in record["launches"]}
+
+
+def test_no_launch_left_triton_to_warn(record):
+    assert record["warnings"] == []
+
+
+def test_every_kernel_fits_the_h200s_shared_memory(record):
+    """Triton refuses a launch past the device's shared memory (the fake GPU's is an H200's), so the launches
+    above did not: here the figures, to see how close they came."""
+    from tests.fake_gpu import H200_SHARED_BYTES
+
+    assert max(record["shared_bytes"].values()) <= H200_SHARED_BYTES
+
+
+def _workload():
+    """Each op of each component on the triton backend, small, in the variants that compile other kernels."""
+    import torch
+
+    import aefast
+    from aefast import _triton_random
+    from aefast.mlp import triton_kernels as mlp_kernels
+    from aefast.nn import FusedAutoencoder, FusedMLP
+    from aefast.willshaw import triton_kernels as willshaw_kernels
+
+    torch.manual_seed(0)
+    with aefast.use_backend("triton"):
+        # Wide layers one by one (the batch split over the weight gradient's programs, then added), the
+        # loss fused into the last, a masked corruption; then dZ written beside dX for a matmul's dW.
+        model = FusedAutoencoder([150, 24, 8], output_activation="sigmoid")
+        x = torch.rand(300, 150)
+        params = list(model.parameters())
+        torch.autograd.grad(model.loss(x, corruption=("mask", 0.25), seed=3), params)
+        with torch.no_grad():
+            model(x)
+        previous, mlp_kernels.WEIGHT_GRAD = mlp_kernels.WEIGHT_GRAD, "matmul"
+        torch.autograd.grad(model.loss(x), params)
+        mlp_kernels.WEIGHT_GRAD = previous
+        # A narrow stretch: forward alone, and its fused loss with the backward that recomputes.
+        stack = FusedMLP([32, 32, 32, 32])
+        rows = torch.randn(100, 32)
+        with torch.no_grad():
+            stack(rows)
+        torch.autograd.grad(stack.loss(rows, torch.randn(100, 32)), list(stack.parameters()))
+        # reparameterize_kl with its noise generated, and the noise fill alone.
+        mu, logvar = torch.randn(5, 7, requires_grad=True), torch.randn(5, 7, requires_grad=True)
+        z, kl = aefast.reparameterize_kl(mu, logvar, seed=1)
+        torch.autograd.grad((z.sum() + kl.sum()), (mu, logvar))
+        _triton_random.fill(torch.empty(100), "normal", 7)
+    # Willshaw's launchers, called as its ops call them; the answers' sizes are given, not read from
+    # the kernels' outputs (which this GPU never writes).
+    n = 200
+    matrix = torch.zeros(n, 4, dtype=torch.int64)
+    x_values, x_offsets = _rows([[1, 5, 9], [2, 7, 150]])
+    for order in ("pairs", "rows"):
+        previous, willshaw_kernels.STORE_ORDER = willshaw_kernels.STORE_ORDER, order
+        willshaw_kernels.store(matrix, n, x_values, x_offsets, x_values, x_offsets)
+        willshaw_kernels.STORE_ORDER = previous
+    willshaw_kernels.sums(matrix, n, x_values, x_offsets)
+    willshaw_kernels._sums(matrix, n, x_values, x_offsets, 2)
+    words, counts = willshaw_kernels._and(matrix, x_values, x_offsets)
+    willshaw_kernels._unpack(words, counts, n)
+    willshaw_kernels._extract(words, counts, torch.tensor([1, 2]), 2)
+    willshaw_kernels.row_flags(x_values, x_offsets, n)
+    long_values, long_offsets = _rows([list(range(willshaw_kernels.CHECK_BLOCK + 1))])
+    willshaw_kernels.row_flags(long_values, long_offsets, 10 * n)
+    willshaw_kernels.pattern_verdict(x_values, x_offsets, n)
+    willshaw_kernels.count_ones(matrix)
+
+
+def _rows(rows):
+    import torch
+
+    values = torch.tensor([value for row in rows for value in row], dtype=torch.int64)
+    offsets = torch.tensor([0] + [len(row) for row in rows], dtype=torch.int64).cumsum(0)
+    return values, offsets
+
+
+if __name__ == "__main__":
+    from tests import fake_gpu
+
+    fake = fake_gpu.install()
+    from aefast import _backends
+
+    _backends.can_run = lambda backend, device: True  # the fake GPU runs Triton on CPU tensors
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _workload()
+    print(json.dumps({"launches": dict(fake.launches),
+                      "fp_fusion": {name: sorted(values) for name, values in fake.fp_fusion.items()},
+                      "shared_bytes": fake.shared_bytes,
+                      "warnings": [str(w.message) for w in caught if "triton" in w.filename.replace("\\", "/")]}))
