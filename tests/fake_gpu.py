@@ -1,5 +1,5 @@
 """A GPU that Triton compiles for but never runs: Triton's own launch path (argument binding, specialization,
-the sm_90 compile, its cache, autotuning, the shared-memory and thread limits) on a machine without one.
+the sm_90 compile, its cache, autotuning, the shared-memory, thread and grid limits) on a machine without one.
 
 ``install()`` makes a stand-in the active driver (``triton.runtime.driver.set_active``, an interface 3.6
 and 3.9 share) and returns the record of what was compiled and launched. A launch runs nothing: buffers
@@ -19,6 +19,8 @@ from triton.runtime import driver
 # An H100's and H200's: 227 KiB of shared memory a program at most, 132 SMs.
 H200_SHARED_BYTES = 232448
 H200_SMS = 132
+# The most programs a CUDA grid holds along x, y and z: a launch past them fails on a GPU.
+CUDA_GRID_LIMITS = (2**31 - 1, 2**16 - 1, 2**16 - 1)
 
 
 @dataclass
@@ -81,7 +83,10 @@ class _Driver:
         self.record.fp_fusion.setdefault(name, set()).add(metadata.enable_fp_fusion)
         self.record.shared_bytes[name] = max(self.record.shared_bytes.get(name, 0), metadata.shared)
 
-        def launch(*args):
+        def launch(grid_x, grid_y, grid_z, *args):
+            grid = (grid_x, grid_y, grid_z)
+            if any(size > limit for size, limit in zip(grid, CUDA_GRID_LIMITS)):
+                raise RuntimeError(f"{name}: a grid of {grid} programs passes CUDA's limits {CUDA_GRID_LIMITS}")
             self.record.launches[name] += 1
         return launch
 

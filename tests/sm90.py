@@ -61,11 +61,12 @@ def compile_for_sm90(kernel, signature: dict, constants: dict, warps: int, stage
             "tensor_cores": re.search(r"\b(wgmma|mma)\.", compiled.asm["ptx"]) is not None}
 
 
-def compiled_in_child(module_file: str) -> dict:
-    """Runs ``module_file`` as a script without TRITON_INTERPRET, with this checkout's aefast (which
-    tests/conftest.py puts on every child's PYTHONPATH), and returns the JSON its last line prints."""
+def compiled_in_child(module_file: str, *args: str) -> dict:
+    """Runs ``module_file`` as a script (with ``args``) without TRITON_INTERPRET, with this checkout's
+    aefast (which tests/conftest.py puts on every child's PYTHONPATH), and returns the JSON its last line
+    prints."""
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, module_file], capture_output=True, text=True, env=env, timeout=600,
+    done = subprocess.run([sys.executable, module_file, *args], capture_output=True, text=True, env=env, timeout=600,
                           cwd=ROOT)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -5,6 +5,7 @@ launch passes); the sm_90 compile tests take signatures written by hand. Here th
 arguments reach the compiler, and the record says what each compiled kernel was given: every launch
 asks for FMA contraction, which Triton 3.10 stops giving by default."""
 import json
+import sys
 import warnings
 
 import pytest
@@ -27,6 +28,11 @@ KERNELS = {
 @pytest.fixture(scope="module")
 def record():
     return compiled_in_child(__file__)
+
+
+@pytest.fixture(scope="module")
+def record_at_scale():
+    return compiled_in_child(__file__, "scale")
 
 
 def test_every_kernel_went_through_the_launch_path(record):
@@ -62,6 +68,23 @@ def test_every_kernel_fits_the_h200s_shared_memory(record):
     from tests.fake_gpu import H200_SHARED_BYTES
 
     assert max(record["shared_bytes"].values()) <= H200_SHARED_BYTES
+
+
+def test_the_benchmarks_and_the_seeds_sizes_launch_within_cudas_limits(record_at_scale):
+    """The benchmarks' shapes on an H200 and the seeds' n = 10^6 memory: each launch's grid within CUDA's
+    limits (the fake GPU refuses one past them, as a GPU does), each kernel variant compiled for sm_90 in
+    the shared memory an H200 has, asking for FMA contraction."""
+    assert set(record_at_scale["launches"]) >= {"_linear_forward_kernel", "_linear_loss_kernel",
+                                                "_linear_grad_input_kernel", "_linear_grad_weight_kernel",
+                                                "_narrow_forward_kernel", "_narrow_backward_kernel", "_forward_kernel",
+                                                "_backward_kernel", "_store_rows_kernel", "_and_kernel",
+                                                "_sums_kernel", "_unpack_kernel"}
+    assert record_at_scale["fp_fusion"] == {name: [True] for name in record_at_scale["launches"]}
+    assert record_at_scale["warnings"] == []
+
+
+def test_the_fake_gpu_refuses_a_grid_past_cudas_limits(record):
+    assert record["refused_grid"].startswith("_count_ones_kernel: a grid of (1, 65536, 1) programs passes")
 
 
 def _workload():
@@ -119,6 +142,59 @@ def _workload():
     willshaw_kernels.count_ones(matrix)
 
 
+def _refused_grid() -> str:
+    """What the fake GPU says of a launch one program past CUDA's grid limit along y."""
+    import torch
+
+    from aefast._backends import TRITON_LAUNCH
+    from aefast.willshaw import triton_kernels as willshaw_kernels
+
+    words, partial = torch.zeros(8, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
+    try:
+        willshaw_kernels._count_ones_kernel[(1, 2**16, 1)](words, 8, partial, BLOCK=willshaw_kernels.COUNT_WORDS,
+                                                             **TRITON_LAUNCH)
+    except RuntimeError as error:
+        return str(error)
+    return "launched"
+
+
+def _workload_at_scale():
+    """The shapes bench_mlp.py and bench_vae.py time on a GPU, in every precision they time (float32 as
+    IEEE and as 3xTF32, bfloat16); then Willshaw's launchers on the seeds' n = 10^6 memory (M = 18).
+    Tensors are torch.empty, never written: the kernels do not run, so no memory is touched."""
+    import torch
+
+    import aefast
+    from aefast.mlp import fp32_precision
+    from aefast.nn import FusedAutoencoder, FusedMLP
+    from aefast.willshaw import triton_kernels as willshaw_kernels
+
+    with aefast.use_backend("triton"):
+        for dtype, precision in ((torch.float32, "torch"), (torch.float32, "tf32x3"), (torch.bfloat16, "torch")):
+            with fp32_precision(precision):
+                model = FusedAutoencoder([784, 256, 32], output_activation="sigmoid").to(dtype)
+                x = torch.empty(2**14, 784, dtype=dtype)
+                torch.autograd.grad(model.loss(x), list(model.parameters()))
+                stack = FusedMLP([64, 64, 64, 64, 64]).to(dtype)
+                rows = torch.empty(2**20, 64, dtype=dtype)
+                torch.autograd.grad(stack.loss(rows, rows), list(stack.parameters()))
+                with torch.no_grad():
+                    model(x)
+                    stack(rows)
+        mu = torch.empty(2**20, 32, requires_grad=True)
+        z, kl = aefast.reparameterize_kl(mu, mu, seed=1)
+        torch.autograd.grad(z.sum() + kl.sum(), mu)
+    n, ones, cues = 10**6, 18, 4096
+    words = (n + 63) // 64
+    matrix = torch.empty(1, words, dtype=torch.int64).expand(n, words)  # 125 GB as the kernels address it
+    offsets = torch.arange(0, (cues + 1) * ones, ones, dtype=torch.int64)
+    values = torch.arange(cues * ones, dtype=torch.int64) * 7 % n
+    willshaw_kernels.store(matrix, n, values, offsets, values, offsets)
+    willshaw_kernels._sums(matrix, n, values[:ones], offsets[:2], ones)
+    answer_words, counts = willshaw_kernels._and(matrix, values, offsets)
+    willshaw_kernels._unpack(answer_words[:64], counts[:64], n)
+
+
 def _rows(rows):
     import torch
 
@@ -132,12 +208,20 @@ if __name__ == "__main__":
 
     fake = fake_gpu.install()
     from aefast import _backends
+    from aefast.mlp import triton_kernels
 
     _backends.can_run = lambda backend, device: True  # the fake GPU runs Triton on CPU tensors
+    # Programs per device as on an H200 (the launchers ask CUDA devices only).
+    triton_kernels._device_programs = lambda device, per_sm, interpreted: per_sm * fake_gpu.H200_SMS
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _workload()
-    print(json.dumps({"launches": dict(fake.launches),
+        if sys.argv[1:] == ["scale"]:
+            _workload_at_scale()
+            checks = {}
+        else:
+            _workload()
+            checks = {"refused_grid": _refused_grid()}  # after the record's kernels: it launches none
+    print(json.dumps({**checks, "launches": dict(fake.launches),
                       "fp_fusion": {name: sorted(values) for name, values in fake.fp_fusion.items()},
                       "shared_bytes": fake.shared_bytes,
                       "warnings": [str(w.message) for w in caught if "triton" in w.filename.replace("\\", "/")]}))
