@@ -4,6 +4,7 @@ per launch and per op call. Not a benchmark: the figures aefast claims come from
 
     python benchmarks/profile_kernels.py [mlp] [vae] [willshaw] [compile] [host]
     TRITON_INTERPRET=1 python benchmarks/profile_kernels.py stubbed  (on the CPU)
+    python benchmarks/profile_kernels.py faked  (on the CPU, without TRITON_INTERPRET)
 """
 import contextlib
 import sys
@@ -191,7 +192,7 @@ def host():
     seed = torch.tensor(1)
     y, _ = triton_kernels.linear_forward(x, weight, bias, "relu", "none", 0.0, 1)
     grad_y = torch.randn_like(y)
-    host_time("empty Triton kernel (1 pointer)", lambda: _empty_kernel[(1,)](x, BLOCK=16))
+    host_time("empty Triton kernel (1 pointer)", lambda: _empty_kernel[(1,)](x, BLOCK=16, **_backends.TRITON_LAUNCH))
     host_time("torch.empty + relu_ (eager, 2 ops)", lambda: torch.empty_like(x).relu_())
     host_time("F.linear + relu (eager)", lambda: F.relu(F.linear(x, weight, bias)))
     host_time("triton_kernels.linear_forward (1 launch)",
@@ -283,7 +284,51 @@ def stubbed():
                                                  (mu, logvar)))
 
 
-PARTS = {"mlp": mlp, "vae": vae, "willshaw": willshaw, "compile": compile_time, "host": host, "stubbed": stubbed}
+def faked():
+    """On the CPU (without TRITON_INTERPRET): the host time of Triton's real launch path, on a fake sm_90 GPU
+    that compiles each launch and runs none (tests/fake_gpu.py; what it leaves out is the C launcher's
+    packing and the driver's launch): per empty launch, per linear launcher, and per training step of
+    the autoencoder at batch 4 on the Triton backend, beside eager's step with its (small) CPU math."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests import fake_gpu
+
+    if _backends.triton_interpreted():
+        sys.exit("the faked part compiles the kernels: unset TRITON_INTERPRET")
+    fake = fake_gpu.install()
+    _backends.can_run = lambda backend, device: True  # Triton on CPU tensors, which the fake GPU never reads
+    from aefast.mlp import triton_kernels
+
+    def per_call(name, fn, calls=2000):
+        fn()
+        best = float("inf")
+        for _ in range(5):  # the best of five rounds: this machine's other jobs only add time
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best = min(best, (time.perf_counter() - start) / calls)
+        print(f"{name:<70} {best * 1e6:8.1f} us", flush=True)
+
+    x, weight, bias = torch.randn(64, 32), torch.randn(16, 32), torch.randn(16)
+    per_call("empty Triton kernel (1 pointer), a launch", lambda: _empty_kernel[(1,)](x, BLOCK=16, **_backends.TRITON_LAUNCH))
+    per_call("triton_kernels.linear_forward (1 launch)",
+             lambda: triton_kernels.linear_forward(x, weight, bias, "relu", "none", 0.0, 1))
+    torch.manual_seed(0)
+    ae = FusedAutoencoder([784, 256, 32])
+    eager_ae = torch.nn.Sequential(ae.encoder.to_sequential(), ae.decoder.to_sequential())
+    small = torch.rand(4, 784)
+    params, eager_params = list(ae.parameters()), list(eager_ae.parameters())
+    per_call("ae train step, batch 4, eager (its CPU math included)",
+             lambda: torch.autograd.grad(F.mse_loss(eager_ae(small), small), eager_params), calls=300)
+    with aefast.use_backend("triton"):
+        launches = sum(fake.launches.values())
+        torch.autograd.grad(ae.loss(small), params)
+        per_call(f"ae train step, batch 4, triton ({sum(fake.launches.values()) - launches} launches)",
+                 lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
+
+
+PARTS = {"faked": faked, "mlp": mlp, "vae": vae, "willshaw": willshaw, "compile": compile_time, "host": host, "stubbed": stubbed}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or ["vae", "willshaw", "mlp"]
