@@ -1,5 +1,6 @@
 """A GPU that Triton compiles for but never runs: Triton's own launch path (argument binding, specialization,
-the sm_90 compile, its cache, autotuning, the shared-memory, thread and grid limits) on a machine without one.
+the sm_90 compile, its cache, autotuning, the limits of shared memory, registers, threads and grid)
+on a machine without one.
 
 ``install()`` makes a stand-in the active driver (``triton.runtime.driver.set_active``, an interface 3.6
 and 3.9 share) and returns the record of what was compiled and launched. A launch runs nothing: buffers
@@ -9,8 +10,12 @@ other Triton code: tests start it as a child without TRITON_INTERPRET (tests/sm9
 ``compiled_in_child``), as the interpreter replaces the kernels when a module defines them."""
 from __future__ import annotations
 
+import re
+import subprocess
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from triton.backends.compiler import GPUTarget
@@ -21,6 +26,9 @@ H200_SHARED_BYTES = 232448
 H200_SMS = 132
 # The most programs a CUDA grid holds along x, y and z: a launch past them fails on a GPU.
 CUDA_GRID_LIMITS = (2**31 - 1, 2**16 - 1, 2**16 - 1)
+# An SM's registers, which a program's threads share: a kernel taking many a thread runs fewer threads.
+SM_REGISTERS = 65536
+CUOBJDUMP = Path(__import__("triton").__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
 
 @dataclass
@@ -29,13 +37,37 @@ class Record:
     launches: Counter = field(default_factory=Counter)
     fp_fusion: dict = field(default_factory=dict)  # kernel name -> set of enable_fp_fusion values compiled
     shared_bytes: dict = field(default_factory=dict)  # kernel name -> most shared memory of its compiles
+    # kernel name -> most registers a thread and most stack a thread (spills and local arrays) of its
+    # compiles, from cuobjdump (absent without Triton's CUDA tools)
+    registers: dict = field(default_factory=dict)
+    stack_bytes: dict = field(default_factory=dict)
+
+
+def resource_usage(cubin: bytes) -> tuple[int, int]:
+    """(registers, stack bytes) a thread of the cubin's kernel takes, as cuobjdump reports them."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "kernel.cubin"
+        path.write_bytes(cubin)
+        usage = subprocess.run([str(CUOBJDUMP), "-res-usage", str(path)], capture_output=True, text=True,
+                               check=True).stdout
+    return int(re.search(r"REG:(\d+)", usage).group(1)), int(re.search(r"STACK:(\d+)", usage).group(1))
 
 
 class _Utils:
-    @staticmethod
-    def load_binary(name, kernel, shared, device):
-        """(module, function, registers, spills, most threads a program) as the CUDA driver reports them."""
-        return 1, 1, 0, 0, 1024
+    def __init__(self, record: Record):
+        self.record = record
+
+    def load_binary(self, name, cubin, shared, device):
+        """(module, function, registers, spills, most threads a program) as the CUDA driver reports them:
+        the most threads are what the SM's registers hold at the kernel's registers a thread (allocated
+        by 8 a thread, by warp), which Triton compares with the launch's warps."""
+        if not CUOBJDUMP.exists():
+            return 1, 1, 0, 0, 1024
+        registers, stack = resource_usage(cubin)
+        self.record.registers[name] = max(self.record.registers.get(name, 0), registers)
+        self.record.stack_bytes[name] = max(self.record.stack_bytes.get(name, 0), stack)
+        allocated = max(8, -(-registers // 8) * 8)
+        return 1, 1, registers, 0, min(1024, SM_REGISTERS // (allocated * 32) * 32)
 
     @staticmethod
     def get_device_properties(device):
@@ -45,10 +77,9 @@ class _Utils:
 class _Driver:
     """The parts of Triton's active driver that compiling and launching use."""
 
-    utils = _Utils()
-
     def __init__(self, record: Record):
         self.record = record
+        self.utils = _Utils(record)
 
     def get_current_device(self):
         return 0

@@ -41,9 +41,13 @@ def operands_of(element: str, precision: str) -> str:
 
 # The narrow kernels' cases by direction: "forward" saves the hidden activations, "unsaved" is the
 # forward that does not (inference, and training whose backward recomputes them: "recompute"); "loss"
-# is the forward that ends in the loss (BCE, the heavier), "lossrecompute" its backward.
+# is the forward that ends in the loss (BCE, the heavier), "lossrecompute" its backward. Each backward
+# also as "...nogx", for an input that needs no gradient (NEED_GX false: a model's first layer in
+# training). Its registers do not follow from the other's: at width 64 in IEEE float32, 32 rows, triton
+# 3.6 spilled 96 bytes without dX and none with it.
 NARROW_DIRECTIONS = {"forward": "forward", "unsaved": "forward", "backward": "backward", "recompute": "recompute",
-                     "loss": "forward", "lossrecompute": "recompute"}
+                     "loss": "forward", "lossrecompute": "recompute", "backwardnogx": "backward",
+                     "recomputenogx": "recompute", "lossrecomputenogx": "recompute"}
 
 
 def has_tile(direction, element, precision, width):
@@ -64,20 +68,22 @@ def narrow_case(direction, element, precision, width):
 
     block_d, block_m, warps = triton_kernels._narrow_blocks([width] * 5, 2**20, operands_of(element, precision),
                                                             NARROW_DIRECTIONS[direction])
-    has_loss = direction in ("loss", "lossrecompute")
+    has_loss = direction.startswith("loss")
     constants = dict(triton_kernels.narrow_constants((width,) * 5), ACT=1, LAST_ACT=4 if has_loss else 0,
                      HAS_BIAS=True, HAS_LOSS=has_loss, LOSS=1 if has_loss else 0, PRECISION=precision, UPCAST=False,
                      BLOCK_M=block_m, BLOCK_D=block_d)
+    stages = triton_kernels.DEFAULT_STAGES
     if direction in ("forward", "unsaved", "loss"):
         kernel, constants["SAVE"] = triton_kernels._narrow_forward_kernel, direction == "forward"
         constants["SPLIT_DOTS"] = triton_kernels.narrow_dots_in_quarters(precision, block_d)
     else:
-        kernel, constants["NEED_GX"] = triton_kernels._narrow_backward_kernel, True
+        kernel, constants["NEED_GX"] = triton_kernels._narrow_backward_kernel, not direction.endswith("nogx")
         constants["CHUNK_BLOCKS"] = triton_kernels._narrow_backward_grid(2**20, block_m, torch.device("cpu"))[0]
         constants["SPLIT_PASSES"] = block_d > triton_kernels.NARROW_ONE_PASS_WIDTH
-        constants["RECOMPUTE"], constants["ACTS_PER_ROW"] = direction in ("recompute", "lossrecompute"), 3 * width
+        constants["RECOMPUTE"], constants["ACTS_PER_ROW"] = "recompute" in direction, 3 * width
         constants["SPLIT_DOTS"] = triton_kernels.narrow_dots_in_quarters(precision, block_d)
-    return kernel, constants, warps
+        stages = triton_kernels.narrow_backward_stages(operands_of(element, precision), block_d)
+    return kernel, constants, warps, stages
 
 
 # The autoencoder's layers 784 -> 256 and (the loss) 256 -> 784 at batch 2^14: every tile reaches its
@@ -136,13 +142,15 @@ def compile_case(case: str) -> dict:
     if case.startswith("linear-"):
         _, kind, element, precision, index = case.split("-")
         kernel, constants, warps = linear_case(kind, element, precision, int(index))
+        stages = 3  # the linear launchers leave Triton's default
     else:
         direction, element, precision, width = case.split("-")
-        kernel, constants, warps = narrow_case(direction, element, precision, int(width))
+        kernel, constants, warps, stages = narrow_case(direction, element, precision, int(width))
     if one_row:
         constants["M"] = 1  # Triton makes an integer argument of 1 a constant: a batch of one row
     # Every other size of these cases (2^20 rows, 2^14, 256, 784) is a multiple of 16, as Triton sees it.
-    return compile_for_sm90(kernel, signature(kernel, element, constants), constants, warps, divisible=("M", "N", "K"))
+    return compile_for_sm90(kernel, signature(kernel, element, constants), constants, warps, stages,
+                            divisible=("M", "N", "K"))
 
 
 # A batch of one row compiles a kernel of its own, with M a constant: a kernel that treats M as a
