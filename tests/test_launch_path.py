@@ -66,9 +66,10 @@ def test_no_launch_left_triton_to_warn(record):
 
 
 def test_the_benchmarks_and_the_seeds_sizes_launch_within_cudas_limits(record_at_scale):
-    """The benchmarks' shapes on an H200 and the seeds' n = 10^6 memory: each launch's grid within CUDA's
-    limits (the fake GPU refuses one past them, as a GPU does), each kernel variant compiled for sm_90 in
-    the shared memory an H200 has, asking for FMA contraction."""
+    """The benchmarks' shapes on an H200 (every candidate tile its tuner times, both ways of taking a weight
+    gradient) and the seeds' n = 10^6 memory: each launch's grid within CUDA's limits (the fake GPU
+    refuses one past them, as a GPU does), each kernel variant compiled for sm_90 in the shared memory an
+    H200 has, asking for FMA contraction."""
     assert set(record_at_scale["launches"]) >= {"_linear_forward_kernel", "_linear_loss_kernel",
                                                 "_linear_grad_input_kernel", "_linear_grad_weight_kernel",
                                                 "_narrow_forward_kernel", "_narrow_backward_kernel", "_forward_kernel",
@@ -220,8 +221,11 @@ if __name__ == "__main__":
     from aefast.mlp import triton_kernels
 
     _backends.can_run = lambda backend, device: True  # the fake GPU runs Triton on CPU tensors
-    # Programs per device as on an H200 (the launchers ask CUDA devices only).
+    # Programs per device as on an H200 (the launchers ask CUDA devices only), and the tuner's choices
+    # as a GPU's: every candidate tile and way of taking the weight gradient launched once, the first kept.
     triton_kernels._device_programs = lambda device, per_sm, interpreted: per_sm * fake_gpu.H200_SMS
+    triton_kernels._tuning_on = lambda device: True
+    triton_kernels._time_launch = lambda launch: (launch(), 1.0)[1]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if sys.argv[1:] == ["scale"]:
