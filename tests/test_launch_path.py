@@ -11,6 +11,7 @@ import sys
 import warnings
 
 import pytest
+import triton
 
 from tests.fake_gpu import CUOBJDUMP
 from tests.sm90 import compiled_in_child
@@ -84,13 +85,24 @@ def test_the_benchmarks_and_the_seeds_sizes_launch_within_cudas_limits(record_at
 STACK_ALLOWED = {"_forward_kernel": 32, "_backward_kernel": 32, "fill_kernel": 32}
 
 
+def _spilled(record) -> dict:
+    """{kernel name: its most stack a thread} where that passes STACK_ALLOWED."""
+    return {name: size for name, size in record["stack_bytes"].items() if size > STACK_ALLOWED.get(name, 0)}
+
+
 @pytest.mark.skipif(not CUOBJDUMP.exists(), reason="Triton's CUDA tools are not installed")
 def test_no_kernel_the_benchmarks_launch_spills(record_at_scale):
     """The variants the launchers compile at the benchmarks' shapes, not a list of them written by hand: no
     stack but the noise's. (At the small run's shapes the linear tiles shrink to the layers' widths, and
     with triton 3.9 some of those spill a few bytes a thread: mlp/triton_kernels.py, by LINEAR_TILES.)"""
-    stack = record_at_scale["stack_bytes"]
-    assert stack and {name: size for name, size in stack.items() if size > STACK_ALLOWED.get(name, 0)} == {}
+    assert record_at_scale["stack_bytes"] and _spilled(record_at_scale) == {}
+
+
+@pytest.mark.skipif(not CUOBJDUMP.exists(), reason="Triton's CUDA tools are not installed")
+@pytest.mark.skipif(not triton.__version__.startswith("3.6."),
+                    reason="with triton 3.9 a few linear tiles shrunk to small layers spill a few bytes (LINEAR_TILES)")
+def test_no_kernel_the_small_run_launches_spills_with_the_gpu_machines_triton(record):
+    assert record["stack_bytes"] and _spilled(record) == {}
 
 
 def test_the_fake_gpu_refuses_a_grid_past_cudas_limits(record):
