@@ -1002,7 +1002,7 @@ NARROW_ROWS = {
 
 
 # Pipeline stages (Triton's num_stages) of the narrow backward, where Triton's default of 3 spilled: IEEE
-# float32 at width 32 (128 rows, without dX: 24 bytes with triton 3.9) and 64 (without dX: 96 bytes
+# float32 at width 32 (128 rows, without dX: 24-32 bytes with triton 3.9) and 64 (without dX: 96 bytes
 # with 3.6 saved, 28 recomputing). These compile without spills with and without dX in 3.6 and 3.9
 # (tests/mlp/test_compiled_kernels.py); fewer stages prefetch less, in kernels bound by their FMAs.
 NARROW_BACKWARD_STAGES = {("ieee", 32): 2, ("ieee", 64): 1}

@@ -135,6 +135,8 @@ def sum_splits_case(element: str) -> dict:
 
 
 def compile_case(case: str) -> dict:
+    from aefast.mlp import triton_kernels
+
     if case in SUM_SPLITS_CASES:
         return sum_splits_case(case.removeprefix("sum-splits-"))
     one_row = case.startswith("one-row-")
@@ -142,7 +144,7 @@ def compile_case(case: str) -> dict:
     if case.startswith("linear-"):
         _, kind, element, precision, index = case.split("-")
         kernel, constants, warps = linear_case(kind, element, precision, int(index))
-        stages = 3  # the linear launchers leave Triton's default
+        stages = triton_kernels.DEFAULT_STAGES  # the linear launchers leave Triton's default
     else:
         direction, element, precision, width = case.split("-")
         kernel, constants, warps, stages = narrow_case(direction, element, precision, int(width))
