@@ -1001,16 +1001,23 @@ NARROW_ROWS = {
 }
 
 
-# Pipeline stages (Triton's num_stages) of the narrow backward, where Triton's default of 3 spilled: IEEE
-# float32 at width 32 (128 rows, without dX: 24-32 bytes with triton 3.9) and 64 (without dX: 96 bytes
-# with 3.6 saved, 28 recomputing). These compile without spills with and without dX in 3.6 and 3.9
-# (tests/mlp/test_compiled_kernels.py); fewer stages prefetch less, in kernels bound by their FMAs.
-NARROW_BACKWARD_STAGES = {("ieee", 32): 2, ("ieee", 64): 1}
+# Pipeline stages (Triton's num_stages) of the narrow backward by operands, direction and tile width,
+# where Triton's default of 3 did not fit an H100/H200:
+# - IEEE float32 at width 32 (128 rows) and 64 spilled without dX: 24-32 bytes a thread at 32 with
+#   triton 3.9; at 64 with 3.6, 96 reading saved activations and 28 recomputing;
+# - the recomputing backward at width 128 asked for more shared memory than a program has (227 KiB):
+#   in 16 bits 208-272 KiB, in TF32 416-544 (triton 3.6; Triton refuses such a launch). Two stages take
+#   at most 140 KiB in 16 bits; TF32 needs one (76 KiB).
+# Each compiles without spills, with and without dX, in 3.6 and 3.9 (tests/mlp/test_compiled_kernels.py);
+# fewer stages prefetch less.
+NARROW_BACKWARD_STAGES = {("ieee", "backward", 32): 2, ("ieee", "recompute", 32): 2, ("ieee", "backward", 64): 1,
+                          ("ieee", "recompute", 64): 1, ("16-bit", "recompute", 128): 2, ("tf32", "recompute", 128): 1}
 DEFAULT_STAGES = 3
 
 
-def narrow_backward_stages(operands: str, block_d: int) -> int:
-    return NARROW_BACKWARD_STAGES.get((operands, block_d), DEFAULT_STAGES)
+def narrow_backward_stages(operands: str, direction: str, block_d: int) -> int:
+    """num_stages of the narrow backward (``direction`` "backward" or "recompute")."""
+    return NARROW_BACKWARD_STAGES.get((operands, direction, block_d), DEFAULT_STAGES)
 
 
 def narrow_dots_in_quarters(precision: str, block_d: int) -> bool:
@@ -1118,7 +1125,8 @@ def _narrow_backward_launch(grad_out, x, out, acts, weights, biases, dims, activ
     rows = x.shape[0]
     grad_x = torch.empty_like(x) if need_input_grad else x.new_empty(0)
     operands = _operands(x.dtype)
-    block_d, block_m, warps = _narrow_blocks(dims, rows, operands, "recompute" if recompute else "backward")
+    direction = "recompute" if recompute else "backward"
+    block_d, block_m, warps = _narrow_blocks(dims, rows, operands, direction)
     chunk_blocks, programs = _narrow_backward_grid(rows, block_m, x.device)
     # Each program's float32 partial sums of the weights' gradients, then the biases' (a program without
     # rows adds none; the biases' columns stay zero without biases).
@@ -1138,7 +1146,7 @@ def _narrow_backward_launch(grad_out, x, out, acts, weights, biases, dims, activ
         PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, CHUNK_BLOCKS=chunk_blocks,
         SPLIT_PASSES=block_d > NARROW_ONE_PASS_WIDTH, RECOMPUTE=recompute, ACTS_PER_ROW=acts_per_row,
         SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), HAS_LOSS=loss is not None,
-        LOSS=LOSS_CODES[loss_name], num_warps=warps, num_stages=narrow_backward_stages(operands, block_d),
+        LOSS=LOSS_CODES[loss_name], num_warps=warps, num_stages=narrow_backward_stages(operands, direction, block_d),
         **_backends.TRITON_LAUNCH)
     grad_w = torch.empty_like(weights)
     grad_b = torch.empty_like(biases) if biases is not None else weights.new_empty(0)

@@ -14,6 +14,7 @@ import os
 import pytest
 import torch
 
+from tests.fake_gpu import H200_SHARED_BYTES
 from tests.sm90 import CUOBJDUMP, compile_for_sm90, compiled_in_child
 
 PRECISIONS = (("fp32", "ieee"), ("fp32", "tf32x3"), ("fp32", "tf32"), ("bf16", "tf32"))
@@ -82,7 +83,8 @@ def narrow_case(direction, element, precision, width):
         constants["SPLIT_PASSES"] = block_d > triton_kernels.NARROW_ONE_PASS_WIDTH
         constants["RECOMPUTE"], constants["ACTS_PER_ROW"] = "recompute" in direction, 3 * width
         constants["SPLIT_DOTS"] = triton_kernels.narrow_dots_in_quarters(precision, block_d)
-        stages = triton_kernels.narrow_backward_stages(operands_of(element, precision), block_d)
+        stages = triton_kernels.narrow_backward_stages(operands_of(element, precision), NARROW_DIRECTIONS[direction],
+                                                       block_d)
     return kernel, constants, warps, stages
 
 
@@ -182,6 +184,7 @@ def test_narrow_kernels_compile_for_sm90_without_spills(compiled, direction, pre
     element, dot_precision = precision
     result = compiled[f"{direction}-{element}-{dot_precision}-{width}"]
     assert result["stack"] == 0
+    assert result["shared"] <= H200_SHARED_BYTES  # Triton refuses a launch past it
     # The tensor cores are the point of every precision but IEEE float32 (Triton has no FMA fallback
     # for "tf32x3" that it would take silently, but a version could).
     assert result["tensor_cores"] == (dot_precision != "ieee" or element != "fp32")
@@ -191,6 +194,7 @@ def test_narrow_kernels_compile_for_sm90_without_spills(compiled, direction, pre
 @pytest.mark.parametrize("case", linear_cases())
 def test_every_linear_tile_compiles_for_sm90_without_spills(compiled, case):
     assert compiled[case]["stack"] == 0
+    assert compiled[case]["shared"] <= H200_SHARED_BYTES
     assert compiled[case]["tensor_cores"] == ("-fp32-ieee-" not in case)
 
 
