@@ -1006,8 +1006,8 @@ NARROW_ROWS = {
 # - IEEE float32 at width 32 (128 rows) and 64 spilled without dX: 24-32 bytes a thread at 32 with
 #   triton 3.9; at 64 with 3.6, 96 reading saved activations and 28 recomputing;
 # - the recomputing backward at width 128 asked for more shared memory than a program has (227 KiB):
-#   in 16 bits 208-272 KiB, in TF32 416-544 (triton 3.6; Triton refuses such a launch). Two stages take
-#   at most 140 KiB in 16 bits; TF32 needs one (76 KiB).
+#   272 KiB in 16 bits with the loss (208 without), 416-544 in TF32 (triton 3.6; Triton refuses such a
+#   launch). Two stages take at most 140 KiB in 16 bits; TF32 needs one (76 KiB).
 # Each compiles without spills, with and without dX, in 3.6 and 3.9 (tests/mlp/test_compiled_kernels.py);
 # fewer stages prefetch less.
 NARROW_BACKWARD_STAGES = {("ieee", "backward", 32): 2, ("ieee", "recompute", 32): 2, ("ieee", "backward", 64): 1,
