@@ -288,7 +288,8 @@ def faked():
     """On the CPU (without TRITON_INTERPRET): the host time of Triton's real launch path, on a fake sm_90 GPU
     that compiles each launch and runs none (tests/fake_gpu.py; what it leaves out is the C launcher's
     packing and the driver's launch): per empty launch, per linear launcher, and per training step of
-    the autoencoder at batch 4 on the Triton backend, beside eager's step with its (small) CPU math."""
+    the autoencoder at batch 4 on the Triton backend, beside eager's step with its (small) CPU math; then
+    each compiled variant that spills, with its registers and shared memory (cuobjdump's figures)."""
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -326,6 +327,15 @@ def faked():
         torch.autograd.grad(ae.loss(small), params)
         per_call(f"ae train step, batch 4, triton ({sum(fake.launches.values()) - launches} launches)",
                  lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
+        # Which compiled variants spill, for narrow stretches of width 128 whose first layers are narrower
+        # (2026-12-07, triton 3.6: 700-900 bytes a thread in bfloat16; uniform widths none).
+        for dims in ([17, 100, 100, 17], [3, 17, 100], [128, 128, 128]):
+            stretch = FusedMLP(dims).to(torch.bfloat16)
+            rows = torch.empty(4096, dims[0], dtype=torch.bfloat16)  # never read: the fake GPU runs nothing
+            torch.autograd.grad(stretch.loss(rows, rows.new_empty(4096, dims[-1])), list(stretch.parameters()))
+    for variant, (registers, stack, shared) in fake.variants.items():
+        if stack:
+            print(f"spills: {stack} bytes a thread, {registers} registers, {shared} bytes shared: {variant}")
 
 
 PARTS = {"faked": faked, "mlp": mlp, "vae": vae, "willshaw": willshaw, "compile": compile_time, "host": host, "stubbed": stubbed}

@@ -41,6 +41,8 @@ class Record:
     # compiles, from cuobjdump (absent without Triton's CUDA tools)
     registers: dict = field(default_factory=dict)
     stack_bytes: dict = field(default_factory=dict)
+    # each compiled variant, "name warps=.. stages=.. {constexprs}" -> (registers, stack bytes, shared bytes)
+    variants: dict = field(default_factory=dict)
 
 
 def resource_usage(cubin: bytes) -> tuple[int, int]:
@@ -56,6 +58,7 @@ def resource_usage(cubin: bytes) -> tuple[int, int]:
 class _Utils:
     def __init__(self, record: Record):
         self.record = record
+        self.compiling = ("", 0)  # the variant whose launcher was made last, and its shared memory
 
     def load_binary(self, name, cubin, shared, device):
         """(module, function, registers, spills, most threads a program) as the CUDA driver reports them:
@@ -66,6 +69,8 @@ class _Utils:
         registers, stack = resource_usage(cubin)
         self.record.registers[name] = max(self.record.registers.get(name, 0), registers)
         self.record.stack_bytes[name] = max(self.record.stack_bytes.get(name, 0), stack)
+        variant, shared_bytes = self.compiling
+        self.record.variants[variant] = (registers, stack, shared_bytes)
         allocated = max(8, -(-registers // 8) * 8)
         return 1, 1, registers, 0, min(1024, SM_REGISTERS // (allocated * 32) * 32)
 
@@ -111,6 +116,10 @@ class _Driver:
     def launcher_cls(self, src, metadata):
         """The launcher of one compiled kernel: records its options, then counts its launches."""
         name = metadata.name
+        constexprs = {src.fn.arg_names[key[0]] if isinstance(key, tuple) else key: value
+                      for key, value in src.constants.items()}
+        self.utils.compiling = (f"{name} warps={metadata.num_warps} stages={metadata.num_stages} {constexprs}",
+                                metadata.shared)
         self.record.fp_fusion.setdefault(name, set()).add(metadata.enable_fp_fusion)
         self.record.shared_bytes[name] = max(self.record.shared_bytes.get(name, 0), metadata.shared)
 
