@@ -977,6 +977,9 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, b_ptr, gx_p
 # quarters (NARROW_QUARTER_IEEE_DEPTH). One exception: that forward at width 64 takes 32 rows where 64
 # compile, since at 112 registers per thread (127 with triton 3.6) two programs share an SM (at 64
 # rows, 142: one; tests/mlp/test_compiled_kernels.py holds it to 128).
+# Those cases are uniform widths: at width 128, a stretch whose first layers are narrower than the tile
+# (17-100-100-17, 3-17-100) spills 450-900 bytes a thread in the backward with triton 3.6, cause not yet
+# found (docs/gpu_notes.md; `benchmarks/profile_kernels.py faked` lists the variants).
 NARROW_WARPS = 8
 NARROW_MAX_ROWS = 128
 NARROW_ONE_PASS_WIDTH = 64  # wider backward tiles take two passes (SPLIT_PASSES): one pass spills
