@@ -226,6 +226,20 @@ def host():
                   lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
 
 
+def cpu_per_call(name, fn, calls, unit="us"):
+    """Prints the best of five rounds of ``calls`` calls of ``fn``, per call, after 100 untimed: on the
+    CPU, whose other jobs only add time."""
+    for _ in range(100):
+        fn()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+    print(f"{name:<70} {best * 1e6:8.1f} {unit}", flush=True)
+
+
 class _NoLaunch:
     """A Triton kernel whose launches do nothing."""
 
@@ -253,13 +267,8 @@ def stubbed():
     x = torch.rand(4, 784)
     params, eager_params = list(ae.parameters()), list(eager_ae.parameters())
 
-    def per_call(name, fn, calls=3000):
-        for _ in range(100):
-            fn()
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        print(f"{name:<70} {(time.perf_counter() - start) / calls * 1e6:8.1f} us a step", flush=True)
+    def per_call(name, fn):
+        cpu_per_call(name, fn, calls=3000, unit="us a step")
     per_call("ae train step, batch 4, eager (its CPU math included)",
              lambda: torch.autograd.grad(F.mse_loss(eager_ae(x), x), eager_params))
     layer_by_layer = [(mlp_layers, "_one_node", lambda plain, hooked: False)]
@@ -297,48 +306,40 @@ def faked():
 
     if _backends.triton_interpreted():
         sys.exit("the faked part compiles the kernels: unset TRITON_INTERPRET")
-    fake = fake_gpu.install()
-    _backends.can_run = lambda backend, device: True  # Triton on CPU tensors, which the fake GPU never reads
+    fake = fake_gpu.install_for_aefast()
     from aefast.mlp import triton_kernels
 
-    def per_call(name, fn, calls=2000):
-        fn()
-        best = float("inf")
-        for _ in range(5):  # the best of five rounds: this machine's other jobs only add time
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            best = min(best, (time.perf_counter() - start) / calls)
-        print(f"{name:<70} {best * 1e6:8.1f} us", flush=True)
-
     x, weight, bias = torch.randn(64, 32), torch.randn(16, 32), torch.randn(16)
-    per_call("empty Triton kernel (1 pointer), a launch", lambda: _empty_kernel[(1,)](x, BLOCK=16, **_backends.TRITON_LAUNCH))
-    per_call("triton_kernels.linear_forward (1 launch)",
-             lambda: triton_kernels.linear_forward(x, weight, bias, "relu", "none", 0.0, 1))
+    cpu_per_call("empty Triton kernel (1 pointer), a launch",
+                 lambda: _empty_kernel[(1,)](x, BLOCK=16, **_backends.TRITON_LAUNCH), calls=2000)
+    cpu_per_call("triton_kernels.linear_forward (1 launch)",
+                 lambda: triton_kernels.linear_forward(x, weight, bias, "relu", "none", 0.0, 1), calls=2000)
     torch.manual_seed(0)
     ae = FusedAutoencoder([784, 256, 32])
     eager_ae = torch.nn.Sequential(ae.encoder.to_sequential(), ae.decoder.to_sequential())
     small = torch.rand(4, 784)
     params, eager_params = list(ae.parameters()), list(eager_ae.parameters())
-    per_call("ae train step, batch 4, eager (its CPU math included)",
-             lambda: torch.autograd.grad(F.mse_loss(eager_ae(small), small), eager_params), calls=300)
+    cpu_per_call("ae train step, batch 4, eager (its CPU math included)",
+                 lambda: torch.autograd.grad(F.mse_loss(eager_ae(small), small), eager_params), calls=300)
     with aefast.use_backend("triton"):
         launches = sum(fake.launches.values())
         torch.autograd.grad(ae.loss(small), params)
-        per_call(f"ae train step, batch 4, triton ({sum(fake.launches.values()) - launches} launches)",
-                 lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
+        cpu_per_call(f"ae train step, batch 4, triton ({sum(fake.launches.values()) - launches} launches)",
+                     lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
         # Which compiled variants spill, for narrow stretches of width 128 whose first layers are narrower
         # (2026-12-07, triton 3.6: 700-900 bytes a thread in bfloat16; uniform widths none).
         for dims in ([17, 100, 100, 17], [3, 17, 100], [128, 128, 128]):
             stretch = FusedMLP(dims).to(torch.bfloat16)
             rows = torch.empty(4096, dims[0], dtype=torch.bfloat16)  # never read: the fake GPU runs nothing
             torch.autograd.grad(stretch.loss(rows, rows.new_empty(4096, dims[-1])), list(stretch.parameters()))
-    for variant, (registers, stack, shared) in fake.variants.items():
-        if stack:
-            print(f"spills: {stack} bytes a thread, {registers} registers, {shared} bytes shared: {variant}")
+    for key, variant in fake.variants.items():
+        if variant.stack_bytes:
+            print(f"spills: {variant.stack_bytes} bytes a thread, {variant.registers} registers, "
+                  f"{variant.shared_bytes} bytes shared: {key}")
 
 
-PARTS = {"faked": faked, "mlp": mlp, "vae": vae, "willshaw": willshaw, "compile": compile_time, "host": host, "stubbed": stubbed}
+PARTS = {"mlp": mlp, "vae": vae, "willshaw": willshaw, "compile": compile_time, "host": host, "stubbed": stubbed,
+         "faked": faked}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or ["vae", "willshaw", "mlp"]

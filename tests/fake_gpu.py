@@ -32,17 +32,39 @@ CUOBJDUMP = Path(__import__("triton").__file__).parent / "backends" / "nvidia" /
 
 
 @dataclass
+class Variant:
+    """One compiled kernel: its name, whether it asked for FMA contraction, its shared memory a program, and
+    (from cuobjdump; None without Triton's CUDA tools) its registers and stack (spills and local arrays)
+    a thread."""
+    name: str
+    fp_fusion: bool
+    shared_bytes: int
+    registers: int | None = None
+    stack_bytes: int | None = None
+
+
+@dataclass
 class Record:
-    """What the fake GPU saw: launches per kernel name, and each compiled kernel's options."""
+    """What the fake GPU saw: launches per kernel name, and each compiled variant, by
+    "name warps=.. stages=.. {constexprs}"."""
     launches: Counter = field(default_factory=Counter)
-    fp_fusion: dict = field(default_factory=dict)  # kernel name -> set of enable_fp_fusion values compiled
-    shared_bytes: dict = field(default_factory=dict)  # kernel name -> most shared memory of its compiles
-    # kernel name -> most registers a thread and most stack a thread (spills and local arrays) of its
-    # compiles, from cuobjdump (absent without Triton's CUDA tools)
-    registers: dict = field(default_factory=dict)
-    stack_bytes: dict = field(default_factory=dict)
-    # each compiled variant, "name warps=.. stages=.. {constexprs}" -> (registers, stack bytes, shared bytes)
     variants: dict = field(default_factory=dict)
+
+    def most(self, attribute: str) -> dict:
+        """{kernel name: the most ``attribute`` of its variants} (variants without it left out)."""
+        out = {}
+        for variant in self.variants.values():
+            value = getattr(variant, attribute)
+            if value is not None:
+                out[variant.name] = max(out.get(variant.name, value), value)
+        return out
+
+    def fp_fusion(self) -> dict:
+        """{kernel name: the sorted enable_fp_fusion values its variants were compiled with}."""
+        out = {}
+        for variant in self.variants.values():
+            out.setdefault(variant.name, set()).add(variant.fp_fusion)
+        return {name: sorted(values) for name, values in out.items()}
 
 
 def resource_usage(cubin: bytes) -> tuple[int, int]:
@@ -56,9 +78,8 @@ def resource_usage(cubin: bytes) -> tuple[int, int]:
 
 
 class _Utils:
-    def __init__(self, record: Record):
-        self.record = record
-        self.compiling = ("", 0)  # the variant whose launcher was made last, and its shared memory
+    def __init__(self):
+        self.compiling = None  # the Variant whose launcher was made last: Triton loads its binary next
 
     def load_binary(self, name, cubin, shared, device):
         """(module, function, registers, spills, most threads a program) as the CUDA driver reports them:
@@ -67,10 +88,7 @@ class _Utils:
         if not CUOBJDUMP.exists():
             return 1, 1, 0, 0, 1024
         registers, stack = resource_usage(cubin)
-        self.record.registers[name] = max(self.record.registers.get(name, 0), registers)
-        self.record.stack_bytes[name] = max(self.record.stack_bytes.get(name, 0), stack)
-        variant, shared_bytes = self.compiling
-        self.record.variants[variant] = (registers, stack, shared_bytes)
+        self.compiling.registers, self.compiling.stack_bytes = registers, stack
         allocated = max(8, -(-registers // 8) * 8)
         return 1, 1, registers, 0, min(1024, SM_REGISTERS // (allocated * 32) * 32)
 
@@ -84,7 +102,7 @@ class _Driver:
 
     def __init__(self, record: Record):
         self.record = record
-        self.utils = _Utils(record)
+        self.utils = _Utils()
 
     def get_current_device(self):
         return 0
@@ -118,10 +136,9 @@ class _Driver:
         name = metadata.name
         constexprs = {src.fn.arg_names[key[0]] if isinstance(key, tuple) else key: value
                       for key, value in src.constants.items()}
-        self.utils.compiling = (f"{name} warps={metadata.num_warps} stages={metadata.num_stages} {constexprs}",
-                                metadata.shared)
-        self.record.fp_fusion.setdefault(name, set()).add(metadata.enable_fp_fusion)
-        self.record.shared_bytes[name] = max(self.record.shared_bytes.get(name, 0), metadata.shared)
+        variant = Variant(name, metadata.enable_fp_fusion, metadata.shared)
+        self.record.variants[f"{name} warps={metadata.num_warps} stages={metadata.num_stages} {constexprs}"] = variant
+        self.utils.compiling = variant
 
         def launch(grid_x, grid_y, grid_z, *args):
             grid = (grid_x, grid_y, grid_z)
@@ -135,4 +152,19 @@ def install() -> Record:
     """Makes the fake GPU Triton's active driver for the rest of the process; returns its record."""
     record = Record()
     driver.set_active(_Driver(record))
+    return record
+
+
+def install_for_aefast() -> Record:
+    """``install``, and aefast's Triton backend let onto it as onto an H200: Triton on CPU tensors (which the
+    fake GPU never reads), programs per device by the H200's SMs, and the MLP tuner's choices as a GPU's
+    (every candidate tile and way of taking a weight gradient launched once, the first kept)."""
+    from aefast import _backends
+    from aefast.mlp import triton_kernels
+
+    record = install()
+    _backends.can_run = lambda backend, device: True
+    triton_kernels._device_programs = lambda device, per_sm, interpreted: per_sm * H200_SMS
+    triton_kernels._tuning_on = lambda device: True
+    triton_kernels._time_launch = lambda launch: (launch(), 1.0)[1]
     return record

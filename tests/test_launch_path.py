@@ -228,16 +228,7 @@ def _rows(rows):
 if __name__ == "__main__":
     from tests import fake_gpu
 
-    fake = fake_gpu.install()
-    from aefast import _backends
-    from aefast.mlp import triton_kernels
-
-    _backends.can_run = lambda backend, device: True  # the fake GPU runs Triton on CPU tensors
-    # Programs per device as on an H200 (the launchers ask CUDA devices only), and the tuner's choices
-    # as a GPU's: every candidate tile and way of taking the weight gradient launched once, the first kept.
-    triton_kernels._device_programs = lambda device, per_sm, interpreted: per_sm * fake_gpu.H200_SMS
-    triton_kernels._tuning_on = lambda device: True
-    triton_kernels._time_launch = lambda launch: (launch(), 1.0)[1]
+    fake = fake_gpu.install_for_aefast()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if sys.argv[1:] == ["scale"]:
@@ -247,7 +238,6 @@ if __name__ == "__main__":
             _workload()
             checks = {"refused_grid": _refused_grid()}  # after the record's kernels: it launches none
     print(json.dumps({**checks, "launches": dict(fake.launches),
-                      "fp_fusion": {name: sorted(values) for name, values in fake.fp_fusion.items()},
-                      "shared_bytes": fake.shared_bytes, "registers": fake.registers,
-                      "stack_bytes": fake.stack_bytes,
+                      "fp_fusion": fake.fp_fusion(), "shared_bytes": fake.most("shared_bytes"),
+                      "registers": fake.most("registers"), "stack_bytes": fake.most("stack_bytes"),
                       "warnings": [str(w.message) for w in caught if "triton" in w.filename.replace("\\", "/")]}))
