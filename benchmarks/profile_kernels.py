@@ -298,7 +298,8 @@ def faked():
     that compiles each launch and runs none (tests/fake_gpu.py; what it leaves out is the C launcher's
     packing and the driver's launch): per empty launch, per linear launcher, and per training step of
     the autoencoder at batch 4 on the Triton backend, beside eager's step with its (small) CPU math; then
-    each compiled variant that spills, with its registers and shared memory (cuobjdump's figures)."""
+    each compiled variant that spills, with its registers, shared memory (cuobjdump's figures) and launches
+    (a narrow variant that spills is compiled and never launched: mlp/triton_kernels.py's _Launch)."""
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -326,8 +327,8 @@ def faked():
         torch.autograd.grad(ae.loss(small), params)
         cpu_per_call(f"ae train step, batch 4, triton ({sum(fake.launches.values()) - launches} launches)",
                      lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
-        # Which compiled variants spill, for narrow stretches of width 128 whose first layers are narrower
-        # (2026-12-07, triton 3.6: 700-900 bytes a thread in bfloat16; uniform widths none).
+        # Which compiled variants spill, for narrow stretches at a 128-wide tile (2026-12-07, triton 3.6:
+        # 17-100-100-17 450-1100 bytes a thread in bfloat16; the launchers then run the layers one by one).
         for dims in ([17, 100, 100, 17], [3, 17, 100], [128, 128, 128]):
             stretch = FusedMLP(dims).to(torch.bfloat16)
             rows = torch.empty(4096, dims[0], dtype=torch.bfloat16)  # never read: the fake GPU runs nothing
@@ -335,7 +336,7 @@ def faked():
     for key, variant in fake.variants.items():
         if variant.stack_bytes:
             print(f"spills: {variant.stack_bytes} bytes a thread, {variant.registers} registers, "
-                  f"{variant.shared_bytes} bytes shared: {key}")
+                  f"{variant.shared_bytes} bytes shared, launched {variant.launches} times: {key}")
 
 
 PARTS = {"mlp": mlp, "vae": vae, "willshaw": willshaw, "compile": compile_time, "host": host, "stubbed": stubbed,

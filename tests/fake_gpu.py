@@ -33,14 +33,16 @@ CUOBJDUMP = Path(__import__("triton").__file__).parent / "backends" / "nvidia" /
 
 @dataclass
 class Variant:
-    """One compiled kernel: its name, whether it asked for FMA contraction, its shared memory a program, and
+    """One compiled kernel: its name, whether it asked for FMA contraction, its shared memory a program,
     (from cuobjdump; None without Triton's CUDA tools) its registers and stack (spills and local arrays)
-    a thread."""
+    a thread, and how often it was launched (a variant may be compiled and loaded and never launched:
+    aefast's narrow launchers refuse one that spills)."""
     name: str
     fp_fusion: bool
     shared_bytes: int
     registers: int | None = None
     stack_bytes: int | None = None
+    launches: int = 0
 
 
 @dataclass
@@ -51,10 +53,12 @@ class Record:
     variants: dict = field(default_factory=dict)
 
     def most(self, attribute: str) -> dict:
-        """{kernel name: the most ``attribute`` of its variants} (variants without it left out)."""
+        """{kernel name: the most ``attribute`` of its launched variants} (variants without it left out)."""
         out = {}
         for variant in self.variants.values():
             value = getattr(variant, attribute)
+            if not variant.launches:
+                continue
             if value is not None:
                 out[variant.name] = max(out.get(variant.name, value), value)
         return out
@@ -90,7 +94,8 @@ class _Utils:
         registers, stack = resource_usage(cubin)
         self.compiling.registers, self.compiling.stack_bytes = registers, stack
         allocated = max(8, -(-registers // 8) * 8)
-        return 1, 1, registers, 0, min(1024, SM_REGISTERS // (allocated * 32) * 32)
+        # The driver's "spills" are the local memory a thread takes, in 4-byte words (triton's driver.c).
+        return 1, 1, registers, stack // 4, min(1024, SM_REGISTERS // (allocated * 32) * 32)
 
     @staticmethod
     def get_device_properties(device):
@@ -145,6 +150,7 @@ class _Driver:
             if any(size > limit for size, limit in zip(grid, CUDA_GRID_LIMITS)):
                 raise RuntimeError(f"{name}: a grid of {grid} programs passes CUDA's limits {CUDA_GRID_LIMITS}")
             self.record.launches[name] += 1
+            variant.launches += 1
         return launch
 
 

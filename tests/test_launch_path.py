@@ -98,11 +98,29 @@ def test_no_kernel_the_benchmarks_launch_spills(record_at_scale):
     assert record_at_scale["stack_bytes"] and _spilled(record_at_scale) == {}
 
 
+# At the small run's sizes the linear tiles shrink to the layers' widths, and a few of those spill a few
+# bytes a thread (mlp/triton_kernels.py, by LINEAR_TILES): with triton 3.6 IEEE float32's dW at sizes of
+# 100 with a ReLU, 8 bytes; with 3.9 a few more. The narrow kernels launch none that spills.
+SMALL_RUN_LINEAR_STACK = 16
+LINEAR_KERNELS = ("_linear_forward_kernel", "_linear_grad_input_kernel", "_linear_grad_weight_kernel",
+                  "_linear_loss_kernel")
+
+
 @pytest.mark.skipif(not CUOBJDUMP.exists(), reason="Triton's CUDA tools are not installed")
-@pytest.mark.skipif(not triton.__version__.startswith("3.6."),
-                    reason="with triton 3.9 a few linear tiles shrunk to small layers spill a few bytes (LINEAR_TILES)")
-def test_no_kernel_the_small_run_launches_spills_with_the_gpu_machines_triton(record):
-    assert record["stack_bytes"] and _spilled(record) == {}
+def test_no_kernel_the_small_run_launches_spills_but_a_few_bytes_of_a_linear_tile(record):
+    spilled = _spilled(record)
+    assert record["stack_bytes"] and {name: size for name, size in spilled.items()
+                                      if name not in LINEAR_KERNELS or size > SMALL_RUN_LINEAR_STACK} == {}
+
+
+@pytest.mark.skipif(not CUOBJDUMP.exists(), reason="Triton's CUDA tools are not installed")
+@pytest.mark.skipif(not triton.__version__.startswith("3.6."), reason="which variants spill depends on the version")
+def test_a_narrow_variant_that_spills_is_compiled_and_never_launched(record):
+    """With triton 3.6 the 128-wide narrow backward of 17-100-100-17 spills (450-1100 bytes a thread): the
+    launcher compiled it, saw the spill, and ran the layers one by one instead (the small run's no-spill
+    check above holds the launched variants)."""
+    refused = [key for key in record["refused"] if key.startswith("_narrow_backward_kernel")]
+    assert any("'DIMS': (17, 100, 100, 17)" in key for key in refused), record["refused"]
 
 
 def test_the_fake_gpu_refuses_a_grid_past_cudas_limits(record):
@@ -115,6 +133,7 @@ def _workload():
 
     import aefast
     from aefast import _triton_random
+    from aefast.mlp import fp32_precision as mlp_precision
     from aefast.mlp import triton_kernels as mlp_kernels
     from aefast.nn import FusedAutoencoder, FusedMLP
     from aefast.willshaw import triton_kernels as willshaw_kernels
@@ -138,6 +157,17 @@ def _workload():
         with torch.no_grad():
             stack(rows)
         torch.autograd.grad(stack.loss(rows, torch.randn(100, 32)), list(stack.parameters()))
+        # Stretches whose 128-wide tiles spill with triton 3.6 (rows not a multiple of 16 bytes wide): the
+        # launchers compile each variant first and run the layers one by one where it spills, in the
+        # precisions whose kernels differ (bfloat16, TF32, 3xTF32 and IEEE float32 products).
+        for dtype, precision in ((torch.bfloat16, "torch"), (torch.float32, "tf32x3"), (torch.float32, "ieee")):
+            with mlp_precision(precision):
+                for dims in ([17, 100, 100, 17], [128, 100, 17]):
+                    mixed = FusedMLP(dims).to(dtype)
+                    rows = torch.randn(100, dims[0], dtype=dtype)
+                    torch.autograd.grad(mixed.loss(rows, torch.randn(100, dims[-1], dtype=dtype)),
+                                        list(mixed.parameters()))
+                    torch.autograd.grad(mixed(rows.requires_grad_()).sum(), [rows, *mixed.parameters()])
         # reparameterize_kl with its noise generated, and the noise fill alone.
         mu, logvar = torch.randn(5, 7, requires_grad=True), torch.randn(5, 7, requires_grad=True)
         z, kl = aefast.reparameterize_kl(mu, logvar, seed=1)
@@ -237,7 +267,8 @@ if __name__ == "__main__":
         else:
             _workload()
             checks = {"refused_grid": _refused_grid()}  # after the record's kernels: it launches none
-    print(json.dumps({**checks, "launches": dict(fake.launches),
+    refused = sorted(key for key, variant in fake.variants.items() if variant.stack_bytes and not variant.launches)
+    print(json.dumps({**checks, "launches": dict(fake.launches), "refused": refused,
                       "fp_fusion": fake.fp_fusion(), "shared_bytes": fake.most("shared_bytes"),
                       "registers": fake.most("registers"), "stack_bytes": fake.most("stack_bytes"),
                       "warnings": [str(w.message) for w in caught if "triton" in w.filename.replace("\\", "/")]}))

@@ -376,10 +376,11 @@ class Tiles:
 # because they spill with triton 3.6 or 3.9: 128 x 256 forward tiles; the IEEE and 3xTF32 forward's
 # 128 x 128 x 64 and IEEE's 128 x 128; the loss's 128 x 128 but in 16 bits; dX's 128 x 64 x 128 and,
 # but in IEEE, its 128 x 32 x 128; dW's 64 x 128 x 128 and IEEE's 32 x 64 x 128 (8 bytes, triton 3.9).
-# Shrunk to a narrow layer's widths, a few tiles spill a few bytes a thread with triton 3.9 (not 3.6),
-# which the checks above (at each list's sizes) do not see: with an activation, float32 dW at 32 x 32 x 16
-# (IEEE, 16 bytes) or 32 x 32 x 32 (IEEE and 3xTF32, 8), dX writing dZ at 64 x 32 x 16 (IEEE, 8). The
-# benchmarks' layers compile none such (tests/test_launch_path.py).
+# Shrunk to a narrow layer's widths, or at sizes not divisible by 16, a few tiles spill a few bytes a
+# thread, which the checks above (at each list's sizes) do not see: with triton 3.9 and an activation,
+# float32 dW at 32 x 32 x 16 (IEEE, 16 bytes) or 32 x 32 x 32 (IEEE and 3xTF32, 8), dX writing dZ at
+# 64 x 32 x 16 (IEEE, 8); with 3.6, IEEE dW at 32 x 64 x 64 with a ReLU on 100 x 100 layers (8). The
+# benchmarks' layers compile none such (tests/test_launch_path.py holds the rest to 16 bytes).
 # BLOCK_M/N/K name the kernel's parameters: for "grad_input" BLOCK_N is the reduced edge and the output
 # tile is BLOCK_M x BLOCK_K; for "grad_weight" BLOCK_M is reduced (the batch), the output BLOCK_N x BLOCK_K.
 _FORWARD = [(64, 64, 32), (128, 64, 32), (64, 128, 32)]
@@ -977,9 +978,10 @@ def _narrow_backward_kernel(gy_ptr, x_ptr, out_ptr, acts_ptr, w_ptr, b_ptr, gx_p
 # quarters (NARROW_QUARTER_IEEE_DEPTH). One exception: that forward at width 64 takes 32 rows where 64
 # compile, since at 112 registers per thread (127 with triton 3.6) two programs share an SM (at 64
 # rows, 142: one; tests/mlp/test_compiled_kernels.py holds it to 128).
-# Those cases are uniform widths: at width 128, a stretch whose first layers are narrower than the tile
-# (17-100-100-17, 3-17-100) spills 450-900 bytes a thread in the backward with triton 3.6, cause not yet
-# found (docs/gpu_notes.md; `benchmarks/profile_kernels.py faked` lists the variants).
+# Those cases are uniform widths, 4 layers. Other stretches at a 128-wide tile may spill (rows that are
+# not a multiple of 16 bytes wide, such as 17-100-100-17: 450-1100 bytes a thread with triton 3.6), so
+# the launchers compile each variant before its first launch and run a spilling stretch layer by layer
+# (_Launch; `benchmarks/profile_kernels.py faked` lists the variants that spilled).
 NARROW_WARPS = 8
 NARROW_MAX_ROWS = 128
 NARROW_ONE_PASS_WIDTH = 64  # wider backward tiles take two passes (SPLIT_PASSES): one pass spills
@@ -1040,6 +1042,66 @@ def _narrow_blocks(dims, rows, operands, direction):
     return block_d, min(_block(rows, NARROW_MAX_ROWS), most), NARROW_WARPS
 
 
+# Whether the narrow launchers check, before a variant's first launch, that it compiled without spills
+# (_Launch); the tests turn it off to launch a variant anyway.
+SPILL_GUARD = True
+_KEEPS_TO_REGISTERS: dict = {}  # by _Launch.key(): whether the variant compiled without spills
+
+
+class _Launch:
+    """One launch of a narrow kernel, set up before it runs, so that the compiled variant it takes can be
+    asked first whether it keeps to registers.
+
+    The narrow kernels hold a tile of rows, a weight and, backward, the weight gradient's sum in
+    registers: at a 128-wide tile, near a thread's 255. Where they run out the compiler spills to local
+    memory, which costs a kernel most of its speed (a 64 x 64 float32 tile in 4 warps spilled 13 KiB a
+    thread once, and the narrow stack ran 40x slower than eager on an H200). Which stretches spill
+    follows no rule that tests written ahead could list: it changes with Triton's version, with the
+    widths' alignment (Triton specializes on 16-byte alignment), and not with the work (a lighter
+    variant spilled where the heaviest did not). With triton 3.6 at a 128-wide tile, stretches whose
+    rows are not a multiple of 16 bytes spill hundreds of bytes a thread (17-100-100-17 in bfloat16:
+    450-1100, in every direction), and some uniform ones a few dozen (128-128-128 in 3xTF32 reading
+    saved activations: 40). So on a GPU each variant is compiled once before its first launch, as the
+    launch would compile it, and the driver's count of its local memory decides: where it spills, the
+    stretch runs layer by layer through the linear kernels instead (_narrow_forward_by_layers and its
+    siblings). A linear kernel spills a few bytes at most (LINEAR_TILES) and launches unchecked: the
+    check would cost its every launch a key of its arguments, a few percent of a small training step's
+    host time."""
+
+    def __init__(self, kernel, grid: tuple, args: tuple, kwargs: dict):
+        self.kernel, self.grid, self.args, self.kwargs = kernel, grid, args, kwargs
+
+    def __call__(self):
+        self.kernel[self.grid](*self.args, **self.kwargs)
+
+    def key(self) -> tuple:
+        """What Triton specializes a variant on, or more: the constants and options, each tensor's dtype
+        and 16-byte alignment, whether each integer is 1 or divides by 16."""
+        def argument(value):
+            if isinstance(value, torch.Tensor):
+                return value.dtype, value.data_ptr() % 16 == 0
+            if isinstance(value, int):
+                return value == 1, value % 16 == 0
+            return type(value)
+        # The first argument's device: the launchers make it the current one, which Triton compiles for.
+        return (self.kernel.__name__, self.args[0].device, tuple(map(argument, self.args)),
+                tuple(self.kwargs.items()))
+
+    def keeps_to_registers(self) -> bool:
+        """Whether the variant this launch takes compiled without spills (True in the interpreter, and
+        with SPILL_GUARD off). Compiling is what the launch would do first; the answer is kept."""
+        if _INTERPRETED or not SPILL_GUARD:
+            return True
+        key = self.key()
+        if key not in _KEEPS_TO_REGISTERS:
+            compiled = self.kernel.warmup(*self.args, grid=self.grid, **self.kwargs)
+            if hasattr(compiled, "result"):  # triton 3.6's asynchronous compile
+                compiled = compiled.result()
+            compiled._init_handles()  # loads it: the driver then reports its local memory (n_spills)
+            _KEEPS_TO_REGISTERS[key] = compiled.n_spills == 0
+        return _KEEPS_TO_REGISTERS[key]
+
+
 def narrow_forward(x, weights, biases, dims, activation, last_activation, save):
     """(out, saved activations between the layers, packed; empty when not saved)."""
     rows = x.shape[0]
@@ -1048,12 +1110,15 @@ def narrow_forward(x, weights, biases, dims, activation, last_activation, save):
     acts = torch.empty(rows * sum(dims[1:-1]) if save else 0, dtype=x.dtype, device=x.device)
     block_d, block_m, warps = _narrow_blocks(dims, rows, _operands(x.dtype), "forward")
     precision = _precision(x.dtype)
-    _narrow_forward_kernel[(cdiv(rows, block_m),)](
-        x, weights, weights if biases is None else biases, out, acts if acts.numel() else out, out, out, 0.0, rows,
-        **layout, ACT=ACTIVATION_CODES[activation], LAST_ACT=ACTIVATION_CODES[last_activation],
-        HAS_BIAS=biases is not None, SAVE=save, HAS_LOSS=False, LOSS=0, PRECISION=precision, UPCAST=_upcast(x.dtype),
-        BLOCK_M=block_m, BLOCK_D=block_d, SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps,
-        **_backends.TRITON_LAUNCH)
+    launch = _Launch(_narrow_forward_kernel, (cdiv(rows, block_m),), (
+        x, weights, weights if biases is None else biases, out, acts if acts.numel() else out, out, out, 0.0, rows),
+        dict(**layout, ACT=ACTIVATION_CODES[activation], LAST_ACT=ACTIVATION_CODES[last_activation],
+             HAS_BIAS=biases is not None, SAVE=save, HAS_LOSS=False, LOSS=0, PRECISION=precision,
+             UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
+             SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps, **_backends.TRITON_LAUNCH))
+    if not launch.keeps_to_registers():
+        return _narrow_forward_by_layers(x, weights, biases, dims, activation, last_activation, save)
+    launch()
     return out, acts
 
 
@@ -1065,12 +1130,16 @@ def narrow_loss_forward(x, weights, biases, target, dims, activation, last_activ
     grid = max(1, cdiv(rows, block_m))
     partial = torch.zeros(grid, dtype=torch.float32, device=x.device)
     precision = _precision(x.dtype)
-    _narrow_forward_kernel[(grid,)](
+    launch = _Launch(_narrow_forward_kernel, (grid,), (
         x, weights, weights if biases is None else biases, x, x, target, partial,
-        reference.mean_factor(rows * dims[-1]), rows, **narrow_constants(tuple(dims)), ACT=ACTIVATION_CODES[activation],
-        LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, SAVE=False, HAS_LOSS=True,
-        LOSS=LOSS_CODES[loss], PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
-        SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps, **_backends.TRITON_LAUNCH)
+        reference.mean_factor(rows * dims[-1]), rows),
+        dict(**narrow_constants(tuple(dims)), ACT=ACTIVATION_CODES[activation],
+             LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, SAVE=False, HAS_LOSS=True,
+             LOSS=LOSS_CODES[loss], PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
+             SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps, **_backends.TRITON_LAUNCH))
+    if not launch.keeps_to_registers():
+        return _narrow_loss_by_layers(x, weights, biases, target, dims, activation, last_activation, loss)[0]
+    launch()
     return partial.sum() if rows else torch.full((), math.nan, dtype=torch.float32, device=x.device)
 
 
@@ -1141,16 +1210,24 @@ def _narrow_backward_launch(grad_out, x, out, acts, weights, biases, dims, activ
         acts = torch.empty(programs * chunk_blocks * block_m * acts_per_row, dtype=x.dtype, device=x.device)
     target, grad_loss, loss_name = loss if loss is not None else (x, partials, "mse")
     precision = _precision(x.dtype)
-    _narrow_backward_kernel[(programs,)](
+    launch = _Launch(_narrow_backward_kernel, (programs,), (
         grad_out, x, out, acts if acts.numel() else out, weights, weights if biases is None else biases,
         grad_x if need_input_grad else out, partials, scratch, target, grad_loss,
-        reference.mean_factor(rows * dims[-1]), rows, **narrow_constants(tuple(dims)), ACT=ACTIVATION_CODES[activation],
-        LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, NEED_GX=need_input_grad,
-        PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, CHUNK_BLOCKS=chunk_blocks,
-        SPLIT_PASSES=block_d > NARROW_ONE_PASS_WIDTH, RECOMPUTE=recompute, ACTS_PER_ROW=acts_per_row,
-        SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), HAS_LOSS=loss is not None,
-        LOSS=LOSS_CODES[loss_name], num_warps=warps, num_stages=narrow_backward_stages(operands, direction, block_d),
-        **_backends.TRITON_LAUNCH)
+        reference.mean_factor(rows * dims[-1]), rows),
+        dict(**narrow_constants(tuple(dims)), ACT=ACTIVATION_CODES[activation],
+             LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, NEED_GX=need_input_grad,
+             PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d, CHUNK_BLOCKS=chunk_blocks,
+             SPLIT_PASSES=block_d > NARROW_ONE_PASS_WIDTH, RECOMPUTE=recompute, ACTS_PER_ROW=acts_per_row,
+             SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), HAS_LOSS=loss is not None,
+             LOSS=LOSS_CODES[loss_name], num_warps=warps,
+             num_stages=narrow_backward_stages(operands, direction, block_d), **_backends.TRITON_LAUNCH))
+    if not launch.keeps_to_registers():
+        del launch, partials, scratch  # the kernel's buffers, freed before the layers allocate theirs
+        if recompute:
+            acts = x.new_empty(0)  # this launch's chunk buffer: the layers recompute the activations whole
+        return _narrow_backward_by_layers(grad_out, x, out, acts, weights, biases, dims, activation, last_activation,
+                                          need_input_grad, loss)
+    launch()
     grad_w = torch.empty_like(weights)
     grad_b = torch.empty_like(biases) if biases is not None else weights.new_empty(0)
     width = partials.shape[1]
@@ -1158,3 +1235,63 @@ def _narrow_backward_launch(grad_out, x, out, acts, weights, biases, dims, activ
         partials, grad_w, grad_b if biases is not None else grad_w, programs, width, weight_count,
         width if biases is not None else weight_count, BLOCK=SUM_SPLITS_BLOCK, **_backends.TRITON_LAUNCH)
     return grad_x, grad_w, grad_b
+
+
+# --- a narrow stretch layer by layer, where its fused kernel would spill (_Launch) ------------------
+
+def _narrow_forward_by_layers(x, weights, biases, dims, activation, last_activation, save):
+    """narrow_forward through the linear kernels: (out, the hidden activations packed, or empty)."""
+    outputs = _narrow_outputs_by_layers(x, weights, biases, dims, activation, last_activation, len(dims) - 1)
+    acts = torch.cat([h.reshape(-1) for h in outputs[:-1]]) if save and len(dims) > 2 else x.new_empty(0)
+    return outputs[-1], acts
+
+
+def _narrow_outputs_by_layers(x, weights, biases, dims, activation, last_activation, layers):
+    """The outputs of the stretch's first ``layers`` layers, by linear_forward."""
+    outputs, h = [], x
+    for index, (weight, bias) in enumerate(reference.narrow_layers(weights, biases, dims)[:layers]):
+        h, _ = linear_forward(h, weight, bias, activation if index < len(dims) - 2 else last_activation, "none",
+                              0.0, 0)
+        outputs.append(h)
+    return outputs
+
+
+def _narrow_loss_by_layers(x, weights, biases, target, dims, activation, last_activation, loss):
+    """(mean loss, d loss / d z of the last layer, the hidden layers' outputs) through the linear kernels."""
+    hidden = _narrow_outputs_by_layers(x, weights, biases, dims, activation, None, len(dims) - 2)
+    weight, bias = reference.narrow_layers(weights, biases, dims)[-1]
+    mean_loss, grad_z = linear_loss_forward(hidden[-1] if hidden else x, weight, bias, target, last_activation, loss)
+    return mean_loss, grad_z, hidden
+
+
+def _narrow_backward_by_layers(grad_out, x, out, acts, weights, biases, dims, activation, last_activation,
+                               need_input_grad, loss=None):
+    """_narrow_backward_launch through the linear kernels: the hidden activations from ``acts``, or
+    where it is empty recomputed; ``loss`` as there (the last layer's gradient then from its loss)."""
+    rows, layers = x.shape[0], reference.narrow_layers(weights, biases, dims)
+    if loss is not None:
+        target, grad_loss, loss_name = loss
+        _, grad, hidden = _narrow_loss_by_layers(x, weights, biases, target, dims, activation, last_activation,
+                                                 loss_name)
+        scale, last_activation = grad_loss.reshape(()).to(torch.float32), None
+    elif acts.numel():
+        at = narrow_constants(tuple(dims))["ACT_COLS"]
+        hidden = [acts[rows * at[i]:rows * (at[i] + dims[i + 1])].view(rows, dims[i + 1]) for i in range(len(dims) - 2)]
+        grad, scale = grad_out, None
+    else:
+        hidden = _narrow_outputs_by_layers(x, weights, biases, dims, activation, None, len(dims) - 2)
+        grad, scale = grad_out, None
+    inputs, outputs = [x, *hidden], [*hidden, grad if loss is not None else out]
+    grad_w = torch.empty_like(weights)
+    grad_b = torch.empty_like(biases) if biases is not None else weights.new_empty(0)
+    grad_layers = reference.narrow_layers(grad_w, grad_b if biases is not None else None, dims)
+    for index in reversed(range(len(layers))):
+        weight, bias = layers[index]
+        last = index == len(layers) - 1
+        grad, layer_grad_w, layer_grad_b = linear_backward(
+            grad, inputs[index], weight, bias, outputs[index], x.new_empty(0), last_activation if last else activation,
+            "none", 0.0, 0, scale if last else None, index > 0 or need_input_grad)
+        grad_layers[index][0].copy_(layer_grad_w)
+        if bias is not None:
+            grad_layers[index][1].copy_(layer_grad_b)
+    return (grad if need_input_grad else x.new_empty(0)), grad_w, grad_b

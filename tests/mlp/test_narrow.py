@@ -73,6 +73,96 @@ def test_narrow_backward_in_chunks(mlp_backend, saves_activations, monkeypatch, 
         torch.testing.assert_close(a, b, atol=1e-5 * 129, rtol=1e-5)
 
 
+class _NotLaunched:
+    """A narrow kernel that must not launch."""
+
+    def __getitem__(self, grid):
+        raise AssertionError("a narrow kernel launched where its variant spills")
+
+
+@pytest.fixture
+def narrow_kernels_spill(monkeypatch):
+    """The Triton backend as on a GPU where every narrow variant spilled (_Launch): the stretches then run
+    layer by layer through the linear kernels, and a narrow kernel launch fails the test."""
+    from aefast.mlp import triton_kernels
+
+    monkeypatch.setattr(triton_kernels._Launch, "keeps_to_registers", lambda launch: False)
+    monkeypatch.setattr(triton_kernels, "_narrow_forward_kernel", _NotLaunched())
+    monkeypatch.setattr(triton_kernels, "_narrow_backward_kernel", _NotLaunched())
+    with aefast.use_backend("triton"):
+        yield
+
+
+@pytest.mark.parametrize("dims,activation,output_activation", [
+    ([17, 100, 100, 17], "relu", None),  # spills 450-1100 bytes a thread with triton 3.6 (sm_90)
+    ([128, 100, 3, 33], "tanh", "sigmoid"),
+    ([5, 7], "relu", "relu"),  # one layer
+])
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_stretch_whose_kernel_spills_runs_layer_by_layer(narrow_kernels_spill, saves_activations, dims, activation,
+                                                            output_activation, bias):
+    """Forward (with and without the hidden activations saved), backward (reading them or recomputing),
+    with and without dX: nn.Sequential's outputs and gradients, as the narrow kernels give them."""
+    torch.manual_seed(sum(dims))
+    mlp = FusedMLP(dims, activation=activation, output_activation=output_activation, bias=bias)
+    sequential = mlp.to_sequential()
+    for batch in (1, 7, 129):
+        x = torch.randn(batch, dims[0])
+        for input_grad in (True, False):
+            x_fused, x_plain = x.clone().requires_grad_(input_grad), x.clone().requires_grad_(input_grad)
+            y_fused, y_plain = mlp(x_fused), sequential(x_plain)
+            torch.testing.assert_close(y_fused, y_plain, atol=1e-5, rtol=1e-5)
+            grad = torch.randn(y_fused.shape, generator=torch.Generator().manual_seed(batch))
+            leaves = [x_fused] * input_grad + list(mlp.parameters())
+            got = torch.autograd.grad(y_fused, leaves, grad)
+            expected = torch.autograd.grad(y_plain, [x_plain] * input_grad + list(sequential.parameters()), grad)
+            for a, b in zip(got, expected, strict=True):
+                torch.testing.assert_close(a, b, atol=1e-5 * max(batch, 10), rtol=1e-5)
+        with torch.no_grad():
+            torch.testing.assert_close(mlp(x), sequential(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss,output_activation", [("mse", None), ("bce", "sigmoid")])
+@pytest.mark.parametrize("dims", [[17, 60, 60, 17], [17, 100, 100, 17]])
+def test_a_loss_stretch_whose_kernel_spills_runs_layer_by_layer(narrow_kernels_spill, loss, output_activation, dims):
+    """FusedMLP.loss over a stretch run layer by layer (its last layer as the fused linear loss): the
+    loss and every gradient, the target's included, as nn.Sequential's. At a 64-wide tile IEEE float32's
+    loss backward recomputes (its d loss / d z from the loss layer); at 128 it has none that does, and
+    takes d loss / d z from the saved output."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(7)
+    mlp = FusedMLP(dims, activation="tanh", output_activation=output_activation)
+    sequential = mlp.to_sequential()
+    for batch in (1, 7, 129):
+        x, target = torch.randn(batch, dims[0]), torch.rand(batch, dims[-1])
+        leaves = [x.clone().requires_grad_(), target.clone().requires_grad_()]
+        plain = [t.clone().requires_grad_() for t in (x, target)]
+        value = mlp.loss(*leaves, loss=loss)
+        output = sequential(plain[0])
+        expected = F.mse_loss(output, plain[1]) if loss == "mse" else F.binary_cross_entropy(output, plain[1])
+        torch.testing.assert_close(value, expected, atol=1e-6, rtol=1e-5)
+        # The loss's own gradient 2.5, not autograd's 1, reaches the layers' backward.
+        got = torch.autograd.grad(2.5 * value, leaves + list(mlp.parameters()))
+        want = torch.autograd.grad(2.5 * expected, plain + list(sequential.parameters()))
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6 * max(batch, 10), rtol=1e-5)
+
+
+def test_the_spill_check_compiles_each_variant_once(monkeypatch):
+    """_Launch.keeps_to_registers asks the compiled variant once per key (what Triton specializes on),
+    and tells a differently aligned launch apart; in the interpreter it says True without compiling."""
+    from aefast.mlp import triton_kernels
+
+    x = torch.zeros(33)
+    launch = triton_kernels._Launch(triton_kernels._narrow_forward_kernel, (1,), (x, 17, 1.0), {"BLOCK": 16})
+    moved = triton_kernels._Launch(triton_kernels._narrow_forward_kernel, (1,), (x[1:], 17, 1.0), {"BLOCK": 16})
+    assert launch.key() != moved.key()
+    assert launch.key() == triton_kernels._Launch(launch.kernel, (3,), (torch.ones(5), 33, 2.0), {"BLOCK": 16}).key()
+    if triton_kernels._INTERPRETED:
+        assert launch.keeps_to_registers()
+
+
 def test_narrow_stretch_in_bfloat16(mlp_backend):
     torch.manual_seed(9)
     mlp = FusedMLP([32, 48, 16], activation="relu")
