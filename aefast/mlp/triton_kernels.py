@@ -1273,6 +1273,7 @@ def _narrow_backward_by_layers(grad_out, x, out, acts, weights, biases, dims, ac
         target, grad_loss, loss_name = loss
         _, grad, hidden = _narrow_loss_by_layers(x, weights, biases, target, dims, activation, last_activation,
                                                  loss_name)
+        # The last layer's backward as the fused loss's: dY is d loss / d z, no activation, times the loss's gradient.
         scale, last_activation = grad_loss.reshape(()).to(torch.float32), None
     elif acts.numel():
         at = narrow_constants(tuple(dims))["ACT_COLS"]
@@ -1281,7 +1282,7 @@ def _narrow_backward_by_layers(grad_out, x, out, acts, weights, biases, dims, ac
     else:
         hidden = _narrow_outputs_by_layers(x, weights, biases, dims, activation, None, len(dims) - 2)
         grad, scale = grad_out, None
-    inputs, outputs = [x, *hidden], [*hidden, grad if loss is not None else out]
+    inputs, outputs = [x, *hidden], [*hidden, grad if loss is not None else out]  # (no activation reads grad)
     grad_w = torch.empty_like(weights)
     grad_b = torch.empty_like(biases) if biases is not None else weights.new_empty(0)
     grad_layers = reference.narrow_layers(grad_w, grad_b if biases is not None else None, dims)
