@@ -158,8 +158,8 @@ def _workload():
             stack(rows)
         torch.autograd.grad(stack.loss(rows, torch.randn(100, 32)), list(stack.parameters()))
         # Stretches whose 128-wide tiles spill with triton 3.6 (rows not a multiple of 16 bytes wide): the
-        # launchers compile each variant first and run the layers one by one where it spills, in the
-        # precisions whose kernels differ (bfloat16, TF32, 3xTF32 and IEEE float32 products).
+        # launchers compile each variant first and run the layers one by one where it spills (bfloat16,
+        # 3xTF32 and IEEE float32 here; docs/gpu_notes.md has a wider sweep).
         for dtype, precision in ((torch.bfloat16, "torch"), (torch.float32, "tf32x3"), (torch.float32, "ieee")):
             with mlp_precision(precision):
                 for dims in ([17, 100, 100, 17], [128, 100, 17]):

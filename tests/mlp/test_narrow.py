@@ -149,9 +149,10 @@ def test_a_loss_stretch_whose_kernel_spills_runs_layer_by_layer(narrow_kernels_s
             torch.testing.assert_close(a, b, atol=1e-6 * max(batch, 10), rtol=1e-5)
 
 
-def test_the_spill_check_compiles_each_variant_once(monkeypatch):
-    """_Launch.keeps_to_registers asks the compiled variant once per key (what Triton specializes on),
-    and tells a differently aligned launch apart; in the interpreter it says True without compiling."""
+def test_the_spill_checks_key_tells_apart_what_triton_specializes_on():
+    """_Launch.keeps_to_registers keeps its answer per key: a launch differently aligned gets its own, a
+    launch of other sizes, values and grid of the same specialization shares it; in the interpreter it
+    says True without compiling."""
     from aefast.mlp import triton_kernels
 
     x = torch.zeros(33)
