@@ -1042,9 +1042,6 @@ def _narrow_blocks(dims, rows, operands, direction):
     return block_d, min(_block(rows, NARROW_MAX_ROWS), most), NARROW_WARPS
 
 
-# Whether the narrow launchers check, before a variant's first launch, that it compiled without spills
-# (_Launch); the tests turn it off to launch a variant anyway.
-SPILL_GUARD = True
 _KEEPS_TO_REGISTERS: dict = {}  # by _Launch.key(): whether the variant compiled without spills
 
 
@@ -1088,9 +1085,9 @@ class _Launch:
                 tuple(self.kwargs.items()))
 
     def keeps_to_registers(self) -> bool:
-        """Whether the variant this launch takes compiled without spills (True in the interpreter, and
-        with SPILL_GUARD off). Compiling is what the launch would do first; the answer is kept."""
-        if _INTERPRETED or not SPILL_GUARD:
+        """Whether the variant this launch takes compiled without spills (True in the interpreter, which
+        compiles nothing). Compiling is what the launch would do first; the answer is kept."""
+        if _INTERPRETED:
             return True
         key = self.key()
         if key not in _KEEPS_TO_REGISTERS:
