@@ -33,7 +33,7 @@ from torch import Tensor
 
 from aefast import _backends
 from aefast._checks import check_seed_tensor, one_device
-from aefast._dtypes import accumulation_dtype, no_autocast
+from aefast._dtypes import accumulation_dtype, autocast_dtype, no_autocast
 from aefast.mlp import reference, reference_kernels
 
 FORWARD, BACKWARD, LOSS = "fused_linear", "fused_linear_backward", "fused_linear_loss"
@@ -333,6 +333,8 @@ def _kernel(op: str, x: Tensor):
     It runs outside any autocast region (the reference's float32 math would be cast to 16 bits)."""
     kernel = (_backends.registered_kernel(op, "reference") if x.dtype == torch.float64
               else _backends.select(op, x.device)[1])
+    if autocast_dtype(x.device) is None:  # most calls: the kernel itself, without a wrapper to build and enter
+        return kernel
 
     def run(*args):
         with no_autocast(x.device):
@@ -682,6 +684,32 @@ def _chain_reference(x: Tensor, target: Optional[Tensor], seed: Tensor, steps, *
     return h
 
 
+def _chain_forward(x, target, seed, steps, differentiable, parameters) -> tuple[Tensor, list]:
+    """Each step's checks and kernel in order: (the last step's output or the loss, the tensors its
+    backward needs)."""
+    h, saved = x, []
+    for step, (first, _) in zip(steps, _layout(steps)):
+        taken = parameters[first:first + _parameter_count(step)]
+        if isinstance(step, LinearStep):
+            y, saved_z = _fused_linear(h, *taken, step.activation, step.corruption, step.corruption_param, seed)
+            saved += [h, y, saved_z]
+        elif isinstance(step, NarrowStep):
+            weights, biases = _packed(taken)
+            y, activations = _fused_narrow_mlp(h, weights, biases, list(step.dims), step.activation,
+                                               step.last_activation, differentiable and NARROW_SAVES_ACTIVATIONS)
+            saved += [h, y, activations, weights, biases]
+        elif isinstance(step, NarrowLossStep):
+            weights, biases = _packed(taken)
+            y = _fused_narrow_mlp_loss(h, weights, biases, target, list(step.dims), step.activation,
+                                       step.last_activation, step.loss)
+            saved += [h, weights, biases]
+        else:
+            y, grad_z = _fused_linear_loss(h, *taken, target, step.output_activation, step.loss)
+            saved += [h, grad_z]
+        h = y
+    return h, saved
+
+
 class _Chain(torch.autograd.Function):
     """``fused_chain``'s autograd: forward runs each step's checks and kernel, backward each step's
     backward kernel in reverse order (under create_graph, the reference's ops instead)."""
@@ -689,26 +717,7 @@ class _Chain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, target, seed, steps, differentiable, *parameters):
         ctx.set_materialize_grads(False)
-        h, saved = x, []
-        for step, (first, _) in zip(steps, _layout(steps)):
-            taken = parameters[first:first + _parameter_count(step)]
-            if isinstance(step, LinearStep):
-                y, saved_z = _fused_linear(h, *taken, step.activation, step.corruption, step.corruption_param, seed)
-                saved += [h, y, saved_z]
-            elif isinstance(step, NarrowStep):
-                weights, biases = _packed(taken)
-                y, activations = _fused_narrow_mlp(h, weights, biases, list(step.dims), step.activation,
-                                                   step.last_activation, differentiable and NARROW_SAVES_ACTIVATIONS)
-                saved += [h, y, activations, weights, biases]
-            elif isinstance(step, NarrowLossStep):
-                weights, biases = _packed(taken)
-                y = _fused_narrow_mlp_loss(h, weights, biases, target, list(step.dims), step.activation,
-                                           step.last_activation, step.loss)
-                saved += [h, weights, biases]
-            else:
-                y, grad_z = _fused_linear_loss(h, *taken, target, step.output_activation, step.loss)
-                saved += [h, grad_z]
-            h = y
+        h, saved = _chain_forward(x, target, seed, steps, differentiable, parameters)
         ctx.steps = steps
         if differentiable:
             ctx.save_for_backward(x, target, seed, *parameters, *saved)
@@ -781,6 +790,8 @@ def fused_chain(x: Tensor, target: Optional[Tensor], seed: Tensor, steps, parame
                          f"{sum(map(_parameter_count, steps))} tensors, got {len(parameters)}")
     differentiable = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, target, *parameters))
+    if not differentiable:  # no graph to record: the steps without an autograd node (3-4 us a call)
+        return _chain_forward(x, target, seed, steps, False, parameters)[0]
     return _Chain.apply(x, target, seed, steps, differentiable, *parameters)
 
 
