@@ -5,11 +5,13 @@ bandwidth) printed at the end and written into pytest-benchmark's JSON.
 Each benchmark records ``extra_info``: ``component``, ``case``, ``role`` (aefast / eager / compile /
 copy probe / read probe / matmul probe; "aefast <variant>" for another setting of aefast in the same
 case), ``bytes`` it moves, ``items`` of work it does (pairs, queries; 1 when the
-roles of a case do the same work) and the environment. Ratios are taken between medians of one run,
-per item.
+roles of a case do the same work), on a GPU ``host_s`` (the host's time per call, below) and the
+environment. Ratios are taken between medians of one run, per item.
 """
 import os
 import platform
+import statistics
+import time
 
 import pytest
 import torch
@@ -69,19 +71,43 @@ def synchronized(fn, device: torch.device):
     return run
 
 
+# Calls per round, and rounds, of host_seconds: few calls, so that the GPU's queue of launches never
+# fills (a full queue makes the host wait for the GPU, and a GPU-bound call would look host-bound).
+HOST_CALLS, HOST_ROUNDS = 4, 5
+
+
+def host_seconds(fn, device: torch.device) -> float:
+    """The host's time per call of ``fn`` on a GPU when nothing waits for the GPU between calls (median
+    of HOST_ROUNDS rounds of HOST_CALLS calls, each round from an idle GPU). Beside the call's median
+    time it says what bounds it: about equal, the host (Python, launches), or a wait inside the call;
+    well below, the GPU's work."""
+    times = []
+    for _ in range(HOST_ROUNDS):
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(HOST_CALLS):
+            fn()
+        times.append((time.perf_counter() - start) / HOST_CALLS)
+    torch.cuda.synchronize(device)
+    return statistics.median(times)
+
+
 def run_benchmark(benchmark, fn, device, *, component, case, role, nbytes, rounds, items=1, unit=None,
                   flops=None, extra=None):
-    """Time fn with pytest-benchmark's pedantic mode (fixed rounds: the CPU cases take seconds).
-    ``items``: units of work per call (``unit`` names them), for roles that run different amounts."""
+    """Time fn with pytest-benchmark's pedantic mode (fixed rounds: the CPU cases take seconds), and on
+    a GPU its host time (``host_seconds``). ``items``: units of work per call (``unit`` names them),
+    for roles that run different amounts."""
     benchmark.group = f"{component}: {case}"
     benchmark.extra_info.update(
         component=component, case=case, role=role, bytes=nbytes, items=items, unit=unit, flops=flops,
         **environment(device),
         **(extra or {})
     )
-    fn = synchronized(fn, device)
-    fn()  # warm-up: compilation, autotuning, first-touch allocation
-    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+    timed = synchronized(fn, device)
+    timed()  # warm-up: compilation, autotuning, first-touch allocation
+    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=1)
+    if device.type == "cuda":
+        benchmark.extra_info["host_s"] = host_seconds(fn, device)
 
 
 def copy_probe(benchmark, device, nbytes, *, component, case, rounds):
@@ -136,6 +162,11 @@ def _summary_row(component, case, roles, fused_role):
         if role in roles:
             row[time_key] = roles[role][0]
             row[ratio_key] = per_item(role) / per_item(fused_role)
+    # The host's share of each call (GPU runs): near 1, the call's time is its host's, not its kernels'.
+    for role, key in ((fused_role, "host_fraction"), ("eager", "eager_host_fraction"),
+                      ("compile", "compile_host_fraction")):
+        if role in roles and roles[role][1].get("host_s") is not None:
+            row[key] = roles[role][1]["host_s"] / roles[role][0]
     for role, key in (("copy probe", "fraction_of_copy_bandwidth"), ("read probe", "fraction_of_read_bandwidth")):
         if role in roles:
             probe_time, probe_info = roles[role]
@@ -161,7 +192,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     write("")
     write("aefast summary (medians of one run)")
     write(f"{'component':<10} {'case':<53} {'backend':<8} {'aefast ms':>10} {'x eager':>9} {'x compile':>9} "
-          f"{'of limit':>12}  rate")
+          f"{'of limit':>12} {'host':>5}  rate")
     for row in rows:
         fmt = lambda key, spec: format(row[key], spec) if key in row else "-"  # noqa: E731
         if "fraction_of_matmul_flops" in row:
@@ -175,4 +206,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         rate = " ".join(f"{value:.3g} {key[:-6]}/s" for key, value in row.items() if key.endswith("_per_s"))
         case = row["case"] + (f" ({row['variant']})" if row.get("variant") else "")
         write(f"{row['component']:<10} {case:<53} {row['backend'] or '-':<8} {row['aefast_s'] * 1e3:>10.2f} "
-              f"{fmt('speedup', '>9.1f')} {fmt('speedup_vs_compile', '>9.1f')} {bandwidth:>12}  {rate}")
+              f"{fmt('speedup', '>9.1f')} {fmt('speedup_vs_compile', '>9.1f')} {bandwidth:>12} "
+              f"{fmt('host_fraction', '>5.0%')}  {rate}")

@@ -181,3 +181,22 @@ def test_bench_rows_keep_variants_of_aefast_apart():
     assert by_variant[None]["speedup"] == 0.5 and by_variant["tf32x3"]["speedup"] == 2.0
     assert by_variant[None]["dtype"] == "ieee" and by_variant["tf32x3"]["dtype"] == "3xtf32"
     assert table_cells(by_variant["tf32x3"])[1] == "train 8-4 batch 2 (tf32x3)"
+
+
+def test_bench_rows_give_each_roles_share_of_host_time():
+    """On a GPU each benchmark records its host time per call (host_s): the summary gives aefast's,
+    eager's and torch.compile's as a fraction of their own median; runs without it (a CPU) give none."""
+    spec = importlib.util.spec_from_file_location("aefast_benchmarks_conftest", BENCHMARKS / "conftest.py")
+    benchmarks_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmarks_conftest)
+
+    def bench(role, seconds, host_s):
+        info = {"component": "mlp", "case": "train", "role": role, "device_name": "gpu", "bytes": 64}
+        return {"stats": {"median": seconds}, "extra_info": {**info, **({} if host_s is None else {"host_s": host_s})}}
+
+    row, = benchmarks_conftest._summary_rows([bench("aefast", 2.0, 1.5), bench("eager", 1.0, 0.25),
+                                              bench("compile", 4.0, None)])
+    assert row["host_fraction"] == 0.75 and row["eager_host_fraction"] == 0.25
+    assert "compile_host_fraction" not in row and row["speedup"] == 0.5
+    row, = benchmarks_conftest._summary_rows([bench("aefast", 2.0, None), bench("eager", 1.0, None)])
+    assert "host_fraction" not in row and "eager_host_fraction" not in row
