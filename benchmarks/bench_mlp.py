@@ -10,9 +10,14 @@ Each case runs in float32 (TF32 off, torch's default) and, on a GPU, in bfloat16
 where both sides use the tensor cores. The float32 cases time aefast twice: as eager computes (IEEE
 float32 products), and as role "aefast tf32x3", its 3xTF32 mode (aefast.mlp.precision: float32-like
 error on the tensor cores), both against the same eager and torch.compile runs.
+On a GPU, mode "train graphed" times the training step of aefast and of eager each captured in CUDA
+graphs (torch.cuda.make_graphed_callables: the forward one graph, the backward another), which take the
+host's time out of both: a step whose host time is about its median (the summary's "host") is bound by
+the host in mode "train", and "train graphed" then compares the kernels alone.
 
     pytest benchmarks/bench_mlp.py --benchmark-only [--benchmark-json out.json]
 """
+import contextlib
 import os
 
 import pytest
@@ -95,6 +100,32 @@ def training_step(key, model, eager):
     return lambda: torch.autograd.grad(model.loss(x, target), parameters)
 
 
+class _StepLoss(torch.nn.Module):
+    """A training step's loss as a module of the step's inputs, as torch.cuda.make_graphed_callables
+    takes it: ``training_step``'s loss, of (x) for the autoencoder (its target is x), else (x, target)."""
+
+    def __init__(self, key, model, eager):
+        super().__init__()
+        self.key, self.model, self.eager = key, model, eager
+
+    def forward(self, x, target=None):
+        target = x if target is None else target
+        if self.eager:
+            return F.mse_loss(self.model(x), target)
+        return self.model.loss(x) if self.key.startswith("autoencoder") else self.model.loss(x, target)
+
+
+def graphed_training_step(key, model, eager):
+    """``training_step`` with its loss's forward and backward captured in CUDA graphs (on aefast's
+    kernels for aefast: make_graphed_callables runs it 3 times, which tunes, then captures it)."""
+    x, target = CASES[key][2], CASES[key][6]
+    inputs = (x,) if key.startswith("autoencoder") else (x, target)
+    with contextlib.nullcontext() if eager else aefast.use_backend(KERNELS):
+        loss = torch.cuda.make_graphed_callables(_StepLoss(key, model, eager), inputs)
+    parameters = list(model.parameters())
+    return lambda: torch.autograd.grad(loss(*inputs), parameters)
+
+
 def inference(key, model):
     x = CASES[key][2]
 
@@ -124,9 +155,9 @@ def on_kernels(fn):
 
 def record(benchmark, fn, key, mode, role):
     _, _, x, dims, batch, dtype, _ = CASES[key]
-    training = mode == "train"
-    flops = linear_flops(dims, batch, backward=training)
+    flops = linear_flops(dims, batch, backward=mode != "infer")
     nbytes = x.numel() * x.element_size() * 2  # at least the input read and the output written
+    training = mode == "train"  # (a graphed step's memory is its graphs' pools, allocated at the capture)
     if training:
         fn()  # compiles and tunes first: the tuner's timing buffers are not the step's memory
     extra = {"dims": dims, "batch": batch, "dtype": str(dtype), "peak_memory_bytes": peak_bytes(fn, DEVICE) if training else None,
@@ -138,10 +169,18 @@ def record(benchmark, fn, key, mode, role):
 
 
 @pytest.mark.parametrize("key", list(CASES))
-@pytest.mark.parametrize("mode", ["train", "infer"])
+@pytest.mark.parametrize("mode", ["train", "infer", "train graphed"])
 @pytest.mark.parametrize("role", ["aefast", "aefast tf32x3", "eager", "compile", "matmul probe", "copy probe"])
 def test_mlp(benchmark, key, mode, role):
     fused, plain, x, _, _, dtype, _ = CASES[key]
+    if mode == "train graphed":
+        if DEVICE.type != "cuda":
+            pytest.skip("CUDA graphs need a GPU")
+        if role in ("aefast tf32x3", "compile"):
+            pytest.skip("graphed: aefast and eager alone (torch.compile captures graphs of its own)")
+        if role in ("aefast", "eager"):
+            fn = graphed_training_step(key, fused if role == "aefast" else plain, eager=role == "eager")
+            return record(benchmark, on_kernels(fn) if role == "aefast" else fn, key, mode, role)
     if role == "aefast tf32x3":
         if dtype != torch.float32:
             pytest.skip("3xTF32 is a float32 mode")

@@ -327,6 +327,14 @@ def faked():
         torch.autograd.grad(ae.loss(small), params)
         cpu_per_call(f"ae train step, batch 4, triton ({sum(fake.launches.values()) - launches} launches)",
                      lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
+        # The same step with each launch a no-op: what is left is aefast's Python, autograd and the
+        # allocations; the difference is Triton's launch path (binding, specialization, cache lookup).
+        with contextlib.ExitStack() as stack:
+            for name in dir(triton_kernels):
+                if name.endswith("_kernel") and hasattr(getattr(triton_kernels, name), "run"):
+                    stack.enter_context(patch.object(triton_kernels, name, _NoLaunch()))
+            cpu_per_call("ae train step, batch 4, triton, its launches no-ops",
+                         lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
         # Which compiled variants spill, for narrow stretches at a 128-wide tile (2026-12-07, triton 3.6:
         # 17-100-100-17 450-1100 bytes a thread in bfloat16; the launchers then run the layers one by one).
         for dims in ([17, 100, 100, 17], [3, 17, 100], [128, 128, 128]):
