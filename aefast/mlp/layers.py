@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as torch_module
 
 from aefast import _backends
-from aefast._checks import check_seed, is_real, non_negative, positive_int
+from aefast._checks import check_no_seed_drawn_in_capture, check_seed, is_real, non_negative, positive_int
 from aefast._dtypes import autocast_dtype
 from aefast.mlp import ops, reference, reference_kernels
 
@@ -586,6 +586,8 @@ class FusedAutoencoder(nn.Module):
             _check_layers(decoder_layers, x, hooked[len(encoder_modules):], "decoder.")
         _check_loss(loss, decoder_modules[-1].activation)
         kind, param = _check_corruption(corruption)
+        if seed is None and kind != "none":
+            check_no_seed_drawn_in_capture(x.device, "the corruption's noise")
         seed_tensor = _seed_tensor(seed)
         l1_code = non_negative(l1_code, "l1_code")
         rows = x.reshape(-1, x.shape[-1]).contiguous()

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aefast._checks import is_int, is_real, non_negative
+from aefast._checks import check_no_seed_drawn_in_capture, is_int, is_real, non_negative
 from aefast.mlp.layers import (FusedMLP, _check_activation, _check_corruption, _seed_tensor, _widths, corrupted,
                                fused_linear)
 
@@ -135,6 +135,8 @@ class DenoisingAutoencoder(Autoencoder):
 
     def corrupt(self, x: Tensor, seed: Optional[int] = None) -> Tensor:
         kind, param = self.noise
+        if seed is None:
+            check_no_seed_drawn_in_capture(x.device, "the noise")
         return corrupted(x, kind, param, _seed_tensor(seed))
 
     def loss(self, batch) -> Tensor:
