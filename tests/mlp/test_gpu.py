@@ -275,3 +275,55 @@ def test_mlp_loss_on_the_gpu_equals_sequential(dims, output_activation, loss, pr
         torch.testing.assert_close(value, expected, atol=1e-6, rtol=1e-5)
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+class _StepLoss(nn.Module):
+    """A model's training loss as a module of its inputs, as torch.cuda.make_graphed_callables takes it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs):
+        return self.model.loss(*inputs)
+
+
+@pytest.mark.parametrize("kind", ["autoencoder", "narrow"])
+def test_a_training_step_captured_in_cuda_graphs_replays_the_steps_gradients(kind):
+    """bench_mlp.py's mode "train graphed": the loss's forward and backward on the Triton kernels each
+    captured in a CUDA graph, then replayed on new inputs, give what the step run eagerly gives them."""
+    torch.manual_seed(8)
+    if kind == "autoencoder":
+        model = FusedAutoencoder([784, 256, 32], output_activation="sigmoid").to(CUDA)
+        inputs = (torch.rand(129, 784, generator=torch.Generator(CUDA).manual_seed(8), device=CUDA),)
+    else:
+        model = FusedMLP([64] * 5, activation="relu").to(CUDA)
+        inputs = (random(4097, 64, seed=8), random(4097, 64, seed=9))
+    parameters = list(model.parameters())
+    graphed = torch.cuda.make_graphed_callables(_StepLoss(model), inputs)
+    for replay in range(2):
+        new = tuple(random(*t.shape, seed=10 + replay + index).abs() for index, t in enumerate(inputs))
+        for static, value in zip(inputs, new):
+            static.copy_(value)  # the graphs read their sample inputs' memory
+        got = torch.autograd.grad(graphed(*inputs), parameters)
+        expected = torch.autograd.grad(model.loss(*new), parameters)
+        for index, (a, b) in enumerate(zip(got, expected)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=f"replay {replay}, parameter {index}")
+
+
+def test_a_loss_that_would_draw_its_noise_seed_in_a_cuda_graph_capture_is_refused():
+    """The graph would replay one draw's noise at every replay: refused before any launch; a given seed
+    is captured."""
+    torch.manual_seed(9)
+    model = FusedAutoencoder([17, 9, 3]).to(CUDA)
+    x = random(7, 17, seed=9)
+    model.loss(x, corruption=("mask", 0.25), seed=1)  # compiles the kernels outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(ValueError, match="seed is None while a CUDA graph is captured"):
+        with torch.cuda.graph(graph):
+            model.loss(x, corruption=("mask", 0.25))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        value = model.loss(x, corruption=("mask", 0.25), seed=1)
+    graph.replay()
+    torch.testing.assert_close(value, model.loss(x, corruption=("mask", 0.25), seed=1), rtol=1e-6, atol=0)
