@@ -165,7 +165,7 @@ def record(benchmark, fn, key, mode, role):
     if role.startswith("aefast"):
         extra["backend"] = KERNELS or _backends.select("fused_linear", DEVICE)[0]
     run_benchmark(benchmark, fn, DEVICE, component="mlp", case=case_name(key, mode), role=role, nbytes=nbytes,
-                  flops=flops, rounds=ROUNDS, extra=extra)
+                  flops=flops, rounds=ROUNDS, extra=extra, host_time=True)
 
 
 @pytest.mark.parametrize("key", list(CASES))

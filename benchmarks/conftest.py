@@ -5,8 +5,8 @@ bandwidth) printed at the end and written into pytest-benchmark's JSON.
 Each benchmark records ``extra_info``: ``component``, ``case``, ``role`` (aefast / eager / compile /
 copy probe / read probe / matmul probe; "aefast <variant>" for another setting of aefast in the same
 case), ``bytes`` it moves, ``items`` of work it does (pairs, queries; 1 when the
-roles of a case do the same work), on a GPU ``host_s`` (the host's time per call, below) and the
-environment. Ratios are taken between medians of one run, per item.
+roles of a case do the same work), ``host_s`` where the benchmark asks (the host's time per call on a
+GPU, below) and the environment. Ratios are taken between medians of one run, per item.
 """
 import os
 import platform
@@ -74,6 +74,7 @@ def synchronized(fn, device: torch.device):
 # Calls per round, and rounds, of host_seconds: few calls, so that the GPU's queue of launches never
 # fills (a full queue makes the host wait for the GPU, and a GPU-bound call would look host-bound).
 HOST_CALLS, HOST_ROUNDS = 4, 5
+HOST_TIMING_BUDGET_S = 2.0  # calls whose median would take longer over HOST_CALLS * HOST_ROUNDS are not host-timed
 
 
 def host_seconds(fn, device: torch.device) -> float:
@@ -93,10 +94,12 @@ def host_seconds(fn, device: torch.device) -> float:
 
 
 def run_benchmark(benchmark, fn, device, *, component, case, role, nbytes, rounds, items=1, unit=None,
-                  flops=None, extra=None):
-    """Time fn with pytest-benchmark's pedantic mode (fixed rounds: the CPU cases take seconds), and on
-    a GPU its host time (``host_seconds``). ``items``: units of work per call (``unit`` names them),
-    for roles that run different amounts."""
+                  flops=None, extra=None, host_time=False):
+    """Time fn with pytest-benchmark's pedantic mode (fixed rounds: the CPU cases take seconds).
+    ``items``: units of work per call (``unit`` names them), for roles that run different amounts.
+    ``host_time``: on a GPU, also time the host's part (``host_seconds``): for a ``fn`` that changes no
+    state (its extra calls would otherwise store or train more) and does not wait for the GPU inside
+    (its host time would then be its whole time)."""
     benchmark.group = f"{component}: {case}"
     benchmark.extra_info.update(
         component=component, case=case, role=role, bytes=nbytes, items=items, unit=unit, flops=flops,
@@ -106,7 +109,9 @@ def run_benchmark(benchmark, fn, device, *, component, case, role, nbytes, round
     timed = synchronized(fn, device)
     timed()  # warm-up: compilation, autotuning, first-touch allocation
     benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=1)
-    if device.type == "cuda":
+    median = benchmark.stats.stats.median if benchmark.stats is not None else None
+    if (host_time and device.type == "cuda" and median is not None
+            and median * HOST_CALLS * HOST_ROUNDS < HOST_TIMING_BUDGET_S):
         benchmark.extra_info["host_s"] = host_seconds(fn, device)
 
 
