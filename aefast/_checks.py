@@ -51,12 +51,12 @@ def _capturing_cuda_graph(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def check_no_seed_drawn_in_capture(device: torch.device, noise: str) -> None:
+def check_no_seed_drawn_in_capture(seed, device: torch.device, noise: str) -> None:
     """seed=None draws the seed of ``noise`` on the host at each call. A CUDA graph captured around the
     call keeps the number it drew as a constant of its launches, so every replay would make the same
     noise: refused while a graph is captured on ``device``. torch.compile traces the draw as an op of its
     graph (and does not run this check)."""
-    if not torch.compiler.is_compiling() and _capturing_cuda_graph(device):
+    if seed is None and not torch.compiler.is_compiling() and _capturing_cuda_graph(device):
         raise ValueError(f"seed is None while a CUDA graph is captured: the graph would replay this call's one "
                          f"draw of {noise} at every replay. Pass seed= (then each replay makes that seed's noise), "
                          f"or capture without {noise}")

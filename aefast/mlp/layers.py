@@ -586,8 +586,8 @@ class FusedAutoencoder(nn.Module):
             _check_layers(decoder_layers, x, hooked[len(encoder_modules):], "decoder.")
         _check_loss(loss, decoder_modules[-1].activation)
         kind, param = _check_corruption(corruption)
-        if seed is None and kind != "none":
-            check_no_seed_drawn_in_capture(x.device, "the corruption's noise")
+        if kind != "none":
+            check_no_seed_drawn_in_capture(seed, x.device, "the corruption's noise")
         seed_tensor = _seed_tensor(seed)
         l1_code = non_negative(l1_code, "l1_code")
         rows = x.reshape(-1, x.shape[-1]).contiguous()

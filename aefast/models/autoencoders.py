@@ -135,8 +135,7 @@ class DenoisingAutoencoder(Autoencoder):
 
     def corrupt(self, x: Tensor, seed: Optional[int] = None) -> Tensor:
         kind, param = self.noise
-        if seed is None:
-            check_no_seed_drawn_in_capture(x.device, "the noise")
+        check_no_seed_drawn_in_capture(seed, x.device, "the noise")
         return corrupted(x, kind, param, _seed_tensor(seed))
 
     def loss(self, batch) -> Tensor:

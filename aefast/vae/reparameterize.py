@@ -45,8 +45,8 @@ def reparameterize_kl(mu, logvar, *, eps=None, seed=None, reduction="per_sample"
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     clamp_min, clamp_max = _check_clamp(logvar_clamp)
-    if eps is None and seed is None:
-        check_no_seed_drawn_in_capture(mu.device, "eps")
+    if eps is None:
+        check_no_seed_drawn_in_capture(seed, mu.device, "eps")
     seed_tensor = _seed_tensor(seed)
 
     cols = mu.shape[-1]
