@@ -104,15 +104,14 @@ class _StepLoss(torch.nn.Module):
     """A training step's loss as a module of the step's inputs, as torch.cuda.make_graphed_callables
     takes it: ``training_step``'s loss, of (x) for the autoencoder (its target is x), else (x, target)."""
 
-    def __init__(self, key, model, eager):
+    def __init__(self, model, eager):
         super().__init__()
-        self.key, self.model, self.eager = key, model, eager
+        self.model, self.eager = model, eager
 
-    def forward(self, x, target=None):
-        target = x if target is None else target
+    def forward(self, *inputs):
         if self.eager:
-            return F.mse_loss(self.model(x), target)
-        return self.model.loss(x) if self.key.startswith("autoencoder") else self.model.loss(x, target)
+            return F.mse_loss(self.model(inputs[0]), inputs[-1])
+        return self.model.loss(*inputs)
 
 
 def graphed_training_step(key, model, eager):
@@ -121,7 +120,7 @@ def graphed_training_step(key, model, eager):
     x, target = CASES[key][2], CASES[key][6]
     inputs = (x,) if key.startswith("autoencoder") else (x, target)
     with contextlib.nullcontext() if eager else aefast.use_backend(KERNELS):
-        loss = torch.cuda.make_graphed_callables(_StepLoss(key, model, eager), inputs)
+        loss = torch.cuda.make_graphed_callables(_StepLoss(model, eager), inputs)
     parameters = list(model.parameters())
     return lambda: torch.autograd.grad(loss(*inputs), parameters)
 

@@ -247,6 +247,16 @@ class _NoLaunch:
         return lambda *args, **kwargs: None
 
 
+@contextlib.contextmanager
+def launches_stubbed(module):
+    """Inside the block every Triton kernel of ``module`` (jitted or interpreted) launches nothing."""
+    with contextlib.ExitStack() as stack:
+        for name in dir(module):
+            if name.endswith("_kernel") and hasattr(getattr(module, name), "run"):
+                stack.enter_context(patch.object(module, name, _NoLaunch()))
+        yield
+
+
 def stubbed():
     """On the CPU (TRITON_INTERPRET=1): the host time of the autoencoder's training step on the Triton
     backend with every launch replaced by a no-op, so the layers', autograd's and the launchers' own
@@ -258,31 +268,29 @@ def stubbed():
 
     if not _backends.triton_interpreted():
         sys.exit("the stubbed part runs the Triton backend on the CPU: set TRITON_INTERPRET=1")
-    for name in dir(triton_kernels):
-        if name.endswith("_kernel") and hasattr(getattr(triton_kernels, name), "run"):  # jitted or interpreted
-            setattr(triton_kernels, name, _NoLaunch())
-    torch.manual_seed(0)
-    ae = FusedAutoencoder([784, 256, 32])
-    eager_ae = torch.nn.Sequential(ae.encoder.to_sequential(), ae.decoder.to_sequential())
-    x = torch.rand(4, 784)
-    params, eager_params = list(ae.parameters()), list(eager_ae.parameters())
+    with launches_stubbed(triton_kernels):
+        torch.manual_seed(0)
+        ae = FusedAutoencoder([784, 256, 32])
+        eager_ae = torch.nn.Sequential(ae.encoder.to_sequential(), ae.decoder.to_sequential())
+        x = torch.rand(4, 784)
+        params, eager_params = list(ae.parameters()), list(eager_ae.parameters())
 
-    def per_call(name, fn):
-        cpu_per_call(name, fn, calls=3000, unit="us a step")
-    per_call("ae train step, batch 4, eager (its CPU math included)",
-             lambda: torch.autograd.grad(F.mse_loss(eager_ae(x), x), eager_params))
-    layer_by_layer = [(mlp_layers, "_one_node", lambda plain, hooked: False)]
-    through_ops = layer_by_layer + [(ops, name, getattr(ops, f"{name}_op"))
-                                    for name in ("fused_linear", "fused_linear_loss", "fused_narrow_mlp")]
-    ways = {"one autograd node (ops.fused_chain)": [], "layer by layer, autograd.Functions": layer_by_layer,
-            "layer by layer, the custom ops": through_ops}
-    with aefast.use_backend("triton"):
-        for way, patches in ways.items():
-            with contextlib.ExitStack() as stack:
-                for module, name, value in patches:
-                    stack.enter_context(patch.object(module, name, value))
-                per_call(f"ae train step, batch 4, Triton launches stubbed, {way}",
-                         lambda: torch.autograd.grad(ae.loss(x), params))
+        def per_call(name, fn):
+            cpu_per_call(name, fn, calls=3000, unit="us a step")
+        per_call("ae train step, batch 4, eager (its CPU math included)",
+                 lambda: torch.autograd.grad(F.mse_loss(eager_ae(x), x), eager_params))
+        layer_by_layer = [(mlp_layers, "_one_node", lambda plain, hooked: False)]
+        through_ops = layer_by_layer + [(ops, name, getattr(ops, f"{name}_op"))
+                                        for name in ("fused_linear", "fused_linear_loss", "fused_narrow_mlp")]
+        ways = {"one autograd node (ops.fused_chain)": [], "layer by layer, autograd.Functions": layer_by_layer,
+                "layer by layer, the custom ops": through_ops}
+        with aefast.use_backend("triton"):
+            for way, patches in ways.items():
+                with contextlib.ExitStack() as stack:
+                    for module, name, value in patches:
+                        stack.enter_context(patch.object(module, name, value))
+                    per_call(f"ae train step, batch 4, Triton launches stubbed, {way}",
+                             lambda: torch.autograd.grad(ae.loss(x), params))
     from aefast.vae import ops as vae_ops
 
     mu, logvar, seed = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True), torch.tensor(3)
@@ -329,10 +337,7 @@ def faked():
                      lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
         # The same step with each launch a no-op: what is left is aefast's Python, autograd and the
         # allocations; the difference is Triton's launch path (binding, specialization, cache lookup).
-        with contextlib.ExitStack() as stack:
-            for name in dir(triton_kernels):
-                if name.endswith("_kernel") and hasattr(getattr(triton_kernels, name), "run"):
-                    stack.enter_context(patch.object(triton_kernels, name, _NoLaunch()))
+        with launches_stubbed(triton_kernels):
             cpu_per_call("ae train step, batch 4, triton, its launches no-ops",
                          lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
         # Which compiled variants spill, for narrow stretches at a 128-wide tile (2026-12-07, triton 3.6:
