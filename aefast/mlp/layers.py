@@ -528,6 +528,9 @@ class FusedAutoencoder(nn.Module):
         if decoder_dims[0] != encoder_dims[-1] or decoder_dims[-1] != encoder_dims[0]:
             raise ValueError(f"decoder_dims must run from the code width {encoder_dims[-1]} to the input width "
                              f"{encoder_dims[0]}, got {decoder_dims}")
+        for name, value in (("activation", activation), ("code_activation", code_activation),
+                            ("output_activation", output_activation)):  # named here, not as the MLPs' arguments
+            _check_activation(value, name)
         self.encoder = FusedMLP(encoder_dims, activation, code_activation, device=device, dtype=dtype)
         self.decoder = FusedMLP(decoder_dims, activation, output_activation, device=device, dtype=dtype)
 

@@ -29,6 +29,9 @@ from aefast.nn import FusedAutoencoder, FusedLinear, FusedMLP
     (lambda: FusedAutoencoder([7, 3], decoder_dims=[4, 7]), ValueError, "decoder_dims must run from the code width 3"),
     (lambda: FusedAutoencoder([7, 3], decoder_dims=[3, 5, 6]), ValueError,
      r"decoder_dims must run from the code width 3 to the input width 7, got \[3, 5, 6\]"),
+    (lambda: FusedAutoencoder([7, 3], activation="swish"), ValueError, "^activation must be one of"),
+    (lambda: FusedAutoencoder([7, 3], code_activation="swish"), ValueError, "^code_activation must be one of"),
+    (lambda: FusedAutoencoder([7, 3], output_activation="swish"), ValueError, "^output_activation must be one of"),
 ])
 def test_bad_construction(make, error, match):
     with pytest.raises(error, match=match):
