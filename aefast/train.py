@@ -128,6 +128,9 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     history = {"train_loss": [], **({"val_loss": []} if val_loader else {}), "epochs_run": 0, "stopped_early": False}
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if checkpoint is not None and checkpoint.parent.exists() and not checkpoint.parent.is_dir():
+        # Found before the first epoch, not when its checkpoint would be written.
+        raise ValueError(f"checkpoint_dir must be a folder (made if missing), got the file {checkpoint.parent}")
     if checkpoint is not None and checkpoint.exists():
         history = _resume(checkpoint, model, optimizer, generator)
     best, since_best = _best_so_far(history)

@@ -80,8 +80,45 @@ def binary_codes(model, x: Tensor, thresholds: Tensor | None = None) -> tuple[Te
     return codes > thresholds, thresholds
 
 
+# (query, database row) distances hamming_search holds at a time, about 20 bytes each (the float
+# distances, then int64 distances and sort keys): 80 MB, against the (queries, rows, bits) comparison's
+# one byte per bit of every pair before.
+HAMMING_BLOCK_PAIRS = 2**22
+
+
 def hamming_search(queries: Tensor, database: Tensor, k: int) -> Tensor:
-    """The k database rows nearest to each query in Hamming distance (ties to the lower index)."""
-    distances = (queries.unsqueeze(1) != database.unsqueeze(0)).sum(-1)
-    order = torch.sort(distances, dim=1, stable=True).indices
-    return order[:, :k]
+    """The k database rows nearest to each query in Hamming distance (ties to the lower index): a
+    (queries, k) int64 tensor of database rows. ``queries`` (Q, B) and ``database`` (N, B) hold bits
+    (bool, or any dtype holding only 0 and 1)."""
+    for name, bits in (("queries", queries), ("database", database)):
+        if not isinstance(bits, Tensor) or bits.dim() != 2:
+            raise ValueError(f"{name} must be a 2-D tensor of bits (rows, bits), got "
+                             f"{tuple(bits.shape) if isinstance(bits, Tensor) else type(bits).__name__}")
+        if bits.dtype != torch.bool and not ((bits == 0) | (bits == 1)).all():
+            raise ValueError(f"{name} must hold only 0 and 1 (or be bool)")
+    if queries.shape[1] != database.shape[1]:
+        raise ValueError(f"queries and database must have the same number of bits, got {queries.shape[1]} "
+                         f"and {database.shape[1]}")
+    if queries.device != database.device:
+        raise ValueError(f"queries and database must be on one device, got {queries.device} and {database.device}")
+    if not is_int(k) or not 1 <= k <= database.shape[0]:
+        raise ValueError(f"k must be an int in [1, database rows {database.shape[0]}], got {k!r}")
+    # For bit vectors, |q xor r| = |q| + |r| - 2 q.r: one matmul per block of queries instead of a
+    # (queries, rows, bits) comparison. Every partial sum is an integer below the width, which float32
+    # holds exactly below 2^24 (TF32 too: its inputs are 0 and 1); autocast's 16 bits would not.
+    dtype = torch.float32 if database.shape[1] < 2**24 else torch.float64
+    with torch.autocast(database.device.type, enabled=False):
+        return _nearest_by_blocks(queries.to(dtype), database.to(dtype), k)
+
+
+def _nearest_by_blocks(queries: Tensor, rows: Tensor, k: int) -> Tensor:
+    row_ones = rows.sum(1)
+    # Distance * rows + index orders by distance, then by index: unique keys, so topk's pick is exact.
+    index = torch.arange(rows.shape[0], device=rows.device)
+    nearest = [torch.empty(0, k, dtype=torch.int64, device=rows.device)]
+    block_rows = max(1, HAMMING_BLOCK_PAIRS // rows.shape[0])
+    for start in range(0, queries.shape[0], block_rows):
+        block = queries[start:start + block_rows]
+        distances = (block.sum(1, keepdim=True) + row_ones - 2 * block @ rows.T).round().long()
+        nearest.append(torch.topk(distances * rows.shape[0] + index, k, dim=1, largest=False).indices)
+    return torch.cat(nearest)

@@ -121,6 +121,18 @@ def test_bad_options_are_refused_by_name(data, options, match):
         fit(model(), data, **{"epochs": 1, "progress": False, **options})
 
 
+def test_a_checkpoint_dir_that_is_a_file_is_refused_before_training(data, tmp_path):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("not a folder")
+    target = model()
+    before = {name: value.clone() for name, value in target.state_dict().items()}
+    with pytest.raises(ValueError, match="checkpoint_dir must be a folder .*notes.txt"):
+        fit(target, data, epochs=1, checkpoint_dir=taken, progress=False)
+    assert taken.read_text() == "not a folder"
+    for name, value in target.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
 def test_a_model_without_a_loss_method_is_refused(data):
     with pytest.raises(TypeError, match=r"model must have a loss\(batch\) method, got Linear"):
         fit(torch.nn.Linear(12, 12), data, epochs=1, progress=False)

@@ -303,6 +303,45 @@ def test_the_vae_clamps_logvar_and_the_conditional_decoder_sees_the_label():
                                           generator=torch.Generator().manual_seed(generator_seed)))
 
 
+def _hamming_nearest_by_comparison(queries, database, k):
+    """Every (query, row, bit) compared, then a stable sort: the definition, in (Q, N, B) memory."""
+    distances = (queries.unsqueeze(1).bool() != database.unsqueeze(0).bool()).sum(-1)
+    return torch.sort(distances, dim=1, stable=True).indices[:, :k]
+
+
+@pytest.mark.parametrize("queries,rows,bits,k", [(1, 1, 1, 1), (7, 129, 3, 129), (37, 501, 17, 9), (300, 700, 100, 1)])
+def test_hamming_search_equals_comparing_every_bit(queries, rows, bits, k, monkeypatch):
+    """The search by matmul (|q| + |r| - 2 q.r) and topk over unique keys equals the definition, with
+    its ties, also when the queries are cut into several blocks (a block of 2 queries at 700 rows) and
+    for 0/1 tensors of other dtypes."""
+    from aefast.models import analysis
+
+    generator = torch.Generator().manual_seed(queries * rows)
+    q = torch.rand(queries, bits, generator=generator) > 0.5
+    database = torch.rand(rows, bits, generator=generator) > 0.5
+    database[rows // 2:] = database[:rows - rows // 2].clone()  # repeated rows: ties at every distance
+    expected = _hamming_nearest_by_comparison(q, database, k)
+    assert torch.equal(hamming_search(q, database, k), expected)
+    assert torch.equal(hamming_search(q.float(), database.to(torch.uint8), k), expected)
+    monkeypatch.setattr(analysis, "HAMMING_BLOCK_PAIRS", 1400)
+    assert torch.equal(hamming_search(q, database, k), expected)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda q, d: hamming_search(q[0], d, 1), r"queries must be a 2-D tensor of bits \(rows, bits\), got \(16,\)"),
+    (lambda q, d: hamming_search(q, [[True]], 1), "database must be a 2-D tensor of bits"),
+    (lambda q, d: hamming_search(q.float() + 2, d, 1), "queries must hold only 0 and 1"),
+    (lambda q, d: hamming_search(q, d.float().fill_(float("nan")), 1), "database must hold only 0 and 1"),
+    (lambda q, d: hamming_search(q, d[:, :15], 1), "same number of bits, got 16 and 15"),
+    (lambda q, d: hamming_search(q, d, 0), r"k must be an int in \[1, database rows 10\], got 0"),
+    (lambda q, d: hamming_search(q, d, 11), r"k must be an int in \[1, database rows 10\], got 11"),
+    (lambda q, d: hamming_search(q, d, 2.0), "k must be an int"),
+])
+def test_hamming_search_refuses_what_is_not_two_sets_of_bit_rows(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(torch.zeros(3, 16, dtype=torch.bool), torch.ones(10, 16, dtype=torch.bool))
+
+
 def test_hamming_search_breaks_ties_by_the_lower_index():
     database = torch.zeros(3000, 16, dtype=torch.bool)
     database[::3, 0] = True  # every third row one bit away from the query, the others equal to it
