@@ -24,6 +24,9 @@ def pca_check(model: Autoencoder, x: Tensor) -> PcaCheck:
     optimum spans the top-k principal subspace and matches PCA's reconstruction error."""
     if model.activation is not None or model.output_activation is not None:
         raise ValueError("pca_check needs a linear autoencoder (activation=None, output_activation=None)")
+    if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != model.dims[0]:
+        raise ValueError(f"x must be a 2-D tensor (rows, {model.dims[0]}), got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
     k = model.dims[-1]
     # The decoder's map from code to output is linear: its image is spanned by the images of the unit codes.
     zero = model.decode(torch.zeros(1, k, dtype=x.dtype, device=x.device))
@@ -59,12 +62,17 @@ class LatentGaussian:
 
     @torch.no_grad()
     def __init__(self, model, x: Tensor):
+        if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] < 2:  # the std of one row is NaN
+            raise ValueError(f"x must be a batch of at least 2 inputs, got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
         self.model = model
         codes = model.encode(x)
         self.mean, self.std = codes.mean(0), codes.std(0)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        if not is_int(n) or n < 0:
+            raise ValueError(f"n must be an int >= 0, got {n!r}")
         # Drawn on the CPU, as VAE.sample: a CPU generator's seed gives the same samples on any device.
         noise = torch.randn(n, self.mean.numel(), generator=generator, dtype=self.mean.dtype,
                             device="cpu").to(self.mean.device)
@@ -76,7 +84,11 @@ def binary_codes(model, x: Tensor, thresholds: Tensor | None = None) -> tuple[Te
     """Codes thresholded to bits (at each unit's median over x unless ``thresholds`` is given):
     (bool codes, the thresholds used)."""
     codes = model.encode(x)
-    thresholds = codes.median(0).values if thresholds is None else thresholds
+    if thresholds is None:
+        thresholds = codes.median(0).values
+    elif not isinstance(thresholds, Tensor) or thresholds.shape not in ((), codes.shape[-1:]):
+        raise ValueError(f"thresholds must be a tensor of one threshold per code unit ({codes.shape[-1]},) or a "
+                         f"0-d tensor, got {tuple(thresholds.shape) if isinstance(thresholds, Tensor) else thresholds!r}")
     return codes > thresholds, thresholds
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aefast.models import (VAE, Autoencoder, ConditionalVAE, ConvAutoencoder, DenoisingAutoencoder, SparseAutoencoder,
-                           interpolate, pca_check, pretrain_layerwise)
+                           LatentGaussian, binary_codes, interpolate, pca_check, pretrain_layerwise)
 
 
 @pytest.mark.parametrize("make,match", [
@@ -87,6 +87,20 @@ def test_analysis_tools_name_their_arguments():
                                          r"torch.Size\(\[7\]\)"):
         interpolate(model, torch.rand(8), torch.rand(7))
     assert interpolate(model, torch.rand(1, 8), torch.rand(8), 3).shape == (3, 8)
+    with pytest.raises(ValueError, match=r"x must be a 2-D tensor \(rows, 8\), got \(5, 7\)"):
+        pca_check(Autoencoder([8, 2], activation=None), torch.rand(5, 7))
+    for x in (torch.rand(1, 8), torch.rand(8)):  # the std of one input is NaN: so would every sample be
+        with pytest.raises(ValueError, match=re.escape(f"x must be a batch of at least 2 inputs, got {tuple(x.shape)}")):
+            LatentGaussian(model, x)
+    for n in (-1, 2.5):
+        with pytest.raises(ValueError, match=f"n must be an int >= 0, got {n}"):
+            LatentGaussian(model, torch.rand(3, 8)).sample(n)
+    for thresholds in (torch.zeros(3), torch.zeros(1, 2), 0.5):
+        with pytest.raises(ValueError, match=r"thresholds must be a tensor of one threshold per code unit \(2,\) or a 0-d"):
+            binary_codes(model, torch.rand(4, 8), thresholds)
+    x = torch.rand(4, 8)
+    with torch.no_grad():  # one threshold for every unit
+        assert torch.equal(binary_codes(model, x, torch.tensor(0.0))[0], model.encode(x) > 0)
 
 
 def test_a_batch_must_be_a_tensor_or_a_pair_and_labels_integers():
