@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aefast._checks import positive_int
+from aefast._checks import check_seed, non_negative, positive_int
 
 
 def load_digits() -> tuple[Tensor, Tensor]:
@@ -35,6 +35,10 @@ def synthetic_manifold(n: int = 2000, dim: int = 64, *, intrinsic_dim: int = 2, 
     sectors of the first two latent coordinates a point lies in (for coloured latent plots)."""
     for name, value in (("n", n), ("dim", dim), ("intrinsic_dim", intrinsic_dim)):
         positive_int(value, name)
+    noise = non_negative(noise, "noise")
+    check_seed(seed)
+    if seed is None:
+        raise ValueError("seed must be an int in [0, 2**63): the data set is made from it")
     generator = torch.Generator().manual_seed(seed)
     # On the generator's device and in float32, whatever torch's defaults: one seed, one data set.
     made = dict(device="cpu", dtype=torch.float32)
@@ -59,9 +63,8 @@ def load_idx(path: str | os.PathLike) -> Tensor:
     """An MNIST-format IDX file (gzip or not) as a tensor of its shape; uint8 images come back as
     float32 in [0, 1] flattened to (count, rows * cols), a 1-D file (labels, an integer type) as int64."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as handle:
+        with _open_maybe_gzipped(path) as handle:
             header = handle.read(4)
             if len(header) != 4 or header[:2] != b"\0\0" or header[2] not in _IDX_TYPES or header[3] == 0:
                 raise ValueError(f"{path} is not an IDX file (bad magic number {header.hex()})")
@@ -83,6 +86,14 @@ def load_idx(path: str | os.PathLike) -> Tensor:
     if header[2] == 0x08:
         values /= 255.0
     return _checked(torch.from_numpy(values), str(path))
+
+
+def _open_maybe_gzipped(path: Path):
+    """``path`` opened for reading, through gzip when it starts with gzip's magic bytes: told by its
+    content, not its name (MNIST's files come as .gz, and are often kept unpacked under either name)."""
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
 
 
 def _read_up_to(handle, size: int, chunk: int = 1 << 24) -> tuple[bytes, bool]:

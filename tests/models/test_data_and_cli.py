@@ -32,6 +32,18 @@ def test_synthetic_manifold_repeats_from_its_seed():
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("arguments,match", [
+    ({"noise": -0.1}, "noise must be a finite number >= 0, got -0.1"),
+    ({"noise": float("nan")}, "noise must be a finite number >= 0, got nan"),
+    ({"seed": -1}, r"seed must be an int in \[0, 2\*\*63\)"),
+    ({"seed": None}, "the data set is made from it"),
+    ({"intrinsic_dim": 0}, "intrinsic_dim must be a positive int, got 0"),
+])
+def test_synthetic_manifold_names_a_bad_argument(arguments, match):
+    with pytest.raises(ValueError, match=match):
+        data.synthetic_manifold(50, 8, **arguments)
+
+
 def write_idx(path, array, type_code=0x08, compress=False):
     header = struct.pack(">BBBB", 0, 0, type_code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     payload = header + array.astype(">u1" if type_code == 0x08 else ">i4").tobytes()
@@ -39,10 +51,12 @@ def write_idx(path, array, type_code=0x08, compress=False):
         handle.write(payload)
 
 
-@pytest.mark.parametrize("compress", [False, True])
-def test_idx_images_and_labels(tmp_path, compress):
+@pytest.mark.parametrize("compress,name", [(False, "images.idx"), (True, "images.idx.gz"),
+                                           (True, "images.idx"), (False, "images.idx.gz")])
+def test_idx_images_and_labels(tmp_path, compress, name):
+    """Read through gzip when the content is gzip's, whatever the name says."""
     images = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
-    path = tmp_path / ("images.idx.gz" if compress else "images.idx")
+    path = tmp_path / name
     write_idx(path, images, compress=compress)
     loaded = data.load_idx(path)
     assert loaded.shape == (3, 20)
