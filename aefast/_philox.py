@@ -1,6 +1,7 @@
 """Philox4x32-10 in plain PyTorch: the reference for the stream that the C++, CUDA and Triton kernels
 share (DESIGN.md "Random numbers"): counter (offset_lo, offset_hi, 0, 0), key (seed_lo, seed_hi),
-normals by the Box-Muller of Triton's ``tl.randn``.
+normals by the Box-Muller of Triton's ``tl.randn`` (one per offset: the layers' corruption) or
+``tl.randn4x`` (four per offset: the VAE's eps).
 
 All arithmetic runs on int64 tensors holding uint32 values; products are split into 16-bit halves
 so that no intermediate leaves int64.
@@ -54,6 +55,19 @@ def philox_normal(seed: int, offsets: torch.Tensor) -> torch.Tensor:
     u1 = torch.clamp(_uint_to_uniform(x0), min=1.0e-7)
     theta = 6.283185307179586 * _uint_to_uniform(x1)
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(theta)
+
+
+def philox_normal4(seed: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Float32 standard normals, four per int64 offset, as ``tl.randn4x`` computes them: (offsets, 4),
+    each offset's Philox words (x0, x1) and (x2, x3) turned by Box-Muller into a cos and a sin normal
+    each, in that order. A quarter of ``philox_normal``'s Philox rounds and half its logs per normal."""
+    x0, x1, x2, x3 = philox4x32_10(seed, offsets)
+    normals = []
+    for radius_bits, angle_bits in ((x0, x1), (x2, x3)):
+        radius = torch.sqrt(-2.0 * torch.log(torch.clamp(_uint_to_uniform(radius_bits), min=1.0e-7)))
+        theta = 6.283185307179586 * _uint_to_uniform(angle_bits)
+        normals += [radius * torch.cos(theta), radius * torch.sin(theta)]
+    return torch.stack(normals, dim=-1)
 
 
 def philox_uniform(seed: int, offsets: torch.Tensor) -> torch.Tensor:

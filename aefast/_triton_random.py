@@ -26,6 +26,18 @@ def _philox_words(seed, offsets):
 
 
 @triton.jit
+def philox_normal4(seed, offsets):
+    """tl.randn4x's four standard normals for 64-bit offsets (aefast/_philox.py philox_normal4)."""
+    lo = offsets.to(tl.uint32)
+    hi = (offsets >> 32).to(tl.uint32)
+    zero = lo * 0
+    c0, c1, c2, c3 = tl.philox(seed, lo, hi, zero, zero)
+    n0, n1 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(c0), tl.uint_to_uniform_float(c1))
+    n2, n3 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(c2), tl.uint_to_uniform_float(c3))
+    return n0, n1, n2, n3
+
+
+@triton.jit
 def philox_normal(seed, offsets):
     """tl.randn's standard normal for 64-bit offsets."""
     c0, c1 = _philox_words(seed, offsets)

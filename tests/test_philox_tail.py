@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from aefast import _backends
-from aefast._philox import _uint_to_uniform, philox4x32_10, philox_normal
+from aefast._philox import _uint_to_uniform, philox4x32_10, philox_normal, philox_normal4
 
 SEED = 1
 # Offsets of seed 1 whose first uniform is below 1e-7 (8.8e-8, 2.1e-8 and 1.3e-8), found by scanning
@@ -56,6 +56,16 @@ if triton_runs:
         offsets = tl.load(offsets_ptr + tl.arange(0, COUNT))
         tl.store(out_ptr + tl.arange(0, COUNT), _triton_random.philox_normal(seed, offsets))
 
+    @triton.jit
+    def _draw4(offsets_ptr, out_ptr, seed, COUNT: tl.constexpr):
+        offsets = tl.load(offsets_ptr + tl.arange(0, COUNT))
+        rows = out_ptr + tl.arange(0, COUNT) * 4
+        n0, n1, n2, n3 = _triton_random.philox_normal4(seed, offsets)
+        tl.store(rows, n0)
+        tl.store(rows + 1, n1)
+        tl.store(rows + 2, n2)
+        tl.store(rows + 3, n3)
+
 
 @pytest.mark.skipif(not triton_runs, reason="triton cannot run here")
 def test_tritons_randn_clamps_as_the_formulas_do():
@@ -66,3 +76,19 @@ def test_tritons_randn_clamps_as_the_formulas_do():
     out = torch.empty(4, device=device)
     _draw[(1,)](offsets, out, SEED, COUNT=4)
     torch.testing.assert_close(out.cpu()[:3], philox_normal(SEED, OFFSETS), **TOLERANCE)
+
+
+def test_the_four_normals_clamp_the_first_uniform_of_a_pair():
+    """philox_normal4 (the VAE's noise) clamps each Box-Muller pair's first uniform as tl.randn4x does:
+    at OFFSETS the first pair's (x0) is below 1e-7, so normals 0 and 1 share the clamped radius."""
+    u1, u2 = _uniforms()
+    radius = math.sqrt(-2.0 * math.log(float(np.float32(1e-7))))
+    angle = 2 * math.pi * u2
+    normals = philox_normal4(SEED, OFFSETS)
+    torch.testing.assert_close(normals[:, 0], (radius * torch.cos(angle)).float(), **TOLERANCE)
+    torch.testing.assert_close(normals[:, 1], (radius * torch.sin(angle)).float(), **TOLERANCE)
+    if triton_runs:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        out = torch.empty(4, 4, device=device)
+        _draw4[(1,)](torch.cat([OFFSETS, OFFSETS[:1]]).to(device), out, SEED, COUNT=4)
+        torch.testing.assert_close(out.cpu()[:3], normals, **TOLERANCE)

@@ -1,5 +1,5 @@
-"""The Triton Philox helpers shared by the VAE and MLP kernels: the reference stream (aefast/_philox.py)
-at offsets past 2^32, where a 32-bit offset would wrap around to the first numbers; and the kernels
+"""The Triton Philox helpers shared by the VAE and MLP kernels: the reference stream (aefast/_philox.py),
+one normal or four per offset, at offsets past 2^32, where a 32-bit offset would wrap around to the first numbers; and the kernels
 that take a seed, which must not compile a variant per seed."""
 import importlib
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from aefast import _backends
-from aefast._philox import philox_normal, philox_uniform
+from aefast._philox import philox_normal, philox_normal4, philox_uniform
 
 if _backends.can_run("triton", torch.device("cpu")) is not True and not torch.cuda.is_available():
     pytest.skip("triton cannot run here", allow_module_level=True)
@@ -35,6 +35,36 @@ def test_triton_philox_matches_the_reference_past_2_to_the_32(start):
     torch.testing.assert_close(uniform.cpu(), philox_uniform(7, offsets), atol=1e-7, rtol=0)
     if start >= 2**32:
         assert not torch.allclose(normal.cpu(), philox_normal(7, offsets % 2**32))
+
+
+@triton.jit
+def _draw4(out, seed, start, COUNT: tl.constexpr, TRITONS_OWN: tl.constexpr):
+    offsets = start + tl.arange(0, COUNT).to(tl.int64)
+    if TRITONS_OWN:
+        n0, n1, n2, n3 = tl.randn4x(seed, offsets.to(tl.uint32))
+    else:
+        n0, n1, n2, n3 = _triton_random.philox_normal4(seed, offsets)
+    rows = tl.arange(0, COUNT) * 4
+    tl.store(out + rows, n0)
+    tl.store(out + rows + 1, n1)
+    tl.store(out + rows + 2, n2)
+    tl.store(out + rows + 3, n3)
+
+
+@pytest.mark.parametrize("start", [0, 2**32 - 8, 2**40 + 3])
+def test_triton_four_normals_match_the_reference_and_tl_randn4x(start):
+    """philox_normal4, the VAE kernels' noise: aefast/_philox.py's formulas past 2^32 too, and below it
+    Triton's own tl.randn4x (the stream is Triton's, by its own Box-Muller)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ours, tritons = torch.empty(16, 4, device=device), torch.empty(16, 4, device=device)
+    _draw4[(1,)](ours, 7, start, COUNT=16, TRITONS_OWN=False)
+    expected = philox_normal4(7, torch.arange(start, start + 16))
+    torch.testing.assert_close(ours.cpu(), expected, atol=2e-6, rtol=2e-6)
+    if start + 16 <= 2**32:
+        _draw4[(1,)](tritons, 7, start, COUNT=16, TRITONS_OWN=True)
+        torch.testing.assert_close(tritons.cpu(), expected, atol=2e-6, rtol=2e-6)
+    else:
+        assert not torch.allclose(ours.cpu(), philox_normal4(7, torch.arange(start, start + 16) % 2**32))
 
 
 @pytest.mark.parametrize("seed", [0, 7, 2**40 + 3, 2**63 - 25])

@@ -4,7 +4,7 @@ Kernel contract shared by every backend (rows x cols, contiguous):
 ``forward(mu, logvar, eps, seed, per_element, clamp_min, clamp_max) -> (z, kl)`` and
 ``backward(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max) -> (grad_mu, grad_logvar)``,
 where ``kl`` is per row (rows,) or per element (rows, cols) in the KL dtype, and a missing ``eps``
-means the Philox normals of ``seed`` at offsets ``row * cols + col``.
+means the Philox normals of ``seed`` laid out by ``noise`` below.
 """
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import math
 import torch
 
 from aefast._dtypes import accumulation_dtype as kl_dtype  # the KL comes back in the dtype it is summed in
-from aefast._philox import philox_normal
+from aefast._philox import philox_normal4
 
-# Offsets per chunk when the reference generates noise: bounds its int64 scratch to ~200 MiB.
+# Philox offsets per chunk when the reference generates noise: bounds its int64 scratch to ~200 MiB.
 _NOISE_CHUNK = 1 << 22
+NORMALS_PER_OFFSET = 4
 
 
 def clamp_active(clamp_min: float, clamp_max: float) -> bool:
@@ -25,14 +26,19 @@ def clamp_active(clamp_min: float, clamp_max: float) -> bool:
 
 
 def noise(seed: int, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The standard normals the fused kernels regenerate for ``seed``, offsets in row-major order."""
-    numel = math.prod(shape)
+    """The standard normals the fused kernels regenerate for ``seed`` for a (rows, cols) input:
+    element (row, col) is normal ``col % 4`` of Philox offset ``row * ceil(cols / 4) + col // 4``
+    (``philox_normal4``, tl.randn4x's four normals). Each row starts an offset of its own, so a kernel
+    tile of whole rows, or of a row's columns from a multiple of 4, draws each offset once."""
+    rows, cols = shape
+    per_row = -(-cols // NORMALS_PER_OFFSET)
+    count = rows * per_row
     chunks = [
-        philox_normal(seed, torch.arange(start, min(start + _NOISE_CHUNK, numel), device=device))
-        for start in range(0, numel, _NOISE_CHUNK)
+        philox_normal4(seed, torch.arange(start, min(start + _NOISE_CHUNK, count), device=device))
+        for start in range(0, count, _NOISE_CHUNK)
     ]
-    flat = torch.cat(chunks) if chunks else torch.empty(0, device=device)
-    return flat.to(dtype).reshape(shape)
+    normals = torch.cat(chunks) if chunks else torch.empty(0, NORMALS_PER_OFFSET, device=device)
+    return normals.reshape(rows, per_row * NORMALS_PER_OFFSET)[:, :cols].to(dtype).contiguous()
 
 
 def reparameterize_kl_elementwise(mu, logvar, eps, clamp_min=-math.inf, clamp_max=math.inf):

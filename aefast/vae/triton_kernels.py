@@ -1,6 +1,7 @@
 """Triton kernels of the fused reparameterize + KL: a forward kernel that writes z and the KL (per
 row or per element), and a backward kernel that regenerates eps from (seed, offset) instead of
-reading it. Imported lazily: ``TRITON_INTERPRET`` must be set before the kernels are defined."""
+reading it, four normals per Philox offset (reference.noise's layout). Imported lazily:
+``TRITON_INTERPRET`` must be set before the kernels are defined."""
 from __future__ import annotations
 
 import torch
@@ -10,8 +11,8 @@ import triton.language as tl
 from aefast import _backends
 from aefast._sizes import cdiv, next_power_of_2
 from aefast._triton_math import exp
-from aefast._triton_random import philox_normal
-from aefast.vae.reference import clamp_active, kl_dtype
+from aefast._triton_random import philox_normal4
+from aefast.vae.reference import NORMALS_PER_OFFSET, clamp_active, kl_dtype
 
 # Elements per program and warps: 4 elements per thread, in 40-80 registers, so that an SM holds
 # enough warps to keep loads in flight. Blocks of 4096 elements in 4 warps (what the H200 run timed)
@@ -23,12 +24,23 @@ _MAX_BLOCK_COLS = 1024
 
 
 @triton.jit
+def _tile_noise(seed, row_ids, col0, offsets_per_row, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+    """The noise of the (BLOCK_ROWS, BLOCK_COLS) tile whose first column col0 is a multiple of 4: each
+    Philox offset's four normals drawn once, then laid side by side as columns 4g .. 4g + 3."""
+    offsets = row_ids[:, None] * offsets_per_row + (col0 // 4 + tl.arange(0, BLOCK_COLS // 4))[None, :]
+    n0, n1, n2, n3 = philox_normal4(seed, offsets)
+    tile = tl.join(tl.join(n0, n2), tl.join(n1, n3))  # [row, g, j, k] = normal 2j + k of offset g
+    return tl.reshape(tile, (BLOCK_ROWS, BLOCK_COLS))
+
+
+@triton.jit
 def _clamp_keep_nan(x, lo, hi):
     return tl.where(x < lo, lo, tl.where(x > hi, hi, x))
 
 
 @triton.jit(do_not_specialize=["seed"])
-def _forward_kernel(mu_ptr, logvar_ptr, eps_ptr, z_ptr, kl_ptr, rows, cols, seed, clamp_min, clamp_max,
+def _forward_kernel(mu_ptr, logvar_ptr, eps_ptr, z_ptr, kl_ptr, rows, cols, offsets_per_row, seed, clamp_min,
+                    clamp_max,
                     HAS_EPS: tl.constexpr, PER_ELEMENT: tl.constexpr, CLAMP: tl.constexpr,
                     BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
     acc_dtype = kl_ptr.dtype.element_ty
@@ -46,7 +58,7 @@ def _forward_kernel(mu_ptr, logvar_ptr, eps_ptr, z_ptr, kl_ptr, rows, cols, seed
         if HAS_EPS:
             noise = tl.load(eps_ptr + offsets, mask=mask, other=0.0).to(acc_dtype)
         else:
-            noise = philox_normal(seed, offsets).to(acc_dtype)
+            noise = _tile_noise(seed, row_ids, col0, offsets_per_row, BLOCK_ROWS, BLOCK_COLS).to(acc_dtype)
         sigma = exp(0.5 * logvar)
         tl.store(z_ptr + offsets, (mu + sigma * noise).to(z_ptr.dtype.element_ty), mask=mask)
         kl = -0.5 * (1.0 + logvar - mu * mu - sigma * sigma)
@@ -60,7 +72,7 @@ def _forward_kernel(mu_ptr, logvar_ptr, eps_ptr, z_ptr, kl_ptr, rows, cols, seed
 
 @triton.jit(do_not_specialize=["seed"])
 def _backward_kernel(grad_z_ptr, grad_kl_ptr, mu_ptr, logvar_ptr, eps_ptr, grad_mu_ptr, grad_logvar_ptr,
-                     rows, cols, seed, clamp_min, clamp_max,
+                     rows, cols, offsets_per_row, seed, clamp_min, clamp_max,
                      HAS_EPS: tl.constexpr, PER_ELEMENT: tl.constexpr, CLAMP: tl.constexpr,
                      BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
     acc_dtype = grad_kl_ptr.dtype.element_ty
@@ -80,7 +92,7 @@ def _backward_kernel(grad_z_ptr, grad_kl_ptr, mu_ptr, logvar_ptr, eps_ptr, grad_
         if HAS_EPS:
             noise = tl.load(eps_ptr + offsets, mask=mask, other=0.0).to(acc_dtype)
         else:
-            noise = philox_normal(seed, offsets).to(acc_dtype)
+            noise = _tile_noise(seed, row_ids, col0, offsets_per_row, BLOCK_ROWS, BLOCK_COLS).to(acc_dtype)
         if PER_ELEMENT:
             grad_kl = tl.load(grad_kl_ptr + offsets, mask=mask, other=0.0)
         else:
@@ -96,7 +108,8 @@ def _backward_kernel(grad_z_ptr, grad_kl_ptr, mu_ptr, logvar_ptr, eps_ptr, grad_
 
 
 def _launch_shape(rows: int, cols: int) -> tuple[int, int, tuple[int]]:
-    block_cols = min(next_power_of_2(max(cols, 1)), _MAX_BLOCK_COLS)
+    # At least 4 columns: a tile draws whole Philox offsets of 4 normals.
+    block_cols = min(max(next_power_of_2(cols), NORMALS_PER_OFFSET), _MAX_BLOCK_COLS)
     block_rows = max(1, BLOCK_ELEMENTS // block_cols)
     return block_rows, block_cols, (cdiv(rows, block_rows),)
 
@@ -109,7 +122,8 @@ def forward(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):
         return z, kl.zero_()
     block_rows, block_cols, grid = _launch_shape(rows, cols)
     _forward_kernel[grid](
-        mu, logvar, eps if eps is not None else mu, z, kl, rows, cols, seed, clamp_min, clamp_max,
+        mu, logvar, eps if eps is not None else mu, z, kl, rows, cols, cdiv(cols, NORMALS_PER_OFFSET), seed,
+        clamp_min, clamp_max,
         HAS_EPS=eps is not None, PER_ELEMENT=per_element, CLAMP=clamp_active(clamp_min, clamp_max),
         BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=WARPS, **_backends.TRITON_LAUNCH,
     )
@@ -125,7 +139,7 @@ def backward(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max):
     block_rows, block_cols, grid = _launch_shape(rows, cols)
     _backward_kernel[grid](
         grad_z, grad_kl, mu, logvar, eps if eps is not None else mu, grad_mu, grad_logvar,
-        rows, cols, seed, clamp_min, clamp_max,
+        rows, cols, cdiv(cols, NORMALS_PER_OFFSET), seed, clamp_min, clamp_max,
         HAS_EPS=eps is not None, PER_ELEMENT=grad_kl.dim() == 2, CLAMP=clamp_active(clamp_min, clamp_max),
         BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=WARPS, **_backends.TRITON_LAUNCH,
     )

@@ -1,8 +1,8 @@
-// float32 exp, log and cos written so that GCC vectorizes the loops that call them (glibc's scalar
+// float32 exp, log, sin and cos written so that GCC vectorizes the loops that call them (glibc's scalar
 // expf/logf/cosf keep a loop scalar). Plain multiply-adds, no std::fma: on an ISA without FMA,
 // std::fma is a libm call; where FMA exists the compiler contracts them itself.
 // Accuracy: exp within 2 ulp over the whole range with inf/0/NaN as IEEE; log within 2 ulp for
-// normal positive inputs; cos within 2e-7 absolute on [0, 2*pi]. Tests compare them to torch.
+// normal positive inputs; sin and cos within 2e-7 absolute on [0, 2*pi]. Tests compare them to torch.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -73,8 +73,12 @@ inline float log_positive_f32(float x) {
   return ef * 0.693145751953125f + (ef * 1.428606765330187e-06f + 2.0f * t * p);
 }
 
-// cos for arguments in [0, 2*pi] (the Box-Muller angle).
-inline float cos_box_muller_f32(float theta) {
+// sin and cos for arguments in [0, 2*pi] (the Box-Muller angle).
+struct SinCos {
+  float sin, cos;
+};
+
+inline SinCos sincos_box_muller_f32(float theta) {
   const float k = round_small(theta * 0.636619772367581343f);  // quadrant
   // pi/2 in three parts (Cephes): k * part is exact for the k <= 4 of a Box-Muller angle.
   float r = theta - k * 1.5703125f;
@@ -91,11 +95,15 @@ inline float cos_box_muller_f32(float theta) {
   s = s * r2 + 1.0f / 120.0f;
   s = s * r2 - 1.0f / 6.0f;
   s = s * r2 * r + r;
-  // Quadrant q: cos, -sin, -cos, sin; selected by arithmetic so that GCC if-converts the loop.
+  // Quadrant q: cos is c, -s, -c, s and sin is s, c, -s, -c; selected by arithmetic so that GCC
+  // if-converts the loop.
   const int32_t q = static_cast<int32_t>(k) & 3;
   const float odd = static_cast<float>(q & 1);
-  const float sign = 1.0f - 2.0f * static_cast<float>(((q + 1) >> 1) & 1);
-  return sign * (odd * s + (1.0f - odd) * c);
+  const float cos_sign = 1.0f - 2.0f * static_cast<float>(((q + 1) >> 1) & 1);
+  const float sin_sign = 1.0f - 2.0f * static_cast<float>((q >> 1) & 1);
+  return {sin_sign * (odd * c + (1.0f - odd) * s), cos_sign * (odd * s + (1.0f - odd) * c)};
 }
+
+inline float cos_box_muller_f32(float theta) { return sincos_box_muller_f32(theta).cos; }
 
 AEFAST_ISA_END

@@ -1,5 +1,6 @@
 // Philox4x32-10 keyed by a 64-bit seed, counted by a 64-bit offset: the stream of Triton's
-// tl.philox(seed, offset_lo, offset_hi, 0, 0), turned into normals by the Box-Muller of tl.randn.
+// tl.philox(seed, offset_lo, offset_hi, 0, 0), turned into normals by the Box-Muller of tl.randn
+// (one per offset) or tl.randn4x (four per offset).
 // One seed therefore gives the same noise from the C++, CUDA and Triton kernels.
 #pragma once
 #include <cstdint>

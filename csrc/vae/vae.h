@@ -10,7 +10,9 @@
 
 namespace aefast {
 
-// rows x cols contiguous tensors; eps == nullptr means Philox normals of (seed, row * cols + col).
+// rows x cols contiguous tensors; eps == nullptr means the Philox normals of seed in the layout of
+// aefast/vae/reference.py noise: element (row, col) is normal col % 4 of offset
+// row * ceil(cols / 4) + col / 4.
 // kl is float (double for f64 inputs): per element when per_element, else one sum per row.
 struct VaeForwardArgs {
   const void* mu;

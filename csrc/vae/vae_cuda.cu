@@ -1,5 +1,6 @@
 // Fused reparameterized sample and KL term on CUDA: one warp per row, the KL row sum by warp shuffle,
-// the noise regenerated from (seed, element index) in both passes and never written to memory.
+// the noise regenerated from the seed in both passes and never written to memory: each lane draws a
+// Philox offset's four normals (aefast/vae/reference.py noise's layout) for four adjacent columns.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -30,11 +31,20 @@ __device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) { p[
 template <typename T> struct ComputeOf { using type = float; };
 template <> struct ComputeOf<double> { using type = double; };
 
-__device__ __forceinline__ float philox_normal(uint64_t seed, uint64_t offset) {
+constexpr int kNormalsPerOffset = 4;
+
+// The four standard normals of Philox offset ``offset``, as Triton's tl.randn4x gives them.
+__device__ __forceinline__ void philox_normal4(uint64_t seed, uint64_t offset, float normals[kNormalsPerOffset]) {
   const PhiloxOut bits = philox4x32_10(seed, offset);
-  const float u1 = fmaxf(1.0e-7f, uint_to_uniform(bits.x0));
-  const float theta = 6.283185307179586f * uint_to_uniform(bits.x1);
-  return sqrtf(-2.0f * logf(u1)) * cosf(theta);
+  const uint32_t radius_bits[2] = {bits.x0, bits.x2}, angle_bits[2] = {bits.x1, bits.x3};
+#pragma unroll
+  for (int pair = 0; pair < 2; ++pair) {
+    const float radius = sqrtf(-2.0f * logf(fmaxf(1.0e-7f, uint_to_uniform(radius_bits[pair]))));
+    float sine, cosine;
+    sincosf(6.283185307179586f * uint_to_uniform(angle_bits[pair]), &sine, &cosine);
+    normals[2 * pair] = radius * cosine;
+    normals[2 * pair + 1] = radius * sine;
+  }
 }
 
 template <typename C> __device__ __forceinline__ C warp_sum(C value) {
@@ -51,18 +61,26 @@ __global__ void forward_kernel(const T* mu, const T* logvar, const T* eps, T* z,
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   if (row >= rows) return;
   const C lo = static_cast<C>(clamp_lo), hi = static_cast<C>(clamp_hi);
+  const int64_t per_row = (cols + kNormalsPerOffset - 1) / kNormalsPerOffset;
   C row_sum = 0;
-  for (int64_t col = lane; col < cols; col += 32) {
-    const int64_t e = row * cols + col;
-    const C m = load(mu, e);
-    C lv = load(logvar, e);
-    lv = clamped ? clamp_keep_nan(lv, lo, hi) : lv;
-    const C noise = eps ? static_cast<C>(load(eps, e)) : static_cast<C>(philox_normal(seed, static_cast<uint64_t>(e)));
-    const C sigma = exp(C(0.5) * lv);
-    store(z, e, m + sigma * noise);
-    const C kl_e = C(-0.5) * (C(1) + lv - m * m - sigma * sigma);
-    if (per_element) kl[e] = kl_e;
-    row_sum += kl_e;
+  for (int64_t group = lane; group < per_row; group += 32) {
+    float normals[kNormalsPerOffset];
+    if (!eps) philox_normal4(seed, static_cast<uint64_t>(row * per_row + group), normals);
+    const int64_t first_col = group * kNormalsPerOffset;
+#pragma unroll
+    for (int j = 0; j < kNormalsPerOffset; ++j) {
+      if (first_col + j >= cols) break;
+      const int64_t e = row * cols + first_col + j;
+      const C m = load(mu, e);
+      C lv = load(logvar, e);
+      lv = clamped ? clamp_keep_nan(lv, lo, hi) : lv;
+      const C noise = eps ? static_cast<C>(load(eps, e)) : static_cast<C>(normals[j]);
+      const C sigma = exp(C(0.5) * lv);
+      store(z, e, m + sigma * noise);
+      const C kl_e = C(-0.5) * (C(1) + lv - m * m - sigma * sigma);
+      if (per_element) kl[e] = kl_e;
+      row_sum += kl_e;
+    }
   }
   row_sum = warp_sum(row_sum);
   if (!per_element && lane == 0) kl[row] = row_sum;
@@ -78,19 +96,27 @@ __global__ void backward_kernel(const T* grad_z, const typename ComputeOf<T>::ty
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   if (row >= rows) return;
   const C lo = static_cast<C>(clamp_lo), hi = static_cast<C>(clamp_hi);
-  for (int64_t col = lane; col < cols; col += 32) {
-    const int64_t e = row * cols + col;
-    const C m = load(mu, e);
-    const C lv_raw = load(logvar, e);
-    const C lv = clamped ? clamp_keep_nan(lv_raw, lo, hi) : lv_raw;
-    const C noise = eps ? static_cast<C>(load(eps, e)) : static_cast<C>(philox_normal(seed, static_cast<uint64_t>(e)));
-    const C gz = load(grad_z, e);
-    const C gkl = per_element ? grad_kl[e] : grad_kl[row];
-    const C sigma = exp(C(0.5) * lv);
-    C glv = C(0.5) * (gz * noise * sigma + gkl * (sigma * sigma - C(1)));
-    glv = (!clamped || clamp_passes_gradient(lv_raw, lo, hi)) ? glv : C(0);
-    store(grad_mu, e, gz + gkl * m);
-    store(grad_logvar, e, glv);
+  const int64_t per_row = (cols + kNormalsPerOffset - 1) / kNormalsPerOffset;
+  for (int64_t group = lane; group < per_row; group += 32) {
+    float normals[kNormalsPerOffset];
+    if (!eps) philox_normal4(seed, static_cast<uint64_t>(row * per_row + group), normals);
+    const int64_t first_col = group * kNormalsPerOffset;
+#pragma unroll
+    for (int j = 0; j < kNormalsPerOffset; ++j) {
+      if (first_col + j >= cols) break;
+      const int64_t e = row * cols + first_col + j;
+      const C m = load(mu, e);
+      const C lv_raw = load(logvar, e);
+      const C lv = clamped ? clamp_keep_nan(lv_raw, lo, hi) : lv_raw;
+      const C noise = eps ? static_cast<C>(load(eps, e)) : static_cast<C>(normals[j]);
+      const C gz = load(grad_z, e);
+      const C gkl = per_element ? grad_kl[e] : grad_kl[row];
+      const C sigma = exp(C(0.5) * lv);
+      C glv = C(0.5) * (gz * noise * sigma + gkl * (sigma * sigma - C(1)));
+      glv = (!clamped || clamp_passes_gradient(lv_raw, lo, hi)) ? glv : C(0);
+      store(grad_mu, e, gz + gkl * m);
+      store(grad_logvar, e, glv);
+    }
   }
 }
 

@@ -198,15 +198,31 @@ def test_non_contiguous_inputs(backend):
 # ---- the Philox noise ---------------------------------------------------------------------------
 
 
-def test_seeded_noise_is_the_reference_stream(backend):
+@pytest.mark.parametrize("shape", [(97, 123), (33, 2), (50, 1), (17, 64), (6, 7)], ids=str)
+def test_seeded_noise_is_the_reference_stream(backend, shape):
     """One seed gives the same z on every backend: the reference regenerates the stream in PyTorch.
-    The kernels' own exp/log/cos differ from torch's by a few ulp: 2e-6 covers |noise| <= 6."""
-    mu, logvar, _ = make_inputs((97, 123), torch.float32, backend.device)
+    Widths of whole Philox offsets (64), and of rows that end inside one (123, 7, 2, 1), whose tiles
+    take some of an offset's normals. The kernels' own exp/log/sin/cos differ from torch's by a few
+    ulp: 2e-6 covers |noise| <= 6."""
+    mu, logvar, _ = make_inputs(shape, torch.float32, backend.device)
     z, kl = aefast.reparameterize_kl(mu, logvar, seed=2**40 + 7)
     noise = reference.noise(2**40 + 7, mu.shape, torch.float32, mu.device)
     z_ref, kl_ref = reference.reparameterize_kl_elementwise(mu, logvar, noise)
     assert_close(z, z_ref, 2e-6, 2e-6, "z")
     assert_close(kl, kl_ref.sum(-1), 1e-4, 1e-5, "kl")
+
+
+def test_the_reference_noise_takes_four_normals_per_offset_and_starts_each_row_on_one():
+    """Element (row, col) is normal col % 4 of Philox offset row * ceil(cols / 4) + col // 4: a row of
+    7 takes two offsets, and drops the second's last normal."""
+    from aefast._philox import philox_normal4
+
+    noise = reference.noise(11, (3, 7), torch.float32, torch.device("cpu"))
+    normals = philox_normal4(11, torch.arange(6))
+    assert torch.equal(noise, normals.reshape(3, 8)[:, :7])
+    # Where the width is a multiple of 4 the layout is the elements' own order.
+    assert torch.equal(reference.noise(11, (3, 8), torch.float32, torch.device("cpu")).flatten(), normals.flatten())
+    assert reference.noise(11, (0, 5), torch.float64, torch.device("cpu")).shape == (0, 5)
 
 
 def test_a_numpy_seed_is_the_same_as_the_int(backend):
@@ -235,6 +251,12 @@ def test_noise_mean_variance_and_tail_on_many_samples(backend):
     assert abs(z.var().item() - 1) < 5 * math.sqrt(2 / n)
     tail = (z.abs() > 2).double().mean().item()  # P(|N| > 2) = 0.0455
     assert abs(tail - 0.0455003) < 5 * math.sqrt(0.0455 * 0.9545 / n)
+    # The four normals of an offset (columns 4g .. 4g + 3) are independent: Box-Muller's cos and sin
+    # of one radius, and a second pair. Their correlations are 0 within 5 standard errors.
+    by_offset = z.reshape(rows, 125)[:, :124].reshape(-1, 4)
+    for first, second in ((0, 1), (0, 2), (1, 3)):
+        correlation = torch.corrcoef(by_offset[:, [first, second]].T)[0, 1].item()
+        assert abs(correlation) < 5 / math.sqrt(by_offset.shape[0])
 
 
 def test_backward_sees_the_forward_noise(backend):
