@@ -18,20 +18,17 @@ from aefast import _backends
 
 @triton.jit
 def _philox_words(seed, offsets):
+    """The four Philox words of each 64-bit offset."""
     lo = offsets.to(tl.uint32)
     hi = (offsets >> 32).to(tl.uint32)
     zero = lo * 0
-    c0, c1, _, _ = tl.philox(seed, lo, hi, zero, zero)
-    return c0, c1
+    return tl.philox(seed, lo, hi, zero, zero)
 
 
 @triton.jit
 def philox_normal4(seed, offsets):
     """tl.randn4x's four standard normals for 64-bit offsets (aefast/_philox.py philox_normal4)."""
-    lo = offsets.to(tl.uint32)
-    hi = (offsets >> 32).to(tl.uint32)
-    zero = lo * 0
-    c0, c1, c2, c3 = tl.philox(seed, lo, hi, zero, zero)
+    c0, c1, c2, c3 = _philox_words(seed, offsets)
     n0, n1 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(c0), tl.uint_to_uniform_float(c1))
     n2, n3 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(c2), tl.uint_to_uniform_float(c3))
     return n0, n1, n2, n3
@@ -40,7 +37,7 @@ def philox_normal4(seed, offsets):
 @triton.jit
 def philox_normal(seed, offsets):
     """tl.randn's standard normal for 64-bit offsets."""
-    c0, c1 = _philox_words(seed, offsets)
+    c0, c1, _, _ = _philox_words(seed, offsets)
     n1, _ = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(c0), tl.uint_to_uniform_float(c1))
     return n1
 
@@ -48,7 +45,7 @@ def philox_normal(seed, offsets):
 @triton.jit
 def philox_uniform(seed, offsets):
     """tl.rand's uniform in [0, 1) for 64-bit offsets."""
-    c0, _ = _philox_words(seed, offsets)
+    c0, _, _, _ = _philox_words(seed, offsets)
     return tl.uint_to_uniform_float(c0)
 
 

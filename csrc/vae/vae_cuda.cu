@@ -47,6 +47,27 @@ __device__ __forceinline__ void philox_normal4(uint64_t seed, uint64_t offset, f
   }
 }
 
+// Calls fn(e, noise) for each element e of row ``row`` that this lane takes, with its noise (eps's, or
+// regenerated): the columns of every 32nd Philox offset of the row from the lane's, whose four normals
+// the lane draws once.
+template <typename T, typename Fn>
+__device__ __forceinline__ void for_each_lane_element(int64_t row, int64_t cols, uint64_t seed, const T* eps, int lane,
+                                                      Fn&& fn) {
+  using C = typename ComputeOf<T>::type;
+  const int64_t per_row = (cols + kNormalsPerOffset - 1) / kNormalsPerOffset;
+  for (int64_t group = lane; group < per_row; group += 32) {
+    float normals[kNormalsPerOffset];
+    if (!eps) philox_normal4(seed, static_cast<uint64_t>(row * per_row + group), normals);
+    const int64_t first_col = group * kNormalsPerOffset;
+#pragma unroll
+    for (int j = 0; j < kNormalsPerOffset; ++j) {
+      if (first_col + j >= cols) break;
+      const int64_t e = row * cols + first_col + j;
+      fn(e, eps ? static_cast<C>(load(eps, e)) : static_cast<C>(normals[j]));
+    }
+  }
+}
+
 template <typename C> __device__ __forceinline__ C warp_sum(C value) {
   for (int shift = 16; shift > 0; shift >>= 1) value += __shfl_xor_sync(0xffffffffu, value, shift);
   return value;
@@ -61,27 +82,17 @@ __global__ void forward_kernel(const T* mu, const T* logvar, const T* eps, T* z,
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   if (row >= rows) return;
   const C lo = static_cast<C>(clamp_lo), hi = static_cast<C>(clamp_hi);
-  const int64_t per_row = (cols + kNormalsPerOffset - 1) / kNormalsPerOffset;
   C row_sum = 0;
-  for (int64_t group = lane; group < per_row; group += 32) {
-    float normals[kNormalsPerOffset];
-    if (!eps) philox_normal4(seed, static_cast<uint64_t>(row * per_row + group), normals);
-    const int64_t first_col = group * kNormalsPerOffset;
-#pragma unroll
-    for (int j = 0; j < kNormalsPerOffset; ++j) {
-      if (first_col + j >= cols) break;
-      const int64_t e = row * cols + first_col + j;
-      const C m = load(mu, e);
-      C lv = load(logvar, e);
-      lv = clamped ? clamp_keep_nan(lv, lo, hi) : lv;
-      const C noise = eps ? static_cast<C>(load(eps, e)) : static_cast<C>(normals[j]);
-      const C sigma = exp(C(0.5) * lv);
-      store(z, e, m + sigma * noise);
-      const C kl_e = C(-0.5) * (C(1) + lv - m * m - sigma * sigma);
-      if (per_element) kl[e] = kl_e;
-      row_sum += kl_e;
-    }
-  }
+  for_each_lane_element(row, cols, seed, eps, lane, [&](int64_t e, C noise) {
+    const C m = load(mu, e);
+    C lv = load(logvar, e);
+    lv = clamped ? clamp_keep_nan(lv, lo, hi) : lv;
+    const C sigma = exp(C(0.5) * lv);
+    store(z, e, m + sigma * noise);
+    const C kl_e = C(-0.5) * (C(1) + lv - m * m - sigma * sigma);
+    if (per_element) kl[e] = kl_e;
+    row_sum += kl_e;
+  });
   row_sum = warp_sum(row_sum);
   if (!per_element && lane == 0) kl[row] = row_sum;
 }
@@ -96,28 +107,18 @@ __global__ void backward_kernel(const T* grad_z, const typename ComputeOf<T>::ty
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   if (row >= rows) return;
   const C lo = static_cast<C>(clamp_lo), hi = static_cast<C>(clamp_hi);
-  const int64_t per_row = (cols + kNormalsPerOffset - 1) / kNormalsPerOffset;
-  for (int64_t group = lane; group < per_row; group += 32) {
-    float normals[kNormalsPerOffset];
-    if (!eps) philox_normal4(seed, static_cast<uint64_t>(row * per_row + group), normals);
-    const int64_t first_col = group * kNormalsPerOffset;
-#pragma unroll
-    for (int j = 0; j < kNormalsPerOffset; ++j) {
-      if (first_col + j >= cols) break;
-      const int64_t e = row * cols + first_col + j;
-      const C m = load(mu, e);
-      const C lv_raw = load(logvar, e);
-      const C lv = clamped ? clamp_keep_nan(lv_raw, lo, hi) : lv_raw;
-      const C noise = eps ? static_cast<C>(load(eps, e)) : static_cast<C>(normals[j]);
-      const C gz = load(grad_z, e);
-      const C gkl = per_element ? grad_kl[e] : grad_kl[row];
-      const C sigma = exp(C(0.5) * lv);
-      C glv = C(0.5) * (gz * noise * sigma + gkl * (sigma * sigma - C(1)));
-      glv = (!clamped || clamp_passes_gradient(lv_raw, lo, hi)) ? glv : C(0);
-      store(grad_mu, e, gz + gkl * m);
-      store(grad_logvar, e, glv);
-    }
-  }
+  for_each_lane_element(row, cols, seed, eps, lane, [&](int64_t e, C noise) {
+    const C m = load(mu, e);
+    const C lv_raw = load(logvar, e);
+    const C lv = clamped ? clamp_keep_nan(lv_raw, lo, hi) : lv_raw;
+    const C gz = load(grad_z, e);
+    const C gkl = per_element ? grad_kl[e] : grad_kl[row];
+    const C sigma = exp(C(0.5) * lv);
+    C glv = C(0.5) * (gz * noise * sigma + gkl * (sigma * sigma - C(1)));
+    glv = (!clamped || clamp_passes_gradient(lv_raw, lo, hi)) ? glv : C(0);
+    store(grad_mu, e, gz + gkl * m);
+    store(grad_logvar, e, glv);
+  });
 }
 
 template <typename Fn> void dispatch_cuda_dtype(DType dtype, Fn&& fn) {
