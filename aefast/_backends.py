@@ -25,7 +25,8 @@ BACKEND_NAMES = ("reference", "cpp", "triton", "cuda")
 
 # The fastest backend first, per (op, device type), as measured by benchmarks/.
 AUTO_ORDER: dict[tuple[str, str], tuple[str, ...]] = {
-    # bench_vae.py, fwd+bwd at 2^20 x 32 fp32, 2-core AVX-512 AMD EPYC: cpp 3.98x eager, 3.32x torch.compile.
+    # bench_vae.py, fwd+bwd at 2^20 x 32 fp32, 2-core AVX-512 AMD EPYC (2026-12-07): cpp 9.18x eager, 7.57x
+    # torch.compile.
     ("reparameterize_kl", "cpu"): ("cpp", "reference"),
     # H200, 2026-12-05 (bench_vae.py, same shape): Triton 2.6x eager, 0.83x torch.compile; the CUDA
     # kernel was not timed. Triton first.

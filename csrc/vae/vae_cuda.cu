@@ -1,6 +1,7 @@
-// Fused reparameterized sample and KL term on CUDA: one warp per row, the KL row sum by warp shuffle,
-// the noise regenerated from the seed in both passes and never written to memory: each lane draws a
-// Philox offset's four normals (aefast/vae/reference.py noise's layout) for four adjacent columns.
+// Fused reparameterized sample and KL term on CUDA: a row per warp, or per aligned group of its lanes
+// for a row of fewer than 32 Philox offsets, the KL row sum by shuffles; the noise regenerated from the
+// seed in both passes and never written to memory: each lane draws a Philox offset's four normals
+// (aefast/vae/reference.py noise's layout) for four adjacent columns.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -47,15 +48,39 @@ __device__ __forceinline__ void philox_normal4(uint64_t seed, uint64_t offset, f
   }
 }
 
+__host__ __device__ __forceinline__ int64_t offsets_per_row(int64_t cols) {
+  return (cols + kNormalsPerOffset - 1) / kNormalsPerOffset;
+}
+
+// Lanes that share a row: the power of two at or above its Philox offsets, at most a warp. A row of 32
+// columns (8 offsets) then shares a warp with three others, where a warp per row left 24 lanes idle.
+int lanes_per_row(int64_t cols) {
+  int lanes = 1;
+  while (lanes < 32 && lanes < offsets_per_row(cols)) lanes *= 2;
+  return lanes;
+}
+
+// The row this thread works on, and its lane among the row's ``lanes`` (an aligned group of its warp).
+struct RowLane {
+  int64_t row;
+  int lane;
+};
+
+__device__ __forceinline__ RowLane row_lane(int lanes) {
+  const int warp_lane = threadIdx.x & 31;
+  const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  return {warp * (32 / lanes) + warp_lane / lanes, warp_lane & (lanes - 1)};
+}
+
 // Calls fn(e, noise) for each element e of row ``row`` that this lane takes, with its noise (eps's, or
-// regenerated): the columns of every 32nd Philox offset of the row from the lane's, whose four normals
-// the lane draws once.
+// regenerated): the columns of every ``lanes``-th Philox offset of the row from the lane's, whose four
+// normals the lane draws once.
 template <typename T, typename Fn>
 __device__ __forceinline__ void for_each_lane_element(int64_t row, int64_t cols, uint64_t seed, const T* eps, int lane,
-                                                      Fn&& fn) {
+                                                      int lanes, Fn&& fn) {
   using C = typename ComputeOf<T>::type;
-  const int64_t per_row = (cols + kNormalsPerOffset - 1) / kNormalsPerOffset;
-  for (int64_t group = lane; group < per_row; group += 32) {
+  const int64_t per_row = offsets_per_row(cols);
+  for (int64_t group = lane; group < per_row; group += lanes) {
     float normals[kNormalsPerOffset];
     if (!eps) philox_normal4(seed, static_cast<uint64_t>(row * per_row + group), normals);
     const int64_t first_col = group * kNormalsPerOffset;
@@ -68,46 +93,48 @@ __device__ __forceinline__ void for_each_lane_element(int64_t row, int64_t cols,
   }
 }
 
-template <typename C> __device__ __forceinline__ C warp_sum(C value) {
-  for (int shift = 16; shift > 0; shift >>= 1) value += __shfl_xor_sync(0xffffffffu, value, shift);
+// The sum over each aligned group of ``lanes`` lanes; every lane of the warp must call it.
+template <typename C> __device__ __forceinline__ C lanes_sum(C value, int lanes) {
+  for (int shift = lanes / 2; shift > 0; shift >>= 1) value += __shfl_xor_sync(0xffffffffu, value, shift);
   return value;
 }
 
 template <typename T>
 __global__ void forward_kernel(const T* mu, const T* logvar, const T* eps, T* z, typename ComputeOf<T>::type* kl,
-                               int64_t rows, int64_t cols, uint64_t seed, bool per_element, bool clamped,
+                               int64_t rows, int64_t cols, int lanes, uint64_t seed, bool per_element, bool clamped,
                                double clamp_lo, double clamp_hi) {
   using C = typename ComputeOf<T>::type;
-  const int lane = threadIdx.x & 31;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (row >= rows) return;
+  const RowLane at = row_lane(lanes);
   const C lo = static_cast<C>(clamp_lo), hi = static_cast<C>(clamp_hi);
   C row_sum = 0;
-  for_each_lane_element(row, cols, seed, eps, lane, [&](int64_t e, C noise) {
-    const C m = load(mu, e);
-    C lv = load(logvar, e);
-    lv = clamped ? clamp_keep_nan(lv, lo, hi) : lv;
-    const C sigma = exp(C(0.5) * lv);
-    store(z, e, m + sigma * noise);
-    const C kl_e = C(-0.5) * (C(1) + lv - m * m - sigma * sigma);
-    if (per_element) kl[e] = kl_e;
-    row_sum += kl_e;
-  });
-  row_sum = warp_sum(row_sum);
-  if (!per_element && lane == 0) kl[row] = row_sum;
+  // No early return past the last row: the sum's shuffles take every lane of the warp.
+  if (at.row < rows) {
+    for_each_lane_element(at.row, cols, seed, eps, at.lane, lanes, [&](int64_t e, C noise) {
+      const C m = load(mu, e);
+      C lv = load(logvar, e);
+      lv = clamped ? clamp_keep_nan(lv, lo, hi) : lv;
+      const C sigma = exp(C(0.5) * lv);
+      store(z, e, m + sigma * noise);
+      const C kl_e = C(-0.5) * (C(1) + lv - m * m - sigma * sigma);
+      if (per_element) kl[e] = kl_e;
+      row_sum += kl_e;
+    });
+  }
+  row_sum = lanes_sum(row_sum, lanes);
+  if (!per_element && at.row < rows && at.lane == 0) kl[at.row] = row_sum;
 }
 
 template <typename T>
 __global__ void backward_kernel(const T* grad_z, const typename ComputeOf<T>::type* grad_kl, const T* mu,
                                 const T* logvar, const T* eps, T* grad_mu, T* grad_logvar, int64_t rows,
-                                int64_t cols, uint64_t seed, bool per_element, bool clamped, double clamp_lo,
-                                double clamp_hi) {
+                                int64_t cols, int lanes, uint64_t seed, bool per_element, bool clamped,
+                                double clamp_lo, double clamp_hi) {
   using C = typename ComputeOf<T>::type;
-  const int lane = threadIdx.x & 31;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (row >= rows) return;
+  const RowLane at = row_lane(lanes);
+  if (at.row >= rows) return;
+  const int64_t row = at.row;
   const C lo = static_cast<C>(clamp_lo), hi = static_cast<C>(clamp_hi);
-  for_each_lane_element(row, cols, seed, eps, lane, [&](int64_t e, C noise) {
+  for_each_lane_element(row, cols, seed, eps, at.lane, lanes, [&](int64_t e, C noise) {
     const C m = load(mu, e);
     const C lv_raw = load(logvar, e);
     const C lv = clamped ? clamp_keep_nan(lv_raw, lo, hi) : lv_raw;
@@ -130,8 +157,9 @@ template <typename Fn> void dispatch_cuda_dtype(DType dtype, Fn&& fn) {
   }
 }
 
-unsigned blocks_for(int64_t rows) {
-  const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+unsigned blocks_for(int64_t rows, int lanes) {
+  const int64_t rows_per_block = kWarpsPerBlock * (32 / lanes);
+  const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
   if (blocks > 0x7FFFFFFF) throw py::value_error("rows: too many rows for one launch");
   return static_cast<unsigned>(blocks);
 }
@@ -162,8 +190,9 @@ void vae_forward_cuda(uintptr_t mu, uintptr_t logvar, uintptr_t eps, uintptr_t z
     T* z_p = device_pointer<T>(z, "z");
     C* kl_p = device_pointer<C>(kl, "kl");
     if (!mu_p || !lv_p || !z_p || !kl_p) throw py::value_error("mu, logvar, z and kl must be non-null");
-    forward_kernel<T><<<blocks_for(rows), 32 * kWarpsPerBlock, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
-        mu_p, lv_p, eps_p, z_p, kl_p, rows, cols, seed, per_element, clamp_active(clamp_min, clamp_max),
+    const int lanes = lanes_per_row(cols);
+    forward_kernel<T><<<blocks_for(rows, lanes), 32 * kWarpsPerBlock, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+        mu_p, lv_p, eps_p, z_p, kl_p, rows, cols, lanes, seed, per_element, clamp_active(clamp_min, clamp_max),
         clamp_min, clamp_max);
     check_cuda(cudaGetLastError(), "vae forward kernel");
   });
@@ -190,8 +219,9 @@ void vae_backward_cuda(uintptr_t grad_z, uintptr_t grad_kl, uintptr_t mu, uintpt
     if (!gz_p || !gkl_p || !mu_p || !lv_p || !gmu_p || !glv_p) {
       throw py::value_error("grad_z, grad_kl, mu, logvar, grad_mu and grad_logvar must be non-null");
     }
-    backward_kernel<T><<<blocks_for(rows), 32 * kWarpsPerBlock, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
-        gz_p, gkl_p, mu_p, lv_p, eps_p, gmu_p, glv_p, rows, cols, seed, per_element,
+    const int lanes = lanes_per_row(cols);
+    backward_kernel<T><<<blocks_for(rows, lanes), 32 * kWarpsPerBlock, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+        gz_p, gkl_p, mu_p, lv_p, eps_p, gmu_p, glv_p, rows, cols, lanes, seed, per_element,
         clamp_active(clamp_min, clamp_max), clamp_min, clamp_max);
     check_cuda(cudaGetLastError(), "vae backward kernel");
   });
