@@ -59,6 +59,18 @@ def test_aefast(benchmark, problem):
                   extra={"backend": backend, "shape": [ROWS, COLS], "dtype": "float32"}, host_time=True)
 
 
+def test_aefast_cuda(benchmark, problem):
+    """On a GPU the cuda backend's kernels beside auto's (Triton's): the row marked "(cuda)"; auto's order
+    (_backends.AUTO_ORDER) follows the faster."""
+    why = aefast.available_backends()["cuda"] if DEVICE.type == "cuda" else "the benchmark runs on the CPU"
+    if why is not True:
+        pytest.skip(f"cuda backend: {why}")
+    with aefast.use_backend("cuda"):
+        run_benchmark(benchmark, step(lambda m, lv: aefast.reparameterize_kl(m, lv, seed=1), problem), DEVICE,
+                      component="vae", case=CASE, role="aefast cuda", nbytes=FUSED_BYTES, rounds=ROUNDS,
+                      extra={"backend": "cuda", "shape": [ROWS, COLS], "dtype": "float32"}, host_time=True)
+
+
 def test_eager(benchmark, problem):
     run_benchmark(benchmark, step(eager_reparameterize_kl, problem), DEVICE, component="vae", case=CASE,
                   role="eager", nbytes=FUSED_BYTES, rounds=ROUNDS, host_time=True)
