@@ -331,6 +331,8 @@ class ShardedWillshawMemory:
                                                                      secrets.randbits(63) if self._rank == 0 else None))
 
         def write():
+            if directory.exists() and not directory.is_dir():
+                raise ValueError(f"directory must be a folder (made if missing), got the file {directory}")
             directory.mkdir(parents=True, exist_ok=True)
             with self._local._store_lock:
                 memory_file.write(_shard_path(directory, self._rank, self._world), self._local._matrix, self._n_in,

@@ -206,6 +206,11 @@ def errors(rank: int, out: Path) -> None:
         with pytest.raises(ValueError, match=r"timeout must be a positive datetime.timedelta or None, got "):
             ShardedWillshawMemory(N_IN, N_OUT, timeout=timeout)
     memory.store_indices(torch.tensor([[1, 2]]), torch.tensor([[3, 200]]))
+    if rank == 0:
+        (out / "a file").write_text("not a folder")
+    dist.barrier()
+    with pytest.raises((ValueError, RuntimeError), match="directory must be a folder .*a file"):
+        memory.save(out / "a file")
 
     memory.save(out / "swapped")
     dist.barrier()
