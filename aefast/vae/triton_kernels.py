@@ -20,6 +20,11 @@ from aefast.vae.reference import NORMALS_PER_OFFSET, clamp_active, kl_dtype
 # this in check). Rows wider than a block loop over it, 8 elements per thread at most.
 BLOCK_ELEMENTS = 512
 WARPS = 4
+# Rows whose width is not a multiple of 4 start off 16-byte boundaries: their loads are not vectorized,
+# and an offset's four normals reach the threads that hold its columns through shared memory. At 4 warps
+# triton 3.6 then spilled (the backward at 3 columns, 56 registers); at 8 (2 elements a thread) the
+# kernels take 32-80 registers without spilling on 3.6 and 3.9 (tests/vae/test_compiled_kernels.py).
+UNALIGNED_WARPS = 8
 _MAX_BLOCK_COLS = 1024
 
 
@@ -107,6 +112,10 @@ def _backward_kernel(grad_z_ptr, grad_kl_ptr, mu_ptr, logvar_ptr, eps_ptr, grad_
         tl.store(grad_logvar_ptr + offsets, grad_logvar.to(grad_logvar_ptr.dtype.element_ty), mask=mask)
 
 
+def _warps(cols: int) -> int:
+    return WARPS if cols % NORMALS_PER_OFFSET == 0 else UNALIGNED_WARPS
+
+
 def _launch_shape(rows: int, cols: int) -> tuple[int, int, tuple[int]]:
     # At least 4 columns: a tile draws whole Philox offsets of 4 normals.
     block_cols = min(max(next_power_of_2(cols), NORMALS_PER_OFFSET), _MAX_BLOCK_COLS)
@@ -125,7 +134,7 @@ def forward(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):
         mu, logvar, eps if eps is not None else mu, z, kl, rows, cols, cdiv(cols, NORMALS_PER_OFFSET), seed,
         clamp_min, clamp_max,
         HAS_EPS=eps is not None, PER_ELEMENT=per_element, CLAMP=clamp_active(clamp_min, clamp_max),
-        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=WARPS, **_backends.TRITON_LAUNCH,
+        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=_warps(cols), **_backends.TRITON_LAUNCH,
     )
     return z, kl
 
@@ -141,6 +150,6 @@ def backward(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max):
         grad_z, grad_kl, mu, logvar, eps if eps is not None else mu, grad_mu, grad_logvar,
         rows, cols, cdiv(cols, NORMALS_PER_OFFSET), seed, clamp_min, clamp_max,
         HAS_EPS=eps is not None, PER_ELEMENT=grad_kl.dim() == 2, CLAMP=clamp_active(clamp_min, clamp_max),
-        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=WARPS, **_backends.TRITON_LAUNCH,
+        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=_warps(cols), **_backends.TRITON_LAUNCH,
     )
     return grad_mu, grad_logvar

@@ -34,7 +34,7 @@ def compile_case(case: str) -> dict:
         return {"seed": "i64", "clamp_min": "fp32", "clamp_max": "fp32"}.get(name, "i32")
     signature = {param.name: kind(param.name) for param in kernel.params if param.name not in constants}
     divisible = tuple(name for name, size in (("rows", rows), ("cols", cols)) if size % 16 == 0)
-    return compile_for_sm90(kernel, signature, constants, triton_kernels.WARPS, divisible=divisible)
+    return compile_for_sm90(kernel, signature, constants, triton_kernels._warps(cols), divisible=divisible)
 
 
 @pytest.fixture(scope="module")
