@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 
 from aefast._checks import check_device
 from aefast._files import make_output_folder, output_folder
-from aefast.willshaw import reference, theory
+from aefast.willshaw import theory
 from aefast.willshaw.memory import WillshawMemory
-from aefast.willshaw.patterns import from_indices, random_patterns
+from aefast.willshaw.patterns import random_patterns
 
 CHUNK_PAIRS = 1 << 16  # pairs drawn from one generator: changing it changes every seed's pairs
 # Pairs stored per call (16 chunks; their index tensors and the joined copy take 32 * ones MiB). The CPU store sorts a
@@ -88,25 +88,31 @@ def stored_pairs(memory: WillshawMemory, seed: int, ones: int, count: int) -> tu
 def recall_errors(memory: WillshawMemory, cues: torch.Tensor | list, answers: torch.Tensor, threshold="hard",
                   k: Optional[int] = None) -> dict[str, float]:
     """Mean false ones (units recalled that the answer lacks) and misses (answer units not recalled)
-    per recall, and the fraction of recalls that are exactly the answer."""
+    per recall, and the fraction of recalls that are exactly the answer. ``answers`` holds each
+    recall's distinct answer units, sorted.
+
+    Counted on the recalls' indices: the units of a recall found among its answer's are its hits. The
+    dense (queries, n_out) masks and their sums took 0.8-3.7 s of a 25 s capacity run at n = 2^16."""
     false_ones = misses = exact = 0
     n_out, total = memory.n_out, answers.shape[0]
     for start in range(0, total, _QUERY_BATCH):
-        batch = slice(start, start + _QUERY_BATCH)
-        cue = cues[batch]
-        recalled = memory.retrieve(_dense(cue, memory.n_in, memory.device), threshold, k=k)
-        wanted = _dense(answers[batch], n_out, memory.device)
-        wrong_on = (recalled & ~wanted).sum(1)
-        wrong_off = (wanted & ~recalled).sum(1)
+        wanted = answers[start:start + _QUERY_BATCH].to(memory.device)
+        rows = torch.arange(wanted.shape[0], device=memory.device)
+        values, offsets = memory.retrieve_indices(cues[start:start + _QUERY_BATCH], threshold, k=k, flat=True)
+        recalled_per_row = offsets.diff()
+        recall_rows = rows.repeat_interleave(recalled_per_row)
+        # (row, unit) as one sorted key per unit: answers and recalls are sorted within their rows.
+        wanted_keys = (rows[:, None] * n_out + wanted).flatten()
+        recalled_keys = recall_rows * n_out + values
+        hits = torch.zeros_like(rows)
+        if wanted_keys.numel():
+            found = torch.searchsorted(wanted_keys, recalled_keys).clamp(max=wanted_keys.numel() - 1)
+            hits.index_add_(0, recall_rows, (wanted_keys[found] == recalled_keys).long())
+        wrong_on, wrong_off = recalled_per_row - hits, wanted.shape[1] - hits
         false_ones += int(wrong_on.sum())
         misses += int(wrong_off.sum())
         exact += int(((wrong_on == 0) & (wrong_off == 0)).sum())
     return {"false_ones": false_ones / total, "misses": misses / total, "exact_recalls": exact / total}
-
-
-def _dense(rows: torch.Tensor | list, n: int, device) -> torch.Tensor:
-    rows = from_indices(rows if isinstance(rows, torch.Tensor) else [row.to(device) for row in rows], "rows", device)
-    return reference.dense(rows.values, rows.offsets, n)
 
 
 # --- the CSV: one row per point, resumable -------------------------------------------------------------

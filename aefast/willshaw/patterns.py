@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -120,11 +121,19 @@ def random_patterns(count: int, n: int, ones: int, *, generator: torch.Generator
     count, ones = int(count), int(ones)
     if 2 * ones > n:  # dense patterns: a random permutation per row is cheaper than redrawing
         keys = torch.rand(count, n, generator=generator, device=device)
-        return keys.topk(ones, dim=1).indices.sort(1).values
-    patterns = torch.randint(0, n, (count, ones), generator=generator, device=device).sort(1).values
+        return _sorted_rows(keys.topk(ones, dim=1).indices)
+    patterns = _sorted_rows(torch.randint(0, n, (count, ones), generator=generator, device=device))
     while True:
         repeated = (patterns[:, 1:] == patterns[:, :-1]).any(1).nonzero().flatten()
         if repeated.numel() == 0:
             return patterns
         redrawn = torch.randint(0, n, (repeated.numel(), ones), generator=generator, device=device)
-        patterns[repeated] = redrawn.sort(1).values
+        patterns[repeated] = _sorted_rows(redrawn)
+
+
+def _sorted_rows(rows: Tensor) -> Tensor:
+    """Each row sorted. On the CPU by NumPy: torch.sort along rows of 14 took 3.5x as long (2M rows: 229
+    ms against 65), a third of a capacity experiment's time at n = 2^16; the same values either way."""
+    if rows.device.type == "cpu":
+        return torch.from_numpy(np.sort(rows.numpy(), axis=1))
+    return rows.sort(1).values

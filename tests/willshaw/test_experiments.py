@@ -13,7 +13,7 @@ import torch
 
 from aefast import WillshawMemory
 from aefast.cli import main
-from aefast.willshaw import experiments, theory
+from aefast.willshaw import experiments, random_patterns, theory
 
 N, ONES = 1000, 7
 TIMING = ("store_pairs_per_second", "recalls_per_second")
@@ -205,6 +205,28 @@ def test_recall_errors_count_false_ones_misses_and_exact_recalls():
     assert experiments.recall_errors(memory, x, y) == {"false_ones": 0, "misses": 0, "exact_recalls": 1}
     assert experiments.recall_errors(memory, x, y, "topk", k=2) == {"false_ones": 0, "misses": 1, "exact_recalls": 0}
     assert experiments.recall_errors(memory, x, y.roll(1, 0)) == {"false_ones": 3, "misses": 3, "exact_recalls": 0}
+
+
+@pytest.mark.parametrize("threshold,k", [("hard", None), ("soft", None), (2, None), ("topk", 7)])
+def test_recall_errors_equal_the_dense_masks_count(threshold, k, monkeypatch):
+    """The counts from the recalls' indices equal those of the dense recall and answer masks, on a memory
+    loaded past capacity (many false ones), over several query batches, with ragged cues (some units
+    dropped from each, as the noise experiment makes them)."""
+    monkeypatch.setattr(experiments, "_QUERY_BATCH", 16)
+    generator = torch.Generator().manual_seed(4)
+    memory = WillshawMemory(300, 200)
+    x = random_patterns(1500, 300, 6, generator=generator)
+    y = random_patterns(1500, 200, 5, generator=generator)
+    memory.store_indices(x, y)
+    cues = [row[torch.randperm(6, generator=generator)[:3 + index % 4]].sort().values for index, row in enumerate(x[:50])]
+    recalled = torch.stack([torch.zeros(200, dtype=torch.bool).index_fill_(0, answer, True)
+                            for answer in memory.retrieve_indices(cues, threshold, k=k)])
+    wanted = torch.zeros(50, 200, dtype=torch.bool).scatter_(1, y[:50], True)
+    wrong_on, wrong_off = (recalled & ~wanted).sum(1), (wanted & ~recalled).sum(1)
+    assert wrong_on.sum() > 50  # past capacity: the check covers recalls with false ones
+    assert experiments.recall_errors(memory, cues, y[:50], threshold, k) == {
+        "false_ones": int(wrong_on.sum()) / 50, "misses": int(wrong_off.sum()) / 50,
+        "exact_recalls": int(((wrong_on == 0) & (wrong_off == 0)).sum()) / 50}
 
 
 def test_noise_thresholds_behave_as_the_notes_say(tmp_path):
