@@ -98,7 +98,9 @@ def recall_errors(memory: WillshawMemory, cues: torch.Tensor | list, answers: to
     for start in range(0, total, _QUERY_BATCH):
         wanted = answers[start:start + _QUERY_BATCH].to(memory.device)
         rows = torch.arange(wanted.shape[0], device=memory.device)
-        values, offsets = memory.retrieve_indices(cues[start:start + _QUERY_BATCH], threshold, k=k, flat=True)
+        batch = cues[start:start + _QUERY_BATCH]
+        batch = batch.to(memory.device) if isinstance(batch, torch.Tensor) else [row.to(memory.device) for row in batch]
+        values, offsets = memory.retrieve_indices(batch, threshold, k=k, flat=True)
         recalled_per_row = offsets.diff()
         recall_rows = rows.repeat_interleave(recalled_per_row)
         # (row, unit) as one sorted key per unit: answers and recalls are sorted within their rows.
