@@ -36,9 +36,9 @@ def synthetic_manifold(n: int = 2000, dim: int = 64, *, intrinsic_dim: int = 2, 
     for name, value in (("n", n), ("dim", dim), ("intrinsic_dim", intrinsic_dim)):
         positive_int(value, name)
     noise = non_negative(noise, "noise")
-    check_seed(seed)
     if seed is None:
         raise ValueError("seed must be an int in [0, 2**63): the data set is made from it")
+    check_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     # On the generator's device and in float32, whatever torch's defaults: one seed, one data set.
     made = dict(device="cpu", dtype=torch.float32)

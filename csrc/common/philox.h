@@ -38,6 +38,12 @@ AEFAST_HD PhiloxOut philox4x32_10(uint64_t seed, uint64_t offset) {
   return {c0, c1, c2, c3};
 }
 
+// Normals per offset where all four words are used, as Triton's tl.randn4x (the VAE's noise): element
+// (row, col) of a rows x cols input takes normal col % 4 of offset row * offsets_per_row(cols) + col / 4.
+constexpr int64_t kNormalsPerOffset = 4;
+
+AEFAST_HD int64_t offsets_per_row(int64_t cols) { return (cols + kNormalsPerOffset - 1) / kNormalsPerOffset; }
+
 // tl.uint_to_uniform_float: the largest scale with INT32_MAX * scale < 1 in float32.
 AEFAST_HD float uint_to_uniform(uint32_t bits) {
   int32_t i = static_cast<int32_t>(bits);

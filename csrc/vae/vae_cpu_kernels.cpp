@@ -61,7 +61,7 @@ template <typename C> void fill_normals4(uint64_t seed, uint64_t first, int64_t 
     }
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
-      C* normals = out + 4 * (c0 + i);
+      C* normals = out + kNormalsPerOffset * (c0 + i);
       for (int pair = 0; pair < 2; ++pair) {
         const float radius = std::sqrt(-2.0f * log_positive_f32(radius_input[pair][i]));
         const SinCos angle = sincos_box_muller_f32(theta[pair][i]);
@@ -82,8 +82,6 @@ template <typename Fn> void for_each_row_segment(int64_t t0, int64_t n, int64_t 
     e = segment_end;
   }
 }
-
-constexpr int64_t kNormalsPerOffset = 4;
 
 // Scratch a tile's noise may need: whole Philox offsets of up to kTile elements' rows (a 1-wide row
 // takes an offset of 4 normals per element), and the offsets cut at the tile's two ends.
@@ -106,7 +104,7 @@ void load_noise(const typename Traits<D>::storage* eps, uint64_t seed, int64_t c
     fill_normals4(seed, static_cast<uint64_t>(t0 / kNormalsPerOffset), n / kNormalsPerOffset, out);
     return;
   }
-  const int64_t per_row = (cols + kNormalsPerOffset - 1) / kNormalsPerOffset;
+  const int64_t per_row = offsets_per_row(cols);
   const auto offset_of = [&](int64_t e) { return (e / cols) * per_row + (e % cols) / kNormalsPerOffset; };
   const int64_t first = offset_of(t0);
   fill_normals4(seed, static_cast<uint64_t>(first), offset_of(t0 + n - 1) - first + 1, scratch);

@@ -32,8 +32,6 @@ __device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) { p[
 template <typename T> struct ComputeOf { using type = float; };
 template <> struct ComputeOf<double> { using type = double; };
 
-constexpr int kNormalsPerOffset = 4;
-
 // The four standard normals of Philox offset ``offset``, as Triton's tl.randn4x gives them.
 __device__ __forceinline__ void philox_normal4(uint64_t seed, uint64_t offset, float normals[kNormalsPerOffset]) {
   const PhiloxOut bits = philox4x32_10(seed, offset);
@@ -46,10 +44,6 @@ __device__ __forceinline__ void philox_normal4(uint64_t seed, uint64_t offset, f
     normals[2 * pair] = radius * cosine;
     normals[2 * pair + 1] = radius * sine;
   }
-}
-
-__host__ __device__ __forceinline__ int64_t offsets_per_row(int64_t cols) {
-  return (cols + kNormalsPerOffset - 1) / kNormalsPerOffset;
 }
 
 // Lanes that share a row: the power of two at or above its Philox offsets, at most a warp. A row of 32
