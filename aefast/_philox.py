@@ -75,8 +75,9 @@ def philox_uniform(seed: int, offsets: torch.Tensor) -> torch.Tensor:
     return _uint_to_uniform(philox4x32_10(seed, offsets)[0])
 
 
-def compiled_stream(kind: str, seed: int, count: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
-    """The stream's first ``count`` values, float32 on ``device``: ``kind`` "uniform" (bit for bit
+def compiled_stream(kind: str, seed: int, count: int, device: torch.device | str = "cpu",
+                    first: int = 0) -> torch.Tensor | None:
+    """The stream's ``count`` values from offset ``first`` on, float32 on ``device``: ``kind`` "uniform" (bit for bit
     ``philox_uniform``'s) or "normal" (``philox_normal``'s within 2e-6), from compiled kernels: on the
     CPU aefast._C's, about 80x the formulas above (a 128 x 64 batch of uniforms: 10 us against 850 on
     the CI machine); on a GPU one Triton launch (``_triton_random.fill``) where the formulas launch
@@ -95,13 +96,13 @@ def compiled_stream(kind: str, seed: int, count: int, device: torch.device | str
     out = torch.empty(count, dtype=torch.float32, device=device)  # not torch.set_default_device's
     if type(out) is not torch.Tensor:
         return None
-    fill(out, kind, seed)
+    fill(out, kind, seed, first)
     return out
 
 
-def _cpp_fill(out: torch.Tensor, kind: str, seed: int) -> None:
+def _cpp_fill(out: torch.Tensor, kind: str, seed: int, first: int) -> None:
     compiled = _backends.compiled_module()
-    (compiled.philox_uniform_cpu if kind == "uniform" else compiled.philox_normal_cpu)(seed, 0, cpu_buffer(out))
+    (compiled.philox_uniform_cpu if kind == "uniform" else compiled.philox_normal_cpu)(seed, first, cpu_buffer(out))
 
 
 _triton_fill = _backends.lazy_kernel("aefast._triton_random", "fill")  # imports triton on the first call

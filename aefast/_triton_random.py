@@ -52,22 +52,22 @@ def philox_uniform(seed, offsets):
 FILL_BLOCK = 1024  # values a program writes
 
 
-@triton.jit(do_not_specialize=["seed", "count"])
-def fill_kernel(out_ptr, seed, count, NORMAL: tl.constexpr, BLOCK: tl.constexpr):
-    """out[i] = the stream's normal (or uniform) at offset i, for i < count."""
+@triton.jit(do_not_specialize=["seed", "first", "count"])
+def fill_kernel(out_ptr, seed, first, count, NORMAL: tl.constexpr, BLOCK: tl.constexpr):
+    """out[i] = the stream's normal (or uniform) at offset first + i, for i < count."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     if NORMAL:
-        values = philox_normal(seed, offsets)
+        values = philox_normal(seed, first + offsets)
     else:
-        values = philox_uniform(seed, offsets)
+        values = philox_uniform(seed, first + offsets)
     tl.store(out_ptr + offsets, values, mask=offsets < count)
 
 
-def fill(out: torch.Tensor, kind: str, seed: int) -> None:
-    """``out`` (contiguous float32) = the stream's first ``out.numel()`` uniforms (``kind`` "uniform")
-    or normals, in one launch (the formulas of aefast/_philox.py launch about 260 small kernels on a
-    GPU). Called through _backends.lazy_kernel, which makes ``out``'s GPU the current one."""
+def fill(out: torch.Tensor, kind: str, seed: int, first: int = 0) -> None:
+    """``out`` (contiguous float32) = the stream's ``out.numel()`` uniforms (``kind`` "uniform") or
+    normals from offset ``first`` on, in one launch (the formulas of aefast/_philox.py launch about 260
+    small kernels on a GPU). Called through _backends.lazy_kernel, which makes ``out``'s GPU the current one."""
     count = out.numel()
     if count:
-        fill_kernel[(triton.cdiv(count, FILL_BLOCK),)](out, seed, count, NORMAL=kind == "normal", BLOCK=FILL_BLOCK,
-                                                         **_backends.TRITON_LAUNCH)
+        fill_kernel[(triton.cdiv(count, FILL_BLOCK),)](out, seed, first, count, NORMAL=kind == "normal",
+                                                         BLOCK=FILL_BLOCK, **_backends.TRITON_LAUNCH)

@@ -1,5 +1,5 @@
 """_triton_random.fill, the layers' corruption noise on a GPU, as an H100/H200 gets it (tests/sm90.py):
-compiled for sm_90 for both kinds and the seed and count types a launch gives it (i32 below 2^31, i64
+compiled for sm_90 for both kinds and the seed, first offset and count types a launch gives it (i32 below 2^31, i64
 above), without spills; a GPU runs it nowhere else before a lent one does."""
 import itertools
 import json
@@ -8,15 +8,16 @@ import pytest
 
 from tests.sm90 import CUOBJDUMP, compile_for_sm90, compiled_in_child
 
-CASES = [f"{kind}-seed{seed}-count{count}" for kind, seed, count in
-         itertools.product(("uniform", "normal"), ("i32", "i64"), ("i32", "i64"))]
+CASES = [f"{kind}-seed{seed}-first{first}-count{count}" for kind, seed, first, count in
+         itertools.product(("uniform", "normal"), ("i32", "i64"), ("i32", "i64"), ("i32", "i64"))]
 
 
 def compile_case(case: str) -> dict:
     from aefast import _triton_random
 
-    kind, seed, count = case.split("-")
-    signature = {"out_ptr": "*fp32", "seed": seed[len("seed"):], "count": count[len("count"):]}
+    kind, seed, first, count = case.split("-")
+    signature = {"out_ptr": "*fp32", "seed": seed[len("seed"):], "first": first[len("first"):],
+                 "count": count[len("count"):]}
     constants = {"NORMAL": kind == "normal", "BLOCK": _triton_random.FILL_BLOCK}
     return compile_for_sm90(_triton_random.fill_kernel, signature, constants, warps=4)
 

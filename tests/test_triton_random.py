@@ -68,17 +68,19 @@ def test_triton_four_normals_match_the_reference_and_tl_randn4x(start):
 
 
 @pytest.mark.parametrize("seed", [0, 7, 2**40 + 3, 2**63 - 25])
-def test_fill_writes_the_reference_stream(seed):
+@pytest.mark.parametrize("first", [0, 3, 2**31 + 7])
+def test_fill_writes_the_reference_stream(seed, first):
     """_triton_random.fill, the layers' noise on a GPU: the formulas' uniforms exactly and their normals
-    within 2e-6, for counts that end inside a program's block, on a block's edge and past several; and
-    nothing past the tensor's end (it is a slice of a larger buffer here, whose tail must stay as it was)."""
+    within 2e-6, from offset ``first`` (a block of rows inside a larger input, past 2^31 too), for counts
+    that end inside a program's block, on a block's edge and past several; and nothing past the tensor's
+    end (it is a slice of a larger buffer here, whose tail must stay as it was)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for count in (0, 1, 1023, 1024, 2500):
-        offsets = torch.arange(count)
+        offsets = torch.arange(first, first + count)
         buffers = [torch.full((count + 64,), -7.0, device=device) for _ in range(2)]
         uniform, normal = (buffer[:count] for buffer in buffers)
-        _triton_random.fill(uniform, "uniform", seed)
-        _triton_random.fill(normal, "normal", seed)
+        _triton_random.fill(uniform, "uniform", seed, first)
+        _triton_random.fill(normal, "normal", seed, first)
         assert all(bool((buffer[count:] == -7.0).all()) for buffer in buffers)
         assert uniform.shape == normal.shape == (count,) and uniform.device.type == device
         assert torch.equal(uniform.cpu(), philox_uniform(seed, offsets))

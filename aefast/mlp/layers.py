@@ -256,6 +256,10 @@ class FusedMLP(nn.Module):
         if as_modules:
             return reference.loss_of_activated(self(rows), target_rows, loss)
         plain = _plain(rows.device)
+        # A stretch narrow from end to end takes the narrow loss op (its blocks recompute in backward).
+        if _loss_in_blocks(plain, hooked, rows, target_rows, layers) and (0, len(layers)) not in _narrow_runs(layers, hooked):
+            return ops.loss_in_blocks(rows, target_rows, _NO_SEED, ops.BlockedLoss(_activations(layers), loss),
+                                      _parameters(layers))
         if _one_node(plain, hooked):
             steps, parameters = _steps_with_loss(layers, hooked, loss)
             return ops.fused_chain(rows, target_rows, _NO_SEED, steps, parameters)
@@ -397,6 +401,24 @@ def _narrow_runs(layers, hooked) -> list[tuple[int, int]]:
             runs.append((start, end))
         start = end
     return runs
+
+
+def _loss_in_blocks(plain: bool, hooked: list[bool], rows: Tensor, target: Tensor, layers) -> bool:
+    """Whether a model's loss on 2-D ``rows`` runs as ``ops.loss_in_blocks``: where the layers run the
+    reference's math in plain autograd, eager and without torch.func, none with hooks, a target that
+    needs no gradient, and rows enough that the blocks pay (``reference_kernels.chain_in_blocks_pays``)."""
+    return (plain and not any(hooked) and not target.requires_grad and not torch.compiler.is_compiling()
+            and not _backends.func_transform_takes_plain_ops()
+            and reference_kernels.chain_in_blocks_pays(rows.shape[0], max(_narrow_dims(layers)), rows.dtype,
+                                                       rows.device))
+
+
+def _activations(layers) -> tuple[Optional[str], ...]:
+    return tuple(layer.activation for layer in layers)
+
+
+def _parameters(layers) -> list[Optional[Tensor]]:
+    return [tensor for layer in layers for tensor in (layer.weight, layer.bias)]
 
 
 def _one_node(plain: bool, hooked: list[bool]) -> bool:
@@ -600,6 +622,10 @@ class FusedAutoencoder(nn.Module):
             return value + l1_code * code.abs().sum(1).mean() if l1_code else value
         first = encoder_layers[0]
         plain = _plain(rows.device)
+        if _loss_in_blocks(plain, hooked, rows, rows, layers):
+            code_layer = len(encoder_layers) - 1 if l1_code else None
+            spec = ops.BlockedLoss(_activations(layers), loss, kind, param, l1_code, code_layer)
+            return ops.loss_in_blocks(rows, rows, seed_tensor, spec, _parameters(layers))
         if not l1_code and _one_node(plain, hooked):  # (the code is not an output of the chain)
             # The steps the layer-by-layer path below takes: the corrupting first layer, the encoder's and
             # the decoder's narrow runs each apart, the loss fused into the decoder's last.

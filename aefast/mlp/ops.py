@@ -795,6 +795,85 @@ def fused_chain(x: Tensor, target: Optional[Tensor], seed: Tensor, steps, parame
     return _Chain.apply(x, target, seed, steps, differentiable, *parameters)
 
 
+# --- a model's loss on the CPU in blocks of rows ---------------------------------------------------
+# reference_kernels.chain_loss_in_blocks: every layer, the loss and its gradients for one block of rows
+# before the next, where the layers run the reference's math through plain autograd (the layers decide:
+# reference_kernels.chain_in_blocks_pays). One autograd node, eager mode only (torch.compile traces the
+# layers' plain ops); its backward scales the gradients the forward took.
+
+class BlockedLoss(NamedTuple):
+    """All of a chain's loss but its tensors: each layer's activation (the last the output's), the
+    loss, the first layer's corruption, and the L1 penalty on layer ``code_layer``'s output (None: none)."""
+    activations: tuple[Optional[str], ...]
+    loss: str
+    corruption: str = "none"
+    corruption_param: float = 0.0
+    l1_code: float = 0.0
+    code_layer: Optional[int] = None
+
+
+def _blocked_loss_reference(x: Tensor, target: Tensor, seed: Tensor, spec: BlockedLoss, *parameters) -> Tensor:
+    """What ``loss_in_blocks`` computes, in the reference's plain differentiable ops."""
+    h = reference.corrupt(x, spec.corruption, spec.corruption_param, int(seed), compiled_noise=True)
+    last, penalty = len(spec.activations) - 1, None
+    for index, (weight, bias) in enumerate(zip(parameters[0::2], parameters[1::2])):
+        z = reference.pre_activation(h, weight, bias)
+        if index == last:
+            value = reference.loss_of_output(z, target, spec.activations[last], spec.loss)
+            return value if penalty is None else value + penalty
+        h = reference.activate(z, spec.activations[index])
+        if index == spec.code_layer:
+            penalty = spec.l1_code * h.abs().sum(1).mean()
+
+
+def _run_in_blocks(x, target, seed, spec, parameters, need_grads: bool, need_input_grad: bool):
+    return reference_kernels.chain_loss_in_blocks(
+        x, target, parameters[0::2], parameters[1::2], spec.activations, spec.loss, spec.corruption,
+        spec.corruption_param, int(seed), spec.l1_code, spec.code_layer, need_grads, need_input_grad)
+
+
+class _LossInBlocks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, target, seed, spec, *parameters):
+        ctx.set_materialize_grads(False)
+        value, ctx.grads = _run_in_blocks(x, target, seed, spec, parameters, True, ctx.needs_input_grad[0])
+        ctx.spec = spec
+        ctx.save_for_backward(x, target, seed, *parameters)  # read again only under create_graph
+        return value
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        count = len(ctx.grads.weights) * 2
+        if grad_loss is None:
+            return (None,) * (4 + count)
+        if torch.is_grad_enabled():
+            x, target, seed, *parameters = ctx.saved_tensors
+            grads = _gradients_by_recomputing(
+                lambda x, target, *parameters: _blocked_loss_reference(x, target, seed, ctx.spec, *parameters),
+                (x, target, *parameters), grad_loss)
+            return (grads[0], grads[1], None, None, *grads[2:])
+        unit = bool(grad_loss == 1)  # the usual loss.backward(): the gradients as the forward took them
+
+        def scaled(grad, needed):
+            return None if grad is None or not needed else (grad if unit else grad * grad_loss)
+        needed = ctx.needs_input_grad[4:]
+        grad_parameters = [scaled(grad, needed[2 * index + kind])
+                           for index, pair in enumerate(zip(ctx.grads.weights, ctx.grads.biases))
+                           for kind, grad in enumerate(pair)]
+        return (scaled(ctx.grads.x, ctx.needs_input_grad[0]), None, None, None, *grad_parameters)
+
+
+def loss_in_blocks(x: Tensor, target: Tensor, seed: Tensor, spec: BlockedLoss, parameters) -> Tensor:
+    """The loss ``spec`` describes of a chain of layers with ``parameters`` (each layer's weight and
+    bias or None, in order) on 2-D rows x against ``target``, by ``reference_kernels.chain_loss_in_blocks``:
+    in training, its gradients in the same pass. The caller has checked every tensor (one dtype of
+    CHAIN_CPU_DTYPES, one device, the widths) and that ``target`` needs no gradient."""
+    parameters = tuple(parameters)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *parameters)):
+        return _LossInBlocks.apply(x, target, seed, spec, *parameters)
+    return _run_in_blocks(x, target, seed, spec, parameters, False, False)[0]
+
+
 for _op, _kernel_name in ((FORWARD, "linear_forward"), (BACKWARD, "linear_backward"), (LOSS, "linear_loss_forward"),
                          (NARROW, "narrow_forward"), (NARROW_BACKWARD, "narrow_backward"),
                          (NARROW_LOSS, "narrow_loss_forward"), (NARROW_LOSS_BACKWARD, "narrow_loss_backward")):

@@ -77,35 +77,37 @@ def _wide(t: Tensor) -> Tensor:
     return t.to(accumulation_dtype(t.dtype))
 
 
-def noise_offsets(rows: int, cols: int, device) -> Tensor:
-    return torch.arange(rows * cols, device=device, dtype=torch.int64).reshape(rows, cols)
+def noise_offsets(rows: int, cols: int, device, first: int = 0) -> Tensor:
+    return torch.arange(first, first + rows * cols, device=device, dtype=torch.int64).reshape(rows, cols)
 
 
-def _noise(kind: str, seed: int, shape, device, compiled: bool) -> Tensor:
-    """Philox uniforms or normals of (seed, r * cols + c) over ``shape``: by the formulas, or where
-    ``compiled`` by a compiled kernel where one can run (``_philox.compiled_stream``)."""
+def _noise(kind: str, seed: int, shape, device, compiled: bool, first: int = 0) -> Tensor:
+    """Philox uniforms or normals of (seed, first + r * cols + c) over ``shape``: by the formulas, or
+    where ``compiled`` by a compiled kernel where one can run (``_philox.compiled_stream``)."""
     if compiled:
-        values = compiled_stream(kind, seed, math.prod(shape), device)
+        values = compiled_stream(kind, seed, math.prod(shape), device, first)
         if values is not None:
             return values.reshape(shape)
-    return (philox_uniform if kind == "uniform" else philox_normal)(seed, noise_offsets(*shape, device))
+    return (philox_uniform if kind == "uniform" else philox_normal)(seed, noise_offsets(*shape, device, first))
 
 
-def corruption_keep(shape, seed: int, rate: float, device, compiled_noise: bool = False) -> Tensor:
+def corruption_keep(shape, seed: int, rate: float, device, compiled_noise: bool = False, first: int = 0) -> Tensor:
     """The mask corruption's kept inputs: Philox uniform >= rate."""
-    return _noise("uniform", seed, shape, device, compiled_noise) >= rate
+    return _noise("uniform", seed, shape, device, compiled_noise, first) >= rate
 
 
-def corrupt(x: Tensor, corruption: str, param: float, seed: int, compiled_noise: bool = False) -> Tensor:
+def corrupt(x: Tensor, corruption: str, param: float, seed: int, compiled_noise: bool = False,
+            first: int = 0) -> Tensor:
     """x~. ``compiled_noise``: the noise from a compiled kernel (aefast._C on the CPU, Triton on a GPU:
     the same mask bit for bit, normals within 2e-6), which the layers' plain-autograd path takes; the
-    oracle keeps the formulas."""
+    oracle keeps the formulas. ``first``: the offset of x's first element, where x is a block of rows
+    of a larger input (the offset of its row times the width)."""
     if corruption == "none":
         return x
     if corruption == "mask":
-        return x * corruption_keep(x.shape, seed, param, x.device, compiled_noise).to(x.dtype)
+        return x * corruption_keep(x.shape, seed, param, x.device, compiled_noise, first).to(x.dtype)
     if corruption == "gaussian":
-        return (_wide(x) + param * _noise("normal", seed, x.shape, x.device, compiled_noise)).to(x.dtype)
+        return (_wide(x) + param * _noise("normal", seed, x.shape, x.device, compiled_noise, first)).to(x.dtype)
     raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {corruption!r}")
 
 

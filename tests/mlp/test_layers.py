@@ -353,8 +353,8 @@ def test_the_layers_noise_from_compiled_kernels_is_the_formulas(shape, device, m
 
     drawn = []
 
-    def recorded(kind, seed, count, on):
-        values = compiled_stream(kind, seed, count, on)
+    def recorded(kind, seed, count, on, first):
+        values = compiled_stream(kind, seed, count, on, first)
         drawn.append((kind, values is not None and values.device.type == device))
         return values
     compiled_stream = reference.compiled_stream

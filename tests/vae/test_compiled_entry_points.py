@@ -89,9 +89,11 @@ for seed in (0, 5, 2**63 - 25, 2**64 - 1):
         offsets = torch.arange(count, dtype=torch.int64) + (start - 2**64 if start >= 2**63 else start)
         assert torch.equal(torch.from_numpy(out), philox_uniform(seed, offsets)), (seed, start, count)
         assert 0.0 <= out.min() and out.max() < 1.0
-    assert torch.equal(compiled_stream("uniform", seed, 3001), philox_uniform(seed, torch.arange(3001)))
-    torch.testing.assert_close(compiled_stream("normal", seed, 3001), philox_normal(seed, torch.arange(3001)),
-                               atol=2e-6, rtol=2e-6)
+    for first in (0, 2**33 + 5):  # from offset 0, and a block of rows far into a large input
+        offsets = torch.arange(first, first + 3001)
+        assert torch.equal(compiled_stream("uniform", seed, 3001, first=first), philox_uniform(seed, offsets))
+        torch.testing.assert_close(compiled_stream("normal", seed, 3001, first=first), philox_normal(seed, offsets),
+                                   atol=2e-6, rtol=2e-6)
 print("ok")
 """
     run_with_kernel_copy(isa, code)
