@@ -260,7 +260,8 @@ class FusedMLP(nn.Module):
             return reference.loss_of_activated(self(rows), target_rows, loss)
         plain = _plain(rows.device)
         # A stretch narrow from end to end takes the narrow loss op (its blocks recompute in backward).
-        if _loss_in_blocks(plain, hooked, rows, target_rows, layers) and (0, len(layers)) not in _narrow_runs(layers, hooked):
+        if (_loss_in_blocks(plain, hooked, rows, target_rows, layers)
+                and (0, len(layers)) not in _narrow_runs(layers, hooked)):
             return ops.loss_in_blocks(rows, target_rows, _NO_SEED, ops.BlockedLoss(_activations(layers), loss),
                                       _parameters(layers))
         if _one_node(plain, hooked):

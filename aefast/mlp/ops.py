@@ -16,7 +16,8 @@ registration of every backend's kernels (reference_kernels.py, triton_kernels.py
 The layers call ``fused_linear``, ``fused_linear_loss`` and ``fused_narrow_mlp`` (end of the autograd
 section): the ops under torch.compile, and otherwise autograd.Functions over the same checks and
 kernels, which skip the custom op's dispatch (most of a small layer's host time). A whole model without
-hooks runs as one autograd node, ``fused_chain``, outside torch.compile.
+hooks runs as one autograd node, ``fused_chain``, outside torch.compile; on the CPU a large model's loss
+runs as one node too, ``loss_in_blocks``, a block of rows at a time with its gradients.
 
 The seed is a CPU int64 scalar tensor so that a seed drawn from torch's generator traces under
 ``torch.compile(fullgraph=True)``. Activation ``"none"`` stands for None in the schemas. Every op checks
