@@ -31,9 +31,10 @@ AUTO_ORDER: dict[tuple[str, str], tuple[str, ...]] = {
     # H200, 2026-12-05 (bench_vae.py, same shape): Triton 2.6x eager, 0.83x torch.compile; the CUDA
     # kernel was not timed. Triton first.
     ("reparameterize_kl", "cuda"): ("triton", "cuda", "reference"),
-    # The fused MLP has no compiled CPU kernel; the reference runs a narrow stretch in row blocks that
-    # stay in cache (bench_mlp.py, 64-wide stack at 2^18 rows, same CPU: 2.15x eager for inference,
-    # 1.36x for the training step). On the GPU too the reference (plain autograd) first: the H200 run of
+    # The fused MLP has no compiled CPU kernel; the reference runs a narrow stretch, and a large model's
+    # loss with its gradients, in row blocks that stay in cache (bench_mlp.py, same CPU, 2026-12-07: the
+    # 64-wide stack at 2^18 rows 3.2x eager for inference, 1.9x for the training step; the autoencoder's
+    # training step at 2^14 rows 1.28x). On the GPU too the reference (plain autograd) first: the H200 run of
     # 2026-12-05 (bench_mlp.py) timed the Triton kernels at 0.4x eager for the autoencoder's training
     # step in float32 and bfloat16 (0.2-0.6x for its inference), and the 64-wide stack's training step at
     # 0.7x (float32) and 1.0x (bfloat16); only the stack's bfloat16 inference was faster (1.4x). The
