@@ -32,9 +32,9 @@ AUTO_ORDER: dict[tuple[str, str], tuple[str, ...]] = {
     # kernel was not timed. Triton first.
     ("reparameterize_kl", "cuda"): ("triton", "cuda", "reference"),
     # The fused MLP has no compiled CPU kernel; the reference runs a narrow stretch, and a large model's
-    # loss with its gradients, in row blocks that stay in cache (bench_mlp.py, same CPU, 2026-12-07: the
-    # 64-wide stack at 2^18 rows 3.2x eager for inference, 1.9x for the training step; the autoencoder's
-    # training step at 2^14 rows 1.28x). On the GPU too the reference (plain autograd) first: the H200 run of
+    # loss with its gradients, in row blocks that stay in cache (bench_mlp.py, same CPU, two runs on
+    # 2026-12-07: the 64-wide stack at 2^18 rows 1.4-3.2x eager for inference, 1.9-2.0x for the training
+    # step; the autoencoder's training step at 2^14 rows 1.3-1.7x). On the GPU too the reference (plain autograd) first: the H200 run of
     # 2026-12-05 (bench_mlp.py) timed the Triton kernels at 0.4x eager for the autoencoder's training
     # step in float32 and bfloat16 (0.2-0.6x for its inference), and the 64-wide stack's training step at
     # 0.7x (float32) and 1.0x (bfloat16); only the stack's bfloat16 inference was faster (1.4x). The
