@@ -196,12 +196,13 @@ def mean_factor(count: int) -> float:
     return 1.0 / count if count else math.nan
 
 
-def loss_gradient(z: Tensor, target: Tensor, output_activation, loss: str, scale) -> Tensor:
+def loss_gradient(z: Tensor, target: Tensor, output_activation, loss: str, scale, out: Tensor | None = None) -> Tensor:
     """``scale`` times d loss / d z of the summed (not mean) loss of the output pre-activation z (in
-    the accumulation dtype): BCE with logits sigmoid(z) - t, MSE 2 (act(z) - t) act'(z)."""
+    the accumulation dtype): BCE with logits sigmoid(z) - t, MSE 2 (act(z) - t) act'(z); ``out``, where
+    given, is act(z) already computed."""
     if loss == "bce":
         return (torch.sigmoid(z) - _wide(target)) * scale
-    out = activate(z, output_activation)
+    out = activate(z, output_activation) if out is None else out
     return activation_backward(2 * (out - _wide(target)) * scale, z, out, output_activation)
 
 

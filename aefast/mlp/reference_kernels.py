@@ -259,18 +259,19 @@ def chain_loss_in_blocks(x: Tensor, target: Tensor, weights, biases, activations
             if index == last:
                 break
             pre_activations.append(z if activations[index] == "gelu" else None)
-            inputs.append(reference.activate_(z, activations[index]) if activations[index] != "gelu"
-                          else reference.activate(z, "gelu"))
+            inputs.append(reference.activate_(z, activations[index]))  # over z but for GELU's
         block_target = target[block]
+        output = None  # the output itself, which MSE needs (BCE takes the logits)
         if loss == "bce":
             loss_sum += F.binary_cross_entropy_with_logits(z, block_target, reduction="sum")
         else:
-            loss_sum += (reference.activate(z, activations[last]) - block_target).square().sum()
+            output = reference.activate(z, activations[last])
+            loss_sum += (output - block_target).square().sum()
         if code_layer is not None:
             code_sum += inputs[code_layer + 1].abs().sum()
         if grads is None:
             continue
-        grad_z = reference.loss_gradient(z, block_target, activations[last], loss, scale)
+        grad_z = reference.loss_gradient(z, block_target, activations[last], loss, scale, output)
         for index in reversed(range(last + 1)):
             if index < last:  # grad_z holds d loss / d (layer index's output) until here
                 if index == code_layer:
