@@ -159,13 +159,16 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
             batch = _batch_for_model(batch, device)
             with torch.enable_grad():  # also inside a caller's torch.no_grad(): training needs the graph
                 loss = model.loss(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss.item()} in epoch {epoch + 1}; lower lr?")
+            # The step's one wait for the device: read before backward, so that on a GPU backward and
+            # the update run behind the host's work on the next batch.
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"the loss became {value} in epoch {epoch + 1}; lower lr?")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             size = (batch[0] if isinstance(batch, tuple) else batch).shape[0]
-            total += float(loss.detach()) * size
+            total += value * size
             count += size
         history["train_loss"].append(total / count)
         if val_loader is not None:
