@@ -13,6 +13,7 @@ from aefast.vae.ops import FLOAT_DTYPES, NO_CLAMP
 
 REDUCTIONS = ("per_sample", "none", "sum", "mean")
 _SEED_LIMIT = 2**63
+_UNUSED_SEED = torch.zeros((), dtype=torch.int64, device="cpu")
 
 
 def reparameterize_kl(mu, logvar, *, eps=None, seed=None, reduction="per_sample", logvar_clamp=None):
@@ -47,7 +48,8 @@ def reparameterize_kl(mu, logvar, *, eps=None, seed=None, reduction="per_sample"
     clamp_min, clamp_max = _check_clamp(logvar_clamp)
     if eps is None:
         check_no_seed_drawn_in_capture(seed, mu.device, "eps")
-    seed_tensor = _seed_tensor(seed)
+    # With eps given no noise is drawn, nor a seed for it: torch's generator is left as it was.
+    seed_tensor = _seed_tensor(seed) if eps is None else _UNUSED_SEED
 
     cols = mu.shape[-1]
     rows = math.prod(mu.shape[:-1])

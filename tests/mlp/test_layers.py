@@ -384,6 +384,18 @@ def test_unseeded_losses_follow_torch_manual_seed(mlp_backend):
     assert not torch.equal(model.loss(x, corruption=("mask", 0.5)), first)
 
 
+@pytest.mark.parametrize("seed", [None, 3])
+def test_a_loss_without_noise_leaves_torchs_generator_as_it_was(mlp_backend, seed):
+    """As F.mse_loss does: only a corruption draws (its seed, when none is given)."""
+    model = FusedAutoencoder([20, 5])
+    x = torch.rand(4, 20)
+    state = torch.get_rng_state()
+    model.loss(x, seed=seed).backward()
+    assert torch.equal(torch.get_rng_state(), state)
+    model.loss(x, corruption=("mask", 0.5), seed=seed)
+    assert torch.equal(torch.get_rng_state(), state) == (seed is not None)
+
+
 def test_auto_on_the_cpu_gives_what_the_forced_reference_gives():
     # auto picks the reference on a CPU and runs it through plain autograd; forcing it runs the op.
     import aefast

@@ -279,6 +279,16 @@ def test_torch_manual_seed_makes_runs_repeatable(backend):
     assert not torch.equal(z2, z3)
 
 
+def test_given_eps_leaves_torchs_generator_as_it_was(backend):
+    """No noise is drawn with eps given, nor a seed for it; without eps the seed is drawn."""
+    mu = torch.zeros(31, 7, device=backend.device)
+    state = torch.get_rng_state()
+    aefast.reparameterize_kl(mu, mu, eps=torch.ones_like(mu))
+    assert torch.equal(torch.get_rng_state(), state)
+    aefast.reparameterize_kl(mu, mu)
+    assert not torch.equal(torch.get_rng_state(), state)
+
+
 # ---- torch.library, autograd, compile -----------------------------------------------------------
 
 
