@@ -34,6 +34,10 @@ def non_negative(value, name: str) -> float:
     return float(value)
 
 
+# The seed a call that draws no noise hands its op: checked there like any other, and never used.
+NO_SEED = torch.zeros((), dtype=torch.int64, device="cpu")
+
+
 def check_seed_tensor(seed) -> None:
     """The seed a custom op takes: a 0-d int64 tensor >= 0 (its ops are callable directly)."""
     if seed.shape != () or seed.dtype != torch.int64 or int(seed) < 0:

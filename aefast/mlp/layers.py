@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as torch_module
 
 from aefast import _backends
-from aefast._checks import check_no_seed_drawn_in_capture, check_seed, is_real, non_negative, positive_int
+from aefast._checks import NO_SEED, check_no_seed_drawn_in_capture, check_seed, is_real, non_negative, positive_int
 from aefast._dtypes import autocast_dtype
 from aefast.mlp import ops, reference, reference_kernels
 
@@ -58,7 +58,7 @@ def _unused_seed(seed: Optional[int]) -> Tensor:
     is left as it was (as F.mse_loss leaves it)."""
     if seed is not None:
         check_seed(seed)
-    return _NO_SEED
+    return NO_SEED
 
 
 def _check_tensor(x, name: str = "x") -> None:
@@ -90,9 +90,6 @@ def _check_layers(layers, x: Tensor, hooked: list[bool], prefix: str = "") -> No
             if tensor is not None and (tensor.dtype != dtype or tensor.device != device):
                 raise TypeError(f"{prefix}layers[{index}] is {tensor.dtype} on {tensor.device} but the input is {x.dtype} on "
                                 f"{x.device}: every layer's parameters must match the input's dtype and device")
-
-
-_NO_SEED = torch.zeros((), dtype=torch.int64, device="cpu")  # layers without corruption draw no noise
 
 
 class _LayerTensors(NamedTuple):
@@ -168,7 +165,7 @@ def corrupted(x: Tensor, corruption: str, param: float, seed: Tensor) -> Tensor:
 
 
 def fused_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation, corruption="none", param=0.0,
-                 seed: Tensor = _NO_SEED, plain: Optional[bool] = None) -> Tensor:
+                 seed: Tensor = NO_SEED, plain: Optional[bool] = None) -> Tensor:
     """act(x~ W^T + b) over x's last dimension: the op, or plain autograd where auto picks the reference
     (``plain``: that choice, when the caller has made it for a whole chain of layers)."""
     if plain is None:
@@ -185,7 +182,7 @@ def fused_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation, 
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-def _linear(x: Tensor, layer: nn.Linear, activation, corruption="none", param=0.0, seed: Tensor = _NO_SEED,
+def _linear(x: Tensor, layer: nn.Linear, activation, corruption="none", param=0.0, seed: Tensor = NO_SEED,
             plain: Optional[bool] = None) -> Tensor:
     return fused_linear(x, layer.weight, layer.bias, activation, corruption, param, seed, plain)
 
@@ -270,11 +267,11 @@ class FusedMLP(nn.Module):
         # A stretch narrow from end to end takes the narrow loss op (its blocks recompute in backward).
         if (_loss_in_blocks(plain, hooked, rows, target_rows, layers)
                 and (0, len(layers)) not in _narrow_runs(layers, hooked)):
-            return ops.loss_in_blocks(rows, target_rows, _NO_SEED, ops.BlockedLoss(_activations(layers), loss),
+            return ops.loss_in_blocks(rows, target_rows, NO_SEED, ops.BlockedLoss(_activations(layers), loss),
                                       _parameters(layers))
         if _one_node(plain, hooked):
             steps, parameters = _steps_with_loss(layers, hooked, loss)
-            return ops.fused_chain(rows, target_rows, _NO_SEED, steps, parameters)
+            return ops.fused_chain(rows, target_rows, NO_SEED, steps, parameters)
         return _layers_loss(layers, rows, target_rows, modules, hooked, loss, plain)
 
     @classmethod
@@ -496,7 +493,7 @@ def _run_layers(layers, x: Tensor, modules: list, hooked: list[bool]) -> Tensor:
     if layers and _one_node(plain, hooked):
         steps, parameters = _steps(layers, hooked)
         rows = x.reshape(-1, x.shape[-1]).contiguous()
-        out = ops.fused_chain(rows, None, _NO_SEED, steps, parameters)
+        out = ops.fused_chain(rows, None, NO_SEED, steps, parameters)
         return out.reshape(*x.shape[:-1], out.shape[-1])
     # In plain autograd a narrow run goes through its op only where the rows fill enough memory
     # (_narrow_by_op): below that for the widest run there is, no run needs to be looked for.

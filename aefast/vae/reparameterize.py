@@ -6,14 +6,13 @@ import math
 import torch
 
 from aefast import _backends
-from aefast._checks import check_no_seed_drawn_in_capture, is_int
+from aefast._checks import NO_SEED, check_no_seed_drawn_in_capture, is_int
 from aefast.vae import reference
 from aefast.vae import ops
 from aefast.vae.ops import FLOAT_DTYPES, NO_CLAMP
 
 REDUCTIONS = ("per_sample", "none", "sum", "mean")
 _SEED_LIMIT = 2**63
-_UNUSED_SEED = torch.zeros((), dtype=torch.int64, device="cpu")
 
 
 def reparameterize_kl(mu, logvar, *, eps=None, seed=None, reduction="per_sample", logvar_clamp=None):
@@ -49,7 +48,7 @@ def reparameterize_kl(mu, logvar, *, eps=None, seed=None, reduction="per_sample"
     if eps is None:
         check_no_seed_drawn_in_capture(seed, mu.device, "eps")
     # With eps given no noise is drawn, nor a seed for it: torch's generator is left as it was.
-    seed_tensor = _seed_tensor(seed) if eps is None else _UNUSED_SEED
+    seed_tensor = _seed_tensor(seed) if eps is None else NO_SEED
 
     cols = mu.shape[-1]
     rows = math.prod(mu.shape[:-1])
