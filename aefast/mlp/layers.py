@@ -53,14 +53,6 @@ def _seed_tensor(seed: Optional[int]) -> Tensor:
     return torch.tensor(int(seed), dtype=torch.int64, device="cpu")
 
 
-def _unused_seed(seed: Optional[int]) -> Tensor:
-    """The seed of a call that draws no noise: checked when given, never drawn, so that torch's generator
-    is left as it was (as F.mse_loss leaves it)."""
-    if seed is not None:
-        check_seed(seed)
-    return NO_SEED
-
-
 def _check_tensor(x, name: str = "x") -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -622,7 +614,10 @@ class FusedAutoencoder(nn.Module):
         kind, param = _check_corruption(corruption)
         if kind != "none":
             check_no_seed_drawn_in_capture(seed, x.device, "the corruption's noise")
-        seed_tensor = _seed_tensor(seed) if kind != "none" else _unused_seed(seed)
+            seed_tensor = _seed_tensor(seed)
+        else:  # no noise: a given seed is checked, none is drawn (torch's generator stays as F.mse_loss leaves it)
+            check_seed(seed)
+            seed_tensor = NO_SEED
         l1_code = non_negative(l1_code, "l1_code")
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         if as_modules:
