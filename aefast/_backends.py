@@ -102,6 +102,14 @@ def lazy_kernel(module: str, name: str) -> Callable:
     return run
 
 
+def on_device_of(tensor: torch.Tensor):
+    """A context in which ``tensor``'s CUDA device is the current one, for a Triton launch outside
+    ``lazy_kernel`` (nothing to do for a CPU tensor, or one on the current device)."""
+    if tensor.device.type != "cuda" or tensor.device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(tensor.device)
+
+
 def _cuda_device_of(args) -> torch.device | None:
     """The device of the first CUDA tensor among ``args``, or None."""
     for arg in args:

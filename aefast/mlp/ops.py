@@ -26,7 +26,9 @@ takes, runs the reference's math in float64 on every backend.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -737,39 +739,53 @@ class _Chain(torch.autograd.Function):
                 lambda x, target, *parameters: _chain_reference(x, target, seed, steps, *parameters),
                 (x, target, *parameters), grad_out)
             return (grads[0], grads[1], None, None, None, *grads[2:])
-        grad_parameters, grad_target, grad = [None] * count, None, grad_out
-        layout = _layout(steps)
-        for index in reversed(range(len(steps))):
-            step, (first, at) = steps[index], layout[index]
-            weight, bias = parameters[first], parameters[first + 1]
-            need_input_grad = index > 0 or ctx.needs_input_grad[0]
-            if isinstance(step, LinearStep):
-                h, y, saved_z = saved[at:at + 3]
-                grad, grad_w, grad_b = _linear_grads(
-                    _fused_linear_backward, grad, h, weight, bias, y, saved_z, step.activation, step.corruption,
-                    step.corruption_param, seed, need_input_grad)
-                grad_parameters[first:first + 2] = [grad_w, grad_b]
-            elif isinstance(step, NarrowStep):
-                h, y, activations, weights, biases = saved[at:at + 5]
-                grad, grad_w, grad_b = _narrow_grads(_fused_narrow_mlp_backward, grad, h, y, activations, weights,
-                                                     biases, step.dims, step.activation, step.last_activation,
-                                                     need_input_grad)
-                layers = reference.narrow_layers(grad_w, grad_b, step.dims)  # views, one pair per layer
-                grad_parameters[first:first + 2 * len(layers)] = [g for pair in layers for g in pair]
-            elif isinstance(step, NarrowLossStep):
-                h, weights, biases = saved[at:at + 3]
-                grad, grad_w, grad_b, grad_target = _narrow_loss_grads(
-                    _fused_narrow_mlp_loss_backward, grad, h, weights, biases, target, step.dims, step.activation,
-                    step.last_activation, step.loss, need_input_grad, ctx.needs_input_grad[1])
-                layers = reference.narrow_layers(grad_w, grad_b, step.dims)
-                grad_parameters[first:first + 2 * len(layers)] = [g for pair in layers for g in pair]
-            else:
-                h, grad_z = saved[at:at + 2]
-                grad, grad_w, grad_b, grad_target = _loss_grads(
-                    _fused_linear_backward, grad, h, weight, bias, target, grad_z,
-                    _activation(step.output_activation), step.loss, need_input_grad, ctx.needs_input_grad[1])
-                grad_parameters[first:first + 2] = [grad_w, grad_b]
-        return (grad, grad_target, None, None, None, *grad_parameters)
+        with _split_sums_gathered():
+            return _chain_backward(ctx, steps, x, target, seed, parameters, saved, grad_out)
+
+
+def _split_sums_gathered():
+    """triton_kernels.split_sums_gathered where that module is loaded (its launchers alone split a weight
+    gradient's sum, and a chain's forward on Triton loaded it), else nothing to gather."""
+    module = sys.modules.get("aefast.mlp.triton_kernels")
+    return module.split_sums_gathered() if module is not None else contextlib.nullcontext()
+
+
+def _chain_backward(ctx, steps, x, target, seed, parameters, saved, grad_out) -> tuple:
+    """_Chain.backward's gradients from each step's backward kernels, the last step first."""
+    count = len(parameters)
+    grad_parameters, grad_target, grad = [None] * count, None, grad_out
+    layout = _layout(steps)
+    for index in reversed(range(len(steps))):
+        step, (first, at) = steps[index], layout[index]
+        weight, bias = parameters[first], parameters[first + 1]
+        need_input_grad = index > 0 or ctx.needs_input_grad[0]
+        if isinstance(step, LinearStep):
+            h, y, saved_z = saved[at:at + 3]
+            grad, grad_w, grad_b = _linear_grads(
+                _fused_linear_backward, grad, h, weight, bias, y, saved_z, step.activation, step.corruption,
+                step.corruption_param, seed, need_input_grad)
+            grad_parameters[first:first + 2] = [grad_w, grad_b]
+        elif isinstance(step, NarrowStep):
+            h, y, activations, weights, biases = saved[at:at + 5]
+            grad, grad_w, grad_b = _narrow_grads(_fused_narrow_mlp_backward, grad, h, y, activations, weights,
+                                                 biases, step.dims, step.activation, step.last_activation,
+                                                 need_input_grad)
+            layers = reference.narrow_layers(grad_w, grad_b, step.dims)  # views, one pair per layer
+            grad_parameters[first:first + 2 * len(layers)] = [g for pair in layers for g in pair]
+        elif isinstance(step, NarrowLossStep):
+            h, weights, biases = saved[at:at + 3]
+            grad, grad_w, grad_b, grad_target = _narrow_loss_grads(
+                _fused_narrow_mlp_loss_backward, grad, h, weights, biases, target, step.dims, step.activation,
+                step.last_activation, step.loss, need_input_grad, ctx.needs_input_grad[1])
+            layers = reference.narrow_layers(grad_w, grad_b, step.dims)
+            grad_parameters[first:first + 2 * len(layers)] = [g for pair in layers for g in pair]
+        else:
+            h, grad_z = saved[at:at + 2]
+            grad, grad_w, grad_b, grad_target = _loss_grads(
+                _fused_linear_backward, grad, h, weight, bias, target, grad_z,
+                _activation(step.output_activation), step.loss, need_input_grad, ctx.needs_input_grad[1])
+            grad_parameters[first:first + 2] = [grad_w, grad_b]
+    return (grad, grad_target, None, None, None, *grad_parameters)
 
 
 def fused_chain(x: Tensor, target: Optional[Tensor], seed: Tensor, steps, parameters) -> Tensor:

@@ -9,9 +9,11 @@ Every kernel takes contiguous row-major tensors: x (M, K), weight (N, K), y (M, 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -260,12 +262,12 @@ def _linear_grad_weight_kernel(gy_ptr, saved_ptr, x_ptr, gw_ptr, gb_ptr, scale_p
 
 
 @triton.jit
-def _sum_splits_kernel(partials_ptr, gw_ptr, gb_ptr, splits, split_stride, weight_size, total_size,
-                       BLOCK: tl.constexpr):
-    """The weight gradient's splits added: element i < total_size of each split's row (split_stride
-    floats: dW's weight_size, then db's) summed in float32 and stored in the gradients' dtype, to gw[i]
-    or gb[i - weight_size]. One launch where summing and casting dW and db took four torch ops."""
-    cols = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+def _sum_one_gradient(block, partials_ptr, gw_ptr, gb_ptr, splits, split_stride, weight_size, total_size,
+                      BLOCK: tl.constexpr):
+    """Elements [block * BLOCK, ...) < total_size of one gradient's splits (rows of split_stride floats:
+    dW's weight_size, then db's) summed in float32 and stored in the gradients' dtype, to gw[i] or
+    gb[i - weight_size]."""
+    cols = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_range = cols < total_size
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     row = partials_ptr
@@ -275,6 +277,32 @@ def _sum_splits_kernel(partials_ptr, gw_ptr, gb_ptr, splits, split_stride, weigh
     in_weight = cols < weight_size
     tl.store(gw_ptr + cols, acc.to(gw_ptr.dtype.element_ty), mask=in_range & in_weight)
     tl.store(gb_ptr + (cols - weight_size), acc.to(gb_ptr.dtype.element_ty), mask=in_range & ~in_weight)
+
+
+@triton.jit
+def _sum_splits_kernel(partials0, gw0, gb0, splits0, split_stride0, weight_size0, total_size0, end0,
+                       partials1, gw1, gb1, splits1, split_stride1, weight_size1, total_size1, end1,
+                       partials2, gw2, gb2, splits2, split_stride2, weight_size2, total_size2, end2,
+                       partials3, gw3, gb3, splits3, split_stride3, weight_size3, total_size3,
+                       GROUPS: tl.constexpr, BLOCK: tl.constexpr):
+    """The weight gradients' splits added, for GROUPS (1 to SUM_GROUPS) gradients in one launch: programs
+    [end{g-1}, end{g}) add gradient g's (_sum_one_gradient). A chain's backward adds all its layers' so,
+    where each layer's took a launch; the arguments of the groups past GROUPS are never read."""
+    block = tl.program_id(0)
+    if block < end0:
+        _sum_one_gradient(block, partials0, gw0, gb0, splits0, split_stride0, weight_size0, total_size0, BLOCK)
+    if GROUPS > 1:
+        if (block >= end0) & (block < end1):
+            _sum_one_gradient(block - end0, partials1, gw1, gb1, splits1, split_stride1, weight_size1, total_size1,
+                              BLOCK)
+    if GROUPS > 2:
+        if (block >= end1) & (block < end2):
+            _sum_one_gradient(block - end1, partials2, gw2, gb2, splits2, split_stride2, weight_size2, total_size2,
+                              BLOCK)
+    if GROUPS > 3:
+        if block >= end2:
+            _sum_one_gradient(block - end2, partials3, gw3, gb3, splits3, split_stride3, weight_size3, total_size3,
+                              BLOCK)
 
 
 @triton.jit
@@ -459,7 +487,8 @@ def _fastest(kind: str, operands: str, sizes: tuple[int, int, int], device: torc
     if key not in _tuned:
         if _capturing(device):
             return choices[0]
-        times = {choice: _time_launch(functools.partial(run, choice)) for choice in choices}
+        with _split_sums_at_once():
+            times = {choice: _time_launch(functools.partial(run, choice)) for choice in choices}
         _tuned[key] = min(times, key=times.get)
     return _tuned[key]
 
@@ -524,9 +553,8 @@ def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption,
             rows_per_split, split_stride, HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
             BLOCK_K=tiles.block_k, num_warps=tiles.warps, **common)
         if splits > 1:
-            _sum_splits_kernel[(cdiv(split_stride, SUM_SPLITS_BLOCK),)](
-                partials, grad_w, grad_b if bias is not None else grad_w, splits, split_stride, N * K, split_stride,
-                BLOCK=SUM_SPLITS_BLOCK, **_backends.TRITON_LAUNCH)
+            _add_splits(SplitSum(partials, grad_w, grad_b if bias is not None else grad_w, splits, split_stride,
+                                 N * K, split_stride))
         return grad_w, grad_b
 
     def by_kernel():
@@ -582,6 +610,79 @@ def _weight_grad_method(sizes: tuple[int, int, int], operands: str, device: torc
 SPLIT_PROGRAMS_PER_SM, SPLIT_MIN_ROW_BLOCKS = 2, 4
 SUM_SPLITS_BLOCK = 1024  # elements of dW and db a program of _sum_splits_kernel adds over the splits
 INTERPRETER_SPLIT_PROGRAMS = 4  # so that the tests reach the split path with small shapes
+
+
+# --- the weight gradients' split sums, several in one launch ------------------------------------------
+# A weight gradient reduced over the batch in splits (the linear dW kernel, the narrow backward) leaves
+# float32 partial sums for _sum_splits_kernel. A chain's backward (ops.fused_chain) gathers its layers'
+# (split_sums_gathered) and adds them after its last layer, SUM_GROUPS to a launch: the autoencoder's
+# training step at batch 2^14 launched four, one per layer, and now one. Elsewhere each adds its own.
+
+SUM_GROUPS = 4  # the most gradients one _sum_splits_kernel launch adds (its argument groups)
+
+
+@dataclass(frozen=True)
+class SplitSum:
+    """One gradient's float32 partial sums (``splits`` rows of ``split_stride``: dW's ``weight_size``
+    elements, then db's up to ``total_size``) and the gradients they add up to."""
+    partials: torch.Tensor
+    grad_w: torch.Tensor
+    grad_b: torch.Tensor  # grad_w where there is no bias (total_size == weight_size: never written)
+    splits: int
+    split_stride: int
+    weight_size: int
+    total_size: int
+
+
+_gathered = threading.local()  # .sums: the list a split_sums_gathered block fills on this thread, or None
+
+
+def _add_splits(split_sum: SplitSum) -> None:
+    """Adds the splits now, or at the end of the split_sums_gathered block this thread is in."""
+    sums = getattr(_gathered, "sums", None)
+    if sums is None:
+        _launch_split_sums([split_sum])
+    else:
+        sums.append(split_sum)
+
+
+@contextlib.contextmanager
+def split_sums_gathered():
+    """Inside, the launchers' split sums wait; they run on leaving, in as few launches as SUM_GROUPS
+    allows (in the order they came, on the current stream). The gradients hold nothing before then.
+    Nothing runs if the block raises."""
+    outer = getattr(_gathered, "sums", None)
+    _gathered.sums = sums = []
+    try:
+        yield
+    finally:
+        _gathered.sums = outer
+    for first in range(0, len(sums), SUM_GROUPS):
+        _launch_split_sums(sums[first:first + SUM_GROUPS])
+
+
+@contextlib.contextmanager
+def _split_sums_at_once():
+    """Inside, split sums run as they come: a tuner's timed runs must do the whole work of each way."""
+    outer = getattr(_gathered, "sums", None)
+    _gathered.sums = None
+    try:
+        yield
+    finally:
+        _gathered.sums = outer
+
+
+def _launch_split_sums(sums: list[SplitSum]) -> None:
+    """One _sum_splits_kernel launch for up to SUM_GROUPS gradients (on their device)."""
+    arguments, end = [], 0
+    for split_sum in sums:
+        end += cdiv(split_sum.total_size, SUM_SPLITS_BLOCK)
+        arguments += [split_sum.partials, split_sum.grad_w, split_sum.grad_b, split_sum.splits,
+                      split_sum.split_stride, split_sum.weight_size, split_sum.total_size, end]
+    unused = arguments[:8] * (SUM_GROUPS - len(sums))  # the first group's again, never read
+    with _backends.on_device_of(sums[0].partials):
+        _sum_splits_kernel[(end,)](*(arguments + unused)[:8 * SUM_GROUPS - 1], GROUPS=len(sums),
+                                   BLOCK=SUM_SPLITS_BLOCK, **_backends.TRITON_LAUNCH)
 
 
 def _device_programs(device: torch.device, per_sm: int, interpreted: int) -> int:
@@ -1228,9 +1329,8 @@ def _narrow_backward_launch(grad_out, x, out, acts, weights, biases, dims, activ
     grad_w = torch.empty_like(weights)
     grad_b = torch.empty_like(biases) if biases is not None else weights.new_empty(0)
     width = partials.shape[1]
-    _sum_splits_kernel[(cdiv(width, SUM_SPLITS_BLOCK),)](
-        partials, grad_w, grad_b if biases is not None else grad_w, programs, width, weight_count,
-        width if biases is not None else weight_count, BLOCK=SUM_SPLITS_BLOCK, **_backends.TRITON_LAUNCH)
+    _add_splits(SplitSum(partials, grad_w, grad_b if biases is not None else grad_w, programs, width, weight_count,
+                         width if biases is not None else weight_count))
     return grad_x, grad_w, grad_b
 
 
@@ -1283,13 +1383,15 @@ def _narrow_backward_by_layers(grad_out, x, out, acts, weights, biases, dims, ac
     grad_w = torch.empty_like(weights)
     grad_b = torch.empty_like(biases) if biases is not None else weights.new_empty(0)
     grad_layers = reference.narrow_layers(grad_w, grad_b if biases is not None else None, dims)
-    for index in reversed(range(len(layers))):
-        weight, bias = layers[index]
-        last = index == len(layers) - 1
-        grad, layer_grad_w, layer_grad_b = linear_backward(
-            grad, inputs[index], weight, bias, outputs[index], x.new_empty(0), last_activation if last else activation,
-            "none", 0.0, 0, scale if last else None, index > 0 or need_input_grad)
-        grad_layers[index][0].copy_(layer_grad_w)
-        if bias is not None:
-            grad_layers[index][1].copy_(layer_grad_b)
+    with _split_sums_at_once():  # each layer's gradient is copied into the stretch's as soon as it is taken
+        for index in reversed(range(len(layers))):
+            weight, bias = layers[index]
+            last = index == len(layers) - 1
+            grad, layer_grad_w, layer_grad_b = linear_backward(
+                grad, inputs[index], weight, bias, outputs[index], x.new_empty(0),
+                last_activation if last else activation, "none", 0.0, 0, scale if last else None,
+                index > 0 or need_input_grad)
+            grad_layers[index][0].copy_(layer_grad_w)
+            if bias is not None:
+                grad_layers[index][1].copy_(layer_grad_b)
     return (grad if need_input_grad else x.new_empty(0)), grad_w, grad_b

@@ -123,24 +123,32 @@ def linear_cases() -> list[str]:
             for index in range(len(by_operands[operands_of(element, precision)]))]
 
 
-# The weight gradient's split sums, in the weights' dtypes (the partial sums are float32).
-SUM_SPLITS_CASES = ["sum-splits-fp32", "sum-splits-bf16"]
+# The weight gradients' split sums, in the weights' dtypes (the partial sums are float32), one gradient a
+# launch (a layer's own) and SUM_GROUPS (a chain's backward).
+SUM_SPLITS_CASES = ["sum-splits-fp32-1", "sum-splits-bf16-1", "sum-splits-fp32-4", "sum-splits-bf16-4"]
 
 
-def sum_splits_case(element: str) -> dict:
+def sum_splits_case(element: str, groups: int) -> dict:
     from aefast.mlp import triton_kernels as k
 
-    signature = {"partials_ptr": "*fp32", "gw_ptr": f"*{element}", "gb_ptr": f"*{element}", "splits": "i32",
-                 "split_stride": "i32", "weight_size": "i32", "total_size": "i32"}
-    return compile_for_sm90(k._sum_splits_kernel, signature, {"BLOCK": k.SUM_SPLITS_BLOCK}, 4,
-                            divisible=("split_stride", "weight_size", "total_size"))
+    signature, divisible = {}, []
+    for group in range(k.SUM_GROUPS):
+        signature.update({f"partials{group}": "*fp32", f"gw{group}": f"*{element}", f"gb{group}": f"*{element}",
+                          f"splits{group}": "i32", f"split_stride{group}": "i32", f"weight_size{group}": "i32",
+                          f"total_size{group}": "i32"})
+        divisible += [f"split_stride{group}", f"weight_size{group}", f"total_size{group}"]
+        if group < k.SUM_GROUPS - 1:
+            signature[f"end{group}"] = "i32"
+    return compile_for_sm90(k._sum_splits_kernel, signature, {"GROUPS": groups, "BLOCK": k.SUM_SPLITS_BLOCK}, 4,
+                            divisible=tuple(divisible))
 
 
 def compile_case(case: str) -> dict:
     from aefast.mlp import triton_kernels
 
     if case in SUM_SPLITS_CASES:
-        return sum_splits_case(case.removeprefix("sum-splits-"))
+        element, groups = case.removeprefix("sum-splits-").split("-")
+        return sum_splits_case(element, int(groups))
     one_row = case.startswith("one-row-")
     case = case.removeprefix("one-row-")
     if case.startswith("linear-"):
