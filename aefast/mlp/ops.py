@@ -97,6 +97,15 @@ def _fused_linear_backward(grad_y: Tensor, x: Tensor, weight: Tensor, bias: Opti
                                    or grad_scale.device != x.device):
         raise ValueError(f"grad_scale must be a 0-d {scale_dtype} tensor on {x.device}, got {tuple(grad_scale.shape)} "
                          f"{grad_scale.dtype} on {grad_scale.device}")
+    return _linear_backward_unchecked(grad_y, x, weight, bias, y, saved_z, activation, corruption, corruption_param,
+                                      seed, grad_scale, need_input_grad)
+
+
+def _linear_backward_unchecked(grad_y, x, weight, bias, y, saved_z, activation, corruption, corruption_param, seed,
+                               grad_scale, need_input_grad):
+    """_fused_linear_backward's kernel call alone, for arguments that are known good: a chain's backward
+    takes its tensors from its forward, which checked them, and its gradient from autograd, which gives
+    it the output's shape, dtype and device."""
     kernel = _kernel(BACKWARD, x)
     return kernel(grad_y, x, weight, bias, y, saved_z, _activation(activation), corruption, corruption_param,
                   int(seed), grad_scale, need_input_grad)
@@ -176,6 +185,14 @@ def _fused_narrow_mlp_backward(grad_out: Tensor, x: Tensor, out: Tensor, saved: 
     _check_like("saved", saved, (saved.numel(),), x)
     _check_like("out", out, (x.shape[0], dims[-1]), x)
     _check_like("grad_out", grad_out, (x.shape[0], dims[-1]), x, contiguous=False)  # made contiguous below
+    return _narrow_backward_unchecked(grad_out, x, out, saved, weights, biases, dims, activation, last_activation,
+                                      need_input_grad)
+
+
+def _narrow_backward_unchecked(grad_out, x, out, saved, weights, biases, dims, activation, last_activation,
+                               need_input_grad):
+    """_fused_narrow_mlp_backward's kernel call alone, for known good arguments (a chain's backward:
+    _linear_backward_unchecked)."""
     kernel = _kernel(NARROW_BACKWARD, x)
     return kernel(grad_out.contiguous(), x, out, saved, weights, biases, dims, _activation(activation),
                   _activation(last_activation), need_input_grad)
@@ -224,6 +241,14 @@ def _fused_narrow_mlp_loss_backward(grad_loss: Tensor, x: Tensor, weights: Tenso
     if grad_loss.numel() != 1 or grad_loss.device != x.device or not grad_loss.is_floating_point():
         raise ValueError(f"grad_loss must be one floating-point value on {x.device}, got {tuple(grad_loss.shape)} "
                          f"{grad_loss.dtype} on {grad_loss.device}")
+    return _narrow_loss_backward_unchecked(grad_loss, x, weights, biases, target, dims, activation, last_activation,
+                                           loss, need_input_grad)
+
+
+def _narrow_loss_backward_unchecked(grad_loss, x, weights, biases, target, dims, activation, last_activation, loss,
+                                    need_input_grad):
+    """_fused_narrow_mlp_loss_backward's kernel call alone, for known good arguments (a chain's backward:
+    _linear_backward_unchecked)."""
     kernel = _kernel(NARROW_LOSS_BACKWARD, x)
     return kernel(grad_loss.reshape(()).to(accumulation_dtype(x.dtype)), x, weights, biases, target, dims,
                   _activation(activation), _activation(last_activation), loss, need_input_grad)
@@ -762,12 +787,12 @@ def _chain_backward(ctx, steps, x, target, seed, parameters, saved, grad_out) ->
         if isinstance(step, LinearStep):
             h, y, saved_z = saved[at:at + 3]
             grad, grad_w, grad_b = _linear_grads(
-                _fused_linear_backward, grad, h, weight, bias, y, saved_z, step.activation, step.corruption,
+                _linear_backward_unchecked, grad, h, weight, bias, y, saved_z, step.activation, step.corruption,
                 step.corruption_param, seed, need_input_grad)
             grad_parameters[first:first + 2] = [grad_w, grad_b]
         elif isinstance(step, NarrowStep):
             h, y, activations, weights, biases = saved[at:at + 5]
-            grad, grad_w, grad_b = _narrow_grads(_fused_narrow_mlp_backward, grad, h, y, activations, weights,
+            grad, grad_w, grad_b = _narrow_grads(_narrow_backward_unchecked, grad, h, y, activations, weights,
                                                  biases, step.dims, step.activation, step.last_activation,
                                                  need_input_grad)
             layers = reference.narrow_layers(grad_w, grad_b, step.dims)  # views, one pair per layer
@@ -775,14 +800,14 @@ def _chain_backward(ctx, steps, x, target, seed, parameters, saved, grad_out) ->
         elif isinstance(step, NarrowLossStep):
             h, weights, biases = saved[at:at + 3]
             grad, grad_w, grad_b, grad_target = _narrow_loss_grads(
-                _fused_narrow_mlp_loss_backward, grad, h, weights, biases, target, step.dims, step.activation,
+                _narrow_loss_backward_unchecked, grad, h, weights, biases, target, step.dims, step.activation,
                 step.last_activation, step.loss, need_input_grad, ctx.needs_input_grad[1])
             layers = reference.narrow_layers(grad_w, grad_b, step.dims)
             grad_parameters[first:first + 2 * len(layers)] = [g for pair in layers for g in pair]
         else:
             h, grad_z = saved[at:at + 2]
             grad, grad_w, grad_b, grad_target = _loss_grads(
-                _fused_linear_backward, grad, h, weight, bias, target, grad_z,
+                _linear_backward_unchecked, grad, h, weight, bias, target, grad_z,
                 _activation(step.output_activation), step.loss, need_input_grad, ctx.needs_input_grad[1])
             grad_parameters[first:first + 2] = [grad_w, grad_b]
     return (grad, grad_target, None, None, None, *grad_parameters)
