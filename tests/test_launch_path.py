@@ -19,7 +19,7 @@ from tests.sm90 import compiled_in_child
 # Every @triton.jit kernel aefast launches, by module.
 KERNELS = {
     "aefast.mlp.triton_kernels": ["_linear_forward_kernel", "_linear_grad_input_kernel", "_linear_grad_weight_kernel",
-                                  "_sum_splits_kernel", "_linear_loss_kernel", "_narrow_forward_kernel",
+                                  "_linear_grads_kernel", "_sum_splits_kernel", "_linear_loss_kernel", "_narrow_forward_kernel",
                                   "_narrow_backward_kernel"],
     "aefast.vae.triton_kernels": ["_forward_kernel", "_backward_kernel"],
     "aefast._triton_random": ["fill_kernel"],
@@ -73,6 +73,7 @@ def test_the_benchmarks_and_the_seeds_sizes_launch_within_cudas_limits(record_at
     H200 has, asking for FMA contraction."""
     assert set(record_at_scale["launches"]) >= {"_linear_forward_kernel", "_linear_loss_kernel",
                                                 "_linear_grad_input_kernel", "_linear_grad_weight_kernel",
+                                                "_linear_grads_kernel",
                                                 "_narrow_forward_kernel", "_narrow_backward_kernel", "_forward_kernel",
                                                 "_backward_kernel", "_store_rows_kernel", "_and_kernel",
                                                 "_sums_kernel", "_unpack_kernel"}
@@ -103,7 +104,7 @@ def test_no_kernel_the_benchmarks_launch_spills(record_at_scale):
 # 100 with a ReLU, 8 bytes; with 3.9 a few more. The narrow kernels launch none that spills.
 SMALL_RUN_LINEAR_STACK = 16
 LINEAR_KERNELS = ("_linear_forward_kernel", "_linear_grad_input_kernel", "_linear_grad_weight_kernel",
-                  "_linear_loss_kernel")
+                  "_linear_grads_kernel", "_linear_loss_kernel")
 
 
 @pytest.mark.skipif(not CUOBJDUMP.exists(), reason="Triton's CUDA tools are not installed")

@@ -187,17 +187,16 @@ def _grad_pre_activation(gy_ptr, saved_ptr, scale_ptr, start, offsets, mask, ACT
     return grad
 
 
-@triton.jit(do_not_specialize=["seed"])
-def _linear_grad_input_kernel(gy_ptr, saved_ptr, w_ptr, gx_ptr, gz_ptr, scale_ptr, M, N, K, seed, param,
-                              ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_SCALE: tl.constexpr,
-                              STORE_GZ: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                              LONG_ROWS: tl.constexpr):
-    """dx = dz W (times the kept mask of a mask-corrupted input), a (BLOCK_M x BLOCK_K) tile. With
-    STORE_GZ the first column of tiles also writes dz (M, N), rounded as the dot takes it, for a
-    weight gradient by matmul."""
-    first_row = tl.program_id(0).to(tl.int64) * BLOCK_M
-    first_col = tl.program_id(1).to(tl.int64) * BLOCK_K
+@triton.jit
+def _grad_input_tile(pid_m, pid_k, gy_ptr, saved_ptr, w_ptr, gx_ptr, gz_ptr, scale_ptr, M, N, K, seed, param,
+                     ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_SCALE: tl.constexpr, STORE_GZ: tl.constexpr,
+                     PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, LONG_ROWS: tl.constexpr):
+    """dx = dz W (times the kept mask of a mask-corrupted input), the (BLOCK_M x BLOCK_K) tile of row
+    block pid_m and column block pid_k. With STORE_GZ the first column of tiles also writes dz (M, N),
+    rounded as the dot takes it, for a weight gradient by matmul."""
+    first_row = pid_m.to(tl.int64) * BLOCK_M
+    first_col = pid_k.to(tl.int64) * BLOCK_K
     rows, cols = _tile_indices(BLOCK_M, LONG_ROWS), _tile_indices(BLOCK_K, LONG_ROWS)
     rows_in, cols_in = _extent(first_row, M, BLOCK_M), _extent(first_col, K, BLOCK_K)
     inner = _tile_indices(BLOCK_N, LONG_ROWS)
@@ -210,7 +209,7 @@ def _linear_grad_input_kernel(gy_ptr, saved_ptr, w_ptr, gx_ptr, gz_ptr, scale_pt
         w = tl.load(w_ptr + w_start + inner[:, None] * K + cols[None, :],
                     mask=inner_in[:, None] & (cols[None, :] < cols_in), other=0.0)
         if STORE_GZ:
-            if tl.program_id(1) == 0:
+            if pid_k == 0:
                 tl.store(gz_ptr + first_row * N + n0 + rows[:, None] * N + inner[None, :],
                          grad_z.to(gz_ptr.dtype.element_ty), mask=(rows[:, None] < rows_in) & inner_in[None, :])
         acc += _dot(grad_z.to(w.dtype), w, PRECISION, UPCAST)
@@ -224,22 +223,32 @@ def _linear_grad_input_kernel(gy_ptr, saved_ptr, w_ptr, gx_ptr, gz_ptr, scale_pt
 
 
 @triton.jit(do_not_specialize=["seed"])
-def _linear_grad_weight_kernel(gy_ptr, saved_ptr, x_ptr, gw_ptr, gb_ptr, scale_ptr, M, N, K, seed, param,
-                               rows_per_split, split_stride,
-                               ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                               HAS_SCALE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                               LONG_ROWS: tl.constexpr):
-    """dW = dz^T x~ as a (BLOCK_N x BLOCK_K) tile over the rows of split program_id(2) (x~ regenerated),
-    written at gw + split * split_stride; the first column of tiles writes db at gb + split * split_stride.
-    _sum_splits_kernel adds the splits: dW reduces over the batch, and a layer of 256 x 32 has only 4
-    such tiles to keep a GPU busy."""
-    first_out = tl.program_id(0).to(tl.int64) * BLOCK_N
-    first_in = tl.program_id(1).to(tl.int64) * BLOCK_K
+def _linear_grad_input_kernel(gy_ptr, saved_ptr, w_ptr, gx_ptr, gz_ptr, scale_ptr, M, N, K, seed, param,
+                              ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_SCALE: tl.constexpr,
+                              STORE_GZ: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                              LONG_ROWS: tl.constexpr):
+    """A grid of (row blocks, column blocks) of _grad_input_tile."""
+    _grad_input_tile(tl.program_id(0), tl.program_id(1), gy_ptr, saved_ptr, w_ptr, gx_ptr, gz_ptr, scale_ptr, M, N, K,
+                     seed, param, ACT, CORRUPT, HAS_SCALE, STORE_GZ, PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K,
+                     LONG_ROWS)
+
+
+@triton.jit
+def _grad_weight_tile(pid_n, pid_k, split, gy_ptr, saved_ptr, x_ptr, gw_ptr, gb_ptr, scale_ptr, M, N, K, seed, param,
+                      rows_per_split, split_stride, ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      HAS_SCALE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, LONG_ROWS: tl.constexpr):
+    """dW = dz^T x~ as the (BLOCK_N x BLOCK_K) tile (pid_n, pid_k) over the rows of ``split`` (x~
+    regenerated), written at gw + split * split_stride; the first column of tiles writes db at
+    gb + split * split_stride. _sum_splits_kernel adds the splits: dW reduces over the batch, and a layer
+    of 256 x 32 has only 4 such tiles to keep a GPU busy."""
+    first_out = pid_n.to(tl.int64) * BLOCK_N
+    first_in = pid_k.to(tl.int64) * BLOCK_K
     outs, ins = _tile_indices(BLOCK_N, LONG_ROWS), _tile_indices(BLOCK_K, LONG_ROWS)
     outs_in, ins_in = _extent(first_out, N, BLOCK_N), _extent(first_in, K, BLOCK_K)
     rows = _tile_indices(BLOCK_M, LONG_ROWS)
-    split = tl.program_id(2).to(tl.int64)
+    split = split.to(tl.int64)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     bias_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     first_row = split * rows_per_split
@@ -256,9 +265,50 @@ def _linear_grad_weight_kernel(gy_ptr, saved_ptr, x_ptr, gw_ptr, gb_ptr, scale_p
     tl.store(gw_ptr + split * split_stride + first_out * K + first_in + outs[:, None] * K + ins[None, :],
              acc.to(gw_ptr.dtype.element_ty), mask=(outs[:, None] < outs_in) & ins_mask)
     if HAS_BIAS:
-        if tl.program_id(1) == 0:
+        if pid_k == 0:
             tl.store(gb_ptr + split * split_stride + first_out + outs, bias_acc.to(gb_ptr.dtype.element_ty),
                      mask=outs < outs_in)
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _linear_grad_weight_kernel(gy_ptr, saved_ptr, x_ptr, gw_ptr, gb_ptr, scale_ptr, M, N, K, seed, param,
+                               rows_per_split, split_stride,
+                               ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                               HAS_SCALE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                               LONG_ROWS: tl.constexpr):
+    """A grid of (output blocks, input blocks, splits) of _grad_weight_tile."""
+    _grad_weight_tile(tl.program_id(0), tl.program_id(1), tl.program_id(2), gy_ptr, saved_ptr, x_ptr, gw_ptr, gb_ptr,
+                      scale_ptr, M, N, K, seed, param, rows_per_split, split_stride, ACT, CORRUPT, HAS_BIAS, HAS_SCALE,
+                      PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K, LONG_ROWS)
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _linear_grads_kernel(gy_ptr, saved_ptr, w_ptr, x_ptr, gx_ptr, gw_ptr, gb_ptr, scale_ptr, M, N, K, seed, param,
+                         rows_per_split, split_stride,
+                         ACT: tl.constexpr, CORRUPT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
+                         PRECISION: tl.constexpr, UPCAST: tl.constexpr, LONG_ROWS: tl.constexpr,
+                         X_BLOCK_M: tl.constexpr, X_BLOCK_N: tl.constexpr, X_BLOCK_K: tl.constexpr,
+                         W_BLOCK_M: tl.constexpr, W_BLOCK_N: tl.constexpr, W_BLOCK_K: tl.constexpr):
+    """A layer's dX and dW in one launch, each with its own tiles (X_ and W_BLOCK_*): the first
+    cdiv(M, X_BLOCK_M) * cdiv(K, X_BLOCK_K) programs take a _grad_input_tile each, the rest a
+    _grad_weight_tile of a split, each in its own kernel's grid order (the first edge fastest). Both
+    only read dY, so nothing orders them; one launch where a layer's backward took two."""
+    pid = tl.program_id(0)
+    row_blocks = tl.cdiv(M, X_BLOCK_M)
+    input_programs = row_blocks * tl.cdiv(K, X_BLOCK_K)
+    if pid < input_programs:
+        _grad_input_tile(pid % row_blocks, pid // row_blocks, gy_ptr, saved_ptr, w_ptr, gx_ptr, gx_ptr, scale_ptr,
+                         M, N, K, seed, param, ACT, CORRUPT, HAS_SCALE, False, PRECISION, UPCAST, X_BLOCK_M, X_BLOCK_N,
+                         X_BLOCK_K, LONG_ROWS)
+    else:
+        weight_program = pid - input_programs
+        out_blocks = tl.cdiv(N, W_BLOCK_N)
+        tiles = out_blocks * tl.cdiv(K, W_BLOCK_K)
+        tile = weight_program % tiles
+        _grad_weight_tile(tile % out_blocks, tile // out_blocks, weight_program // tiles, gy_ptr, saved_ptr, x_ptr,
+                          gw_ptr, gb_ptr, scale_ptr, M, N, K, seed, param, rows_per_split, split_stride, ACT, CORRUPT,
+                          HAS_BIAS, HAS_SCALE, PRECISION, UPCAST, W_BLOCK_M, W_BLOCK_N, W_BLOCK_K, LONG_ROWS)
 
 
 @triton.jit
@@ -537,30 +587,61 @@ def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption,
             STORE_GZ=grad_z is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
             num_warps=tiles.warps, **common)
 
-    def launch_weight(tiles: Tiles):
+    def weight_outputs(tiles: Tiles):
+        """(grid, rows per split, splits, dW, db, where the kernel writes dW and db, split stride)."""
         grid = (cdiv(N, tiles.block_n), cdiv(K, tiles.block_k))
         rows_per_split, splits = _weight_grad_splits(M, tiles.block_m, grid[0] * grid[1], x.device)
         grad_w = torch.empty_like(weight)
         grad_b = torch.empty_like(bias) if bias is not None else weight.new_empty(0)
         if splits == 1:  # written in place, in the weight's dtype
-            out_w, out_b, split_stride = grad_w, grad_b, 0
-        else:  # float32 partial sums, a row of dW then db per split, added by _sum_splits_kernel
-            split_stride = N * K + (N if bias is not None else 0)
-            partials = torch.empty(splits, split_stride, dtype=torch.float32, device=x.device)
-            out_w, out_b = partials, partials[0, N * K:]
-        _linear_grad_weight_kernel[(*grid, splits)](
-            grad_y, saved, x, out_w, out_b if bias is not None else out_w, scale, M, N, K, seed, param,
-            rows_per_split, split_stride, HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-            BLOCK_K=tiles.block_k, num_warps=tiles.warps, **common)
+            return grid, rows_per_split, splits, grad_w, grad_b, grad_w, grad_b if bias is not None else grad_w, 0
+        # float32 partial sums, a row of dW then db per split, added by _sum_splits_kernel
+        split_stride = N * K + (N if bias is not None else 0)
+        partials = torch.empty(splits, split_stride, dtype=torch.float32, device=x.device)
+        out_b = partials[0, N * K:] if bias is not None else partials
+        return grid, rows_per_split, splits, grad_w, grad_b, partials, out_b, split_stride
+
+    def add_splits(splits, grad_w, grad_b, partials, split_stride):
         if splits > 1:
             _add_splits(SplitSum(partials, grad_w, grad_b if bias is not None else grad_w, splits, split_stride,
                                  N * K, split_stride))
+
+    def launch_weight(tiles: Tiles):
+        grid, rows_per_split, splits, grad_w, grad_b, out_w, out_b, split_stride = weight_outputs(tiles)
+        _linear_grad_weight_kernel[(*grid, splits)](
+            grad_y, saved, x, out_w, out_b, scale, M, N, K, seed, param, rows_per_split, split_stride,
+            HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
+            num_warps=tiles.warps, **common)
+        add_splits(splits, grad_w, grad_b, out_w, split_stride)
+        return grad_w, grad_b
+
+    def launch_both(input_tiles: Tiles, weight_tiles: Tiles):
+        """dX and dW in one launch of _linear_grads_kernel. Unchecked for spills, as the linear kernels
+        are (_Launch): its key would cost the launch most of what it saves."""
+        grid, rows_per_split, splits, grad_w, grad_b, out_w, out_b, split_stride = weight_outputs(weight_tiles)
+        input_programs = cdiv(M, input_tiles.block_m) * cdiv(K, input_tiles.block_k)
+        _linear_grads_kernel[(input_programs + grid[0] * grid[1] * splits,)](
+            grad_y, saved, weight, x, grad_x, out_w, out_b, scale, M, N, K, seed, param, rows_per_split, split_stride,
+            HAS_BIAS=bias is not None, X_BLOCK_M=input_tiles.block_m, X_BLOCK_N=input_tiles.block_n,
+            X_BLOCK_K=input_tiles.block_k, W_BLOCK_M=weight_tiles.block_m, W_BLOCK_N=weight_tiles.block_n,
+            W_BLOCK_K=weight_tiles.block_k, num_warps=max(input_tiles.warps, weight_tiles.warps), **common)
+        add_splits(splits, grad_w, grad_b, out_w, split_stride)
         return grad_w, grad_b
 
     def by_kernel():
-        if need_input_grad:
-            launch_input(_pick_tiles("grad_input", operands, (M, N, K), x.device, launch_input))
-        return launch_weight(_pick_tiles("grad_weight", operands, (M, N, K), x.device, launch_weight))
+        weight_tiles = _pick_tiles("grad_weight", operands, (M, N, K), x.device, launch_weight)
+        if not need_input_grad:
+            return launch_weight(weight_tiles)
+        input_tiles = _pick_tiles("grad_input", operands, (M, N, K), x.device, launch_input)
+
+        def separately():
+            launch_input(input_tiles)
+            return launch_weight(weight_tiles)
+
+        def together():
+            return launch_both(input_tiles, weight_tiles)
+        return together() if _grads_launches((M, N, K), operands, x.device, together, separately) == 1 else separately()
+
 
     def by_matmul():
         if act == 0:  # dZ is dY (times the loss's scale, applied after): none to write, no R x N buffer
@@ -603,6 +684,30 @@ def _weight_grad_method(sizes: tuple[int, int, int], operands: str, device: torc
         return WEIGHT_GRAD
     return _fastest("weight_grad", operands, sizes, device, WEIGHT_GRAD_METHODS[1:],
                     lambda method: by_kernel() if method == "kernel" else by_matmul())
+
+
+# How a layer's dX and dW kernels launch where both run on the kernels: 1, together in one launch
+# (_linear_grads_kernel, each with the tiles its own kernel takes, in the more warps of the two); 2, a
+# launch each; "auto", 2 for IEEE float32, else on a GPU the faster for a large problem (timed once, as
+# the tiles are), else 1. One launch saves the host a launch per layer (about 12 us of Triton's launch
+# path a launch on the CI machine, docs/gpu_notes.md) and lets dW's few tiles run beside dX's, in the
+# registers of the heavier: IEEE float32's FMA tiles, each near a thread's registers alone, spilled
+# 8-24 bytes a thread joined at small layers' sizes (tests/test_launch_path.py's small run, triton 3.9).
+GRADS_LAUNCHES_CHOICES = ("auto", 1, 2)
+GRADS_LAUNCHES = "auto"
+
+
+def _grads_launches(sizes: tuple[int, int, int], operands: str, device: torch.device, together, separately) -> int:
+    """GRADS_LAUNCHES, resolved for a problem of (M, N, K) = ``sizes``: ``together()`` and ``separately()``
+    each run dX and dW that way (they must only write their outputs)."""
+    if GRADS_LAUNCHES not in GRADS_LAUNCHES_CHOICES:
+        raise ValueError(f"GRADS_LAUNCHES must be one of {GRADS_LAUNCHES_CHOICES}, got {GRADS_LAUNCHES!r}")
+    if GRADS_LAUNCHES != "auto":
+        return GRADS_LAUNCHES
+    if operands == "ieee":
+        return 2
+    return _fastest("grads_launches", operands, sizes, device, GRADS_LAUNCHES_CHOICES[1:],
+                    lambda launches: together() if launches == 1 else separately())
 
 
 # Programs the weight gradient aims at on a GPU, per SM (two waves), and the fewest row blocks a split

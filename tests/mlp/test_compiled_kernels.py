@@ -114,6 +114,24 @@ def linear_case(kind, element, precision, index):
     return kernel, constants, tiles.warps
 
 
+def grads_case(element, precision):
+    """_linear_grads_kernel, a layer's dX and dW in one launch, with each kernel's default tiles on
+    LINEAR_SIZES (the launchers' pick off a GPU and at the benchmarks' sizes there, untuned) and both
+    kernels' heaviest variants; in the more warps of the two, as the launcher runs it."""
+    from aefast.mlp import triton_kernels as k
+
+    operands = operands_of(element, precision)
+    dx = k.fit_tiles("grad_input", k.LINEAR_TILES["grad_input"][operands][0], LINEAR_SIZES["grad_input"])
+    dw = k.fit_tiles("grad_weight", k.LINEAR_TILES["grad_weight"][operands][0], LINEAR_SIZES["grad_weight"])
+    constants = dict(ACT=5, CORRUPT=1, HAS_SCALE=True, HAS_BIAS=True, PRECISION=precision, UPCAST=False,
+                     LONG_ROWS=False, X_BLOCK_M=dx.block_m, X_BLOCK_N=dx.block_n, X_BLOCK_K=dx.block_k,
+                     W_BLOCK_M=dw.block_m, W_BLOCK_N=dw.block_n, W_BLOCK_K=dw.block_k)
+    return k._linear_grads_kernel, constants, max(dx.warps, dw.warps)
+
+
+GRADS_CASES = [f"grads-{element}-{precision}" for element, precision in PRECISIONS]
+
+
 def linear_cases() -> list[str]:
     """Every tile of every linear kernel, per precision: "linear-<kind>-<element>-<precision>-<index>"."""
     from aefast.mlp.triton_kernels import LINEAR_TILES
@@ -151,7 +169,11 @@ def compile_case(case: str) -> dict:
         return sum_splits_case(element, int(groups))
     one_row = case.startswith("one-row-")
     case = case.removeprefix("one-row-")
-    if case.startswith("linear-"):
+    if case.startswith("grads-"):
+        _, element, precision = case.split("-")
+        kernel, constants, warps = grads_case(element, precision)
+        stages = triton_kernels.DEFAULT_STAGES
+    elif case.startswith("linear-"):
         _, kind, element, precision, index = case.split("-")
         kernel, constants, warps = linear_case(kind, element, precision, int(index))
         stages = triton_kernels.DEFAULT_STAGES  # the linear launchers leave Triton's default
@@ -176,7 +198,7 @@ def compile_cases() -> dict:
     """{case id: compile_for_sm90's result} for every case, compiled by one worker per core (in a process
     that must not interpret Triton)."""
     cases = [f"{direction}-{element}-{precision}-{width}" for direction, (element, precision), width in CASES]
-    cases += linear_cases() + ONE_ROW_CASES + SUM_SPLITS_CASES
+    cases += linear_cases() + GRADS_CASES + ONE_ROW_CASES + SUM_SPLITS_CASES
     with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
         return dict(zip(cases, pool.map(compile_case, cases)))
 
@@ -204,6 +226,14 @@ def test_every_linear_tile_compiles_for_sm90_without_spills(compiled, case):
     assert compiled[case]["stack"] == 0
     assert compiled[case]["shared"] <= H200_SHARED_BYTES
     assert compiled[case]["tensor_cores"] == ("-fp32-ieee-" not in case)
+
+
+@pytest.mark.skipif(not CUOBJDUMP.exists(), reason="Triton's CUDA tools are not installed")
+@pytest.mark.parametrize("case", GRADS_CASES)
+def test_a_layers_gradients_in_one_launch_compile_for_sm90_without_spills(compiled, case):
+    assert compiled[case]["stack"] == 0
+    assert compiled[case]["shared"] <= H200_SHARED_BYTES
+    assert compiled[case]["tensor_cores"] == ("-fp32-ieee" not in case)
 
 
 @pytest.mark.skipif(not CUOBJDUMP.exists(), reason="Triton's CUDA tools are not installed")

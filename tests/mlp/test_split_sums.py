@@ -7,31 +7,11 @@ import torch
 
 from aefast.mlp import layers as mlp_layers
 from aefast.nn import FusedMLP
-from tests.conftest import force_cpu_backend
+from tests.mlp.conftest import count_launches
 
 
-@pytest.fixture
-def triton_kernels():
-    with force_cpu_backend("triton"):
-        from aefast.mlp import triton_kernels
-        yield triton_kernels
-
-
-class _CountedLaunches:
-    """A Triton kernel that counts its launches and runs them."""
-
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, 0
-
-    def __getitem__(self, grid):
-        self.launches += 1
-        return self.kernel[grid]
-
-
-def _counted_sums(monkeypatch, module) -> _CountedLaunches:
-    counted = _CountedLaunches(module._sum_splits_kernel)
-    monkeypatch.setattr(module, "_sum_splits_kernel", counted)
-    return counted
+def _counted_sums(monkeypatch, module):
+    return count_launches(monkeypatch, module, "_sum_splits_kernel")["_sum_splits_kernel"]
 
 
 def _split_sum(module, generator, splits: int, weight_size: int, bias_size: int, dtype: torch.dtype):

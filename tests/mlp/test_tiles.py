@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from aefast import use_backend
-from tests.conftest import force_cpu_backend
 
 # M = 129: 128-row tiles end in a partial tile of one row, 64-row tiles in one of one row after two
 # full ones; K = 130 and N = 100: every edge (32, 64, 128) ends in a partial tile, in the reduced
@@ -17,14 +16,6 @@ ROWS, WIDTH_IN, WIDTH_OUT = 129, 130, 100
 def float32_tolerance(reduced: int) -> float:
     """As tests/mlp/test_layers.py: float32 sums of ``reduced`` O(1) products added in another order."""
     return 1e-6 * max(reduced, 10)
-
-
-@pytest.fixture
-def triton_kernels():
-    """The Triton backend forced (in the interpreter here), and its module."""
-    with force_cpu_backend("triton"):
-        from aefast.mlp import triton_kernels
-        yield triton_kernels
 
 
 def every_tile_shape(kind: str) -> list[tuple[int, int, int]]:

@@ -10,13 +10,6 @@ from tests.conftest import force_cpu_backend
 ROWS, WIDTH_IN, WIDTH_OUT = 129, 130, 100
 
 
-@pytest.fixture
-def triton_kernels():
-    with force_cpu_backend("triton"):
-        from aefast.mlp import triton_kernels
-        yield triton_kernels
-
-
 class _Refuse:
     """A kernel that must not launch."""
 
