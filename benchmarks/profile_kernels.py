@@ -305,7 +305,8 @@ def faked():
     """On the CPU (without TRITON_INTERPRET): the host time of Triton's real launch path, on a fake sm_90 GPU
     that compiles each launch and runs none (tests/fake_gpu.py; what it leaves out is the C launcher's
     packing and the driver's launch): per empty launch, per linear launcher, and per training step of
-    the autoencoder at batch 4 on the Triton backend, beside eager's step with its (small) CPU math; then
+    the autoencoder at batch 4 on the Triton backend in float32 and bfloat16, beside eager's step with its
+    (small) CPU math; then
     each compiled variant that spills, with its registers, shared memory (cuobjdump's figures) and launches
     (a narrow variant that spills is compiled and never launched: mlp/triton_kernels.py's _Launch)."""
     from pathlib import Path
@@ -323,23 +324,26 @@ def faked():
                  lambda: _empty_kernel[(1,)](x, BLOCK=16, **_backends.TRITON_LAUNCH), calls=2000)
     cpu_per_call("triton_kernels.linear_forward (1 launch)",
                  lambda: triton_kernels.linear_forward(x, weight, bias, "relu", "none", 0.0, 1), calls=2000)
-    torch.manual_seed(0)
-    ae = FusedAutoencoder([784, 256, 32])
-    eager_ae = torch.nn.Sequential(ae.encoder.to_sequential(), ae.decoder.to_sequential())
-    small = torch.rand(4, 784)
-    params, eager_params = list(ae.parameters()), list(eager_ae.parameters())
-    cpu_per_call("ae train step, batch 4, eager (its CPU math included)",
-                 lambda: torch.autograd.grad(F.mse_loss(eager_ae(small), small), eager_params), calls=300)
-    with aefast.use_backend("triton"):
-        launches = sum(fake.launches.values())
-        torch.autograd.grad(ae.loss(small), params)
-        cpu_per_call(f"ae train step, batch 4, triton ({sum(fake.launches.values()) - launches} launches)",
-                     lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
-        # The same step with each launch a no-op: what is left is aefast's Python, autograd and the
-        # allocations; the difference is Triton's launch path (binding, specialization, cache lookup).
-        with launches_stubbed(triton_kernels):
-            cpu_per_call("ae train step, batch 4, triton, its launches no-ops",
+    for dtype in (torch.float32, torch.bfloat16):  # IEEE float32 launches dX and dW apart (GRADS_LAUNCHES)
+        torch.manual_seed(0)
+        ae = FusedAutoencoder([784, 256, 32]).to(dtype)
+        eager_ae = torch.nn.Sequential(ae.encoder.to_sequential(), ae.decoder.to_sequential())
+        small = torch.rand(4, 784, dtype=dtype)
+        params, eager_params = list(ae.parameters()), list(eager_ae.parameters())
+        case = f"ae train step, batch 4, {str(dtype).removeprefix('torch.')}"
+        cpu_per_call(f"{case}, eager (its CPU math included)",
+                     lambda: torch.autograd.grad(F.mse_loss(eager_ae(small), small), eager_params), calls=300)
+        with aefast.use_backend("triton"):
+            launches = sum(fake.launches.values())
+            torch.autograd.grad(ae.loss(small), params)
+            cpu_per_call(f"{case}, triton ({sum(fake.launches.values()) - launches} launches)",
                          lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
+            # The same step with each launch a no-op: what is left is aefast's Python, autograd and the
+            # allocations; the difference is Triton's launch path (binding, specialization, cache lookup).
+            with launches_stubbed(triton_kernels):
+                cpu_per_call(f"{case}, triton, its launches no-ops",
+                             lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
+    with aefast.use_backend("triton"):
         # Which compiled variants spill, for narrow stretches at a 128-wide tile (2026-12-07, triton 3.6:
         # 17-100-100-17 450-1100 bytes a thread in bfloat16; the launchers then run the layers one by one).
         for dims in ([17, 100, 100, 17], [3, 17, 100], [128, 128, 128]):
