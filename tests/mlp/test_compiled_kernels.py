@@ -191,7 +191,8 @@ def compile_case(case: str) -> dict:
 # tensor (M.to(...)) compiles for every other batch and fails there. The interpreter does not see it.
 ONE_ROW_CASES = ["one-row-forward-fp32-tf32-64", "one-row-backward-fp32-tf32-64", "one-row-backward-fp32-tf32-128",
                  "one-row-recompute-fp32-tf32-64",
-                 *(f"one-row-linear-{kind}-fp32-tf32-0" for kind in ("forward", "grad_input", "grad_weight", "loss"))]
+                 *(f"one-row-linear-{kind}-fp32-tf32-0" for kind in ("forward", "grad_input", "grad_weight", "loss")),
+                 "one-row-grads-fp32-tf32"]
 
 
 def compile_cases() -> dict:
