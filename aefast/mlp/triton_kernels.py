@@ -15,6 +15,7 @@ import math
 import os
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
@@ -568,6 +569,20 @@ def linear_forward(x, weight, bias, activation, corruption, param, seed):
     return y, z
 
 
+class _WeightGradOutputs(NamedTuple):
+    """A weight-gradient launch's grid (output tiles), its split of the batch, the gradients it returns
+    (grad_b is grad_w where there is no bias) and where its kernel writes them (out_w, out_b: the
+    gradients themselves, or with splits the float32 partial sums that _sum_splits_kernel adds)."""
+    grid: tuple[int, int]
+    rows_per_split: int
+    splits: int
+    split_stride: int
+    grad_w: torch.Tensor
+    grad_b: torch.Tensor
+    out_w: torch.Tensor
+    out_b: torch.Tensor
+
+
 def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption, param, seed, grad_scale,
                     need_input_grad):
     """(dx or an empty tensor, dW, db or an empty tensor)."""
@@ -587,46 +602,45 @@ def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption,
             STORE_GZ=grad_z is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
             num_warps=tiles.warps, **common)
 
-    def weight_outputs(tiles: Tiles):
-        """(grid, rows per split, splits, dW, db, where the kernel writes dW and db, split stride)."""
+    def weight_outputs(tiles: Tiles) -> _WeightGradOutputs:
         grid = (cdiv(N, tiles.block_n), cdiv(K, tiles.block_k))
         rows_per_split, splits = _weight_grad_splits(M, tiles.block_m, grid[0] * grid[1], x.device)
         grad_w = torch.empty_like(weight)
-        grad_b = torch.empty_like(bias) if bias is not None else weight.new_empty(0)
+        grad_b = torch.empty_like(bias) if bias is not None else grad_w  # (no bias: never written, not returned)
         if splits == 1:  # written in place, in the weight's dtype
-            return grid, rows_per_split, splits, grad_w, grad_b, grad_w, grad_b if bias is not None else grad_w, 0
+            return _WeightGradOutputs(grid, rows_per_split, splits, 0, grad_w, grad_b, grad_w, grad_b)
         # float32 partial sums, a row of dW then db per split, added by _sum_splits_kernel
         split_stride = N * K + (N if bias is not None else 0)
         partials = torch.empty(splits, split_stride, dtype=torch.float32, device=x.device)
         out_b = partials[0, N * K:] if bias is not None else partials
-        return grid, rows_per_split, splits, grad_w, grad_b, partials, out_b, split_stride
+        return _WeightGradOutputs(grid, rows_per_split, splits, split_stride, grad_w, grad_b, partials, out_b)
 
-    def add_splits(splits, grad_w, grad_b, partials, split_stride):
-        if splits > 1:
-            _add_splits(SplitSum(partials, grad_w, grad_b if bias is not None else grad_w, splits, split_stride,
-                                 N * K, split_stride))
+    def finished(outputs: _WeightGradOutputs):
+        """(dW, db or an empty tensor), once the launch has written ``outputs`` (the splits' sum queued)."""
+        if outputs.splits > 1:
+            _add_splits(SplitSum(outputs.out_w, outputs.grad_w, outputs.grad_b, outputs.splits, outputs.split_stride,
+                                 N * K, outputs.split_stride))
+        return outputs.grad_w, outputs.grad_b if bias is not None else weight.new_empty(0)
 
     def launch_weight(tiles: Tiles):
-        grid, rows_per_split, splits, grad_w, grad_b, out_w, out_b, split_stride = weight_outputs(tiles)
-        _linear_grad_weight_kernel[(*grid, splits)](
-            grad_y, saved, x, out_w, out_b, scale, M, N, K, seed, param, rows_per_split, split_stride,
+        out = weight_outputs(tiles)
+        _linear_grad_weight_kernel[(*out.grid, out.splits)](
+            grad_y, saved, x, out.out_w, out.out_b, scale, M, N, K, seed, param, out.rows_per_split, out.split_stride,
             HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
             num_warps=tiles.warps, **common)
-        add_splits(splits, grad_w, grad_b, out_w, split_stride)
-        return grad_w, grad_b
+        return finished(out)
 
     def launch_both(input_tiles: Tiles, weight_tiles: Tiles):
         """dX and dW in one launch of _linear_grads_kernel. Unchecked for spills, as the linear kernels
         are (_Launch): its key would cost the launch most of what it saves."""
-        grid, rows_per_split, splits, grad_w, grad_b, out_w, out_b, split_stride = weight_outputs(weight_tiles)
+        out = weight_outputs(weight_tiles)
         input_programs = cdiv(M, input_tiles.block_m) * cdiv(K, input_tiles.block_k)
-        _linear_grads_kernel[(input_programs + grid[0] * grid[1] * splits,)](
-            grad_y, saved, weight, x, grad_x, out_w, out_b, scale, M, N, K, seed, param, rows_per_split, split_stride,
-            HAS_BIAS=bias is not None, X_BLOCK_M=input_tiles.block_m, X_BLOCK_N=input_tiles.block_n,
+        _linear_grads_kernel[(input_programs + out.grid[0] * out.grid[1] * out.splits,)](
+            grad_y, saved, weight, x, grad_x, out.out_w, out.out_b, scale, M, N, K, seed, param, out.rows_per_split,
+            out.split_stride, HAS_BIAS=bias is not None, X_BLOCK_M=input_tiles.block_m, X_BLOCK_N=input_tiles.block_n,
             X_BLOCK_K=input_tiles.block_k, W_BLOCK_M=weight_tiles.block_m, W_BLOCK_N=weight_tiles.block_n,
             W_BLOCK_K=weight_tiles.block_k, num_warps=max(input_tiles.warps, weight_tiles.warps), **common)
-        add_splits(splits, grad_w, grad_b, out_w, split_stride)
-        return grad_w, grad_b
+        return finished(out)
 
     def by_kernel():
         weight_tiles = _pick_tiles("grad_weight", operands, (M, N, K), x.device, launch_weight)
