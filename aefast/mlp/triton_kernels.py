@@ -766,29 +766,32 @@ def _add_splits(split_sum: SplitSum) -> None:
 
 
 @contextlib.contextmanager
+def _sums_held_in(sums: list[SplitSum] | None):
+    """Inside, this thread's launchers append their split sums to ``sums`` (None: they add them at
+    once); on leaving, the enclosing block's list (or None) again."""
+    outer = getattr(_gathered, "sums", None)
+    _gathered.sums = sums
+    try:
+        yield
+    finally:
+        _gathered.sums = outer
+
+
+@contextlib.contextmanager
 def split_sums_gathered():
     """Inside, the launchers' split sums wait; they run on leaving, in as few launches as SUM_GROUPS
     allows (in the order they came, on the current stream). The gradients hold nothing before then.
     Nothing runs if the block raises."""
-    outer = getattr(_gathered, "sums", None)
-    _gathered.sums = sums = []
-    try:
+    sums = []
+    with _sums_held_in(sums):
         yield
-    finally:
-        _gathered.sums = outer
     for first in range(0, len(sums), SUM_GROUPS):
         _launch_split_sums(sums[first:first + SUM_GROUPS])
 
 
-@contextlib.contextmanager
 def _split_sums_at_once():
     """Inside, split sums run as they come: a tuner's timed runs must do the whole work of each way."""
-    outer = getattr(_gathered, "sums", None)
-    _gathered.sums = None
-    try:
-        yield
-    finally:
-        _gathered.sums = outer
+    return _sums_held_in(None)
 
 
 def _launch_split_sums(sums: list[SplitSum]) -> None:
