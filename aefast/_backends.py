@@ -95,7 +95,7 @@ def lazy_kernel(module: str, name: str) -> Callable:
         if not resolved:
             resolved.append(getattr(importlib.import_module(module), name))
         device = _cuda_device_of(args)
-        if device is None or device.index == torch.cuda.current_device():
+        if not _elsewhere(device):
             return resolved[0](*args)
         with torch.cuda.device(device):
             return resolved[0](*args)
@@ -105,9 +105,12 @@ def lazy_kernel(module: str, name: str) -> Callable:
 def on_device_of(tensor: torch.Tensor):
     """A context in which ``tensor``'s CUDA device is the current one, for a Triton launch outside
     ``lazy_kernel`` (nothing to do for a CPU tensor, or one on the current device)."""
-    if tensor.device.type != "cuda" or tensor.device.index == torch.cuda.current_device():
-        return contextlib.nullcontext()
-    return torch.cuda.device(tensor.device)
+    return torch.cuda.device(tensor.device) if _elsewhere(tensor.device) else contextlib.nullcontext()
+
+
+def _elsewhere(device: torch.device | None) -> bool:
+    """Whether ``device`` is a CUDA device other than the current one (a launch must switch to it)."""
+    return device is not None and device.type == "cuda" and device.index != torch.cuda.current_device()
 
 
 def _cuda_device_of(args) -> torch.device | None:

@@ -111,6 +111,38 @@ def test_kernels_run_on_their_tensors_device_not_the_current_one(backend):
     assert torch.equal(got[2].cpu(), expected[2])
 
 
+def test_a_launch_switches_to_its_tensors_gpu_only_where_it_is_not_the_current_one(monkeypatch):
+    """lazy_kernel and on_device_of enter torch.cuda.device(d) exactly where the tensors' CUDA device d
+    is not the current one, on the CPU with the devices faked (the test above needs two GPUs)."""
+    entered = []
+
+    class Device:  # stands for torch.cuda.device: records which device each launch switched to
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            return False
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", Device)
+    for device, switched in ((None, False), (torch.device("cpu"), False), (torch.device("cuda", 0), False),
+                             (torch.device("cuda", 1), True)):
+        entered.clear()
+        monkeypatch.setattr(_backends, "_cuda_device_of", lambda args: device)
+        monkeypatch.setitem(sys.modules, "_launch_target", type(sys)("_launch_target"))
+        sys.modules["_launch_target"].launch = lambda *args: ("launched", args)
+        assert _backends.lazy_kernel("_launch_target", "launch")(1, 2) == ("launched", (1, 2))
+        assert entered == ([device] if switched else [])
+        if device is not None:
+            tensor = type("Placed", (), {"device": device})()  # a tensor's device alone
+            entered.clear()
+            with _backends.on_device_of(tensor):
+                pass
+            assert entered == ([device] if switched else [])
+
+
 def test_register_kernel_refuses_an_unknown_backend():
     with pytest.raises(ValueError, match="backend must be one of .*, got 'fortran'"):
         _backends.register_kernel("reparameterize_kl", "fortran", lambda *args: None)
