@@ -7,6 +7,8 @@ per launch and per op call. Not a benchmark: the figures aefast claims come from
     python benchmarks/profile_kernels.py faked  (on the CPU, without TRITON_INTERPRET)
 """
 import contextlib
+import functools
+import statistics
 import sys
 import time
 from unittest.mock import patch
@@ -240,6 +242,28 @@ def cpu_per_call(name, fn, calls, unit="us"):
     print(f"{name:<70} {best * 1e6:8.1f} {unit}", flush=True)
 
 
+def cpu_alternating(cases: dict, calls: int, rounds: int = 10, unit="us a step"):
+    """Times each of ``cases`` ({name: (fn, context)}: ``fn`` called inside a fresh ``context()``) in
+    ``rounds`` rounds of ``calls`` calls, the cases taking turns within each round, and prints each one's
+    median and best round per call, and its median's ratio to the first case's: on this noisy shared
+    CPU the turns see the same load, where one case's rounds after another's need not."""
+    times = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, (fn, context) in cases.items():
+            with context():
+                for _ in range(10):
+                    fn()
+                start = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                times[name].append((time.perf_counter() - start) / calls)
+    first = statistics.median(next(iter(times.values())))
+    for name, rounds_taken in times.items():
+        median = statistics.median(rounds_taken)
+        print(f"{name:<70} {median * 1e6:8.1f} {unit} (best {min(rounds_taken) * 1e6:.1f}; "
+              f"{median / first:.2f}x the first)", flush=True)
+
+
 class _NoLaunch:
     """A Triton kernel whose launches do nothing."""
 
@@ -306,7 +330,7 @@ def faked():
     that compiles each launch and runs none (tests/fake_gpu.py; what it leaves out is the C launcher's
     packing and the driver's launch): per empty launch, per linear launcher, and per training step of
     the autoencoder at batch 4 on the Triton backend in float32 and bfloat16, beside eager's step with its
-    (small) CPU math; then
+    (small) CPU math, the steps taking turns (cpu_alternating); then
     each compiled variant that spills, with its registers, shared memory (cuobjdump's figures) and launches
     (a narrow variant that spills is compiled and never launched: mlp/triton_kernels.py's _Launch)."""
     from pathlib import Path
@@ -324,6 +348,14 @@ def faked():
                  lambda: _empty_kernel[(1,)](x, BLOCK=16, **_backends.TRITON_LAUNCH), calls=2000)
     cpu_per_call("triton_kernels.linear_forward (1 launch)",
                  lambda: triton_kernels.linear_forward(x, weight, bias, "relu", "none", 0.0, 1), calls=2000)
+
+    def on_triton(stubbed=False):
+        """The Triton backend, with each launch a no-op where ``stubbed``."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(aefast.use_backend("triton"))
+        if stubbed:
+            stack.enter_context(launches_stubbed(triton_kernels))
+        return stack
     for dtype in (torch.float32, torch.bfloat16):  # IEEE float32 launches dX and dW apart (GRADS_LAUNCHES)
         torch.manual_seed(0)
         ae = FusedAutoencoder([784, 256, 32]).to(dtype)
@@ -331,18 +363,21 @@ def faked():
         small = torch.rand(4, 784, dtype=dtype)
         params, eager_params = list(ae.parameters()), list(eager_ae.parameters())
         case = f"ae train step, batch 4, {str(dtype).removeprefix('torch.')}"
-        cpu_per_call(f"{case}, eager (its CPU math included)",
-                     lambda: torch.autograd.grad(F.mse_loss(eager_ae(small), small), eager_params), calls=300)
         with aefast.use_backend("triton"):
             launches = sum(fake.launches.values())
             torch.autograd.grad(ae.loss(small), params)
-            cpu_per_call(f"{case}, triton ({sum(fake.launches.values()) - launches} launches)",
-                         lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
-            # The same step with each launch a no-op: what is left is aefast's Python, autograd and the
-            # allocations; the difference is Triton's launch path (binding, specialization, cache lookup).
-            with launches_stubbed(triton_kernels):
-                cpu_per_call(f"{case}, triton, its launches no-ops",
-                             lambda: torch.autograd.grad(ae.loss(small), params), calls=300)
+            launches = sum(fake.launches.values()) - launches
+
+        # Eager's step, then aefast's; then aefast's with each launch a no-op: what is left is aefast's
+        # Python, autograd and the allocations; the difference is Triton's launch path (binding,
+        # specialization, cache lookup).
+        cpu_alternating({
+            f"{case}, eager (its CPU math included)":
+                (lambda: torch.autograd.grad(F.mse_loss(eager_ae(small), small), eager_params), contextlib.nullcontext),
+            f"{case}, triton ({launches} launches)": (lambda: torch.autograd.grad(ae.loss(small), params), on_triton),
+            f"{case}, triton, its launches no-ops":
+                (lambda: torch.autograd.grad(ae.loss(small), params), functools.partial(on_triton, stubbed=True)),
+        }, calls=100)
     with aefast.use_backend("triton"):
         # Which compiled variants spill, for narrow stretches at a 128-wide tile (2026-12-07, triton 3.6:
         # 17-100-100-17 450-1100 bytes a thread in bfloat16; the launchers then run the layers one by one).
