@@ -105,8 +105,8 @@ class _Utils:
 class _Driver:
     """The parts of Triton's active driver that compiling and launching use."""
 
-    def __init__(self, record: Record):
-        self.record = record
+    def __init__(self, record: Record, check: bool):
+        self.record, self.check = record, check
         self.utils = _Utils()
 
     def get_current_device(self):
@@ -145,30 +145,71 @@ class _Driver:
         self.record.variants[f"{name} warps={metadata.num_warps} stages={metadata.num_stages} {constexprs}"] = variant
         self.utils.compiling = variant
 
-        def launch(grid_x, grid_y, grid_z, *args):
+        def launch(grid_x, grid_y, grid_z, stream, function, packed_metadata, launch_metadata, enter_hook, exit_hook,
+                   *args):
             grid = (grid_x, grid_y, grid_z)
             if any(size > limit for size, limit in zip(grid, CUDA_GRID_LIMITS)):
                 raise RuntimeError(f"{name}: a grid of {grid} programs passes CUDA's limits {CUDA_GRID_LIMITS}")
+            if self.check:
+                check_arguments(src, args)
             self.record.launches[name] += 1
             variant.launches += 1
         return launch
 
 
-def install() -> Record:
-    """Makes the fake GPU Triton's active driver for the rest of the process; returns its record."""
+def check_arguments(src, args: tuple) -> None:
+    """Raises unless ``args`` are what the compiled kernel of ``src`` was specialized for, as a GPU's
+    launcher would need them (it would read them as that signature says, and not check): one per
+    parameter in order, constexprs equal to the compiled constants, each pointer a tensor of its dtype
+    and 16-byte aligned where compiled so, each integer of its type's range and divisible by 16 where
+    compiled so. Triton's launch path passes them so by construction; aefast's (_triton_launch) must."""
+    names = src.fn.arg_names
+    if len(args) != len(names):
+        raise RuntimeError(f"{src.fn.__name__}: {len(args)} arguments for {len(names)} parameters")
+    constants = {key[0] if isinstance(key, tuple) else names.index(key): value for key, value in src.constants.items()}
+    divisible = {key[0] for key, attrs in src.attrs.items() if ["tt.divisibility", 16] in attrs}
+    ranges = {"i32": (-2**31, 2**31), "i64": (-2**63, 2**63), "u64": (2**63, 2**64)}
+    for index, (name, value) in enumerate(zip(names, args)):
+        kind = src.signature[name]
+        if index in constants:
+            ok = value == constants[index] and type(value) is type(constants[index])
+        elif kind.startswith("*"):
+            ok = (isinstance(value, torch.Tensor) and _POINTER_TYPES.get(value.dtype) == kind
+                  and (index not in divisible or value.data_ptr() % 16 == 0))
+        elif kind in ranges:
+            low, high = ranges[kind]
+            ok = (isinstance(value, int) and not isinstance(value, bool) and low <= value < high
+                  and (index not in divisible or value % 16 == 0))
+        else:
+            ok = {"fp32": float, "u1": bool, "i1": bool}.get(kind) is type(value)
+        if not ok:
+            raise RuntimeError(f"{src.fn.__name__}: argument {name} = {value!r:.60} does not fit the compiled {kind}"
+                               f"{' (divisible by 16)' if index in divisible else ''}"
+                               f"{f' constant {constants[index]!r}' if index in constants else ''}")
+
+
+_POINTER_TYPES = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float64: "*fp64",
+                  torch.int64: "*i64", torch.int32: "*i32", torch.int16: "*i16", torch.int8: "*i8", torch.uint8: "*u8",
+                  torch.bool: "*i1"}
+
+
+def install(check_arguments: bool = True) -> Record:
+    """Makes the fake GPU Triton's active driver for the rest of the process; returns its record. Each
+    launch's arguments are held to its compiled kernel's signature (``check_arguments``) unless told
+    not to: a host-time profile leaves that out, as a GPU's launcher does no such thing."""
     record = Record()
-    driver.set_active(_Driver(record))
+    driver.set_active(_Driver(record, check_arguments))
     return record
 
 
-def install_for_aefast() -> Record:
+def install_for_aefast(check_arguments: bool = True) -> Record:
     """``install``, and aefast's Triton backend let onto it as onto an H200: Triton on CPU tensors (which the
     fake GPU never reads), programs per device by the H200's SMs, and the MLP tuner's choices as a GPU's
     (every candidate tile and way of taking a weight gradient launched once, the first kept)."""
     from aefast import _backends
     from aefast.mlp import triton_kernels
 
-    record = install()
+    record = install(check_arguments)
     _backends.can_run = lambda backend, device: True
     triton_kernels._device_programs = lambda device, per_sm, interpreted: per_sm * H200_SMS
     triton_kernels._tuning_on = lambda device: True
