@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from aefast import _backends
+from aefast._triton_launch import launch
 
 
 @triton.jit
@@ -69,5 +70,5 @@ def fill(out: torch.Tensor, kind: str, seed: int, first: int = 0) -> None:
     small kernels on a GPU). Called through _backends.lazy_kernel, which makes ``out``'s GPU the current one."""
     count = out.numel()
     if count:
-        fill_kernel[(triton.cdiv(count, FILL_BLOCK),)](out, seed, first, count, NORMAL=kind == "normal",
-                                                         BLOCK=FILL_BLOCK, **_backends.TRITON_LAUNCH)
+        launch(fill_kernel, (triton.cdiv(count, FILL_BLOCK),), out, seed, first, count, NORMAL=kind == "normal",
+               BLOCK=FILL_BLOCK, **_backends.TRITON_LAUNCH)

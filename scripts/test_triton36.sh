@@ -3,7 +3,8 @@
 # GPU machines (.venv has the newest): every kernel compiled for sm_90 in every configuration its
 # launcher picks, which must not spill (register use differs between releases: the narrow MLP kernels
 # took 112 registers a thread with 3.9 and 127 with 3.6 in one case), every kernel through 3.6's own
-# launch path on a fake GPU (tests/fake_gpu.py, which leans on Triton's driver interface), the Philox
+# launch path on a fake GPU (tests/fake_gpu.py, which leans on Triton's driver interface) and aefast's
+# shorter one past it (aefast/_triton_launch.py, which passes 3.6's launcher its arguments), the Philox
 # and math helpers in 3.6's interpreter, and the backends' reading of TRITON_INTERPRET against 3.6's own. Needs
 # scripts/setup.sh first. triton 3.6 and numpy<2.4 (3.6's interpreter converts 1-element arrays to
 # scalars, which NumPy 2.4 refuses) go into .triton36/, put in front of .venv's packages for these
@@ -24,4 +25,4 @@ PYTHONPATH=$overlay .venv/bin/python -m pytest -n 2 --dist loadfile -q -p no:cac
   tests/mlp/test_compiled_kernels.py tests/willshaw/test_compiled_kernels.py tests/vae/test_compiled_kernels.py \
   tests/test_compiled_fill.py \
   tests/test_triton_random.py tests/test_triton_math.py tests/test_philox_tail.py tests/test_backends.py \
-  tests/test_launch_path.py
+  tests/test_launch_path.py tests/test_triton_launch.py

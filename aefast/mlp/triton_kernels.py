@@ -24,6 +24,7 @@ from triton.testing import do_bench
 
 from aefast import _backends
 from aefast._sizes import cdiv, next_power_of_2
+from aefast._triton_launch import argument_key, launch
 from aefast._triton_random import philox_normal, philox_uniform
 from aefast.mlp import reference
 from aefast.mlp.precision import dot_precision, get_fp32_precision
@@ -544,10 +545,10 @@ def _fastest(kind: str, operands: str, sizes: tuple[int, int, int], device: torc
     return _tuned[key]
 
 
-def _pick_tiles(kind: str, operands: str, sizes: tuple[int, int, int], device: torch.device, launch) -> Tiles:
+def _pick_tiles(kind: str, operands: str, sizes: tuple[int, int, int], device: torch.device, launch_tiles) -> Tiles:
     """The tiles to launch kernel ``kind`` with (``_fastest`` of its candidates, the default first);
-    ``launch(tiles)`` runs the kernel (it must only write its outputs)."""
-    return _fastest(kind, operands, sizes, device, _candidates(kind, operands, sizes), launch)
+    ``launch_tiles(tiles)`` runs the kernel (it must only write its outputs)."""
+    return _fastest(kind, operands, sizes, device, _candidates(kind, operands, sizes), launch_tiles)
 
 
 # --- the linear launchers ---------------------------------------------------------------------------
@@ -559,13 +560,13 @@ def linear_forward(x, weight, bias, activation, corruption, param, seed):
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     z = torch.empty(M, N, dtype=x.dtype, device=x.device) if act == _GELU else y.new_empty(0)
 
-    def launch(tiles: Tiles):
-        _linear_forward_kernel[(cdiv(M, tiles.block_m), cdiv(N, tiles.block_n))](
+    def launch_tiles(tiles: Tiles):
+        launch(_linear_forward_kernel, (cdiv(M, tiles.block_m), cdiv(N, tiles.block_n)),
             x, weight, weight if bias is None else bias, y, y if z.numel() == 0 else z, M, N, K, seed, param,
             ACT=act, CORRUPT=corrupt, HAS_BIAS=bias is not None, SAVE_Z=act == _GELU, PRECISION=_precision(x.dtype),
             UPCAST=_upcast(x.dtype), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
             LONG_ROWS=_long_rows(N, K), num_warps=tiles.warps, **_backends.TRITON_LAUNCH)
-    launch(_pick_tiles("forward", _operands(x.dtype), (M, N, K), x.device, launch))
+    launch_tiles(_pick_tiles("forward", _operands(x.dtype), (M, N, K), x.device, launch_tiles))
     return y, z
 
 
@@ -597,7 +598,7 @@ def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption,
     grad_x = torch.empty_like(x) if need_input_grad else x.new_empty(0)
 
     def launch_input(tiles: Tiles, grad_z: torch.Tensor | None = None):
-        _linear_grad_input_kernel[(cdiv(M, tiles.block_m), cdiv(K, tiles.block_k))](
+        launch(_linear_grad_input_kernel, (cdiv(M, tiles.block_m), cdiv(K, tiles.block_k)),
             grad_y, saved, weight, grad_x, grad_x if grad_z is None else grad_z, scale, M, N, K, seed, param,
             STORE_GZ=grad_z is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
             num_warps=tiles.warps, **common)
@@ -624,18 +625,18 @@ def linear_backward(grad_y, x, weight, bias, y, saved_z, activation, corruption,
 
     def launch_weight(tiles: Tiles):
         out = weight_outputs(tiles)
-        _linear_grad_weight_kernel[(*out.grid, out.splits)](
+        launch(_linear_grad_weight_kernel, (*out.grid, out.splits),
             grad_y, saved, x, out.out_w, out.out_b, scale, M, N, K, seed, param, out.rows_per_split, out.split_stride,
             HAS_BIAS=bias is not None, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
             num_warps=tiles.warps, **common)
         return finished(out)
 
     def launch_both(input_tiles: Tiles, weight_tiles: Tiles):
-        """dX and dW in one launch of _linear_grads_kernel. Unchecked for spills, as the linear kernels
-        are (_Launch): its key would cost the launch most of what it saves."""
+        """dX and dW in one launch of _linear_grads_kernel, unchecked for spills as the linear kernels are
+        (_Launch)."""
         out = weight_outputs(weight_tiles)
         input_programs = cdiv(M, input_tiles.block_m) * cdiv(K, input_tiles.block_k)
-        _linear_grads_kernel[(input_programs + out.grid[0] * out.grid[1] * out.splits,)](
+        launch(_linear_grads_kernel, (input_programs + out.grid[0] * out.grid[1] * out.splits,),
             grad_y, saved, weight, x, grad_x, out.out_w, out.out_b, scale, M, N, K, seed, param, out.rows_per_split,
             out.split_stride, HAS_BIAS=bias is not None, X_BLOCK_M=input_tiles.block_m, X_BLOCK_N=input_tiles.block_n,
             X_BLOCK_K=input_tiles.block_k, W_BLOCK_M=weight_tiles.block_m, W_BLOCK_N=weight_tiles.block_n,
@@ -803,8 +804,8 @@ def _launch_split_sums(sums: list[SplitSum]) -> None:
                       split_sum.split_stride, split_sum.weight_size, split_sum.total_size, end]
     unused = arguments[:8] * (SUM_GROUPS - len(sums))  # the first group's again, never read
     with _backends.on_device_of(sums[0].partials):
-        _sum_splits_kernel[(end,)](*(arguments + unused)[:8 * SUM_GROUPS - 1], GROUPS=len(sums),
-                                   BLOCK=SUM_SPLITS_BLOCK, **_backends.TRITON_LAUNCH)
+        launch(_sum_splits_kernel, (end,), *(arguments + unused)[:8 * SUM_GROUPS - 1], GROUPS=len(sums),
+               BLOCK=SUM_SPLITS_BLOCK, **_backends.TRITON_LAUNCH)
 
 
 def _device_programs(device: torch.device, per_sm: int, interpreted: int) -> int:
@@ -837,17 +838,17 @@ def linear_loss_forward(h, weight, bias, target, output_activation, loss):
     if grad_z.numel() == 0:  # no tiles to launch; the mean of nothing
         return torch.full((), math.nan, dtype=torch.float32, device=h.device), grad_z
 
-    def launch(tiles: Tiles):
+    def launch_tiles(tiles: Tiles):
         grid = (cdiv(M, tiles.block_m), cdiv(N, tiles.block_n))
         partial = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=h.device)
-        _linear_loss_kernel[grid](
+        launch(_linear_loss_kernel, grid,
             h, weight, weight if bias is None else bias, target, grad_z, partial, M, N, K,
             reference.mean_factor(M * N),
             OUT_ACT=ACTIVATION_CODES[output_activation], LOSS=LOSS_CODES[loss], HAS_BIAS=bias is not None,
             PRECISION=_precision(h.dtype), UPCAST=_upcast(h.dtype), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
             BLOCK_K=tiles.block_k, LONG_ROWS=_long_rows(N, K), num_warps=tiles.warps, **_backends.TRITON_LAUNCH)
         return partial
-    partial = launch(_pick_tiles("loss", _operands(h.dtype), (M, N, K), h.device, launch))
+    partial = launch_tiles(_pick_tiles("loss", _operands(h.dtype), (M, N, K), h.device, launch_tiles))
     return partial.sum(), grad_z  # each tile's share of the mean
 
 
@@ -1284,27 +1285,20 @@ class _Launch:
     saved activations: 40). So on a GPU each variant is compiled once before its first launch, as the
     launch would compile it, and the driver's count of its local memory decides: where it spills, the
     stretch runs layer by layer through the linear kernels instead (_narrow_forward_by_layers and its
-    siblings). A linear kernel spills a few bytes at most (LINEAR_TILES) and launches unchecked: the
-    check would cost its every launch a key of its arguments, a few percent of a small training step's
-    host time."""
+    siblings). A linear kernel spills a few bytes at most (LINEAR_TILES), and has no other way to run:
+    it launches unchecked."""
 
     def __init__(self, kernel, grid: tuple, args: tuple, kwargs: dict):
         self.kernel, self.grid, self.args, self.kwargs = kernel, grid, args, kwargs
 
     def __call__(self):
-        self.kernel[self.grid](*self.args, **self.kwargs)
+        launch(self.kernel, self.grid, *self.args, **self.kwargs)
 
     def key(self) -> tuple:
-        """What Triton specializes a variant on, or more: the constants and options, each tensor's dtype
-        and 16-byte alignment, whether each integer is 1 or divides by 16."""
-        def argument(value):
-            if isinstance(value, torch.Tensor):
-                return value.dtype, value.data_ptr() % 16 == 0
-            if isinstance(value, int):
-                return value == 1, value % 16 == 0
-            return type(value)
+        """What Triton specializes a variant on, or more: the constants and options, and each argument's
+        key as the launch path takes it (_triton_launch.argument_key)."""
         # The first argument's device: the launchers make it the current one, which Triton compiles for.
-        return (self.kernel.__name__, self.args[0].device, tuple(map(argument, self.args)),
+        return (self.kernel.__name__, self.args[0].device, tuple(map(argument_key, self.args)),
                 tuple(self.kwargs.items()))
 
     def keeps_to_registers(self) -> bool:
@@ -1330,15 +1324,15 @@ def narrow_forward(x, weights, biases, dims, activation, last_activation, save):
     acts = torch.empty(rows * sum(dims[1:-1]) if save else 0, dtype=x.dtype, device=x.device)
     block_d, block_m, warps = _narrow_blocks(dims, rows, _operands(x.dtype), "forward")
     precision = _precision(x.dtype)
-    launch = _Launch(_narrow_forward_kernel, (cdiv(rows, block_m),), (
+    narrow_launch = _Launch(_narrow_forward_kernel, (cdiv(rows, block_m),), (
         x, weights, weights if biases is None else biases, out, acts if acts.numel() else out, out, out, 0.0, rows),
         dict(**layout, ACT=ACTIVATION_CODES[activation], LAST_ACT=ACTIVATION_CODES[last_activation],
              HAS_BIAS=biases is not None, SAVE=save, HAS_LOSS=False, LOSS=0, PRECISION=precision,
              UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
              SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps, **_backends.TRITON_LAUNCH))
-    if not launch.keeps_to_registers():
+    if not narrow_launch.keeps_to_registers():
         return _narrow_forward_by_layers(x, weights, biases, dims, activation, last_activation, save)
-    launch()
+    narrow_launch()
     return out, acts
 
 
@@ -1350,16 +1344,16 @@ def narrow_loss_forward(x, weights, biases, target, dims, activation, last_activ
     grid = max(1, cdiv(rows, block_m))
     partial = torch.zeros(grid, dtype=torch.float32, device=x.device)
     precision = _precision(x.dtype)
-    launch = _Launch(_narrow_forward_kernel, (grid,), (
+    narrow_launch = _Launch(_narrow_forward_kernel, (grid,), (
         x, weights, weights if biases is None else biases, x, x, target, partial,
         reference.mean_factor(rows * dims[-1]), rows),
         dict(**narrow_constants(tuple(dims)), ACT=ACTIVATION_CODES[activation],
              LAST_ACT=ACTIVATION_CODES[last_activation], HAS_BIAS=biases is not None, SAVE=False, HAS_LOSS=True,
              LOSS=LOSS_CODES[loss], PRECISION=precision, UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
              SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), num_warps=warps, **_backends.TRITON_LAUNCH))
-    if not launch.keeps_to_registers():
+    if not narrow_launch.keeps_to_registers():
         return _narrow_loss_by_layers(x, weights, biases, target, dims, activation, last_activation, loss)[0]
-    launch()
+    narrow_launch()
     return partial.sum() if rows else torch.full((), math.nan, dtype=torch.float32, device=x.device)
 
 
@@ -1430,7 +1424,7 @@ def _narrow_backward_launch(grad_out, x, out, acts, weights, biases, dims, activ
         acts = torch.empty(programs * chunk_blocks * block_m * acts_per_row, dtype=x.dtype, device=x.device)
     target, grad_loss, loss_name = loss if loss is not None else (x, partials, "mse")
     precision = _precision(x.dtype)
-    launch = _Launch(_narrow_backward_kernel, (programs,), (
+    narrow_launch = _Launch(_narrow_backward_kernel, (programs,), (
         grad_out, x, out, acts if acts.numel() else out, weights, weights if biases is None else biases,
         grad_x if need_input_grad else out, partials, scratch, target, grad_loss,
         reference.mean_factor(rows * dims[-1]), rows),
@@ -1441,13 +1435,13 @@ def _narrow_backward_launch(grad_out, x, out, acts, weights, biases, dims, activ
              SPLIT_DOTS=narrow_dots_in_quarters(precision, block_d), HAS_LOSS=loss is not None,
              LOSS=LOSS_CODES[loss_name], num_warps=warps,
              num_stages=narrow_backward_stages(operands, direction, block_d), **_backends.TRITON_LAUNCH))
-    if not launch.keeps_to_registers():
-        del launch, partials, scratch  # the kernel's buffers, freed before the layers allocate theirs
+    if not narrow_launch.keeps_to_registers():
+        del narrow_launch, partials, scratch  # the kernel's buffers, freed before the layers allocate theirs
         if recompute:
             acts = x.new_empty(0)  # this launch's chunk buffer: the layers recompute the activations whole
         return _narrow_backward_by_layers(grad_out, x, out, acts, weights, biases, dims, activation, last_activation,
                                           need_input_grad, loss)
-    launch()
+    narrow_launch()
     grad_w = torch.empty_like(weights)
     grad_b = torch.empty_like(biases) if biases is not None else weights.new_empty(0)
     width = partials.shape[1]

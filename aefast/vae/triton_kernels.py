@@ -11,6 +11,7 @@ import triton.language as tl
 from aefast import _backends
 from aefast._sizes import cdiv, next_power_of_2
 from aefast._triton_math import exp
+from aefast._triton_launch import launch
 from aefast._triton_random import philox_normal4
 from aefast.vae.reference import NORMALS_PER_OFFSET, clamp_active, kl_dtype
 
@@ -130,7 +131,7 @@ def forward(mu, logvar, eps, seed, per_element, clamp_min, clamp_max):
     if mu.numel() == 0:
         return z, kl.zero_()
     block_rows, block_cols, grid = _launch_shape(rows, cols)
-    _forward_kernel[grid](
+    launch(_forward_kernel, grid,
         mu, logvar, eps if eps is not None else mu, z, kl, rows, cols, cdiv(cols, NORMALS_PER_OFFSET), seed,
         clamp_min, clamp_max,
         HAS_EPS=eps is not None, PER_ELEMENT=per_element, CLAMP=clamp_active(clamp_min, clamp_max),
@@ -146,7 +147,7 @@ def backward(grad_z, grad_kl, mu, logvar, eps, seed, clamp_min, clamp_max):
     if mu.numel() == 0:
         return grad_mu, grad_logvar
     block_rows, block_cols, grid = _launch_shape(rows, cols)
-    _backward_kernel[grid](
+    launch(_backward_kernel, grid,
         grad_z, grad_kl, mu, logvar, eps if eps is not None else mu, grad_mu, grad_logvar,
         rows, cols, cdiv(cols, NORMALS_PER_OFFSET), seed, clamp_min, clamp_max,
         HAS_EPS=eps is not None, PER_ELEMENT=grad_kl.dim() == 2, CLAMP=clamp_active(clamp_min, clamp_max),

@@ -27,6 +27,7 @@ import triton.language as tl
 
 from aefast import _backends
 from aefast._sizes import cdiv
+from aefast._triton_launch import launch
 from aefast.willshaw import packed_retrieval
 from aefast.willshaw.packed_retrieval import ANSWER_GROUP, CHECK_LONGEST
 
@@ -295,9 +296,9 @@ def _tuned(kernel, configs, key):
     if _backends.triton_interpreted():
         first = configs[0]
 
-        def launch(grid, *args, **kwargs):
+        def launch_first(grid, *args, **kwargs):
             return kernel[grid(first.kwargs)](*args, **kwargs, **first.kwargs, **_backends.TRITON_LAUNCH)
-        return launch
+        return launch_first
     tuned = triton.autotune(configs=configs, key=key)(kernel)
     return lambda grid, *args, **kwargs: tuned[grid](*args, **kwargs, **_backends.TRITON_LAUNCH)
 
@@ -348,7 +349,7 @@ def _store_in_row_order(matrix, x_values, x_offsets, y_values, y_offsets) -> Non
     rows, order = torch.sort(x_values.to(torch.int32))
     pair_of_entry = torch.repeat_interleave(torch.arange(pairs, dtype=torch.int32, device=x_values.device),
                                             x_offsets.diff(), output_size=entries)
-    _store_rows_kernel[(cdiv(entries, STORE_ENTRIES),)](
+    launch(_store_rows_kernel, (cdiv(entries, STORE_ENTRIES),),
         matrix, matrix.shape[1], rows, pair_of_entry[order], entries, y_values, y_offsets,
         BLOCK_E=STORE_ENTRIES, BLOCK_Y=STORE_Y, **_backends.TRITON_LAUNCH)
 
@@ -361,7 +362,7 @@ def _sums(matrix, n_out, cue_values, cue_offsets, at_least):
     rows = cue_offsets.numel() - 1
     out = torch.empty(rows, n_out, dtype=torch.int32 if at_least is None else torch.uint8, device=matrix.device)
     for first, words in _word_chunks(matrix.shape[1], SUMS_WORDS) if rows else []:
-        _sums_kernel[_grid(rows, words, SUMS_WORDS)](
+        launch(_sums_kernel, _grid(rows, words, SUMS_WORDS),
             matrix, matrix.shape[1], first, n_out, cue_values, cue_offsets, out, 0 if at_least is None else at_least,
             AT_LEAST=at_least is not None, BLOCK_W=SUMS_WORDS, **_backends.TRITON_LAUNCH)
     return out
@@ -384,9 +385,8 @@ def _and(matrix, cue_values, cue_offsets):
 def _unpack(words, counts, n_out):
     out = torch.empty(words.shape[0], n_out, dtype=torch.uint8, device=words.device)
     for first, count in _word_chunks(words.shape[1], AND_WORDS) if words.shape[0] else []:
-        _unpack_kernel[_grid(words.shape[0], count, AND_WORDS)](words, counts, counts.shape[1], words.shape[1], first,
-                                                                n_out, out, BLOCK_W=AND_WORDS, GROUP=ANSWER_GROUP,
-                                                                **_backends.TRITON_LAUNCH)
+        launch(_unpack_kernel, _grid(words.shape[0], count, AND_WORDS), words, counts, counts.shape[1], words.shape[1],
+               first, n_out, out, BLOCK_W=AND_WORDS, GROUP=ANSWER_GROUP, **_backends.TRITON_LAUNCH)
     return out.view(torch.bool)
 
 
@@ -394,8 +394,8 @@ def _extract(words, counts, ends, total):
     values = torch.empty(total, dtype=torch.int64, device=words.device)
     rows, groups = counts.shape
     for first, count in _word_chunks(groups, 1):  # in groups, not words
-        _extract_kernel[_grid(rows, count, 1)](words, words.shape[1], first, counts, ends, groups, values,
-                                               GROUP=ANSWER_GROUP, **_backends.TRITON_LAUNCH)
+        launch(_extract_kernel, _grid(rows, count, 1), words, words.shape[1], first, counts, ends, groups, values,
+               GROUP=ANSWER_GROUP, **_backends.TRITON_LAUNCH)
     return values
 
 
@@ -407,11 +407,11 @@ def row_flags(values, offsets, units, longest=None):
     if not rows:
         return flags
     if (int(offsets.diff().max()) if longest is None else longest) <= CHECK_BLOCK:
-        _check_short_rows_kernel[(cdiv(rows, CHECK_ROWS),)](values, offsets, rows, units, flags,
-                                                            ROWS=CHECK_ROWS, BLOCK=CHECK_BLOCK,
-                                                            num_warps=CHECK_SHORT_WARPS, **_backends.TRITON_LAUNCH)
+        launch(_check_short_rows_kernel, (cdiv(rows, CHECK_ROWS),), values, offsets, rows, units, flags,
+               ROWS=CHECK_ROWS, BLOCK=CHECK_BLOCK, num_warps=CHECK_SHORT_WARPS, **_backends.TRITON_LAUNCH)
     else:
-        _check_rows_kernel[(rows,)](values, offsets, units, flags, BLOCK=CHECK_BLOCK, **_backends.TRITON_LAUNCH)
+        launch(_check_rows_kernel, (rows,), values, offsets, units, flags, BLOCK=CHECK_BLOCK,
+               **_backends.TRITON_LAUNCH)
     return flags
 
 
@@ -421,9 +421,8 @@ def pattern_verdict(values, offsets, units):
     increasing and inside [0, units)]."""
     verdict = torch.ones(2, dtype=torch.int64, device=values.device)
     rows = offsets.numel() - 1
-    _pattern_verdict_kernel[(max(1, cdiv(rows, VERDICT_ROWS)),)](values, offsets, rows, values.numel(), units,
-                                                                 verdict, ROWS=VERDICT_ROWS, BLOCK=VERDICT_BLOCK,
-                                                                 **_backends.TRITON_LAUNCH)
+    launch(_pattern_verdict_kernel, (max(1, cdiv(rows, VERDICT_ROWS)),), values, offsets, rows, values.numel(), units,
+           verdict, ROWS=VERDICT_ROWS, BLOCK=VERDICT_BLOCK, **_backends.TRITON_LAUNCH)
     return verdict
 
 
@@ -432,7 +431,8 @@ def count_ones(matrix) -> int:
     blocks = cdiv(words.numel(), COUNT_WORDS)
     partial = torch.empty(blocks, dtype=torch.int64, device=matrix.device)
     if blocks:
-        _count_ones_kernel[(blocks,)](words, words.numel(), partial, BLOCK=COUNT_WORDS, **_backends.TRITON_LAUNCH)
+        launch(_count_ones_kernel, (blocks,), words, words.numel(), partial, BLOCK=COUNT_WORDS,
+               **_backends.TRITON_LAUNCH)
     return int(partial.sum())
 
 
