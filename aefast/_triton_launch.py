@@ -1,4 +1,5 @@
-"""Every Triton launch of aefast, in less of the host's time than Triton's own launch path takes.
+"""aefast's Triton launches in less of the host's time than Triton's own launch path takes (all but the
+autotuned Willshaw kernels', which Triton's autotuner launches).
 
 Triton's ``kernel[grid](*args)`` binds and specializes each argument, builds its cache key from them
 and its options, reads its knobs and builds the launch's metadata, at every launch: a linear layer's
