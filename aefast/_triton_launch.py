@@ -71,15 +71,14 @@ def _hooked(hook) -> bool:
 
 def argument_key(value) -> Any:
     """What Triton specializes a positional argument on, or more (the module's docstring)."""
+    kind = type(value)
+    if kind is int:  # (the commonest first: a key is built at every launch)
+        return value == 1, value % 16 == 0, -2**31 <= value < 2**31, value >= 2**63
     if isinstance(value, torch.Tensor):
         return value.dtype, value.data_ptr() % 16 == 0
-    if isinstance(value, bool):  # (before int: a bool is one)
-        return bool, value
-    if isinstance(value, int):
-        return int, value == 1, value % 16 == 0, -2**31 <= value < 2**31, value >= 2**63
-    if isinstance(value, float):
+    if kind is float:
         return float
-    return type(value), value  # None, or a constexpr given by position
+    return kind, value  # bools (u1) and None by value, or a constexpr given by position
 
 
 def _variant(kernel, compiled, positional: int, kwargs: dict) -> _Variant | None:
