@@ -21,6 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import aefast
 from aefast import _backends
+from aefast._triton_launch import launch
 from aefast.mlp import ops, set_fp32_precision
 from aefast.nn import FusedAutoencoder, FusedMLP
 from aefast.willshaw import WillshawMemory, random_patterns
@@ -195,11 +196,21 @@ def host():
     y, _ = triton_kernels.linear_forward(x, weight, bias, "relu", "none", 0.0, 1)
     grad_y = torch.randn_like(y)
     host_time("empty Triton kernel (1 pointer)", lambda: _empty_kernel[(1,)](x, BLOCK=16, **_backends.TRITON_LAUNCH))
+    host_time("empty Triton kernel (1 pointer), through _triton_launch",
+              lambda: launch(_empty_kernel, (1,), x, BLOCK=16, **_backends.TRITON_LAUNCH))
+    linear_arguments = (x, weight, bias, y, y, 64, 16, 32, 1, 0.0)
+    linear_options = dict(ACT=1, CORRUPT=0, HAS_BIAS=True, SAVE_Z=False, PRECISION=triton_kernels._precision(x.dtype),
+                          UPCAST=triton_kernels._upcast(x.dtype), BLOCK_M=64, BLOCK_N=16, BLOCK_K=32, LONG_ROWS=False,
+                          num_warps=4, **_backends.TRITON_LAUNCH)
+    host_time("_linear_forward_kernel, Triton's launch path",
+              lambda: triton_kernels._linear_forward_kernel[(1, 1)](*linear_arguments, **linear_options))
+    host_time("_linear_forward_kernel, through _triton_launch",
+              lambda: launch(triton_kernels._linear_forward_kernel, (1, 1), *linear_arguments, **linear_options))
     host_time("torch.empty + relu_ (eager, 2 ops)", lambda: torch.empty_like(x).relu_())
     host_time("F.linear + relu (eager)", lambda: F.relu(F.linear(x, weight, bias)))
     host_time("triton_kernels.linear_forward (1 launch)",
               lambda: triton_kernels.linear_forward(x, weight, bias, "relu", "none", 0.0, 1))
-    host_time("triton_kernels.linear_backward (2 launches)",
+    host_time("triton_kernels.linear_backward (dX and dW: 1 launch, 2 in IEEE float32)",
               lambda: triton_kernels.linear_backward(grad_y, x, weight, bias, y, y, "relu", "none", 0.0, 1, None, True))
     with aefast.use_backend("triton"):
         host_time("torch.ops.aefast.fused_linear (op, triton)",
