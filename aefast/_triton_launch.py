@@ -51,13 +51,12 @@ def launch(kernel, grid: tuple, *args, **kwargs) -> None:
         return
     device = driver.active.get_current_device()
     key = (device, tuple(map(argument_key, args)), tuple(kwargs.items()))
-    variants = _variants.setdefault(kernel, {})
-    variant = variants.get(key)
+    variant = _variants.get(kernel, {}).get(key)
     if variant is None:
         compiled = kernel[grid](*args, **kwargs)
         variant = _variant(kernel, compiled, len(args), kwargs)
         if variant is not None:
-            variants[key] = variant
+            _variants.setdefault(kernel, {})[key] = variant
         return
     sizes = (*grid, 1, 1)
     variant.launcher(sizes[0], sizes[1], sizes[2], driver.active.get_current_stream(device), variant.function,

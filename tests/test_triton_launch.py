@@ -6,7 +6,6 @@ would not must take it without Triton's path. The interpreter runs no compiled k
 a child without TRITON_INTERPRET (tests/sm90.py)."""
 import collections
 import json
-import sys
 
 import pytest
 
@@ -138,4 +137,3 @@ def _run() -> dict:
 
 if __name__ == "__main__":
     print(json.dumps(_run()))
-    sys.exit(0)
