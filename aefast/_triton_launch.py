@@ -1,5 +1,5 @@
-"""aefast's Triton launches in less of the host's time than Triton's own launch path takes (all but the
-autotuned Willshaw kernels', which Triton's autotuner launches).
+"""aefast's Triton launches in less of the host's time than Triton's own launch path takes (the autotuned
+Willshaw kernels' once their autotuner has chosen, willshaw/triton_kernels.py's _tuned).
 
 Triton's ``kernel[grid](*args)`` binds and specializes each argument, builds its cache key from them
 and its options, reads its knobs and builds the launch's metadata, at every launch: a linear layer's

@@ -124,6 +124,13 @@ def test_a_narrow_variant_that_spills_is_compiled_and_never_launched(record):
     assert any("'DIMS': (17, 100, 100, 17)" in key for key in refused), record["refused"]
 
 
+def test_every_kernel_launches_again_through_the_shorter_path(record):
+    """The small run runs three times: every kernel's launches the last time skip Triton's launch path
+    (aefast._triton_launch; the autotuned Willshaw kernels once their autotuner has chosen), each with
+    the arguments its compiled kernel takes (the fake GPU checks them)."""
+    assert record["direct"] == sorted(name for names in KERNELS.values() for name in names)
+
+
 def test_the_fake_gpu_refuses_a_grid_past_cudas_limits(record):
     assert record["refused_grid"].startswith("_count_ones_kernel: a grid of (1, 65536, 1) programs passes")
 
@@ -193,6 +200,28 @@ def _workload():
     willshaw_kernels.row_flags(long_values, long_offsets, 10 * n)
     willshaw_kernels.pattern_verdict(x_values, x_offsets, n)
     willshaw_kernels.count_ones(matrix)
+
+
+def _count_direct_launches():
+    """{kernel name: its launches through _triton_launch's shorter path}, counted from now on."""
+    import collections
+
+    from aefast import _triton_launch
+
+    direct = collections.Counter()
+    keep = _triton_launch._variant
+
+    def counted_variant(kernel, compiled, positional, kwargs):
+        variant = keep(kernel, compiled, positional, kwargs)
+        if variant is None:
+            return None
+
+        def launcher(*args):
+            direct[kernel.__name__] += 1
+            return variant.launcher(*args)
+        return variant._replace(launcher=launcher)
+    _triton_launch._variant = counted_variant
+    return direct
 
 
 def _refused_grid() -> str:
@@ -266,8 +295,11 @@ if __name__ == "__main__":
             _workload_at_scale()
             checks = {}
         else:
-            _workload()
-            checks = {"refused_grid": _refused_grid()}  # after the record's kernels: it launches none
+            direct = _count_direct_launches()
+            for _ in range(3):  # the third time every key has been met through Triton's path (the autotuned
+                _workload()     # Willshaw kernels' after their autotuner's launch): all take the shorter one
+            checks = {"refused_grid": _refused_grid(),  # after the record's kernels: it launches none
+                      "direct": sorted(direct)}
     refused = sorted(key for key, variant in fake.variants.items() if variant.stack_bytes and not variant.launches)
     print(json.dumps({**checks, "launches": dict(fake.launches), "refused": refused,
                       "fp_fusion": fake.fp_fusion(), "shared_bytes": fake.most("shared_bytes"),

@@ -291,8 +291,9 @@ def _grid(rows: int, words: int, block: int) -> tuple[int, int]:
 
 def _tuned(kernel, configs, key):
     """On a GPU, ``kernel`` autotuned over ``configs`` (timed at its first launch per ``key``, the best
-    kept); in the interpreter, where timing means nothing, the first config. The tuned kernels are
-    idempotent (an AND written again, bits ORed again), so the timing runs change nothing."""
+    kept; later launches take the kept config through _triton_launch); in the interpreter, where timing
+    means nothing, the first config. The tuned kernels are idempotent (an AND written again, bits ORed
+    again), so the timing runs change nothing, and every config computes the same result."""
     if _backends.triton_interpreted():
         first = configs[0]
 
@@ -300,7 +301,20 @@ def _tuned(kernel, configs, key):
             return kernel[grid(first.kwargs)](*args, **kwargs, **first.kwargs, **_backends.TRITON_LAUNCH)
         return launch_first
     tuned = triton.autotune(configs=configs, key=key)(kernel)
-    return lambda grid, *args, **kwargs: tuned[grid](*args, **kwargs, **_backends.TRITON_LAUNCH)
+    key_positions = [kernel.arg_names.index(name) for name in key]  # (the launchers give them by position)
+    chosen = {}  # the chosen config's options by the key it was tuned on: the key arguments, the tensors' dtypes
+
+    def launch_tuned(grid, *args, **kwargs):
+        tuning_key = (tuple(args[position] for position in key_positions),
+                      tuple(value.dtype for value in args if isinstance(value, torch.Tensor)))
+        options = chosen.get(tuning_key)
+        if options is None:  # through the autotuner, which times the configs at its first launch per key
+            tuned[grid](*args, **kwargs, **_backends.TRITON_LAUNCH)
+            # (In a race, another thread's choice: every config computes the same, if maybe slower.)
+            chosen[tuning_key] = tuned.best_config.all_kwargs()
+            return
+        launch(kernel, grid(options), *args, **kwargs, **options, **_backends.TRITON_LAUNCH)
+    return launch_tuned
 
 
 AND_WIDEST = 512
