@@ -50,7 +50,7 @@ def launch(kernel, grid: tuple, *args, **kwargs) -> None:
         kernel[grid](*args, **kwargs)
         return
     device = driver.active.get_current_device()
-    key = (device, tuple(map(argument_key, args)), tuple(kwargs.items()))
+    key = (device, *arguments_key(args, kwargs))
     variant = _variants.get(kernel, {}).get(key)
     if variant is None:
         compiled = kernel[grid](*args, **kwargs)
@@ -66,6 +66,12 @@ def launch(kernel, grid: tuple, *args, **kwargs) -> None:
 def _hooked(hook) -> bool:
     """Whether a launch hook would run: a chain (triton 3.6, 3.9) with calls in it, or anything else."""
     return hook is not None and getattr(hook, "calls", True) != []
+
+
+def arguments_key(args: tuple, kwargs: dict) -> tuple:
+    """A launch's arguments as the key takes them: each positional one's ``argument_key``, and the
+    keyword arguments (constexprs and options) by name and value."""
+    return tuple(map(argument_key, args)), tuple(kwargs.items())
 
 
 def argument_key(value) -> Any:

@@ -24,7 +24,7 @@ from triton.testing import do_bench
 
 from aefast import _backends
 from aefast._sizes import cdiv, next_power_of_2
-from aefast._triton_launch import argument_key, launch
+from aefast._triton_launch import arguments_key, launch
 from aefast._triton_random import philox_normal, philox_uniform
 from aefast.mlp import reference
 from aefast.mlp.precision import dot_precision, get_fp32_precision
@@ -1295,11 +1295,10 @@ class _Launch:
         launch(self.kernel, self.grid, *self.args, **self.kwargs)
 
     def key(self) -> tuple:
-        """What Triton specializes a variant on, or more: the constants and options, and each argument's
-        key as the launch path takes it (_triton_launch.argument_key)."""
+        """What Triton specializes a variant on, or more: the arguments as the launch path keys them
+        (_triton_launch.arguments_key)."""
         # The first argument's device: the launchers make it the current one, which Triton compiles for.
-        return (self.kernel.__name__, self.args[0].device, tuple(map(argument_key, self.args)),
-                tuple(self.kwargs.items()))
+        return (self.kernel.__name__, self.args[0].device, *arguments_key(self.args, self.kwargs))
 
     def keeps_to_registers(self) -> bool:
         """Whether the variant this launch takes compiled without spills (True in the interpreter, which
